@@ -1,0 +1,170 @@
+//! Composition root: first policy set, listeners, the gRPC and admin servers, and graceful shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use envoy_types::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tonic::transport::server::TcpIncoming;
+
+use crate::config::ConfigError;
+use crate::config::load::{LoadedPolicies, load_policies};
+use crate::core::Snapshot;
+use crate::grpc::CheckService;
+use crate::settings::{Settings, SettingsError};
+use crate::telemetry::Metrics;
+use crate::admin;
+
+/// How long in-flight checks may take to finish after a shutdown signal.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why the server could not start or run.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("{}", render_config_errors(.0))]
+    Policies(Vec<ConfigError>),
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+    #[error("cannot listen on {address} ({door}): {source}")]
+    Bind { door: &'static str, address: SocketAddr, source: std::io::Error },
+    #[error("{door} server failed: {message}")]
+    Serve { door: &'static str, message: String },
+}
+
+fn render_config_errors(errors: &[ConfigError]) -> String {
+    let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    format!("{}\n{} problem(s) in the policy set", lines.join("\n"), errors.len())
+}
+
+/// A compiled policy set and its generation (1 for the first set loaded).
+#[derive(Debug)]
+pub struct LivePolicies {
+    pub snapshot: Snapshot,
+    pub generation: u64,
+}
+
+/// State shared by every door.
+#[derive(Debug)]
+pub struct AppState {
+    pub policies: ArcSwap<LivePolicies>,
+    /// False until the first policy set is live, and again once shutdown starts.
+    pub ready: AtomicBool,
+    pub metrics: Metrics,
+}
+
+/// Loads and compiles the policy set the settings name.
+pub fn build_snapshot(settings: &Settings) -> Result<(Snapshot, LoadedPolicies), AppError> {
+    let mut loaded = load_policies(&settings.policies).map_err(AppError::Policies)?;
+    let workloads = settings.workload_table()?;
+    let policies = std::mem::take(&mut loaded.policies);
+    let snapshot = Snapshot::new(policies, workloads, settings.engine_options(), &settings.root_namespace);
+    Ok((snapshot, loaded))
+}
+
+fn log_load(snapshot: &Snapshot, loaded: &LoadedPolicies) {
+    for (location, kind) in &loaded.skipped {
+        tracing::warn!(%location, %kind, "Skipped a document that is not an AuthorizationPolicy");
+    }
+    for id in &loaded.custom {
+        tracing::info!(policy = %id, "CUSTOM policy routes traffic here; not evaluated");
+    }
+    tracing::info!(policies = snapshot.policy_count(), files = loaded.files, "Loaded the policy set");
+}
+
+async fn bind(door: &'static str, address: SocketAddr) -> Result<TcpListener, AppError> {
+    let listener = TcpListener::bind(address).await.map_err(|source| AppError::Bind { door, address, source })?;
+    let bound = listener.local_addr().map_err(|source| AppError::Bind { door, address, source })?;
+    tracing::info!(door, address = %bound, "Listening");
+    Ok(listener)
+}
+
+/// Runs the server until SIGTERM or Ctrl-C. An invalid policy set fails before any port is bound.
+pub async fn serve(settings: Settings) -> Result<(), AppError> {
+    let (snapshot, loaded) = build_snapshot(&settings)?;
+    log_load(&snapshot, &loaded);
+    let metrics = Metrics::new();
+    metrics.record_policy_set(1, snapshot.policy_count());
+    let state = Arc::new(AppState {
+        policies: ArcSwap::from_pointee(LivePolicies { snapshot, generation: 1 }),
+        ready: AtomicBool::new(false),
+        metrics,
+    });
+
+    let grpc_listener = bind("grpc", settings.grpc_listen).await?;
+    let admin_listener = bind("admin", settings.admin_listen).await?;
+    let (shutdown_sender, shutdown) = watch::channel(false);
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<AuthorizationServer<CheckService>>()
+        .await;
+    health_reporter.set_service_status("", tonic_health::ServingStatus::Serving).await;
+
+    let grpc = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(AuthorizationServer::new(CheckService::new(state.clone())))
+        .serve_with_incoming_shutdown(TcpIncoming::from(grpc_listener), wait_for(shutdown.clone()));
+    let admin = axum::serve(admin_listener, admin::router(state.clone())).with_graceful_shutdown(wait_for(shutdown.clone()));
+    let grpc_task = tokio::spawn(grpc);
+    let admin_task = tokio::spawn(async move { admin.await });
+    state.ready.store(true, Ordering::Release);
+    tracing::info!("Ready");
+
+    shutdown_signal().await;
+    tracing::info!("Shutting down: no longer ready, draining in-flight checks");
+    state.ready.store(false, Ordering::Release);
+    health_reporter.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+    health_reporter.set_not_serving::<AuthorizationServer<CheckService>>().await;
+    let _ = shutdown_sender.send(true);
+
+    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        let grpc_result = grpc_task.await;
+        let admin_result = admin_task.await;
+        (grpc_result, admin_result)
+    })
+    .await;
+    match drained {
+        Ok((Ok(Ok(())), Ok(Ok(())))) => {
+            tracing::info!("Stopped");
+            Ok(())
+        }
+        Ok((grpc, admin)) => {
+            let message = format!("grpc: {grpc:?}, admin: {admin:?}");
+            Err(AppError::Serve { door: "grpc/admin", message })
+        }
+        Err(_) => {
+            tracing::warn!(timeout_secs = DRAIN_TIMEOUT.as_secs(), "Drain timed out; exiting");
+            Ok(())
+        }
+    }
+}
+
+async fn wait_for(mut shutdown: watch::Receiver<bool>) {
+    while !*shutdown.borrow() {
+        if shutdown.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "Cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+}

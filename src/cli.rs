@@ -1,0 +1,177 @@
+//! The offline commands: `validate` reports every policy problem, `check` decides one request described in a file.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::app::{AppError, build_snapshot};
+use crate::config::{describe_yaml_error, yaml_options};
+use crate::core::{Decision, HttpRequest, Peer, Request};
+use crate::settings::Settings;
+
+/// A request described in YAML or JSON for `portcullis check`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestFile {
+    /// A TCP connection check: no method, path, host or headers.
+    #[serde(default)]
+    pub tcp: bool,
+    #[serde(default = "default_method")]
+    pub method: String,
+    #[serde(default = "default_path")]
+    pub path: String,
+    #[serde(default)]
+    pub host: String,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub source: PeerFile,
+    #[serde(default)]
+    pub destination: PeerFile,
+    #[serde(default)]
+    pub context_extensions: HashMap<String, String>,
+    #[serde(default)]
+    pub sni: String,
+}
+
+fn default_method() -> String {
+    "GET".into()
+}
+
+fn default_path() -> String {
+    "/".into()
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerFile {
+    pub address: Option<IpAddr>,
+    pub port: Option<u16>,
+    #[serde(default)]
+    pub principal: String,
+    #[serde(default)]
+    pub labels: HashMap<String, String>,
+}
+
+impl PeerFile {
+    fn peer(&self) -> Peer<'_> {
+        Peer {
+            address: self.address,
+            port: self.port,
+            principal: &self.principal,
+            labels: (!self.labels.is_empty()).then_some(&self.labels),
+        }
+    }
+}
+
+impl RequestFile {
+    /// Reads a request file; YAML, or JSON (which YAML reads too).
+    pub fn read(path: &Path) -> Result<(Self, Vec<(String, String)>), String> {
+        let text = std::fs::read_to_string(path).map_err(|error| format!("{}: cannot read: {error}", path.display()))?;
+        let file: Self = serde_saphyr::from_str_with_options(&text, yaml_options()).map_err(|error| {
+            let (line, message) = describe_yaml_error(&error);
+            format!("{}:{line}: {message}", path.display())
+        })?;
+        let headers = file.headers.iter().map(|(name, value)| (name.to_ascii_lowercase(), value.clone())).collect();
+        Ok((file, headers))
+    }
+
+    /// The core request; `headers` are the file's headers with lower-case names.
+    pub fn request<'a>(&'a self, headers: &'a [(String, String)]) -> Request<'a> {
+        let http = (!self.tcp).then(|| HttpRequest {
+            method: &self.method,
+            host: &self.host,
+            path: &self.path,
+            headers: headers.iter().map(|(name, value)| (name.as_str(), value.as_str())).collect(),
+        });
+        Request {
+            source: self.source.peer(),
+            destination: self.destination.peer(),
+            http,
+            sni: &self.sni,
+            context_extensions: (!self.context_extensions.is_empty()).then_some(&self.context_extensions),
+        }
+    }
+}
+
+/// The JSON printed by `check`.
+#[derive(Debug, Serialize)]
+pub struct DecisionReport {
+    pub decision: &'static str,
+    pub status: u16,
+    pub reason: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body: Option<&'static str>,
+    pub headers: BTreeMap<String, String>,
+    pub headers_to_remove: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audit_policy: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dry_run: Option<DryRunReport>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DryRunReport {
+    pub decision: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+}
+
+fn verdict(allow: bool) -> &'static str {
+    if allow { "allow" } else { "deny" }
+}
+
+impl From<&Decision> for DecisionReport {
+    fn from(decision: &Decision) -> Self {
+        let reason = decision.reason;
+        Self {
+            decision: verdict(decision.is_allow()),
+            status: reason.http_status(),
+            reason: reason.as_str(),
+            policy: decision.policy.as_ref().map(ToString::to_string),
+            body: (!decision.is_allow()).then(|| reason.body()),
+            headers: decision.headers_to_set.iter().map(|(name, value)| (name.to_string(), value.clone())).collect(),
+            headers_to_remove: decision.headers_to_remove.iter().map(ToString::to_string).collect(),
+            audit_policy: decision.audit.as_ref().map(ToString::to_string),
+            dry_run: decision.dry_run.as_ref().map(|outcome| DryRunReport {
+                decision: verdict(outcome.would_allow),
+                policy: outcome.policy.as_ref().map(ToString::to_string),
+            }),
+        }
+    }
+}
+
+/// `portcullis validate`: every problem on stderr as `file:line: message`; `Ok(false)` when any.
+pub fn validate(settings: &Settings) -> Result<bool, AppError> {
+    match build_snapshot(settings) {
+        Ok((snapshot, loaded)) => {
+            for (location, kind) in &loaded.skipped {
+                eprintln!("{location}: warning: skipped `{kind}`: not an AuthorizationPolicy");
+            }
+            println!("{} policies in {} files are valid", snapshot.policy_count() + loaded.custom.len(), loaded.files);
+            Ok(true)
+        }
+        Err(AppError::Policies(errors)) => {
+            for error in &errors {
+                eprintln!("{error}");
+            }
+            Ok(false)
+        }
+        Err(other) => Err(other),
+    }
+}
+
+/// `portcullis check`: the decision as JSON on stdout; `Ok(allowed)`.
+pub fn check(settings: &Settings, request_file: &Path) -> Result<bool, String> {
+    let (snapshot, _) = build_snapshot(settings).map_err(|error| error.to_string())?;
+    let (file, headers) = RequestFile::read(request_file)?;
+    let decision = snapshot.check(&file.request(&headers));
+    let report = DecisionReport::from(&decision);
+    let json = serde_json::to_string_pretty(&report).map_err(|error| format!("cannot print the decision: {error}"))?;
+    println!("{json}");
+    Ok(decision.is_allow())
+}

@@ -1,0 +1,449 @@
+//! Turns raw AuthorizationPolicy YAML into checked core policies, reporting every problem with `file:line`; pure.
+
+use std::sync::Arc;
+
+use serde_saphyr::Spanned;
+
+use super::ConfigError;
+use super::raw;
+use crate::core::matcher::{IpMatch, PathMatch, StringMatch};
+use crate::core::policy::{Action, Conjunction, Policy, PolicyId, Predicate, RequestPrincipalMatch, Rule, ServiceAccount, Test};
+
+/// API versions whose AuthorizationPolicy schema this compiler reads.
+pub const API_VERSIONS: [&str; 2] = ["security.istio.io/v1", "security.istio.io/v1beta1"];
+
+const DRY_RUN_ANNOTATION: &str = "istio.io/dry-run";
+
+/// Where a document starts, so that locations inside it can be reported in its file.
+#[derive(Debug, Clone, Copy)]
+pub struct DocumentOrigin<'a> {
+    pub file: &'a str,
+    /// The file line (1-based) of the document's first line.
+    pub first_line: u64,
+}
+
+impl DocumentOrigin<'_> {
+    /// The file line of a line inside the document.
+    pub fn file_line(&self, document_line: u64) -> u64 {
+        self.first_line + document_line.saturating_sub(1)
+    }
+
+    pub fn error(&self, document_line: u64, message: String) -> ConfigError {
+        ConfigError { file: self.file.into(), line: self.file_line(document_line), message }
+    }
+}
+
+/// What a valid AuthorizationPolicy document becomes.
+#[derive(Debug)]
+pub enum CompiledPolicy {
+    /// An ALLOW, DENY or AUDIT policy to enforce.
+    Enforced(Policy),
+    /// A CUSTOM policy: it routes traffic to this server and is not evaluated here.
+    Custom(PolicyId),
+}
+
+/// Compiles one document, collecting every problem rather than stopping at the first.
+pub fn compile_authorization_policy(
+    document: raw::AuthorizationPolicy,
+    origin: DocumentOrigin<'_>,
+) -> Result<CompiledPolicy, Vec<ConfigError>> {
+    let metadata = &document.metadata.value;
+    let name = metadata.name.as_ref().map_or("", |name| name.value.as_str());
+    let namespace = metadata.namespace.as_ref().map_or("", |namespace| namespace.value.as_str());
+    let id = PolicyId { namespace: namespace.into(), name: name.into() };
+    let mut compiler = Compiler { origin, context: format!("authorization policy `{id}`"), errors: Vec::new() };
+
+    if !API_VERSIONS.contains(&document.api_version.value.as_str()) {
+        let line = document.api_version.referenced.line();
+        compiler.report(line, "apiVersion", format!("unsupported apiVersion `{}`", document.api_version.value));
+    }
+    if name.is_empty() {
+        compiler.report(document.metadata.referenced.line(), "metadata.name", "a name is required".into());
+    }
+    let dry_run = compiler.dry_run(&document.metadata.value);
+    let (action, selector, rules) = match document.spec {
+        Some(spec) => compiler.spec(spec, namespace),
+        None => (Some(Action::Allow), Box::default(), Box::default()),
+    };
+    if !compiler.errors.is_empty() {
+        return Err(compiler.errors);
+    }
+    Ok(match action {
+        Some(action) => CompiledPolicy::Enforced(Policy { id: Arc::new(id), action, dry_run, selector, rules }),
+        None => CompiledPolicy::Custom(id),
+    })
+}
+
+struct Compiler<'a> {
+    origin: DocumentOrigin<'a>,
+    /// ``authorization policy `ns/name` ``, the start of every message.
+    context: String,
+    errors: Vec<ConfigError>,
+}
+
+/// A policy's action, or `None` for CUSTOM.
+type CompiledSpec = (Option<Action>, Box<[(Box<str>, Box<str>)]>, Box<[Rule]>);
+
+impl Compiler<'_> {
+    fn report(&mut self, line: u64, field: &str, message: String) {
+        let error = self.origin.error(line, format!("{}: {field}: {message}", self.context));
+        self.errors.push(error);
+    }
+
+    fn dry_run(&mut self, metadata: &raw::Metadata) -> bool {
+        let Some(value) = metadata.annotations.get(DRY_RUN_ANNOTATION) else { return false };
+        match value.value.as_str() {
+            "true" => true,
+            "false" => false,
+            other => {
+                let field = format!("metadata.annotations[{DRY_RUN_ANNOTATION}]");
+                self.report(value.referenced.line(), &field, format!("must be `true` or `false`, not `{other}`"));
+                false
+            }
+        }
+    }
+
+    fn spec(&mut self, spec: Spanned<raw::AuthorizationPolicySpec>, namespace: &str) -> CompiledSpec {
+        let spec_line = spec.referenced.line();
+        let spec = spec.value;
+        for target in [&spec.target_ref, &spec.target_refs].into_iter().flatten() {
+            let message = "`targetRef` and `targetRefs` are not supported yet; use `selector`".into();
+            self.report(target.referenced.line(), "spec", message);
+        }
+        let action = match spec.action.as_ref().map(|action| (action.value.as_str(), action.referenced.line())) {
+            None | Some(("ALLOW", _)) => Some(Action::Allow),
+            Some(("DENY", _)) => Some(Action::Deny),
+            Some(("AUDIT", _)) => Some(Action::Audit),
+            Some(("CUSTOM", _)) => None,
+            Some((other, line)) => {
+                self.report(line, "spec.action", format!("unknown action `{other}`; expected ALLOW, DENY, AUDIT or CUSTOM"));
+                Some(Action::Allow)
+            }
+        };
+        match (&spec.provider, action) {
+            (Some(provider), Some(_)) => {
+                self.report(provider.referenced.line(), "spec.provider", "`provider` must only be set with action CUSTOM".into());
+            }
+            (None, None) => self.report(spec_line, "spec.provider", "action CUSTOM requires a `provider`".into()),
+            (Some(provider), None) if provider.value.name.as_deref().unwrap_or_default().is_empty() => {
+                self.report(provider.referenced.line(), "spec.provider.name", "a provider name is required".into());
+            }
+            _ => {}
+        }
+        let rules = spec.rules.unwrap_or_default();
+        if action == Some(Action::Deny) && rules.is_empty() {
+            self.report(spec_line, "spec.rules", "a DENY policy needs at least one rule".into());
+        }
+        let selector = spec
+            .selector
+            .map(|selector| self.selector(selector))
+            .unwrap_or_default();
+        let rules = rules
+            .into_iter()
+            .enumerate()
+            .map(|(index, rule)| self.rule(&format!("spec.rules[{index}]"), rule, namespace))
+            .collect();
+        (action, selector, rules)
+    }
+
+    fn selector(&mut self, selector: Spanned<raw::WorkloadSelector>) -> Box<[(Box<str>, Box<str>)]> {
+        for key in selector.value.match_labels.keys().filter(|key| key.is_empty()) {
+            self.report(selector.referenced.line(), "spec.selector.matchLabels", format!("empty label key `{key}`"));
+        }
+        selector.value.match_labels.into_iter().map(|(key, value)| (key.into(), value.into())).collect()
+    }
+
+    fn rule(&mut self, field: &str, rule: Spanned<raw::Rule>, namespace: &str) -> Rule {
+        let line = rule.referenced.line();
+        let rule = rule.value;
+        let from = self.alternatives(field, "from", "source", line, rule.from, |this, field, from| {
+            from.value.source.map(|source| this.source(field, source, namespace))
+        });
+        let to = self.alternatives(field, "to", "operation", line, rule.to, |this, field, to| {
+            to.value.operation.map(|operation| this.operation(field, operation))
+        });
+        let when = rule
+            .when
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+            .filter_map(|(index, condition)| self.condition(&format!("{field}.when[{index}]"), condition, namespace))
+            .flatten()
+            .collect();
+        Rule { from, to, when: Conjunction(when) }
+    }
+
+    /// `from` or `to`: a list that must not be empty, of entries that must name their `inner`;
+    /// `compile` gives `None` for a missing inner and `Some(None)` for one it reported.
+    fn alternatives<T>(
+        &mut self,
+        field: &str,
+        list_name: &str,
+        inner: &str,
+        line: u64,
+        list: Option<Vec<Spanned<T>>>,
+        mut compile: impl FnMut(&mut Self, &str, Spanned<T>) -> Option<Option<Conjunction>>,
+    ) -> Box<[Conjunction]> {
+        let Some(list) = list else { return Box::default() };
+        if list.is_empty() {
+            self.report(line, &format!("{field}.{list_name}"), "must not be empty".into());
+        }
+        let mut compiled = Vec::with_capacity(list.len());
+        for (index, entry) in list.into_iter().enumerate() {
+            let entry_line = entry.referenced.line();
+            let entry_field = format!("{field}.{list_name}[{index}].{inner}");
+            match compile(self, &entry_field, entry) {
+                Some(Some(conjunction)) => compiled.push(conjunction),
+                Some(None) => {}
+                None => self.report(entry_line, &entry_field, "must be set".into()),
+            }
+        }
+        compiled.into()
+    }
+
+    fn source(&mut self, field: &str, source: Spanned<raw::Source>, namespace: &str) -> Option<Conjunction> {
+        let line = source.referenced.line();
+        let source = source.value;
+        let names_principal_or_namespace = [&source.principals, &source.not_principals, &source.namespaces, &source.not_namespaces]
+            .iter()
+            .any(|values| values.is_some());
+        if names_principal_or_namespace && (source.service_accounts.is_some() || source.not_service_accounts.is_some()) {
+            self.report(line, field, "`serviceAccounts` cannot be combined with `principals` or `namespaces`".into());
+        }
+        let fields: [(&str, Option<raw::Values>, bool, FieldKind); 12] = [
+            ("principals", source.principals, false, FieldKind::Principal),
+            ("notPrincipals", source.not_principals, true, FieldKind::Principal),
+            ("requestPrincipals", source.request_principals, false, FieldKind::RequestPrincipal),
+            ("notRequestPrincipals", source.not_request_principals, true, FieldKind::RequestPrincipal),
+            ("namespaces", source.namespaces, false, FieldKind::Namespace),
+            ("notNamespaces", source.not_namespaces, true, FieldKind::Namespace),
+            ("serviceAccounts", source.service_accounts, false, FieldKind::ServiceAccount),
+            ("notServiceAccounts", source.not_service_accounts, true, FieldKind::ServiceAccount),
+            ("ipBlocks", source.ip_blocks, false, FieldKind::SourceIp),
+            ("notIpBlocks", source.not_ip_blocks, true, FieldKind::SourceIp),
+            ("remoteIpBlocks", source.remote_ip_blocks, false, FieldKind::RemoteIp),
+            ("notRemoteIpBlocks", source.not_remote_ip_blocks, true, FieldKind::RemoteIp),
+        ];
+        self.fields(field, line, fields, namespace)
+    }
+
+    /// The predicates of a source's or operation's fields; a source or operation without any
+    /// field is an error, as in Istio.
+    fn fields<const N: usize>(
+        &mut self,
+        field: &str,
+        line: u64,
+        fields: [(&str, Option<raw::Values>, bool, FieldKind); N],
+        namespace: &str,
+    ) -> Option<Conjunction> {
+        if fields.iter().all(|(_, values, _, _)| values.is_none()) {
+            self.report(line, field, "must not be empty".into());
+            return None;
+        }
+        let before = self.errors.len();
+        let mut predicates = Vec::new();
+        for (name, values, negated, kind) in fields {
+            if let Some(values) = values {
+                let field = format!("{field}.{name}");
+                predicates.extend(self.predicate(&field, line, values, negated, kind, namespace));
+            }
+        }
+        (self.errors.len() == before).then(|| Conjunction(predicates.into()))
+    }
+
+    fn operation(&mut self, field: &str, operation: Spanned<raw::Operation>) -> Option<Conjunction> {
+        let line = operation.referenced.line();
+        let operation = operation.value;
+        let fields: [(&str, Option<raw::Values>, bool, FieldKind); 8] = [
+            ("hosts", operation.hosts, false, FieldKind::Host),
+            ("notHosts", operation.not_hosts, true, FieldKind::Host),
+            ("ports", operation.ports, false, FieldKind::DestinationPort),
+            ("notPorts", operation.not_ports, true, FieldKind::DestinationPort),
+            ("methods", operation.methods, false, FieldKind::Method),
+            ("notMethods", operation.not_methods, true, FieldKind::Method),
+            ("paths", operation.paths, false, FieldKind::Path),
+            ("notPaths", operation.not_paths, true, FieldKind::Path),
+        ];
+        self.fields(field, line, fields, "")
+    }
+
+    /// One `when` entry: `key` with `values` and/or `notValues` (both given: both must hold).
+    fn condition(&mut self, field: &str, condition: Spanned<raw::Condition>, namespace: &str) -> Option<Vec<Predicate>> {
+        let line = condition.referenced.line();
+        let condition = condition.value;
+        let Some(key) = condition.key else {
+            self.report(line, &format!("{field}.key"), "a key is required".into());
+            return None;
+        };
+        let kind = match FieldKind::from_condition_key(&key.value) {
+            Ok(kind) => kind,
+            Err(message) => {
+                self.report(key.referenced.line(), &format!("{field}.key"), message);
+                return None;
+            }
+        };
+        if condition.values.is_none() && condition.not_values.is_none() {
+            self.report(line, field, "`values` or `notValues` must be set".into());
+            return None;
+        }
+        let mut predicates = Vec::new();
+        for (name, values, negated) in [("values", condition.values, false), ("notValues", condition.not_values, true)] {
+            if let Some(values) = values {
+                let field = format!("{field}.{name}");
+                predicates.extend(self.predicate(&field, line, values, negated, kind.clone(), namespace));
+            }
+        }
+        Some(predicates)
+    }
+
+    /// Compiles one list of values into a predicate; reports each bad value at its own line.
+    fn predicate(
+        &mut self,
+        field: &str,
+        line: u64,
+        values: raw::Values,
+        negated: bool,
+        kind: FieldKind,
+        namespace: &str,
+    ) -> Option<Predicate> {
+        if values.is_empty() {
+            self.report(line, field, "must not be empty".into());
+            return None;
+        }
+        let before = self.errors.len();
+        for (index, value) in values.iter().enumerate() {
+            let checked = if value.value.is_empty() { Err("empty value not allowed".into()) } else { kind.check(&value.value, namespace) };
+            if let Err(message) = checked {
+                self.report(value.referenced.line(), &format!("{field}[{index}]"), message);
+            }
+        }
+        if self.errors.len() != before {
+            return None;
+        }
+        let texts: Vec<&str> = values.iter().map(|value| value.value.as_str()).collect();
+        let test = kind.into_test(&texts, namespace);
+        Some(Predicate { test, negated })
+    }
+}
+
+fn port(value: &str) -> Result<u16, String> {
+    value.parse::<u16>().map_err(|_| format!("invalid port `{value}`"))
+}
+
+/// `name` (in the policy's namespace) or `namespace/name`.
+fn service_account(value: &str, policy_namespace: &str) -> Result<ServiceAccount, String> {
+    let (namespace, name) = value.split_once('/').unwrap_or((policy_namespace, value));
+    if name.is_empty() || namespace.is_empty() || name.contains('/') {
+        return Err(format!("invalid service account `{value}`; expected `name` or `namespace/name`"));
+    }
+    Ok(ServiceAccount { namespace: namespace.into(), name: name.into() })
+}
+
+/// What a rule field or condition key reads.
+#[derive(Debug, Clone)]
+enum FieldKind {
+    Principal,
+    RequestPrincipal,
+    Namespace,
+    ServiceAccount,
+    SourceIp,
+    RemoteIp,
+    DestinationIp,
+    DestinationPort,
+    Sni,
+    Host,
+    Method,
+    Path,
+    Header(Box<str>),
+    Audience,
+    Presenter,
+    Claim(Box<[Box<str>]>),
+}
+
+impl FieldKind {
+    /// Checks one value of this field.
+    fn check(&self, value: &str, policy_namespace: &str) -> Result<(), String> {
+        match self {
+            Self::ServiceAccount => service_account(value, policy_namespace).map(drop),
+            Self::SourceIp | Self::RemoteIp | Self::DestinationIp => IpMatch::parse(value).map(drop),
+            Self::DestinationPort => port(value).map(drop),
+            Self::Path => PathMatch::parse(value).map(drop),
+            _ => Ok(()),
+        }
+    }
+
+    /// Builds the test from values that passed [`FieldKind::check`].
+    fn into_test(self, values: &[&str], policy_namespace: &str) -> Test {
+        fn all<T>(values: &[&str], parse: impl Fn(&str) -> Result<T, String>) -> Box<[T]> {
+            values.iter().filter_map(|value| parse(value).ok()).collect()
+        }
+        let strings = || values.iter().map(|value| StringMatch::parse(value)).collect::<Box<[_]>>();
+        match self {
+            Self::Principal => Test::SourcePrincipal(strings()),
+            Self::Namespace => Test::SourceNamespace(strings()),
+            Self::Sni => Test::Sni(strings()),
+            Self::Host => Test::Host(strings()),
+            Self::Method => Test::Method(strings()),
+            Self::Presenter => Test::Presenter(strings()),
+            Self::Audience => Test::Audience(strings()),
+            Self::Header(name) => Test::Header { name, values: strings() },
+            Self::Claim(path) => Test::Claim { path, values: strings() },
+            Self::RequestPrincipal => Test::RequestPrincipal(values.iter().map(|value| RequestPrincipalMatch::parse(value)).collect()),
+            Self::ServiceAccount => Test::SourceServiceAccount(all(values, |value| service_account(value, policy_namespace))),
+            Self::SourceIp => Test::SourceIp(all(values, IpMatch::parse)),
+            Self::RemoteIp => Test::RemoteIp(all(values, IpMatch::parse)),
+            Self::DestinationIp => Test::DestinationIp(all(values, IpMatch::parse)),
+            Self::DestinationPort => Test::DestinationPort(all(values, port)),
+            Self::Path => Test::Path(all(values, PathMatch::parse)),
+        }
+    }
+
+    /// Reads a `when` key as Istio's validation does.
+    fn from_condition_key(key: &str) -> Result<Self, String> {
+        Ok(match key {
+            "source.ip" => Self::SourceIp,
+            "remote.ip" => Self::RemoteIp,
+            "source.namespace" => Self::Namespace,
+            "source.principal" => Self::Principal,
+            "source.serviceAccount" => Self::ServiceAccount,
+            "request.auth.principal" => Self::RequestPrincipal,
+            "request.auth.audiences" => Self::Audience,
+            "request.auth.presenter" => Self::Presenter,
+            "destination.ip" => Self::DestinationIp,
+            "destination.port" => Self::DestinationPort,
+            "connection.sni" => Self::Sni,
+            "destination.namespace" => return Err(format!("`{key}` is replaced by metadata.namespace")),
+            "destination.name" | "destination.user" => return Err(format!("`{key}` was removed after v1alpha1")),
+            _ if key.starts_with("request.headers") => {
+                let name = bracketed(key, "request.headers")?;
+                let [name] = &*name else { return Err(format!("bad key `{key}`: expected `request.headers[NAME]`")) };
+                Self::Header(name.to_ascii_lowercase().into())
+            }
+            _ if key.starts_with("request.auth.claims") => Self::Claim(bracketed(key, "request.auth.claims")?),
+            _ if key.starts_with("destination.labels") => return Err(format!("`{key}` is replaced by the workload selector")),
+            _ if key.starts_with("experimental.envoy.filters.") => return Err(format!("`{key}` is not supported")),
+            _ => return Err(format!("unknown key `{key}`")),
+        })
+    }
+}
+
+/// The names in `prefix[a][b]…`; each must be non-empty.
+fn bracketed(key: &str, prefix: &str) -> Result<Box<[Box<str>]>, String> {
+    let bad = || format!("bad key `{key}`: expected `{prefix}[NAME]`");
+    let mut rest = key.strip_prefix(prefix).ok_or_else(bad)?;
+    let mut names = Vec::new();
+    while !rest.is_empty() {
+        let inner = rest.strip_prefix('[').ok_or_else(bad)?;
+        let end = inner.find(']').ok_or_else(bad)?;
+        let name = &inner[..end];
+        if name.is_empty() || name.contains('[') {
+            return Err(bad());
+        }
+        names.push(name.into());
+        rest = &inner[end + 1..];
+    }
+    if names.is_empty() {
+        return Err(bad());
+    }
+    Ok(names.into())
+}

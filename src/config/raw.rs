@@ -1,0 +1,122 @@
+//! The policy YAML exactly as Istio defines it: a serde mirror with source locations, checked for unknown fields; no semantics.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+use serde_saphyr::Spanned;
+
+/// A list of strings from the YAML, each with its location.
+pub type Values = Vec<Spanned<String>>;
+
+/// Just enough of any Kubernetes object to tell what it is.
+#[derive(Debug, Deserialize)]
+pub struct ObjectHeader {
+    #[serde(rename = "apiVersion")]
+    pub api_version: Option<String>,
+    pub kind: Option<String>,
+}
+
+/// Kubernetes `metadata`: only the fields policies use are read, the rest of ObjectMeta is
+/// accepted as exported by `kubectl get -o yaml`.
+#[derive(Debug, Deserialize)]
+pub struct Metadata {
+    pub name: Option<Spanned<String>>,
+    pub namespace: Option<Spanned<String>>,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, Spanned<String>>,
+}
+
+/// `security.istio.io/v1` (or `v1beta1`) `AuthorizationPolicy`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AuthorizationPolicy {
+    pub api_version: Spanned<String>,
+    pub kind: String,
+    pub metadata: Spanned<Metadata>,
+    pub spec: Option<Spanned<AuthorizationPolicySpec>>,
+    /// Written by the cluster, ignored here.
+    pub status: Option<IgnoredAny>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AuthorizationPolicySpec {
+    pub selector: Option<Spanned<WorkloadSelector>>,
+    pub target_ref: Option<Spanned<IgnoredAny>>,
+    pub target_refs: Option<Spanned<IgnoredAny>>,
+    pub action: Option<Spanned<String>>,
+    pub provider: Option<Spanned<ExtensionProvider>>,
+    pub rules: Option<Vec<Spanned<Rule>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct WorkloadSelector {
+    #[serde(default)]
+    pub match_labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExtensionProvider {
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    pub from: Option<Vec<Spanned<From>>>,
+    pub to: Option<Vec<Spanned<To>>>,
+    pub when: Option<Vec<Spanned<Condition>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct From {
+    pub source: Option<Spanned<Source>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct To {
+    pub operation: Option<Spanned<Operation>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Source {
+    pub principals: Option<Values>,
+    pub not_principals: Option<Values>,
+    pub request_principals: Option<Values>,
+    pub not_request_principals: Option<Values>,
+    pub namespaces: Option<Values>,
+    pub not_namespaces: Option<Values>,
+    pub service_accounts: Option<Values>,
+    pub not_service_accounts: Option<Values>,
+    pub ip_blocks: Option<Values>,
+    pub not_ip_blocks: Option<Values>,
+    pub remote_ip_blocks: Option<Values>,
+    pub not_remote_ip_blocks: Option<Values>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Operation {
+    pub hosts: Option<Values>,
+    pub not_hosts: Option<Values>,
+    pub ports: Option<Values>,
+    pub not_ports: Option<Values>,
+    pub methods: Option<Values>,
+    pub not_methods: Option<Values>,
+    pub paths: Option<Values>,
+    pub not_paths: Option<Values>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Condition {
+    pub key: Option<Spanned<String>>,
+    pub values: Option<Values>,
+    pub not_values: Option<Values>,
+}

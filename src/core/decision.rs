@@ -1,0 +1,141 @@
+//! The outcome of a check — verdict, reason, the policy that decided, headers to add or strip; pure.
+
+use std::fmt;
+use std::sync::Arc;
+
+use super::policy::PolicyId;
+
+/// Why a request was allowed or denied. The set is closed so metrics labels stay bounded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// No ALLOW or DENY policy applies to the workload.
+    NoPolicies,
+    /// An ALLOW policy matched.
+    AllowedByPolicy,
+    /// A DENY policy matched.
+    DeniedByPolicy,
+    /// ALLOW policies apply to the workload and none matched.
+    NoAllowMatch,
+    /// The path cannot be normalized safely.
+    InvalidPath,
+    /// The proxy sent a check without request attributes.
+    MalformedRequest,
+    /// The check failed inside the server; it fails closed.
+    InternalError,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 7] = [
+        Self::NoPolicies,
+        Self::AllowedByPolicy,
+        Self::DeniedByPolicy,
+        Self::NoAllowMatch,
+        Self::InvalidPath,
+        Self::MalformedRequest,
+        Self::InternalError,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NoPolicies => "no_policies",
+            Self::AllowedByPolicy => "allowed_by_policy",
+            Self::DeniedByPolicy => "denied_by_policy",
+            Self::NoAllowMatch => "no_allow_match",
+            Self::InvalidPath => "invalid_path",
+            Self::MalformedRequest => "malformed_request",
+            Self::InternalError => "internal_error",
+        }
+    }
+
+    pub fn is_allow(self) -> bool {
+        matches!(self, Self::NoPolicies | Self::AllowedByPolicy)
+    }
+
+    /// The HTTP status a proxy returns to the client.
+    pub fn http_status(self) -> u16 {
+        match self {
+            Self::NoPolicies | Self::AllowedByPolicy => 200,
+            Self::DeniedByPolicy | Self::NoAllowMatch | Self::MalformedRequest | Self::InternalError => 403,
+            Self::InvalidPath => 400,
+        }
+    }
+
+    /// The response body of a denial, in Envoy's wording.
+    pub fn body(self) -> &'static str {
+        match self {
+            Self::NoPolicies | Self::AllowedByPolicy => "",
+            Self::DeniedByPolicy | Self::NoAllowMatch | Self::MalformedRequest | Self::InternalError => {
+                "RBAC: access denied"
+            }
+            Self::InvalidPath => "Bad Request",
+        }
+    }
+}
+
+/// The policy and rule that decided, shown as Istio names it: `ns[NS]-policy[NAME]-rule[N]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyMatch {
+    pub policy: Arc<PolicyId>,
+    pub rule: usize,
+}
+
+impl fmt::Display for PolicyMatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ns[{}]-policy[{}]-rule[{}]", self.policy.namespace, self.policy.name, self.rule)
+    }
+}
+
+/// What the dry-run policies would have decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DryRunOutcome {
+    pub would_allow: bool,
+    pub policy: Option<PolicyMatch>,
+}
+
+/// The decision for one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub reason: Reason,
+    /// The enforced policy that decided, if one did.
+    pub policy: Option<PolicyMatch>,
+    /// The first AUDIT policy that matched; it never changes the verdict.
+    pub audit: Option<PolicyMatch>,
+    /// The verdict of `istio.io/dry-run` policies, when any apply.
+    pub dry_run: Option<DryRunOutcome>,
+    /// Headers to set on the request on its way to the service (allow only).
+    pub headers_to_set: Vec<(Arc<str>, String)>,
+    /// Headers to strip from the request on its way to the service (allow only).
+    pub headers_to_remove: Vec<Arc<str>>,
+}
+
+impl Decision {
+    pub fn new(reason: Reason, policy: Option<PolicyMatch>) -> Self {
+        Self { reason, policy, audit: None, dry_run: None, headers_to_set: Vec::new(), headers_to_remove: Vec::new() }
+    }
+
+    pub fn is_allow(&self) -> bool {
+        self.reason.is_allow()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policy_matches_display_in_istio_form() {
+        let id = Arc::new(PolicyId { namespace: "jobs".into(), name: "allow-read".into() });
+        assert_eq!(PolicyMatch { policy: id, rule: 2 }.to_string(), "ns[jobs]-policy[allow-read]-rule[2]");
+    }
+
+    #[test]
+    fn reasons_map_to_envoy_statuses_and_bodies() {
+        for reason in Reason::ALL {
+            let (status, body) = (reason.http_status(), reason.body());
+            assert_eq!(reason.is_allow(), status == 200, "{reason:?}");
+            assert_eq!(body.is_empty(), reason.is_allow(), "{reason:?}");
+        }
+        assert_eq!(Reason::DeniedByPolicy.body(), "RBAC: access denied");
+        assert_eq!(Reason::NoAllowMatch.http_status(), 403);
+    }
+}

@@ -1,0 +1,17 @@
+//! The decision core: request attributes → identity → decision. Pure and synchronous: no I/O, no async, no clock.
+//!
+//! Adapters (gRPC, HTTP, the CLI) build a [`Request`] that borrows from their own message and
+//! call [`Snapshot::check`], which cannot fail: every problem becomes a deny with a [`Reason`].
+
+pub mod decision;
+pub mod identity;
+pub mod matcher;
+pub mod path;
+pub mod policy;
+pub mod request;
+pub mod snapshot;
+pub mod workload;
+
+pub use decision::{Decision, Reason};
+pub use request::{HttpRequest, Peer, Request};
+pub use snapshot::{EngineOptions, Snapshot};

@@ -1,0 +1,277 @@
+//! Compiled AuthorizationPolicies and how one rule matches a request's attributes; pure.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use super::identity::{Identity, claim_strings};
+use super::matcher::{IpMatch, PathMatch, StringMatch};
+use super::request::{Request, SpiffeId};
+use super::workload::Workload;
+
+/// What a policy does when one of its rules matches. CUSTOM policies route traffic to this
+/// server and are not part of a compiled set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Allow,
+    Deny,
+    Audit,
+}
+
+/// A policy's `namespace/name`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PolicyId {
+    pub namespace: Box<str>,
+    pub name: Box<str>,
+}
+
+impl fmt::Display for PolicyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.namespace.is_empty() {
+            write!(f, "{}", self.name)
+        } else {
+            write!(f, "{}/{}", self.namespace, self.name)
+        }
+    }
+}
+
+/// One compiled AuthorizationPolicy.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub id: Arc<PolicyId>,
+    pub action: Action,
+    /// `istio.io/dry-run: "true"`: evaluated and logged, never enforced.
+    pub dry_run: bool,
+    /// `selector.matchLabels`; empty selects every workload of the namespace.
+    pub selector: Box<[(Box<str>, Box<str>)]>,
+    pub rules: Box<[Rule]>,
+}
+
+impl Policy {
+    /// Whether the policy's selector picks this workload.
+    pub fn selects(&self, workload: &Workload<'_>) -> bool {
+        self.selector.iter().all(|(key, value)| workload.label(key) == Some(&**value))
+    }
+
+    /// The index of the first rule that matches; `None` when none does (always for no rules).
+    pub fn first_matching_rule(&self, attributes: &Attributes<'_>) -> Option<usize> {
+        self.rules.iter().position(|rule| rule.matches(attributes, self.action))
+    }
+}
+
+/// A rule: any source, any operation, and every condition.
+#[derive(Debug, Clone, Default)]
+pub struct Rule {
+    /// `from[].source`: empty matches any source.
+    pub from: Box<[Conjunction]>,
+    /// `to[].operation`: empty matches any operation.
+    pub to: Box<[Conjunction]>,
+    /// `when`: every condition must hold.
+    pub when: Conjunction,
+}
+
+impl Rule {
+    pub fn matches(&self, attributes: &Attributes<'_>, action: Action) -> bool {
+        let any_of = |alternatives: &[Conjunction]| {
+            alternatives.is_empty() || alternatives.iter().any(|all| all.holds(attributes, action))
+        };
+        any_of(&self.from) && any_of(&self.to) && self.when.holds(attributes, action)
+    }
+}
+
+/// Predicates that must all hold: the fields of one source or operation, or a rule's `when`.
+#[derive(Debug, Clone, Default)]
+pub struct Conjunction(pub Box<[Predicate]>);
+
+impl Conjunction {
+    pub fn holds(&self, attributes: &Attributes<'_>, action: Action) -> bool {
+        self.0.iter().all(|predicate| predicate.holds(attributes, action))
+    }
+}
+
+/// One field of a rule (`paths`, `notPrincipals`, a `when` key with `values` or `notValues`).
+#[derive(Debug, Clone)]
+pub struct Predicate {
+    pub test: Test,
+    /// `notX` / `notValues`: holds when no value matches.
+    pub negated: bool,
+}
+
+impl Predicate {
+    /// On a TCP check an HTTP-only field cannot be evaluated: it fails an ALLOW rule and is
+    /// ignored in DENY and AUDIT rules, as Istio builds its TCP filters.
+    pub fn holds(&self, attributes: &Attributes<'_>, action: Action) -> bool {
+        match self.test.evaluate(attributes) {
+            Some(matched) => matched != self.negated,
+            None => action != Action::Allow,
+        }
+    }
+}
+
+/// `requestPrincipals` entries split at the last `/` into issuer and subject, as Istio does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestPrincipalMatch {
+    pub issuer: StringMatch,
+    pub subject: StringMatch,
+}
+
+impl RequestPrincipalMatch {
+    pub fn parse(value: &str) -> Self {
+        let split = value.rfind('/').map(|at| (&value[..at], &value[at + 1..]));
+        let exact = |text: &str| StringMatch::Exact(text.into());
+        let (issuer, subject) = match split {
+            _ if value == "*" => (StringMatch::Presence, StringMatch::Presence),
+            Some((issuer, subject)) if value.starts_with('*') => {
+                let issuer = if issuer == "*" { StringMatch::Presence } else { StringMatch::Suffix(issuer[1..].into()) };
+                (issuer, exact(subject))
+            }
+            None if value.starts_with('*') => (StringMatch::Presence, StringMatch::Suffix(value[1..].into())),
+            Some((issuer, subject)) if value.ends_with('*') => {
+                let subject = if subject == "*" {
+                    StringMatch::Presence
+                } else {
+                    StringMatch::Prefix(subject[..subject.len() - 1].into())
+                };
+                (exact(issuer), subject)
+            }
+            None if value.ends_with('*') => (StringMatch::Prefix(value[..value.len() - 1].into()), StringMatch::Presence),
+            Some((issuer, subject)) => (exact(issuer), exact(subject)),
+            None => (exact(value), exact("")),
+        };
+        Self { issuer, subject }
+    }
+
+    fn matches(&self, identity: &Identity) -> bool {
+        self.issuer.matches(identity.issuer()) && self.subject.matches(identity.subject())
+    }
+}
+
+/// A service account as `serviceAccounts` names it: namespace (the policy's when elided) and name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceAccount {
+    pub namespace: Box<str>,
+    pub name: Box<str>,
+}
+
+/// What a predicate looks at, and the values it accepts (any of them).
+#[derive(Debug, Clone)]
+pub enum Test {
+    SourcePrincipal(Box<[StringMatch]>),
+    SourceNamespace(Box<[StringMatch]>),
+    SourceServiceAccount(Box<[ServiceAccount]>),
+    SourceIp(Box<[IpMatch]>),
+    RemoteIp(Box<[IpMatch]>),
+    DestinationIp(Box<[IpMatch]>),
+    DestinationPort(Box<[u16]>),
+    Sni(Box<[StringMatch]>),
+    Host(Box<[StringMatch]>),
+    Method(Box<[StringMatch]>),
+    Path(Box<[PathMatch]>),
+    Header { name: Box<str>, values: Box<[StringMatch]> },
+    RequestPrincipal(Box<[RequestPrincipalMatch]>),
+    Audience(Box<[StringMatch]>),
+    Presenter(Box<[StringMatch]>),
+    Claim { path: Box<[Box<str>]>, values: Box<[StringMatch]> },
+}
+
+/// Everything a predicate may read, computed once per check.
+#[derive(Debug, Clone)]
+pub struct Attributes<'r> {
+    pub request: &'r Request<'r>,
+    pub source: Option<SpiffeId<'r>>,
+    /// The client address after trusted proxies (`remote.ip`).
+    pub remote_ip: Option<IpAddr>,
+    /// The normalized path; empty on a TCP check.
+    pub path: &'r str,
+    pub identity: Option<&'r Identity>,
+}
+
+fn any_string(patterns: &[StringMatch], value: Option<&str>) -> bool {
+    value.is_some_and(|value| patterns.iter().any(|pattern| pattern.matches(value)))
+}
+
+fn any_ip(blocks: &[IpMatch], address: Option<IpAddr>) -> bool {
+    address.is_some_and(|address| blocks.iter().any(|block| block.matches(address)))
+}
+
+fn any_claim_string(patterns: &[StringMatch], claim: Option<&serde_json::Value>) -> bool {
+    claim.is_some_and(|claim| claim_strings(claim).any(|value| patterns.iter().any(|pattern| pattern.matches(value))))
+}
+
+impl Test {
+    /// Whether a value matches; `None` when the field is HTTP-only and the check is TCP.
+    pub fn evaluate(&self, attributes: &Attributes<'_>) -> Option<bool> {
+        let request = attributes.request;
+        let source = attributes.source;
+        let matched = match self {
+            Self::SourcePrincipal(patterns) => any_string(patterns, source.map(|id| id.principal)),
+            Self::SourceNamespace(patterns) => any_string(patterns, source.and_then(|id| id.namespace)),
+            Self::SourceServiceAccount(accounts) => source.is_some_and(|id| {
+                accounts.iter().any(|account| {
+                    id.namespace == Some(&*account.namespace) && id.service_account == Some(&*account.name)
+                })
+            }),
+            Self::SourceIp(blocks) => any_ip(blocks, request.source.address),
+            Self::RemoteIp(blocks) => any_ip(blocks, attributes.remote_ip),
+            Self::DestinationIp(blocks) => any_ip(blocks, request.destination.address),
+            Self::DestinationPort(ports) => request.destination.port.is_some_and(|port| ports.contains(&port)),
+            Self::Sni(patterns) => any_string(patterns, Some(request.sni)),
+            Self::Host(patterns) => {
+                let host = request.http.as_ref()?.host;
+                patterns.iter().any(|pattern| pattern.matches_ignore_case(host))
+            }
+            Self::Method(patterns) => any_string(patterns, Some(request.http.as_ref()?.method)),
+            Self::Path(patterns) => {
+                request.http.as_ref()?;
+                patterns.iter().any(|pattern| pattern.matches(attributes.path))
+            }
+            Self::Header { name, values } => {
+                // Istio turns `*` into a presence match on headers: an empty value is present.
+                request.http.as_ref()?.header(name).is_some_and(|value| {
+                    values.iter().any(|pattern| *pattern == StringMatch::Presence || pattern.matches(value))
+                })
+            }
+            Self::RequestPrincipal(patterns) => {
+                request.http.as_ref()?;
+                attributes.identity.is_some_and(|id| patterns.iter().any(|pattern| pattern.matches(id)))
+            }
+            Self::Audience(patterns) => {
+                request.http.as_ref()?;
+                any_claim_string(patterns, attributes.identity.and_then(|id| id.claim(&["aud"])))
+            }
+            Self::Presenter(patterns) => {
+                request.http.as_ref()?;
+                any_claim_string(patterns, attributes.identity.and_then(|id| id.claim(&["azp"])))
+            }
+            Self::Claim { path, values } => {
+                request.http.as_ref()?;
+                any_claim_string(values, attributes.identity.and_then(|id| id.claim(path)))
+            }
+        };
+        Some(matched)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_principals_split_like_istio() {
+        use StringMatch::{Exact, Prefix, Presence, Suffix};
+        let table: Vec<(&str, StringMatch, StringMatch)> = vec![
+            ("*", Presence, Presence),
+            ("https://kc/realms/jobs/u1", Exact("https://kc/realms/jobs".into()), Exact("u1".into())),
+            ("https://kc/realms/jobs/*", Exact("https://kc/realms/jobs".into()), Presence),
+            ("https://kc/realms/jobs/u*", Exact("https://kc/realms/jobs".into()), Prefix("u".into())),
+            ("*/u1", Presence, Exact("u1".into())),
+            ("*jobs/u1", Suffix("jobs".into()), Exact("u1".into())),
+            ("*abc", Presence, Suffix("abc".into())),
+            ("abc*", Prefix("abc".into()), Presence),
+            ("issuer", Exact("issuer".into()), Exact("".into())),
+        ];
+        for (value, issuer, subject) in table {
+            assert_eq!(RequestPrincipalMatch::parse(value), RequestPrincipalMatch { issuer, subject }, "`{value}`");
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! Which workload a request is for — its namespace and labels — from context extensions, peer data and the workloads table; pure.
+
+use std::collections::HashMap;
+
+use super::matcher::IpMatch;
+use super::request::{Request, SpiffeId};
+
+/// The context extension that names the workload's namespace.
+pub const NAMESPACE_EXTENSION: &str = "namespace";
+
+/// Operator-written entries naming a workload by what Istio's CUSTOM hop does send.
+#[derive(Debug, Clone, Default)]
+pub struct WorkloadTable {
+    entries: Box<[WorkloadEntry]>,
+}
+
+/// One row of the workloads table: the first row whose selector fits the request applies.
+#[derive(Debug, Clone)]
+pub struct WorkloadEntry {
+    pub selector: WorkloadSelector,
+    pub namespace: Option<Box<str>>,
+    pub labels: HashMap<String, String>,
+}
+
+/// How a workloads-table row recognizes a request.
+#[derive(Debug, Clone)]
+pub enum WorkloadSelector {
+    /// The destination principal, `spiffe://` dropped.
+    Principal(Box<str>),
+    /// The destination address.
+    Address(IpMatch),
+    /// The request's authority, compared without case and with or without its port.
+    Host(Box<str>),
+}
+
+impl WorkloadSelector {
+    fn fits(&self, request: &Request<'_>) -> bool {
+        match self {
+            Self::Principal(principal) => {
+                SpiffeId::parse(request.destination.principal).is_some_and(|id| id.principal == &**principal)
+            }
+            Self::Address(block) => request.destination.address.is_some_and(|address| block.matches(address)),
+            Self::Host(host) => request.http.as_ref().is_some_and(|http| {
+                let without_port = http.host.rsplit_once(':').map_or(http.host, |(name, _)| name);
+                http.host.eq_ignore_ascii_case(host) || without_port.eq_ignore_ascii_case(host)
+            }),
+        }
+    }
+}
+
+impl WorkloadTable {
+    pub fn new(entries: Vec<WorkloadEntry>) -> Self {
+        Self { entries: entries.into() }
+    }
+
+    /// Finds the request's workload. The namespace comes from the `namespace` context
+    /// extension, else from the destination principal, else from the table; labels from the
+    /// other context extensions, then the destination's labels, then the table.
+    pub fn resolve<'a>(&'a self, request: &Request<'a>) -> Workload<'a> {
+        let entry = self.entries.iter().find(|entry| entry.selector.fits(request));
+        let namespace = request
+            .context_extensions
+            .and_then(|extensions| extensions.get(NAMESPACE_EXTENSION))
+            .map(String::as_str)
+            .or_else(|| SpiffeId::parse(request.destination.principal).and_then(|id| id.namespace))
+            .or_else(|| entry.and_then(|entry| entry.namespace.as_deref()));
+        Workload {
+            namespace,
+            label_sources: [request.context_extensions, request.destination.labels, entry.map(|entry| &entry.labels)],
+        }
+    }
+}
+
+/// The workload a request is for.
+#[derive(Debug, Clone)]
+pub struct Workload<'a> {
+    pub namespace: Option<&'a str>,
+    label_sources: [Option<&'a HashMap<String, String>>; 3],
+}
+
+impl<'a> Workload<'a> {
+    /// A label's value, from the first source that has it.
+    pub fn label(&self, key: &str) -> Option<&'a str> {
+        if key == NAMESPACE_EXTENSION {
+            return self.label_sources[1..].iter().flatten().find_map(|labels| labels.get(key)).map(String::as_str);
+        }
+        self.label_sources.iter().flatten().find_map(|labels| labels.get(key)).map(String::as_str)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::request::{HttpRequest, Peer};
+
+    fn map(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn table() -> WorkloadTable {
+        WorkloadTable::new(vec![
+            WorkloadEntry {
+                selector: WorkloadSelector::Host("jobs.example.com".into()),
+                namespace: Some("job-service".into()),
+                labels: map(&[("app", "job-service"), ("tier", "api")]),
+            },
+            WorkloadEntry {
+                selector: WorkloadSelector::Principal("cluster.local/ns/billing/sa/billing".into()),
+                namespace: Some("table-ns".into()),
+                labels: map(&[("app", "billing")]),
+            },
+            WorkloadEntry {
+                selector: WorkloadSelector::Address(IpMatch::parse("10.9.0.0/16").expect("cidr")),
+                namespace: Some("by-address".into()),
+                labels: map(&[("app", "by-address")]),
+            },
+        ])
+    }
+
+    #[test]
+    fn context_extensions_come_first() {
+        let table = table();
+        let extensions = map(&[("namespace", "ctx-ns"), ("app", "from-ctx")]);
+        let labels = map(&[("app", "from-peer"), ("version", "v1")]);
+        let request = Request {
+            context_extensions: Some(&extensions),
+            destination: Peer {
+                principal: "spiffe://cluster.local/ns/peer-ns/sa/x",
+                labels: Some(&labels),
+                ..Peer::default()
+            },
+            http: Some(HttpRequest { host: "JOBS.example.com:443", ..HttpRequest::default() }),
+            ..Request::default()
+        };
+        let workload = table.resolve(&request);
+        assert_eq!(workload.namespace, Some("ctx-ns"));
+        assert_eq!(workload.label("app"), Some("from-ctx"));
+        assert_eq!(workload.label("version"), Some("v1"));
+        assert_eq!(workload.label("tier"), Some("api"));
+        assert_eq!(workload.label("namespace"), None);
+        assert_eq!(workload.label("missing"), None);
+    }
+
+    #[test]
+    fn destination_principal_names_the_namespace_before_the_table() {
+        let table = table();
+        let request = Request {
+            destination: Peer { principal: "spiffe://cluster.local/ns/billing/sa/billing", ..Peer::default() },
+            ..Request::default()
+        };
+        let workload = table.resolve(&request);
+        assert_eq!(workload.namespace, Some("billing"));
+        assert_eq!(workload.label("app"), Some("billing"));
+    }
+
+    #[test]
+    fn the_table_names_workloads_by_address_or_host() {
+        let table = table();
+        let by_address = Request {
+            destination: Peer { address: Some("10.9.1.1".parse().expect("ip")), ..Peer::default() },
+            ..Request::default()
+        };
+        assert_eq!(table.resolve(&by_address).namespace, Some("by-address"));
+        let by_host = Request { http: Some(HttpRequest { host: "jobs.example.com", ..HttpRequest::default() }), ..Request::default() };
+        assert_eq!(table.resolve(&by_host).namespace, Some("job-service"));
+        let unknown = Request { http: Some(HttpRequest { host: "other.example.com", ..HttpRequest::default() }), ..Request::default() };
+        let workload = table.resolve(&unknown);
+        assert_eq!((workload.namespace, workload.label("app")), (None, None));
+    }
+}

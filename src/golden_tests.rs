@@ -1,0 +1,159 @@
+//! Runs the golden cases in `tests/golden/*.yaml` — policies, requests, expected decisions or errors — against the core.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use crate::cli::RequestFile;
+use crate::config::ConfigError;
+use crate::config::load::{load_policies, load_policy_text};
+use crate::core::Snapshot;
+use crate::core::identity::Identity;
+use crate::settings::Settings;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GoldenFile {
+    /// Inline policy YAML.
+    #[serde(default)]
+    policies: String,
+    /// Policy paths relative to the repository root, loaded as `serve` would.
+    #[serde(default)]
+    policy_paths: Vec<PathBuf>,
+    #[serde(default)]
+    settings: Option<Settings>,
+    #[serde(default)]
+    cases: Vec<Case>,
+    #[serde(default)]
+    invalid: Vec<InvalidCase>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Case {
+    name: String,
+    request: RequestFile,
+    /// Claims of a verified token the request carries.
+    #[serde(default)]
+    identity: Option<Map<String, Value>>,
+    expect: Expectation,
+}
+
+#[derive(Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+struct Expectation {
+    decision: String,
+    reason: String,
+    /// `ns[..]-policy[..]-rule[..]`; omitted means no policy decided.
+    #[serde(default)]
+    policy: Option<String>,
+    #[serde(default)]
+    audit: Option<String>,
+    /// `allow` or `deny`: what the dry-run policies would decide; omitted means none apply.
+    #[serde(default)]
+    dry_run: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InvalidCase {
+    name: String,
+    policies: String,
+    /// `LINE: text` — an error at that line of `policies` containing the text.
+    errors: Vec<String>,
+}
+
+fn golden_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
+}
+
+fn snapshot_for(file: &GoldenFile, label: &str) -> Result<Snapshot, Vec<ConfigError>> {
+    let settings = file.settings.clone().unwrap_or_default();
+    let mut policies = load_policy_text(label, &file.policies)?.policies;
+    if !file.policy_paths.is_empty() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let paths: Vec<PathBuf> = file.policy_paths.iter().map(|path| root.join(path)).collect();
+        policies.extend(load_policies(&paths)?.policies);
+    }
+    let workloads = settings.workload_table().map_err(|error| {
+        vec![ConfigError { file: label.into(), line: 0, message: error.to_string() }]
+    })?;
+    Ok(Snapshot::new(policies, workloads, settings.engine_options(), &settings.root_namespace))
+}
+
+fn run_case(snapshot: &Snapshot, case: &Case) -> Result<(), String> {
+    let headers: Vec<(String, String)> =
+        case.request.headers.iter().map(|(name, value)| (name.to_ascii_lowercase(), value.clone())).collect();
+    let identity = case.identity.clone().map(Identity::from_verified_claims);
+    let decision = snapshot.decide(&case.request.request(&headers), identity.as_ref());
+    let verdict = |allow: bool| if allow { "allow" } else { "deny" }.to_string();
+    let got = Expectation {
+        decision: verdict(decision.is_allow()),
+        reason: decision.reason.as_str().into(),
+        policy: decision.policy.as_ref().map(ToString::to_string),
+        audit: decision.audit.as_ref().map(ToString::to_string),
+        dry_run: decision.dry_run.as_ref().map(|outcome| verdict(outcome.would_allow)),
+    };
+    if got == case.expect { Ok(()) } else { Err(format!("expected {:?}\n      got {:?}", case.expect, got)) }
+}
+
+fn run_invalid(case: &InvalidCase) -> Result<(), String> {
+    let errors = match load_policy_text("case.yaml", &case.policies) {
+        Ok(_) => return Err("loaded without errors".into()),
+        Err(errors) => errors,
+    };
+    let rendered: Vec<String> = errors.iter().map(|error| format!("{}: {}", error.line, error.message)).collect();
+    let missing: Vec<&String> = case
+        .errors
+        .iter()
+        .filter(|expected| {
+            let (line, text) = expected.split_once(": ").unwrap_or(("", expected));
+            !rendered.iter().any(|got| got.starts_with(&format!("{line}: ")) && got.contains(text))
+        })
+        .collect();
+    if missing.is_empty() && rendered.len() == case.errors.len() {
+        Ok(())
+    } else {
+        Err(format!("expected errors {:?}\n      got {rendered:?}", case.errors))
+    }
+}
+
+#[test]
+fn golden_cases_decide_as_expected() {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(golden_dir())
+        .expect("tests/golden exists")
+        .map(|entry| entry.expect("readable entry").path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "yaml"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no golden files found");
+    let mut failures = Vec::new();
+    let mut count = 0;
+    for path in &files {
+        let label = path.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
+        let text = std::fs::read_to_string(path).expect("readable golden file");
+        let file: GoldenFile = serde_saphyr::from_str(&text).unwrap_or_else(|error| panic!("{label}: {error}"));
+        if !file.cases.is_empty() {
+            match snapshot_for(&file, &label) {
+                Ok(snapshot) => {
+                    for case in &file.cases {
+                        count += 1;
+                        if let Err(message) = run_case(&snapshot, case) {
+                            failures.push(format!("{label}: {}\n      {message}", case.name));
+                        }
+                    }
+                }
+                Err(errors) => failures.push(format!("{label}: policies do not load: {errors:?}")),
+            }
+        }
+        for case in &file.invalid {
+            count += 1;
+            if let Err(message) = run_invalid(case) {
+                failures.push(format!("{label}: {}\n      {message}", case.name));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{} of {count} golden cases failed:\n{}", failures.len(), failures.join("\n"));
+    assert!(count > 100, "only {count} golden cases ran");
+}

@@ -1,0 +1,199 @@
+//! The ext_authz gRPC door: `CheckRequest` → core request, `Decision` → `CheckResponse`. The one place decisions become gRPC.
+
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Instant;
+
+use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
+use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption, address, socket_address};
+use envoy_types::pb::envoy::r#type::v3::HttpStatus;
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::{self, Peer as ProtoPeer};
+use envoy_types::pb::envoy::service::auth::v3::authorization_server::Authorization;
+use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
+use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest, CheckResponse, DeniedHttpResponse, OkHttpResponse};
+use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
+use envoy_types::pb::google::rpc;
+
+use crate::app::AppState;
+use crate::core::{Decision, HttpRequest, Peer, Reason, Request, Snapshot};
+use crate::telemetry::{self, Door};
+
+/// gRPC status codes used in `CheckResponse.status`.
+const OK: i32 = 0;
+const INVALID_ARGUMENT: i32 = 3;
+const PERMISSION_DENIED: i32 = 7;
+
+/// `envoy.service.auth.v3.Authorization` backed by the live policy set.
+pub struct CheckService {
+    state: Arc<AppState>,
+}
+
+impl CheckService {
+    pub fn new(state: Arc<AppState>) -> Self {
+        Self { state }
+    }
+}
+
+#[tonic::async_trait]
+impl Authorization for CheckService {
+    async fn check(&self, request: tonic::Request<CheckRequest>) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
+        let started = Instant::now();
+        let check = request.into_inner();
+        let live = self.state.policies.load();
+        let decision = decide(&live.snapshot, &check);
+        let elapsed = started.elapsed();
+        self.state.metrics.record_check(Door::Grpc, &decision, elapsed);
+        if tracing::event_enabled!(tracing::Level::DEBUG) {
+            let http = check.attributes.as_ref().and_then(|a| a.request.as_ref()).and_then(|r| r.http.as_ref());
+            let (method, host, path) = http.map_or(("", "", ""), |http| (&*http.method, &*http.host, &*http.path));
+            telemetry::log_decision(Door::Grpc, method, host, path, &decision, elapsed);
+        }
+        Ok(tonic::Response::new(check_response(&decision)))
+    }
+}
+
+/// Decides a check; a check without attributes or a panic inside the core becomes a deny.
+pub fn decide(snapshot: &Snapshot, check: &CheckRequest) -> Decision {
+    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| match request_from_check(check) {
+        Some(request) => snapshot.check(&request),
+        None => Decision::new(Reason::MalformedRequest, None),
+    }));
+    outcome.unwrap_or_else(|_| {
+        tracing::error!("Check panicked; denying the request");
+        Decision::new(Reason::InternalError, None)
+    })
+}
+
+/// Borrows the attributes of a `CheckRequest`; `None` when it has none.
+pub fn request_from_check(check: &CheckRequest) -> Option<Request<'_>> {
+    let AttributeContext {
+        source,
+        destination,
+        request,
+        context_extensions,
+        metadata_context: _,
+        route_metadata_context: _,
+        tls_session,
+    } = check.attributes.as_ref()?;
+    Some(Request {
+        source: peer(source.as_ref()),
+        destination: peer(destination.as_ref()),
+        http: request.as_ref().and_then(|request| request.http.as_ref()).map(http_request),
+        sni: tls_session.as_ref().map_or("", |tls| tls.sni.as_str()),
+        context_extensions: non_empty(context_extensions),
+    })
+}
+
+fn non_empty(map: &HashMap<String, String>) -> Option<&HashMap<String, String>> {
+    (!map.is_empty()).then_some(map)
+}
+
+fn peer(peer: Option<&ProtoPeer>) -> Peer<'_> {
+    let Some(ProtoPeer { address, service: _, labels, principal, certificate: _ }) = peer else {
+        return Peer::default();
+    };
+    let socket = address.as_ref().and_then(|address| match &address.address {
+        Some(address::Address::SocketAddress(socket)) => Some(socket),
+        _ => None,
+    });
+    let port = socket.and_then(|socket| match socket.port_specifier {
+        Some(socket_address::PortSpecifier::PortValue(port)) => u16::try_from(port).ok(),
+        _ => None,
+    });
+    Peer {
+        address: socket.and_then(|socket| socket.address.parse().ok()),
+        port,
+        principal,
+        labels: non_empty(labels),
+    }
+}
+
+/// Reads Envoy's HTTP attributes. Envoy puts pseudo-headers in the header map and the query
+/// inside `path`; with `encode_raw_headers` the headers come in `header_map` instead.
+fn http_request(http: &attribute_context::HttpRequest) -> HttpRequest<'_> {
+    let attribute_context::HttpRequest {
+        id: _,
+        method,
+        headers,
+        header_map,
+        path,
+        host,
+        scheme: _,
+        query: _,
+        fragment: _,
+        size: _,
+        protocol: _,
+        body: _,
+        raw_body: _,
+    } = http;
+    let mut header_list: Vec<(&str, &str)> = headers.iter().map(|(name, value)| (name.as_str(), value.as_str())).collect();
+    if header_list.is_empty() {
+        if let Some(map) = header_map {
+            // A value that is not UTF-8 cannot match any pattern; it is left out.
+            header_list.extend(map.headers.iter().filter_map(|header| {
+                let value = if header.raw_value.is_empty() { Some(header.value.as_str()) } else { std::str::from_utf8(&header.raw_value).ok() };
+                value.map(|value| (header.key.as_str(), value))
+            }));
+        }
+    }
+    let mut request = HttpRequest { method, host, path, headers: Vec::new() };
+    let pseudo = |name: &str| header_list.iter().find(|(key, _)| *key == name).map(|&(_, value)| value);
+    if request.method.is_empty() {
+        request.method = pseudo(":method").unwrap_or_default();
+    }
+    if request.host.is_empty() {
+        request.host = pseudo(":authority").or_else(|| pseudo("host")).unwrap_or_default();
+    }
+    if request.path.is_empty() {
+        request.path = pseudo(":path").unwrap_or_default();
+    }
+    request.headers = header_list;
+    request
+}
+
+/// The one place a decision becomes a `CheckResponse`.
+pub fn check_response(decision: &Decision) -> CheckResponse {
+    let reason = decision.reason;
+    let (code, http_response) = if decision.is_allow() {
+        let ok = OkHttpResponse {
+            headers: decision.headers_to_set.iter().map(|(name, value)| header_option(name, value)).collect(),
+            headers_to_remove: decision.headers_to_remove.iter().map(ToString::to_string).collect(),
+            ..OkHttpResponse::default()
+        };
+        (OK, HttpResponse::OkResponse(ok))
+    } else {
+        let denied = DeniedHttpResponse {
+            status: Some(HttpStatus { code: i32::from(reason.http_status()) }),
+            headers: Vec::new(),
+            body: reason.body().to_string(),
+        };
+        let code = if reason == Reason::InvalidPath { INVALID_ARGUMENT } else { PERMISSION_DENIED };
+        (code, HttpResponse::DeniedResponse(denied))
+    };
+    CheckResponse {
+        status: Some(rpc::Status { code, message: String::new(), details: Vec::new() }),
+        dynamic_metadata: Some(decision_metadata(decision)),
+        http_response: Some(http_response),
+    }
+}
+
+fn header_option(name: &str, value: &str) -> HeaderValueOption {
+    HeaderValueOption {
+        header: Some(HeaderValue { key: name.to_string(), value: value.to_string(), raw_value: Vec::new() }),
+        append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
+        ..HeaderValueOption::default()
+    }
+}
+
+/// `decision`, `reason` and `policy` for Envoy's access logs (`%DYNAMIC_METADATA(envoy.filters.http.ext_authz)%`).
+fn decision_metadata(decision: &Decision) -> Struct {
+    let text = |value: String| Value { kind: Some(Kind::StringValue(value)) };
+    let mut fields = std::collections::BTreeMap::new();
+    fields.insert("decision".to_string(), text(if decision.is_allow() { "allow" } else { "deny" }.into()));
+    fields.insert("reason".to_string(), text(decision.reason.as_str().into()));
+    if let Some(policy) = &decision.policy {
+        fields.insert("policy".to_string(), text(policy.to_string()));
+    }
+    Struct { fields: fields.into_iter().collect() }
+}

@@ -1,0 +1,157 @@
+//! Server settings: one YAML file, `PORTCULLIS_*` variables and flags, merged with flags > env > file > defaults.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{describe_yaml_error, yaml_options};
+use crate::core::EngineOptions;
+use crate::core::matcher::IpMatch;
+use crate::core::path::PathOptions;
+use crate::core::workload::{WorkloadEntry, WorkloadSelector, WorkloadTable};
+
+/// A problem with the settings; reported before any port is bound.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("config file `{file}`: cannot read: {source}")]
+    Read { file: PathBuf, source: std::io::Error },
+    #[error("config file `{file}`:{line}: {message}")]
+    Parse { file: PathBuf, line: u64, message: String },
+    #[error("workloads[{index}]: {message}")]
+    Workload { index: usize, message: String },
+}
+
+/// The effective settings of a running server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// The ext_authz gRPC door.
+    pub grpc_listen: SocketAddr,
+    /// The HTTP forward-auth door.
+    pub http_listen: SocketAddr,
+    /// `/healthz`, `/readyz`, `/metrics`.
+    pub admin_listen: SocketAddr,
+    /// Policy files or directories, read recursively.
+    pub policies: Vec<PathBuf>,
+    /// Policies in this namespace apply to every workload, as in Istio.
+    pub root_namespace: String,
+    /// Proxies in front whose `x-forwarded-for` entries are trusted, counted from the right.
+    pub trusted_proxy_hops: usize,
+    /// Merge repeated slashes in paths before matching.
+    pub merge_slashes: bool,
+    /// Names workloads for requests that carry neither context extensions nor a destination
+    /// principal (Istio's CUSTOM hop).
+    pub workloads: Vec<WorkloadSetting>,
+    /// `text` or `json`.
+    pub log_format: LogFormat,
+    /// A `tracing` filter such as `info` or `portcullis=debug`; `RUST_LOG` wins when set.
+    pub log_level: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            grpc_listen: SocketAddr::from(([0, 0, 0, 0], 9001)),
+            http_listen: SocketAddr::from(([0, 0, 0, 0], 8000)),
+            admin_listen: SocketAddr::from(([0, 0, 0, 0], 9090)),
+            policies: vec![PathBuf::from("policies")],
+            root_namespace: "istio-system".into(),
+            trusted_proxy_hops: 0,
+            merge_slashes: true,
+            workloads: Vec::new(),
+            log_format: LogFormat::Text,
+            log_level: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// One row of the workloads table: exactly one of `principal`, `address`, `host`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkloadSetting {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub principal: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Values given as flags or `PORTCULLIS_*` variables; each overrides the file.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub grpc_listen: Option<SocketAddr>,
+    pub http_listen: Option<SocketAddr>,
+    pub admin_listen: Option<SocketAddr>,
+    pub policies: Vec<PathBuf>,
+    pub log_format: Option<LogFormat>,
+    pub log_level: Option<String>,
+}
+
+impl Settings {
+    /// Reads the file (when given) and applies the overrides.
+    pub fn load(file: Option<&Path>, overrides: Overrides) -> Result<Self, SettingsError> {
+        let mut settings = match file {
+            Some(file) => Self::from_file(file)?,
+            None => Self::default(),
+        };
+        let Overrides { grpc_listen, http_listen, admin_listen, policies, log_format, log_level } = overrides;
+        settings.grpc_listen = grpc_listen.unwrap_or(settings.grpc_listen);
+        settings.http_listen = http_listen.unwrap_or(settings.http_listen);
+        settings.admin_listen = admin_listen.unwrap_or(settings.admin_listen);
+        if !policies.is_empty() {
+            settings.policies = policies;
+        }
+        settings.log_format = log_format.unwrap_or(settings.log_format);
+        settings.log_level = log_level.unwrap_or(settings.log_level);
+        settings.workload_table()?;
+        Ok(settings)
+    }
+
+    fn from_file(file: &Path) -> Result<Self, SettingsError> {
+        let text = std::fs::read_to_string(file).map_err(|source| SettingsError::Read { file: file.into(), source })?;
+        serde_saphyr::from_str_with_options(&text, yaml_options()).map_err(|error| {
+            let (line, message) = describe_yaml_error(&error);
+            SettingsError::Parse { file: file.into(), line, message }
+        })
+    }
+
+    /// The engine options these settings give.
+    pub fn engine_options(&self) -> EngineOptions {
+        EngineOptions {
+            path: PathOptions { merge_slashes: self.merge_slashes },
+            trusted_proxy_hops: self.trusted_proxy_hops,
+        }
+    }
+
+    /// The compiled workloads table.
+    pub fn workload_table(&self) -> Result<WorkloadTable, SettingsError> {
+        let entries = self.workloads.iter().enumerate().map(|(index, row)| {
+            let error = |message: String| SettingsError::Workload { index, message };
+            let selector = match (&row.principal, &row.address, &row.host) {
+                (Some(principal), None, None) => {
+                    WorkloadSelector::Principal(principal.strip_prefix("spiffe://").unwrap_or(principal).into())
+                }
+                (None, Some(address), None) => WorkloadSelector::Address(IpMatch::parse(address).map_err(error)?),
+                (None, None, Some(host)) => WorkloadSelector::Host(host.as_str().into()),
+                _ => return Err(error("set exactly one of `principal`, `address` and `host`".into())),
+            };
+            let labels: HashMap<String, String> = row.labels.clone().into_iter().collect();
+            Ok(WorkloadEntry { selector, namespace: row.namespace.as_deref().map(Into::into), labels })
+        });
+        Ok(WorkloadTable::new(entries.collect::<Result<_, _>>()?))
+    }
+}

@@ -1,0 +1,117 @@
+//! Telemetry names and emission: Prometheus metrics (`portcullis_*`), log set-up and the per-check decision log.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use tracing_subscriber::EnvFilter;
+
+use crate::core::Decision;
+use crate::settings::LogFormat;
+
+/// The network door a check came through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+pub enum Door {
+    Grpc,
+    Http,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct CheckLabels {
+    door: Door,
+    decision: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct DoorLabels {
+    door: Door,
+}
+
+/// Check latency buckets, in seconds: 25 µs to 100 ms.
+const LATENCY_BUCKETS: [f64; 11] = [0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1];
+
+/// Every metric the server exports, registered under the `portcullis_` prefix.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    checks: Family<CheckLabels, Counter>,
+    check_duration: Family<DoorLabels, Histogram, fn() -> Histogram>,
+    policies_loaded: Gauge,
+    policy_generation: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("portcullis");
+        let checks = Family::<CheckLabels, Counter>::default();
+        registry.register("checks", "Checks decided, by door, decision and reason", checks.clone());
+        let check_duration: Family<DoorLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(|| Histogram::new(LATENCY_BUCKETS));
+        registry.register("check_duration_seconds", "Time to decide one check", check_duration.clone());
+        let policies_loaded = Gauge::default();
+        registry.register("policies_loaded", "AuthorizationPolicies in the live set", policies_loaded.clone());
+        let policy_generation = Gauge::default();
+        registry.register("policy_generation", "Generation of the live policy set, 1 for the first", policy_generation.clone());
+        Self { registry, checks, check_duration, policies_loaded, policy_generation }
+    }
+
+    pub fn record_check(&self, door: Door, decision: &Decision, elapsed: Duration) {
+        let decision_label = if decision.is_allow() { "allow" } else { "deny" };
+        let labels = CheckLabels { door, decision: decision_label, reason: decision.reason.as_str() };
+        self.checks.get_or_create(&labels).inc();
+        self.check_duration.get_or_create(&DoorLabels { door }).observe(elapsed.as_secs_f64());
+    }
+
+    pub fn record_policy_set(&self, generation: u64, policies: usize) {
+        self.policy_generation.set(i64::try_from(generation).unwrap_or(i64::MAX));
+        self.policies_loaded.set(i64::try_from(policies).unwrap_or(i64::MAX));
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
+    }
+}
+
+/// Sets up logging to stderr; `RUST_LOG` overrides `level`.
+pub fn init_logging(format: LogFormat, level: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// One line per decision at debug level; never the token, never raw claims.
+pub fn log_decision(door: Door, method: &str, host: &str, path: &str, decision: &Decision, elapsed: Duration) {
+    if !tracing::event_enabled!(tracing::Level::DEBUG) {
+        return;
+    }
+    let policy = decision.policy.as_ref().map(ToString::to_string).unwrap_or_default();
+    tracing::debug!(
+        door = ?door,
+        method,
+        host,
+        path,
+        decision = if decision.is_allow() { "allow" } else { "deny" },
+        reason = decision.reason.as_str(),
+        policy,
+        latency_us = elapsed.as_micros() as u64,
+        "Decided"
+    );
+}
