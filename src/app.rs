@@ -11,13 +11,13 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::transport::server::TcpIncoming;
 
+use crate::admin;
 use crate::config::ConfigError;
 use crate::config::load::{LoadedPolicies, load_policies};
 use crate::core::Snapshot;
 use crate::grpc::CheckService;
 use crate::settings::{Settings, SettingsError};
 use crate::telemetry::Metrics;
-use crate::admin;
 
 /// How long in-flight checks may take to finish after a shutdown signal.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -78,7 +78,7 @@ fn log_load(snapshot: &Snapshot, loaded: &LoadedPolicies) {
 async fn bind(door: &'static str, address: SocketAddr) -> Result<TcpListener, AppError> {
     let listener = TcpListener::bind(address).await.map_err(|source| AppError::Bind { door, address, source })?;
     let bound = listener.local_addr().map_err(|source| AppError::Bind { door, address, source })?;
-    tracing::info!(door, address = %bound, "Listening");
+    tracing::info!(door = %door, address = %bound, "Listening");
     Ok(listener)
 }
 
@@ -99,16 +99,15 @@ pub async fn serve(settings: Settings) -> Result<(), AppError> {
     let (shutdown_sender, shutdown) = watch::channel(false);
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<AuthorizationServer<CheckService>>()
-        .await;
+    health_reporter.set_serving::<AuthorizationServer<CheckService>>().await;
     health_reporter.set_service_status("", tonic_health::ServingStatus::Serving).await;
 
     let grpc = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(AuthorizationServer::new(CheckService::new(state.clone())))
         .serve_with_incoming_shutdown(TcpIncoming::from(grpc_listener), wait_for(shutdown.clone()));
-    let admin = axum::serve(admin_listener, admin::router(state.clone())).with_graceful_shutdown(wait_for(shutdown.clone()));
+    let admin =
+        axum::serve(admin_listener, admin::router(state.clone())).with_graceful_shutdown(wait_for(shutdown.clone()));
     let grpc_task = tokio::spawn(grpc);
     let admin_task = tokio::spawn(async move { admin.await });
     state.ready.store(true, Ordering::Release);

@@ -69,7 +69,8 @@ impl PeerFile {
 impl RequestFile {
     /// Reads a request file; YAML, or JSON (which YAML reads too).
     pub fn read(path: &Path) -> Result<(Self, Vec<(String, String)>), String> {
-        let text = std::fs::read_to_string(path).map_err(|error| format!("{}: cannot read: {error}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|error| format!("{}: cannot read: {error}", path.display()))?;
         let file: Self = serde_saphyr::from_str_with_options(&text, yaml_options()).map_err(|error| {
             let (line, message) = describe_yaml_error(&error);
             format!("{}:{line}: {message}", path.display())

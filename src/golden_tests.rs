@@ -76,9 +76,9 @@ fn snapshot_for(file: &GoldenFile, label: &str) -> Result<Snapshot, Vec<ConfigEr
         let paths: Vec<PathBuf> = file.policy_paths.iter().map(|path| root.join(path)).collect();
         policies.extend(load_policies(&paths)?.policies);
     }
-    let workloads = settings.workload_table().map_err(|error| {
-        vec![ConfigError { file: label.into(), line: 0, message: error.to_string() }]
-    })?;
+    let workloads = settings
+        .workload_table()
+        .map_err(|error| vec![ConfigError { file: label.into(), line: 0, message: error.to_string() }])?;
     Ok(Snapshot::new(policies, workloads, settings.engine_options(), &settings.root_namespace))
 }
 

@@ -7,11 +7,13 @@ use std::time::Instant;
 
 use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
 use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption, address, socket_address};
-use envoy_types::pb::envoy::r#type::v3::HttpStatus;
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::{self, Peer as ProtoPeer};
 use envoy_types::pb::envoy::service::auth::v3::authorization_server::Authorization;
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
-use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest, CheckResponse, DeniedHttpResponse, OkHttpResponse};
+use envoy_types::pb::envoy::service::auth::v3::{
+    AttributeContext, CheckRequest, CheckResponse, DeniedHttpResponse, OkHttpResponse,
+};
+use envoy_types::pb::envoy::r#type::v3::HttpStatus;
 use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
 use envoy_types::pb::google::rpc;
 
@@ -37,7 +39,10 @@ impl CheckService {
 
 #[tonic::async_trait]
 impl Authorization for CheckService {
-    async fn check(&self, request: tonic::Request<CheckRequest>) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
+    async fn check(
+        &self,
+        request: tonic::Request<CheckRequest>,
+    ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
         let started = Instant::now();
         let check = request.into_inner();
         let live = self.state.policies.load();
@@ -101,12 +106,7 @@ fn peer(peer: Option<&ProtoPeer>) -> Peer<'_> {
         Some(socket_address::PortSpecifier::PortValue(port)) => u16::try_from(port).ok(),
         _ => None,
     });
-    Peer {
-        address: socket.and_then(|socket| socket.address.parse().ok()),
-        port,
-        principal,
-        labels: non_empty(labels),
-    }
+    Peer { address: socket.and_then(|socket| socket.address.parse().ok()), port, principal, labels: non_empty(labels) }
 }
 
 /// Reads Envoy's HTTP attributes. Envoy puts pseudo-headers in the header map and the query
@@ -127,15 +127,20 @@ fn http_request(http: &attribute_context::HttpRequest) -> HttpRequest<'_> {
         body: _,
         raw_body: _,
     } = http;
-    let mut header_list: Vec<(&str, &str)> = headers.iter().map(|(name, value)| (name.as_str(), value.as_str())).collect();
-    if header_list.is_empty() {
-        if let Some(map) = header_map {
-            // A value that is not UTF-8 cannot match any pattern; it is left out.
-            header_list.extend(map.headers.iter().filter_map(|header| {
-                let value = if header.raw_value.is_empty() { Some(header.value.as_str()) } else { std::str::from_utf8(&header.raw_value).ok() };
-                value.map(|value| (header.key.as_str(), value))
-            }));
-        }
+    let mut header_list: Vec<(&str, &str)> =
+        headers.iter().map(|(name, value)| (name.as_str(), value.as_str())).collect();
+    if header_list.is_empty()
+        && let Some(map) = header_map
+    {
+        // A value that is not UTF-8 cannot match any pattern; it is left out.
+        header_list.extend(map.headers.iter().filter_map(|header| {
+            let value = if header.raw_value.is_empty() {
+                Some(header.value.as_str())
+            } else {
+                std::str::from_utf8(&header.raw_value).ok()
+            };
+            value.map(|value| (header.key.as_str(), value))
+        }));
     }
     let mut request = HttpRequest { method, host, path, headers: Vec::new() };
     let pseudo = |name: &str| header_list.iter().find(|(key, _)| *key == name).map(|&(_, value)| value);

@@ -147,7 +147,9 @@ impl Settings {
                 }
                 (None, Some(address), None) => WorkloadSelector::Address(IpMatch::parse(address).map_err(error)?),
                 (None, None, Some(host)) => WorkloadSelector::Host(host.as_str().into()),
-                _ => return Err(error("set exactly one of `principal`, `address` and `host`".into())),
+                _ => {
+                    return Err(error("set exactly one of `principal`, `address` and `host`".into()));
+                }
             };
             let labels: HashMap<String, String> = row.labels.clone().into_iter().collect();
             Ok(WorkloadEntry { selector, namespace: row.namespace.as_deref().map(Into::into), labels })

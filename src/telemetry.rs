@@ -1,8 +1,9 @@
 //! Telemetry names and emission: Prometheus metrics (`portcullis_*`), log set-up and the per-check decision log.
 
+use std::io::IsTerminal;
 use std::time::Duration;
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -14,22 +15,31 @@ use crate::core::Decision;
 use crate::settings::LogFormat;
 
 /// The network door a check came through.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Door {
     Grpc,
     Http,
 }
 
+impl Door {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Grpc => "grpc",
+            Self::Http => "http",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct CheckLabels {
-    door: Door,
+    door: &'static str,
     decision: &'static str,
     reason: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct DoorLabels {
-    door: Door,
+    door: &'static str,
 }
 
 /// Check latency buckets, in seconds: 25 µs to 100 ms.
@@ -62,15 +72,19 @@ impl Metrics {
         let policies_loaded = Gauge::default();
         registry.register("policies_loaded", "AuthorizationPolicies in the live set", policies_loaded.clone());
         let policy_generation = Gauge::default();
-        registry.register("policy_generation", "Generation of the live policy set, 1 for the first", policy_generation.clone());
+        registry.register(
+            "policy_generation",
+            "Generation of the live policy set, 1 for the first",
+            policy_generation.clone(),
+        );
         Self { registry, checks, check_duration, policies_loaded, policy_generation }
     }
 
     pub fn record_check(&self, door: Door, decision: &Decision, elapsed: Duration) {
         let decision_label = if decision.is_allow() { "allow" } else { "deny" };
-        let labels = CheckLabels { door, decision: decision_label, reason: decision.reason.as_str() };
+        let labels = CheckLabels { door: door.as_str(), decision: decision_label, reason: decision.reason.as_str() };
         self.checks.get_or_create(&labels).inc();
-        self.check_duration.get_or_create(&DoorLabels { door }).observe(elapsed.as_secs_f64());
+        self.check_duration.get_or_create(&DoorLabels { door: door.as_str() }).observe(elapsed.as_secs_f64());
     }
 
     pub fn record_policy_set(&self, generation: u64, policies: usize) {
@@ -90,7 +104,8 @@ impl Metrics {
 /// Sets up logging to stderr; `RUST_LOG` overrides `level`.
 pub fn init_logging(format: LogFormat, level: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let ansi = std::io::stderr().is_terminal();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
@@ -104,7 +119,7 @@ pub fn log_decision(door: Door, method: &str, host: &str, path: &str, decision: 
     }
     let policy = decision.policy.as_ref().map(ToString::to_string).unwrap_or_default();
     tracing::debug!(
-        door = ?door,
+        door = door.as_str(),
         method,
         host,
         path,

@@ -7,7 +7,9 @@ use serde_saphyr::Spanned;
 use super::ConfigError;
 use super::raw;
 use crate::core::matcher::{IpMatch, PathMatch, StringMatch};
-use crate::core::policy::{Action, Conjunction, Policy, PolicyId, Predicate, RequestPrincipalMatch, Rule, ServiceAccount, Test};
+use crate::core::policy::{
+    Action, Conjunction, Policy, PolicyId, Predicate, RequestPrincipalMatch, Rule, ServiceAccount, Test,
+};
 
 /// API versions whose AuthorizationPolicy schema this compiler reads.
 pub const API_VERSIONS: [&str; 2] = ["security.istio.io/v1", "security.istio.io/v1beta1"];
@@ -91,7 +93,9 @@ impl Compiler<'_> {
     }
 
     fn dry_run(&mut self, metadata: &raw::Metadata) -> bool {
-        let Some(value) = metadata.annotations.get(DRY_RUN_ANNOTATION) else { return false };
+        let Some(value) = metadata.annotations.get(DRY_RUN_ANNOTATION) else {
+            return false;
+        };
         match value.value.as_str() {
             "true" => true,
             "false" => false,
@@ -116,13 +120,21 @@ impl Compiler<'_> {
             Some(("AUDIT", _)) => Some(Action::Audit),
             Some(("CUSTOM", _)) => None,
             Some((other, line)) => {
-                self.report(line, "spec.action", format!("unknown action `{other}`; expected ALLOW, DENY, AUDIT or CUSTOM"));
+                self.report(
+                    line,
+                    "spec.action",
+                    format!("unknown action `{other}`; expected ALLOW, DENY, AUDIT or CUSTOM"),
+                );
                 Some(Action::Allow)
             }
         };
         match (&spec.provider, action) {
             (Some(provider), Some(_)) => {
-                self.report(provider.referenced.line(), "spec.provider", "`provider` must only be set with action CUSTOM".into());
+                self.report(
+                    provider.referenced.line(),
+                    "spec.provider",
+                    "`provider` must only be set with action CUSTOM".into(),
+                );
             }
             (None, None) => self.report(spec_line, "spec.provider", "action CUSTOM requires a `provider`".into()),
             (Some(provider), None) if provider.value.name.as_deref().unwrap_or_default().is_empty() => {
@@ -134,10 +146,7 @@ impl Compiler<'_> {
         if action == Some(Action::Deny) && rules.is_empty() {
             self.report(spec_line, "spec.rules", "a DENY policy needs at least one rule".into());
         }
-        let selector = spec
-            .selector
-            .map(|selector| self.selector(selector))
-            .unwrap_or_default();
+        let selector = spec.selector.map(|selector| self.selector(selector)).unwrap_or_default();
         let rules = rules
             .into_iter()
             .enumerate()
@@ -184,7 +193,9 @@ impl Compiler<'_> {
         list: Option<Vec<Spanned<T>>>,
         mut compile: impl FnMut(&mut Self, &str, Spanned<T>) -> Option<Option<Conjunction>>,
     ) -> Box<[Conjunction]> {
-        let Some(list) = list else { return Box::default() };
+        let Some(list) = list else {
+            return Box::default();
+        };
         if list.is_empty() {
             self.report(line, &format!("{field}.{list_name}"), "must not be empty".into());
         }
@@ -204,10 +215,12 @@ impl Compiler<'_> {
     fn source(&mut self, field: &str, source: Spanned<raw::Source>, namespace: &str) -> Option<Conjunction> {
         let line = source.referenced.line();
         let source = source.value;
-        let names_principal_or_namespace = [&source.principals, &source.not_principals, &source.namespaces, &source.not_namespaces]
-            .iter()
-            .any(|values| values.is_some());
-        if names_principal_or_namespace && (source.service_accounts.is_some() || source.not_service_accounts.is_some()) {
+        let names_principal_or_namespace =
+            [&source.principals, &source.not_principals, &source.namespaces, &source.not_namespaces]
+                .iter()
+                .any(|values| values.is_some());
+        if names_principal_or_namespace && (source.service_accounts.is_some() || source.not_service_accounts.is_some())
+        {
             self.report(line, field, "`serviceAccounts` cannot be combined with `principals` or `namespaces`".into());
         }
         let fields: [(&str, Option<raw::Values>, bool, FieldKind); 12] = [
@@ -268,7 +281,12 @@ impl Compiler<'_> {
     }
 
     /// One `when` entry: `key` with `values` and/or `notValues` (both given: both must hold).
-    fn condition(&mut self, field: &str, condition: Spanned<raw::Condition>, namespace: &str) -> Option<Vec<Predicate>> {
+    fn condition(
+        &mut self,
+        field: &str,
+        condition: Spanned<raw::Condition>,
+        namespace: &str,
+    ) -> Option<Vec<Predicate>> {
         let line = condition.referenced.line();
         let condition = condition.value;
         let Some(key) = condition.key else {
@@ -287,7 +305,8 @@ impl Compiler<'_> {
             return None;
         }
         let mut predicates = Vec::new();
-        for (name, values, negated) in [("values", condition.values, false), ("notValues", condition.not_values, true)] {
+        for (name, values, negated) in [("values", condition.values, false), ("notValues", condition.not_values, true)]
+        {
             if let Some(values) = values {
                 let field = format!("{field}.{name}");
                 predicates.extend(self.predicate(&field, line, values, negated, kind.clone(), namespace));
@@ -312,7 +331,11 @@ impl Compiler<'_> {
         }
         let before = self.errors.len();
         for (index, value) in values.iter().enumerate() {
-            let checked = if value.value.is_empty() { Err("empty value not allowed".into()) } else { kind.check(&value.value, namespace) };
+            let checked = if value.value.is_empty() {
+                Err("empty value not allowed".into())
+            } else {
+                kind.check(&value.value, namespace)
+            };
             if let Err(message) = checked {
                 self.report(value.referenced.line(), &format!("{field}[{index}]"), message);
             }
@@ -388,8 +411,12 @@ impl FieldKind {
             Self::Audience => Test::Audience(strings()),
             Self::Header(name) => Test::Header { name, values: strings() },
             Self::Claim(path) => Test::Claim { path, values: strings() },
-            Self::RequestPrincipal => Test::RequestPrincipal(values.iter().map(|value| RequestPrincipalMatch::parse(value)).collect()),
-            Self::ServiceAccount => Test::SourceServiceAccount(all(values, |value| service_account(value, policy_namespace))),
+            Self::RequestPrincipal => {
+                Test::RequestPrincipal(values.iter().map(|value| RequestPrincipalMatch::parse(value)).collect())
+            }
+            Self::ServiceAccount => {
+                Test::SourceServiceAccount(all(values, |value| service_account(value, policy_namespace)))
+            }
             Self::SourceIp => Test::SourceIp(all(values, IpMatch::parse)),
             Self::RemoteIp => Test::RemoteIp(all(values, IpMatch::parse)),
             Self::DestinationIp => Test::DestinationIp(all(values, IpMatch::parse)),
@@ -412,16 +439,26 @@ impl FieldKind {
             "destination.ip" => Self::DestinationIp,
             "destination.port" => Self::DestinationPort,
             "connection.sni" => Self::Sni,
-            "destination.namespace" => return Err(format!("`{key}` is replaced by metadata.namespace")),
-            "destination.name" | "destination.user" => return Err(format!("`{key}` was removed after v1alpha1")),
+            "destination.namespace" => {
+                return Err(format!("`{key}` is replaced by metadata.namespace"));
+            }
+            "destination.name" | "destination.user" => {
+                return Err(format!("`{key}` was removed after v1alpha1"));
+            }
             _ if key.starts_with("request.headers") => {
                 let name = bracketed(key, "request.headers")?;
-                let [name] = &*name else { return Err(format!("bad key `{key}`: expected `request.headers[NAME]`")) };
+                let [name] = &*name else {
+                    return Err(format!("bad key `{key}`: expected `request.headers[NAME]`"));
+                };
                 Self::Header(name.to_ascii_lowercase().into())
             }
             _ if key.starts_with("request.auth.claims") => Self::Claim(bracketed(key, "request.auth.claims")?),
-            _ if key.starts_with("destination.labels") => return Err(format!("`{key}` is replaced by the workload selector")),
-            _ if key.starts_with("experimental.envoy.filters.") => return Err(format!("`{key}` is not supported")),
+            _ if key.starts_with("destination.labels") => {
+                return Err(format!("`{key}` is replaced by the workload selector"));
+            }
+            _ if key.starts_with("experimental.envoy.filters.") => {
+                return Err(format!("`{key}` is not supported"));
+            }
             _ => return Err(format!("unknown key `{key}`")),
         })
     }

@@ -3,9 +3,9 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use super::{ConfigError, describe_yaml_error, yaml_options};
 use super::compile::{self, CompiledPolicy, DocumentOrigin};
 use super::raw;
+use super::{ConfigError, describe_yaml_error, yaml_options};
 use crate::core::policy::{Policy, PolicyId};
 
 /// Files larger than this are refused rather than parsed.
@@ -159,7 +159,9 @@ fn split_documents(text: &str) -> Vec<Document> {
         current.text.push('\n');
     }
     documents.push(current);
-    documents.retain(|document| document.text.lines().any(|line| !line.trim().is_empty() && !line.trim_start().starts_with('#')));
+    documents.retain(|document| {
+        document.text.lines().any(|line| !line.trim().is_empty() && !line.trim_start().starts_with('#'))
+    });
     documents
 }
 

@@ -57,7 +57,9 @@ mod tests {
 
     #[test]
     fn claims_are_reached_by_nested_paths() {
-        let id = identity(json!({"iss": "https://kc/realms/jobs", "sub": "u1", "realm_access": {"roles": ["admin", "user"]}}));
+        let id = identity(
+            json!({"iss": "https://kc/realms/jobs", "sub": "u1", "realm_access": {"roles": ["admin", "user"]}}),
+        );
         assert_eq!(id.issuer(), "https://kc/realms/jobs");
         assert_eq!(id.subject(), "u1");
         let roles = id.claim(&["realm_access", "roles"]).expect("roles");

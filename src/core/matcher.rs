@@ -44,9 +44,9 @@ impl StringMatch {
         let value = value.as_bytes();
         match self {
             Self::Exact(exact) => value.eq_ignore_ascii_case(exact.as_bytes()),
-            Self::Prefix(prefix) => value
-                .get(..prefix.len())
-                .is_some_and(|head| head.eq_ignore_ascii_case(prefix.as_bytes())),
+            Self::Prefix(prefix) => {
+                value.get(..prefix.len()).is_some_and(|head| head.eq_ignore_ascii_case(prefix.as_bytes()))
+            }
             Self::Suffix(suffix) => value
                 .len()
                 .checked_sub(suffix.len())
@@ -119,8 +119,7 @@ impl PathTemplate {
             let operator = if let Some(after) = rest.strip_prefix(MATCH_ANY) {
                 Some((TemplateToken::AnySegments, after))
             } else {
-                rest.strip_prefix(MATCH_ONE)
-                    .map(|after| (TemplateToken::OneSegment, after))
+                rest.strip_prefix(MATCH_ONE).map(|after| (TemplateToken::OneSegment, after))
             };
             if let Some((token, after)) = operator {
                 if matches!(tokens.last(), Some(TemplateToken::AnySegments)) {
@@ -136,7 +135,9 @@ impl PathTemplate {
             let mut chars = rest.chars();
             let Some(next) = chars.next() else { break };
             if next == '{' || next == '}' {
-                return Err("named variables and empty braces are not supported in path templates; use `{*}` or `{**}`".into());
+                return Err(
+                    "named variables and empty braces are not supported in path templates; use `{*}` or `{**}`".into(),
+                );
             }
             if next == '*' {
                 return Err("a path template cannot mix `{*}`/`{**}` with `*` globs".into());
@@ -163,9 +164,9 @@ fn match_tokens(tokens: &[TemplateToken], path: &str) -> bool {
         return path.is_empty();
     };
     match first {
-        TemplateToken::Literal(literal) => path
-            .strip_prefix(&**literal)
-            .is_some_and(|remaining| match_tokens(rest, remaining)),
+        TemplateToken::Literal(literal) => {
+            path.strip_prefix(&**literal).is_some_and(|remaining| match_tokens(rest, remaining))
+        }
         // By construction only a literal suffix can follow `{**}`.
         TemplateToken::AnySegments => match rest {
             [] => true,
@@ -182,9 +183,7 @@ fn match_tokens(tokens: &[TemplateToken], path: &str) -> bool {
             if must_take_whole_segment {
                 return segment_end > 0 && match_tokens(rest, &path[segment_end..]);
             }
-            (1..=segment_end)
-                .filter(|&end| path.is_char_boundary(end))
-                .any(|end| match_tokens(rest, &path[end..]))
+            (1..=segment_end).filter(|&end| path.is_char_boundary(end)).any(|end| match_tokens(rest, &path[end..]))
         }
     }
 }
@@ -197,10 +196,7 @@ impl IpMatch {
     /// Reads `10.0.0.1` or `10.0.0.0/8` (IPv6 alike), as Istio's validation does.
     pub fn parse(value: &str) -> Result<Self, String> {
         if value.contains('/') {
-            value
-                .parse::<IpNet>()
-                .map(|net| Self(net.trunc()))
-                .map_err(|_| format!("invalid CIDR `{value}`"))
+            value.parse::<IpNet>().map(|net| Self(net.trunc())).map_err(|_| format!("invalid CIDR `{value}`"))
         } else {
             value
                 .parse::<IpAddr>()
@@ -289,7 +285,9 @@ mod tests {
 
     #[test]
     fn path_templates_refuse_what_istio_refuses() {
-        for pattern in ["/{**}/a", "/{**}/{*}", "/{name}/x/{*}", "/{}/{*}", "/a/*/{*}", "/{*}/**", "/{name=*}/{*}", "api/{*}"] {
+        for pattern in
+            ["/{**}/a", "/{**}/{*}", "/{name}/x/{*}", "/{}/{*}", "/a/*/{*}", "/{*}/**", "/{name=*}/{*}", "api/{*}"]
+        {
             assert!(PathTemplate::parse(pattern).is_err(), "`{pattern}` should be refused");
         }
     }

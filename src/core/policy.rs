@@ -122,7 +122,8 @@ impl RequestPrincipalMatch {
         let (issuer, subject) = match split {
             _ if value == "*" => (StringMatch::Presence, StringMatch::Presence),
             Some((issuer, subject)) if value.starts_with('*') => {
-                let issuer = if issuer == "*" { StringMatch::Presence } else { StringMatch::Suffix(issuer[1..].into()) };
+                let issuer =
+                    if issuer == "*" { StringMatch::Presence } else { StringMatch::Suffix(issuer[1..].into()) };
                 (issuer, exact(subject))
             }
             None if value.starts_with('*') => (StringMatch::Presence, StringMatch::Suffix(value[1..].into())),
@@ -134,7 +135,9 @@ impl RequestPrincipalMatch {
                 };
                 (exact(issuer), subject)
             }
-            None if value.ends_with('*') => (StringMatch::Prefix(value[..value.len() - 1].into()), StringMatch::Presence),
+            None if value.ends_with('*') => {
+                (StringMatch::Prefix(value[..value.len() - 1].into()), StringMatch::Presence)
+            }
             Some((issuer, subject)) => (exact(issuer), exact(subject)),
             None => (exact(value), exact("")),
         };

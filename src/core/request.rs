@@ -44,10 +44,7 @@ pub struct HttpRequest<'a> {
 impl<'a> HttpRequest<'a> {
     /// The value of a header, by its lower-case name.
     pub fn header(&self, lower_case_name: &str) -> Option<&'a str> {
-        self.headers
-            .iter()
-            .find(|(name, _)| *name == lower_case_name)
-            .map(|&(_, value)| value)
+        self.headers.iter().find(|(name, _)| *name == lower_case_name).map(|&(_, value)| value)
     }
 }
 
@@ -77,7 +74,9 @@ impl<'a> SpiffeId<'a> {
 
 /// The non-empty segment after `marker`, and the text after that segment.
 fn segment_after<'a>(text: &'a str, marker: &str) -> (Option<&'a str>, &'a str) {
-    let Some(at) = text.find(marker) else { return (None, text) };
+    let Some(at) = text.find(marker) else {
+        return (None, text);
+    };
     let rest = &text[at + marker.len()..];
     let segment = rest.split('/').next().unwrap_or(rest);
     ((!segment.is_empty()).then_some(segment), &rest[segment.len()..])

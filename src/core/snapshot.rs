@@ -3,8 +3,8 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 
-use super::identity::Identity;
 use super::decision::{Decision, DryRunOutcome, PolicyMatch, Reason};
+use super::identity::Identity;
 use super::path::{self, PathOptions};
 use super::policy::{Action, Attributes, Policy};
 use super::request::{Request, SpiffeId};
@@ -61,7 +61,12 @@ impl Bucket {
 impl Snapshot {
     /// Indexes compiled policies. Policies without a namespace or in `root_namespace` apply to
     /// every workload.
-    pub fn new(mut policies: Vec<Policy>, workloads: WorkloadTable, options: EngineOptions, root_namespace: &str) -> Self {
+    pub fn new(
+        mut policies: Vec<Policy>,
+        workloads: WorkloadTable,
+        options: EngineOptions,
+        root_namespace: &str,
+    ) -> Self {
         policies.sort_by(|a, b| a.id.cmp(&b.id));
         let len = policies.len();
         let mut index = PolicyIndex { len, ..PolicyIndex::default() };
@@ -106,20 +111,22 @@ impl Snapshot {
         };
         let decision = self.authorize(&workload, &attributes);
         // A path with an encoded slash must be allowed under both of its readings.
-        if let Some(other_reading) = normalized.as_ref().and_then(|normalized| normalized.with_decoded_slashes.as_deref()) {
-            if decision.is_allow() {
-                attributes.path = other_reading;
-                let other = self.authorize(&workload, &attributes);
-                if !other.is_allow() {
-                    return other;
-                }
+        if let Some(other_reading) =
+            normalized.as_ref().and_then(|normalized| normalized.with_decoded_slashes.as_deref())
+            && decision.is_allow()
+        {
+            attributes.path = other_reading;
+            let other = self.authorize(&workload, &attributes);
+            if !other.is_allow() {
+                return other;
             }
         }
         decision
     }
 
     fn authorize(&self, workload: &Workload<'_>, attributes: &Attributes<'_>) -> Decision {
-        let buckets = [Some(&self.policies.mesh_wide), workload.namespace.and_then(|ns| self.policies.by_namespace.get(ns))];
+        let buckets =
+            [Some(&self.policies.mesh_wide), workload.namespace.and_then(|ns| self.policies.by_namespace.get(ns))];
         let applicable = |pick: fn(&Bucket) -> &Vec<Policy>| {
             buckets.into_iter().flatten().flat_map(pick).filter(|policy| policy.selects(workload))
         };

@@ -161,9 +161,15 @@ mod tests {
             ..Request::default()
         };
         assert_eq!(table.resolve(&by_address).namespace, Some("by-address"));
-        let by_host = Request { http: Some(HttpRequest { host: "jobs.example.com", ..HttpRequest::default() }), ..Request::default() };
+        let by_host = Request {
+            http: Some(HttpRequest { host: "jobs.example.com", ..HttpRequest::default() }),
+            ..Request::default()
+        };
         assert_eq!(table.resolve(&by_host).namespace, Some("job-service"));
-        let unknown = Request { http: Some(HttpRequest { host: "other.example.com", ..HttpRequest::default() }), ..Request::default() };
+        let unknown = Request {
+            http: Some(HttpRequest { host: "other.example.com", ..HttpRequest::default() }),
+            ..Request::default()
+        };
         let workload = table.resolve(&unknown);
         assert_eq!((workload.namespace, workload.label("app")), (None, None));
     }

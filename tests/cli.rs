@@ -1,0 +1,91 @@
+//! `portcullis validate` and `portcullis check` run as a user runs them: exit codes, located errors, JSON decisions.
+
+mod support;
+
+use std::path::Path;
+use std::process::Output;
+
+use support::{portcullis, repo_path};
+
+fn run(args: &[&str], paths: &[&Path]) -> Output {
+    portcullis().args(args).args(paths).output().expect("portcullis runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn validate_accepts_the_shipped_policies() {
+    let output = run(&["validate", "--policies"], &[&repo_path("policies")]);
+    assert_eq!(output.status.code(), Some(0), "stderr: {}", text(&output.stderr));
+    assert!(text(&output.stdout).contains("3 policies in 2 files are valid"));
+}
+
+#[test]
+fn validate_reports_every_problem_with_file_and_line() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("policies.yaml");
+    let policy = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: a, namespace: n}\nspec:\n  rules:\n  - from:\n    - source:\n        ipBlocks: [\"10.0.0/8\"]\n    to:\n    - operation:\n        ports: [\"http\"]\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: b, namespace: n}\nspec:\n  rules:\n  - to:\n    - operation:\n        pathz: [\"/x\"]\n";
+    std::fs::write(&file, policy).expect("write");
+    let output = run(&["validate", "--policies"], &[dir.path()]);
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(1));
+    let shown = file.display().to_string();
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 3, "stderr:\n{stderr}");
+    assert!(
+        lines[0].starts_with(&format!(
+            "{shown}:8: authorization policy `n/a`: spec.rules[0].from[0].source.ipBlocks[0]: invalid CIDR `10.0.0/8`"
+        )),
+        "{stderr}"
+    );
+    assert!(lines[1].starts_with(&format!("{shown}:11: ")) && lines[1].contains("invalid port `http`"), "{stderr}");
+    assert!(lines[2].starts_with(&format!("{shown}:20: unknown field `pathz`")), "{stderr}");
+}
+
+#[test]
+fn validate_reports_a_missing_path() {
+    let output = run(&["validate", "--policies", "/nonexistent/policies"], &[]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(text(&output.stderr).starts_with("/nonexistent/policies: cannot read:"), "{}", text(&output.stderr));
+}
+
+fn check(request: &str) -> (Option<i32>, serde_json::Value, String) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("request.yaml");
+    std::fs::write(&file, request).expect("write");
+    let output = run(&["check", "--policies"], &[&repo_path("policies"), Path::new("--request"), &file]);
+    let json = serde_json::from_slice(&output.stdout).unwrap_or(serde_json::Value::Null);
+    (output.status.code(), json, text(&output.stderr))
+}
+
+#[test]
+fn check_prints_an_allow_as_json_and_exits_0() {
+    let (code, json, _) =
+        check("method: GET\npath: /api/jobs\ncontext_extensions: {namespace: job-service, app: job-service}\n");
+    assert_eq!(code, Some(0));
+    assert_eq!(json["decision"], "allow");
+    assert_eq!(json["status"], 200);
+    assert_eq!(json["policy"], "ns[job-service]-policy[job-service]-rule[0]");
+}
+
+#[test]
+fn check_prints_a_deny_and_exits_1() {
+    let (code, json, _) = check(
+        r#"{"method": "DELETE", "path": "/api/jobcategories/1", "context_extensions": {"namespace": "job-service", "app": "job-service"}}"#,
+    );
+    assert_eq!(code, Some(1));
+    assert_eq!(json["decision"], "deny");
+    assert_eq!(json["status"], 403);
+    assert_eq!(json["reason"], "no_allow_match");
+    assert_eq!(json["body"], "RBAC: access denied");
+}
+
+#[test]
+fn check_exits_2_on_a_bad_request_file() {
+    let (code, json, stderr) = check("method: GET\npathh: /x\n");
+    assert_eq!(code, Some(2));
+    assert_eq!(json, serde_json::Value::Null);
+    assert!(stderr.contains(":2: unknown field `pathh`"), "{stderr}");
+}

@@ -1,0 +1,161 @@
+//! The real server over real sockets: Check with a tonic client on Envoy's protos, gRPC health, admin endpoints, shutdown.
+
+mod support;
+
+use std::collections::HashMap;
+
+use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress, address, socket_address};
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Peer, Request};
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
+use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest, CheckResponse};
+use envoy_types::pb::google::protobuf::value::Kind;
+use support::{Server, http_get, repo_path};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+fn job_service_request(method: &str, path: &str, source_principal: &str) -> CheckRequest {
+    let extensions = HashMap::from([
+        ("namespace".to_string(), "job-service".to_string()),
+        ("app".to_string(), "job-service".to_string()),
+    ]);
+    let headers = HashMap::from([
+        (":method".to_string(), method.to_string()),
+        (":path".to_string(), path.to_string()),
+        (":authority".to_string(), "jobs.example.com".to_string()),
+    ]);
+    let socket = SocketAddress {
+        address: "10.1.2.3".into(),
+        port_specifier: Some(socket_address::PortSpecifier::PortValue(41000)),
+        ..SocketAddress::default()
+    };
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            source: Some(Peer {
+                address: Some(Address { address: Some(address::Address::SocketAddress(socket)) }),
+                principal: source_principal.into(),
+                ..Peer::default()
+            }),
+            request: Some(Request {
+                http: Some(HttpRequest {
+                    method: method.into(),
+                    path: path.into(),
+                    host: "jobs.example.com".into(),
+                    headers,
+                    ..HttpRequest::default()
+                }),
+                ..Request::default()
+            }),
+            context_extensions: extensions,
+            ..AttributeContext::default()
+        }),
+    }
+}
+
+async fn check(server: &Server, request: CheckRequest) -> CheckResponse {
+    let mut client = AuthorizationClient::connect(format!("http://{}", server.grpc)).await.expect("connects");
+    client.check(request).await.expect("Check answers").into_inner()
+}
+
+fn metadata_field(response: &CheckResponse, name: &str) -> Option<String> {
+    let field = response.dynamic_metadata.as_ref()?.fields.get(name)?;
+    match &field.kind {
+        Some(Kind::StringValue(text)) => Some(text.clone()),
+        _ => None,
+    }
+}
+
+fn denied(response: &CheckResponse) -> (i32, i32, String) {
+    let code = response.status.as_ref().map_or(-1, |status| status.code);
+    match &response.http_response {
+        Some(HttpResponse::DeniedResponse(denied)) => {
+            (code, denied.status.as_ref().map_or(0, |status| status.code), denied.body.clone())
+        }
+        other => panic!("expected a denied response, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_allows_and_denies_over_grpc_and_counts_in_metrics() {
+    let server = Server::start(&[&repo_path("policies")]);
+
+    let allowed = check(&server, job_service_request("GET", "/api/jobs?page=2", "")).await;
+    assert_eq!(allowed.status.as_ref().map(|status| status.code), Some(0));
+    assert!(matches!(allowed.http_response, Some(HttpResponse::OkResponse(_))));
+    assert_eq!(metadata_field(&allowed, "policy").as_deref(), Some("ns[job-service]-policy[job-service]-rule[0]"));
+    assert_eq!(metadata_field(&allowed, "decision").as_deref(), Some("allow"));
+
+    let forbidden = check(&server, job_service_request("POST", "/api/jobs", "")).await;
+    assert_eq!(denied(&forbidden), (7, 403, "RBAC: access denied".to_string()));
+    assert_eq!(metadata_field(&forbidden, "reason").as_deref(), Some("no_allow_match"));
+
+    let traversal = check(&server, job_service_request("GET", "/api/jobs/%2e%2e/%2e%2e/debug/vars", "")).await;
+    assert_eq!(denied(&traversal), (7, 403, "RBAC: access denied".to_string()));
+    assert_eq!(
+        metadata_field(&traversal, "policy").as_deref(),
+        Some("ns[istio-system]-policy[deny-debug-endpoints]-rule[0]")
+    );
+
+    let bad_path = check(&server, job_service_request("GET", "/api/jobs/%00", "")).await;
+    assert_eq!(denied(&bad_path), (3, 400, "Bad Request".to_string()));
+
+    let empty = check(&server, CheckRequest::default()).await;
+    assert_eq!(denied(&empty).0, 7, "a check without attributes fails closed");
+
+    let (status, metrics) = http_get(server.admin, "/metrics");
+    assert_eq!(status, 200);
+    for expected in [
+        r#"portcullis_checks_total{door="grpc",decision="allow",reason="allowed_by_policy"} 1"#,
+        r#"portcullis_checks_total{door="grpc",decision="deny",reason="no_allow_match"} 1"#,
+        r#"portcullis_checks_total{door="grpc",decision="deny",reason="denied_by_policy"} 1"#,
+        r#"portcullis_checks_total{door="grpc",decision="deny",reason="invalid_path"} 1"#,
+        r#"portcullis_checks_total{door="grpc",decision="deny",reason="malformed_request"} 1"#,
+        r#"portcullis_check_duration_seconds_count{door="grpc"} 5"#,
+        "portcullis_policies_loaded 3",
+        "portcullis_policy_generation 1",
+    ] {
+        assert!(metrics.lines().any(|line| line == expected), "missing `{expected}` in:\n{metrics}");
+    }
+    assert_eq!(server.terminate().code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_health_and_admin_endpoints_report_serving_then_shutdown() {
+    let server = Server::start(&[&repo_path("policies")]);
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", server.grpc)).expect("valid endpoint");
+    let mut health = HealthClient::new(endpoint.connect().await.expect("connects"));
+    for service in ["", "envoy.service.auth.v3.Authorization"] {
+        let response = health.check(HealthCheckRequest { service: service.into() }).await.expect("health answers");
+        assert_eq!(response.into_inner().status, ServingStatus::Serving as i32, "service `{service}`");
+    }
+    assert_eq!(http_get(server.admin, "/healthz").0, 200);
+    assert_eq!(http_get(server.admin, "/readyz").0, 200);
+    assert_eq!(http_get(server.admin, "/nope").0, 404);
+    let log = server.log_lines().join("\n");
+    assert!(log.contains("Loaded the policy set"), "log:\n{log}");
+    assert_eq!(server.terminate().code(), Some(0), "SIGTERM ends the server cleanly");
+}
+
+#[test]
+fn an_invalid_policy_set_stops_start_up_before_any_port_is_bound() {
+    let broken = tempfile::tempdir().expect("temp dir");
+    let file = broken.path().join("broken.yaml");
+    std::fs::write(&file, "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: x, namespace: y}\nspec:\n  action: MAYBE\n")
+        .expect("write");
+    let output = support::portcullis()
+        .args(["serve", "--grpc-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--policies"])
+        .arg(&file)
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "stderr:\n{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{}:5: authorization policy `y/x`: spec.action: unknown action `MAYBE`",
+            file.display()
+        )),
+        "stderr:\n{stderr}"
+    );
+    assert!(!stderr.contains("Listening"), "no port may be bound:\n{stderr}");
+}

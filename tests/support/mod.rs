@@ -1,0 +1,127 @@
+//! Starts the real `portcullis` binary on loopback ports it picks itself and finds them in its log.
+
+#![allow(dead_code, reason = "each test crate uses a different part of the support module")]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub fn repo_path(relative: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
+}
+
+pub fn portcullis() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_portcullis"));
+    for (name, _) in std::env::vars().filter(|(name, _)| name.starts_with("PORTCULLIS_")) {
+        command.env_remove(name);
+    }
+    command.env_remove("RUST_LOG");
+    command
+}
+
+/// A running server and the addresses it bound.
+pub struct Server {
+    child: Child,
+    pub grpc: SocketAddr,
+    pub admin: SocketAddr,
+    log: mpsc::Receiver<String>,
+    /// Lines read while waiting for the listeners.
+    early_log: Vec<String>,
+}
+
+impl Server {
+    /// Starts `serve` on `127.0.0.1:0` ports with the given policy paths; waits until ready.
+    pub fn start(policies: &[&Path]) -> Self {
+        let mut command = portcullis();
+        command.arg("serve");
+        for path in policies {
+            command.arg("--policies").arg(path);
+        }
+        command
+            .args(["--grpc-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().expect("portcullis starts");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let (sender, log) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if sender.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let (mut grpc, mut admin) = (None, None);
+        let mut early_log = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while grpc.is_none() || admin.is_none() {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let line = log.recv_timeout(remaining).expect("the server logs its listeners in time");
+            if let Some(address) = listening_address(&line, "grpc") {
+                grpc = Some(address);
+            } else if let Some(address) = listening_address(&line, "admin") {
+                admin = Some(address);
+            }
+            early_log.push(line);
+        }
+        let server = Self { child, grpc: grpc.expect("grpc"), admin: admin.expect("admin"), log, early_log };
+        server.wait_ready();
+        server
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while http_get(self.admin, "/readyz").0 != 200 {
+            assert!(Instant::now() < deadline, "server never became ready");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(mut self) -> ExitStatus {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status().expect("kill runs");
+        assert!(sent.success());
+        self.child.wait().expect("server exits")
+    }
+
+    /// Log lines received so far.
+    pub fn log_lines(&self) -> Vec<String> {
+        self.early_log.iter().cloned().chain(self.log.try_iter()).collect()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Reads `Listening door=NAME address=ADDR` from a log line.
+fn listening_address(line: &str, door: &str) -> Option<SocketAddr> {
+    if !line.contains("Listening") || !line.contains(&format!("door={door}")) {
+        return None;
+    }
+    line.split_whitespace().find_map(|field| field.strip_prefix("address=")).and_then(|address| address.parse().ok())
+}
+
+/// A minimal HTTP/1.1 GET: status and body.
+pub fn http_get(address: SocketAddr, path: &str) -> (u16, String) {
+    let Ok(mut stream) = TcpStream::connect_timeout(&address, Duration::from_secs(2)) else {
+        return (0, String::new());
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+    if stream.write_all(request.as_bytes()).is_err() {
+        return (0, String::new());
+    }
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    let status = response.split_whitespace().nth(1).and_then(|code| code.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default();
+    (status, body)
+}
