@@ -1,5 +1,7 @@
 //! `portcullis validate` and `portcullis check` run as a user runs them: exit codes, located errors, JSON decisions.
 
+#![expect(clippy::expect_used, reason = "test helpers: a failed step fails the test")]
+
 mod support;
 
 use std::path::Path;

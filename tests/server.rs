@@ -1,5 +1,7 @@
 //! The real server over real sockets: Check with a tonic client on Envoy's protos, gRPC health, admin endpoints, shutdown.
 
+#![expect(clippy::expect_used, clippy::panic, reason = "test helpers: a failed step fails the test")]
+
 mod support;
 
 use std::collections::HashMap;

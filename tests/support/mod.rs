@@ -1,6 +1,7 @@
 //! Starts the real `portcullis` binary on loopback ports it picks itself and finds them in its log.
 
 #![allow(dead_code, reason = "each test crate uses a different part of the support module")]
+#![expect(clippy::expect_used, reason = "test set-up: a failure to start the server fails the test")]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
