@@ -194,11 +194,12 @@ fn header_option(name: &str, value: &str) -> HeaderValueOption {
 /// `decision`, `reason` and `policy` for Envoy's access logs (`%DYNAMIC_METADATA(envoy.filters.http.ext_authz)%`).
 fn decision_metadata(decision: &Decision) -> Struct {
     let text = |value: String| Value { kind: Some(Kind::StringValue(value)) };
-    let mut fields = std::collections::BTreeMap::new();
-    fields.insert("decision".to_string(), text(if decision.is_allow() { "allow" } else { "deny" }.into()));
-    fields.insert("reason".to_string(), text(decision.reason.as_str().into()));
+    let mut fields = HashMap::from([
+        ("decision".to_string(), text(if decision.is_allow() { "allow" } else { "deny" }.into())),
+        ("reason".to_string(), text(decision.reason.as_str().into())),
+    ]);
     if let Some(policy) = &decision.policy {
         fields.insert("policy".to_string(), text(policy.to_string()));
     }
-    Struct { fields: fields.into_iter().collect() }
+    Struct { fields }
 }

@@ -91,3 +91,16 @@ fn check_exits_2_on_a_bad_request_file() {
     assert_eq!(json, serde_json::Value::Null);
     assert!(stderr.contains(":2: unknown field `pathh`"), "{stderr}");
 }
+
+#[test]
+fn validate_skips_other_kinds_with_a_warning() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("mixed.yml");
+    let mixed = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\ndata: {a: b}\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: a, namespace: n}\nspec: {}\n";
+    std::fs::write(&file, mixed).expect("write");
+    let output = run(&["validate", "--policies"], &[&file]);
+    assert_eq!(output.status.code(), Some(0), "stderr: {}", text(&output.stderr));
+    let warning = format!("{}:1: warning: skipped `v1/ConfigMap`: not an AuthorizationPolicy", file.display());
+    assert_eq!(text(&output.stderr).trim(), warning);
+    assert!(text(&output.stdout).contains("1 policies in 1 files are valid"));
+}
