@@ -19,12 +19,16 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
+/// 200 once ready; the body names issuers that have no keys, whose tokens are refused.
 async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
-    if state.ready.load(Ordering::Acquire) {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    let missing = state.keys.missing();
+    let mut body =
+        if state.ready.load(Ordering::Acquire) { String::from("ready\n") } else { String::from("not ready\n") };
+    for issuer in &missing {
+        body.push_str(&format!("no keys for issuer {issuer}\n"));
     }
+    let status = if state.ready.load(Ordering::Acquire) { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, body)
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {

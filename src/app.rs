@@ -15,9 +15,12 @@ use crate::admin;
 use crate::config::ConfigError;
 use crate::config::load::{LoadedPolicies, load_policies};
 use crate::core::Snapshot;
+use crate::core::authn::AuthnContext;
 use crate::grpc::CheckService;
+use crate::jwks::KeyStore;
 use crate::settings::{Settings, SettingsError};
 use crate::telemetry::Metrics;
+use crate::token_cache::VerifiedTokenCache;
 
 /// How long in-flight checks may take to finish after a shutdown signal.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -51,9 +54,20 @@ pub struct LivePolicies {
 #[derive(Debug)]
 pub struct AppState {
     pub policies: ArcSwap<LivePolicies>,
-    /// False until the first policy set is live, and again once shutdown starts.
+    /// False until the first policy set is live and every issuer's keys were fetched once (or
+    /// the wait for them ran out), and again once shutdown starts.
     pub ready: AtomicBool,
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
+    pub keys: Arc<KeyStore>,
+    pub token_cache: Arc<VerifiedTokenCache>,
+    pub settings: Settings,
+}
+
+impl AppState {
+    /// What authentication needs for one check, at the current time.
+    pub fn authn_context(&self) -> AuthnContext<'_> {
+        self.settings.authn_context(&*self.keys, &*self.token_cache)
+    }
 }
 
 /// Loads and compiles the policy set the settings name.
@@ -61,7 +75,8 @@ pub fn build_snapshot(settings: &Settings) -> Result<(Snapshot, LoadedPolicies),
     let mut loaded = load_policies(&settings.policies).map_err(AppError::Policies)?;
     let workloads = settings.workload_table()?;
     let policies = std::mem::take(&mut loaded.policies);
-    let snapshot = Snapshot::new(policies, workloads, settings.engine_options(), &settings.root_namespace);
+    let authn = std::mem::take(&mut loaded.authn);
+    let snapshot = Snapshot::new(policies, authn, workloads, settings.engine_options(), &settings.root_namespace);
     Ok((snapshot, loaded))
 }
 
@@ -86,12 +101,18 @@ async fn bind(door: &'static str, address: SocketAddr) -> Result<TcpListener, Ap
 pub async fn serve(settings: Settings) -> Result<(), AppError> {
     let (snapshot, loaded) = build_snapshot(&settings)?;
     log_load(&snapshot, &loaded);
-    let metrics = Metrics::new();
+    let metrics = Arc::new(Metrics::new());
     metrics.record_policy_set(1, snapshot.policy_count());
+    let token_cache = Arc::new(VerifiedTokenCache::new(settings.token_cache_entries, metrics.clone()));
+    let keys = KeyStore::new(snapshot.remote_issuers(), settings.fetch_limits(), metrics.clone(), token_cache.clone())
+        .map_err(|error| AppError::Serve { door: "jwks", message: error.to_string() })?;
     let state = Arc::new(AppState {
         policies: ArcSwap::from_pointee(LivePolicies { snapshot, generation: 1 }),
         ready: AtomicBool::new(false),
         metrics,
+        keys: Arc::new(keys),
+        token_cache,
+        settings: settings.clone(),
     });
 
     let grpc_listener = bind("grpc", settings.grpc_listen).await?;
@@ -110,8 +131,7 @@ pub async fn serve(settings: Settings) -> Result<(), AppError> {
         axum::serve(admin_listener, admin::router(state.clone())).with_graceful_shutdown(wait_for(shutdown.clone()));
     let grpc_task = tokio::spawn(grpc);
     let admin_task = tokio::spawn(async move { admin.await });
-    state.ready.store(true, Ordering::Release);
-    tracing::info!("Ready");
+    tokio::spawn(become_ready(state.clone(), Duration::from_secs(settings.jwks_ready_timeout_secs)));
 
     shutdown_signal().await;
     tracing::info!("Shutting down: no longer ready, draining in-flight checks");
@@ -140,6 +160,22 @@ pub async fn serve(settings: Settings) -> Result<(), AppError> {
             Ok(())
         }
     }
+}
+
+/// Tries every issuer's keys once, then reports ready: after the first attempts finished, or
+/// after `bound` when an IdP is slow. An issuer without keys does not keep the whole gate down:
+/// its tokens get 401 `Jwks remote fetch is failed` and `/readyz` names it. Then keeps keys
+/// fresh in the background.
+async fn become_ready(state: Arc<AppState>, bound: Duration) {
+    let keys = state.keys.clone();
+    let _ = tokio::time::timeout(bound, keys.fetch_all()).await;
+    let missing: Vec<String> = keys.missing().iter().map(ToString::to_string).collect();
+    if !missing.is_empty() {
+        tracing::warn!(?missing, "Ready without the keys of some issuers; retrying in the background");
+    }
+    state.ready.store(true, Ordering::Release);
+    tracing::info!("Ready");
+    keys.refresh_forever().await;
 }
 
 async fn wait_for(mut shutdown: watch::Receiver<bool>) {

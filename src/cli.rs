@@ -4,12 +4,17 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::path::Path;
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use crate::app::{AppError, build_snapshot};
 use crate::config::{describe_yaml_error, yaml_options};
 use crate::core::{Decision, HttpRequest, Peer, Request};
+use crate::jwks::KeyStore;
 use crate::settings::Settings;
+use crate::telemetry::Metrics;
+use crate::token_cache::VerifiedTokenCache;
 
 /// A request described in YAML or JSON for `portcullis check`.
 #[derive(Debug, Default, Deserialize)]
@@ -34,6 +39,9 @@ pub struct RequestFile {
     pub context_extensions: HashMap<String, String>,
     #[serde(default)]
     pub sni: String,
+    /// A token, sent as `Authorization: Bearer <token>`.
+    #[serde(default)]
+    pub token: Option<String>,
 }
 
 fn default_method() -> String {
@@ -75,7 +83,11 @@ impl RequestFile {
             let (line, message) = describe_yaml_error(&error);
             format!("{}:{line}: {message}", path.display())
         })?;
-        let headers = file.headers.iter().map(|(name, value)| (name.to_ascii_lowercase(), value.clone())).collect();
+        let mut headers: Vec<(String, String)> =
+            file.headers.iter().map(|(name, value)| (name.to_ascii_lowercase(), value.clone())).collect();
+        if let Some(token) = &file.token {
+            headers.push(("authorization".into(), format!("Bearer {token}")));
+        }
         Ok((file, headers))
     }
 
@@ -83,6 +95,7 @@ impl RequestFile {
     pub fn request<'a>(&'a self, headers: &'a [(String, String)]) -> Request<'a> {
         let http = (!self.tcp).then(|| HttpRequest {
             method: &self.method,
+            scheme: "",
             host: &self.host,
             path: &self.path,
             headers: headers.iter().map(|(name, value)| (name.as_str(), value.as_str())).collect(),
@@ -109,6 +122,14 @@ pub struct DecisionReport {
     pub body: Option<&'static str>,
     pub headers: BTreeMap<String, String>,
     pub headers_to_remove: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub query_parameters_to_remove: Vec<String>,
+    /// Headers of a denial (`www-authenticate`).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub response_headers: BTreeMap<String, String>,
+    /// The verified caller, `iss/sub`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub principal: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub audit_policy: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -131,12 +152,19 @@ impl From<&Decision> for DecisionReport {
         let reason = decision.reason;
         Self {
             decision: verdict(decision.is_allow()),
-            status: reason.http_status(),
+            status: decision.http_status(),
             reason: reason.as_str(),
             policy: decision.policy.as_ref().map(ToString::to_string),
-            body: (!decision.is_allow()).then(|| reason.body()),
+            body: (!decision.is_allow()).then(|| decision.body()),
             headers: decision.headers_to_set.iter().map(|(name, value)| (name.to_string(), value.clone())).collect(),
             headers_to_remove: decision.headers_to_remove.iter().map(ToString::to_string).collect(),
+            query_parameters_to_remove: decision.query_parameters_to_remove.iter().map(ToString::to_string).collect(),
+            response_headers: decision
+                .response_headers
+                .iter()
+                .map(|(name, value)| (name.to_string(), value.clone()))
+                .collect(),
+            principal: decision.principal.clone(),
             audit_policy: decision.audit.as_ref().map(ToString::to_string),
             dry_run: decision.dry_run.as_ref().map(|outcome| DryRunReport {
                 decision: verdict(outcome.would_allow),
@@ -153,7 +181,8 @@ pub fn validate(settings: &Settings) -> Result<bool, AppError> {
             for (location, kind) in &loaded.skipped {
                 eprintln!("{location}: warning: skipped `{kind}`: not an AuthorizationPolicy");
             }
-            println!("{} policies in {} files are valid", snapshot.policy_count() + loaded.custom.len(), loaded.files);
+            let count = snapshot.policy_count() + snapshot.authn_count() + loaded.custom.len();
+            println!("{count} policies in {} files are valid", loaded.files);
             Ok(true)
         }
         Err(AppError::Policies(errors)) => {
@@ -170,7 +199,23 @@ pub fn validate(settings: &Settings) -> Result<bool, AppError> {
 pub fn check(settings: &Settings, request_file: &Path) -> Result<bool, String> {
     let (snapshot, _) = build_snapshot(settings).map_err(|error| error.to_string())?;
     let (file, headers) = RequestFile::read(request_file)?;
-    let decision = snapshot.check(&file.request(&headers));
+    let metrics = Arc::new(Metrics::new());
+    let cache = Arc::new(VerifiedTokenCache::new(0, metrics.clone()));
+    let issuers = snapshot.remote_issuers();
+    let fetch_keys = !issuers.is_empty();
+    let keys = KeyStore::new(issuers, settings.fetch_limits(), metrics, cache.clone())
+        .map(Arc::new)
+        .map_err(|error| format!("cannot build the HTTP client: {error}"))?;
+    if fetch_keys {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|error| format!("cannot start the runtime: {error}"))?;
+        let bound = std::time::Duration::from_secs(settings.jwks_ready_timeout_secs);
+        // Issuers left without keys refuse their tokens with `Jwks remote fetch is failed`.
+        let _ = runtime.block_on(async { tokio::time::timeout(bound, keys.fetch_all()).await });
+    }
+    let decision = snapshot.check(&file.request(&headers), &settings.authn_context(&*keys, &*cache));
     let report = DecisionReport::from(&decision);
     let json = serde_json::to_string_pretty(&report).map_err(|error| format!("cannot print the decision: {error}"))?;
     println!("{json}");

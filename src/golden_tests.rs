@@ -1,6 +1,7 @@
 //! Runs the golden cases in `tests/golden/*.yaml` — policies, requests, expected decisions or errors — against the core.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -70,22 +71,25 @@ fn golden_dir() -> PathBuf {
 
 fn snapshot_for(file: &GoldenFile, label: &str) -> Result<Snapshot, Vec<ConfigError>> {
     let settings = file.settings.clone().unwrap_or_default();
-    let mut policies = load_policy_text(label, &file.policies)?.policies;
+    let mut loaded = load_policy_text(label, &file.policies)?;
     if !file.policy_paths.is_empty() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let paths: Vec<PathBuf> = file.policy_paths.iter().map(|path| root.join(path)).collect();
-        policies.extend(load_policies(&paths)?.policies);
+        let from_files = load_policies(&paths)?;
+        loaded.policies.extend(from_files.policies);
+        loaded.authn.extend(from_files.authn);
     }
     let workloads = settings
         .workload_table()
         .map_err(|error| vec![ConfigError { file: label.into(), line: 0, message: error.to_string() }])?;
-    Ok(Snapshot::new(policies, workloads, settings.engine_options(), &settings.root_namespace))
+    Ok(Snapshot::new(loaded.policies, loaded.authn, workloads, settings.engine_options(), &settings.root_namespace))
 }
 
 fn run_case(snapshot: &Snapshot, case: &Case) -> Result<(), String> {
     let headers: Vec<(String, String)> =
         case.request.headers.iter().map(|(name, value)| (name.to_ascii_lowercase(), value.clone())).collect();
-    let identity = case.identity.clone().map(Identity::from_verified_claims);
+    let space_delimited: Arc<[Box<str>]> = Arc::from(vec![Box::from("scope"), Box::from("permission")]);
+    let identity = case.identity.clone().map(|claims| Identity::from_verified_claims(claims, space_delimited));
     let decision = snapshot.decide(&case.request.request(&headers), identity.as_ref());
     let verdict = |allow: bool| if allow { "allow" } else { "deny" }.to_string();
     let got = Expectation {

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
 use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption, address, socket_address};
@@ -18,6 +18,7 @@ use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
 use envoy_types::pb::google::rpc;
 
 use crate::app::AppState;
+use crate::core::authn::AuthnContext;
 use crate::core::{Decision, HttpRequest, Peer, Reason, Request, Snapshot};
 use crate::telemetry::{self, Door};
 
@@ -25,6 +26,7 @@ use crate::telemetry::{self, Door};
 const OK: i32 = 0;
 const INVALID_ARGUMENT: i32 = 3;
 const PERMISSION_DENIED: i32 = 7;
+const UNAUTHENTICATED: i32 = 16;
 
 /// `envoy.service.auth.v3.Authorization` backed by the live policy set.
 pub struct CheckService {
@@ -46,7 +48,16 @@ impl Authorization for CheckService {
         let started = Instant::now();
         let check = request.into_inner();
         let live = self.state.policies.load();
-        let decision = decide(&live.snapshot, &check);
+        let mut decision = decide(&live.snapshot, &check, &self.state.authn_context());
+        if let Some(issuer) = decision.stale_issuer.take() {
+            // The token names a key we do not have: the IdP may have rotated. Refetch (bounded,
+            // single-flight, rate-limited) and decide again.
+            let wait = Duration::from_millis(self.state.settings.jwks_refetch_wait_ms);
+            if tokio::time::timeout(wait, self.state.keys.refetch(&issuer)).await.unwrap_or(false) {
+                decision = decide(&live.snapshot, &check, &self.state.authn_context());
+                decision.stale_issuer = None;
+            }
+        }
         let elapsed = started.elapsed();
         self.state.metrics.record_check(Door::Grpc, &decision, elapsed);
         if tracing::event_enabled!(tracing::Level::DEBUG) {
@@ -59,9 +70,9 @@ impl Authorization for CheckService {
 }
 
 /// Decides a check; a check without attributes or a panic inside the core becomes a deny.
-pub fn decide(snapshot: &Snapshot, check: &CheckRequest) -> Decision {
+pub fn decide(snapshot: &Snapshot, check: &CheckRequest, context: &AuthnContext<'_>) -> Decision {
     let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| match request_from_check(check) {
-        Some(request) => snapshot.check(&request),
+        Some(request) => snapshot.check(&request, context),
         None => Decision::new(Reason::MalformedRequest, None),
     }));
     outcome.unwrap_or_else(|_| {
@@ -119,7 +130,7 @@ fn http_request(http: &attribute_context::HttpRequest) -> HttpRequest<'_> {
         header_map,
         path,
         host,
-        scheme: _,
+        scheme,
         query: _,
         fragment: _,
         size: _,
@@ -142,7 +153,7 @@ fn http_request(http: &attribute_context::HttpRequest) -> HttpRequest<'_> {
             value.map(|value| (header.key.as_str(), value))
         }));
     }
-    let mut request = HttpRequest { method, host, path, headers: Vec::new() };
+    let mut request = HttpRequest { method, scheme, host, path, headers: Vec::new() };
     let pseudo = |name: &str| header_list.iter().find(|(key, _)| *key == name).map(|&(_, value)| value);
     if request.method.is_empty() {
         request.method = pseudo(":method").unwrap_or_default();
@@ -152,6 +163,9 @@ fn http_request(http: &attribute_context::HttpRequest) -> HttpRequest<'_> {
     }
     if request.path.is_empty() {
         request.path = pseudo(":path").unwrap_or_default();
+    }
+    if request.scheme.is_empty() {
+        request.scheme = pseudo(":scheme").unwrap_or_default();
     }
     request.headers = header_list;
     request
@@ -164,16 +178,21 @@ pub fn check_response(decision: &Decision) -> CheckResponse {
         let ok = OkHttpResponse {
             headers: decision.headers_to_set.iter().map(|(name, value)| header_option(name, value)).collect(),
             headers_to_remove: decision.headers_to_remove.iter().map(ToString::to_string).collect(),
+            query_parameters_to_remove: decision.query_parameters_to_remove.iter().map(ToString::to_string).collect(),
             ..OkHttpResponse::default()
         };
         (OK, HttpResponse::OkResponse(ok))
     } else {
         let denied = DeniedHttpResponse {
-            status: Some(HttpStatus { code: i32::from(reason.http_status()) }),
-            headers: Vec::new(),
-            body: reason.body().to_string(),
+            status: Some(HttpStatus { code: i32::from(decision.http_status()) }),
+            headers: decision.response_headers.iter().map(|(name, value)| header_option(name, value)).collect(),
+            body: decision.body().to_string(),
         };
-        let code = if reason == Reason::InvalidPath { INVALID_ARGUMENT } else { PERMISSION_DENIED };
+        let code = match reason {
+            Reason::InvalidPath => INVALID_ARGUMENT,
+            Reason::InvalidToken => UNAUTHENTICATED,
+            _ => PERMISSION_DENIED,
+        };
         (code, HttpResponse::DeniedResponse(denied))
     };
     CheckResponse {

@@ -12,8 +12,10 @@ pub mod cli;
 pub mod config;
 pub mod core;
 pub mod grpc;
+pub mod jwks;
 pub mod settings;
 pub mod telemetry;
+pub mod token_cache;
 
 #[cfg(test)]
 mod golden_tests;

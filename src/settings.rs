@@ -3,14 +3,17 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
 use crate::config::{describe_yaml_error, yaml_options};
 use crate::core::EngineOptions;
+use crate::core::authn::{AuthnContext, KeyLookup, TokenCache};
 use crate::core::matcher::IpMatch;
 use crate::core::path::PathOptions;
 use crate::core::workload::{WorkloadEntry, WorkloadSelector, WorkloadTable};
+use crate::jwks::FetchLimits;
 
 /// A problem with the settings; reported before any port is bound.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +47,26 @@ pub struct Settings {
     /// Names workloads for requests that carry neither context extensions nor a destination
     /// principal (Istio's CUSTOM hop).
     pub workloads: Vec<WorkloadSetting>,
+    /// Tolerance when checking a token's `exp` and `nbf`.
+    pub clock_skew_secs: u64,
+    /// Longer tokens are refused unread.
+    pub max_token_bytes: usize,
+    /// Verified tokens remembered; 0 turns the cache off.
+    pub token_cache_entries: usize,
+    /// How often every issuer's keys are fetched again.
+    pub jwks_refresh_interval_secs: u64,
+    /// A token with an unknown `kid` triggers a refetch at most this often per issuer.
+    pub jwks_min_refetch_interval_secs: u64,
+    /// Bound of one discovery or JWKS request.
+    pub jwks_fetch_timeout_ms: u64,
+    /// Longer JWKS or discovery documents are refused.
+    pub jwks_max_bytes: usize,
+    /// `/readyz` waits this long at most for every issuer's first keys.
+    pub jwks_ready_timeout_secs: u64,
+    /// How long a Check may wait for a refetch after an unknown `kid`.
+    pub jwks_refetch_wait_ms: u64,
+    /// Allow link-local and cloud-metadata addresses as JWKS targets.
+    pub jwks_allow_link_local: bool,
     /// `text` or `json`.
     pub log_format: LogFormat,
     /// A `tracing` filter such as `info` or `portcullis=debug`; `RUST_LOG` wins when set.
@@ -61,6 +84,16 @@ impl Default for Settings {
             trusted_proxy_hops: 0,
             merge_slashes: true,
             workloads: Vec::new(),
+            clock_skew_secs: 60,
+            max_token_bytes: 8 * 1024,
+            token_cache_entries: 100_000,
+            jwks_refresh_interval_secs: 20 * 60,
+            jwks_min_refetch_interval_secs: 5,
+            jwks_fetch_timeout_ms: 5_000,
+            jwks_max_bytes: 1024 * 1024,
+            jwks_ready_timeout_secs: 10,
+            jwks_refetch_wait_ms: 1_000,
+            jwks_allow_link_local: false,
             log_format: LogFormat::Text,
             log_level: "info".into(),
         }
@@ -134,6 +167,28 @@ impl Settings {
         EngineOptions {
             path: PathOptions { merge_slashes: self.merge_slashes },
             trusted_proxy_hops: self.trusted_proxy_hops,
+        }
+    }
+
+    /// What authentication needs for one check, at the current time.
+    pub fn authn_context<'c>(&self, keys: &'c dyn KeyLookup, cache: &'c dyn TokenCache) -> AuthnContext<'c> {
+        AuthnContext {
+            keys,
+            cache,
+            now: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_secs()),
+            clock_skew_secs: self.clock_skew_secs,
+            max_token_bytes: self.max_token_bytes,
+        }
+    }
+
+    /// Limits of JWKS fetching.
+    pub fn fetch_limits(&self) -> FetchLimits {
+        FetchLimits {
+            refresh_interval: Duration::from_secs(self.jwks_refresh_interval_secs.max(1)),
+            min_refetch_interval: Duration::from_secs(self.jwks_min_refetch_interval_secs),
+            fetch_timeout: Duration::from_millis(self.jwks_fetch_timeout_ms.max(1)),
+            max_bytes: self.jwks_max_bytes,
+            allow_link_local: self.jwks_allow_link_local,
         }
     }
 

@@ -38,6 +38,17 @@ struct CheckLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct FetchLabels {
+    issuer: String,
+    result: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct IssuerLabels {
+    issuer: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct DoorLabels {
     door: &'static str,
 }
@@ -53,6 +64,11 @@ pub struct Metrics {
     check_duration: Family<DoorLabels, Histogram, fn() -> Histogram>,
     policies_loaded: Gauge,
     policy_generation: Gauge,
+    jwks_fetches: Family<FetchLabels, Counter>,
+    jwks_keys: Family<IssuerLabels, Gauge>,
+    token_cache_hits: Counter,
+    token_cache_misses: Counter,
+    token_cache_entries: Gauge,
 }
 
 impl Default for Metrics {
@@ -77,7 +93,58 @@ impl Metrics {
             "Generation of the live policy set, 1 for the first",
             policy_generation.clone(),
         );
-        Self { registry, checks, check_duration, policies_loaded, policy_generation }
+        let jwks_fetches = Family::<FetchLabels, Counter>::default();
+        registry.register("jwks_fetches", "JWKS fetches, by issuer and result", jwks_fetches.clone());
+        let jwks_keys = Family::<IssuerLabels, Gauge>::default();
+        registry.register("jwks_keys", "Usable keys of each issuer's last good JWKS", jwks_keys.clone());
+        let token_cache_hits = Counter::default();
+        registry.register("token_cache_hits", "Tokens found in the verified-token cache", token_cache_hits.clone());
+        let token_cache_misses = Counter::default();
+        registry.register(
+            "token_cache_misses",
+            "Tokens not found in the verified-token cache",
+            token_cache_misses.clone(),
+        );
+        let token_cache_entries = Gauge::default();
+        registry.register(
+            "token_cache_entries",
+            "Tokens held by the verified-token cache",
+            token_cache_entries.clone(),
+        );
+        Self {
+            registry,
+            checks,
+            check_duration,
+            policies_loaded,
+            policy_generation,
+            jwks_fetches,
+            jwks_keys,
+            token_cache_hits,
+            token_cache_misses,
+            token_cache_entries,
+        }
+    }
+
+    pub fn record_jwks_fetch(&self, issuer: &str, ok: bool, keys: Option<usize>) {
+        let result = if ok { "ok" } else { "error" };
+        self.jwks_fetches.get_or_create(&FetchLabels { issuer: issuer.into(), result }).inc();
+        if let Some(keys) = keys {
+            self.jwks_keys
+                .get_or_create(&IssuerLabels { issuer: issuer.into() })
+                .set(i64::try_from(keys).unwrap_or(i64::MAX));
+        }
+    }
+
+    pub fn record_token_cache_lookup(&self, hit: bool) {
+        if hit {
+            self.token_cache_hits.inc()
+        } else {
+            self.token_cache_misses.inc()
+        };
+    }
+
+    pub fn record_token_cache_size(&self, entries: usize) {
+        self.token_cache_entries.set(i64::try_from(entries).unwrap_or(i64::MAX));
     }
 
     pub fn record_check(&self, door: Door, decision: &Decision, elapsed: Duration) {
@@ -125,6 +192,8 @@ pub fn log_decision(door: Door, method: &str, host: &str, path: &str, decision: 
         path,
         decision = if decision.is_allow() { "allow" } else { "deny" },
         reason = decision.reason.as_str(),
+        principal = decision.principal.as_deref().unwrap_or_default(),
+        jwt_error = decision.jwt_error.map(|error| error.message()).unwrap_or_default(),
         policy,
         latency_us = elapsed.as_micros() as u64,
         "Decided"

@@ -21,7 +21,7 @@ fn text(bytes: &[u8]) -> String {
 fn validate_accepts_the_shipped_policies() {
     let output = run(&["validate", "--policies"], &[&repo_path("policies")]);
     assert_eq!(output.status.code(), Some(0), "stderr: {}", text(&output.stderr));
-    assert!(text(&output.stdout).contains("3 policies in 2 files are valid"));
+    assert!(text(&output.stdout).contains("4 policies in 3 files are valid"));
 }
 
 #[test]

@@ -6,6 +6,8 @@ use serde_saphyr::Spanned;
 
 use super::ConfigError;
 use super::raw;
+use crate::core::authn::{AuthnPolicy, ClaimHeader, JwtRule, KeySource, TokenLocation};
+use crate::core::jwt::KeySet;
 use crate::core::matcher::{IpMatch, PathMatch, StringMatch};
 use crate::core::policy::{
     Action, Conjunction, Policy, PolicyId, Predicate, RequestPrincipalMatch, Rule, ServiceAccount, Test,
@@ -74,6 +76,65 @@ pub fn compile_authorization_policy(
         Some(action) => CompiledPolicy::Enforced(Policy { id: Arc::new(id), action, dry_run, selector, rules }),
         None => CompiledPolicy::Custom(id),
     })
+}
+
+/// Claims always matched word by word, as Envoy splits them.
+const SPACE_DELIMITED_CLAIMS: [&str; 2] = ["scope", "permission"];
+
+/// Compiles one RequestAuthentication document, collecting every problem.
+pub fn compile_request_authentication(
+    document: raw::RequestAuthentication,
+    origin: DocumentOrigin<'_>,
+) -> Result<AuthnPolicy, Vec<ConfigError>> {
+    let metadata = &document.metadata.value;
+    let name = metadata.name.as_ref().map_or("", |name| name.value.as_str());
+    let namespace = metadata.namespace.as_ref().map_or("", |namespace| namespace.value.as_str());
+    let id = PolicyId { namespace: namespace.into(), name: name.into() };
+    let mut compiler = Compiler { origin, context: format!("request authentication `{id}`"), errors: Vec::new() };
+    if !API_VERSIONS.contains(&document.api_version.value.as_str()) {
+        let line = document.api_version.referenced.line();
+        compiler.report(line, "apiVersion", format!("unsupported apiVersion `{}`", document.api_version.value));
+    }
+    if name.is_empty() {
+        compiler.report(document.metadata.referenced.line(), "metadata.name", "a name is required".into());
+    }
+    let (selector, rules) = match document.spec {
+        Some(spec) => {
+            let spec = spec.value;
+            for target in [&spec.target_ref, &spec.target_refs].into_iter().flatten() {
+                let message = "`targetRef` and `targetRefs` are not supported yet; use `selector`".into();
+                compiler.report(target.referenced.line(), "spec", message);
+            }
+            let selector = spec.selector.map(|selector| compiler.selector(selector)).unwrap_or_default();
+            let rules: Vec<Arc<JwtRule>> = spec
+                .jwt_rules
+                .unwrap_or_default()
+                .into_iter()
+                .enumerate()
+                .filter_map(|(index, rule)| compiler.jwt_rule(&format!("spec.jwtRules[{index}]"), rule))
+                .collect();
+            (selector, rules)
+        }
+        None => (Box::default(), Vec::new()),
+    };
+    for (index, rule) in rules.iter().enumerate() {
+        if rules[..index].iter().any(|earlier| earlier.issuer == rule.issuer) {
+            let line = document.metadata.referenced.line();
+            compiler.report(line, "spec.jwtRules", format!("issuer `{}` appears in two rules", rule.issuer));
+        }
+    }
+    if compiler.errors.is_empty() {
+        Ok(AuthnPolicy { id: Arc::new(id), selector, rules: rules.into() })
+    } else {
+        Err(compiler.errors)
+    }
+}
+
+/// A header name as HTTP allows it (RFC 9110 token), in lower case.
+fn header_name(name: &str) -> Result<Arc<str>, String> {
+    let is_token =
+        !name.is_empty() && name.bytes().all(|byte| byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&byte));
+    if is_token { Ok(Arc::from(name.to_ascii_lowercase())) } else { Err(format!("invalid header name `{name}`")) }
 }
 
 struct Compiler<'a> {
@@ -153,6 +214,126 @@ impl Compiler<'_> {
             .map(|(index, rule)| self.rule(&format!("spec.rules[{index}]"), rule, namespace))
             .collect();
         (action, selector, rules)
+    }
+
+    fn jwt_rule(&mut self, field: &str, rule: Spanned<raw::JwtRule>) -> Option<Arc<JwtRule>> {
+        let line = rule.referenced.line();
+        let rule = rule.value;
+        let before = self.errors.len();
+        let issuer = match &rule.issuer {
+            Some(issuer) if !issuer.value.is_empty() => issuer.value.clone(),
+            _ => {
+                self.report(line, &format!("{field}.issuer"), "an issuer is required".into());
+                String::new()
+            }
+        };
+        let keys = match (&rule.jwks, &rule.jwks_uri) {
+            (Some(jwks), _) => match KeySet::from_jwks_json(&jwks.value) {
+                Ok(keys) if keys.is_empty() => {
+                    self.report(
+                        jwks.referenced.line(),
+                        &format!("{field}.jwks"),
+                        format!("no usable key: {}", keys.skipped.join("; ")),
+                    );
+                    KeySource::Inline(Arc::new(keys))
+                }
+                Ok(keys) => KeySource::Inline(Arc::new(keys)),
+                Err(message) => {
+                    self.report(jwks.referenced.line(), &format!("{field}.jwks"), message);
+                    KeySource::Remote { jwks_uri: None }
+                }
+            },
+            (None, Some(uri)) => {
+                if !(uri.value.starts_with("https://") || uri.value.starts_with("http://")) {
+                    self.report(
+                        uri.referenced.line(),
+                        &format!("{field}.jwksUri"),
+                        format!("`{}` is not an http(s) URL", uri.value),
+                    );
+                }
+                KeySource::Remote { jwks_uri: Some(uri.value.as_str().into()) }
+            }
+            (None, None) => {
+                if !(issuer.is_empty() || issuer.starts_with("https://") || issuer.starts_with("http://")) {
+                    let message = format!(
+                        "issuer `{issuer}` is not a URL, so its keys cannot be discovered; set `jwksUri` or `jwks`"
+                    );
+                    self.report(line, &format!("{field}.jwksUri"), message);
+                }
+                KeySource::Remote { jwks_uri: None }
+            }
+        };
+        let mut locations = Vec::new();
+        for (index, header) in rule.from_headers.unwrap_or_default().into_iter().enumerate() {
+            let entry_field = format!("{field}.fromHeaders[{index}].name");
+            match header.value.name.as_deref().map(header_name) {
+                Some(Ok(name)) => locations.push(TokenLocation::Header {
+                    name: (*name).into(),
+                    prefix: header.value.prefix.unwrap_or_default().into(),
+                }),
+                Some(Err(message)) => self.report(header.referenced.line(), &entry_field, message),
+                None => self.report(header.referenced.line(), &entry_field, "a header name is required".into()),
+            }
+        }
+        for (list, make) in [
+            (rule.from_params, TokenLocation::Param as fn(Box<str>) -> TokenLocation),
+            (rule.from_cookies, TokenLocation::Cookie),
+        ] {
+            for value in list.unwrap_or_default() {
+                if value.value.is_empty() {
+                    self.report(value.referenced.line(), field, "empty token location".into());
+                } else {
+                    locations.push(make(value.value.into()));
+                }
+            }
+        }
+        let locations = if locations.is_empty() { TokenLocation::defaults() } else { locations.into() };
+        let output_payload_to_header = rule.output_payload_to_header.and_then(|header| {
+            header_name(&header.value)
+                .map_err(|message| {
+                    self.report(header.referenced.line(), &format!("{field}.outputPayloadToHeader"), message)
+                })
+                .ok()
+        });
+        let mut output_claim_to_headers = Vec::new();
+        for (index, output) in rule.output_claim_to_headers.unwrap_or_default().into_iter().enumerate() {
+            let entry_field = format!("{field}.outputClaimToHeaders[{index}]");
+            let (header, claim) = (output.value.header.unwrap_or_default(), output.value.claim.unwrap_or_default());
+            match header_name(&header) {
+                Ok(header) if !claim.is_empty() => {
+                    let claim = claim.split('.').map(Into::into).collect();
+                    output_claim_to_headers.push(ClaimHeader { header, claim });
+                }
+                Ok(_) => self.report(output.referenced.line(), &entry_field, "a claim is required".into()),
+                Err(message) => self.report(output.referenced.line(), &entry_field, message),
+            }
+        }
+        if let Some(timeout) = &rule.timeout
+            && parse_duration(&timeout.value).is_none()
+        {
+            self.report(
+                timeout.referenced.line(),
+                &format!("{field}.timeout"),
+                format!("invalid duration `{}`", timeout.value),
+            );
+        }
+        let mut space_delimited_claims: Vec<Box<str>> =
+            SPACE_DELIMITED_CLAIMS.iter().map(|&claim| claim.into()).collect();
+        space_delimited_claims
+            .extend(rule.space_delimited_claims.unwrap_or_default().into_iter().map(|claim| claim.value.into()));
+        let audiences = rule.audiences.unwrap_or_default().into_iter().map(|audience| audience.value.into()).collect();
+        (self.errors.len() == before).then(|| {
+            Arc::new(JwtRule {
+                issuer: issuer.into(),
+                audiences,
+                keys,
+                locations,
+                output_payload_to_header,
+                output_claim_to_headers: output_claim_to_headers.into(),
+                forward_original_token: rule.forward_original_token.unwrap_or(false),
+                space_delimited_claims: space_delimited_claims.into(),
+            })
+        })
     }
 
     fn selector(&mut self, selector: Spanned<raw::WorkloadSelector>) -> Box<[(Box<str>, Box<str>)]> {
@@ -483,4 +664,19 @@ fn bracketed(key: &str, prefix: &str) -> Result<Box<[Box<str>]>, String> {
         return Err(bad());
     }
     Ok(names.into())
+}
+
+/// A protobuf-style duration: `1.5s`, `500ms`, `2m`.
+pub fn parse_duration(text: &str) -> Option<std::time::Duration> {
+    let (number, unit_secs) = if let Some(ms) = text.strip_suffix("ms") {
+        (ms, 0.001)
+    } else if let Some(seconds) = text.strip_suffix('s') {
+        (seconds, 1.0)
+    } else if let Some(minutes) = text.strip_suffix('m') {
+        (minutes, 60.0)
+    } else {
+        return None;
+    };
+    let value: f64 = number.parse().ok()?;
+    (value.is_finite() && value >= 0.0).then(|| std::time::Duration::from_secs_f64(value * unit_secs))
 }

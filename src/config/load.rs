@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use super::compile::{self, CompiledPolicy, DocumentOrigin};
 use super::raw;
 use super::{ConfigError, describe_yaml_error, yaml_options};
+use crate::core::authn::AuthnPolicy;
 use crate::core::policy::{Policy, PolicyId};
 
 /// Files larger than this are refused rather than parsed.
@@ -15,6 +16,7 @@ pub const MAX_FILE_BYTES: u64 = 8 * 1024 * 1024;
 #[derive(Debug, Default)]
 pub struct LoadedPolicies {
     pub policies: Vec<Policy>,
+    pub authn: Vec<AuthnPolicy>,
     /// CUSTOM policies: accepted, not evaluated.
     pub custom: Vec<PolicyId>,
     /// Documents of other kinds, skipped: `file:line` and their kind.
@@ -63,6 +65,7 @@ fn load_text(
     seen: &mut BTreeMap<PolicyId, String>,
     errors: &mut Vec<ConfigError>,
 ) {
+    let mut seen_authn = BTreeMap::new();
     for document in split_documents(text) {
         let origin = DocumentOrigin { file: label, first_line: document.first_line };
         let here = format!("{label}:{}", document.first_line);
@@ -74,6 +77,13 @@ fn load_text(
                 }
                 loaded.policies.push(policy);
             }
+            Ok(Loaded::Authn(policy)) => {
+                if let Some(first) = seen_authn.insert((*policy.id).clone(), here) {
+                    let message = format!("request authentication `{}` is defined twice; first at {first}", policy.id);
+                    errors.push(origin.error(1, message));
+                }
+                loaded.authn.push(policy);
+            }
             Ok(Loaded::Custom(id)) => loaded.custom.push(id),
             Ok(Loaded::Skipped(kind)) => loaded.skipped.push((here, kind)),
             Ok(Loaded::Empty) => {}
@@ -84,6 +94,7 @@ fn load_text(
 
 enum Loaded {
     Policy(Policy),
+    Authn(AuthnPolicy),
     Custom(PolicyId),
     Skipped(String),
     Empty,
@@ -180,6 +191,11 @@ fn load_document(text: &str, origin: DocumentOrigin<'_>) -> Result<Loaded, Vec<C
         return Err(vec![origin.error(1, "not a Kubernetes object: `apiVersion` and `kind` are required".into())]);
     };
     let is_istio_security = api_version.starts_with("security.istio.io/");
+    if is_istio_security && kind == "RequestAuthentication" {
+        let document: raw::RequestAuthentication = serde_saphyr::from_str_with_options(text, yaml_options())
+            .map_err(|error| vec![yaml_error(origin, &error)])?;
+        return compile::compile_request_authentication(document, origin).map(Loaded::Authn);
+    }
     if !(is_istio_security && kind == "AuthorizationPolicy") {
         return Ok(Loaded::Skipped(format!("{api_version}/{kind}")));
     }

@@ -120,3 +120,56 @@ pub struct Condition {
     pub values: Option<Values>,
     pub not_values: Option<Values>,
 }
+
+/// `security.istio.io/v1` (or `v1beta1`) `RequestAuthentication`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RequestAuthentication {
+    pub api_version: Spanned<String>,
+    pub kind: String,
+    pub metadata: Spanned<Metadata>,
+    pub spec: Option<Spanned<RequestAuthenticationSpec>>,
+    /// Written by the cluster, ignored here.
+    pub status: Option<IgnoredAny>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RequestAuthenticationSpec {
+    pub selector: Option<Spanned<WorkloadSelector>>,
+    pub target_ref: Option<Spanned<IgnoredAny>>,
+    pub target_refs: Option<Spanned<IgnoredAny>>,
+    pub jwt_rules: Option<Vec<Spanned<JwtRule>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct JwtRule {
+    pub issuer: Option<Spanned<String>>,
+    pub audiences: Option<Values>,
+    pub jwks_uri: Option<Spanned<String>>,
+    pub jwks: Option<Spanned<String>>,
+    pub from_headers: Option<Vec<Spanned<JwtHeader>>>,
+    pub from_params: Option<Values>,
+    pub from_cookies: Option<Values>,
+    pub output_payload_to_header: Option<Spanned<String>>,
+    pub output_claim_to_headers: Option<Vec<Spanned<ClaimToHeader>>>,
+    pub forward_original_token: Option<bool>,
+    /// A duration such as `5s`; bounds the key fetch for this issuer.
+    pub timeout: Option<Spanned<String>>,
+    pub space_delimited_claims: Option<Values>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtHeader {
+    pub name: Option<String>,
+    pub prefix: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimToHeader {
+    pub header: Option<String>,
+    pub claim: Option<String>,
+}

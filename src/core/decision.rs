@@ -3,6 +3,7 @@
 use std::fmt;
 use std::sync::Arc;
 
+use super::jwt::JwtError;
 use super::policy::PolicyId;
 
 /// Why a request was allowed or denied. The set is closed so metrics labels stay bounded.
@@ -18,6 +19,10 @@ pub enum Reason {
     NoAllowMatch,
     /// The path cannot be normalized safely.
     InvalidPath,
+    /// The request's token was refused (401).
+    InvalidToken,
+    /// The token's audience is not one the rule allows (403).
+    AudienceNotAllowed,
     /// The proxy sent a check without request attributes.
     MalformedRequest,
     /// The check failed inside the server; it fails closed.
@@ -25,12 +30,14 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 7] = [
+    pub const ALL: [Reason; 9] = [
         Self::NoPolicies,
         Self::AllowedByPolicy,
         Self::DeniedByPolicy,
         Self::NoAllowMatch,
         Self::InvalidPath,
+        Self::InvalidToken,
+        Self::AudienceNotAllowed,
         Self::MalformedRequest,
         Self::InternalError,
     ];
@@ -42,6 +49,8 @@ impl Reason {
             Self::DeniedByPolicy => "denied_by_policy",
             Self::NoAllowMatch => "no_allow_match",
             Self::InvalidPath => "invalid_path",
+            Self::InvalidToken => "invalid_token",
+            Self::AudienceNotAllowed => "audience_not_allowed",
             Self::MalformedRequest => "malformed_request",
             Self::InternalError => "internal_error",
         }
@@ -57,6 +66,8 @@ impl Reason {
             Self::NoPolicies | Self::AllowedByPolicy => 200,
             Self::DeniedByPolicy | Self::NoAllowMatch | Self::MalformedRequest | Self::InternalError => 403,
             Self::InvalidPath => 400,
+            Self::InvalidToken => 401,
+            Self::AudienceNotAllowed => 403,
         }
     }
 
@@ -68,6 +79,8 @@ impl Reason {
                 "RBAC: access denied"
             }
             Self::InvalidPath => "Bad Request",
+            Self::InvalidToken => "Jwt verification fails",
+            Self::AudienceNotAllowed => "Audiences in Jwt are not allowed",
         }
     }
 }
@@ -106,15 +119,47 @@ pub struct Decision {
     pub headers_to_set: Vec<(Arc<str>, String)>,
     /// Headers to strip from the request on its way to the service (allow only).
     pub headers_to_remove: Vec<Arc<str>>,
+    /// Query parameters to strip (allow only): a token sent as a parameter.
+    pub query_parameters_to_remove: Vec<Box<str>>,
+    /// Headers of the denial sent to the client (`www-authenticate` on a 401).
+    pub response_headers: Vec<(Arc<str>, String)>,
+    /// Why a token was refused, when one was.
+    pub jwt_error: Option<JwtError>,
+    /// An issuer whose keys lack the token's `kid`: worth a prompt refetch and a retry.
+    pub stale_issuer: Option<Arc<str>>,
+    /// The verified caller's `iss/sub`, for logs.
+    pub principal: Option<String>,
 }
 
 impl Decision {
     pub fn new(reason: Reason, policy: Option<PolicyMatch>) -> Self {
-        Self { reason, policy, audit: None, dry_run: None, headers_to_set: Vec::new(), headers_to_remove: Vec::new() }
+        Self {
+            reason,
+            policy,
+            audit: None,
+            dry_run: None,
+            headers_to_set: Vec::new(),
+            headers_to_remove: Vec::new(),
+            query_parameters_to_remove: Vec::new(),
+            response_headers: Vec::new(),
+            jwt_error: None,
+            stale_issuer: None,
+            principal: None,
+        }
     }
 
     pub fn is_allow(&self) -> bool {
         self.reason.is_allow()
+    }
+
+    /// The status a proxy returns to the client.
+    pub fn http_status(&self) -> u16 {
+        self.reason.http_status()
+    }
+
+    /// The body of a denial, in Envoy's wording.
+    pub fn body(&self) -> &'static str {
+        self.jwt_error.map_or_else(|| self.reason.body(), JwtError::message)
     }
 }
 

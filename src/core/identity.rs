@@ -1,5 +1,7 @@
 //! The verified caller behind a request: issuer, subject and claims of a checked token; pure.
 
+use std::sync::Arc;
+
 use serde_json::{Map, Value};
 
 /// A caller proven by a verified token. Only token verification in the core constructs one, so
@@ -9,14 +11,31 @@ pub struct Identity {
     issuer: Box<str>,
     subject: Box<str>,
     claims: Map<String, Value>,
+    /// Top-level claims whose string value is a space-separated list (`scope`, ...).
+    space_delimited: Arc<[Box<str>]>,
 }
 
 impl Identity {
     /// Wraps the claims of a token whose signature, issuer and lifetime were checked.
-    #[cfg_attr(not(test), expect(dead_code, reason = "token verification (issue 3) is its caller"))]
-    pub(crate) fn from_verified_claims(claims: Map<String, Value>) -> Self {
+    pub(crate) fn from_verified_claims(claims: Map<String, Value>, space_delimited: Arc<[Box<str>]>) -> Self {
         let text = |name: &str| claims.get(name).and_then(Value::as_str).unwrap_or_default().into();
-        Self { issuer: text("iss"), subject: text("sub"), claims }
+        Self { issuer: text("iss"), subject: text("sub"), claims, space_delimited }
+    }
+
+    pub fn claims(&self) -> &Map<String, Value> {
+        &self.claims
+    }
+
+    /// The strings a claim offers to a matcher. A space-delimited claim (`scope`,
+    /// `permission`, a rule's `spaceDelimitedClaims`) given as one string offers each word.
+    pub fn claim_values<'s, S: AsRef<str>>(&'s self, path: &[S]) -> Box<dyn Iterator<Item = &'s str> + 's> {
+        let Some(value) = self.claim(path) else { return Box::new(std::iter::empty()) };
+        let is_space_delimited =
+            matches!(path, [name] if self.space_delimited.iter().any(|claim| **claim == *name.as_ref()));
+        match value {
+            Value::String(text) if is_space_delimited => Box::new(text.split(' ').filter(|word| !word.is_empty())),
+            other => Box::new(claim_strings(other)),
+        }
     }
 
     pub fn issuer(&self) -> &str {
@@ -52,7 +71,7 @@ mod tests {
 
     fn identity(claims: Value) -> Identity {
         let Value::Object(map) = claims else { unreachable!("claims are an object") };
-        Identity::from_verified_claims(map)
+        Identity::from_verified_claims(map, Arc::from(vec![Box::from("scope")]))
     }
 
     #[test]
@@ -66,6 +85,14 @@ mod tests {
         assert_eq!(claim_strings(roles).collect::<Vec<_>>(), ["admin", "user"]);
         assert_eq!(id.claim(&["realm_access", "missing"]), None);
         assert_eq!(id.claim(&["sub", "deeper"]), None);
+    }
+
+    #[test]
+    fn space_delimited_claims_offer_each_word() {
+        let id = identity(json!({"scope": "openid  profile email", "other": "a b"}));
+        assert_eq!(id.claim_values(&["scope"]).collect::<Vec<_>>(), ["openid", "profile", "email"]);
+        assert_eq!(id.claim_values(&["other"]).collect::<Vec<_>>(), ["a b"]);
+        assert_eq!(id.claim_values(&["missing"]).count(), 0);
     }
 
     #[test]

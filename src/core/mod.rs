@@ -3,8 +3,12 @@
 //! Adapters (gRPC, HTTP, the CLI) build a [`Request`] that borrows from their own message and
 //! call [`Snapshot::check`], which cannot fail: every problem becomes a deny with a [`Reason`].
 
+pub mod authn;
+#[cfg(test)]
+mod authn_tests;
 pub mod decision;
 pub mod identity;
+pub mod jwt;
 pub mod matcher;
 pub mod path;
 pub mod policy;

@@ -4,7 +4,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use super::identity::{Identity, claim_strings};
+use super::identity::Identity;
 use super::matcher::{IpMatch, PathMatch, StringMatch};
 use super::request::{Request, SpiffeId};
 use super::workload::Workload;
@@ -197,8 +197,8 @@ fn any_ip(blocks: &[IpMatch], address: Option<IpAddr>) -> bool {
     address.is_some_and(|address| blocks.iter().any(|block| block.matches(address)))
 }
 
-fn any_claim_string(patterns: &[StringMatch], claim: Option<&serde_json::Value>) -> bool {
-    claim.is_some_and(|claim| claim_strings(claim).any(|value| patterns.iter().any(|pattern| pattern.matches(value))))
+fn any_claim_value<S: AsRef<str>>(patterns: &[StringMatch], identity: Option<&Identity>, path: &[S]) -> bool {
+    identity.is_some_and(|id| id.claim_values(path).any(|value| patterns.iter().any(|pattern| pattern.matches(value))))
 }
 
 impl Test {
@@ -240,15 +240,15 @@ impl Test {
             }
             Self::Audience(patterns) => {
                 request.http.as_ref()?;
-                any_claim_string(patterns, attributes.identity.and_then(|id| id.claim(&["aud"])))
+                any_claim_value(patterns, attributes.identity, &["aud"])
             }
             Self::Presenter(patterns) => {
                 request.http.as_ref()?;
-                any_claim_string(patterns, attributes.identity.and_then(|id| id.claim(&["azp"])))
+                any_claim_value(patterns, attributes.identity, &["azp"])
             }
             Self::Claim { path, values } => {
                 request.http.as_ref()?;
-                any_claim_string(values, attributes.identity.and_then(|id| id.claim(path)))
+                any_claim_value(values, attributes.identity, path)
             }
         };
         Some(matched)

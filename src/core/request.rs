@@ -33,6 +33,8 @@ pub struct Peer<'a> {
 #[derive(Debug, Clone, Default)]
 pub struct HttpRequest<'a> {
     pub method: &'a str,
+    /// `http` or `https`, empty when unknown.
+    pub scheme: &'a str,
     /// The authority as sent, port included.
     pub host: &'a str,
     /// The request target as sent: path, query and all.

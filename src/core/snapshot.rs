@@ -2,12 +2,15 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
+use super::authn::{self, Authentication, AuthnContext, AuthnPolicy, JwtRule, KeySource};
 use super::decision::{Decision, DryRunOutcome, PolicyMatch, Reason};
 use super::identity::Identity;
-use super::path::{self, PathOptions};
+use super::jwt::JwtError;
+use super::path::{self, NormalizedPath, PathOptions};
 use super::policy::{Action, Attributes, Policy};
-use super::request::{Request, SpiffeId};
+use super::request::{HttpRequest, Request, SpiffeId};
 use super::workload::{Workload, WorkloadTable};
 
 /// Options of the engine that come from the server's settings.
@@ -18,6 +21,9 @@ pub struct EngineOptions {
     /// client address (`remote.ip`); 0 takes the direct peer and never reads the header.
     pub trusted_proxy_hops: usize,
 }
+
+/// The JWT rules that apply to one request's workload.
+pub type ApplicableRules<'s> = Vec<&'s Arc<JwtRule>>;
 
 /// Everything a check needs, built whole and swapped in at once.
 #[derive(Debug, Default)]
@@ -35,6 +41,17 @@ struct PolicyIndex {
     len: usize,
 }
 
+impl PolicyIndex {
+    /// The bucket of a namespace; the mesh-wide one for no namespace or the root namespace.
+    fn bucket(&mut self, namespace: &str, root_namespace: &str) -> &mut Bucket {
+        if namespace.is_empty() || namespace == root_namespace {
+            &mut self.mesh_wide
+        } else {
+            self.by_namespace.entry(namespace.into()).or_default()
+        }
+    }
+}
+
 /// The policies of one namespace, by action, each list in name order.
 #[derive(Debug, Default)]
 struct Bucket {
@@ -43,6 +60,7 @@ struct Bucket {
     audit: Vec<Policy>,
     dry_run_deny: Vec<Policy>,
     dry_run_allow: Vec<Policy>,
+    authn: Vec<AuthnPolicy>,
 }
 
 impl Bucket {
@@ -63,45 +81,114 @@ impl Snapshot {
     /// every workload.
     pub fn new(
         mut policies: Vec<Policy>,
+        mut authn: Vec<AuthnPolicy>,
         workloads: WorkloadTable,
         options: EngineOptions,
         root_namespace: &str,
     ) -> Self {
         policies.sort_by(|a, b| a.id.cmp(&b.id));
-        let len = policies.len();
-        let mut index = PolicyIndex { len, ..PolicyIndex::default() };
+        authn.sort_by(|a, b| a.id.cmp(&b.id));
+        let mut index = PolicyIndex { len: policies.len(), ..PolicyIndex::default() };
         for policy in policies {
-            let namespace = &*policy.id.namespace;
-            if namespace.is_empty() || namespace == root_namespace {
-                index.mesh_wide.insert(policy);
-            } else {
-                index.by_namespace.entry(namespace.into()).or_default().insert(policy);
-            }
+            index.bucket(&policy.id.namespace, root_namespace).insert(policy);
+        }
+        for policy in authn {
+            index.bucket(&policy.id.namespace, root_namespace).authn.push(policy);
         }
         Self { policies: index, workloads, options }
     }
 
-    /// How many policies the set holds.
+    /// Every remote issuer of the set's JWT rules, once, with its `jwksUri` if it has one.
+    pub fn remote_issuers(&self) -> Vec<(Arc<str>, Option<Box<str>>)> {
+        let buckets = std::iter::once(&self.policies.mesh_wide).chain(self.policies.by_namespace.values());
+        let mut issuers: Vec<(Arc<str>, Option<Box<str>>)> = Vec::new();
+        for rule in buckets.flat_map(|bucket| &bucket.authn).flat_map(|policy| policy.rules.iter()) {
+            if let KeySource::Remote { jwks_uri } = &rule.keys
+                && !issuers.iter().any(|(issuer, _)| *issuer == rule.issuer)
+            {
+                issuers.push((rule.issuer.clone(), jwks_uri.clone()));
+            }
+        }
+        issuers
+    }
+
+    /// How many AuthorizationPolicies the set holds.
     pub fn policy_count(&self) -> usize {
         self.policies.len
     }
 
-    /// Decides one request in Istio's order: DENY, then ALLOW; AUDIT and dry-run policies are
-    /// evaluated alongside and never change the verdict.
-    pub fn check(&self, request: &Request<'_>) -> Decision {
-        self.decide(request, None)
+    /// How many RequestAuthentications the set holds.
+    pub fn authn_count(&self) -> usize {
+        std::iter::once(&self.policies.mesh_wide)
+            .chain(self.policies.by_namespace.values())
+            .map(|bucket| bucket.authn.len())
+            .sum()
     }
 
-    /// Authorizes a request made by `identity` (`None`: no token).
+    /// Decides one request: its path is normalized, its token (if any) verified, then
+    /// policies apply in Istio's order: DENY, then ALLOW; AUDIT and dry-run policies are
+    /// evaluated alongside and never change the verdict.
+    pub fn check(&self, request: &Request<'_>, context: &AuthnContext<'_>) -> Decision {
+        let workload = self.workloads.resolve(request);
+        let Some(http) = &request.http else {
+            // TCP: no tokens to look for.
+            return self.authorize(request, &workload, None, None);
+        };
+        let normalized = match path::normalize(http.path, self.options.path) {
+            Ok(normalized) => normalized,
+            Err(_) => return Decision::new(Reason::InvalidPath, None),
+        };
+        let rules = self.jwt_rules(&workload);
+        let authentication =
+            if rules.is_empty() { Authentication::Anonymous } else { authn::authenticate(&rules, http, context) };
+        let (identity, outputs) = match &authentication {
+            Authentication::Failed { error, stale_issuer } => return denied_token(http, *error, stale_issuer.clone()),
+            Authentication::Anonymous => (None, authn::outputs(&rules, &authentication)),
+            Authentication::Verified { identity, .. } => (Some(&**identity), authn::outputs(&rules, &authentication)),
+        };
+        let mut decision = self.authorize(request, &workload, Some(normalized), identity);
+        decision.principal = identity.map(|id| format!("{}/{}", id.issuer(), id.subject()));
+        if decision.is_allow() {
+            decision.headers_to_set = outputs.headers_to_set;
+            decision.headers_to_remove = outputs.headers_to_remove;
+            decision.query_parameters_to_remove = outputs.query_parameters_to_remove;
+        }
+        decision
+    }
+
+    /// The JWT rules of every RequestAuthentication that selects the workload.
+    fn jwt_rules(&self, workload: &Workload<'_>) -> ApplicableRules<'_> {
+        self.buckets(workload)
+            .flat_map(|bucket| &bucket.authn)
+            .filter(|policy| policy.selects(workload))
+            .flat_map(|policy| policy.rules.iter())
+            .collect()
+    }
+
+    fn buckets<'s>(&'s self, workload: &Workload<'_>) -> impl Iterator<Item = &'s Bucket> + 's {
+        let namespace = workload.namespace.and_then(|ns| self.policies.by_namespace.get(ns));
+        std::iter::once(&self.policies.mesh_wide).chain(namespace)
+    }
+
+    /// Authorizes a request made by `identity` (`None`: no token), as the golden tests drive it.
+    #[cfg(test)]
     pub(crate) fn decide(&self, request: &Request<'_>, identity: Option<&Identity>) -> Decision {
         let workload = self.workloads.resolve(request);
-        let normalized = match &request.http {
-            Some(http) => match path::normalize(http.path, self.options.path) {
-                Ok(normalized) => Some(normalized),
-                Err(_) => return Decision::new(Reason::InvalidPath, None),
-            },
+        let normalized = match request.http.as_ref().map(|http| path::normalize(http.path, self.options.path)) {
+            Some(Err(_)) => return Decision::new(Reason::InvalidPath, None),
+            Some(Ok(normalized)) => Some(normalized),
             None => None,
         };
+        self.authorize(request, &workload, normalized, identity)
+    }
+
+    fn authorize(
+        &self,
+        request: &Request<'_>,
+        workload: &Workload<'_>,
+        normalized: Option<NormalizedPath<'_>>,
+        identity: Option<&Identity>,
+    ) -> Decision {
         let mut attributes = Attributes {
             request,
             source: SpiffeId::parse(request.source.principal),
@@ -109,14 +196,14 @@ impl Snapshot {
             path: normalized.as_ref().map_or("", |normalized| &normalized.path),
             identity,
         };
-        let decision = self.authorize(&workload, &attributes);
+        let decision = self.evaluate(workload, &attributes);
         // A path with an encoded slash must be allowed under both of its readings.
         if let Some(other_reading) =
             normalized.as_ref().and_then(|normalized| normalized.with_decoded_slashes.as_deref())
             && decision.is_allow()
         {
             attributes.path = other_reading;
-            let other = self.authorize(&workload, &attributes);
+            let other = self.evaluate(workload, &attributes);
             if !other.is_allow() {
                 return other;
             }
@@ -124,11 +211,9 @@ impl Snapshot {
         decision
     }
 
-    fn authorize(&self, workload: &Workload<'_>, attributes: &Attributes<'_>) -> Decision {
-        let buckets =
-            [Some(&self.policies.mesh_wide), workload.namespace.and_then(|ns| self.policies.by_namespace.get(ns))];
+    fn evaluate(&self, workload: &Workload<'_>, attributes: &Attributes<'_>) -> Decision {
         let applicable = |pick: fn(&Bucket) -> &Vec<Policy>| {
-            buckets.into_iter().flatten().flat_map(pick).filter(|policy| policy.selects(workload))
+            self.buckets(workload).flat_map(pick).filter(|policy| policy.selects(workload))
         };
         let first_match = |pick: fn(&Bucket) -> &Vec<Policy>| {
             applicable(pick).find_map(|policy| {
@@ -170,4 +255,21 @@ impl Snapshot {
             .and_then(|entry| entry.trim().parse().ok())
             .or(request.source.address)
     }
+}
+
+/// A refused token: 401 with Envoy's body and `www-authenticate`, or 403 for an audience.
+fn denied_token(http: &HttpRequest<'_>, error: JwtError, stale_issuer: Option<Arc<str>>) -> Decision {
+    let reason = if error == JwtError::AudienceNotAllowed { Reason::AudienceNotAllowed } else { Reason::InvalidToken };
+    let mut decision = Decision::new(reason, None);
+    decision.jwt_error = Some(error);
+    decision.stale_issuer = stale_issuer;
+    if reason == Reason::InvalidToken {
+        let scheme = if http.scheme.is_empty() { "http" } else { http.scheme };
+        let path = http.path.split(['?', '#']).next().unwrap_or_default();
+        let realm = format!("Bearer realm=\"{scheme}://{}{path}\", error=\"invalid_token\"", http.host);
+        if realm.bytes().all(|byte| byte >= 0x20 && byte != 0x7f) {
+            decision.response_headers.push((Arc::from("www-authenticate"), realm));
+        }
+    }
+    decision
 }

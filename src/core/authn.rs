@@ -1,0 +1,296 @@
+//! Request authentication as Istio's RequestAuthentication defines it: where tokens are found, which rule verifies them, what reaches the service; pure.
+
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use super::identity::Identity;
+use super::jwt::{self, JwtError, KeySet};
+use super::policy::PolicyId;
+use super::request::HttpRequest;
+use super::workload::Workload;
+
+/// Where a rule looks for tokens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenLocation {
+    /// A header (lower-case name) whose value starts with `prefix`.
+    Header { name: Box<str>, prefix: Box<str> },
+    /// A query parameter.
+    Param(Box<str>),
+    /// A cookie.
+    Cookie(Box<str>),
+}
+
+impl TokenLocation {
+    /// `Authorization: Bearer <token>`, then `?access_token=<token>`: used when a rule names none.
+    pub fn defaults() -> Box<[TokenLocation]> {
+        Box::new([
+            TokenLocation::Header { name: "authorization".into(), prefix: "Bearer ".into() },
+            TokenLocation::Param("access_token".into()),
+        ])
+    }
+
+    fn find<'r>(&self, http: &HttpRequest<'r>) -> Option<&'r str> {
+        let token = match self {
+            Self::Header { name, prefix } => http.header(name)?.strip_prefix(&**prefix)?,
+            Self::Param(name) => {
+                let query = http.path.split_once('?')?.1.split('#').next().unwrap_or_default();
+                query.split('&').find_map(|pair| pair.strip_prefix(&**name)?.strip_prefix('='))?
+            }
+            Self::Cookie(name) => http
+                .header("cookie")?
+                .split(';')
+                .find_map(|pair| pair.trim().strip_prefix(&**name)?.strip_prefix('='))?,
+        };
+        let token = token.trim();
+        (!token.is_empty()).then_some(token)
+    }
+}
+
+/// Where a rule's keys come from.
+#[derive(Debug, Clone)]
+pub enum KeySource {
+    /// Fetched from `jwks_uri`, or found by OIDC discovery from the issuer when absent.
+    Remote { jwks_uri: Option<Box<str>> },
+    /// `jwks` written in the policy.
+    Inline(Arc<KeySet>),
+}
+
+/// One header filled from a claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimHeader {
+    pub header: Arc<str>,
+    /// The claim's path; `a.b` in the policy reaches nested objects.
+    pub claim: Box<[Box<str>]>,
+}
+
+/// One compiled `jwtRules` entry.
+#[derive(Debug, Clone)]
+pub struct JwtRule {
+    pub issuer: Arc<str>,
+    /// Empty: any audience.
+    pub audiences: Box<[Box<str>]>,
+    pub keys: KeySource,
+    pub locations: Box<[TokenLocation]>,
+    pub output_payload_to_header: Option<Arc<str>>,
+    pub output_claim_to_headers: Box<[ClaimHeader]>,
+    pub forward_original_token: bool,
+    /// Claims matched word by word: `scope`, `permission` and the rule's `spaceDelimitedClaims`.
+    pub space_delimited_claims: Arc<[Box<str>]>,
+}
+
+/// One compiled RequestAuthentication.
+#[derive(Debug, Clone)]
+pub struct AuthnPolicy {
+    pub id: Arc<PolicyId>,
+    pub selector: Box<[(Box<str>, Box<str>)]>,
+    pub rules: Box<[Arc<JwtRule>]>,
+}
+
+impl AuthnPolicy {
+    pub fn selects(&self, workload: &Workload<'_>) -> bool {
+        self.selector.iter().all(|(key, value)| workload.label(key) == Some(&**value))
+    }
+}
+
+/// The keys fetched for remote issuers, as the check sees them now.
+pub trait KeyLookup {
+    /// The issuer's last good keys; `None` when they were never fetched.
+    fn key_set(&self, issuer: &str) -> Option<Arc<KeySet>>;
+}
+
+/// Tokens verified before, remembered by a hash of the token.
+pub trait TokenCache {
+    fn get(&self, token: &str) -> Option<Arc<VerifiedToken>>;
+    fn put(&self, token: &str, verified: Arc<VerifiedToken>);
+}
+
+/// A token whose signature was checked, as remembered by a [`TokenCache`].
+#[derive(Debug, Clone)]
+pub struct VerifiedToken {
+    pub identity: Arc<Identity>,
+    pub issuer: Arc<str>,
+    pub kid: Option<Box<str>>,
+    /// `exp`, seconds since the epoch.
+    pub expires_at: Option<u64>,
+}
+
+/// Everything authentication needs from outside the policy set: keys, cache, clock and limits.
+pub struct AuthnContext<'c> {
+    pub keys: &'c dyn KeyLookup,
+    pub cache: &'c dyn TokenCache,
+    /// Seconds since the epoch.
+    pub now: u64,
+    pub clock_skew_secs: u64,
+    pub max_token_bytes: usize,
+}
+
+/// A lookup with no keys and a cache that remembers nothing: inline JWKS still work.
+pub struct NoRemoteKeys;
+
+impl KeyLookup for NoRemoteKeys {
+    fn key_set(&self, _issuer: &str) -> Option<Arc<KeySet>> {
+        None
+    }
+}
+
+impl TokenCache for NoRemoteKeys {
+    fn get(&self, _token: &str) -> Option<Arc<VerifiedToken>> {
+        None
+    }
+    fn put(&self, _token: &str, _verified: Arc<VerifiedToken>) {}
+}
+
+/// The outcome of authentication.
+#[derive(Debug, Clone)]
+pub enum Authentication<'r> {
+    /// No token: not an error; policies decide.
+    Anonymous,
+    Verified {
+        identity: Arc<Identity>,
+        rule: Arc<JwtRule>,
+        location: TokenLocation,
+        token: &'r str,
+    },
+    /// The token was refused; `issuer` is set when its keys may be stale (unknown `kid`).
+    Failed {
+        error: JwtError,
+        stale_issuer: Option<Arc<str>>,
+    },
+}
+
+fn failed(error: JwtError) -> Authentication<'static> {
+    Authentication::Failed { error, stale_issuer: None }
+}
+
+/// Finds the request's token in the rules' locations and verifies it.
+pub fn authenticate<'r>(
+    rules: &[&Arc<JwtRule>],
+    http: &HttpRequest<'r>,
+    context: &AuthnContext<'_>,
+) -> Authentication<'r> {
+    let mut found: Vec<(&'r str, &Arc<JwtRule>, &TokenLocation)> = Vec::new();
+    for rule in rules {
+        for location in rule.locations.iter() {
+            if let Some(token) = location.find(http) {
+                found.push((token, rule, location));
+            }
+        }
+    }
+    let Some(&(token, _, _)) = found.first() else { return Authentication::Anonymous };
+    if found.iter().any(|(other, _, _)| *other != token) {
+        // Two different tokens: which caller is this? Refuse rather than guess.
+        return failed(JwtError::VerificationFails);
+    }
+    let for_issuer = |issuer: &str| {
+        found.iter().find(|(_, rule, _)| &*rule.issuer == issuer).map(|&(_, rule, location)| (rule, location))
+    };
+
+    if let Some(cached) = context.cache.get(token) {
+        let Some((rule, location)) = for_issuer(&cached.issuer) else { return failed(JwtError::UnknownIssuer) };
+        if let Err(error) = jwt::check_lifetime(cached.identity.claims(), context.now, context.clock_skew_secs) {
+            return failed(error);
+        }
+        if !rule.audiences.is_empty() && !jwt::audience_allowed(cached.identity.claims(), &rule.audiences) {
+            return failed(JwtError::AudienceNotAllowed);
+        }
+        return Authentication::Verified {
+            identity: cached.identity.clone(),
+            rule: rule.clone(),
+            location: location.clone(),
+            token,
+        };
+    }
+
+    let parsed = match jwt::parse(token, context.max_token_bytes) {
+        Ok(parsed) => parsed,
+        Err(error) => return failed(error),
+    };
+    let Some((rule, location)) = parsed.issuer().and_then(for_issuer) else { return failed(JwtError::UnknownIssuer) };
+    let keys = match &rule.keys {
+        KeySource::Inline(keys) => keys.clone(),
+        KeySource::Remote { .. } => match context.keys.key_set(&rule.issuer) {
+            Some(keys) => keys,
+            None => return failed(JwtError::JwksFetchFailed),
+        },
+    };
+    if let Err(error) = jwt::verify_signature(&parsed, &keys) {
+        let stale_issuer = (error == JwtError::KeyNotFound && matches!(rule.keys, KeySource::Remote { .. }))
+            .then(|| rule.issuer.clone());
+        return Authentication::Failed { error, stale_issuer };
+    }
+    if let Err(error) = jwt::check_lifetime(&parsed.claims, context.now, context.clock_skew_secs) {
+        return failed(error);
+    }
+    if !rule.audiences.is_empty() && !jwt::audience_allowed(&parsed.claims, &rule.audiences) {
+        return failed(JwtError::AudienceNotAllowed);
+    }
+    let expires_at = jwt::expiry(&parsed.claims);
+    let kid = parsed.kid.clone().map(Into::into);
+    let identity = Arc::new(Identity::from_verified_claims(parsed.claims, rule.space_delimited_claims.clone()));
+    let verified = VerifiedToken { identity: identity.clone(), issuer: rule.issuer.clone(), kid, expires_at };
+    context.cache.put(token, Arc::new(verified));
+    Authentication::Verified { identity, rule: rule.clone(), location: location.clone(), token }
+}
+
+/// What authentication adds to an allowed request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Outputs {
+    pub headers_to_set: Vec<(Arc<str>, String)>,
+    pub headers_to_remove: Vec<Arc<str>>,
+    pub query_parameters_to_remove: Vec<Box<str>>,
+}
+
+/// A header value may not carry CR, LF or NUL.
+fn is_safe_header_value(value: &str) -> bool {
+    !value.bytes().any(|byte| matches!(byte, b'\r' | b'\n' | 0))
+}
+
+/// A claim as Envoy writes it into a header: strings, numbers and booleans only.
+fn claim_header_value(value: &Value) -> Option<String> {
+    match value {
+        Value::String(text) => Some(text.clone()),
+        Value::Number(number) => Some(number.to_string()),
+        Value::Bool(flag) => Some(flag.to_string()),
+        _ => None,
+    }
+}
+
+/// The headers to set and strip: the verified rule's outputs, the token itself unless
+/// forwarded, and every output header of every applicable rule that was not set, so that a
+/// client can never smuggle its own copy to the service.
+pub fn outputs(rules: &[&Arc<JwtRule>], authentication: &Authentication<'_>) -> Outputs {
+    let mut outputs = Outputs::default();
+    if let Authentication::Verified { identity, rule, location, token } = authentication {
+        if let Some(header) = &rule.output_payload_to_header {
+            let payload = token.split('.').nth(1).unwrap_or_default();
+            outputs.headers_to_set.push((header.clone(), payload.to_string()));
+        }
+        for ClaimHeader { header, claim } in rule.output_claim_to_headers.iter() {
+            if let Some(value) =
+                identity.claim(claim).and_then(claim_header_value).filter(|value| is_safe_header_value(value))
+            {
+                outputs.headers_to_set.push((header.clone(), value));
+            }
+        }
+        if !rule.forward_original_token {
+            match location {
+                TokenLocation::Header { name, .. } => outputs.headers_to_remove.push(Arc::from(&**name)),
+                TokenLocation::Param(name) => outputs.query_parameters_to_remove.push(name.clone()),
+                // Cookies are left in place, as Envoy does.
+                TokenLocation::Cookie(_) => {}
+            }
+        }
+    }
+    for rule in rules {
+        let claim_headers = rule.output_claim_to_headers.iter().map(|output| &output.header);
+        for header in rule.output_payload_to_header.iter().chain(claim_headers) {
+            let is_set = outputs.headers_to_set.iter().any(|(name, _)| name.eq_ignore_ascii_case(header));
+            let is_listed = outputs.headers_to_remove.iter().any(|name| name.eq_ignore_ascii_case(header));
+            if !is_set && !is_listed {
+                outputs.headers_to_remove.push(header.clone());
+            }
+        }
+    }
+    outputs
+}

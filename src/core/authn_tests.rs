@@ -1,0 +1,378 @@
+//! Token tests with real signatures: keys from `tests/keys/`, tokens signed here, every refusal named.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::jwk::{Jwk, JwkSet};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Value, json};
+
+use super::authn::{
+    self, Authentication, AuthnContext, ClaimHeader, JwtRule, KeySource, NoRemoteKeys, TokenCache, TokenLocation,
+    VerifiedToken,
+};
+use super::jwt::{JwtError, KeySet};
+use super::request::HttpRequest;
+
+const NOW: u64 = 1_800_000_000;
+const ISSUER: &str = "https://idp.example/realms/jobs";
+
+fn pem(name: &str) -> Vec<u8> {
+    std::fs::read(format!("{}/tests/keys/{name}", env!("CARGO_MANIFEST_DIR"))).expect("test key")
+}
+
+fn encoding_key(name: &str, algorithm: Algorithm) -> EncodingKey {
+    let bytes = pem(name);
+    match algorithm {
+        Algorithm::ES256 | Algorithm::ES384 => EncodingKey::from_ec_pem(&bytes),
+        Algorithm::EdDSA => EncodingKey::from_ed_pem(&bytes),
+        _ => EncodingKey::from_rsa_pem(&bytes),
+    }
+    .expect("valid test key")
+}
+
+/// A JWKS holding the public halves of `keys` (file, alg, kid).
+fn jwks(keys: &[(&str, Algorithm, &str)]) -> String {
+    let keys = keys
+        .iter()
+        .map(|&(name, algorithm, kid)| {
+            let mut jwk = Jwk::from_encoding_key(&encoding_key(name, algorithm), algorithm).expect("jwk");
+            jwk.common.key_id = Some(kid.into());
+            jwk
+        })
+        .collect();
+    serde_json::to_string(&JwkSet { keys }).expect("json")
+}
+
+fn sign(name: &str, algorithm: Algorithm, kid: &str, claims: &Value) -> String {
+    let mut header = Header::new(algorithm);
+    header.kid = Some(kid.into());
+    jsonwebtoken::encode(&header, claims, &encoding_key(name, algorithm)).expect("signs")
+}
+
+fn claims() -> Value {
+    json!({"iss": ISSUER, "sub": "alice", "aud": ["account", "jobs-api"], "exp": NOW + 300, "iat": NOW,
+           "preferred_username": "alice", "level": 3, "admin": false, "realm_access": {"roles": ["user"]},
+           "scope": "openid profile"})
+}
+
+fn with(changes: Value) -> Value {
+    let mut claims = claims();
+    for (name, value) in changes.as_object().expect("object") {
+        if value.is_null() {
+            claims.as_object_mut().expect("object").remove(name);
+        } else {
+            claims[name] = value.clone();
+        }
+    }
+    claims
+}
+
+fn rule(audiences: &[&str]) -> Arc<JwtRule> {
+    let keys = KeySet::from_jwks_json(&jwks(&[
+        ("rsa-2048.pem", Algorithm::RS256, "rsa"),
+        ("ec-p256.pem", Algorithm::ES256, "ec"),
+        ("ed25519.pem", Algorithm::EdDSA, "ed"),
+    ]))
+    .expect("jwks");
+    assert_eq!(keys.len(), 3, "skipped: {:?}", keys.skipped);
+    Arc::new(JwtRule {
+        issuer: ISSUER.into(),
+        audiences: audiences.iter().map(|audience| (*audience).into()).collect(),
+        keys: KeySource::Inline(Arc::new(keys)),
+        locations: TokenLocation::defaults(),
+        output_payload_to_header: Some("x-jwt-payload".into()),
+        output_claim_to_headers: Box::new([
+            ClaimHeader { header: "x-user".into(), claim: Box::new(["preferred_username".into()]) },
+            ClaimHeader { header: "x-level".into(), claim: Box::new(["level".into()]) },
+            ClaimHeader { header: "x-roles".into(), claim: Box::new(["realm_access".into(), "roles".into()]) },
+        ]),
+        forward_original_token: false,
+        space_delimited_claims: Arc::from(vec![Box::from("scope")]),
+    })
+}
+
+fn context<'c>(cache: &'c dyn TokenCache) -> AuthnContext<'c> {
+    AuthnContext { keys: &NoRemoteKeys, cache, now: NOW, clock_skew_secs: 60, max_token_bytes: 8192 }
+}
+
+fn bearer(token: &str) -> (String, String) {
+    ("authorization".into(), format!("Bearer {token}"))
+}
+
+fn outcome(rule: &Arc<JwtRule>, headers: &[(String, String)], path: &str) -> Result<String, JwtError> {
+    let http = HttpRequest {
+        path,
+        headers: headers.iter().map(|(name, value)| (name.as_str(), value.as_str())).collect(),
+        ..HttpRequest::default()
+    };
+    match authn::authenticate(&[rule], &http, &context(&NoRemoteKeys)) {
+        Authentication::Verified { identity, .. } => Ok(identity.subject().to_string()),
+        Authentication::Anonymous => Ok("anonymous".into()),
+        Authentication::Failed { error, .. } => Err(error),
+    }
+}
+
+fn alg_none_token() -> String {
+    let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#);
+    let payload = URL_SAFE_NO_PAD.encode(claims().to_string());
+    format!("{header}.{payload}.")
+}
+
+fn hs256_with_public_key() -> String {
+    // The classic key confusion: HMAC keyed with the RSA public key the JWKS publishes.
+    let public = jwks(&[("rsa-2048.pem", Algorithm::RS256, "rsa")]);
+    let mut header = Header::new(Algorithm::HS256);
+    header.kid = Some("rsa".into());
+    jsonwebtoken::encode(&header, &claims(), &EncodingKey::from_secret(public.as_bytes())).expect("signs")
+}
+
+fn tampered(token: &str, transform: impl Fn(&str) -> String) -> String {
+    let parts: Vec<&str> = token.split('.').collect();
+    format!("{}.{}.{}", transform(parts[0]), parts[1], parts[2])
+}
+
+#[test]
+fn tokens_are_verified_or_refused_with_envoys_reason() {
+    let rsa = |claims: &Value| sign("rsa-2048.pem", Algorithm::RS256, "rsa", claims);
+    let valid = rsa(&claims());
+    let header_with = |extra: Value| {
+        tampered(&valid, |header| {
+            let mut json: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(header).expect("b64")).expect("json");
+            for (name, value) in extra.as_object().expect("object") {
+                json[name] = value.clone();
+            }
+            URL_SAFE_NO_PAD.encode(json.to_string())
+        })
+    };
+    let cases: Vec<(&str, String, Result<&str, JwtError>)> = vec![
+        ("RS256 verifies", valid.clone(), Ok("alice")),
+        ("ES256 verifies", sign("ec-p256.pem", Algorithm::ES256, "ec", &claims()), Ok("alice")),
+        ("EdDSA verifies", sign("ed25519.pem", Algorithm::EdDSA, "ed", &claims()), Ok("alice")),
+        (
+            "PS256 under a key pinned to RS256",
+            sign("rsa-2048.pem", Algorithm::PS256, "rsa", &claims()),
+            Err(JwtError::KeyNotFound),
+        ),
+        ("expired", rsa(&with(json!({"exp": NOW - 120}))), Err(JwtError::Expired)),
+        ("expired within the clock skew", rsa(&with(json!({"exp": NOW - 30}))), Ok("alice")),
+        ("not yet valid", rsa(&with(json!({"nbf": NOW + 120}))), Err(JwtError::NotYetValid)),
+        ("nbf within the clock skew", rsa(&with(json!({"nbf": NOW + 30}))), Ok("alice")),
+        ("exp as a string", rsa(&with(json!({"exp": "1900000000"}))), Err(JwtError::VerificationFails)),
+        ("exp as a float", rsa(&with(json!({"exp": (NOW + 300) as f64 + 0.5}))), Ok("alice")),
+        ("exp huge", rsa(&with(json!({"exp": 1e300}))), Ok("alice")),
+        ("exp negative", rsa(&with(json!({"exp": -5}))), Err(JwtError::Expired)),
+        ("another issuer", rsa(&with(json!({"iss": "https://evil.example"}))), Err(JwtError::UnknownIssuer)),
+        ("no issuer", rsa(&with(json!({"iss": null}))), Err(JwtError::UnknownIssuer)),
+        (
+            "signed by another key under the same kid",
+            sign("rsa-2048-other.pem", Algorithm::RS256, "rsa", &claims()),
+            Err(JwtError::VerificationFails),
+        ),
+        ("an unknown kid", sign("rsa-2048.pem", Algorithm::RS256, "rotated", &claims()), Err(JwtError::KeyNotFound)),
+        (
+            "an RSA kid with an EC alg",
+            sign("ec-p256.pem", Algorithm::ES256, "rsa", &claims()),
+            Err(JwtError::KeyNotFound),
+        ),
+        ("alg none without a signature", alg_none_token(), Err(JwtError::BadFormat)),
+        ("alg none with a signature", format!("{}c2ln", alg_none_token()), Err(JwtError::VerificationFails)),
+        ("HS256 keyed with the public key", hs256_with_public_key(), Err(JwtError::VerificationFails)),
+        ("a crit header", header_with(json!({"crit": ["exp"]})), Err(JwtError::VerificationFails)),
+        (
+            "a jku header is ignored, not fetched",
+            header_with(json!({"jku": "http://169.254.169.254/keys"})),
+            Err(JwtError::VerificationFails),
+        ),
+        ("two parts", valid.rsplit_once('.').map_or("", |(head, _)| head).to_string(), Err(JwtError::BadFormat)),
+        ("five parts (JWE)", format!("{valid}.a.b"), Err(JwtError::BadFormat)),
+        (
+            "an empty signature",
+            format!("{}.", valid.rsplit_once('.').map_or("", |(head, _)| head)),
+            Err(JwtError::BadFormat),
+        ),
+        ("base64 padding", tampered(&valid, |header| format!("{header}==")), Err(JwtError::VerificationFails)),
+        ("not base64url", tampered(&valid, |header| format!("{header}*")), Err(JwtError::VerificationFails)),
+        ("over the size limit", format!("{valid}{}", "A".repeat(9000)), Err(JwtError::VerificationFails)),
+    ];
+    let rule = rule(&[]);
+    let mut failures = Vec::new();
+    for (name, token, expected) in cases {
+        let got = outcome(&rule, &[bearer(&token)], "/");
+        if got.as_deref().map_err(|error| *error) != expected {
+            failures.push(format!("{name}: expected {expected:?}, got {got:?}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn audiences_must_match_when_the_rule_names_them() {
+    let token = sign("rsa-2048.pem", Algorithm::RS256, "rsa", &claims());
+    let single = sign("rsa-2048.pem", Algorithm::RS256, "rsa", &with(json!({"aud": "jobs-api"})));
+    let numeric = sign("rsa-2048.pem", Algorithm::RS256, "rsa", &with(json!({"aud": 7})));
+    let nested = sign("rsa-2048.pem", Algorithm::RS256, "rsa", &with(json!({"aud": [["jobs-api"]]})));
+    assert_eq!(outcome(&rule(&["jobs-api"]), &[bearer(&token)], "/").as_deref(), Ok("alice"));
+    assert_eq!(outcome(&rule(&["jobs-api"]), &[bearer(&single)], "/").as_deref(), Ok("alice"));
+    assert_eq!(outcome(&rule(&["billing"]), &[bearer(&token)], "/"), Err(JwtError::AudienceNotAllowed));
+    assert_eq!(outcome(&rule(&["7"]), &[bearer(&numeric)], "/"), Err(JwtError::AudienceNotAllowed));
+    assert_eq!(outcome(&rule(&["jobs-api"]), &[bearer(&nested)], "/"), Err(JwtError::AudienceNotAllowed));
+}
+
+#[test]
+fn tokens_are_found_in_the_configured_locations() {
+    let token = sign("rsa-2048.pem", Algorithm::RS256, "rsa", &claims());
+    let default_rule = rule(&[]);
+    assert_eq!(outcome(&default_rule, &[], "/").as_deref(), Ok("anonymous"));
+    assert_eq!(outcome(&default_rule, &[bearer(&token)], "/").as_deref(), Ok("alice"));
+    assert_eq!(outcome(&default_rule, &[], &format!("/x?a=1&access_token={token}")).as_deref(), Ok("alice"));
+    assert_eq!(
+        outcome(&default_rule, &[("authorization".into(), format!("Basic {token}"))], "/").as_deref(),
+        Ok("anonymous")
+    );
+    let other = sign("ec-p256.pem", Algorithm::ES256, "ec", &claims());
+    let two = outcome(&default_rule, &[bearer(&token)], &format!("/?access_token={other}"));
+    assert_eq!(two, Err(JwtError::VerificationFails), "two different tokens are refused");
+    let same_twice = outcome(&default_rule, &[bearer(&token)], &format!("/?access_token={token}"));
+    assert_eq!(same_twice.as_deref(), Ok("alice"));
+
+    let mut custom = (*default_rule).clone();
+    custom.locations = Box::new([
+        TokenLocation::Header { name: "x-token".into(), prefix: "Token ".into() },
+        TokenLocation::Cookie("session".into()),
+    ]);
+    let custom = Arc::new(custom);
+    assert_eq!(outcome(&custom, &[("x-token".into(), format!("Token {token}"))], "/").as_deref(), Ok("alice"));
+    assert_eq!(outcome(&custom, &[("cookie".into(), format!("a=b; session={token}"))], "/").as_deref(), Ok("alice"));
+    assert_eq!(outcome(&custom, &[bearer(&token)], "/").as_deref(), Ok("anonymous"), "defaults no longer apply");
+}
+
+#[test]
+fn key_sets_skip_keys_that_must_not_verify() {
+    let mut keys: Vec<Value> = serde_json::from_str::<Value>(&jwks(&[("rsa-2048.pem", Algorithm::RS256, "good")]))
+        .expect("json")["keys"]
+        .as_array()
+        .expect("keys")
+        .clone();
+    let mut short = keys[0].clone();
+    short["n"] = json!(URL_SAFE_NO_PAD.encode([0xc5; 128]));
+    short["kid"] = json!("short");
+    keys.push(short);
+    keys.push(json!({"kty": "oct", "k": "c2VjcmV0", "kid": "symmetric"}));
+    let mut encryption = keys[0].clone();
+    encryption["use"] = json!("enc");
+    encryption["kid"] = json!("enc");
+    keys.push(encryption);
+    let mut mismatched = keys[0].clone();
+    mismatched["alg"] = json!("ES256");
+    mismatched["kid"] = json!("mismatched");
+    keys.push(mismatched);
+    let set = KeySet::from_jwks_json(&json!({"keys": keys}).to_string()).expect("jwks");
+    assert_eq!(set.len(), 1);
+    assert!(set.has_kid("good"));
+    assert_eq!(set.skipped.len(), 4, "{:?}", set.skipped);
+    assert!(KeySet::from_jwks_json("<html>").is_err());
+    assert!(KeySet::from_jwks_json("{}").is_err());
+}
+
+#[test]
+fn outputs_carry_claims_and_strip_the_token_and_smuggled_headers() {
+    let rule = rule(&[]);
+    let evil = with(json!({"preferred_username": "alice\r\nx-admin: true"}));
+    let token = sign("rsa-2048.pem", Algorithm::RS256, "rsa", &claims());
+    let evil_token = sign("rsa-2048.pem", Algorithm::RS256, "rsa", &evil);
+    let run = |headers: Vec<(String, String)>, path: &str, rule: &Arc<JwtRule>| {
+        let http = HttpRequest {
+            path,
+            headers: headers.iter().map(|(name, value)| (name.as_str(), value.as_str())).collect(),
+            ..HttpRequest::default()
+        };
+        let authentication = authn::authenticate(&[rule], &http, &context(&NoRemoteKeys));
+        authn::outputs(&[rule], &authentication)
+    };
+    let set = |outputs: &authn::Outputs| -> HashMap<String, String> {
+        outputs.headers_to_set.iter().map(|(name, value)| (name.to_string(), value.clone())).collect()
+    };
+    let removed = |outputs: &authn::Outputs| -> Vec<String> {
+        outputs.headers_to_remove.iter().map(ToString::to_string).collect()
+    };
+
+    let verified = run(vec![bearer(&token)], "/", &rule);
+    let headers = set(&verified);
+    assert_eq!(headers.get("x-jwt-payload").map(String::as_str), token.split('.').nth(1));
+    assert_eq!(headers.get("x-user").map(String::as_str), Some("alice"));
+    assert_eq!(headers.get("x-level").map(String::as_str), Some("3"));
+    assert!(!headers.contains_key("x-roles"), "a list claim makes no header");
+    assert_eq!(removed(&verified), ["authorization", "x-roles"]);
+
+    let injected = run(vec![bearer(&evil_token)], "/", &rule);
+    assert!(!set(&injected).contains_key("x-user"), "CR/LF never reaches a header");
+    assert!(removed(&injected).contains(&"x-user".to_string()));
+
+    let anonymous = run(vec![("x-user".into(), "admin".into())], "/", &rule);
+    assert!(anonymous.headers_to_set.is_empty());
+    assert_eq!(removed(&anonymous), ["x-jwt-payload", "x-user", "x-level", "x-roles"]);
+
+    let by_param = run(vec![], &format!("/?access_token={token}"), &rule);
+    assert_eq!(by_param.query_parameters_to_remove, vec![Box::from("access_token")]);
+    assert!(!removed(&by_param).contains(&"authorization".to_string()));
+
+    let mut forwarding = (*rule).clone();
+    forwarding.forward_original_token = true;
+    let forwarded = run(vec![bearer(&token)], "/", &Arc::new(forwarding));
+    assert!(!removed(&forwarded).contains(&"authorization".to_string()));
+}
+
+/// A cache that remembers everything, to show hits skip verification.
+#[derive(Default)]
+struct MemoryCache(Mutex<HashMap<String, Arc<VerifiedToken>>>);
+
+impl TokenCache for MemoryCache {
+    fn get(&self, token: &str) -> Option<Arc<VerifiedToken>> {
+        self.0.lock().expect("lock").get(token).cloned()
+    }
+    fn put(&self, token: &str, verified: Arc<VerifiedToken>) {
+        self.0.lock().expect("lock").insert(token.into(), verified);
+    }
+}
+
+#[test]
+fn verified_tokens_are_cached_and_still_expire() {
+    let rule = rule(&[]);
+    let cache = MemoryCache::default();
+    let token = sign("rsa-2048.pem", Algorithm::RS256, "rsa", &claims());
+    let headers = [bearer(&token)];
+    let http = HttpRequest {
+        headers: headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect(),
+        ..HttpRequest::default()
+    };
+    assert!(matches!(authn::authenticate(&[&rule], &http, &context(&cache)), Authentication::Verified { .. }));
+    let cached = cache.get(&token).expect("cached after verification");
+    assert_eq!(cached.kid.as_deref(), Some("rsa"));
+    assert_eq!(cached.expires_at, Some(NOW + 300));
+
+    // A hit needs no keys: a rule whose keys are gone still accepts the cached token...
+    let mut keyless = (*rule).clone();
+    keyless.keys = KeySource::Inline(Arc::new(KeySet::default()));
+    let keyless = Arc::new(keyless);
+    assert!(matches!(authn::authenticate(&[&keyless], &http, &context(&cache)), Authentication::Verified { .. }));
+    // ...but not once it has expired, nor for a rule that wants another audience.
+    let later = AuthnContext { now: NOW + 1000, ..context(&cache) };
+    assert!(matches!(
+        authn::authenticate(&[&rule], &http, &later),
+        Authentication::Failed { error: JwtError::Expired, .. }
+    ));
+    let strict = rule_with_audience(&rule, "billing");
+    assert!(matches!(
+        authn::authenticate(&[&strict], &http, &context(&cache)),
+        Authentication::Failed { error: JwtError::AudienceNotAllowed, .. }
+    ));
+}
+
+fn rule_with_audience(rule: &Arc<JwtRule>, audience: &str) -> Arc<JwtRule> {
+    let mut strict = (**rule).clone();
+    strict.audiences = Box::new([audience.into()]);
+    Arc::new(strict)
+}

@@ -1,0 +1,311 @@
+//! JSON Web Tokens: key sets from JWKS, and verification of one token against them at a given time; pure.
+
+use std::sync::Arc;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, PublicKeyUse};
+use jsonwebtoken::{Algorithm, DecodingKey};
+use serde_json::{Map, Value};
+
+/// RSA keys shorter than this are refused.
+pub const MIN_RSA_BITS: usize = 2048;
+
+/// Why a token was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum JwtError {
+    BadFormat,
+    VerificationFails,
+    Expired,
+    NotYetValid,
+    UnknownIssuer,
+    KeyNotFound,
+    JwksFetchFailed,
+    AudienceNotAllowed,
+}
+
+impl JwtError {
+    /// Envoy's wording, sent as the response body.
+    pub fn message(self) -> &'static str {
+        match self {
+            Self::BadFormat => "Jwt is not in the form of Header.Payload.Signature with two dots and 3 sections",
+            Self::VerificationFails => "Jwt verification fails",
+            Self::Expired => "Jwt is expired",
+            Self::NotYetValid => "Jwt not yet valid",
+            Self::UnknownIssuer => "Jwt issuer is not configured",
+            Self::KeyNotFound => "Jwks doesn't have key to match kid or alg from Jwt",
+            Self::JwksFetchFailed => "Jwks remote fetch is failed",
+            Self::AudienceNotAllowed => "Audiences in Jwt are not allowed",
+        }
+    }
+}
+
+impl std::fmt::Display for JwtError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.message())
+    }
+}
+
+/// The signing algorithms accepted; `none` and HMAC never are.
+const ACCEPTED: [Algorithm; 9] = [
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+    Algorithm::ES256,
+    Algorithm::ES384,
+    Algorithm::EdDSA,
+];
+
+/// What kind of key an algorithm needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KeyKind {
+    Rsa,
+    P256,
+    P384,
+    Ed25519,
+}
+
+fn key_kind_for(algorithm: Algorithm) -> Option<KeyKind> {
+    match algorithm {
+        Algorithm::RS256
+        | Algorithm::RS384
+        | Algorithm::RS512
+        | Algorithm::PS256
+        | Algorithm::PS384
+        | Algorithm::PS512 => Some(KeyKind::Rsa),
+        Algorithm::ES256 => Some(KeyKind::P256),
+        Algorithm::ES384 => Some(KeyKind::P384),
+        Algorithm::EdDSA => Some(KeyKind::Ed25519),
+        _ => None,
+    }
+}
+
+/// One usable public key from a JWKS.
+#[derive(Clone)]
+pub struct VerificationKey {
+    pub kid: Option<Box<str>>,
+    /// The `alg` the JWK pins, if any.
+    algorithm: Option<Algorithm>,
+    kind: KeyKind,
+    key: DecodingKey,
+}
+
+impl std::fmt::Debug for VerificationKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerificationKey").field("kid", &self.kid).field("kind", &self.kind).finish_non_exhaustive()
+    }
+}
+
+impl VerificationKey {
+    fn fits(&self, algorithm: Algorithm, kid: Option<&str>) -> bool {
+        let kid_fits = match (kid, &self.kid) {
+            (Some(wanted), Some(have)) => wanted == &**have,
+            (Some(_), None) => false,
+            (None, _) => true,
+        };
+        kid_fits
+            && key_kind_for(algorithm) == Some(self.kind)
+            && self.algorithm.is_none_or(|pinned| pinned == algorithm)
+    }
+}
+
+/// The usable keys of one JWKS, and how many were left out and why.
+#[derive(Debug, Clone, Default)]
+pub struct KeySet {
+    pub keys: Arc<[VerificationKey]>,
+    /// Keys skipped: encryption keys, symmetric keys, short RSA keys, unknown types.
+    pub skipped: Vec<String>,
+}
+
+impl KeySet {
+    /// Reads a JWKS document. Unusable keys are skipped, not fatal; a document that is not a
+    /// JWKS is an error.
+    pub fn from_jwks_json(text: &str) -> Result<Self, String> {
+        let document: Value = serde_json::from_str(text).map_err(|error| format!("not JSON: {error}"))?;
+        let Some(entries) = document.get("keys").and_then(Value::as_array) else {
+            return Err("not a JWKS: no `keys` list".into());
+        };
+        let mut keys = Vec::new();
+        let mut skipped = Vec::new();
+        for (index, entry) in entries.iter().enumerate() {
+            match usable_key(entry) {
+                Ok(key) => keys.push(key),
+                Err(reason) => skipped.push(format!("keys[{index}]: {reason}")),
+            }
+        }
+        Ok(Self { keys: keys.into(), skipped })
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// Whether a key with this id is in the set.
+    pub fn has_kid(&self, kid: &str) -> bool {
+        self.keys.iter().any(|key| key.kid.as_deref() == Some(kid))
+    }
+}
+
+fn usable_key(entry: &Value) -> Result<VerificationKey, String> {
+    let kty = entry.get("kty").and_then(Value::as_str).unwrap_or_default();
+    if kty == "oct" {
+        return Err("symmetric (`oct`) keys are refused".into());
+    }
+    let jwk: Jwk = serde_json::from_value(entry.clone()).map_err(|error| format!("unreadable key: {error}"))?;
+    if jwk.common.public_key_use == Some(PublicKeyUse::Encryption) {
+        return Err("encryption key".into());
+    }
+    let kind = match &jwk.algorithm {
+        AlgorithmParameters::RSA(rsa) => {
+            let modulus =
+                URL_SAFE_NO_PAD.decode(rsa.n.trim_end_matches('=')).map_err(|_| "bad RSA modulus".to_string())?;
+            let bits = modulus.iter().skip_while(|&&byte| byte == 0).count() * 8;
+            if bits < MIN_RSA_BITS {
+                return Err(format!("RSA key of {bits} bits is under {MIN_RSA_BITS}"));
+            }
+            KeyKind::Rsa
+        }
+        AlgorithmParameters::EllipticCurve(ec) => match ec.curve {
+            EllipticCurve::P256 => KeyKind::P256,
+            EllipticCurve::P384 => KeyKind::P384,
+            _ => return Err("unsupported elliptic curve".into()),
+        },
+        AlgorithmParameters::OctetKeyPair(okp) if okp.curve == EllipticCurve::Ed25519 => KeyKind::Ed25519,
+        _ => return Err(format!("unsupported key type `{kty}`")),
+    };
+    let algorithm = match entry.get("alg").and_then(Value::as_str) {
+        Some(pinned) => {
+            let algorithm = pinned.parse::<Algorithm>().map_err(|_| format!("unsupported key alg `{pinned}`"))?;
+            if key_kind_for(algorithm) != Some(kind) {
+                return Err(format!("key alg `{algorithm:?}` does not fit key type `{kty}`"));
+            }
+            Some(algorithm)
+        }
+        None => None,
+    };
+    let key = DecodingKey::from_jwk(&jwk).map_err(|error| format!("unusable key: {error}"))?;
+    Ok(VerificationKey { kid: jwk.common.key_id.map(Into::into), algorithm, kind, key })
+}
+
+/// A token split into its parts, before any check of its signature.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParsedToken<'t> {
+    pub algorithm: Algorithm,
+    pub kid: Option<String>,
+    /// The payload segment, base64url as in the token.
+    pub payload_segment: &'t str,
+    pub claims: Map<String, Value>,
+    signing_input: &'t str,
+    signature: &'t str,
+}
+
+impl ParsedToken<'_> {
+    /// The `iss` claim, if it is a string.
+    pub fn issuer(&self) -> Option<&str> {
+        self.claims.get("iss").and_then(Value::as_str)
+    }
+}
+
+fn decode_segment(segment: &str) -> Result<Vec<u8>, JwtError> {
+    // Strict base64url: no padding, no whitespace, canonical trailing bits.
+    URL_SAFE_NO_PAD.decode(segment).map_err(|_| JwtError::VerificationFails)
+}
+
+/// Splits and decodes a compact JWS. Refuses anything but three non-empty parts (JWE has five),
+/// unknown or forbidden algorithms and `crit` headers.
+pub fn parse(token: &str, max_bytes: usize) -> Result<ParsedToken<'_>, JwtError> {
+    if token.len() > max_bytes {
+        return Err(JwtError::VerificationFails);
+    }
+    let mut parts = token.split('.');
+    let (Some(header), Some(payload), Some(signature), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(JwtError::BadFormat);
+    };
+    if header.is_empty() || payload.is_empty() || signature.is_empty() {
+        return Err(JwtError::BadFormat);
+    }
+    let header_json: Map<String, Value> =
+        serde_json::from_slice(&decode_segment(header)?).map_err(|_| JwtError::VerificationFails)?;
+    if header_json.contains_key("crit") {
+        return Err(JwtError::VerificationFails);
+    }
+    let algorithm = header_json
+        .get("alg")
+        .and_then(Value::as_str)
+        .and_then(|alg| alg.parse::<Algorithm>().ok())
+        .filter(|alg| ACCEPTED.contains(alg))
+        .ok_or(JwtError::VerificationFails)?;
+    let kid = match header_json.get("kid") {
+        None => None,
+        Some(Value::String(kid)) => Some(kid.clone()),
+        Some(_) => return Err(JwtError::VerificationFails),
+    };
+    let claims: Map<String, Value> =
+        serde_json::from_slice(&decode_segment(payload)?).map_err(|_| JwtError::VerificationFails)?;
+    let signing_input = &token[..header.len() + 1 + payload.len()];
+    Ok(ParsedToken { algorithm, kid, payload_segment: payload, claims, signing_input, signature })
+}
+
+/// Checks the signature with the first key of `keys` that fits the token's `kid` and `alg`.
+pub fn verify_signature(token: &ParsedToken<'_>, keys: &KeySet) -> Result<(), JwtError> {
+    let mut candidates = keys.keys.iter().filter(|key| key.fits(token.algorithm, token.kid.as_deref())).peekable();
+    if candidates.peek().is_none() {
+        return Err(JwtError::KeyNotFound);
+    }
+    for key in candidates {
+        if jsonwebtoken::crypto::verify(token.signature, token.signing_input.as_bytes(), &key.key, token.algorithm)
+            .unwrap_or(false)
+        {
+            return Ok(());
+        }
+    }
+    Err(JwtError::VerificationFails)
+}
+
+/// A NumericDate claim: a JSON number (integer or not); anything else is malformed.
+fn numeric_date(claims: &Map<String, Value>, name: &str) -> Result<Option<f64>, JwtError> {
+    match claims.get(name) {
+        None => Ok(None),
+        Some(Value::Number(number)) => {
+            number.as_f64().filter(|value| value.is_finite()).map(Some).ok_or(JwtError::VerificationFails)
+        }
+        Some(_) => Err(JwtError::VerificationFails),
+    }
+}
+
+/// Checks `exp` and `nbf` at `now` (seconds since the epoch) with `skew_secs` of tolerance.
+pub fn check_lifetime(claims: &Map<String, Value>, now: u64, skew_secs: u64) -> Result<(), JwtError> {
+    let now = now as f64;
+    let skew = skew_secs as f64;
+    if numeric_date(claims, "exp")?.is_some_and(|exp| exp + skew <= now) {
+        return Err(JwtError::Expired);
+    }
+    if numeric_date(claims, "nbf")?.is_some_and(|nbf| nbf - skew > now) {
+        return Err(JwtError::NotYetValid);
+    }
+    Ok(())
+}
+
+/// The token's `exp` as whole seconds, when it has one.
+pub fn expiry(claims: &Map<String, Value>) -> Option<u64> {
+    numeric_date(claims, "exp").ok().flatten().map(|exp| exp.max(0.0) as u64)
+}
+
+/// Whether the token's `aud` (a string or a list of strings) names one of `allowed`.
+pub fn audience_allowed(claims: &Map<String, Value>, allowed: &[Box<str>]) -> bool {
+    match claims.get("aud") {
+        Some(Value::String(aud)) => allowed.iter().any(|want| **want == *aud),
+        Some(Value::Array(list)) => {
+            list.iter().filter_map(Value::as_str).any(|aud| allowed.iter().any(|want| **want == *aud))
+        }
+        _ => false,
+    }
+}

@@ -1,0 +1,267 @@
+//! JWKS for remote issuers: OIDC discovery, fetch at start-up, background refresh, prompt single-flight refetch on an unknown kid, size and time limits; the last good keys stay.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use reqwest::Url;
+
+use crate::core::authn::KeyLookup;
+use crate::core::jwt::KeySet;
+use crate::telemetry::Metrics;
+use crate::token_cache::VerifiedTokenCache;
+
+/// The longest wait between attempts while an issuer has no keys.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// Limits and timings of key fetching.
+#[derive(Debug, Clone)]
+pub struct FetchLimits {
+    pub refresh_interval: Duration,
+    /// A refetch for an unknown `kid` happens at most this often per issuer.
+    pub min_refetch_interval: Duration,
+    pub fetch_timeout: Duration,
+    pub max_bytes: usize,
+    /// Allow link-local and cloud-metadata addresses as fetch targets.
+    pub allow_link_local: bool,
+}
+
+/// Why a fetch failed; logged, never shown to clients.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("invalid URL `{url}`")]
+    BadUrl { url: String },
+    #[error("`{url}` points at a link-local or metadata address; set jwks_allow_link_local to allow it")]
+    LinkLocal { url: String },
+    #[error("GET `{url}`: {source}")]
+    Request { url: String, source: reqwest::Error },
+    #[error("GET `{url}`: status {status}")]
+    Status { url: String, status: u16 },
+    #[error("GET `{url}`: body over {limit} bytes")]
+    TooLarge { url: String, limit: usize },
+    #[error("`{url}`: {message}")]
+    Document { url: String, message: String },
+}
+
+#[derive(Debug)]
+struct Issuer {
+    jwks_uri: Option<Box<str>>,
+    keys: ArcSwapOption<KeySet>,
+    /// Held while fetching, so concurrent refetches share one; remembers the last attempt.
+    last_attempt: tokio::sync::Mutex<Option<Instant>>,
+    /// The first fetch attempt finished, whatever its result.
+    attempted: AtomicBool,
+}
+
+/// The keys of every remote issuer of the policy set.
+#[derive(Debug)]
+pub struct KeyStore {
+    issuers: HashMap<Arc<str>, Issuer>,
+    client: reqwest::Client,
+    limits: FetchLimits,
+    metrics: Arc<Metrics>,
+    cache: Arc<VerifiedTokenCache>,
+}
+
+impl KeyLookup for KeyStore {
+    fn key_set(&self, issuer: &str) -> Option<Arc<KeySet>> {
+        self.issuers.get(issuer)?.keys.load_full()
+    }
+}
+
+impl KeyStore {
+    pub fn new(
+        issuers: Vec<(Arc<str>, Option<Box<str>>)>,
+        limits: FetchLimits,
+        metrics: Arc<Metrics>,
+        cache: Arc<VerifiedTokenCache>,
+    ) -> Result<Self, reqwest::Error> {
+        let client = reqwest::Client::builder()
+            .timeout(limits.fetch_timeout)
+            .connect_timeout(limits.fetch_timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
+        let issuers = issuers
+            .into_iter()
+            .map(|(issuer, jwks_uri)| {
+                let entry = Issuer {
+                    jwks_uri,
+                    keys: ArcSwapOption::empty(),
+                    last_attempt: tokio::sync::Mutex::new(None),
+                    attempted: AtomicBool::new(false),
+                };
+                (issuer, entry)
+            })
+            .collect();
+        Ok(Self { issuers, client, limits, metrics, cache })
+    }
+
+    /// Issuers that have no keys (never fetched, or every fetch failed).
+    pub fn missing(&self) -> Vec<Arc<str>> {
+        let mut missing: Vec<Arc<str>> = self
+            .issuers
+            .iter()
+            .filter(|(_, entry)| entry.keys.load().is_none())
+            .map(|(issuer, _)| issuer.clone())
+            .collect();
+        missing.sort();
+        missing
+    }
+
+    /// Whether every issuer's first fetch attempt has finished.
+    pub fn all_attempted(&self) -> bool {
+        self.issuers.values().all(|entry| entry.attempted.load(Ordering::Acquire))
+    }
+
+    /// Fetches every issuer's keys once, concurrently.
+    pub async fn fetch_all(self: &Arc<Self>) {
+        let mut tasks = tokio::task::JoinSet::new();
+        for issuer in self.issuers.keys() {
+            let issuer = issuer.clone();
+            let store = self.clone();
+            tasks.spawn(async move { store.refresh(&issuer).await });
+        }
+        while tasks.join_next().await.is_some() {}
+    }
+
+    /// Keeps every issuer's keys fresh for as long as the task runs: on the refresh interval
+    /// while it has keys, and with a backoff from 1 s to 60 s while it has none.
+    pub async fn refresh_forever(self: Arc<Self>) {
+        let mut tasks = tokio::task::JoinSet::new();
+        for issuer in self.issuers.keys() {
+            let issuer = issuer.clone();
+            let store = self.clone();
+            tasks.spawn(async move { store.refresh_issuer_forever(&issuer).await });
+        }
+        while tasks.join_next().await.is_some() {}
+    }
+
+    async fn refresh_issuer_forever(&self, issuer: &str) {
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            let has_keys = self.key_set(issuer).is_some();
+            tokio::time::sleep(if has_keys { self.limits.refresh_interval } else { backoff }).await;
+            backoff = if self.refresh(issuer).await { Duration::from_secs(1) } else { (backoff * 2).min(MAX_BACKOFF) };
+        }
+    }
+
+    /// A prompt refetch after a token named an unknown `kid`: one fetch at a time per issuer,
+    /// at most once per `min_refetch_interval`. True when new keys were installed.
+    pub async fn refetch(&self, issuer: &str) -> bool {
+        let Some(entry) = self.issuers.get(issuer) else { return false };
+        let mut last_attempt = entry.last_attempt.lock().await;
+        if last_attempt.is_some_and(|at| at.elapsed() < self.limits.min_refetch_interval) {
+            // Someone fetched a moment ago (perhaps while we waited for the lock).
+            return false;
+        }
+        *last_attempt = Some(Instant::now());
+        self.fetch_into(issuer, entry).await
+    }
+
+    async fn refresh(&self, issuer: &str) -> bool {
+        let Some(entry) = self.issuers.get(issuer) else { return false };
+        let mut last_attempt = entry.last_attempt.lock().await;
+        *last_attempt = Some(Instant::now());
+        self.fetch_into(issuer, entry).await
+    }
+
+    async fn fetch_into(&self, issuer: &str, entry: &Issuer) -> bool {
+        match self.fetch(issuer, entry.jwks_uri.as_deref()).await {
+            Ok(keys) => {
+                for skipped in &keys.skipped {
+                    tracing::debug!(%issuer, %skipped, "Skipped a JWKS key");
+                }
+                self.metrics.record_jwks_fetch(issuer, true, Some(keys.len()));
+                tracing::info!(%issuer, keys = keys.len(), "Fetched JWKS");
+                self.cache.retain_keys(issuer, &keys);
+                entry.keys.store(Some(Arc::new(keys)));
+                entry.attempted.store(true, Ordering::Release);
+                true
+            }
+            Err(error) => {
+                self.metrics.record_jwks_fetch(issuer, false, None);
+                let keeping = entry.keys.load().as_ref().map_or(0, |keys| keys.len());
+                tracing::warn!(%issuer, %error, keeping, "JWKS fetch failed; keeping the last good keys");
+                entry.attempted.store(true, Ordering::Release);
+                false
+            }
+        }
+    }
+
+    async fn fetch(&self, issuer: &str, jwks_uri: Option<&str>) -> Result<KeySet, FetchError> {
+        let jwks_uri = match jwks_uri {
+            Some(uri) => uri.to_string(),
+            None => self.discover(issuer).await?,
+        };
+        let text = self.get_text(&jwks_uri).await?;
+        let keys =
+            KeySet::from_jwks_json(&text).map_err(|message| FetchError::Document { url: jwks_uri.clone(), message })?;
+        if keys.is_empty() {
+            let message = format!("no usable key ({})", keys.skipped.join("; "));
+            return Err(FetchError::Document { url: jwks_uri, message });
+        }
+        Ok(keys)
+    }
+
+    /// OIDC discovery: `jwks_uri` from `ISSUER/.well-known/openid-configuration`.
+    async fn discover(&self, issuer: &str) -> Result<String, FetchError> {
+        let url = format!("{}/.well-known/openid-configuration", issuer.trim_end_matches('/'));
+        let text = self.get_text(&url).await?;
+        let document: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|error| FetchError::Document { url: url.clone(), message: error.to_string() })?;
+        document
+            .get("jwks_uri")
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_string)
+            .ok_or(FetchError::Document { url, message: "no `jwks_uri` in the discovery document".into() })
+    }
+
+    async fn get_text(&self, url: &str) -> Result<String, FetchError> {
+        let parsed = Url::parse(url).map_err(|_| FetchError::BadUrl { url: url.into() })?;
+        if !self.limits.allow_link_local && is_link_local_target(&parsed).await {
+            return Err(FetchError::LinkLocal { url: url.into() });
+        }
+        let request_error = |source| FetchError::Request { url: url.into(), source };
+        let mut response = self.client.get(parsed).send().await.map_err(request_error)?;
+        if !response.status().is_success() {
+            return Err(FetchError::Status { url: url.into(), status: response.status().as_u16() });
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(request_error)? {
+            if body.len() + chunk.len() > self.limits.max_bytes {
+                return Err(FetchError::TooLarge { url: url.into(), limit: self.limits.max_bytes });
+            }
+            body.extend_from_slice(&chunk);
+        }
+        String::from_utf8(body)
+            .map_err(|_| FetchError::Document { url: url.into(), message: "body is not UTF-8".into() })
+    }
+}
+
+/// Link-local (169.254.0.0/16, fe80::/10) or a well-known cloud-metadata name, by literal or
+/// by what the name resolves to now.
+async fn is_link_local_target(url: &Url) -> bool {
+    let Some(host) = url.host_str() else { return true };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if ["metadata.google.internal", "metadata"].contains(&host.to_ascii_lowercase().as_str()) {
+        return true;
+    }
+    let is_link_local = |address: IpAddr| match address {
+        IpAddr::V4(v4) => v4.is_link_local(),
+        IpAddr::V6(v6) => {
+            (v6.segments()[0] & 0xffc0) == 0xfe80 || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_link_local())
+        }
+    };
+    if let Ok(address) = host.parse::<IpAddr>() {
+        return is_link_local(address);
+    }
+    let port = url.port_or_known_default().unwrap_or(443);
+    match tokio::net::lookup_host((host, port)).await {
+        Ok(addresses) => addresses.map(|address| address.ip()).any(is_link_local),
+        // Unresolvable: the fetch itself will fail and say so.
+        Err(_) => false,
+    }
+}
