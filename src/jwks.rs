@@ -265,3 +265,178 @@ async fn is_link_local_target(url: &Url) -> bool {
         Err(_) => false,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    const JWKS: &str = r#"{"keys":[{"kty":"EC","crv":"P-256","kid":"k1","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}]}"#;
+
+    /// What the fake IdP answers on a path: status, body, and a delay before answering.
+    type Route = fn(&str) -> (u16, String, Duration);
+
+    /// A tiny HTTP/1.1 server on loopback that answers by path and counts requests.
+    async fn serve(route: Route) -> (String, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("address"));
+        let hits = Arc::new(AtomicUsize::new(0));
+        let counter = hits.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buffer = vec![0; 4096];
+                    let read = stream.read(&mut buffer).await.unwrap_or(0);
+                    let head = String::from_utf8_lossy(&buffer[..read]).to_string();
+                    let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
+                    let (status, body, delay) = route(&path);
+                    tokio::time::sleep(delay).await;
+                    let response = format!(
+                        "HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = stream.write_all(response.as_bytes()).await;
+                });
+            }
+        });
+        (base, hits)
+    }
+
+    fn limits() -> FetchLimits {
+        FetchLimits {
+            refresh_interval: Duration::from_secs(3600),
+            min_refetch_interval: Duration::from_secs(5),
+            fetch_timeout: Duration::from_millis(500),
+            max_bytes: 64 * 1024,
+            allow_link_local: false,
+        }
+    }
+
+    fn store(issuer: &str, jwks_uri: Option<String>) -> Arc<KeyStore> {
+        let metrics = Arc::new(Metrics::new());
+        let cache = Arc::new(VerifiedTokenCache::new(10, metrics.clone()));
+        let issuers = vec![(Arc::from(issuer), jwks_uri.map(Into::into))];
+        Arc::new(KeyStore::new(issuers, limits(), metrics, cache).expect("client"))
+    }
+
+    fn ok(path: &str) -> (u16, String, Duration) {
+        match path {
+            "/certs" => (200, JWKS.to_string(), Duration::ZERO),
+            _ => (404, String::new(), Duration::ZERO),
+        }
+    }
+
+    #[tokio::test]
+    async fn keys_come_from_a_jwks_uri_and_refetches_are_rate_limited() {
+        let (base, hits) = serve(ok).await;
+        let store = store("https://issuer.example", Some(format!("{base}/certs")));
+        assert_eq!(store.missing().len(), 1);
+        store.fetch_all().await;
+        assert!(store.missing().is_empty() && store.all_attempted());
+        assert!(store.key_set("https://issuer.example").is_some_and(|keys| keys.has_kid("k1")));
+        assert!(!store.refetch("https://issuer.example").await, "a refetch right after a fetch is skipped");
+        assert_eq!(hits.load(Ordering::SeqCst), 1);
+    }
+
+    /// Where the discovery test's document points: the test server's own JWKS.
+    static DISCOVERED_JWKS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+    #[tokio::test]
+    async fn keys_are_found_by_oidc_discovery() {
+        let (base, hits) = serve(|path| match path {
+            "/realms/jobs/.well-known/openid-configuration" => {
+                let uri = DISCOVERED_JWKS.get().map_or("", String::as_str);
+                (200, format!(r#"{{"issuer": "x", "jwks_uri": "{uri}"}}"#), Duration::ZERO)
+            }
+            other => ok(other),
+        })
+        .await;
+        let _ = DISCOVERED_JWKS.set(format!("{base}/certs"));
+        let store = store(&format!("{base}/realms/jobs/"), None);
+        store.fetch_all().await;
+        assert!(store.missing().is_empty(), "keys found through discovery");
+        assert_eq!(hits.load(Ordering::SeqCst), 2, "discovery, then the JWKS");
+
+        let (without_jwks_uri, _) = serve(|_| (200, "{}".into(), Duration::ZERO)).await;
+        let store = self::store(&format!("{without_jwks_uri}/realms/jobs"), None);
+        store.fetch_all().await;
+        assert_eq!(store.missing().len(), 1, "a discovery document without `jwks_uri` gives no keys");
+    }
+
+    async fn fetch_error(route: Route, allow_link_local: bool, uri: Option<&str>) -> String {
+        let (base, _) = serve(route).await;
+        let metrics = Arc::new(Metrics::new());
+        let cache = Arc::new(VerifiedTokenCache::new(10, metrics.clone()));
+        let limits = FetchLimits { allow_link_local, ..limits() };
+        let store = KeyStore::new(Vec::new(), limits, metrics, cache).expect("client");
+        let uri = uri.map_or(format!("{base}/certs"), str::to_string);
+        match store.fetch("https://issuer.example", Some(&uri)).await {
+            Ok(keys) => format!("ok: {} keys", keys.len()),
+            Err(error) => error.to_string(),
+        }
+    }
+
+    #[tokio::test]
+    async fn bad_answers_are_refused_with_a_reason() {
+        let cases: Vec<(&str, Route, &str)> = vec![
+            ("a 500", |_| (500, "oops".into(), Duration::ZERO), "status 500"),
+            ("a redirect, never followed", |_| (302, String::new(), Duration::ZERO), "status 302"),
+            ("HTML", |_| (200, "<html>login</html>".into(), Duration::ZERO), "not JSON"),
+            ("JSON that is not a JWKS", |_| (200, "{}".into(), Duration::ZERO), "no `keys` list"),
+            (
+                "only symmetric keys",
+                |_| (200, r#"{"keys":[{"kty":"oct","k":"c2VjcmV0"}]}"#.into(), Duration::ZERO),
+                "no usable key",
+            ),
+            ("a body over the limit", |_| (200, " ".repeat(100 * 1024), Duration::ZERO), "body over 65536 bytes"),
+            ("an answer slower than the timeout", |_| (200, JWKS.into(), Duration::from_secs(3)), "GET"),
+        ];
+        for (name, route, expected) in cases {
+            let started = Instant::now();
+            let got = fetch_error(route, false, None).await;
+            assert!(got.contains(expected), "{name}: expected `{expected}` in `{got}`");
+            assert!(started.elapsed() < Duration::from_secs(2), "{name}: took {:?}", started.elapsed());
+        }
+        assert_eq!(fetch_error(ok, false, None).await, "ok: 1 keys");
+    }
+
+    #[tokio::test]
+    async fn link_local_and_metadata_targets_are_refused_unless_allowed() {
+        for uri in
+            ["http://169.254.169.254/latest/meta-data", "http://[fe80::1]/keys", "http://metadata.google.internal/x"]
+        {
+            let got = fetch_error(ok, false, Some(uri)).await;
+            assert!(got.contains("link-local or metadata"), "{uri}: {got}");
+        }
+        let allowed = fetch_error(ok, true, Some("http://169.254.169.254:1/keys")).await;
+        assert!(!allowed.contains("link-local"), "allowed by config: {allowed}");
+    }
+
+    #[tokio::test]
+    async fn the_last_good_keys_stay_when_the_idp_fails() {
+        let (base, _) = serve(ok).await;
+        let store = store("https://issuer.example", Some(format!("{base}/certs")));
+        store.fetch_all().await;
+        let (broken, _) = serve(|_| (500, String::new(), Duration::ZERO)).await;
+        let moved = store_with_uri(&store, format!("{broken}/certs"));
+        // A failed refresh keeps what the store had.
+        assert!(!moved.refresh("https://issuer.example").await);
+        assert!(moved.key_set("https://issuer.example").is_some());
+    }
+
+    /// The same issuer and keys, now served from another address.
+    fn store_with_uri(store: &Arc<KeyStore>, uri: String) -> Arc<KeyStore> {
+        let moved = self::store("https://issuer.example", Some(uri));
+        if let (Some(old), Some(new)) =
+            (store.issuers.get("https://issuer.example"), moved.issuers.get("https://issuer.example"))
+        {
+            new.keys.store(old.keys.load_full());
+        }
+        moved
+    }
+}

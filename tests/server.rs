@@ -161,3 +161,98 @@ fn an_invalid_policy_set_stops_start_up_before_any_port_is_bound() {
     );
     assert!(!stderr.contains("Listening"), "no port may be bound:\n{stderr}");
 }
+
+mod tokens {
+    use super::*;
+    use jsonwebtoken::jwk::{Jwk, JwkSet};
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+
+    fn key() -> EncodingKey {
+        EncodingKey::from_rsa_pem(&std::fs::read(repo_path("tests/keys/rsa-2048.pem")).expect("key")).expect("pem")
+    }
+
+    fn token(exp_offset: i64, username: &str) -> String {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() as i64;
+        let claims = serde_json::json!({"iss": "https://idp.test/realms/jobs", "sub": username, "exp": now + exp_offset,
+                                        "preferred_username": username, "realm_access": {"roles": ["user"]}});
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = Some("k1".into());
+        jsonwebtoken::encode(&header, &claims, &key()).expect("signs")
+    }
+
+    fn policies() -> tempfile::TempDir {
+        let mut jwk = Jwk::from_encoding_key(&key(), Algorithm::RS256).expect("jwk");
+        jwk.common.key_id = Some("k1".into());
+        let jwks = serde_json::to_string(&JwkSet { keys: vec![jwk] }).expect("json");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let authn = format!(
+            "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{name: test, namespace: job-service}}\nspec:\n  jwtRules:\n  - issuer: https://idp.test/realms/jobs\n    jwks: '{jwks}'\n    outputClaimToHeaders: [{{header: x-user, claim: preferred_username}}]\n"
+        );
+        std::fs::write(dir.path().join("authn.yaml"), authn).expect("write");
+        std::fs::copy(repo_path("policies/job-board.yaml"), dir.path().join("job-board.yaml")).expect("copy");
+        dir
+    }
+
+    fn with_token(mut request: CheckRequest, token: &str) -> CheckRequest {
+        if let Some(http) = request.attributes.as_mut().and_then(|a| a.request.as_mut()).and_then(|r| r.http.as_mut()) {
+            http.headers.insert("authorization".into(), format!("Bearer {token}"));
+        }
+        request
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tokens_authenticate_callers_over_grpc() {
+        let dir = policies();
+        let server = Server::start(&[dir.path()]);
+
+        let alice = token(300, "alice");
+        for _ in 0..2 {
+            let allowed = check(&server, with_token(job_service_request("POST", "/api/jobs", ""), &alice)).await;
+            let Some(HttpResponse::OkResponse(ok)) = &allowed.http_response else {
+                panic!("expected allow: {allowed:?}")
+            };
+            let headers: Vec<(String, String)> = ok
+                .headers
+                .iter()
+                .filter_map(|option| option.header.as_ref())
+                .map(|h| (h.key.clone(), h.value.clone()))
+                .collect();
+            assert_eq!(headers, [("x-user".to_string(), "alice".to_string())]);
+            assert_eq!(ok.headers_to_remove, ["authorization"]);
+        }
+
+        let expired =
+            check(&server, with_token(job_service_request("GET", "/api/jobs?x=1", ""), &token(-3600, "bob"))).await;
+        assert_eq!(denied(&expired), (16, 401, "Jwt is expired".to_string()));
+        let Some(HttpResponse::DeniedResponse(denied_response)) = &expired.http_response else { panic!("denied") };
+        let challenge = denied_response
+            .headers
+            .iter()
+            .filter_map(|option| option.header.as_ref())
+            .find(|h| h.key == "www-authenticate");
+        assert_eq!(
+            challenge.map(|h| h.value.as_str()),
+            Some(r#"Bearer realm="http://jobs.example.com/api/jobs", error="invalid_token""#)
+        );
+
+        let garbage = check(&server, with_token(job_service_request("GET", "/api/jobs", ""), "not-a-token")).await;
+        assert_eq!(
+            denied(&garbage),
+            (16, 401, "Jwt is not in the form of Header.Payload.Signature with two dots and 3 sections".to_string())
+        );
+
+        let anonymous = check(&server, job_service_request("POST", "/api/jobs", "")).await;
+        assert_eq!(denied(&anonymous), (7, 403, "RBAC: access denied".to_string()));
+
+        let (_, metrics) = http_get(server.admin, "/metrics");
+        for expected in [
+            "portcullis_token_cache_hits_total 1",
+            "portcullis_token_cache_misses_total 3",
+            "portcullis_token_cache_entries 1",
+            r#"portcullis_checks_total{door="grpc",decision="deny",reason="invalid_token"} 2"#,
+        ] {
+            assert!(metrics.lines().any(|line| line == expected), "missing `{expected}` in:\n{metrics}");
+        }
+        assert_eq!(server.terminate().code(), Some(0));
+    }
+}
