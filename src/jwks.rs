@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwapOption;
 use reqwest::Url;
 
-use crate::core::authn::KeyLookup;
+use crate::core::authn::{KeyLookup, RemoteIssuer};
 use crate::core::jwt::KeySet;
 use crate::telemetry::Metrics;
 use crate::token_cache::VerifiedTokenCache;
@@ -49,6 +49,8 @@ pub enum FetchError {
 #[derive(Debug)]
 struct Issuer {
     jwks_uri: Option<Box<str>>,
+    /// The rule's own fetch bound, when it sets one.
+    timeout: Option<Duration>,
     keys: ArcSwapOption<KeySet>,
     /// Held while fetching, so concurrent refetches share one; remembers the last attempt.
     last_attempt: tokio::sync::Mutex<Option<Instant>>,
@@ -74,7 +76,7 @@ impl KeyLookup for KeyStore {
 
 impl KeyStore {
     pub fn new(
-        issuers: Vec<(Arc<str>, Option<Box<str>>)>,
+        issuers: Vec<RemoteIssuer>,
         limits: FetchLimits,
         metrics: Arc<Metrics>,
         cache: Arc<VerifiedTokenCache>,
@@ -86,9 +88,10 @@ impl KeyStore {
             .build()?;
         let issuers = issuers
             .into_iter()
-            .map(|(issuer, jwks_uri)| {
+            .map(|RemoteIssuer { issuer, jwks_uri, timeout }| {
                 let entry = Issuer {
                     jwks_uri,
+                    timeout,
                     keys: ArcSwapOption::empty(),
                     last_attempt: tokio::sync::Mutex::new(None),
                     attempted: AtomicBool::new(false),
@@ -169,7 +172,7 @@ impl KeyStore {
     }
 
     async fn fetch_into(&self, issuer: &str, entry: &Issuer) -> bool {
-        match self.fetch(issuer, entry.jwks_uri.as_deref()).await {
+        match self.fetch(issuer, entry.jwks_uri.as_deref(), entry.timeout).await {
             Ok(keys) => {
                 for skipped in &keys.skipped {
                     tracing::debug!(%issuer, %skipped, "Skipped a JWKS key");
@@ -191,12 +194,18 @@ impl KeyStore {
         }
     }
 
-    async fn fetch(&self, issuer: &str, jwks_uri: Option<&str>) -> Result<KeySet, FetchError> {
+    async fn fetch(
+        &self,
+        issuer: &str,
+        jwks_uri: Option<&str>,
+        timeout: Option<Duration>,
+    ) -> Result<KeySet, FetchError> {
+        let timeout = timeout.unwrap_or(self.limits.fetch_timeout);
         let jwks_uri = match jwks_uri {
             Some(uri) => uri.to_string(),
-            None => self.discover(issuer).await?,
+            None => self.discover(issuer, timeout).await?,
         };
-        let text = self.get_text(&jwks_uri).await?;
+        let text = self.get_text(&jwks_uri, timeout).await?;
         let keys =
             KeySet::from_jwks_json(&text).map_err(|message| FetchError::Document { url: jwks_uri.clone(), message })?;
         if keys.is_empty() {
@@ -207,9 +216,9 @@ impl KeyStore {
     }
 
     /// OIDC discovery: `jwks_uri` from `ISSUER/.well-known/openid-configuration`.
-    async fn discover(&self, issuer: &str) -> Result<String, FetchError> {
+    async fn discover(&self, issuer: &str, timeout: Duration) -> Result<String, FetchError> {
         let url = format!("{}/.well-known/openid-configuration", issuer.trim_end_matches('/'));
-        let text = self.get_text(&url).await?;
+        let text = self.get_text(&url, timeout).await?;
         let document: serde_json::Value = serde_json::from_str(&text)
             .map_err(|error| FetchError::Document { url: url.clone(), message: error.to_string() })?;
         document
@@ -219,13 +228,13 @@ impl KeyStore {
             .ok_or(FetchError::Document { url, message: "no `jwks_uri` in the discovery document".into() })
     }
 
-    async fn get_text(&self, url: &str) -> Result<String, FetchError> {
+    async fn get_text(&self, url: &str, timeout: Duration) -> Result<String, FetchError> {
         let parsed = Url::parse(url).map_err(|_| FetchError::BadUrl { url: url.into() })?;
         if !self.limits.allow_link_local && is_link_local_target(&parsed).await {
             return Err(FetchError::LinkLocal { url: url.into() });
         }
         let request_error = |source| FetchError::Request { url: url.into(), source };
-        let mut response = self.client.get(parsed).send().await.map_err(request_error)?;
+        let mut response = self.client.get(parsed).timeout(timeout).send().await.map_err(request_error)?;
         if !response.status().is_success() {
             return Err(FetchError::Status { url: url.into(), status: response.status().as_u16() });
         }
@@ -320,7 +329,8 @@ mod tests {
     fn store(issuer: &str, jwks_uri: Option<String>) -> Arc<KeyStore> {
         let metrics = Arc::new(Metrics::new());
         let cache = Arc::new(VerifiedTokenCache::new(10, metrics.clone()));
-        let issuers = vec![(Arc::from(issuer), jwks_uri.map(Into::into))];
+        let issuers =
+            vec![RemoteIssuer { issuer: Arc::from(issuer), jwks_uri: jwks_uri.map(Into::into), timeout: None }];
         Arc::new(KeyStore::new(issuers, limits(), metrics, cache).expect("client"))
     }
 
@@ -375,7 +385,7 @@ mod tests {
         let limits = FetchLimits { allow_link_local, ..limits() };
         let store = KeyStore::new(Vec::new(), limits, metrics, cache).expect("client");
         let uri = uri.map_or(format!("{base}/certs"), str::to_string);
-        match store.fetch("https://issuer.example", Some(&uri)).await {
+        match store.fetch("https://issuer.example", Some(&uri), None).await {
             Ok(keys) => format!("ok: {} keys", keys.len()),
             Err(error) => error.to_string(),
         }

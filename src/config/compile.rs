@@ -227,6 +227,14 @@ impl Compiler<'_> {
                 String::new()
             }
         };
+        let timeout = rule.timeout.as_ref().and_then(|timeout| {
+            let parsed = parse_duration(&timeout.value);
+            if parsed.is_none() {
+                let message = format!("invalid duration `{}`", timeout.value);
+                self.report(timeout.referenced.line(), &format!("{field}.timeout"), message);
+            }
+            parsed
+        });
         let keys = match (&rule.jwks, &rule.jwks_uri) {
             (Some(jwks), _) => match KeySet::from_jwks_json(&jwks.value) {
                 Ok(keys) if keys.is_empty() => {
@@ -240,7 +248,7 @@ impl Compiler<'_> {
                 Ok(keys) => KeySource::Inline(Arc::new(keys)),
                 Err(message) => {
                     self.report(jwks.referenced.line(), &format!("{field}.jwks"), message);
-                    KeySource::Remote { jwks_uri: None }
+                    KeySource::Inline(Arc::default())
                 }
             },
             (None, Some(uri)) => {
@@ -251,7 +259,7 @@ impl Compiler<'_> {
                         format!("`{}` is not an http(s) URL", uri.value),
                     );
                 }
-                KeySource::Remote { jwks_uri: Some(uri.value.as_str().into()) }
+                KeySource::Remote { jwks_uri: Some(uri.value.as_str().into()), timeout }
             }
             (None, None) => {
                 if !(issuer.is_empty() || issuer.starts_with("https://") || issuer.starts_with("http://")) {
@@ -260,7 +268,7 @@ impl Compiler<'_> {
                     );
                     self.report(line, &format!("{field}.jwksUri"), message);
                 }
-                KeySource::Remote { jwks_uri: None }
+                KeySource::Remote { jwks_uri: None, timeout }
             }
         };
         let mut locations = Vec::new();
@@ -307,15 +315,6 @@ impl Compiler<'_> {
                 Ok(_) => self.report(output.referenced.line(), &entry_field, "a claim is required".into()),
                 Err(message) => self.report(output.referenced.line(), &entry_field, message),
             }
-        }
-        if let Some(timeout) = &rule.timeout
-            && parse_duration(&timeout.value).is_none()
-        {
-            self.report(
-                timeout.referenced.line(),
-                &format!("{field}.timeout"),
-                format!("invalid duration `{}`", timeout.value),
-            );
         }
         let mut space_delimited_claims: Vec<Box<str>> =
             SPACE_DELIMITED_CLAIMS.iter().map(|&claim| claim.into()).collect();

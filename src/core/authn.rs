@@ -1,6 +1,7 @@
 //! Request authentication as Istio's RequestAuthentication defines it: where tokens are found, which rule verifies them, what reaches the service; pure.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -50,10 +51,19 @@ impl TokenLocation {
 /// Where a rule's keys come from.
 #[derive(Debug, Clone)]
 pub enum KeySource {
-    /// Fetched from `jwks_uri`, or found by OIDC discovery from the issuer when absent.
-    Remote { jwks_uri: Option<Box<str>> },
+    /// Fetched from `jwks_uri`, or found by OIDC discovery from the issuer when absent;
+    /// `timeout` bounds each fetch when the rule sets one.
+    Remote { jwks_uri: Option<Box<str>>, timeout: Option<Duration> },
     /// `jwks` written in the policy.
     Inline(Arc<KeySet>),
+}
+
+/// An issuer whose keys are fetched, as the key fetcher needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteIssuer {
+    pub issuer: Arc<str>,
+    pub jwks_uri: Option<Box<str>>,
+    pub timeout: Option<Duration>,
 }
 
 /// One header filled from a claim.

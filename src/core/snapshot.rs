@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use super::authn::{self, Authentication, AuthnContext, AuthnPolicy, JwtRule, KeySource};
+use super::authn::{self, Authentication, AuthnContext, AuthnPolicy, JwtRule, KeySource, RemoteIssuer};
 use super::decision::{Decision, DryRunOutcome, PolicyMatch, Reason};
 use super::identity::Identity;
 use super::jwt::JwtError;
@@ -99,14 +99,18 @@ impl Snapshot {
     }
 
     /// Every remote issuer of the set's JWT rules, once, with its `jwksUri` if it has one.
-    pub fn remote_issuers(&self) -> Vec<(Arc<str>, Option<Box<str>>)> {
+    pub fn remote_issuers(&self) -> Vec<RemoteIssuer> {
         let buckets = std::iter::once(&self.policies.mesh_wide).chain(self.policies.by_namespace.values());
-        let mut issuers: Vec<(Arc<str>, Option<Box<str>>)> = Vec::new();
+        let mut issuers: Vec<RemoteIssuer> = Vec::new();
         for rule in buckets.flat_map(|bucket| &bucket.authn).flat_map(|policy| policy.rules.iter()) {
-            if let KeySource::Remote { jwks_uri } = &rule.keys
-                && !issuers.iter().any(|(issuer, _)| *issuer == rule.issuer)
+            if let KeySource::Remote { jwks_uri, timeout } = &rule.keys
+                && !issuers.iter().any(|known| known.issuer == rule.issuer)
             {
-                issuers.push((rule.issuer.clone(), jwks_uri.clone()));
+                issuers.push(RemoteIssuer {
+                    issuer: rule.issuer.clone(),
+                    jwks_uri: jwks_uri.clone(),
+                    timeout: *timeout,
+                });
             }
         }
         issuers
