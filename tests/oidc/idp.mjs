@@ -1,0 +1,308 @@
+// A real OpenID Connect provider for portcullis's JWT tests, in Keycloak's URL layout.
+//
+//   node tests/oidc/idp.mjs [--port P] [--realm jobs] [--ttl SECONDS]
+//
+// The provider is `oidc-provider` (panva, OpenID Certified); this file only configures it. It
+// serves one realm on 127.0.0.1:P with the URLs a Keycloak realm has:
+//
+//   issuer     http://127.0.0.1:P/realms/REALM
+//   discovery  /realms/REALM/.well-known/openid-configuration
+//   JWKS       /realms/REALM/protocol/openid-connect/certs
+//   token      /realms/REALM/protocol/openid-connect/token
+//
+// and prints one JSON line on stdout once it listens:
+//   {"ready":true,"issuer":"...","port":P,"kid":"<current RS256 kid>","es256_kid":"..."}
+// `--port 0` (the default) picks a free port. SIGTERM and SIGINT stop it with exit 0.
+//
+// Tokens. oidc-provider implements no password grant (OAuth 2.1 removed it), so this file
+// registers one with the library's own extension point, `provider.registerGrantType`, shaped
+// like Keycloak's direct grant:
+//
+//   curl -s -d grant_type=password -d client_id=jobs-web -d username=alice -d password=alice \
+//        http://127.0.0.1:P/realms/jobs/protocol/openid-connect/token
+//
+// The answer is `{"access_token": "<JWT>", "token_type": "Bearer", "expires_in": 300, "scope": ...}`.
+// The access token is a JWT that oidc-provider signs (RS256, `kid` set) with Keycloak's claims:
+// iss, sub (a fixed UUID per user), aud, azp, exp, iat, jti, typ "Bearer", scope (default
+// "openid profile email"), preferred_username, email, name, realm_access.roles and
+// resource_access.<client>.roles. Header: {"alg":"RS256","typ":"JWT","kid":...}.
+//   users:   alice/alice  realm roles [default-roles-REALM, offline_access, uma_authorization, user]
+//            admin/admin  the same and admin
+//   clients: jobs-web   (public) aud ["jobs-api", "account"]
+//            other-app  (public) aud "account" only: for "audience not allowed" tests
+// Extra (non-Keycloak) token request parameter: `signing_alg=ES256` signs with the realm's
+// P-256 key instead of the current RS256 key. The ES256 key is always published in the JWKS.
+//
+// Test controls (outside the realm, not part of Keycloak):
+//   POST /admin/rotate[?drop_old=1]  new RS256 key with a new kid; new tokens are signed with it.
+//                                    Old RSA keys stay published unless drop_old=1.
+//                                    Answers {"kid": new kid, "kids": [every published kid]}.
+//   GET  /admin/keys                 {"kid": current RS256 kid, "kids": [...], "es256_kid": ...}
+//   GET  /admin/stats                how often discovery, the JWKS and the token endpoint were
+//                                    requested, and when the JWKS last was (ms since the epoch):
+//                                    {"discovery": n, "jwks": n, "token": n, "last_jwks_ms": t}
+//   POST /admin/jwks-status?code=503 make the JWKS endpoint answer that status (code=200: normal)
+// One line per request goes to stderr.
+
+import * as crypto from 'node:crypto';
+import * as http from 'node:http';
+import { parseArgs } from 'node:util';
+
+import Provider, { errors } from 'oidc-provider';
+
+const { values: args } = parseArgs({
+  options: {
+    port: { type: 'string', default: '0' },
+    realm: { type: 'string', default: 'jobs' },
+    ttl: { type: 'string', default: '300' },
+  },
+});
+
+const HOST = '127.0.0.1';
+const REALM = args.realm;
+const PREFIX = `/realms/${REALM}`;
+const ACCESS_TOKEN_TTL = Number(args.ttl);
+const DEFAULT_SCOPE = 'openid profile email';
+
+const DEFAULT_ROLES = [`default-roles-${REALM}`, 'offline_access', 'uma_authorization'];
+const ACCOUNT_ROLES = { roles: ['manage-account', 'manage-account-links', 'view-profile'] };
+const USERS = {
+  alice: {
+    password: 'alice',
+    sub: '0b2f5c3e-6a43-4c1e-9d3b-6f1f3a0c2a11',
+    email: 'alice@example.com',
+    given_name: 'Alice',
+    family_name: 'Liddell',
+    realmRoles: [...DEFAULT_ROLES, 'user'],
+    clientRoles: { 'jobs-web': ['viewer'] },
+  },
+  admin: {
+    password: 'admin',
+    sub: '7d8e0a52-2c0f-4b6a-8f0e-1d7c9b4e5f22',
+    email: 'admin@example.com',
+    given_name: 'Ada',
+    family_name: 'Admin',
+    realmRoles: [...DEFAULT_ROLES, 'user', 'admin'],
+    clientRoles: { 'jobs-web': ['viewer', 'editor'] },
+  },
+};
+// client_id -> the `aud` its access tokens carry (Keycloak: audience mappers / client scopes).
+const CLIENT_AUDIENCES = {
+  'jobs-web': ['jobs-api', 'account'],
+  'other-app': 'account',
+};
+
+// ---------------------------------------------------------------- keys
+
+function newKid() {
+  return crypto.randomBytes(24).toString('base64url');
+}
+
+function newRsaKey() {
+  const { privateKey } = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 });
+  return { ...privateKey.export({ format: 'jwk' }), kid: newKid(), alg: 'RS256', use: 'sig' };
+}
+
+function newEcKey() {
+  const { privateKey } = crypto.generateKeyPairSync('ec', { namedCurve: 'P-256' });
+  return { ...privateKey.export({ format: 'jwk' }), kid: newKid(), alg: 'ES256', use: 'sig' };
+}
+
+const keys = {
+  rsa: [newRsaKey()], // newest first; rsa[0] signs
+  ec: newEcKey(),
+};
+
+// ---------------------------------------------------------------- the provider
+
+// Per-token Keycloak claims, handed from the grant handler to the JWT customizer.
+const pendingClaims = new WeakMap();
+
+function keycloakClaims(username, user, clientId, scope) {
+  return {
+    typ: 'Bearer',
+    azp: clientId,
+    scope,
+    preferred_username: username,
+    email: user.email,
+    email_verified: true,
+    name: `${user.given_name} ${user.family_name}`,
+    given_name: user.given_name,
+    family_name: user.family_name,
+    realm_access: { roles: user.realmRoles },
+    resource_access: {
+      ...Object.fromEntries(Object.entries(user.clientRoles).map(([c, roles]) => [c, { roles }])),
+      account: ACCOUNT_ROLES,
+    },
+  };
+}
+
+function scopeOf(requested) {
+  const scopes = new Set(DEFAULT_SCOPE.split(' '));
+  for (const s of (requested || '').split(' ')) if (s) scopes.add(s);
+  return [...scopes].join(' ');
+}
+
+async function passwordGrant(ctx) {
+  const { client, params, provider } = ctx.oidc;
+  const user = Object.hasOwn(USERS, params.username) ? USERS[params.username] : undefined;
+  if (!user || !params.password || !crypto.timingSafeEqual(
+    crypto.createHash('sha256').update(params.password).digest(),
+    crypto.createHash('sha256').update(user.password).digest(),
+  )) {
+    const error = new errors.InvalidGrant();
+    error.error_description = 'Invalid user credentials'; // Keycloak's wording
+    throw error;
+  }
+  const alg = params.signing_alg || 'RS256';
+  if (alg !== 'RS256' && alg !== 'ES256') {
+    throw new errors.InvalidRequest('signing_alg must be RS256 or ES256');
+  }
+  const kid = alg === 'ES256' ? keys.ec.kid : keys.rsa[0].kid;
+  const scope = scopeOf(params.scope);
+  const resourceServer = new provider.ResourceServer(`urn:${REALM}:access-token`, {
+    audience: 'account',
+    scope,
+    accessTokenFormat: 'jwt',
+    accessTokenTTL: ACCESS_TOKEN_TTL,
+    jwt: { sign: { alg, kid } },
+  });
+  const token = new provider.AccessToken({
+    accountId: user.sub,
+    client,
+    scope,
+    gty: 'password',
+    resourceServer,
+    expiresIn: ACCESS_TOKEN_TTL,
+  });
+  pendingClaims.set(token, keycloakClaims(params.username, user, client.clientId, scope));
+  ctx.oidc.entity('AccessToken', token);
+  const value = await token.save();
+  ctx.body = {
+    access_token: value,
+    expires_in: ACCESS_TOKEN_TTL,
+    refresh_expires_in: 0,
+    token_type: 'Bearer',
+    'not-before-policy': 0,
+    scope,
+  };
+}
+
+function customizeJwt(ctx, token, jwt) {
+  const claims = pendingClaims.get(token);
+  if (!claims) return;
+  jwt.header = { typ: 'JWT' };
+  const { payload } = jwt;
+  delete payload.client_id;
+  Object.assign(payload, claims);
+  payload.aud = CLIENT_AUDIENCES[token.clientId];
+}
+
+function buildProvider(issuer) {
+  const provider = new Provider(issuer, {
+    clients: [
+      {
+        client_id: 'jobs-web', token_endpoint_auth_method: 'none', grant_types: ['password'], response_types: [], redirect_uris: [],
+      },
+      {
+        client_id: 'other-app', token_endpoint_auth_method: 'none', grant_types: ['password'], response_types: [], redirect_uris: [],
+      },
+    ],
+    jwks: { keys: [...keys.rsa, keys.ec] },
+    routes: {
+      authorization: '/protocol/openid-connect/auth',
+      end_session: '/protocol/openid-connect/logout',
+      introspection: '/protocol/openid-connect/token/introspect',
+      jwks: '/protocol/openid-connect/certs',
+      revocation: '/protocol/openid-connect/revoke',
+      token: '/protocol/openid-connect/token',
+      userinfo: '/protocol/openid-connect/userinfo',
+    },
+    ttl: { AccessToken: ACCESS_TOKEN_TTL },
+    features: { devInteractions: { enabled: false } },
+    formats: { customizers: { jwt: customizeJwt } },
+    cookies: { keys: [crypto.randomBytes(32).toString('base64url')] },
+    async findAccount(ctx, id) {
+      const entry = Object.entries(USERS).find(([, u]) => u.sub === id);
+      if (!entry) return undefined;
+      return { accountId: id, claims: async () => ({ sub: id, preferred_username: entry[0], email: entry[1].email }) };
+    },
+  });
+  provider.registerGrantType('password', passwordGrant, ['username', 'password', 'scope', 'signing_alg']);
+  provider.on('server_error', (ctx, err) => console.error('oidc-provider server_error:', err));
+  provider.on('grant.error', (ctx, err) => console.error('oidc-provider grant.error:', err.message, err.error_description ?? ''));
+  return { provider, handle: provider.callback() };
+}
+
+// ---------------------------------------------------------------- HTTP
+
+const stats = { discovery: 0, jwks: 0, token: 0, last_jwks_ms: null };
+let jwksStatus = 200;
+let issuer;
+let current; // { provider, handle }: rebuilt when the keys change
+
+function sendJson(res, status, body) {
+  const text = JSON.stringify(body);
+  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) });
+  res.end(text);
+}
+
+function keyInfo() {
+  return { kid: keys.rsa[0].kid, kids: [...keys.rsa.map((k) => k.kid), keys.ec.kid], es256_kid: keys.ec.kid };
+}
+
+function admin(req, res, url) {
+  const route = `${req.method} ${url.pathname}`;
+  if (route === 'POST /admin/rotate') {
+    const fresh = newRsaKey();
+    keys.rsa = url.searchParams.get('drop_old') === '1' ? [fresh] : [fresh, ...keys.rsa];
+    current = buildProvider(issuer);
+    return sendJson(res, 200, keyInfo());
+  }
+  if (route === 'GET /admin/keys') return sendJson(res, 200, keyInfo());
+  if (route === 'GET /admin/stats') return sendJson(res, 200, stats);
+  if (route === 'POST /admin/jwks-status') {
+    const code = Number(url.searchParams.get('code') ?? '200');
+    if (!Number.isInteger(code) || code < 200 || code > 599) return sendJson(res, 400, { error: 'code must be an HTTP status' });
+    jwksStatus = code;
+    return sendJson(res, 200, { jwks_status: jwksStatus });
+  }
+  return sendJson(res, 404, { error: `no admin route ${route}` });
+}
+
+const server = http.createServer((req, res) => {
+  res.on('finish', () => console.error(`${req.method} ${req.originalUrl ?? req.url} ${res.statusCode}`));
+  const url = new URL(req.url, `http://${HOST}`);
+  if (url.pathname.startsWith('/admin/')) return admin(req, res, url);
+  if (url.pathname !== PREFIX && !url.pathname.startsWith(`${PREFIX}/`)) {
+    return sendJson(res, 404, { error: 'Realm does not exist' });
+  }
+  const inner = url.pathname.slice(PREFIX.length);
+  if (inner === '/.well-known/openid-configuration') stats.discovery += 1;
+  if (inner === '/protocol/openid-connect/certs') {
+    stats.jwks += 1;
+    stats.last_jwks_ms = Date.now();
+    if (jwksStatus !== 200) return sendJson(res, jwksStatus, { error: 'unavailable' });
+  }
+  if (inner === '/protocol/openid-connect/token') stats.token += 1;
+  // Mount the provider under PREFIX, as Express does: oidc-provider reads the mount path from
+  // req.originalUrl minus req.url.
+  req.originalUrl = req.url;
+  req.url = req.url.slice(PREFIX.length) || '/';
+  return current.handle(req, res);
+});
+
+function stop() {
+  server.close(() => process.exit(0));
+  server.closeAllConnections();
+  setTimeout(() => process.exit(0), 1000).unref();
+}
+process.on('SIGTERM', stop);
+process.on('SIGINT', stop);
+
+server.listen(Number(args.port), HOST, () => {
+  const { port } = server.address();
+  issuer = `http://${HOST}:${port}${PREFIX}`;
+  current = buildProvider(issuer);
+  process.stdout.write(`${JSON.stringify({ ready: true, issuer, port, ...keyInfo() })}\n`);
+});
