@@ -11,16 +11,17 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::transport::server::TcpIncoming;
 
-use crate::admin;
 use crate::config::ConfigError;
 use crate::config::load::{LoadedPolicies, load_policies};
-use crate::core::Snapshot;
 use crate::core::authn::AuthnContext;
+use crate::core::matcher::IpMatch;
+use crate::core::{Decision, Reason, Request, Snapshot};
 use crate::grpc::CheckService;
 use crate::jwks::KeyStore;
 use crate::settings::{Settings, SettingsError};
 use crate::telemetry::Metrics;
 use crate::token_cache::VerifiedTokenCache;
+use crate::{admin, http};
 
 /// How long in-flight checks may take to finish after a shutdown signal.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -60,6 +61,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub keys: Arc<KeyStore>,
     pub token_cache: Arc<VerifiedTokenCache>,
+    /// Peers whose forwarding headers the HTTP door believes.
+    pub trusted_proxies: Vec<IpMatch>,
     pub settings: Settings,
 }
 
@@ -67,6 +70,24 @@ impl AppState {
     /// What authentication needs for one check, at the current time.
     pub fn authn_context(&self) -> AuthnContext<'_> {
         self.settings.authn_context(&*self.keys, &*self.token_cache)
+    }
+
+    /// Decides a request. When its token names a key the issuer's set lacks (the IdP may have
+    /// rotated), the keys are refetched (single-flight, rate-limited, waited for at most
+    /// `jwks_refetch_wait_ms`) and the request decided again.
+    pub async fn decide(&self, snapshot: &Snapshot, request: &Request<'_>) -> Decision {
+        let mut decision = snapshot.check(request, &self.authn_context());
+        if decision.reason == Reason::InternalError {
+            tracing::error!("Check panicked; denied the request");
+        }
+        if let Some(issuer) = decision.stale_issuer.take() {
+            let wait = Duration::from_millis(self.settings.jwks_refetch_wait_ms);
+            if tokio::time::timeout(wait, self.keys.refetch(&issuer)).await.unwrap_or(false) {
+                decision = snapshot.check(request, &self.authn_context());
+                decision.stale_issuer = None;
+            }
+        }
+        decision
     }
 }
 
@@ -112,10 +133,13 @@ pub async fn serve(settings: Settings) -> Result<(), AppError> {
         metrics,
         keys: Arc::new(keys),
         token_cache,
+        trusted_proxies: http::trusted_proxies(&settings.trusted_proxies)
+            .map_err(|message| AppError::Settings(SettingsError::TrustedProxies(message)))?,
         settings: settings.clone(),
     });
 
     let grpc_listener = bind("grpc", settings.grpc_listen).await?;
+    let http_listener = bind("http", settings.http_listen).await?;
     let admin_listener = bind("admin", settings.admin_listen).await?;
     let (shutdown_sender, shutdown) = watch::channel(false);
 
@@ -129,6 +153,10 @@ pub async fn serve(settings: Settings) -> Result<(), AppError> {
         .serve_with_incoming_shutdown(TcpIncoming::from(grpc_listener), wait_for(shutdown.clone()));
     let admin =
         axum::serve(admin_listener, admin::router(state.clone())).with_graceful_shutdown(wait_for(shutdown.clone()));
+    let http_door =
+        axum::serve(http_listener, http::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(wait_for(shutdown.clone()));
+    let http_task = tokio::spawn(async move { http_door.await });
     let grpc_task = tokio::spawn(grpc);
     let admin_task = tokio::spawn(async move { admin.await });
     tokio::spawn(become_ready(state.clone(), Duration::from_secs(settings.jwks_ready_timeout_secs)));
@@ -142,18 +170,19 @@ pub async fn serve(settings: Settings) -> Result<(), AppError> {
 
     let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
         let grpc_result = grpc_task.await;
+        let http_result = http_task.await;
         let admin_result = admin_task.await;
-        (grpc_result, admin_result)
+        (grpc_result, http_result, admin_result)
     })
     .await;
     match drained {
-        Ok((Ok(Ok(())), Ok(Ok(())))) => {
+        Ok((Ok(Ok(())), Ok(Ok(())), Ok(Ok(())))) => {
             tracing::info!("Stopped");
             Ok(())
         }
-        Ok((grpc, admin)) => {
-            let message = format!("grpc: {grpc:?}, admin: {admin:?}");
-            Err(AppError::Serve { door: "grpc/admin", message })
+        Ok((grpc, http, admin)) => {
+            let message = format!("grpc: {grpc:?}, http: {http:?}, admin: {admin:?}");
+            Err(AppError::Serve { door: "grpc/http/admin", message })
         }
         Err(_) => {
             tracing::warn!(timeout_secs = DRAIN_TIMEOUT.as_secs(), "Drain timed out; exiting");

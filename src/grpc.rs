@@ -1,9 +1,8 @@
 //! The ext_authz gRPC door: `CheckRequest` → core request, `Decision` → `CheckResponse`. The one place decisions become gRPC.
 
 use std::collections::HashMap;
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
 use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption, address, socket_address};
@@ -48,16 +47,10 @@ impl Authorization for CheckService {
         let started = Instant::now();
         let check = request.into_inner();
         let live = self.state.policies.load();
-        let mut decision = decide(&live.snapshot, &check, &self.state.authn_context());
-        if let Some(issuer) = decision.stale_issuer.take() {
-            // The token names a key we do not have: the IdP may have rotated. Refetch (bounded,
-            // single-flight, rate-limited) and decide again.
-            let wait = Duration::from_millis(self.state.settings.jwks_refetch_wait_ms);
-            if tokio::time::timeout(wait, self.state.keys.refetch(&issuer)).await.unwrap_or(false) {
-                decision = decide(&live.snapshot, &check, &self.state.authn_context());
-                decision.stale_issuer = None;
-            }
-        }
+        let decision = match request_from_check(&check) {
+            Some(request) => self.state.decide(&live.snapshot, &request).await,
+            None => Decision::new(Reason::MalformedRequest, None),
+        };
         let elapsed = started.elapsed();
         self.state.metrics.record_check(Door::Grpc, &decision, elapsed);
         if tracing::event_enabled!(tracing::Level::DEBUG) {
@@ -69,16 +62,12 @@ impl Authorization for CheckService {
     }
 }
 
-/// Decides a check; a check without attributes or a panic inside the core becomes a deny.
+/// Decides a check once, with no key refetch; a check without attributes is denied.
 pub fn decide(snapshot: &Snapshot, check: &CheckRequest, context: &AuthnContext<'_>) -> Decision {
-    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| match request_from_check(check) {
+    match request_from_check(check) {
         Some(request) => snapshot.check(&request, context),
         None => Decision::new(Reason::MalformedRequest, None),
-    }));
-    outcome.unwrap_or_else(|_| {
-        tracing::error!("Check panicked; denying the request");
-        Decision::new(Reason::InternalError, None)
-    })
+    }
 }
 
 /// Borrows the attributes of a `CheckRequest`; `None` when it has none.

@@ -12,6 +12,7 @@ pub mod cli;
 pub mod config;
 pub mod core;
 pub mod grpc;
+pub mod http;
 pub mod jwks;
 pub mod settings;
 pub mod telemetry;

@@ -24,6 +24,8 @@ pub enum SettingsError {
     Parse { file: PathBuf, line: u64, message: String },
     #[error("workloads[{index}]: {message}")]
     Workload { index: usize, message: String },
+    #[error("trusted_proxies: {0}")]
+    TrustedProxies(String),
 }
 
 /// The effective settings of a running server.
@@ -44,6 +46,10 @@ pub struct Settings {
     pub trusted_proxy_hops: usize,
     /// Merge repeated slashes in paths before matching.
     pub merge_slashes: bool,
+    /// Peers whose forwarding headers the HTTP door believes (addresses or CIDRs).
+    pub trusted_proxies: Vec<String>,
+    /// A prefix the HTTP door strips from the path in Envoy's HTTP mode (`path_prefix`).
+    pub http_path_prefix: String,
     /// Names workloads for requests that carry neither context extensions nor a destination
     /// principal (Istio's CUSTOM hop).
     pub workloads: Vec<WorkloadSetting>,
@@ -83,6 +89,8 @@ impl Default for Settings {
             root_namespace: "istio-system".into(),
             trusted_proxy_hops: 0,
             merge_slashes: true,
+            trusted_proxies: vec!["127.0.0.0/8".into(), "::1/128".into()],
+            http_path_prefix: String::new(),
             workloads: Vec::new(),
             clock_skew_secs: 60,
             max_token_bytes: 8 * 1024,
@@ -151,6 +159,7 @@ impl Settings {
         settings.log_format = log_format.unwrap_or(settings.log_format);
         settings.log_level = log_level.unwrap_or(settings.log_level);
         settings.workload_table()?;
+        crate::http::trusted_proxies(&settings.trusted_proxies).map_err(SettingsError::TrustedProxies)?;
         Ok(settings)
     }
 

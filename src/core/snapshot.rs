@@ -132,7 +132,14 @@ impl Snapshot {
     /// Decides one request: its path is normalized, its token (if any) verified, then
     /// policies apply in Istio's order: DENY, then ALLOW; AUDIT and dry-run policies are
     /// evaluated alongside and never change the verdict.
+    ///
+    /// It cannot fail: a panic inside (a bug) is caught and becomes a deny, `internal_error`.
     pub fn check(&self, request: &Request<'_>, context: &AuthnContext<'_>) -> Decision {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.check_unguarded(request, context)))
+            .unwrap_or_else(|_| Decision::new(Reason::InternalError, None))
+    }
+
+    fn check_unguarded(&self, request: &Request<'_>, context: &AuthnContext<'_>) -> Decision {
         let workload = self.workloads.resolve(request);
         let Some(http) = &request.http else {
             // TCP: no tokens to look for.

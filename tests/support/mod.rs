@@ -27,6 +27,7 @@ pub fn portcullis() -> Command {
 pub struct Server {
     child: Child,
     pub grpc: SocketAddr,
+    pub http: SocketAddr,
     pub admin: SocketAddr,
     log: mpsc::Receiver<String>,
     /// Lines read while waiting for the listeners.
@@ -36,8 +37,16 @@ pub struct Server {
 impl Server {
     /// Starts `serve` on `127.0.0.1:0` ports with the given policy paths; waits until ready.
     pub fn start(policies: &[&Path]) -> Self {
+        Self::start_with(policies, None)
+    }
+
+    /// The same, with a settings file.
+    pub fn start_with(policies: &[&Path], config: Option<&Path>) -> Self {
         let mut command = portcullis();
         command.arg("serve");
+        if let Some(config) = config {
+            command.arg("--config").arg(config);
+        }
         for path in policies {
             command.arg("--policies").arg(path);
         }
@@ -55,20 +64,23 @@ impl Server {
                 }
             }
         });
-        let (mut grpc, mut admin) = (None, None);
+        let (mut grpc, mut http, mut admin) = (None, None, None);
         let mut early_log = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(20);
-        while grpc.is_none() || admin.is_none() {
+        while grpc.is_none() || http.is_none() || admin.is_none() {
             let remaining = deadline.saturating_duration_since(Instant::now());
             let line = log.recv_timeout(remaining).expect("the server logs its listeners in time");
             if let Some(address) = listening_address(&line, "grpc") {
                 grpc = Some(address);
+            } else if let Some(address) = listening_address(&line, "http") {
+                http = Some(address);
             } else if let Some(address) = listening_address(&line, "admin") {
                 admin = Some(address);
             }
             early_log.push(line);
         }
-        let server = Self { child, grpc: grpc.expect("grpc"), admin: admin.expect("admin"), log, early_log };
+        let (grpc, http, admin) = (grpc.expect("grpc"), http.expect("http"), admin.expect("admin"));
+        let server = Self { child, grpc, http, admin, log, early_log };
         server.wait_ready();
         server
     }
@@ -112,17 +124,24 @@ fn listening_address(line: &str, door: &str) -> Option<SocketAddr> {
 
 /// A minimal HTTP/1.1 GET: status and body.
 pub fn http_get(address: SocketAddr, path: &str) -> (u16, String) {
+    let (status, _, body) = http_request(address, "GET", path, &[]);
+    (status, body)
+}
+
+/// A minimal HTTP/1.1 request: status, response head (lower-cased) and body.
+pub fn http_request(address: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]) -> (u16, String, String) {
     let Ok(mut stream) = TcpStream::connect_timeout(&address, Duration::from_secs(2)) else {
-        return (0, String::new());
+        return (0, String::new(), String::new());
     };
     let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+    let extra: String = headers.iter().map(|(name, value)| format!("{name}: {value}\r\n")).collect();
+    let request = format!("{method} {path} HTTP/1.1\r\nHost: {address}\r\n{extra}Connection: close\r\n\r\n");
     if stream.write_all(request.as_bytes()).is_err() {
-        return (0, String::new());
+        return (0, String::new(), String::new());
     }
     let mut response = String::new();
     let _ = stream.read_to_string(&mut response);
     let status = response.split_whitespace().nth(1).and_then(|code| code.parse().ok()).unwrap_or(0);
-    let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or_default();
-    (status, body)
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    (status, head.to_ascii_lowercase(), body.to_string())
 }

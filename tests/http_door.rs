@@ -1,0 +1,110 @@
+//! The HTTP forward-auth door over real sockets: each proxy's way of naming the original request, and trust in forwarding headers.
+
+mod support;
+
+use support::{Server, http_request, repo_path};
+
+const CONTEXT: &str = "?namespace=job-service&app=job-service";
+
+/// A name, the method and path of the request to the door, its headers, and the expected status.
+type Case<'a> = (&'a str, &'a str, String, Vec<(&'a str, &'a str)>, u16);
+
+#[test]
+fn each_proxy_dialect_names_the_original_request() {
+    let server = Server::start(&[&repo_path("policies")]);
+    let cases: Vec<Case> = vec![
+        (
+            "nginx auth_request, allowed read",
+            "GET",
+            format!("/_auth{CONTEXT}"),
+            vec![("X-Original-URI", "/api/jobs?page=1"), ("X-Original-Method", "GET")],
+            200,
+        ),
+        (
+            "nginx auth_request, anonymous write",
+            "GET",
+            format!("/_auth{CONTEXT}"),
+            vec![("X-Original-URI", "/api/jobs"), ("X-Original-Method", "POST")],
+            403,
+        ),
+        (
+            "Traefik forwardAuth, allowed read",
+            "GET",
+            format!("/{CONTEXT}"),
+            vec![
+                ("X-Forwarded-Uri", "/api/jobcategories"),
+                ("X-Forwarded-Method", "GET"),
+                ("X-Forwarded-Host", "jobs.example.com"),
+                ("X-Forwarded-Proto", "https"),
+            ],
+            200,
+        ),
+        (
+            "Traefik forwardAuth, traversal to a denied path",
+            "GET",
+            format!("/{CONTEXT}"),
+            vec![("X-Forwarded-Uri", "/api/jobs/%2e%2e/%2e%2e/debug/x"), ("X-Forwarded-Method", "GET")],
+            403,
+        ),
+        (
+            "ingress-nginx, whole URL",
+            "GET",
+            format!("/{CONTEXT}"),
+            vec![("X-Original-URL", "https://jobs.example.com/api/jobs/7"), ("X-Original-Method", "DELETE")],
+            403,
+        ),
+        (
+            "Envoy HTTP mode, the request itself",
+            "GET",
+            "/api/jobs".into(),
+            vec![("x-portcullis-context", "namespace=job-service,app=job-service")],
+            200,
+        ),
+        (
+            "Envoy HTTP mode, a write",
+            "PATCH",
+            "/api/jobs/1".into(),
+            vec![("x-portcullis-context", "namespace=job-service,app=job-service")],
+            403,
+        ),
+        (
+            "a bad token",
+            "GET",
+            format!("/{CONTEXT}"),
+            vec![("X-Original-URI", "/api/jobs"), ("Authorization", "Bearer a.b")],
+            401,
+        ),
+        ("an unsafe path", "GET", format!("/{CONTEXT}"), vec![("X-Original-URI", "/api/jobs/%00")], 400),
+    ];
+    let mut failures = Vec::new();
+    for (name, method, path, headers, expected) in &cases {
+        let (status, head, body) = http_request(server.http, method, path, headers);
+        if status != *expected {
+            failures.push(format!("{name}: expected {expected}, got {status} {body:?}"));
+        }
+        if *expected == 403 && body != "RBAC: access denied" {
+            failures.push(format!("{name}: body {body:?}"));
+        }
+        if *expected == 401 && !head.contains("www-authenticate: bearer realm=") {
+            failures.push(format!("{name}: no www-authenticate in {head}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    let (_, head, _) = http_request(server.http, "GET", &format!("/{CONTEXT}"), &[("X-Original-URI", "/api/jobs")]);
+    assert!(head.contains("x-envoy-auth-headers-to-remove: x-jwt-payload,x-user,x-user-id"), "{head}");
+    assert_eq!(server.terminate().code(), Some(0));
+}
+
+#[test]
+fn forwarding_headers_from_untrusted_peers_are_ignored() {
+    let config = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(config.path(), "trusted_proxies: [10.0.0.0/8]\n").expect("write");
+    let server = Server::start_with(&[&repo_path("policies")], Some(config.path()));
+    // Loopback is not trusted now: the request is judged on its own path, not the one it claims.
+    let (status, _, body) = http_request(server.http, "GET", "/debug/pprof", &[("X-Original-URI", "/api/jobs")]);
+    assert_eq!((status, body.as_str()), (403, "RBAC: access denied"));
+    let (status, _, _) =
+        http_request(server.http, "GET", "/api/jobs", &[("x-portcullis-context", "namespace=job-service")]);
+    assert_eq!(status, 200, "no context from an untrusted peer: no namespace policies apply");
+    assert_eq!(server.terminate().code(), Some(0));
+}
