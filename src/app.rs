@@ -1,4 +1,4 @@
-//! Composition root: first policy set, listeners, the gRPC and admin servers, and graceful shutdown.
+//! Composition root: first policy set, listeners, the gRPC, HTTP and admin servers, reload, and graceful shutdown.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,12 +19,10 @@ use crate::core::{Decision, Reason, Request, Snapshot};
 use crate::grpc::CheckService;
 use crate::jwks::KeyStore;
 use crate::settings::{Settings, SettingsError};
+use crate::telemetry::DecisionLog;
 use crate::telemetry::Metrics;
 use crate::token_cache::VerifiedTokenCache;
-use crate::{admin, http};
-
-/// How long in-flight checks may take to finish after a shutdown signal.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+use crate::{admin, http, reload};
 
 /// Why the server could not start or run.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +61,9 @@ pub struct AppState {
     pub token_cache: Arc<VerifiedTokenCache>,
     /// Peers whose forwarding headers the HTTP door believes.
     pub trusted_proxies: Vec<IpMatch>,
+    pub decision_log: DecisionLog,
+    /// Held while a reload runs, so that reloads never overlap.
+    pub reloading: tokio::sync::Mutex<()>,
     pub settings: Settings,
 }
 
@@ -88,6 +89,11 @@ impl AppState {
             }
         }
         decision
+    }
+
+    /// Whether the answer is an allow: the decision's, or always under the global dry run.
+    pub fn answers_allow(&self, decision: &Decision) -> bool {
+        decision.is_allow() || self.settings.dry_run
     }
 }
 
@@ -125,8 +131,9 @@ pub async fn serve(settings: Settings) -> Result<(), AppError> {
     let metrics = Arc::new(Metrics::new());
     metrics.record_policy_set(1, snapshot.policy_count());
     let token_cache = Arc::new(VerifiedTokenCache::new(settings.token_cache_entries, metrics.clone()));
-    let keys = KeyStore::new(snapshot.remote_issuers(), settings.fetch_limits(), metrics.clone(), token_cache.clone())
+    let keys = KeyStore::new(settings.fetch_limits(), metrics.clone(), token_cache.clone())
         .map_err(|error| AppError::Serve { door: "jwks", message: error.to_string() })?;
+    keys.add_issuers(snapshot.remote_issuers());
     let state = Arc::new(AppState {
         policies: ArcSwap::from_pointee(LivePolicies { snapshot, generation: 1 }),
         ready: AtomicBool::new(false),
@@ -135,6 +142,8 @@ pub async fn serve(settings: Settings) -> Result<(), AppError> {
         token_cache,
         trusted_proxies: http::trusted_proxies(&settings.trusted_proxies)
             .map_err(|message| AppError::Settings(SettingsError::TrustedProxies(message)))?,
+        decision_log: DecisionLog::new(&settings),
+        reloading: tokio::sync::Mutex::new(()),
         settings: settings.clone(),
     });
 
@@ -160,6 +169,7 @@ pub async fn serve(settings: Settings) -> Result<(), AppError> {
     let grpc_task = tokio::spawn(grpc);
     let admin_task = tokio::spawn(async move { admin.await });
     tokio::spawn(become_ready(state.clone(), Duration::from_secs(settings.jwks_ready_timeout_secs)));
+    tokio::spawn(reload::watch(state.clone(), shutdown.clone()));
 
     shutdown_signal().await;
     tracing::info!("Shutting down: no longer ready, draining in-flight checks");
@@ -168,7 +178,8 @@ pub async fn serve(settings: Settings) -> Result<(), AppError> {
     health_reporter.set_not_serving::<AuthorizationServer<CheckService>>().await;
     let _ = shutdown_sender.send(true);
 
-    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+    let drain_timeout = Duration::from_secs(settings.drain_timeout_secs);
+    let drained = tokio::time::timeout(drain_timeout, async {
         let grpc_result = grpc_task.await;
         let http_result = http_task.await;
         let admin_result = admin_task.await;
@@ -185,7 +196,7 @@ pub async fn serve(settings: Settings) -> Result<(), AppError> {
             Err(AppError::Serve { door: "grpc/http/admin", message })
         }
         Err(_) => {
-            tracing::warn!(timeout_secs = DRAIN_TIMEOUT.as_secs(), "Drain timed out; exiting");
+            tracing::warn!(timeout_secs = drain_timeout.as_secs(), "Drain timed out; exiting");
             Ok(())
         }
     }
@@ -197,14 +208,17 @@ pub async fn serve(settings: Settings) -> Result<(), AppError> {
 /// fresh in the background.
 async fn become_ready(state: Arc<AppState>, bound: Duration) {
     let keys = state.keys.clone();
-    let _ = tokio::time::timeout(bound, keys.fetch_all()).await;
+    let issuers = keys.issuer_names();
+    let _ = tokio::time::timeout(bound, keys.fetch(&issuers)).await;
     let missing: Vec<String> = keys.missing().iter().map(ToString::to_string).collect();
     if !missing.is_empty() {
         tracing::warn!(?missing, "Ready without the keys of some issuers; retrying in the background");
     }
+    for issuer in issuers {
+        keys.keep_fresh(issuer);
+    }
     state.ready.store(true, Ordering::Release);
     tracing::info!("Ready");
-    keys.refresh_forever().await;
 }
 
 async fn wait_for(mut shutdown: watch::Receiver<bool>) {

@@ -164,7 +164,7 @@ impl From<&Decision> for DecisionReport {
                 .iter()
                 .map(|(name, value)| (name.to_string(), value.clone()))
                 .collect(),
-            principal: decision.principal.clone(),
+            principal: decision.identity.as_ref().map(|id| format!("{}/{}", id.issuer(), id.subject())),
             audit_policy: decision.audit.as_ref().map(ToString::to_string),
             dry_run: decision.dry_run.as_ref().map(|outcome| DryRunReport {
                 decision: verdict(outcome.would_allow),
@@ -203,9 +203,10 @@ pub fn check(settings: &Settings, request_file: &Path) -> Result<bool, String> {
     let cache = Arc::new(VerifiedTokenCache::new(0, metrics.clone()));
     let issuers = snapshot.remote_issuers();
     let fetch_keys = !issuers.is_empty();
-    let keys = KeyStore::new(issuers, settings.fetch_limits(), metrics, cache.clone())
+    let keys = KeyStore::new(settings.fetch_limits(), metrics, cache.clone())
         .map(Arc::new)
         .map_err(|error| format!("cannot build the HTTP client: {error}"))?;
+    let issuers = keys.add_issuers(issuers);
     if fetch_keys {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -213,7 +214,7 @@ pub fn check(settings: &Settings, request_file: &Path) -> Result<bool, String> {
             .map_err(|error| format!("cannot start the runtime: {error}"))?;
         let bound = std::time::Duration::from_secs(settings.jwks_ready_timeout_secs);
         // Issuers left without keys refuse their tokens with `Jwks remote fetch is failed`.
-        let _ = runtime.block_on(async { tokio::time::timeout(bound, keys.fetch_all()).await });
+        let _ = runtime.block_on(async { tokio::time::timeout(bound, keys.fetch(&issuers)).await });
     }
     let decision = snapshot.check(&file.request(&headers), &settings.authn_context(&*keys, &*cache));
     let report = DecisionReport::from(&decision);

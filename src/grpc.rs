@@ -19,7 +19,7 @@ use envoy_types::pb::google::rpc;
 use crate::app::AppState;
 use crate::core::authn::AuthnContext;
 use crate::core::{Decision, HttpRequest, Peer, Reason, Request, Snapshot};
-use crate::telemetry::{self, Door};
+use crate::telemetry::{DecisionRecord, Door};
 
 /// gRPC status codes used in `CheckResponse.status`.
 const OK: i32 = 0;
@@ -53,12 +53,12 @@ impl Authorization for CheckService {
         };
         let elapsed = started.elapsed();
         self.state.metrics.record_check(Door::Grpc, &decision, elapsed);
-        if tracing::event_enabled!(tracing::Level::DEBUG) {
-            let http = check.attributes.as_ref().and_then(|a| a.request.as_ref()).and_then(|r| r.http.as_ref());
-            let (method, host, path) = http.map_or(("", "", ""), |http| (&*http.method, &*http.host, &*http.path));
-            telemetry::log_decision(Door::Grpc, method, host, path, &decision, elapsed);
-        }
-        Ok(tonic::Response::new(check_response(&decision)))
+        let http = check.attributes.as_ref().and_then(|a| a.request.as_ref()).and_then(|r| r.http.as_ref());
+        let (method, host, path) = http.map_or(("", "", ""), |http| (&*http.method, &*http.host, &*http.path));
+        let request_id = http.and_then(|http| http.headers.get("x-request-id")).map_or("", String::as_str);
+        let record = DecisionRecord { door: Door::Grpc, request_id, method, host, path, decision: &decision, elapsed };
+        self.state.decision_log.record(&record);
+        Ok(tonic::Response::new(check_response(&decision, self.state.answers_allow(&decision))))
     }
 }
 
@@ -160,10 +160,11 @@ fn http_request(http: &attribute_context::HttpRequest) -> HttpRequest<'_> {
     request
 }
 
-/// The one place a decision becomes a `CheckResponse`.
-pub fn check_response(decision: &Decision) -> CheckResponse {
+/// The one place a decision becomes a `CheckResponse`; `allow` is false for a deny that is
+/// enforced (the global dry run answers every deny with an allow).
+pub fn check_response(decision: &Decision, allow: bool) -> CheckResponse {
     let reason = decision.reason;
-    let (code, http_response) = if decision.is_allow() {
+    let (code, http_response) = if allow {
         let ok = OkHttpResponse {
             headers: decision.headers_to_set.iter().map(|(name, value)| header_option(name, value)).collect(),
             headers_to_remove: decision.headers_to_remove.iter().map(ToString::to_string).collect(),

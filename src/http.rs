@@ -13,7 +13,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Request as HttpRequestIn, R
 use crate::app::AppState;
 use crate::core::matcher::IpMatch;
 use crate::core::{Decision, HttpRequest, Peer, Request};
-use crate::telemetry::{self, Door};
+use crate::telemetry::{DecisionRecord, Door};
 
 /// The header that lists, for Envoy, the request headers to strip on allow.
 const HEADERS_TO_REMOVE: &str = "x-envoy-auth-headers-to-remove";
@@ -38,8 +38,11 @@ async fn check(
     let decision = state.decide(&live.snapshot, &original.request()).await;
     let elapsed = started.elapsed();
     state.metrics.record_check(Door::Http, &decision, elapsed);
-    telemetry::log_decision(Door::Http, &original.method, &original.host, &original.path, &decision, elapsed);
-    answer(&decision)
+    let request_id = incoming.headers().get("x-request-id").and_then(|id| id.to_str().ok()).unwrap_or_default();
+    let (method, host, path) = (&original.method, &original.host, &original.path);
+    let record = DecisionRecord { door: Door::Http, request_id, method, host, path, decision: &decision, elapsed };
+    state.decision_log.record(&record);
+    answer(&decision, state.answers_allow(&decision))
 }
 
 /// The request being authorized, as read from the forward-auth request.
@@ -145,9 +148,9 @@ fn parse_pairs(text: &str, separator: char) -> HashMap<String, String> {
         .collect()
 }
 
-/// The one place a decision becomes an HTTP answer.
-fn answer(decision: &Decision) -> Response<Body> {
-    let mut response = if decision.is_allow() {
+/// The one place a decision becomes an HTTP answer; `allow` is false for an enforced deny.
+fn answer(decision: &Decision, allow: bool) -> Response<Body> {
+    let mut response = if allow {
         let mut response = Response::new(Body::empty());
         for (name, value) in &decision.headers_to_set {
             insert(response.headers_mut(), name, value);

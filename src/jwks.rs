@@ -3,10 +3,9 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwapOption;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use reqwest::Url;
 
 use crate::core::authn::{KeyLookup, RemoteIssuer};
@@ -56,14 +55,15 @@ struct Issuer {
     fetching: tokio::sync::Mutex<()>,
     /// When the last refetch for an unknown `kid` started; periodic fetches do not count.
     last_refetch: std::sync::Mutex<Option<Instant>>,
-    /// The first fetch attempt finished, whatever its result.
-    attempted: AtomicBool,
+    last_success: std::sync::Mutex<Option<Instant>>,
 }
 
-/// The keys of every remote issuer of the policy set.
+/// The keys of every remote issuer of the live policy set; issuers are added on reload.
 #[derive(Debug)]
 pub struct KeyStore {
-    issuers: HashMap<Arc<str>, Issuer>,
+    issuers: ArcSwap<HashMap<Arc<str>, Arc<Issuer>>>,
+    /// Serializes additions of issuers.
+    adding: std::sync::Mutex<()>,
     client: reqwest::Client,
     limits: FetchLimits,
     metrics: Arc<Metrics>,
@@ -72,13 +72,25 @@ pub struct KeyStore {
 
 impl KeyLookup for KeyStore {
     fn key_set(&self, issuer: &str) -> Option<Arc<KeySet>> {
-        self.issuers.get(issuer)?.keys.load_full()
+        self.issuers.load().get(issuer)?.keys.load_full()
+    }
+}
+
+impl Issuer {
+    fn new(jwks_uri: Option<Box<str>>, timeout: Option<Duration>) -> Self {
+        Self {
+            jwks_uri,
+            timeout,
+            keys: ArcSwapOption::empty(),
+            fetching: tokio::sync::Mutex::new(()),
+            last_refetch: std::sync::Mutex::new(None),
+            last_success: std::sync::Mutex::new(None),
+        }
     }
 }
 
 impl KeyStore {
     pub fn new(
-        issuers: Vec<RemoteIssuer>,
         limits: FetchLimits,
         metrics: Arc<Metrics>,
         cache: Arc<VerifiedTokenCache>,
@@ -88,27 +100,37 @@ impl KeyStore {
             .connect_timeout(limits.fetch_timeout)
             .redirect(reqwest::redirect::Policy::none())
             .build()?;
-        let issuers = issuers
-            .into_iter()
-            .map(|RemoteIssuer { issuer, jwks_uri, timeout }| {
-                let entry = Issuer {
-                    jwks_uri,
-                    timeout,
-                    keys: ArcSwapOption::empty(),
-                    fetching: tokio::sync::Mutex::new(()),
-                    last_refetch: std::sync::Mutex::new(None),
-                    attempted: AtomicBool::new(false),
-                };
-                (issuer, entry)
-            })
-            .collect();
-        Ok(Self { issuers, client, limits, metrics, cache })
+        let issuers = ArcSwap::from_pointee(HashMap::new());
+        Ok(Self { issuers, adding: std::sync::Mutex::new(()), client, limits, metrics, cache })
+    }
+
+    /// Adds the issuers not known yet; returns their names. Known issuers keep their keys.
+    pub fn add_issuers(&self, issuers: Vec<RemoteIssuer>) -> Vec<Arc<str>> {
+        let _adding = self.adding.lock();
+        let current = self.issuers.load_full();
+        let fresh: Vec<RemoteIssuer> =
+            issuers.into_iter().filter(|remote| !current.contains_key(&remote.issuer)).collect();
+        if fresh.is_empty() {
+            return Vec::new();
+        }
+        let mut next = (*current).clone();
+        let names = fresh.iter().map(|remote| remote.issuer.clone()).collect();
+        for RemoteIssuer { issuer, jwks_uri, timeout } in fresh {
+            next.insert(issuer, Arc::new(Issuer::new(jwks_uri, timeout)));
+        }
+        self.issuers.store(Arc::new(next));
+        names
+    }
+
+    fn issuer(&self, issuer: &str) -> Option<Arc<Issuer>> {
+        self.issuers.load().get(issuer).cloned()
     }
 
     /// Issuers that have no keys (never fetched, or every fetch failed).
     pub fn missing(&self) -> Vec<Arc<str>> {
         let mut missing: Vec<Arc<str>> = self
             .issuers
+            .load()
             .iter()
             .filter(|(_, entry)| entry.keys.load().is_none())
             .map(|(issuer, _)| issuer.clone())
@@ -117,48 +139,53 @@ impl KeyStore {
         missing
     }
 
-    /// Whether every issuer's first fetch attempt has finished.
-    pub fn all_attempted(&self) -> bool {
-        self.issuers.values().all(|entry| entry.attempted.load(Ordering::Acquire))
+    /// Seconds since each issuer's last good fetch (none for an issuer never fetched).
+    pub fn seconds_since_success(&self) -> Vec<(Arc<str>, f64)> {
+        self.issuers
+            .load()
+            .iter()
+            .filter_map(|(issuer, entry)| {
+                let last = entry.last_success.lock().ok().and_then(|last| *last)?;
+                Some((issuer.clone(), last.elapsed().as_secs_f64()))
+            })
+            .collect()
     }
 
-    /// Fetches every issuer's keys once, concurrently.
-    pub async fn fetch_all(self: &Arc<Self>) {
+    /// Fetches the keys of `issuers` once, concurrently.
+    pub async fn fetch(self: &Arc<Self>, issuers: &[Arc<str>]) {
         let mut tasks = tokio::task::JoinSet::new();
-        for issuer in self.issuers.keys() {
-            let issuer = issuer.clone();
-            let store = self.clone();
+        for issuer in issuers {
+            let (store, issuer) = (self.clone(), issuer.clone());
             tasks.spawn(async move { store.refresh(&issuer).await });
         }
         while tasks.join_next().await.is_some() {}
     }
 
-    /// Keeps every issuer's keys fresh for as long as the task runs: on the refresh interval
-    /// while it has keys, and with a backoff from 1 s to 60 s while it has none.
-    pub async fn refresh_forever(self: Arc<Self>) {
-        let mut tasks = tokio::task::JoinSet::new();
-        for issuer in self.issuers.keys() {
-            let issuer = issuer.clone();
-            let store = self.clone();
-            tasks.spawn(async move { store.refresh_issuer_forever(&issuer).await });
-        }
-        while tasks.join_next().await.is_some() {}
+    /// Every known issuer's name.
+    pub fn issuer_names(&self) -> Vec<Arc<str>> {
+        self.issuers.load().keys().cloned().collect()
     }
 
-    async fn refresh_issuer_forever(&self, issuer: &str) {
-        let mut backoff = Duration::from_secs(1);
-        loop {
-            let has_keys = self.key_set(issuer).is_some();
-            tokio::time::sleep(if has_keys { self.limits.refresh_interval } else { backoff }).await;
-            backoff = if self.refresh(issuer).await { Duration::from_secs(1) } else { (backoff * 2).min(MAX_BACKOFF) };
-        }
+    /// Keeps an issuer's keys fresh for as long as the process runs: on the refresh interval
+    /// while it has keys, with a backoff from 1 s to 60 s while it has none.
+    pub fn keep_fresh(self: &Arc<Self>, issuer: Arc<str>) {
+        let store = self.clone();
+        tokio::spawn(async move {
+            let mut backoff = Duration::from_secs(1);
+            loop {
+                let has_keys = store.key_set(&issuer).is_some();
+                tokio::time::sleep(if has_keys { store.limits.refresh_interval } else { backoff }).await;
+                backoff =
+                    if store.refresh(&issuer).await { Duration::from_secs(1) } else { (backoff * 2).min(MAX_BACKOFF) };
+            }
+        });
     }
 
     /// A prompt refetch after a token named an unknown `kid`, at most once per
     /// `min_refetch_interval` per issuer. Callers that arrive while a fetch is under way wait
     /// for it instead of starting another. True when the keys changed meanwhile.
     pub async fn refetch(&self, issuer: &str) -> bool {
-        let Some(entry) = self.issuers.get(issuer) else { return false };
+        let Some(entry) = self.issuer(issuer) else { return false };
         let before = entry.keys.load_full();
         let may_fetch = match entry.last_refetch.lock() {
             Ok(mut last) if last.is_none_or(|at| at.elapsed() >= self.limits.min_refetch_interval) => {
@@ -169,20 +196,20 @@ impl KeyStore {
         };
         let _fetching = entry.fetching.lock().await;
         if may_fetch {
-            return self.fetch_into(issuer, entry).await;
+            return self.fetch_into(issuer, &entry).await;
         }
         let after = entry.keys.load_full();
         !matches!((&before, &after), (Some(before), Some(after)) if Arc::ptr_eq(before, after)) && after.is_some()
     }
 
     async fn refresh(&self, issuer: &str) -> bool {
-        let Some(entry) = self.issuers.get(issuer) else { return false };
+        let Some(entry) = self.issuer(issuer) else { return false };
         let _fetching = entry.fetching.lock().await;
-        self.fetch_into(issuer, entry).await
+        self.fetch_into(issuer, &entry).await
     }
 
     async fn fetch_into(&self, issuer: &str, entry: &Issuer) -> bool {
-        match self.fetch(issuer, entry.jwks_uri.as_deref(), entry.timeout).await {
+        match self.fetch_keys(issuer, entry.jwks_uri.as_deref(), entry.timeout).await {
             Ok(keys) => {
                 for skipped in &keys.skipped {
                     tracing::debug!(%issuer, %skipped, "Skipped a JWKS key");
@@ -191,20 +218,21 @@ impl KeyStore {
                 tracing::info!(%issuer, keys = keys.len(), "Fetched JWKS");
                 self.cache.retain_keys(issuer, &keys);
                 entry.keys.store(Some(Arc::new(keys)));
-                entry.attempted.store(true, Ordering::Release);
+                if let Ok(mut last) = entry.last_success.lock() {
+                    *last = Some(Instant::now());
+                }
                 true
             }
             Err(error) => {
                 self.metrics.record_jwks_fetch(issuer, false, None);
                 let keeping = entry.keys.load().as_ref().map_or(0, |keys| keys.len());
                 tracing::warn!(%issuer, %error, keeping, "JWKS fetch failed; keeping the last good keys");
-                entry.attempted.store(true, Ordering::Release);
                 false
             }
         }
     }
 
-    async fn fetch(
+    async fn fetch_keys(
         &self,
         issuer: &str,
         jwks_uri: Option<&str>,
@@ -287,7 +315,7 @@ async fn is_link_local_target(url: &Url) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::AtomicUsize;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
@@ -339,9 +367,13 @@ mod tests {
     fn store(issuer: &str, jwks_uri: Option<String>) -> Arc<KeyStore> {
         let metrics = Arc::new(Metrics::new());
         let cache = Arc::new(VerifiedTokenCache::new(10, metrics.clone()));
-        let issuers =
-            vec![RemoteIssuer { issuer: Arc::from(issuer), jwks_uri: jwks_uri.map(Into::into), timeout: None }];
-        Arc::new(KeyStore::new(issuers, limits(), metrics, cache).expect("client"))
+        let store = KeyStore::new(limits(), metrics, cache).expect("client");
+        store.add_issuers(vec![RemoteIssuer {
+            issuer: Arc::from(issuer),
+            jwks_uri: jwks_uri.map(Into::into),
+            timeout: None,
+        }]);
+        Arc::new(store)
     }
 
     fn ok(path: &str) -> (u16, String, Duration) {
@@ -356,8 +388,8 @@ mod tests {
         let (base, hits) = serve(ok).await;
         let store = store("https://issuer.example", Some(format!("{base}/certs")));
         assert_eq!(store.missing().len(), 1);
-        store.fetch_all().await;
-        assert!(store.missing().is_empty() && store.all_attempted());
+        store.fetch(&store.issuer_names()).await;
+        assert!(store.missing().is_empty());
         assert!(store.key_set("https://issuer.example").is_some_and(|keys| keys.has_kid("k1")));
         assert!(store.refetch("https://issuer.example").await, "the first refetch fetches, even right after start-up");
         assert!(!store.refetch("https://issuer.example").await, "a second refetch within the interval is skipped");
@@ -379,13 +411,13 @@ mod tests {
         .await;
         let _ = DISCOVERED_JWKS.set(format!("{base}/certs"));
         let store = store(&format!("{base}/realms/jobs/"), None);
-        store.fetch_all().await;
+        store.fetch(&store.issuer_names()).await;
         assert!(store.missing().is_empty(), "keys found through discovery");
         assert_eq!(hits.load(Ordering::SeqCst), 2, "discovery, then the JWKS");
 
         let (without_jwks_uri, _) = serve(|_| (200, "{}".into(), Duration::ZERO)).await;
         let store = self::store(&format!("{without_jwks_uri}/realms/jobs"), None);
-        store.fetch_all().await;
+        store.fetch(&store.issuer_names()).await;
         assert_eq!(store.missing().len(), 1, "a discovery document without `jwks_uri` gives no keys");
     }
 
@@ -394,9 +426,9 @@ mod tests {
         let metrics = Arc::new(Metrics::new());
         let cache = Arc::new(VerifiedTokenCache::new(10, metrics.clone()));
         let limits = FetchLimits { allow_link_local, ..limits() };
-        let store = KeyStore::new(Vec::new(), limits, metrics, cache).expect("client");
+        let store = KeyStore::new(limits, metrics, cache).expect("client");
         let uri = uri.map_or(format!("{base}/certs"), str::to_string);
-        match store.fetch("https://issuer.example", Some(&uri), None).await {
+        match store.fetch_keys("https://issuer.example", Some(&uri), None).await {
             Ok(keys) => format!("ok: {} keys", keys.len()),
             Err(error) => error.to_string(),
         }
@@ -442,7 +474,7 @@ mod tests {
     async fn the_last_good_keys_stay_when_the_idp_fails() {
         let (base, _) = serve(ok).await;
         let store = store("https://issuer.example", Some(format!("{base}/certs")));
-        store.fetch_all().await;
+        store.fetch(&store.issuer_names()).await;
         let (broken, _) = serve(|_| (500, String::new(), Duration::ZERO)).await;
         let moved = store_with_uri(&store, format!("{broken}/certs"));
         // A failed refresh keeps what the store had.
@@ -453,8 +485,7 @@ mod tests {
     /// The same issuer and keys, now served from another address.
     fn store_with_uri(store: &Arc<KeyStore>, uri: String) -> Arc<KeyStore> {
         let moved = self::store("https://issuer.example", Some(uri));
-        if let (Some(old), Some(new)) =
-            (store.issuers.get("https://issuer.example"), moved.issuers.get("https://issuer.example"))
+        if let (Some(old), Some(new)) = (store.issuer("https://issuer.example"), moved.issuer("https://issuer.example"))
         {
             new.keys.store(old.keys.load_full());
         }

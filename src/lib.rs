@@ -14,6 +14,7 @@ pub mod core;
 pub mod grpc;
 pub mod http;
 pub mod jwks;
+pub mod reload;
 pub mod settings;
 pub mod telemetry;
 pub mod token_cache;

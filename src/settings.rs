@@ -26,6 +26,10 @@ pub enum SettingsError {
     Workload { index: usize, message: String },
     #[error("trusted_proxies: {0}")]
     TrustedProxies(String),
+    #[error("environment variable `{name}`: {message}")]
+    Environment { name: String, message: String },
+    #[error("{0}")]
+    Invalid(String),
 }
 
 /// The effective settings of a running server.
@@ -73,6 +77,21 @@ pub struct Settings {
     pub jwks_refetch_wait_ms: u64,
     /// Allow link-local and cloud-metadata addresses as JWKS targets.
     pub jwks_allow_link_local: bool,
+    /// Decide and log, but always allow: for rolling out new policies.
+    pub dry_run: bool,
+    /// Which decisions get a decision-log line: `all`, `deny` or `none`.
+    pub decision_log: DecisionLogMode,
+    /// The share of those decisions logged, from 0 to 1.
+    pub decision_log_sample_rate: f64,
+    /// The level of decision-log lines: `error`, `warn`, `info` or `debug`.
+    pub decision_log_level: String,
+    /// Add the verified token's claims to decision-log lines (never the token itself).
+    pub decision_log_claims: bool,
+    /// How often the policy paths are checked for changes; 0 turns polling off (SIGHUP still
+    /// reloads).
+    pub reload_poll_interval_ms: u64,
+    /// How long in-flight checks may take to finish after SIGTERM.
+    pub drain_timeout_secs: u64,
     /// `text` or `json`.
     pub log_format: LogFormat,
     /// A `tracing` filter such as `info` or `portcullis=debug`; `RUST_LOG` wins when set.
@@ -102,10 +121,26 @@ impl Default for Settings {
             jwks_ready_timeout_secs: 10,
             jwks_refetch_wait_ms: 1_000,
             jwks_allow_link_local: false,
+            dry_run: false,
+            decision_log: DecisionLogMode::Deny,
+            decision_log_sample_rate: 1.0,
+            decision_log_level: "info".into(),
+            decision_log_claims: false,
+            reload_poll_interval_ms: 2_000,
+            drain_timeout_secs: 10,
             log_format: LogFormat::Text,
             log_level: "info".into(),
         }
     }
+}
+
+/// Which decisions the decision log records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DecisionLogMode {
+    All,
+    Deny,
+    None,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -143,12 +178,14 @@ pub struct Overrides {
 }
 
 impl Settings {
-    /// Reads the file (when given) and applies the overrides.
+    /// Reads the file (when given), then `PORTCULLIS_<KEY>` variables, then the overrides
+    /// (flags): flags > environment > file > defaults.
     pub fn load(file: Option<&Path>, overrides: Overrides) -> Result<Self, SettingsError> {
-        let mut settings = match file {
+        let settings = match file {
             Some(file) => Self::from_file(file)?,
             None => Self::default(),
         };
+        let mut settings = settings.with_environment(std::env::vars())?;
         let Overrides { grpc_listen, http_listen, admin_listen, policies, log_format, log_level } = overrides;
         settings.grpc_listen = grpc_listen.unwrap_or(settings.grpc_listen);
         settings.http_listen = http_listen.unwrap_or(settings.http_listen);
@@ -160,7 +197,39 @@ impl Settings {
         settings.log_level = log_level.unwrap_or(settings.log_level);
         settings.workload_table()?;
         crate::http::trusted_proxies(&settings.trusted_proxies).map_err(SettingsError::TrustedProxies)?;
+        if !(0.0..=1.0).contains(&settings.decision_log_sample_rate) {
+            return Err(SettingsError::Invalid("decision_log_sample_rate must be between 0 and 1".into()));
+        }
+        if !["error", "warn", "info", "debug"].contains(&settings.decision_log_level.as_str()) {
+            return Err(SettingsError::Invalid("decision_log_level must be error, warn, info or debug".into()));
+        }
         Ok(settings)
+    }
+
+    /// Applies `PORTCULLIS_<KEY>` variables, one per settings key. A value is read as YAML
+    /// (`true`, `60`, `[a, b]`, `{...}`); for a list, `a,b` also works; for a text, it is taken
+    /// as written.
+    pub fn with_environment(self, variables: impl Iterator<Item = (String, String)>) -> Result<Self, SettingsError> {
+        let variables: HashMap<String, String> =
+            variables.filter(|(name, _)| name.starts_with("PORTCULLIS_")).collect();
+        if variables.is_empty() {
+            return Ok(self);
+        }
+        let invalid = |name: &str, message: String| SettingsError::Environment { name: name.to_string(), message };
+        let mut value = serde_json::to_value(&self).map_err(|error| invalid("PORTCULLIS_*", error.to_string()))?;
+        let Some(fields) = value.as_object_mut() else { return Ok(self) };
+        for (key, field) in fields.iter_mut() {
+            let name = format!("PORTCULLIS_{}", key.to_ascii_uppercase());
+            let Some(text) = variables.get(&name) else { continue };
+            *field = match field {
+                serde_json::Value::String(_) => serde_json::Value::String(text.clone()),
+                serde_json::Value::Array(_) if !text.trim_start().starts_with('[') => serde_json::Value::Array(
+                    text.split(',').map(|item| serde_json::Value::String(item.trim().into())).collect(),
+                ),
+                _ => serde_saphyr::from_str(text).map_err(|error| invalid(&name, describe_yaml_error(&error).1))?,
+            };
+        }
+        serde_json::from_value(value).map_err(|error| invalid("PORTCULLIS_*", error.to_string()))
     }
 
     fn from_file(file: &Path) -> Result<Self, SettingsError> {

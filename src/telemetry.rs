@@ -1,6 +1,8 @@
 //! Telemetry names and emission: Prometheus metrics (`portcullis_*`), log set-up and the per-check decision log.
 
 use std::io::IsTerminal;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -12,7 +14,7 @@ use prometheus_client::registry::Registry;
 use tracing_subscriber::EnvFilter;
 
 use crate::core::Decision;
-use crate::settings::LogFormat;
+use crate::settings::{DecisionLogMode, LogFormat, Settings};
 
 /// The network door a check came through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -49,6 +51,11 @@ struct IssuerLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct DoorLabels {
     door: &'static str,
 }
@@ -69,6 +76,8 @@ pub struct Metrics {
     token_cache_hits: Counter,
     token_cache_misses: Counter,
     token_cache_entries: Gauge,
+    reloads: Family<ResultLabels, Counter>,
+    jwks_age: Family<IssuerLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
 }
 
 impl Default for Metrics {
@@ -111,8 +120,18 @@ impl Metrics {
             "Tokens held by the verified-token cache",
             token_cache_entries.clone(),
         );
+        let reloads = Family::<ResultLabels, Counter>::default();
+        registry.register("reloads", "Policy reloads, by result (`ok`, `error`)", reloads.clone());
+        let jwks_age = Family::<IssuerLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register(
+            "jwks_seconds_since_success",
+            "Seconds since each issuer's last good JWKS fetch",
+            jwks_age.clone(),
+        );
         Self {
             registry,
+            reloads,
+            jwks_age,
             checks,
             check_duration,
             policies_loaded,
@@ -141,6 +160,17 @@ impl Metrics {
         } else {
             self.token_cache_misses.inc()
         };
+    }
+
+    pub fn record_reload(&self, ok: bool) {
+        self.reloads.get_or_create(&ResultLabels { result: if ok { "ok" } else { "error" } }).inc();
+    }
+
+    /// Sets the age of each issuer's keys; called right before a scrape.
+    pub fn record_jwks_ages(&self, ages: &[(Arc<str>, f64)]) {
+        for (issuer, seconds) in ages {
+            self.jwks_age.get_or_create(&IssuerLabels { issuer: issuer.to_string() }).set(*seconds);
+        }
     }
 
     pub fn record_token_cache_size(&self, entries: usize) {
@@ -179,23 +209,105 @@ pub fn init_logging(format: LogFormat, level: &str) {
     };
 }
 
-/// One line per decision at debug level; never the token, never raw claims.
-pub fn log_decision(door: Door, method: &str, host: &str, path: &str, decision: &Decision, elapsed: Duration) {
-    if !tracing::event_enabled!(tracing::Level::DEBUG) {
-        return;
+/// The decision log: one structured line per decision, as configured (which decisions, what
+/// share, at which level, with claims or not). Never the token.
+#[derive(Debug)]
+pub struct DecisionLog {
+    mode: DecisionLogMode,
+    /// Log one decision in this many; 0 logs none.
+    every: u64,
+    counter: AtomicU64,
+    level: tracing::Level,
+    claims: bool,
+    dry_run: bool,
+}
+
+/// One decision and the request it was about.
+#[derive(Debug)]
+pub struct DecisionRecord<'a> {
+    pub door: Door,
+    pub request_id: &'a str,
+    pub method: &'a str,
+    pub host: &'a str,
+    pub path: &'a str,
+    pub decision: &'a Decision,
+    pub elapsed: Duration,
+}
+
+macro_rules! decision_event {
+    ($level:expr, $record:expr, $decision:expr, $principal:expr, $policy:expr, $claims:expr, $enforced:expr) => {
+        tracing::event!(
+            target: "portcullis::decision",
+            $level,
+            request_id = $record.request_id,
+            door = $record.door.as_str(),
+            method = $record.method,
+            host = $record.host,
+            path = $record.path,
+            principal = $principal,
+            decision = if $decision.is_allow() { "allow" } else { "deny" },
+            enforced = $enforced,
+            reason = $decision.reason.as_str(),
+            policy = $policy,
+            jwt_error = $decision.jwt_error.map(|error| error.message()).unwrap_or_default(),
+            claims = $claims,
+            latency_us = $record.elapsed.as_micros() as u64,
+            "Decided"
+        )
+    };
+}
+
+impl DecisionLog {
+    pub fn new(settings: &Settings) -> Self {
+        let rate = settings.decision_log_sample_rate;
+        let every = if rate <= 0.0 { 0 } else { (1.0 / rate).round().max(1.0) as u64 };
+        let level = match settings.decision_log_level.as_str() {
+            "error" => tracing::Level::ERROR,
+            "warn" => tracing::Level::WARN,
+            "debug" => tracing::Level::DEBUG,
+            _ => tracing::Level::INFO,
+        };
+        Self {
+            mode: settings.decision_log,
+            every,
+            counter: AtomicU64::new(0),
+            level,
+            claims: settings.decision_log_claims,
+            dry_run: settings.dry_run,
+        }
     }
-    let policy = decision.policy.as_ref().map(ToString::to_string).unwrap_or_default();
-    tracing::debug!(
-        door = door.as_str(),
-        method,
-        host,
-        path,
-        decision = if decision.is_allow() { "allow" } else { "deny" },
-        reason = decision.reason.as_str(),
-        principal = decision.principal.as_deref().unwrap_or_default(),
-        jwt_error = decision.jwt_error.map(|error| error.message()).unwrap_or_default(),
-        policy,
-        latency_us = elapsed.as_micros() as u64,
-        "Decided"
-    );
+
+    /// Writes the line for one decision, when this decision is to be logged.
+    pub fn record(&self, record: &DecisionRecord<'_>) {
+        let decision = record.decision;
+        let wanted = match self.mode {
+            DecisionLogMode::All => true,
+            DecisionLogMode::Deny => !decision.is_allow(),
+            DecisionLogMode::None => false,
+        };
+        if !wanted || self.every == 0 || !self.counter.fetch_add(1, Ordering::Relaxed).is_multiple_of(self.every) {
+            return;
+        }
+        let principal =
+            decision.identity.as_ref().map(|id| format!("{}/{}", id.issuer(), id.subject())).unwrap_or_default();
+        let policy = decision.policy.as_ref().map(ToString::to_string).unwrap_or_default();
+        let claims = match (&decision.identity, self.claims) {
+            (Some(identity), true) => serde_json::Value::Object(identity.claims().clone()).to_string(),
+            _ => String::new(),
+        };
+        // Under the global dry run a deny is logged, and answered with an allow.
+        let enforced = decision.is_allow() || !self.dry_run;
+        match self.level {
+            tracing::Level::ERROR => {
+                decision_event!(tracing::Level::ERROR, record, decision, principal, policy, claims, enforced)
+            }
+            tracing::Level::WARN => {
+                decision_event!(tracing::Level::WARN, record, decision, principal, policy, claims, enforced)
+            }
+            tracing::Level::DEBUG => {
+                decision_event!(tracing::Level::DEBUG, record, decision, principal, policy, claims, enforced)
+            }
+            _ => decision_event!(tracing::Level::INFO, record, decision, principal, policy, claims, enforced),
+        }
+    }
 }

@@ -49,6 +49,34 @@ pub fn load_policies(paths: &[PathBuf]) -> Result<LoadedPolicies, Vec<ConfigErro
     }
 }
 
+/// A digest of the policy files under `paths`: their names and contents, and any error in
+/// reading them. It changes when a file is added, removed, edited, or swapped behind a
+/// symlink, as Kubernetes updates a mounted ConfigMap.
+pub fn fingerprint(paths: &[PathBuf]) -> [u8; 32] {
+    let mut files = Vec::new();
+    let mut errors = Vec::new();
+    for path in paths {
+        collect_files(path, &mut files, &mut errors);
+    }
+    let mut digest = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    for error in &errors {
+        digest.update(error.to_string().as_bytes());
+    }
+    for file in &files {
+        digest.update(file.display().to_string().as_bytes());
+        match std::fs::read(file) {
+            Ok(bytes) => {
+                digest.update(&(bytes.len() as u64).to_le_bytes());
+                digest.update(&bytes);
+            }
+            Err(error) => digest.update(error.to_string().as_bytes()),
+        }
+    }
+    let mut out = [0; 32];
+    out.copy_from_slice(digest.finish().as_ref());
+    out
+}
+
 /// Loads policies from YAML text, as if read from a file named `label`.
 pub fn load_policy_text(label: &str, text: &str) -> Result<LoadedPolicies, Vec<ConfigError>> {
     let mut loaded = LoadedPolicies { files: 1, ..LoadedPolicies::default() };

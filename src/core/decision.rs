@@ -3,6 +3,7 @@
 use std::fmt;
 use std::sync::Arc;
 
+use super::identity::Identity;
 use super::jwt::JwtError;
 use super::policy::PolicyId;
 
@@ -106,7 +107,7 @@ pub struct DryRunOutcome {
 }
 
 /// The decision for one request.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Decision {
     pub reason: Reason,
     /// The enforced policy that decided, if one did.
@@ -127,8 +128,8 @@ pub struct Decision {
     pub jwt_error: Option<JwtError>,
     /// An issuer whose keys lack the token's `kid`: worth a prompt refetch and a retry.
     pub stale_issuer: Option<Arc<str>>,
-    /// The verified caller's `iss/sub`, for logs.
-    pub principal: Option<String>,
+    /// The verified caller, for logs and reports.
+    pub identity: Option<Arc<Identity>>,
 }
 
 impl Decision {
@@ -144,7 +145,7 @@ impl Decision {
             response_headers: Vec::new(),
             jwt_error: None,
             stale_issuer: None,
-            principal: None,
+            identity: None,
         }
     }
 

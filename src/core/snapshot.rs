@@ -152,16 +152,22 @@ impl Snapshot {
         let rules = self.jwt_rules(&workload);
         let authentication =
             if rules.is_empty() { Authentication::Anonymous } else { authn::authenticate(&rules, http, context) };
-        let (identity, outputs) = match &authentication {
-            Authentication::Failed { error, stale_issuer } => return denied_token(http, *error, stale_issuer.clone()),
-            Authentication::Anonymous => (None, authn::outputs(&rules, &authentication)),
-            Authentication::Verified { identity, .. } => (Some(&**identity), authn::outputs(&rules, &authentication)),
+        let outputs = authn::outputs(&rules, &authentication);
+        let identity = match &authentication {
+            Authentication::Failed { error, stale_issuer } => {
+                let mut decision = denied_token(http, *error, stale_issuer.clone());
+                // Stripped even so, for a proxy that lets the request pass in a dry run.
+                decision.headers_to_remove = outputs.headers_to_remove;
+                return decision;
+            }
+            Authentication::Anonymous => None,
+            Authentication::Verified { identity, .. } => Some(identity.clone()),
         };
-        let mut decision = self.authorize(request, &workload, Some(normalized), identity);
-        decision.principal = identity.map(|id| format!("{}/{}", id.issuer(), id.subject()));
+        let mut decision = self.authorize(request, &workload, Some(normalized), identity.as_deref());
+        decision.identity = identity;
+        decision.headers_to_remove = outputs.headers_to_remove;
         if decision.is_allow() {
             decision.headers_to_set = outputs.headers_to_set;
-            decision.headers_to_remove = outputs.headers_to_remove;
             decision.query_parameters_to_remove = outputs.query_parameters_to_remove;
         }
         decision
