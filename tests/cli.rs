@@ -104,3 +104,41 @@ fn validate_skips_other_kinds_with_a_warning() {
     assert_eq!(text(&output.stderr).trim(), warning);
     assert!(text(&output.stdout).contains("1 policies in 1 files are valid"));
 }
+
+#[test]
+fn print_config_shows_flags_over_environment_over_file_over_defaults() {
+    let file = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(
+        file.path(),
+        "grpc_listen: 127.0.0.1:1111\nhttp_listen: 127.0.0.1:2222\nclock_skew_secs: 5\nroot_namespace: from-file\n",
+    )
+    .expect("write");
+    let output = portcullis()
+        .args(["serve", "--print-config", "--config"])
+        .arg(file.path())
+        .args(["--grpc-listen", "127.0.0.1:3333"])
+        .env("PORTCULLIS_GRPC_LISTEN", "127.0.0.1:4444")
+        .env("PORTCULLIS_HTTP_LISTEN", "127.0.0.1:5555")
+        .env("PORTCULLIS_CLOCK_SKEW_SECS", "30")
+        .env("PORTCULLIS_TRUSTED_PROXIES", "10.0.0.0/8, 192.168.0.1")
+        .env("PORTCULLIS_DRY_RUN", "true")
+        .output()
+        .expect("runs");
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    let settings: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert_eq!(settings["grpc_listen"], "127.0.0.1:3333", "a flag beats the environment");
+    assert_eq!(settings["http_listen"], "127.0.0.1:5555", "the environment beats the file");
+    assert_eq!(settings["clock_skew_secs"], 30);
+    assert_eq!(settings["root_namespace"], "from-file", "the file beats the defaults");
+    assert_eq!(settings["admin_listen"], "0.0.0.0:9090", "the default");
+    assert_eq!(settings["trusted_proxies"], serde_json::json!(["10.0.0.0/8", "192.168.0.1"]));
+    assert_eq!(settings["dry_run"], true);
+
+    let bad = portcullis()
+        .args(["serve", "--print-config"])
+        .env("PORTCULLIS_CLOCK_SKEW_SECS", "soon")
+        .output()
+        .expect("runs");
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(text(&bad.stderr).contains("PORTCULLIS_"), "{}", text(&bad.stderr));
+}

@@ -256,3 +256,29 @@ mod tokens {
         assert_eq!(server.terminate().code(), Some(0));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_global_dry_run_logs_denies_and_answers_allow() {
+    let settings = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(settings.path(), "dry_run: true\ndecision_log: all\n").expect("write");
+    let server = Server::start_with(&[&repo_path("policies")], Some(settings.path()));
+    let mut request = job_service_request("POST", "/api/jobs", "");
+    if let Some(http) = request.attributes.as_mut().and_then(|a| a.request.as_mut()).and_then(|r| r.http.as_mut()) {
+        http.headers.insert("x-request-id".into(), "req-42".into());
+    }
+    let answered = check(&server, request).await;
+    assert_eq!(answered.status.as_ref().map(|status| status.code), Some(0), "a dry run answers allow");
+    assert_eq!(metadata_field(&answered, "reason").as_deref(), Some("no_allow_match"), "and reports the real reason");
+    let (_, metrics) = http_get(server.admin, "/metrics");
+    assert!(metrics.contains(r#"portcullis_checks_total{door="grpc",decision="deny",reason="no_allow_match"} 1"#));
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let log = server.log_lines().join("\n");
+    let line =
+        log.lines().find(|line| line.contains("req-42")).unwrap_or_else(|| panic!("no decision line in:\n{log}"));
+    for field in
+        ["decision=\"deny\"", "enforced=false", "reason=\"no_allow_match\"", "method=\"POST\"", "path=\"/api/jobs\""]
+    {
+        assert!(line.contains(field), "`{field}` missing from: {line}");
+    }
+    assert_eq!(server.terminate().code(), Some(0));
+}

@@ -1,0 +1,211 @@
+//! Hot reload under load: good and bad policy sets swapped in a ConfigMap-shaped directory of real symlinks, SIGHUP, and graceful shutdown.
+
+#![expect(clippy::expect_used, reason = "test helpers: a failed step fails the test")]
+
+mod support;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
+use support::{Server, http_get};
+use tokio::sync::Mutex;
+
+const ALLOW_X: &str = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: ns}\nspec:\n  rules: [{to: [{operation: {paths: [/x]}}]}]\n";
+const DENY_X: &str = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: ns}\nspec:\n  action: DENY\n  rules: [{to: [{operation: {paths: [/x]}}]}]\n";
+const BROKEN: &str = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: ns}\nspec:\n  action: NEVER\n";
+
+/// A directory laid out as Kubernetes mounts a ConfigMap: `policy.yaml -> ..data/policy.yaml`,
+/// `..data -> ..<version>`; an update writes a new version and swaps `..data` atomically.
+struct ConfigMapDir {
+    root: tempfile::TempDir,
+    versions: usize,
+}
+
+impl ConfigMapDir {
+    fn new(content: &str) -> Self {
+        let mut dir = Self { root: tempfile::tempdir().expect("temp dir"), versions: 0 };
+        dir.publish(content);
+        std::os::unix::fs::symlink("..data/policy.yaml", dir.root.path().join("policy.yaml")).expect("symlink");
+        dir
+    }
+
+    fn publish(&mut self, content: &str) {
+        self.versions += 1;
+        let version = format!("..2026_11_23_{}", self.versions);
+        std::fs::create_dir(self.root.path().join(&version)).expect("version dir");
+        std::fs::write(self.root.path().join(&version).join("policy.yaml"), content).expect("write");
+        let staging = self.root.path().join("..data_tmp");
+        std::os::unix::fs::symlink(&version, &staging).expect("symlink");
+        std::fs::rename(&staging, self.root.path().join("..data")).expect("atomic swap");
+    }
+
+    fn path(&self) -> &Path {
+        self.root.path()
+    }
+}
+
+fn check_x() -> CheckRequest {
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(Request {
+                http: Some(HttpRequest {
+                    method: "GET".into(),
+                    path: "/x".into(),
+                    host: "h".into(),
+                    ..HttpRequest::default()
+                }),
+                ..Request::default()
+            }),
+            context_extensions: HashMap::from([("namespace".to_string(), "ns".to_string())]),
+            ..AttributeContext::default()
+        }),
+    }
+}
+
+fn settings_file(poll_ms: u64) -> tempfile::NamedTempFile {
+    let file = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(file.path(), format!("reload_poll_interval_ms: {poll_ms}\n")).expect("write");
+    file
+}
+
+/// Decisions observed by a stream of checks: `true` for allow, in order; and any failures.
+#[derive(Default)]
+struct Observed {
+    verdicts: Vec<bool>,
+    failures: Vec<String>,
+}
+
+async fn stream_checks(address: std::net::SocketAddr, stop: Arc<AtomicBool>, observed: Arc<Mutex<Observed>>) {
+    let mut client = AuthorizationClient::connect(format!("http://{address}")).await.expect("connects");
+    while !stop.load(Ordering::Relaxed) {
+        let outcome = client.check(check_x()).await;
+        let mut observed = observed.lock().await;
+        match outcome {
+            Ok(response) => {
+                let code = response.into_inner().status.map_or(-1, |status| status.code);
+                observed.verdicts.push(code == 0);
+            }
+            Err(status) => observed.failures.push(status.to_string()),
+        }
+    }
+}
+
+async fn wait_for_verdict(observed: &Arc<Mutex<Observed>>, allow: bool, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if observed.lock().await.verdicts.last() == Some(&allow) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+fn metric(server: &Server, line_start: &str) -> Option<f64> {
+    let (_, text) = http_get(server.admin, "/metrics");
+    text.lines().find_map(|line| line.strip_prefix(line_start)).and_then(|value| value.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn good_sets_swap_in_under_load_and_a_bad_set_is_never_served() {
+    let mut dir = ConfigMapDir::new(ALLOW_X);
+    let settings = settings_file(100);
+    let server = Server::start_with(&[dir.path()], Some(settings.path()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let observed = Arc::new(Mutex::new(Observed::default()));
+    let load = tokio::spawn(stream_checks(server.grpc, stop.clone(), observed.clone()));
+    assert!(wait_for_verdict(&observed, true, Duration::from_secs(5)).await, "the first set allows /x");
+
+    dir.publish(BROKEN);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while metric(&server, r#"portcullis_reloads_total{result="error"} "#).unwrap_or(0.0) < 1.0 {
+        assert!(Instant::now() < deadline, "the broken set was never tried");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let before_good = observed.lock().await.verdicts.len();
+    dir.publish(DENY_X);
+    assert!(wait_for_verdict(&observed, false, Duration::from_secs(5)).await, "the second good set denies /x");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, Ordering::Relaxed);
+    load.await.expect("load task");
+
+    let observed = observed.lock().await;
+    assert!(observed.failures.is_empty(), "checks failed during reloads: {:?}", observed.failures);
+    let first_deny = observed.verdicts.iter().position(|allow| !allow).expect("a deny");
+    assert!(first_deny >= before_good, "the broken set changed decisions");
+    assert!(observed.verdicts[..first_deny].iter().all(|allow| *allow), "allow until the good swap");
+    assert!(observed.verdicts[first_deny..].iter().all(|allow| !*allow), "deny from the good swap on");
+    assert!(observed.verdicts.len() > 20, "only {} checks ran", observed.verdicts.len());
+    assert_eq!(metric(&server, r#"portcullis_reloads_total{result="ok"} "#), Some(1.0));
+    assert_eq!(metric(&server, "portcullis_policy_generation "), Some(2.0));
+    let log = server.log_lines().join("\n");
+    assert!(log.contains("policy.yaml:5: authorization policy `ns/p`: spec.action: unknown action `NEVER`"), "{log}");
+    assert_eq!(server.terminate().code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_and_a_removed_directory_keeps_the_last_good_set() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let policies = dir.path().join("policies");
+    std::fs::create_dir(&policies).expect("dir");
+    std::fs::write(policies.join("p.yaml"), ALLOW_X).expect("write");
+    let settings = settings_file(0);
+    let server = Server::start_with(&[&policies], Some(settings.path()));
+    let mut client = AuthorizationClient::connect(format!("http://{}", server.grpc)).await.expect("connects");
+    let code =
+        |response: envoy_types::pb::envoy::service::auth::v3::CheckResponse| response.status.map_or(-1, |s| s.code);
+    assert_eq!(code(client.check(check_x()).await.expect("check").into_inner()), 0);
+
+    std::fs::write(policies.join("p.yaml"), DENY_X).expect("write");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(code(client.check(check_x()).await.expect("check").into_inner()), 0, "no polling: no reload yet");
+    server.signal("-HUP");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while code(client.check(check_x()).await.expect("check").into_inner()) != 7 {
+        assert!(Instant::now() < deadline, "SIGHUP did not reload");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    std::fs::remove_dir_all(&policies).expect("remove");
+    server.signal("-HUP");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while metric(&server, r#"portcullis_reloads_total{result="error"} "#).unwrap_or(0.0) < 1.0 {
+        assert!(Instant::now() < deadline, "the missing directory was never tried");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(code(client.check(check_x()).await.expect("check").into_inner()), 7, "the last good set stays");
+    assert_eq!(server.terminate().code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_loses_no_check_and_exits_cleanly() {
+    let dir = ConfigMapDir::new(ALLOW_X);
+    let server = Server::start(&[dir.path()]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let observed = Arc::new(Mutex::new(Observed::default()));
+    let streams: Vec<_> =
+        (0..4).map(|_| tokio::spawn(stream_checks(server.grpc, stop.clone(), observed.clone()))).collect();
+    assert!(wait_for_verdict(&observed, true, Duration::from_secs(5)).await);
+    let answered_before = observed.lock().await.verdicts.len();
+    let pid = server.pid();
+    let status = tokio::task::spawn_blocking(move || server.terminate()).await.expect("join");
+    stop.store(true, Ordering::Relaxed);
+    for stream in streams {
+        stream.await.expect("stream task");
+    }
+    assert_eq!(status.code(), Some(0), "pid {pid} exits 0 on SIGTERM");
+    let observed = observed.lock().await;
+    assert!(observed.verdicts.len() >= answered_before);
+    assert!(observed.verdicts.iter().all(|allow| *allow), "every answered check was decided, never failed closed");
+    // Checks started after the listeners closed fail to connect; none fails mid-flight.
+    for failure in &observed.failures {
+        let refused = failure.contains("Unavailable") || failure.contains("unavailable") || failure.contains("connect");
+        assert!(refused, "a check failed other than by a refused connection: {failure}");
+    }
+}
