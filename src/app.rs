@@ -22,6 +22,7 @@ use crate::settings::{Settings, SettingsError};
 use crate::telemetry::DecisionLog;
 use crate::telemetry::Metrics;
 use crate::token_cache::VerifiedTokenCache;
+use crate::traces::Traces;
 use crate::{admin, http, reload};
 
 /// Why the server could not start or run.
@@ -62,6 +63,7 @@ pub struct AppState {
     /// Peers whose forwarding headers the HTTP door believes.
     pub trusted_proxies: Vec<IpMatch>,
     pub decision_log: DecisionLog,
+    pub traces: Traces,
     /// Held while a reload runs, so that reloads never overlap.
     pub reloading: tokio::sync::Mutex<()>,
     pub settings: Settings,
@@ -143,6 +145,7 @@ pub async fn serve(settings: Settings) -> Result<(), AppError> {
         trusted_proxies: http::trusted_proxies(&settings.trusted_proxies)
             .map_err(|message| AppError::Settings(SettingsError::TrustedProxies(message)))?,
         decision_log: DecisionLog::new(&settings),
+        traces: Traces::from_environment(),
         reloading: tokio::sync::Mutex::new(()),
         settings: settings.clone(),
     });
@@ -186,6 +189,8 @@ pub async fn serve(settings: Settings) -> Result<(), AppError> {
         (grpc_result, http_result, admin_result)
     })
     .await;
+    let flushing = state.clone();
+    let _ = tokio::task::spawn_blocking(move || flushing.traces.shutdown()).await;
     match drained {
         Ok((Ok(Ok(())), Ok(Ok(())), Ok(Ok(())))) => {
             tracing::info!("Stopped");

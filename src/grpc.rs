@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
 use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption, address, socket_address};
@@ -20,6 +20,7 @@ use crate::app::AppState;
 use crate::core::authn::AuthnContext;
 use crate::core::{Decision, HttpRequest, Peer, Reason, Request, Snapshot};
 use crate::telemetry::{DecisionRecord, Door};
+use crate::traces::TraceContext;
 
 /// gRPC status codes used in `CheckResponse.status`.
 const OK: i32 = 0;
@@ -45,6 +46,7 @@ impl Authorization for CheckService {
         request: tonic::Request<CheckRequest>,
     ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
         let started = Instant::now();
+        let started_at = SystemTime::now();
         let check = request.into_inner();
         let live = self.state.policies.load();
         let decision = match request_from_check(&check) {
@@ -58,6 +60,11 @@ impl Authorization for CheckService {
         let request_id = http.and_then(|http| http.headers.get("x-request-id")).map_or("", String::as_str);
         let record = DecisionRecord { door: Door::Grpc, request_id, method, host, path, decision: &decision, elapsed };
         self.state.decision_log.record(&record);
+        if self.state.traces.is_on() {
+            let header = |name: &str| http.and_then(|http| http.headers.get(name)).map(String::as_str);
+            let context = TraceContext { traceparent: header("traceparent"), tracestate: header("tracestate") };
+            self.state.traces.record_check(Door::Grpc, started_at, context, method, &decision);
+        }
         Ok(tonic::Response::new(check_response(&decision, self.state.answers_allow(&decision))))
     }
 }

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use axum::Router;
 use axum::body::Body;
@@ -14,6 +14,7 @@ use crate::app::AppState;
 use crate::core::matcher::IpMatch;
 use crate::core::{Decision, HttpRequest, Peer, Request};
 use crate::telemetry::{DecisionRecord, Door};
+use crate::traces::TraceContext;
 
 /// The header that lists, for Envoy, the request headers to strip on allow.
 const HEADERS_TO_REMOVE: &str = "x-envoy-auth-headers-to-remove";
@@ -31,6 +32,7 @@ async fn check(
     incoming: HttpRequestIn<Body>,
 ) -> Response<Body> {
     let started = Instant::now();
+    let started_at = SystemTime::now();
     let settings = &state.settings;
     let trusted = state.trusted_proxies.iter().any(|block| block.matches(peer.ip()));
     let original = OriginalRequest::read(&incoming, peer.ip(), trusted, &settings.http_path_prefix);
@@ -42,6 +44,11 @@ async fn check(
     let (method, host, path) = (&original.method, &original.host, &original.path);
     let record = DecisionRecord { door: Door::Http, request_id, method, host, path, decision: &decision, elapsed };
     state.decision_log.record(&record);
+    if state.traces.is_on() {
+        let header = |name: &str| incoming.headers().get(name).and_then(|value| value.to_str().ok());
+        let context = TraceContext { traceparent: header("traceparent"), tracestate: header("tracestate") };
+        state.traces.record_check(Door::Http, started_at, context, method, &decision);
+    }
     answer(&decision, state.answers_allow(&decision))
 }
 

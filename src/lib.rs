@@ -18,6 +18,7 @@ pub mod reload;
 pub mod settings;
 pub mod telemetry;
 pub mod token_cache;
+pub mod traces;
 
 #[cfg(test)]
 mod golden_tests;

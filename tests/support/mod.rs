@@ -42,7 +42,13 @@ impl Server {
 
     /// The same, with a settings file.
     pub fn start_with(policies: &[&Path], config: Option<&Path>) -> Self {
+        Self::start_with_env(policies, config, &[])
+    }
+
+    /// The same, with environment variables.
+    pub fn start_with_env(policies: &[&Path], config: Option<&Path>, env: &[(&str, &str)]) -> Self {
         let mut command = portcullis();
+        command.envs(env.iter().copied());
         command.arg("serve");
         if let Some(config) = config {
             command.arg("--config").arg(config);
