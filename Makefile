@@ -44,7 +44,22 @@ $(VENV)/.installed: tests/requirements.txt
 	touch $@
 
 test-python: build python-env
-	PORTCULLIS_BIN=target/debug/portcullis $(VENV)/bin/pytest -q tests/interop tests/e2e tests/jwt
+	PORTCULLIS_BIN=target/debug/portcullis $(VENV)/bin/pytest -q tests/interop tests/e2e tests/jwt tests/proxies
+
+# The container image (Dockerfile: multi-stage, distroless, non-root). Needs a Docker engine.
+IMAGE ?= portcullis:0.1.0
+.PHONY: image deploy-render
+image:
+	docker build -t $(IMAGE) .
+
+# The Kubernetes manifests of deploy/k8s/, rendered: `kubectl kustomize` when kubectl is there,
+# else deploy/k8s/render.py (the same documents; PyPI's PyYAML from .venv).
+deploy-render:
+	@if command -v kubectl >/dev/null 2>&1; then \
+		kubectl kustomize --load-restrictor LoadRestrictionsNone deploy/k8s; \
+	else \
+		$(MAKE) --no-print-directory $(VENV)/.installed >&2 && $(VENV)/bin/python deploy/k8s/render.py deploy/k8s; \
+	fi
 
 clean:
 	rm -rf $(VENV) target

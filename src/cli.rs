@@ -1,6 +1,7 @@
 //! The offline commands: `validate` reports every policy problem, `check` decides one request described in a file.
 
 use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
 use std::net::IpAddr;
 use std::path::Path;
 
@@ -182,7 +183,7 @@ pub fn validate(settings: &Settings) -> Result<bool, AppError> {
                 eprintln!("{location}: warning: skipped `{kind}`: not an AuthorizationPolicy");
             }
             let count = snapshot.policy_count() + snapshot.authn_count() + loaded.custom.len();
-            println!("{count} policies in {} files are valid", loaded.files);
+            let _ = writeln!(std::io::stdout(), "{count} policies in {} files are valid", loaded.files);
             Ok(true)
         }
         Err(AppError::Policies(errors)) => {
@@ -219,6 +220,6 @@ pub fn check(settings: &Settings, request_file: &Path) -> Result<bool, String> {
     let decision = snapshot.check(&file.request(&headers), &settings.authn_context(&*keys, &*cache));
     let report = DecisionReport::from(&decision);
     let json = serde_json::to_string_pretty(&report).map_err(|error| format!("cannot print the decision: {error}"))?;
-    println!("{json}");
+    let _ = writeln!(std::io::stdout(), "{json}");
     Ok(decision.is_allow())
 }

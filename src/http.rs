@@ -110,6 +110,9 @@ impl OriginalRequest {
         } else {
             // Envoy's HTTP ext_authz: the request is the original, under an optional prefix.
             original.method = incoming.method().as_str().into();
+            if trusted && let Some(scheme) = get("x-forwarded-proto") {
+                original.scheme = scheme;
+            }
             let target = incoming.uri().path_and_query().map_or("/", |target| target.as_str());
             original.path =
                 target.strip_prefix(path_prefix).filter(|rest| rest.starts_with('/')).unwrap_or(target).into();

@@ -1,5 +1,6 @@
 //! The `portcullis` command line: `serve`, `validate` and `check`.
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -103,8 +104,9 @@ fn serve(args: ServeArgs) -> ExitCode {
     };
     if print_config {
         return match serde_json::to_string_pretty(&settings) {
+            // A closed pipe (`| head`) is not an error worth a panic.
             Ok(text) => {
-                println!("{text}");
+                let _ = writeln!(std::io::stdout(), "{text}");
                 ExitCode::SUCCESS
             }
             Err(error) => fail(&error.to_string(), 1),

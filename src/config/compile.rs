@@ -51,22 +51,11 @@ pub fn compile_authorization_policy(
     document: raw::AuthorizationPolicy,
     origin: DocumentOrigin<'_>,
 ) -> Result<CompiledPolicy, Vec<ConfigError>> {
-    let metadata = &document.metadata.value;
-    let name = metadata.name.as_ref().map_or("", |name| name.value.as_str());
-    let namespace = metadata.namespace.as_ref().map_or("", |namespace| namespace.value.as_str());
-    let id = PolicyId { namespace: namespace.into(), name: name.into() };
-    let mut compiler = Compiler { origin, context: format!("authorization policy `{id}`"), errors: Vec::new() };
-
-    if !API_VERSIONS.contains(&document.api_version.value.as_str()) {
-        let line = document.api_version.referenced.line();
-        compiler.report(line, "apiVersion", format!("unsupported apiVersion `{}`", document.api_version.value));
-    }
-    if name.is_empty() {
-        compiler.report(document.metadata.referenced.line(), "metadata.name", "a name is required".into());
-    }
+    let (id, mut compiler) = Compiler::start("authorization policy", &document.api_version, &document.metadata, origin);
+    let namespace = id.namespace.clone();
     let dry_run = compiler.dry_run(&document.metadata.value);
     let (action, selector, rules) = match document.spec {
-        Some(spec) => compiler.spec(spec, namespace),
+        Some(spec) => compiler.spec(spec, &namespace),
         None => (Some(Action::Allow), Box::default(), Box::default()),
     };
     if !compiler.errors.is_empty() {
@@ -86,18 +75,8 @@ pub fn compile_request_authentication(
     document: raw::RequestAuthentication,
     origin: DocumentOrigin<'_>,
 ) -> Result<AuthnPolicy, Vec<ConfigError>> {
-    let metadata = &document.metadata.value;
-    let name = metadata.name.as_ref().map_or("", |name| name.value.as_str());
-    let namespace = metadata.namespace.as_ref().map_or("", |namespace| namespace.value.as_str());
-    let id = PolicyId { namespace: namespace.into(), name: name.into() };
-    let mut compiler = Compiler { origin, context: format!("request authentication `{id}`"), errors: Vec::new() };
-    if !API_VERSIONS.contains(&document.api_version.value.as_str()) {
-        let line = document.api_version.referenced.line();
-        compiler.report(line, "apiVersion", format!("unsupported apiVersion `{}`", document.api_version.value));
-    }
-    if name.is_empty() {
-        compiler.report(document.metadata.referenced.line(), "metadata.name", "a name is required".into());
-    }
+    let (id, mut compiler) =
+        Compiler::start("request authentication", &document.api_version, &document.metadata, origin);
     let (selector, rules) = match document.spec {
         Some(spec) => {
             let spec = spec.value;
@@ -147,7 +126,29 @@ struct Compiler<'a> {
 /// A policy's action, or `None` for CUSTOM.
 type CompiledSpec = (Option<Action>, Box<[(Box<str>, Box<str>)]>, Box<[Rule]>);
 
-impl Compiler<'_> {
+impl<'a> Compiler<'a> {
+    /// The policy's `namespace/name` and a compiler for it, with the checks every kind shares:
+    /// a supported `apiVersion` and a name.
+    fn start(
+        kind: &str,
+        api_version: &Spanned<String>,
+        metadata: &Spanned<raw::Metadata>,
+        origin: DocumentOrigin<'a>,
+    ) -> (PolicyId, Self) {
+        let name = metadata.value.name.as_ref().map_or("", |name| name.value.as_str());
+        let namespace = metadata.value.namespace.as_ref().map_or("", |namespace| namespace.value.as_str());
+        let id = PolicyId { namespace: namespace.into(), name: name.into() };
+        let mut compiler = Compiler { origin, context: format!("{kind} `{id}`"), errors: Vec::new() };
+        if !API_VERSIONS.contains(&api_version.value.as_str()) {
+            let message = format!("unsupported apiVersion `{}`", api_version.value);
+            compiler.report(api_version.referenced.line(), "apiVersion", message);
+        }
+        if name.is_empty() {
+            compiler.report(metadata.referenced.line(), "metadata.name", "a name is required".into());
+        }
+        (id, compiler)
+    }
+
     fn report(&mut self, line: u64, field: &str, message: String) {
         let error = self.origin.error(line, format!("{}: {field}: {message}", self.context));
         self.errors.push(error);

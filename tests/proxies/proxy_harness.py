@@ -1,0 +1,181 @@
+"""The pieces of the proxy tests: a recording upstream, raw HTTP requests, and nginx running the shipped config."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from harness import PROCESS_LOGS, REPO_ROOT, stop_process, wait_until
+
+SHIPPED_NGINX_CONFIG = REPO_ROOT / "deploy/nginx/nginx.conf"
+SHIPPED_ENVOY_HTTP_CONFIG = REPO_ROOT / "deploy/envoy/envoy-http.yaml"
+NGINX_READY_TIMEOUT_S = 10.0
+REQUEST_TIMEOUT_S = 5.0
+NGINX_INSTALL_HINT = "apt-get install -y --no-install-recommends nginx-light"
+
+
+# ---------------------------------------------------------------- the protected workload
+
+
+@dataclass
+class Seen:
+    """One request as it reached the upstream: every header line, in order, names lower-cased."""
+
+    method: str
+    path: str
+    headers: list[tuple[str, str]]
+
+    def values(self, name: str) -> list[str]:
+        return [value for key, value in self.headers if key == name.lower()]
+
+    def names(self) -> set[str]:
+        return {key for key, _ in self.headers}
+
+
+class _RecordingHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def _record(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length") or 0))
+        headers = [(name.lower(), value) for name, value in self.headers.items()]
+        self.server.seen.append(Seen(self.command, self.path, headers))
+        body = json.dumps({"method": self.command, "path": self.path}).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _record
+
+    def log_message(self, *args) -> None:  # keep pytest output clean
+        pass
+
+
+class RecordingUpstream(ThreadingHTTPServer):
+    """A loopback HTTP server remembering every request that reached it, headers and all."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _RecordingHandler)
+        self.seen: list[Seen] = []
+
+    @property
+    def port(self) -> int:
+        return self.server_address[1]
+
+
+# ---------------------------------------------------------------- raw HTTP
+
+
+@dataclass
+class Answer:
+    status: int
+    body: bytes
+    headers: dict[str, str] = field(default_factory=dict)  # lower-cased names; repeated ones joined by ", "
+
+    @property
+    def text(self) -> str:
+        return self.body.decode(errors="replace")
+
+
+def send(port: int, method: str, target: str, headers: dict[str, str] | None = None) -> Answer:
+    """One request with the target exactly as given (no client-side normalization)."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=REQUEST_TIMEOUT_S)
+    try:
+        body = b"{}" if method in ("POST", "PUT", "PATCH") else None
+        all_headers = {"content-type": "application/json"} if body else {}
+        all_headers.update(headers or {})
+        connection.putrequest(method, target, skip_host="host" in {name.lower() for name in all_headers})
+        for name, value in all_headers.items():
+            connection.putheader(name, value)
+        if body is not None:
+            connection.putheader("content-length", str(len(body)))
+        connection.endheaders(body)
+        response = connection.getresponse()
+        collected: dict[str, str] = {}
+        for name, value in response.getheaders():
+            key = name.lower()
+            collected[key] = f"{collected[key]}, {value}" if key in collected else value
+        return Answer(response.status, response.read(), collected)
+    finally:
+        connection.close()
+
+
+def answers_http(port: int) -> bool:
+    """True once something on port answers HTTP at all."""
+    try:
+        send(port, "GET", "/__ready")
+        return True
+    except OSError:
+        return False
+
+
+# ---------------------------------------------------------------- nginx
+
+
+def nginx_binary() -> str:
+    """$NGINX_BIN, else nginx on PATH or in /usr/sbin; a clear failure when it is missing."""
+    binary = os.environ.get("NGINX_BIN") or shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").is_file() else None)
+    if not binary:
+        pytest.fail(f"nginx not found (set NGINX_BIN, or install Debian's package: {NGINX_INSTALL_HINT})")
+    return binary
+
+
+def _replace_once(text: str, old: str, new: str) -> str:
+    count = text.count(old)
+    assert count == 1, f"deploy/nginx/nginx.conf: expected `{old}` once, found it {count} times"
+    return text.replace(old, new)
+
+
+def render_nginx_config(shipped: str, *, listen: int, portcullis: int, upstream: int, workdir: Path) -> str:
+    """The shipped config with its addresses moved to loopback ports, and nginx's scratch paths in workdir."""
+    config = _replace_once(shipped, "listen 8080;", f"listen 127.0.0.1:{listen};")
+    config = _replace_once(config, "http://portcullis:8000/", f"http://127.0.0.1:{portcullis}/")
+    config = _replace_once(config, "http://upstream:8000;", f"http://127.0.0.1:{upstream};")
+    # Debian's build keeps request bodies and buffers under /var/lib/nginx, which only root
+    # may write: give this instance its own, so the test runs as any user.
+    scratch = "".join(f"    {kind}_temp_path {workdir / kind};\n" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    return _replace_once(config, "http {\n", "http {\n" + scratch)
+
+
+@dataclass
+class NginxProxy:
+    process: subprocess.Popen
+    port: int
+    log: Path
+    error_log: Path
+
+
+def start_nginx(config: str, port: int, workdir: Path, name: str) -> NginxProxy:
+    """nginx in the foreground (`daemon off`) with the given config; waits until it answers."""
+    config_path, log, error_log = workdir / f"{name}.conf", workdir / f"{name}.log", workdir / f"{name}-error.log"
+    config_path.write_text(config)
+    command = [
+        nginx_binary(),
+        "-p",
+        str(workdir),
+        "-c",
+        str(config_path),
+        "-g",
+        f"daemon off; pid {workdir / (name + '.pid')}; error_log {error_log} info;",
+    ]
+    with log.open("wb") as log_file:
+        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
+    PROCESS_LOGS[name] = log
+    PROCESS_LOGS[f"{name}-error"] = error_log
+    try:
+        wait_until(lambda: answers_http(port), NGINX_READY_TIMEOUT_S, name, process, log)
+    except BaseException:
+        stop_process(process)
+        raise
+    return NginxProxy(process, port, log, error_log)
+
