@@ -106,6 +106,10 @@ pub fn build_snapshot(settings: &Settings) -> Result<(Snapshot, LoadedPolicies),
     let policies = std::mem::take(&mut loaded.policies);
     let authn = std::mem::take(&mut loaded.authn);
     let snapshot = Snapshot::new(policies, authn, workloads, settings.engine_options(), &settings.root_namespace);
+    if let Some(message) = snapshot.conflicting_key_sources() {
+        let file = settings.policies.iter().map(|path| path.display().to_string()).collect::<Vec<_>>().join(", ");
+        return Err(AppError::Policies(vec![ConfigError { file: file.into(), line: 0, message }]));
+    }
     Ok((snapshot, loaded))
 }
 

@@ -13,6 +13,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Request as HttpRequestIn, R
 use crate::app::AppState;
 use crate::core::matcher::IpMatch;
 use crate::core::{Decision, HttpRequest, Peer, Request};
+use crate::settings::HttpMode;
 use crate::telemetry::{DecisionRecord, Door};
 use crate::traces::TraceContext;
 
@@ -20,6 +21,33 @@ use crate::traces::TraceContext;
 const HEADERS_TO_REMOVE: &str = "x-envoy-auth-headers-to-remove";
 /// Context extensions for the direct (Envoy HTTP) mode: `namespace=ns,app=web`.
 const CONTEXT_HEADER: &str = "x-portcullis-context";
+const FORWARDED_URI: &str = "x-forwarded-uri";
+const ORIGINAL_URL: &str = "x-original-url";
+const ORIGINAL_URI: &str = "x-original-uri";
+
+impl HttpMode {
+    /// The dialect to read, given which headers are present; `None` when `auto` finds more
+    /// than one dialect (ambiguous: a client may have added one).
+    fn dialect(self, present: impl Fn(&str) -> bool) -> Option<HttpMode> {
+        if self != HttpMode::Auto {
+            return Some(self);
+        }
+        let found: Vec<HttpMode> = [
+            (FORWARDED_URI, HttpMode::Traefik),
+            (ORIGINAL_URL, HttpMode::IngressNginx),
+            (ORIGINAL_URI, HttpMode::Nginx),
+        ]
+        .into_iter()
+        .filter(|(header, _)| present(header))
+        .map(|(_, mode)| mode)
+        .collect();
+        match found.as_slice() {
+            [] => Some(HttpMode::Envoy),
+            [one] => Some(*one),
+            _ => None,
+        }
+    }
+}
 
 /// Every method and path is a check.
 pub fn router(state: Arc<AppState>) -> Router {
@@ -35,7 +63,7 @@ async fn check(
     let started_at = SystemTime::now();
     let settings = &state.settings;
     let trusted = state.trusted_proxies.iter().any(|block| block.matches(peer.ip()));
-    let original = OriginalRequest::read(&incoming, peer.ip(), trusted, &settings.http_path_prefix);
+    let original = OriginalRequest::read(&incoming, peer.ip(), trusted, settings.http_mode, &settings.http_path_prefix);
     let live = state.policies.load();
     let decision = state.decide(&live.snapshot, &original.request()).await;
     let elapsed = started.elapsed();
@@ -65,14 +93,17 @@ struct OriginalRequest {
 }
 
 impl OriginalRequest {
-    /// Reads the original request from forwarding headers (trusted peers only), else from the
-    /// request itself.
-    fn read(incoming: &HttpRequestIn<Body>, peer: IpAddr, trusted: bool, path_prefix: &str) -> Self {
+    /// Reads the original request: from the forwarding headers of `mode` (trusted peers only),
+    /// else from the request itself. In `auto` mode, headers of two dialects at once are
+    /// ambiguous (a client may have added one): the path is made invalid, which denies. A
+    /// forwarding header that is present but unreadable does the same, rather than falling
+    /// back to the auth request's own path.
+    fn read(incoming: &HttpRequestIn<Body>, peer: IpAddr, trusted: bool, mode: HttpMode, path_prefix: &str) -> Self {
         let headers = incoming.headers();
         let get = |name: &str| headers.get(name).and_then(|value| value.to_str().ok()).map(str::to_string);
         let own_query = incoming.uri().query().unwrap_or_default();
         let mut original = Self {
-            headers: readable_headers(headers),
+            headers: readable_headers(headers, trusted),
             source: Some(peer),
             host: get("host").unwrap_or_default(),
             scheme: "http".into(),
@@ -83,41 +114,50 @@ impl OriginalRequest {
         if let Some(client) = forwarded_client.filter(|_| trusted) {
             original.source = Some(client);
         }
-        let forwarded_uri = get("x-forwarded-uri").filter(|_| trusted);
-        let original_url = get("x-original-url").filter(|_| trusted);
-        let original_uri = get("x-original-uri").filter(|_| trusted);
-        if let Some(uri) = forwarded_uri {
-            // Traefik forwardAuth.
-            original.method = get("x-forwarded-method").unwrap_or_else(|| "GET".into());
-            original.scheme = get("x-forwarded-proto").unwrap_or(original.scheme);
-            original.host = get("x-forwarded-host").unwrap_or(original.host);
-            original.path = uri;
-            original.context = parse_pairs(own_query, '&');
-        } else if let Some(url) = original_url {
-            // ingress-nginx: the whole URL.
-            original.method = get("x-original-method").unwrap_or_else(|| "GET".into());
-            let (scheme, rest) = url.split_once("://").unwrap_or(("http", &url));
-            let (authority, path) = rest.find('/').map_or((rest, "/"), |at| (&rest[..at], &rest[at..]));
-            original.scheme = scheme.into();
-            original.host = authority.into();
-            original.path = path.into();
-            original.context = parse_pairs(own_query, '&');
-        } else if let Some(uri) = original_uri {
-            // nginx auth_request.
-            original.method = get("x-original-method").unwrap_or_else(|| "GET".into());
-            original.path = uri;
-            original.context = parse_pairs(own_query, '&');
-        } else {
-            // Envoy's HTTP ext_authz: the request is the original, under an optional prefix.
-            original.method = incoming.method().as_str().into();
-            if trusted && let Some(scheme) = get("x-forwarded-proto") {
-                original.scheme = scheme;
+        let dialect = if trusted { mode.dialect(|name| headers.contains_key(name)) } else { Some(HttpMode::Envoy) };
+        // A present but unreadable forwarded target becomes an empty path: denied as invalid.
+        let target =
+            |name: &str| if headers.contains_key(name) { get(name).unwrap_or_default() } else { String::new() };
+        match dialect {
+            None => {
+                original.method = incoming.method().as_str().into();
+                // Ambiguous forwarding headers: judged as an invalid path.
+                original.path = String::new();
             }
-            let target = incoming.uri().path_and_query().map_or("/", |target| target.as_str());
-            original.path =
-                target.strip_prefix(path_prefix).filter(|rest| rest.starts_with('/')).unwrap_or(target).into();
-            if trusted {
-                original.context = get(CONTEXT_HEADER).map(|pairs| parse_pairs(&pairs, ',')).unwrap_or_default();
+            Some(HttpMode::Traefik) => {
+                original.method = get("x-forwarded-method").unwrap_or_else(|| "GET".into());
+                original.scheme = get("x-forwarded-proto").unwrap_or(original.scheme);
+                original.host = get("x-forwarded-host").unwrap_or(original.host);
+                original.path = target(FORWARDED_URI);
+                original.context = parse_pairs(own_query, '&');
+            }
+            Some(HttpMode::IngressNginx) => {
+                original.method = get("x-original-method").unwrap_or_else(|| "GET".into());
+                let url = target(ORIGINAL_URL);
+                let (scheme, rest) = url.split_once("://").unwrap_or(("http", &url));
+                let (authority, path) = rest.find('/').map_or((rest, ""), |at| (&rest[..at], &rest[at..]));
+                original.scheme = scheme.into();
+                original.host = authority.into();
+                original.path = path.into();
+                original.context = parse_pairs(own_query, '&');
+            }
+            Some(HttpMode::Nginx) => {
+                original.method = get("x-original-method").unwrap_or_else(|| "GET".into());
+                original.path = target(ORIGINAL_URI);
+                original.context = parse_pairs(own_query, '&');
+            }
+            Some(HttpMode::Envoy | HttpMode::Auto) => {
+                // Envoy's HTTP ext_authz: the request is the original, under an optional prefix.
+                original.method = incoming.method().as_str().into();
+                if trusted && let Some(scheme) = get("x-forwarded-proto") {
+                    original.scheme = scheme;
+                }
+                let target = incoming.uri().path_and_query().map_or("/", |target| target.as_str());
+                original.path =
+                    target.strip_prefix(path_prefix).filter(|rest| rest.starts_with('/')).unwrap_or(target).into();
+                if trusted {
+                    original.context = get(CONTEXT_HEADER).map(|pairs| parse_pairs(&pairs, ',')).unwrap_or_default();
+                }
             }
         }
         original
@@ -140,12 +180,22 @@ impl OriginalRequest {
     }
 }
 
-/// Headers whose value is text; names are lower case already.
-fn readable_headers(headers: &HeaderMap) -> Vec<(String, String)> {
-    headers
-        .iter()
-        .filter_map(|(name, value)| value.to_str().ok().map(|value| (name.as_str().to_string(), value.to_string())))
-        .collect()
+/// Headers whose value is text, one entry per name: repeated values joined with `,` (cookies
+/// with `; `), as Envoy joins them, so a second `Authorization` cannot hide behind the first.
+/// `x-forwarded-for` from an untrusted peer is dropped: it must not name the client.
+fn readable_headers(headers: &HeaderMap, trusted: bool) -> Vec<(String, String)> {
+    let mut joined: Vec<(String, String)> = Vec::new();
+    for name in headers.keys() {
+        if !trusted && name.as_str() == "x-forwarded-for" {
+            continue;
+        }
+        let separator = if name == header::COOKIE { "; " } else { "," };
+        let values: Vec<&str> = headers.get_all(name).iter().filter_map(|value| value.to_str().ok()).collect();
+        if !values.is_empty() {
+            joined.push((name.as_str().to_string(), values.join(separator)));
+        }
+    }
+    joined
 }
 
 /// `a=1&b=2` (or with another separator) into a map; empty names are dropped.
@@ -162,12 +212,15 @@ fn parse_pairs(text: &str, separator: char) -> HashMap<String, String> {
 fn answer(decision: &Decision, allow: bool) -> Response<Body> {
     let mut response = if allow {
         let mut response = Response::new(Body::empty());
+        let mut to_remove: Vec<&str> = decision.headers_to_remove.iter().map(|name| &**name).collect();
         for (name, value) in &decision.headers_to_set {
-            insert(response.headers_mut(), name, value);
+            if !insert(response.headers_mut(), name, value) {
+                // Not sent, so stripped: the client's own copy must not reach the service.
+                to_remove.push(name);
+            }
         }
-        if !decision.headers_to_remove.is_empty() {
-            let names: Vec<&str> = decision.headers_to_remove.iter().map(|name| &**name).collect();
-            insert(response.headers_mut(), HEADERS_TO_REMOVE, &names.join(","));
+        if !to_remove.is_empty() {
+            insert(response.headers_mut(), HEADERS_TO_REMOVE, &to_remove.join(","));
         }
         response
     } else {
@@ -183,10 +236,14 @@ fn answer(decision: &Decision, allow: bool) -> Response<Body> {
     response
 }
 
-fn insert(headers: &mut HeaderMap, name: &str, value: &str) {
-    // Names and values were checked when they were made; one that still fails is left out.
-    if let (Ok(name), Ok(value)) = (HeaderName::try_from(name), HeaderValue::try_from(value)) {
-        headers.insert(name, value);
+/// Sets a header; false when the name or value cannot be sent (they were checked when made).
+fn insert(headers: &mut HeaderMap, name: &str, value: &str) -> bool {
+    match (HeaderName::try_from(name), HeaderValue::try_from(value)) {
+        (Ok(name), Ok(value)) => {
+            headers.insert(name, value);
+            true
+        }
+        _ => false,
     }
 }
 

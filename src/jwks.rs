@@ -108,8 +108,15 @@ impl KeyStore {
     pub fn add_issuers(&self, issuers: Vec<RemoteIssuer>) -> Vec<Arc<str>> {
         let _adding = self.adding.lock();
         let current = self.issuers.load_full();
-        let fresh: Vec<RemoteIssuer> =
-            issuers.into_iter().filter(|remote| !current.contains_key(&remote.issuer)).collect();
+        // New issuers, and known ones whose keys moved (a reload changed `jwksUri` or `timeout`).
+        let fresh: Vec<RemoteIssuer> = issuers
+            .into_iter()
+            .filter(|remote| {
+                current
+                    .get(&remote.issuer)
+                    .is_none_or(|known| known.jwks_uri != remote.jwks_uri || known.timeout != remote.timeout)
+            })
+            .collect();
         if fresh.is_empty() {
             return Vec::new();
         }

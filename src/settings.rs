@@ -54,6 +54,9 @@ pub struct Settings {
     pub trusted_proxies: Vec<String>,
     /// A prefix the HTTP door strips from the path in Envoy's HTTP mode (`path_prefix`).
     pub http_path_prefix: String,
+    /// Which proxy calls the HTTP door: `auto`, `traefik`, `nginx`, `ingress-nginx` or
+    /// `envoy`. Pin it in production, so that only that proxy's headers are read.
+    pub http_mode: HttpMode,
     /// Names workloads for requests that carry neither context extensions nor a destination
     /// principal (Istio's CUSTOM hop).
     pub workloads: Vec<WorkloadSetting>,
@@ -110,6 +113,7 @@ impl Default for Settings {
             merge_slashes: true,
             trusted_proxies: vec!["127.0.0.0/8".into(), "::1/128".into()],
             http_path_prefix: String::new(),
+            http_mode: HttpMode::Auto,
             workloads: Vec::new(),
             clock_skew_secs: 60,
             max_token_bytes: 8 * 1024,
@@ -132,6 +136,19 @@ impl Default for Settings {
             log_level: "info".into(),
         }
     }
+}
+
+/// The forward-auth dialect of the HTTP door.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HttpMode {
+    /// Whichever dialect's headers are present; two at once are refused as ambiguous.
+    Auto,
+    Traefik,
+    Nginx,
+    IngressNginx,
+    /// The request itself (Envoy's HTTP ext_authz service); forwarding headers are ignored.
+    Envoy,
 }
 
 /// Which decisions the decision log records.

@@ -32,6 +32,12 @@ pub fn load_policies(paths: &[PathBuf]) -> Result<LoadedPolicies, Vec<ConfigErro
     for path in paths {
         collect_files(path, &mut files, &mut errors);
     }
+    if files.is_empty() && errors.is_empty() {
+        // An empty set allows everything: never take it from an emptied directory.
+        let shown: Vec<String> = paths.iter().map(|path| path.display().to_string()).collect();
+        let message = "no policy files (*.yaml, *.yml) found; an empty set would allow everything".into();
+        errors.push(ConfigError { file: shown.join(", ").into(), line: 0, message });
+    }
     let mut seen = BTreeMap::new();
     for file in &files {
         loaded.files += 1;

@@ -120,9 +120,36 @@ pub trait TokenCache {
 pub struct VerifiedToken {
     pub identity: Arc<Identity>,
     pub issuer: Arc<str>,
+    /// The keys that verified it: a hit counts only for a rule with the same keys.
+    pub keys: KeyOrigin,
     pub kid: Option<Box<str>>,
     /// `exp`, seconds since the epoch.
     pub expires_at: Option<u64>,
+}
+
+/// Which keys verified a token: an inline set (by identity) or the issuer's fetched keys.
+#[derive(Debug, Clone)]
+pub enum KeyOrigin {
+    Inline(Arc<KeySet>),
+    Remote,
+}
+
+impl KeyOrigin {
+    fn of(source: &KeySource) -> Self {
+        match source {
+            KeySource::Inline(keys) => Self::Inline(keys.clone()),
+            KeySource::Remote { .. } => Self::Remote,
+        }
+    }
+
+    /// Whether a token verified by these keys may stand for a rule with `source`.
+    fn vouches_for(&self, source: &KeySource) -> bool {
+        match (self, source) {
+            (Self::Inline(verified), KeySource::Inline(keys)) => Arc::ptr_eq(verified, keys),
+            (Self::Remote, KeySource::Remote { .. }) => true,
+            _ => false,
+        }
+    }
 }
 
 /// Everything authentication needs from outside the policy set: keys, cache, clock and limits.
@@ -196,7 +223,12 @@ pub fn authenticate<'r>(
         found.iter().find(|(_, rule, _)| &*rule.issuer == issuer).map(|&(_, rule, location)| (rule, location))
     };
 
-    if let Some(cached) = context.cache.get(token) {
+    let cached = context.cache.get(token).filter(|cached| {
+        // Another rule of the same issuer name but other keys (another namespace's inline
+        // JWKS) must verify the token itself.
+        for_issuer(&cached.issuer).is_some_and(|(rule, _)| cached.keys.vouches_for(&rule.keys))
+    });
+    if let Some(cached) = cached {
         let Some((rule, location)) = for_issuer(&cached.issuer) else { return failed(JwtError::UnknownIssuer) };
         if let Err(error) = jwt::check_lifetime(cached.identity.claims(), context.now, context.clock_skew_secs) {
             return failed(error);
@@ -238,7 +270,13 @@ pub fn authenticate<'r>(
     let expires_at = jwt::expiry(&parsed.claims);
     let kid = parsed.kid.clone().map(Into::into);
     let identity = Arc::new(Identity::from_verified_claims(parsed.claims, rule.space_delimited_claims.clone()));
-    let verified = VerifiedToken { identity: identity.clone(), issuer: rule.issuer.clone(), kid, expires_at };
+    let verified = VerifiedToken {
+        identity: identity.clone(),
+        issuer: rule.issuer.clone(),
+        keys: KeyOrigin::of(&rule.keys),
+        kid,
+        expires_at,
+    };
     context.cache.put(token, Arc::new(verified));
     Authentication::Verified { identity, rule: rule.clone(), location: location.clone(), token }
 }

@@ -353,12 +353,19 @@ fn verified_tokens_are_cached_and_still_expire() {
     assert_eq!(cached.kid.as_deref(), Some("rsa"));
     assert_eq!(cached.expires_at, Some(NOW + 300));
 
-    // A hit needs no keys: a rule whose keys are gone still accepts the cached token...
-    let mut keyless = (*rule).clone();
-    keyless.keys = KeySource::Inline(Arc::new(KeySet::default()));
-    let keyless = Arc::new(keyless);
-    assert!(matches!(authn::authenticate(&[&keyless], &http, &context(&cache)), Authentication::Verified { .. }));
-    // ...but not once it has expired, nor for a rule that wants another audience.
+    // A hit skips the signature check for the same keys: a cache that answers for the token
+    // lets the same rule through even with no key lookup at all...
+    assert!(matches!(authn::authenticate(&[&rule], &http, &context(&cache)), Authentication::Verified { .. }));
+    // ...but a rule of the same issuer name with other keys (another namespace's inline JWKS)
+    // verifies for itself, and here finds no key.
+    let mut other_keys = (*rule).clone();
+    other_keys.keys = KeySource::Inline(Arc::new(KeySet::default()));
+    let other_keys = Arc::new(other_keys);
+    assert!(matches!(
+        authn::authenticate(&[&other_keys], &http, &context(&cache)),
+        Authentication::Failed { error: JwtError::KeyNotFound, .. }
+    ));
+    // Nor does a hit count once the token has expired, or for a rule that wants another audience.
     let later = AuthnContext { now: NOW + 1000, ..context(&cache) };
     assert!(matches!(
         authn::authenticate(&[&rule], &http, &later),

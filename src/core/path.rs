@@ -30,14 +30,15 @@ pub enum PathError {
     DotSegmentWithParameters,
 }
 
-/// A normalized path, and the other reading of it when it holds an encoded slash.
+/// A normalized path, and the other readings a backend may give it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NormalizedPath<'a> {
-    /// The path as matched: `%2F` and `%5C` stay encoded.
+    /// The path as matched: `%2F` and `%5C` stay encoded, `;` parameters stay.
     pub path: Cow<'a, str>,
-    /// The path with `%2F` and `%5C` decoded to `/`, as some backends read it; present only
-    /// when it differs. A request must be allowed under both readings.
-    pub with_decoded_slashes: Option<String>,
+    /// Other readings, each different from `path`: `%2F` and `%5C` decoded to `/`, and `;`
+    /// parameters dropped from every segment (as Tomcat and Spring do). A request must be
+    /// allowed under every reading.
+    pub other_readings: Vec<String>,
 }
 
 /// Normalizes the path part of a request target: drops the query and fragment, decodes
@@ -49,23 +50,37 @@ pub fn normalize(raw: &str, options: PathOptions) -> Result<NormalizedPath<'_>, 
         return Err(PathError::NotAbsolute);
     }
     if is_already_normal(path, options) {
-        return Ok(NormalizedPath { path: Cow::Borrowed(path), with_decoded_slashes: None });
+        return Ok(NormalizedPath { path: Cow::Borrowed(path), other_readings: Vec::new() });
     }
     let (decoded, has_encoded_slash) = decode_unreserved(path)?;
     let normal = remove_dot_segments(&decoded, options)?;
-    let with_decoded_slashes = if has_encoded_slash {
-        let slashes = decode_slashes(&normal);
-        Some(remove_dot_segments(&slashes, options)?).filter(|other| *other != normal)
-    } else {
-        None
-    };
-    Ok(NormalizedPath { path: Cow::Owned(normal), with_decoded_slashes })
+    let mut readings = vec![normal.clone()];
+    if has_encoded_slash {
+        readings.push(remove_dot_segments(&decode_slashes(&normal), options)?);
+    }
+    if normal.contains(';') {
+        for reading in readings.clone() {
+            readings.push(remove_dot_segments(&drop_parameters(&reading), options)?);
+        }
+    }
+    let mut other_readings: Vec<String> = Vec::new();
+    for reading in readings.into_iter().skip(1) {
+        if reading != normal && !other_readings.contains(&reading) {
+            other_readings.push(reading);
+        }
+    }
+    Ok(NormalizedPath { path: Cow::Owned(normal), other_readings })
+}
+
+/// `/a;x/b;y=1` read as `/a/b`: the `;` parameters of every segment dropped.
+fn drop_parameters(path: &str) -> String {
+    path.split('/').map(|segment| segment.split(';').next().unwrap_or_default()).collect::<Vec<_>>().join("/")
 }
 
 /// The common case costs one scan and no allocation.
 fn is_already_normal(path: &str, options: PathOptions) -> bool {
     let bytes = path.as_bytes();
-    let has_special_byte = bytes.iter().any(|&b| b == b'%' || b == b'\\' || b < 0x20 || b == 0x7f);
+    let has_special_byte = bytes.iter().any(|&b| b == b'%' || b == b'\\' || b == b';' || b < 0x20 || b == 0x7f);
     let has_dot_segment = path.contains("/.");
     let has_double_slash = options.merge_slashes && path.contains("//");
     !(has_special_byte || has_dot_segment || has_double_slash)
@@ -224,11 +239,14 @@ mod tests {
     fn offers_the_decoded_slash_reading_only_when_it_differs() {
         let normalized = normalize("/api/jobs/..%2F..%2Fdebug", PathOptions::default()).expect("valid");
         assert_eq!(normalized.path, "/api/jobs/..%2F..%2Fdebug");
-        assert_eq!(normalized.with_decoded_slashes.as_deref(), Some("/debug"));
+        assert_eq!(normalized.other_readings, ["/debug"]);
         let plain = normalize("/api/jobs", PathOptions::default()).expect("valid");
-        assert_eq!(plain.with_decoded_slashes, None);
+        assert!(plain.other_readings.is_empty());
         let backslash = normalize("/files/a%5cb", PathOptions::default()).expect("valid");
-        assert_eq!(backslash.with_decoded_slashes.as_deref(), Some("/files/a/b"));
+        assert_eq!(backslash.other_readings, ["/files/a/b"]);
+        let parameters = normalize("/admin;jsessionid=1/users;x", PathOptions::default()).expect("valid");
+        assert_eq!(parameters.path, "/admin;jsessionid=1/users;x");
+        assert_eq!(parameters.other_readings, ["/admin/users"]);
     }
 
     #[test]

@@ -116,6 +116,31 @@ impl Snapshot {
         issuers
     }
 
+    /// A problem when one issuer's keys are fetched from two places (two `jwksUri`, or one and
+    /// discovery): fetched keys are kept per issuer, so the set must agree on where they are.
+    pub fn conflicting_key_sources(&self) -> Option<String> {
+        let buckets = std::iter::once(&self.policies.mesh_wide).chain(self.policies.by_namespace.values());
+        let mut seen: Vec<(&Arc<str>, &Option<Box<str>>)> = Vec::new();
+        for rule in buckets.flat_map(|bucket| &bucket.authn).flat_map(|policy| policy.rules.iter()) {
+            if let KeySource::Remote { jwks_uri, .. } = &rule.keys {
+                match seen.iter().find(|(issuer, _)| **issuer == rule.issuer) {
+                    Some((_, other)) if *other != jwks_uri => {
+                        let show = |uri: &Option<Box<str>>| uri.as_deref().unwrap_or("(discovery)").to_string();
+                        return Some(format!(
+                            "issuer `{}` has keys at two places: `{}` and `{}`; give every rule of an issuer the same `jwksUri`",
+                            rule.issuer,
+                            show(other),
+                            show(jwks_uri)
+                        ));
+                    }
+                    Some(_) => {}
+                    None => seen.push((&rule.issuer, jwks_uri)),
+                }
+            }
+        }
+        None
+    }
+
     /// How many AuthorizationPolicies the set holds.
     pub fn policy_count(&self) -> usize {
         self.policies.len
@@ -214,15 +239,15 @@ impl Snapshot {
             identity,
         };
         let decision = self.evaluate(workload, &attributes);
-        // A path with an encoded slash must be allowed under both of its readings.
-        if let Some(other_reading) =
-            normalized.as_ref().and_then(|normalized| normalized.with_decoded_slashes.as_deref())
-            && decision.is_allow()
-        {
-            attributes.path = other_reading;
-            let other = self.evaluate(workload, &attributes);
-            if !other.is_allow() {
-                return other;
+        // A path a backend may read otherwise (encoded slashes, `;` parameters) must be
+        // allowed under every reading.
+        if decision.is_allow() {
+            for other_reading in normalized.iter().flat_map(|normalized| &normalized.other_readings) {
+                attributes.path = other_reading;
+                let other = self.evaluate(workload, &attributes);
+                if !other.is_allow() {
+                    return other;
+                }
             }
         }
         decision

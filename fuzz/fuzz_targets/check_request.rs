@@ -1,0 +1,177 @@
+//! Fuzzes `CheckRequest` conversion and the decision: raw protobuf bytes, and requests built from structured input, against the shipped and adversarial policies.
+#![no_main]
+
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+use arbitrary::Arbitrary;
+use envoy_types::pb::envoy::config::core::v3::{
+    Address, HeaderMap, HeaderValue, SocketAddress, address, socket_address,
+};
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Peer, Request, TlsSession};
+use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
+use libfuzzer_sys::fuzz_target;
+use portcullis::config::load::{LoadedPolicies, load_policies, load_policy_text};
+use portcullis::core::authn::{AuthnContext, NoRemoteKeys};
+use portcullis::core::workload::WorkloadTable;
+use portcullis::core::{EngineOptions, Snapshot};
+use portcullis::grpc::decide;
+use prost::Message;
+
+/// Policies that use every rule field and condition kind, beside the shipped examples.
+const ADVERSARIAL_POLICIES: &str = r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-admin, namespace: job-service}
+spec:
+  action: DENY
+  rules:
+  - to: [{operation: {paths: ["/admin", "/admin/*", "/files/{*}/secret", "/api/{**}/internal"], notHosts: ["*.internal"]}}]
+  - from: [{source: {notIpBlocks: ["10.0.0.0/8", "::1/128"], remoteIpBlocks: ["203.0.113.0/24"]}}]
+    when: [{key: "request.headers[x-debug]", values: ["*"]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: audit-all, namespace: job-service}
+spec:
+  action: AUDIT
+  rules:
+  - from: [{source: {principals: ["cluster.local/ns/*"], notNamespaces: ["kube-system"]}}]
+    to: [{operation: {methods: ["GET"], ports: ["8080"], notPaths: ["*.json"]}}]
+    when:
+    - {key: source.namespace, values: ["a*"]}
+    - {key: destination.port, notValues: ["9"]}
+    - {key: connection.sni, values: ["*.example.com"]}
+    - {key: request.auth.claims[groups], values: ["admin"]}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: dry
+  namespace: job-service
+  annotations: {istio.io/dry-run: "true"}
+spec:
+  rules:
+  - from: [{source: {serviceAccounts: ["web"]}}]
+"#;
+
+fn snapshot() -> &'static Snapshot {
+    static SNAPSHOT: OnceLock<Snapshot> = OnceLock::new();
+    SNAPSHOT.get_or_init(|| {
+        let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+        let mut loaded = load_policies(&[shipped]).unwrap_or_default();
+        let extra: LoadedPolicies = load_policy_text("adversarial.yaml", ADVERSARIAL_POLICIES).unwrap_or_default();
+        loaded.policies.extend(extra.policies);
+        Snapshot::new(
+            loaded.policies,
+            loaded.authn,
+            WorkloadTable::default(),
+            EngineOptions { trusted_proxy_hops: 1, ..EngineOptions::default() },
+            "istio-system",
+        )
+    })
+}
+
+/// A request as Envoy might send it, with every field the door reads chosen by the fuzzer.
+#[derive(Debug, Arbitrary)]
+struct FuzzedCheck {
+    method: String,
+    path: String,
+    host: String,
+    scheme: String,
+    headers: Vec<(String, String)>,
+    /// Sent in `header_map` (Envoy's `encode_raw_headers`) instead of `headers`.
+    raw_headers: Option<Vec<(String, Vec<u8>)>>,
+    source_address: String,
+    source_port: u32,
+    source_principal: String,
+    destination_principal: String,
+    destination_labels: Vec<(String, String)>,
+    context_extensions: Vec<(String, String)>,
+    sni: Option<String>,
+    /// No `request.http`: a TCP check.
+    tcp: bool,
+    no_attributes: bool,
+}
+
+fn peer(address: &str, port: u32, principal: &str, labels: HashMap<String, String>) -> Peer {
+    let socket = SocketAddress {
+        address: address.to_string(),
+        port_specifier: Some(socket_address::PortSpecifier::PortValue(port)),
+        ..SocketAddress::default()
+    };
+    Peer {
+        address: Some(Address { address: Some(address::Address::SocketAddress(socket)) }),
+        principal: principal.to_string(),
+        labels,
+        ..Peer::default()
+    }
+}
+
+impl FuzzedCheck {
+    fn into_check(self) -> CheckRequest {
+        if self.no_attributes {
+            return CheckRequest { attributes: None };
+        }
+        let (headers, header_map) = match self.raw_headers {
+            Some(raw) => {
+                let values = raw
+                    .into_iter()
+                    .map(|(key, raw_value)| HeaderValue { key, value: String::new(), raw_value })
+                    .collect();
+                (HashMap::new(), Some(HeaderMap { headers: values }))
+            }
+            None => (self.headers.into_iter().collect(), None),
+        };
+        let http = HttpRequest {
+            method: self.method,
+            path: self.path,
+            host: self.host,
+            scheme: self.scheme,
+            headers,
+            header_map,
+            ..HttpRequest::default()
+        };
+        CheckRequest {
+            attributes: Some(AttributeContext {
+                source: Some(peer(&self.source_address, self.source_port, &self.source_principal, HashMap::new())),
+                destination: Some(peer(
+                    "10.0.1.9",
+                    8080,
+                    &self.destination_principal,
+                    self.destination_labels.into_iter().collect(),
+                )),
+                request: (!self.tcp).then(|| Request { http: Some(http), ..Request::default() }),
+                context_extensions: self.context_extensions.into_iter().collect(),
+                tls_session: self.sni.map(|sni| TlsSession { sni }),
+                ..AttributeContext::default()
+            }),
+        }
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((mode, rest)) = data.split_first() else { return };
+    let check = if mode % 2 == 0 {
+        // Raw bytes as they would come off the wire.
+        match CheckRequest::decode(rest) {
+            Ok(check) => check,
+            Err(_) => return,
+        }
+    } else {
+        match FuzzedCheck::arbitrary(&mut arbitrary::Unstructured::new(rest)) {
+            Ok(fuzzed) => fuzzed.into_check(),
+            Err(_) => return,
+        }
+    };
+    let context = AuthnContext {
+        keys: &NoRemoteKeys,
+        cache: &NoRemoteKeys,
+        now: 1_800_000_000,
+        clock_skew_secs: 60,
+        max_token_bytes: 8192,
+    };
+    let decision = decide(snapshot(), &check, &context);
+    assert_ne!(decision.reason.as_str(), "internal_error", "a check panicked: {check:?}");
+    let _ = portcullis::grpc::request_from_check(&check);
+});

@@ -1,0 +1,422 @@
+//! Faults: an IdP down at start, slow or failing later; clock jumps; a panic inside a check; policy files unparsable or emptied at runtime.
+
+#![allow(clippy::expect_used, clippy::panic, reason = "test helpers: a failed step fails the test")]
+
+mod forge;
+mod support;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest as ProtoHttp, Request as ProtoRequest};
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
+use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest, CheckResponse};
+use forge::{Behavior, FakeIdp, RSA, jwks, public_jwk, sign, unix_now};
+use jsonwebtoken::Algorithm;
+use portcullis::config::load::load_policy_text;
+use portcullis::core::HttpRequest;
+use portcullis::core::authn::{self, Authentication, AuthnContext, JwtRule, NoRemoteKeys};
+use portcullis::core::jwt::JwtError;
+use portcullis::telemetry::Metrics;
+use portcullis::token_cache::VerifiedTokenCache;
+use serde_json::{Value, json};
+use support::{Server, http_get};
+
+fn policy_dir(yaml: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("policies.yaml"), yaml).expect("write policies");
+    dir
+}
+
+fn config_file(yaml: &str) -> tempfile::NamedTempFile {
+    let file = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(file.path(), yaml).expect("write config");
+    file
+}
+
+fn claims(issuer: &str) -> Value {
+    json!({"iss": issuer, "sub": "alice", "exp": unix_now() + 600, "iat": unix_now()})
+}
+
+/// A RequestAuthentication in namespace `faults` with one remote rule per `(issuer, jwksUri)`,
+/// and an ALLOW policy that admits verified callers only.
+fn remote_issuers(rules: &[(&str, String)]) -> String {
+    let mut yaml = String::from(
+        "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: tokens, namespace: faults}\nspec:\n  jwtRules:\n",
+    );
+    for (issuer, uri) in rules {
+        yaml.push_str(&format!("  - issuer: {issuer}\n    jwksUri: {uri}\n"));
+    }
+    yaml.push_str(
+        "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: verified-only, namespace: faults}\nspec:\n  rules:\n  - from: [{source: {requestPrincipals: [\"*\"]}}]\n",
+    );
+    yaml
+}
+
+fn check_request(path: &str, token: Option<&str>) -> CheckRequest {
+    let headers: HashMap<String, String> =
+        token.map(|token| ("authorization".to_string(), format!("Bearer {token}"))).into_iter().collect();
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(ProtoRequest {
+                http: Some(ProtoHttp {
+                    method: "GET".into(),
+                    path: path.into(),
+                    host: "app.test".into(),
+                    headers,
+                    ..ProtoHttp::default()
+                }),
+                ..ProtoRequest::default()
+            }),
+            context_extensions: HashMap::from([("namespace".to_string(), "faults".to_string())]),
+            ..AttributeContext::default()
+        }),
+    }
+}
+
+/// The status and body a proxy would send: 200 and nothing on allow.
+fn outcome(response: &CheckResponse) -> (u16, String) {
+    match &response.http_response {
+        Some(HttpResponse::OkResponse(_)) => (200, String::new()),
+        Some(HttpResponse::DeniedResponse(denied)) => {
+            (denied.status.as_ref().map_or(0, |status| u16::try_from(status.code).unwrap_or(0)), denied.body.clone())
+        }
+        _ => (0, String::new()),
+    }
+}
+
+async fn ask(server: &Server, path: &str, token: Option<&str>) -> ((u16, String), Duration) {
+    ask_at(server.grpc, path, token).await
+}
+
+async fn ask_at(grpc: SocketAddr, path: &str, token: Option<&str>) -> ((u16, String), Duration) {
+    let mut client = AuthorizationClient::connect(format!("http://{grpc}")).await.expect("connects");
+    let started = Instant::now();
+    let response = client.check(check_request(path, token)).await.expect("Check answers").into_inner();
+    (outcome(&response), started.elapsed())
+}
+
+/// A loopback address where nothing listens.
+fn closed_port_url() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let address = listener.local_addr().expect("address");
+    drop(listener);
+    format!("http://{address}/certs")
+}
+
+const JWKS_FETCH_FAILED: &str = "Jwks remote fetch is failed";
+const NO_KEY: &str = "Jwks doesn't have key to match kid or alg from Jwt";
+
+/// One IdP down at start: the server still becomes ready, `/readyz` names that issuer only, its
+/// tokens get 401 `Jwks remote fetch is failed`, and the other remote issuer's tokens work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idp_down_at_start_degrades_only_its_own_issuer() {
+    let up = FakeIdp::start(Behavior::Serve(jwks(&[public_jwk(RSA, Algorithm::RS256, Some("rsa"))])));
+    let policies =
+        policy_dir(&remote_issuers(&[("https://up.test", up.url("/certs")), ("https://down.test", closed_port_url())]));
+    let config = config_file("jwks_ready_timeout_secs: 5\n");
+    let started = Instant::now();
+    let server = Server::start_with(&[policies.path()], Some(config.path()));
+    assert!(started.elapsed() < Duration::from_secs(8), "ready only after {:?}", started.elapsed());
+    let (status, body) = http_get(server.admin, "/readyz");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("no keys for issuer https://down.test"), "{body}");
+    assert!(!body.contains("https://up.test"), "{body}");
+
+    let down_token = sign(RSA, Algorithm::RS256, Some("rsa"), &claims("https://down.test"));
+    let up_token = sign(RSA, Algorithm::RS256, Some("rsa"), &claims("https://up.test"));
+    let ((status, body), elapsed) = ask(&server, "/", Some(&down_token)).await;
+    assert_eq!((status, body.as_str()), (401, JWKS_FETCH_FAILED));
+    assert!(elapsed < Duration::from_secs(1), "a missing key set is not waited for: {elapsed:?}");
+    assert_eq!(ask(&server, "/", Some(&up_token)).await.0, (200, String::new()));
+    assert_eq!(ask(&server, "/", None).await.0.0, 403, "anonymous callers are still judged by the policy");
+}
+
+/// An IdP that turns slow (or down) after start: tokens with known kids keep working on the
+/// cached keys, and a token with an unknown kid waits for the refetch at most
+/// `jwks_refetch_wait_ms`, also when many arrive at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_or_failing_idp_never_holds_a_check_past_the_bound() {
+    let idp = FakeIdp::start(Behavior::Serve(jwks(&[public_jwk(RSA, Algorithm::RS256, Some("rsa"))])));
+    let policies = policy_dir(&remote_issuers(&[("https://idp.test", idp.url("/certs"))]));
+    let config =
+        config_file("jwks_refetch_wait_ms: 300\njwks_min_refetch_interval_secs: 0\njwks_fetch_timeout_ms: 20000\n");
+    let server = Server::start_with(&[policies.path()], Some(config.path()));
+    let known = sign(RSA, Algorithm::RS256, Some("rsa"), &claims("https://idp.test"));
+    let unknown = sign(RSA, Algorithm::RS256, Some("rotated"), &claims("https://idp.test"));
+    assert_eq!(ask(&server, "/", Some(&known)).await.0, (200, String::new()));
+
+    idp.set(Behavior::Slow(jwks(&[public_jwk(RSA, Algorithm::RS256, Some("rsa"))]), Duration::from_secs(15)));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let (grpc, unknown) = (server.grpc, unknown.clone());
+        tasks.spawn(async move { ask_at(grpc, "/", Some(&unknown)).await });
+    }
+    let mut slowest = Duration::ZERO;
+    while let Some(joined) = tasks.join_next().await {
+        let ((status, body), elapsed) = joined.expect("task");
+        assert_eq!((status, body.as_str()), (401, NO_KEY));
+        slowest = slowest.max(elapsed);
+    }
+    assert!(slowest < Duration::from_secs(2), "a Check was held {slowest:?} for a 300 ms bound (the fetch hangs 15 s)");
+    // While that refetch hangs, tokens the cached keys verify are not held at all.
+    let ((status, _), elapsed) = ask(&server, "/", Some(&known)).await;
+    assert_eq!(status, 200);
+    assert!(elapsed < Duration::from_secs(1), "a known kid waited {elapsed:?}");
+
+    idp.set(Behavior::Status(503));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(ask(&server, "/", Some(&known)).await.0.0, 200, "the last good keys stay while the IdP fails");
+    assert_eq!(ask(&server, "/", Some(&unknown)).await.0, (401, NO_KEY.to_string()));
+}
+
+/// An IdP slow at start: readiness waits at most `jwks_ready_timeout_secs`, and until the keys
+/// arrive the issuer's tokens get 401 at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idp_slow_at_start_holds_neither_readiness_nor_checks() {
+    let idp = FakeIdp::start(Behavior::Slow(
+        jwks(&[public_jwk(RSA, Algorithm::RS256, Some("rsa"))]),
+        Duration::from_secs(30),
+    ));
+    let policies = policy_dir(&remote_issuers(&[("https://idp.test", idp.url("/certs"))]));
+    let config = config_file("jwks_ready_timeout_secs: 1\njwks_fetch_timeout_ms: 60000\n");
+    let started = Instant::now();
+    let server = Server::start_with(&[policies.path()], Some(config.path()));
+    assert!(started.elapsed() < Duration::from_secs(5), "ready after {:?}", started.elapsed());
+    let token = sign(RSA, Algorithm::RS256, Some("rsa"), &claims("https://idp.test"));
+    let ((status, body), elapsed) = ask(&server, "/", Some(&token)).await;
+    assert_eq!((status, body.as_str()), (401, JWKS_FETCH_FAILED));
+    assert!(elapsed < Duration::from_secs(1), "held {elapsed:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The clock is an input of the core.
+// ---------------------------------------------------------------------------------------------
+
+const T: u64 = 1_800_000_000;
+const ISSUER: &str = "https://clock.test";
+
+fn clock_rule() -> Arc<JwtRule> {
+    let keys = jwks(&[public_jwk(RSA, Algorithm::RS256, Some("rsa"))]);
+    let yaml = format!(
+        "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{name: r, namespace: n}}\nspec:\n  jwtRules:\n  - issuer: {ISSUER}\n    jwks: '{keys}'\n"
+    );
+    let loaded = load_policy_text("clock.yaml", &yaml).expect("valid");
+    loaded.authn[0].rules[0].clone()
+}
+
+fn judge(rule: &Arc<JwtRule>, token: &str, now: u64, skew: u64, cache: &dyn authn::TokenCache) -> Result<(), JwtError> {
+    let authorization = format!("Bearer {token}");
+    let http =
+        HttpRequest { path: "/", headers: vec![("authorization", authorization.as_str())], ..HttpRequest::default() };
+    let context = AuthnContext { keys: &NoRemoteKeys, cache, now, clock_skew_secs: skew, max_token_bytes: 8192 };
+    match authn::authenticate(&[rule], &http, &context) {
+        Authentication::Verified { .. } => Ok(()),
+        Authentication::Anonymous => Err(JwtError::BadFormat),
+        Authentication::Failed { error, .. } => Err(error),
+    }
+}
+
+/// `exp` and `nbf` are judged at the `now` the check is given, with `clock_skew_secs` of
+/// tolerance on each side: the exact edges of the window.
+#[test]
+fn token_lifetimes_are_judged_at_the_given_clock_with_skew() {
+    let rule = clock_rule();
+    let token = sign(RSA, Algorithm::RS256, Some("rsa"), &json!({"iss": ISSUER, "sub": "a", "nbf": T, "exp": T + 300}));
+    let cases: [(u64, u64, Result<(), JwtError>); 10] = [
+        (T + 100, 60, Ok(())),
+        (T + 359, 60, Ok(())),
+        (T + 360, 60, Err(JwtError::Expired)),
+        (T - 60, 60, Ok(())),
+        (T - 61, 60, Err(JwtError::NotYetValid)),
+        (T + 299, 0, Ok(())),
+        (T + 300, 0, Err(JwtError::Expired)),
+        (T, 0, Ok(())),
+        (T - 1, 0, Err(JwtError::NotYetValid)),
+        (u64::MAX, 60, Err(JwtError::Expired)),
+    ];
+    for (now, skew, expected) in cases {
+        assert_eq!(
+            judge(&rule, &token, now, skew, &NoRemoteKeys),
+            expected,
+            "now T{:+}, skew {skew}",
+            now as i128 - T as i128
+        );
+    }
+}
+
+/// The clock jumps forward past `exp` and back before `nbf` while the token sits in the
+/// verified-token cache: every hit is judged again at the new time.
+#[test]
+fn clock_jumps_are_judged_again_on_cache_hits() {
+    let rule = clock_rule();
+    let cache = VerifiedTokenCache::new(100, Arc::new(Metrics::new()));
+    let token = sign(RSA, Algorithm::RS256, Some("rsa"), &json!({"iss": ISSUER, "sub": "a", "nbf": T, "exp": T + 300}));
+    assert_eq!(judge(&rule, &token, T + 10, 60, &cache), Ok(()), "verified and remembered");
+    assert_eq!(authn::TokenCache::get(&cache, &token).map(|hit| hit.expires_at), Some(Some(T + 300)));
+    assert_eq!(judge(&rule, &token, T + 3600, 60, &cache), Err(JwtError::Expired), "a jump forward");
+    assert_eq!(judge(&rule, &token, T + 10, 60, &cache), Ok(()), "and back");
+    assert_eq!(judge(&rule, &token, T - 3600, 60, &cache), Err(JwtError::NotYetValid), "a jump back before nbf");
+}
+
+/// A cache that panics on every use: a bug inside a Check.
+struct PanickingCache;
+
+impl authn::TokenCache for PanickingCache {
+    fn get(&self, _token: &str) -> Option<Arc<authn::VerifiedToken>> {
+        panic!("a bug inside the check")
+    }
+    fn put(&self, _token: &str, _verified: Arc<authn::VerifiedToken>) {
+        panic!("a bug inside the check")
+    }
+}
+
+/// A panic inside a Check fails closed: the request is denied with `internal_error`, and the
+/// same policy set goes on deciding the next request.
+#[test]
+fn a_panic_inside_a_check_is_a_deny() {
+    let keys = jwks(&[public_jwk(RSA, Algorithm::RS256, Some("rsa"))]);
+    let yaml = format!(
+        "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{name: r, namespace: n}}\nspec:\n  jwtRules:\n  - issuer: {ISSUER}\n    jwks: '{keys}'\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: anyone, namespace: n}}\nspec:\n  rules: [{{}}]\n"
+    );
+    let loaded = load_policy_text("panic.yaml", &yaml).expect("valid");
+    let snapshot = portcullis::core::Snapshot::new(
+        loaded.policies,
+        loaded.authn,
+        portcullis::core::workload::WorkloadTable::default(),
+        portcullis::core::EngineOptions::default(),
+        "istio-system",
+    );
+    let token = sign(RSA, Algorithm::RS256, Some("rsa"), &json!({"iss": ISSUER, "sub": "a", "exp": T + 300}));
+    let authorization = format!("Bearer {token}");
+    let extensions = HashMap::from([("namespace".to_string(), "n".to_string())]);
+    let request = portcullis::core::Request {
+        http: Some(HttpRequest {
+            method: "GET",
+            path: "/",
+            headers: vec![("authorization", authorization.as_str())],
+            ..HttpRequest::default()
+        }),
+        context_extensions: Some(&extensions),
+        ..portcullis::core::Request::default()
+    };
+    let broken = AuthnContext {
+        keys: &NoRemoteKeys,
+        cache: &PanickingCache,
+        now: T,
+        clock_skew_secs: 60,
+        max_token_bytes: 8192,
+    };
+    let decision = snapshot.check(&request, &broken);
+    assert_eq!(decision.reason, portcullis::core::Reason::InternalError);
+    assert!(!decision.is_allow());
+    assert_eq!((decision.http_status(), decision.body()), (403, "RBAC: access denied"));
+    let working = AuthnContext { cache: &NoRemoteKeys, ..broken };
+    assert!(snapshot.check(&request, &working).is_allow(), "the next check is decided as usual");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The policy directory at runtime.
+// ---------------------------------------------------------------------------------------------
+
+const DENY_ADMIN: &str = r#"apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-admin, namespace: faults}
+spec:
+  action: DENY
+  rules:
+  - to: [{operation: {paths: ["/admin", "/admin/*"]}}]
+"#;
+
+fn metric(server: &Server, line_prefix: &str) -> Option<f64> {
+    let (_, text) = http_get(server.admin, "/metrics");
+    text.lines().find_map(|line| line.strip_prefix(line_prefix)?.trim().parse().ok())
+}
+
+/// Waits until the server has tried `attempts` reloads in all (ok or error), at most 10 s.
+fn wait_for_reloads(server: &Server, attempts: f64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ok = metric(server, "portcullis_reloads_total{result=\"ok\"}").unwrap_or(0.0);
+        let error = metric(server, "portcullis_reloads_total{result=\"error\"}").unwrap_or(0.0);
+        if ok + error >= attempts {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no reload attempt {attempts} (ok {ok}, error {error})");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Starts a server on a policy directory holding `DENY_ADMIN`, polling it every 200 ms.
+fn server_on_policy_directory() -> (tempfile::TempDir, std::path::PathBuf, Server, tempfile::NamedTempFile) {
+    let root = tempfile::tempdir().expect("temp dir");
+    let dir = root.path().join("policies");
+    std::fs::create_dir(&dir).expect("mkdir");
+    std::fs::write(dir.join("policies.yaml"), DENY_ADMIN).expect("write");
+    let config = config_file("reload_poll_interval_ms: 200\n");
+    let server = Server::start_with(&[Path::new(&dir)], Some(config.path()));
+    (root, dir, server, config)
+}
+
+/// Policy files that stop parsing at runtime (broken YAML, a wrong type): the last good set
+/// stays and keeps deciding; a valid set afterwards is picked up. (A set that parses but does
+/// not compile, and a removed directory, are `tests/reload.rs`'s.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unparsable_policy_files_at_runtime_keep_the_last_good_set() {
+    let (_root, dir, server, _config) = server_on_policy_directory();
+    assert_eq!(ask(&server, "/admin", None).await.0.0, 403);
+    assert_eq!(ask(&server, "/public", None).await.0.0, 200);
+
+    type Step<'a> = (&'a str, Box<dyn Fn() + 'a>);
+    let steps: [Step; 2] = [
+        ("corrupted", Box::new(|| std::fs::write(dir.join("policies.yaml"), "spec: [\n  {oops").expect("write"))),
+        (
+            "a wrong type",
+            Box::new(|| {
+                std::fs::write(dir.join("policies.yaml"), DENY_ADMIN.replace("action: DENY", "action: [DENY]"))
+                    .expect("write")
+            }),
+        ),
+    ];
+    let mut failures = Vec::new();
+    let mut attempts = 0.0;
+    for (name, break_it) in &steps {
+        break_it();
+        attempts += 1.0;
+        wait_for_reloads(&server, attempts);
+        if ask(&server, "/admin", None).await.0.0 != 403 {
+            failures.push(format!("{name}: /admin is no longer denied"));
+        }
+        if metric(&server, "portcullis_policy_generation") != Some(1.0) {
+            failures.push(format!("{name}: a new policy set went live"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert_eq!(
+        metric(&server, "portcullis_reloads_total{result=\"error\"}"),
+        Some(attempts),
+        "each refusal is counted"
+    );
+    std::fs::write(dir.join("policies.yaml"), DENY_ADMIN.replace("\"/admin/*\"", "\"/admin/*\", \"/secret\""))
+        .expect("write");
+    wait_for_reloads(&server, attempts + 1.0);
+    assert_eq!(ask(&server, "/secret", None).await.0.0, 403, "the valid set went live");
+    assert_eq!(metric(&server, "portcullis_policy_generation"), Some(2.0));
+}
+
+/// A policy directory that is suddenly empty (a ConfigMap mid-update, a half-done sync, a wrong
+/// mount) must not turn every workload's policies off: the last good set stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+
+async fn an_emptied_policy_directory_keeps_the_last_good_set() {
+    let (_root, dir, server, _config) = server_on_policy_directory();
+    assert_eq!(ask(&server, "/admin", None).await.0.0, 403);
+    std::fs::remove_file(dir.join("policies.yaml")).expect("rm");
+    wait_for_reloads(&server, 1.0);
+    assert_eq!(ask(&server, "/admin", None).await.0.0, 403, "/admin is no longer denied");
+    assert_eq!(metric(&server, "portcullis_policy_generation"), Some(1.0), "an empty set went live");
+}
