@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use axum::serve::ListenerExt;
 use envoy_types::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -166,9 +167,18 @@ pub async fn serve(settings: Settings) -> Result<(), AppError> {
     let grpc = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(AuthorizationServer::new(CheckService::new(state.clone())))
-        .serve_with_incoming_shutdown(TcpIncoming::from(grpc_listener), wait_for(shutdown.clone()));
+        .serve_with_incoming_shutdown(
+            // Without TCP_NODELAY, Nagle's algorithm meets delayed ACKs: ~40 ms per answer.
+            TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
+            wait_for(shutdown.clone()),
+        );
     let admin =
         axum::serve(admin_listener, admin::router(state.clone())).with_graceful_shutdown(wait_for(shutdown.clone()));
+    let http_listener = http_listener.tap_io(|stream| {
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, "Cannot set TCP_NODELAY");
+        }
+    });
     let http_door =
         axum::serve(http_listener, http::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(wait_for(shutdown.clone()));

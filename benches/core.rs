@@ -1,0 +1,148 @@
+//! Criterion micro-benchmarks of the pure core: a job-board Check, evaluation with 10 to 10,000 policies, policy loading, path normalization, CheckRequest conversion.
+
+#![expect(clippy::expect_used, reason = "bench set-up: a fixture that cannot be built ends the run")]
+
+mod fixtures;
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{BenchmarkId, Criterion, SamplingMode, criterion_group, criterion_main};
+use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
+use portcullis::core::Request;
+use portcullis::core::path::{self, PathOptions};
+use portcullis::grpc::{check_response, decide, request_from_check};
+use portcullis::settings::Settings;
+
+use fixtures::engine::{self, Engine};
+use fixtures::requests::{Call, JOB_BOARD_ROLES, check_request, job_board_call};
+use fixtures::tokens::{Alg, TokenSigner, keycloak_claims, request_authentication_yaml, unix_now};
+use fixtures::{job_board_policy_text, mesh};
+
+/// The policy-set sizes compared (the target is 10,000 against 10), and loaded.
+fn policy_counts() -> ([usize; 3], [usize; 2]) {
+    if fixtures::smoke() { ([10, 100, 1_000], [100, 1_000]) } else { ([10, 1_000, 10_000], [1_000, 10_000]) }
+}
+/// Requests drawn for each policy set; the bench cycles through them.
+const MIX_SIZE: usize = 4_096;
+
+fn job_board_engine() -> Engine {
+    Engine::from_yaml(&job_board_policy_text().expect("job-board policies")).expect("job-board policies compile")
+}
+
+fn signed(alg: Alg, serial: u64, roles: &[&str]) -> String {
+    let signer = TokenSigner::new(alg).expect("bench key");
+    signer.sign(&keycloak_claims(serial, roles, unix_now())).expect("signs")
+}
+
+fn converted(check: &CheckRequest) -> Request<'_> {
+    request_from_check(check).expect("the request has attributes")
+}
+
+/// A Check against the shipped job-board policies, the way the end-to-end runs send it.
+fn job_board_check(c: &mut Criterion) {
+    let engine = job_board_engine();
+    let context = engine.context();
+    let token = signed(Alg::Rs256, 1, JOB_BOARD_ROLES);
+    let with_token = check_request(&job_board_call(Some(&token)));
+    let anonymous_read = check_request(&Call { method: "GET", path: "/api/jobs?page=2", ..job_board_call(None) });
+    for check in [&with_token, &anonymous_read] {
+        // Also fills the token cache: the timed checks below are cache hits.
+        assert!(engine.snapshot.check(&converted(check), &context).is_allow(), "the bench request must be allowed");
+    }
+
+    let mut group = c.benchmark_group("check");
+    let request = converted(&anonymous_read);
+    group.bench_function("job_board_anonymous_read", |b| {
+        b.iter(|| engine.snapshot.check(black_box(&request), &context));
+    });
+    let request = converted(&with_token);
+    group.bench_function("job_board_warm_token", |b| {
+        b.iter(|| engine.snapshot.check(black_box(&request), &context));
+    });
+    group.bench_function("job_board_warm_token_grpc", |b| {
+        b.iter(|| {
+            let decision = decide(&engine.snapshot, black_box(&with_token), &context);
+            check_response(&decision, decision.is_allow())
+        });
+    });
+    group.finish();
+}
+
+/// The gRPC adapter alone: borrowing a CheckRequest's attributes, and building the response.
+fn grpc_conversion(c: &mut Criterion) {
+    let engine = job_board_engine();
+    let context = engine.context();
+    let token = signed(Alg::Rs256, 1, JOB_BOARD_ROLES);
+    let check = check_request(&job_board_call(Some(&token)));
+    let decision = decide(&engine.snapshot, &check, &context);
+
+    let mut group = c.benchmark_group("grpc");
+    group.bench_function("request_from_check", |b| b.iter(|| request_from_check(black_box(&check))));
+    group.bench_function("check_response_allow", |b| {
+        b.iter(|| check_response(black_box(&decision), decision.is_allow()));
+    });
+    group.finish();
+}
+
+/// One policy-set text: `count` synthetic AuthorizationPolicies, the shipped mesh-wide DENY and
+/// the bench RequestAuthentication.
+fn mesh_policy_text(count: usize) -> String {
+    let mesh_wide = std::fs::read_to_string(fixtures::repo_path("policies/mesh-wide.yaml")).expect("mesh-wide.yaml");
+    let authn = request_authentication_yaml().expect("bench RequestAuthentication");
+    [mesh::policy_set_yaml(0..count), mesh_wide, authn].join("\n---\n")
+}
+
+/// Per-Check time with 10, 1,000 and 10,000 policies, on the same kind of request mix.
+fn policy_count(c: &mut Criterion) {
+    let tokens: Vec<String> =
+        mesh::USER_ROLES.iter().zip(1..).map(|(roles, serial)| signed(Alg::Rs256, serial, roles)).collect();
+    let mut group = c.benchmark_group("check_policies");
+    for count in policy_counts().0 {
+        let engine = Engine::from_yaml(&mesh_policy_text(count)).expect("the synthetic set compiles");
+        let context = engine.context();
+        let checks = mesh::request_mix(count, MIX_SIZE, &tokens, 42);
+        let requests: Vec<Request<'_>> = checks.iter().map(converted).collect();
+        // One pass outside the timing: fills the token cache, and tells what the mix decides.
+        let allowed = requests.iter().filter(|request| engine.snapshot.check(request, &context).is_allow()).count();
+        eprintln!("check_policies/{count}: {allowed} of {} requests of the mix are allowed", requests.len());
+        group.bench_with_input(BenchmarkId::from_parameter(count), &requests, |b, requests| {
+            let mut next = requests.iter().cycle();
+            b.iter(|| engine.snapshot.check(black_box(next.next().expect("cycle")), &context));
+        });
+    }
+    group.finish();
+}
+
+/// Parse, compile and index a whole set, as the server does at start and on reload.
+fn policy_load(c: &mut Criterion) {
+    let settings = Settings::default();
+    let mut group = c.benchmark_group("load_policies");
+    group.sample_size(10).sampling_mode(SamplingMode::Flat);
+    for count in policy_counts().1 {
+        let text = mesh_policy_text(count);
+        // About 0.2 ms a policy: enough time for ten samples without criterion's warning.
+        group.measurement_time(Duration::from_millis(count as u64 * 2 + 1_000));
+        group.bench_with_input(BenchmarkId::from_parameter(count), &text, |b, text| {
+            b.iter_with_large_drop(|| engine::compile(text, &settings).expect("compiles"));
+        });
+    }
+    group.finish();
+}
+
+fn path_normalization(c: &mut Criterion) {
+    let options = PathOptions { merge_slashes: true };
+    let mut group = c.benchmark_group("normalize_path");
+    for (name, raw) in [
+        ("plain", "/api/jobs/42"),
+        ("query", "/api/jobs?page=2&sort=created&order=desc"),
+        ("encoded_and_dot_segments", "/api/%6Aobs/./42/../43%2Fedit?x=1"),
+        ("merge_slashes", "//api///jobs//42/"),
+    ] {
+        group.bench_function(name, |b| b.iter(|| path::normalize(black_box(raw), options)));
+    }
+    group.finish();
+}
+
+criterion_group!(benches, job_board_check, grpc_conversion, policy_count, policy_load, path_normalization);
+criterion_main!(benches);

@@ -1,0 +1,59 @@
+//! Criterion micro-benchmarks of token verification: RS256 and ES256, cold (parse, signature, claims) and from the verified-token cache, and the signature alone (the crypto ceiling).
+
+#![expect(clippy::expect_used, reason = "bench set-up: a fixture that cannot be built ends the run")]
+
+mod fixtures;
+
+use std::hint::black_box;
+use std::sync::Arc;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use portcullis::core::HttpRequest;
+use portcullis::core::authn::{self, Authentication, AuthnContext, JwtRule};
+use portcullis::core::jwt::{self, KeySet};
+
+use fixtures::engine::Engine;
+use fixtures::requests::JOB_BOARD_ROLES;
+use fixtures::tokens::{Alg, TokenSigner, jwks_json, keycloak_claims, request_authentication_yaml, unix_now};
+
+fn authenticate<'r>(rules: &[&Arc<JwtRule>], http: &HttpRequest<'r>, context: &AuthnContext<'_>) -> bool {
+    matches!(authn::authenticate(rules, http, context), Authentication::Verified { .. })
+}
+
+fn verification(c: &mut Criterion) {
+    let engine = Engine::from_yaml(&request_authentication_yaml().expect("RequestAuthentication")).expect("compiles");
+    let rules: Vec<&Arc<JwtRule>> = engine.jwt_rules.iter().collect();
+    let keys = KeySet::from_jwks_json(&jwks_json().expect("JWKS")).expect("a JWKS");
+    let (cold, cached) = (engine.uncached_context(), engine.context());
+
+    for alg in Alg::ALL {
+        let signer = TokenSigner::new(alg).expect("bench key");
+        let token = signer.sign(&keycloak_claims(7, JOB_BOARD_ROLES, unix_now())).expect("signs");
+        let authorization = format!("Bearer {token}");
+        let http = HttpRequest {
+            method: "POST",
+            path: "/api/jobcategories",
+            headers: vec![("authorization", authorization.as_str())],
+            ..HttpRequest::default()
+        };
+        assert!(authenticate(&rules, &http, &cold), "the {} token must verify", alg.name());
+        assert!(authenticate(&rules, &http, &cached), "and fill the cache");
+
+        let mut group = c.benchmark_group("verify_token");
+        group.bench_function(format!("{}/cold", alg.name()), |b| {
+            b.iter(|| authenticate(&rules, black_box(&http), &cold))
+        });
+        group.bench_function(format!("{}/cache_hit", alg.name()), |b| {
+            b.iter(|| authenticate(&rules, black_box(&http), &cached));
+        });
+        group.finish();
+
+        let parsed = jwt::parse(&token, engine.settings.max_token_bytes).expect("parses");
+        let mut group = c.benchmark_group("signature");
+        group.bench_function(alg.name(), |b| b.iter(|| jwt::verify_signature(black_box(&parsed), &keys)));
+        group.finish();
+    }
+}
+
+criterion_group!(benches, verification);
+criterion_main!(benches);
