@@ -20,7 +20,7 @@ demo-idp: tests/oidc/node_modules/.installed
 build:
 	$(CARGO) build --locked
 
-test: lint test-rust test-python bench-smoke
+test: lint test-rust bench-smoke test-python
 
 lint:
 	$(CARGO) fmt --all -- --check
