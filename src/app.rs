@@ -121,7 +121,12 @@ fn log_load(snapshot: &Snapshot, loaded: &LoadedPolicies) {
     for id in &loaded.custom {
         tracing::info!(policy = %id, "CUSTOM policy routes traffic here; not evaluated");
     }
-    tracing::info!(policies = snapshot.policy_count(), files = loaded.files, "Loaded the policy set");
+    tracing::info!(
+        policies = snapshot.policy_count(),
+        files = loaded.files,
+        kept_claims = snapshot.kept_claims().len(),
+        "Loaded the policy set"
+    );
 }
 
 async fn bind(door: &'static str, address: SocketAddr) -> Result<TcpListener, AppError> {

@@ -89,7 +89,8 @@ fn run_case(snapshot: &Snapshot, case: &Case) -> Result<(), String> {
     let headers: Vec<(String, String)> =
         case.request.headers.iter().map(|(name, value)| (name.to_ascii_lowercase(), value.clone())).collect();
     let space_delimited: Arc<[Box<str>]> = Arc::from(vec![Box::from("scope"), Box::from("permission")]);
-    let identity = case.identity.clone().map(|claims| Identity::from_verified_claims(claims, space_delimited));
+    let identity =
+        case.identity.as_ref().map(|claims| Identity::for_tests(claims, snapshot.kept_claims(), space_delimited));
     let decision = snapshot.decide(&case.request.request(&headers), identity.as_ref());
     let verdict = |allow: bool| if allow { "allow" } else { "deny" }.to_string();
     let got = Expectation {

@@ -262,6 +262,7 @@ impl Settings {
         EngineOptions {
             path: PathOptions { merge_slashes: self.merge_slashes },
             trusted_proxy_hops: self.trusted_proxy_hops,
+            keep_claims_json: self.decision_log_claims,
         }
     }
 

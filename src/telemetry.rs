@@ -1,8 +1,8 @@
 //! Telemetry names and emission: Prometheus metrics (`portcullis_*`), log set-up and the per-check decision log.
 
 use std::io::IsTerminal;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -13,7 +13,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use tracing_subscriber::EnvFilter;
 
-use crate::core::Decision;
+use crate::core::{Decision, Reason};
 use crate::settings::{DecisionLogMode, LogFormat, Settings};
 
 /// The network door a check came through.
@@ -24,6 +24,8 @@ pub enum Door {
 }
 
 impl Door {
+    const ALL: [Door; 2] = [Door::Grpc, Door::Http];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Grpc => "grpc",
@@ -78,6 +80,10 @@ pub struct Metrics {
     token_cache_entries: Gauge,
     reloads: Family<ResultLabels, Counter>,
     jwks_age: Family<IssuerLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    /// The series of `checks` and `check_duration_seconds` a check writes, by door and reason,
+    /// found in their families once: a check then neither hashes labels nor takes a lock.
+    check_series: [[OnceLock<Counter>; Reason::ALL.len()]; Door::ALL.len()],
+    duration_series: [OnceLock<Histogram>; Door::ALL.len()],
 }
 
 impl Default for Metrics {
@@ -141,6 +147,8 @@ impl Metrics {
             token_cache_hits,
             token_cache_misses,
             token_cache_entries,
+            check_series: Default::default(),
+            duration_series: Default::default(),
         }
     }
 
@@ -178,10 +186,15 @@ impl Metrics {
     }
 
     pub fn record_check(&self, door: Door, decision: &Decision, elapsed: Duration) {
-        let decision_label = if decision.is_allow() { "allow" } else { "deny" };
-        let labels = CheckLabels { door: door.as_str(), decision: decision_label, reason: decision.reason.as_str() };
-        self.checks.get_or_create(&labels).inc();
-        self.check_duration.get_or_create(&DoorLabels { door: door.as_str() }).observe(elapsed.as_secs_f64());
+        let reason = decision.reason;
+        let counter = self.check_series[door as usize][reason as usize].get_or_init(|| {
+            let decision = if reason.is_allow() { "allow" } else { "deny" };
+            self.checks.get_or_create(&CheckLabels { door: door.as_str(), decision, reason: reason.as_str() }).clone()
+        });
+        counter.inc();
+        let duration = self.duration_series[door as usize]
+            .get_or_init(|| self.check_duration.get_or_create(&DoorLabels { door: door.as_str() }).clone());
+        duration.observe(elapsed.as_secs_f64());
     }
 
     pub fn record_policy_set(&self, generation: u64, policies: usize) {
@@ -292,8 +305,8 @@ impl DecisionLog {
             decision.identity.as_ref().map(|id| format!("{}/{}", id.issuer(), id.subject())).unwrap_or_default();
         let policy = decision.policy.as_ref().map(ToString::to_string).unwrap_or_default();
         let claims = match (&decision.identity, self.claims) {
-            (Some(identity), true) => serde_json::Value::Object(identity.claims().clone()).to_string(),
-            _ => String::new(),
+            (Some(identity), true) => identity.claims_json().unwrap_or_default(),
+            _ => "",
         };
         // Under the global dry run a deny is logged, and answered with an allow.
         let enforced = decision.is_allow() || !self.dry_run;
@@ -308,6 +321,42 @@ impl DecisionLog {
                 decision_event!(tracing::Level::DEBUG, record, decision, principal, policy, claims, enforced)
             }
             _ => decision_event!(tracing::Level::INFO, record, decision, principal, policy, claims, enforced),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_check_counts_under_its_own_door_and_reason() {
+        let metrics = Metrics::new();
+        for (times, door) in Door::ALL.into_iter().enumerate() {
+            for reason in Reason::ALL {
+                for _ in 0..=times {
+                    metrics.record_check(door, &Decision::new(reason, None), Duration::from_micros(30));
+                }
+            }
+        }
+        let text = metrics.encode();
+        for (times, door) in Door::ALL.into_iter().enumerate() {
+            for reason in Reason::ALL {
+                let decision = if reason.is_allow() { "allow" } else { "deny" };
+                let line = format!(
+                    "portcullis_checks_total{{door=\"{}\",decision=\"{decision}\",reason=\"{}\"}} {}",
+                    door.as_str(),
+                    reason.as_str(),
+                    times + 1
+                );
+                assert!(text.contains(&line), "missing `{line}` in\n{text}");
+            }
+            let count = format!(
+                "portcullis_check_duration_seconds_count{{door=\"{}\"}} {}",
+                door.as_str(),
+                (times + 1) * Reason::ALL.len()
+            );
+            assert!(text.contains(&count), "missing `{count}` in\n{text}");
         }
     }
 }

@@ -323,7 +323,7 @@ impl<'a> Compiler<'a> {
             .extend(rule.space_delimited_claims.unwrap_or_default().into_iter().map(|claim| claim.value.into()));
         let audiences = rule.audiences.unwrap_or_default().into_iter().map(|audience| audience.value.into()).collect();
         (self.errors.len() == before).then(|| {
-            Arc::new(JwtRule {
+            let rule = JwtRule {
                 issuer: issuer.into(),
                 audiences,
                 keys,
@@ -332,7 +332,10 @@ impl<'a> Compiler<'a> {
                 output_claim_to_headers: output_claim_to_headers.into(),
                 forward_original_token: rule.forward_original_token.unwrap_or(false),
                 space_delimited_claims: space_delimited_claims.into(),
-            })
+                verifier: Arc::default(),
+            };
+            // Keeping no claims until a snapshot says which its policies read.
+            Arc::new(rule.keeping(&Arc::default()))
         })
     }
 

@@ -3,10 +3,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::Value;
-
-use super::identity::Identity;
-use super::jwt::{self, JwtError, KeySet};
+use super::identity::{ClaimPaths, Identity, KeyOrigin, Proof, Verifier};
+use super::jwt::{self, JwtError, KeySet, Lifetime};
 use super::policy::PolicyId;
 use super::request::HttpRequest;
 use super::workload::Workload;
@@ -87,6 +85,29 @@ pub struct JwtRule {
     pub forward_original_token: bool,
     /// Claims matched word by word: `scope`, `permission` and the rule's `spaceDelimitedClaims`.
     pub space_delimited_claims: Arc<[Box<str>]>,
+    /// What the identities this rule verifies share, the claims their policy set reads
+    /// among it; [`JwtRule::keeping`] makes it.
+    pub verifier: Arc<Verifier>,
+}
+
+impl JwtRule {
+    /// The claim paths the rule itself reads: its output headers' claims, and `aud` when it
+    /// names audiences.
+    pub fn claim_paths(&self) -> impl Iterator<Item = Box<[Box<str>]>> + '_ {
+        let audience = (!self.audiences.is_empty()).then(|| Box::from([Box::from("aud")]));
+        self.output_claim_to_headers.iter().map(|output| output.claim.clone()).chain(audience)
+    }
+
+    /// The rule, keeping the claims `kept` names in the identities it verifies.
+    pub fn keeping(&self, kept: &Arc<ClaimPaths>) -> Self {
+        let verifier = Verifier {
+            issuer: self.issuer.clone(),
+            keys: KeyOrigin::of(&self.keys),
+            kept: kept.clone(),
+            space_delimited: self.space_delimited_claims.clone(),
+        };
+        Self { verifier: Arc::new(verifier), ..self.clone() }
+    }
 }
 
 /// One compiled RequestAuthentication.
@@ -111,27 +132,8 @@ pub trait KeyLookup {
 
 /// Tokens verified before, remembered by a hash of the token.
 pub trait TokenCache {
-    fn get(&self, token: &str) -> Option<Arc<VerifiedToken>>;
-    fn put(&self, token: &str, verified: Arc<VerifiedToken>);
-}
-
-/// A token whose signature was checked, as remembered by a [`TokenCache`].
-#[derive(Debug, Clone)]
-pub struct VerifiedToken {
-    pub identity: Arc<Identity>,
-    pub issuer: Arc<str>,
-    /// The keys that verified it: a hit counts only for a rule with the same keys.
-    pub keys: KeyOrigin,
-    pub kid: Option<Box<str>>,
-    /// `exp`, seconds since the epoch.
-    pub expires_at: Option<u64>,
-}
-
-/// Which keys verified a token: an inline set (by identity) or the issuer's fetched keys.
-#[derive(Debug, Clone)]
-pub enum KeyOrigin {
-    Inline(Arc<KeySet>),
-    Remote,
+    fn get(&self, token: &str) -> Option<Arc<Identity>>;
+    fn put(&self, token: &str, identity: Arc<Identity>);
 }
 
 impl KeyOrigin {
@@ -139,15 +141,6 @@ impl KeyOrigin {
         match source {
             KeySource::Inline(keys) => Self::Inline(keys.clone()),
             KeySource::Remote { .. } => Self::Remote,
-        }
-    }
-
-    /// Whether a token verified by these keys may stand for a rule with `source`.
-    fn vouches_for(&self, source: &KeySource) -> bool {
-        match (self, source) {
-            (Self::Inline(verified), KeySource::Inline(keys)) => Arc::ptr_eq(verified, keys),
-            (Self::Remote, KeySource::Remote { .. }) => true,
-            _ => false,
         }
     }
 }
@@ -172,10 +165,10 @@ impl KeyLookup for NoRemoteKeys {
 }
 
 impl TokenCache for NoRemoteKeys {
-    fn get(&self, _token: &str) -> Option<Arc<VerifiedToken>> {
+    fn get(&self, _token: &str) -> Option<Arc<Identity>> {
         None
     }
-    fn put(&self, _token: &str, _verified: Arc<VerifiedToken>) {}
+    fn put(&self, _token: &str, _identity: Arc<Identity>) {}
 }
 
 /// The outcome of authentication.
@@ -223,25 +216,21 @@ pub fn authenticate<'r>(
         found.iter().find(|(_, rule, _)| &*rule.issuer == issuer).map(|&(_, rule, location)| (rule, location))
     };
 
-    let cached = context.cache.get(token).filter(|cached| {
+    let cached = context.cache.get(token).and_then(|cached| {
         // Another rule of the same issuer name but other keys (another namespace's inline
-        // JWKS) must verify the token itself.
-        for_issuer(&cached.issuer).is_some_and(|(rule, _)| cached.keys.vouches_for(&rule.keys))
+        // JWKS) must verify the token itself, and a policy set that reads other claims must
+        // read the token again.
+        let (rule, location) = for_issuer(cached.issuer())?;
+        cached.is_vouched_for_by(&rule.verifier).then_some((cached, rule, location))
     });
-    if let Some(cached) = cached {
-        let Some((rule, location)) = for_issuer(&cached.issuer) else { return failed(JwtError::UnknownIssuer) };
-        if let Err(error) = jwt::check_lifetime(cached.identity.claims(), context.now, context.clock_skew_secs) {
+    if let Some((cached, rule, location)) = cached {
+        if let Err(error) = cached.check_lifetime(context.now, context.clock_skew_secs) {
             return failed(error);
         }
-        if !rule.audiences.is_empty() && !jwt::audience_allowed(cached.identity.claims(), &rule.audiences) {
+        if !rule.audiences.is_empty() && !cached.has_audience(&rule.audiences) {
             return failed(JwtError::AudienceNotAllowed);
         }
-        return Authentication::Verified {
-            identity: cached.identity.clone(),
-            rule: rule.clone(),
-            location: location.clone(),
-            token,
-        };
+        return Authentication::Verified { identity: cached, rule: rule.clone(), location: location.clone(), token };
     }
 
     let parsed = match jwt::parse(token, context.max_token_bytes) {
@@ -256,28 +245,27 @@ pub fn authenticate<'r>(
             None => return failed(JwtError::JwksFetchFailed),
         },
     };
-    if let Err(error) = jwt::verify_signature(&parsed, &keys) {
-        let stale_issuer = (error == JwtError::KeyNotFound && matches!(rule.keys, KeySource::Remote { .. }))
-            .then(|| rule.issuer.clone());
-        return Authentication::Failed { error, stale_issuer };
-    }
-    if let Err(error) = jwt::check_lifetime(&parsed.claims, context.now, context.clock_skew_secs) {
-        return failed(error);
-    }
+    let key = match jwt::verify_signature(&parsed, &keys) {
+        Ok(key) => key,
+        Err(error) => {
+            let stale_issuer = (error == JwtError::KeyNotFound && matches!(rule.keys, KeySource::Remote { .. }))
+                .then(|| rule.issuer.clone());
+            return Authentication::Failed { error, stale_issuer };
+        }
+    };
+    let lifetime = match Lifetime::of(&parsed.claims).and_then(|lifetime| {
+        lifetime.check(context.now, context.clock_skew_secs)?;
+        Ok(lifetime)
+    }) {
+        Ok(lifetime) => lifetime,
+        Err(error) => return failed(error),
+    };
     if !rule.audiences.is_empty() && !jwt::audience_allowed(&parsed.claims, &rule.audiences) {
         return failed(JwtError::AudienceNotAllowed);
     }
-    let expires_at = jwt::expiry(&parsed.claims);
-    let kid = parsed.kid.clone().map(Into::into);
-    let identity = Arc::new(Identity::from_verified_claims(parsed.claims, rule.space_delimited_claims.clone()));
-    let verified = VerifiedToken {
-        identity: identity.clone(),
-        issuer: rule.issuer.clone(),
-        keys: KeyOrigin::of(&rule.keys),
-        kid,
-        expires_at,
-    };
-    context.cache.put(token, Arc::new(verified));
+    let proof = Proof { lifetime, kid: key.kid.clone() };
+    let identity = Arc::new(Identity::from_verified_claims(&parsed.claims, &rule.verifier, proof));
+    context.cache.put(token, identity.clone());
     Authentication::Verified { identity, rule: rule.clone(), location: location.clone(), token }
 }
 
@@ -295,16 +283,6 @@ fn is_safe_header_value(value: &str) -> bool {
     !value.bytes().any(|byte| (byte < 0x20 && byte != b'\t') || byte == 0x7f)
 }
 
-/// A claim as Envoy writes it into a header: strings, numbers and booleans only.
-fn claim_header_value(value: &Value) -> Option<String> {
-    match value {
-        Value::String(text) => Some(text.clone()),
-        Value::Number(number) => Some(number.to_string()),
-        Value::Bool(flag) => Some(flag.to_string()),
-        _ => None,
-    }
-}
-
 /// The headers to set and strip: the verified rule's outputs, the token itself unless
 /// forwarded, and every output header of every applicable rule that was not set, so that a
 /// client can never smuggle its own copy to the service.
@@ -316,10 +294,8 @@ pub fn outputs(rules: &[&Arc<JwtRule>], authentication: &Authentication<'_>) -> 
             outputs.headers_to_set.push((header.clone(), payload.to_string()));
         }
         for ClaimHeader { header, claim } in rule.output_claim_to_headers.iter() {
-            if let Some(value) =
-                identity.claim(claim).and_then(claim_header_value).filter(|value| is_safe_header_value(value))
-            {
-                outputs.headers_to_set.push((header.clone(), value));
+            if let Some(value) = identity.header_value(claim).filter(|value| is_safe_header_value(value)) {
+                outputs.headers_to_set.push((header.clone(), value.to_string()));
             }
         }
         if !rule.forward_original_token {

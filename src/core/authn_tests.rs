@@ -11,8 +11,8 @@ use serde_json::{Value, json};
 
 use super::authn::{
     self, Authentication, AuthnContext, ClaimHeader, JwtRule, KeySource, NoRemoteKeys, TokenCache, TokenLocation,
-    VerifiedToken,
 };
+use super::identity::{ClaimPaths, Identity};
 use super::jwt::{JwtError, KeySet};
 use super::request::HttpRequest;
 
@@ -78,7 +78,7 @@ fn rule(audiences: &[&str]) -> Arc<JwtRule> {
     ]))
     .expect("jwks");
     assert_eq!(keys.len(), 3, "skipped: {:?}", keys.skipped);
-    Arc::new(JwtRule {
+    let rule = JwtRule {
         issuer: ISSUER.into(),
         audiences: audiences.iter().map(|audience| (*audience).into()).collect(),
         keys: KeySource::Inline(Arc::new(keys)),
@@ -91,7 +91,11 @@ fn rule(audiences: &[&str]) -> Arc<JwtRule> {
         ]),
         forward_original_token: false,
         space_delimited_claims: Arc::from(vec![Box::from("scope")]),
-    })
+        verifier: Arc::default(),
+    };
+    // As a snapshot holding just this rule keeps them.
+    let kept = Arc::new(ClaimPaths::new(rule.claim_paths().collect::<Vec<_>>(), false));
+    Arc::new(rule.keeping(&kept))
 }
 
 fn context<'c>(cache: &'c dyn TokenCache) -> AuthnContext<'c> {
@@ -327,14 +331,14 @@ fn outputs_carry_claims_and_strip_the_token_and_smuggled_headers() {
 
 /// A cache that remembers everything, to show hits skip verification.
 #[derive(Default)]
-struct MemoryCache(Mutex<HashMap<String, Arc<VerifiedToken>>>);
+struct MemoryCache(Mutex<HashMap<String, Arc<Identity>>>);
 
 impl TokenCache for MemoryCache {
-    fn get(&self, token: &str) -> Option<Arc<VerifiedToken>> {
+    fn get(&self, token: &str) -> Option<Arc<Identity>> {
         self.0.lock().expect("lock").get(token).cloned()
     }
-    fn put(&self, token: &str, verified: Arc<VerifiedToken>) {
-        self.0.lock().expect("lock").insert(token.into(), verified);
+    fn put(&self, token: &str, identity: Arc<Identity>) {
+        self.0.lock().expect("lock").insert(token.into(), identity);
     }
 }
 
@@ -350,8 +354,8 @@ fn verified_tokens_are_cached_and_still_expire() {
     };
     assert!(matches!(authn::authenticate(&[&rule], &http, &context(&cache)), Authentication::Verified { .. }));
     let cached = cache.get(&token).expect("cached after verification");
-    assert_eq!(cached.kid.as_deref(), Some("rsa"));
-    assert_eq!(cached.expires_at, Some(NOW + 300));
+    assert_eq!(cached.kid(), Some("rsa"));
+    assert_eq!(cached.expires_at(), Some((NOW + 300) as f64));
 
     // A hit skips the signature check for the same keys: a cache that answers for the token
     // lets the same rule through even with no key lookup at all...
@@ -360,7 +364,7 @@ fn verified_tokens_are_cached_and_still_expire() {
     // verifies for itself, and here finds no key.
     let mut other_keys = (*rule).clone();
     other_keys.keys = KeySource::Inline(Arc::new(KeySet::default()));
-    let other_keys = Arc::new(other_keys);
+    let other_keys = Arc::new(other_keys.keeping(&rule.verifier.kept));
     assert!(matches!(
         authn::authenticate(&[&other_keys], &http, &context(&cache)),
         Authentication::Failed { error: JwtError::KeyNotFound, .. }
@@ -381,5 +385,55 @@ fn verified_tokens_are_cached_and_still_expire() {
 fn rule_with_audience(rule: &Arc<JwtRule>, audience: &str) -> Arc<JwtRule> {
     let mut strict = (**rule).clone();
     strict.audiences = Box::new([audience.into()]);
-    Arc::new(strict)
+    let kept = Arc::new(ClaimPaths::new(strict.claim_paths().collect::<Vec<_>>(), false));
+    Arc::new(strict.keeping(&kept))
+}
+
+#[test]
+fn cache_hits_check_audiences_from_the_kept_claims() {
+    let cache = MemoryCache::default();
+    let token = sign("rsa-2048.pem", Algorithm::RS256, "rsa", &claims());
+    let headers = [bearer(&token)];
+    let http = HttpRequest {
+        headers: headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect(),
+        ..HttpRequest::default()
+    };
+    let jobs = rule(&["jobs-api"]);
+    assert!(matches!(authn::authenticate(&[&jobs], &http, &context(&cache)), Authentication::Verified { .. }));
+    let cached = cache.get(&token).expect("cached");
+    assert!(cached.has_audience(&["account".into()]), "`aud` is kept when a rule names audiences");
+    // The same kept claims, another audience: decided from the hit.
+    let mut billing = (*jobs).clone();
+    billing.audiences = Box::new(["billing".into()]);
+    assert!(matches!(
+        authn::authenticate(&[&Arc::new(billing)], &http, &context(&cache)),
+        Authentication::Failed { error: JwtError::AudienceNotAllowed, .. }
+    ));
+    assert!(matches!(authn::authenticate(&[&jobs], &http, &context(&cache)), Authentication::Verified { .. }));
+}
+
+#[test]
+fn a_policy_set_that_reads_other_claims_reads_the_token_again() {
+    let cache = MemoryCache::default();
+    let token = sign("rsa-2048.pem", Algorithm::RS256, "rsa", &claims());
+    let headers = [bearer(&token)];
+    let http = HttpRequest {
+        headers: headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect(),
+        ..HttpRequest::default()
+    };
+    let first = rule(&[]);
+    assert!(matches!(authn::authenticate(&[&first], &http, &context(&cache)), Authentication::Verified { .. }));
+    assert_eq!(cache.get(&token).expect("cached").claim_values(&["scope"]).count(), 0, "not read by the first set");
+    // A reload brings a policy on `scope`: the cached identity lacks it, so the token is read again.
+    let scope: Box<[Box<str>]> = Box::new(["scope".into()]);
+    let kept = Arc::new(ClaimPaths::new(first.claim_paths().chain([scope]).collect::<Vec<_>>(), false));
+    let reloaded = Arc::new(first.keeping(&kept));
+    let Authentication::Verified { identity, .. } = authn::authenticate(&[&reloaded], &http, &context(&cache)) else {
+        panic!("verifies")
+    };
+    assert_eq!(identity.claim_values(&["scope"]).collect::<Vec<_>>(), ["openid", "profile"]);
+    assert!(
+        cache.get(&token).expect("cached").is_vouched_for_by(&reloaded.verifier),
+        "the cache holds the new reading"
+    );
 }

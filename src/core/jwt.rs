@@ -86,7 +86,7 @@ fn key_kind_for(algorithm: Algorithm) -> Option<KeyKind> {
 /// One usable public key from a JWKS.
 #[derive(Clone)]
 pub struct VerificationKey {
-    pub kid: Option<Box<str>>,
+    pub kid: Option<Arc<str>>,
     /// The `alg` the JWK pins, if any.
     algorithm: Option<Algorithm>,
     kind: KeyKind,
@@ -191,7 +191,7 @@ fn usable_key(entry: &Value) -> Result<VerificationKey, String> {
         None => None,
     };
     let key = DecodingKey::from_jwk(&jwk).map_err(|error| format!("unusable key: {error}"))?;
-    Ok(VerificationKey { kid: jwk.common.key_id.map(Into::into), algorithm, kind, key })
+    Ok(VerificationKey { kid: jwk.common.key_id.map(Arc::from), algorithm, kind, key })
 }
 
 /// A token split into its parts, before any check of its signature.
@@ -254,8 +254,9 @@ pub fn parse(token: &str, max_bytes: usize) -> Result<ParsedToken<'_>, JwtError>
     Ok(ParsedToken { algorithm, kid, payload_segment: payload, claims, signing_input, signature })
 }
 
-/// Checks the signature with the first key of `keys` that fits the token's `kid` and `alg`.
-pub fn verify_signature(token: &ParsedToken<'_>, keys: &KeySet) -> Result<(), JwtError> {
+/// Checks the signature with the first key of `keys` that fits the token's `kid` and `alg`;
+/// returns the key that verified it.
+pub fn verify_signature<'k>(token: &ParsedToken<'_>, keys: &'k KeySet) -> Result<&'k VerificationKey, JwtError> {
     let mut candidates = keys.keys.iter().filter(|key| key.fits(token.algorithm, token.kid.as_deref())).peekable();
     if candidates.peek().is_none() {
         return Err(JwtError::KeyNotFound);
@@ -264,7 +265,7 @@ pub fn verify_signature(token: &ParsedToken<'_>, keys: &KeySet) -> Result<(), Jw
         if jsonwebtoken::crypto::verify(token.signature, token.signing_input.as_bytes(), &key.key, token.algorithm)
             .unwrap_or(false)
         {
-            return Ok(());
+            return Ok(key);
         }
     }
     Err(JwtError::VerificationFails)
@@ -281,22 +282,42 @@ fn numeric_date(claims: &Map<String, Value>, name: &str) -> Result<Option<f64>, 
     }
 }
 
-/// Checks `exp` and `nbf` at `now` (seconds since the epoch) with `skew_secs` of tolerance.
-pub fn check_lifetime(claims: &Map<String, Value>, now: u64, skew_secs: u64) -> Result<(), JwtError> {
-    let now = now as f64;
-    let skew = skew_secs as f64;
-    if numeric_date(claims, "exp")?.is_some_and(|exp| exp + skew <= now) {
-        return Err(JwtError::Expired);
-    }
-    if numeric_date(claims, "nbf")?.is_some_and(|nbf| nbf - skew > now) {
-        return Err(JwtError::NotYetValid);
-    }
-    Ok(())
+/// A token's `exp` and `nbf`, seconds since the epoch (fractions allowed); infinite when absent.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Lifetime {
+    expires_at: f64,
+    not_before: f64,
 }
 
-/// The token's `exp` as whole seconds, when it has one.
-pub fn expiry(claims: &Map<String, Value>) -> Option<u64> {
-    numeric_date(claims, "exp").ok().flatten().map(|exp| exp.max(0.0) as u64)
+impl Lifetime {
+    /// Neither `exp` nor `nbf`.
+    pub const UNBOUNDED: Self = Self { expires_at: f64::INFINITY, not_before: f64::NEG_INFINITY };
+
+    /// Reads `exp` and `nbf`; a claim that is not a number makes the token malformed.
+    pub fn of(claims: &Map<String, Value>) -> Result<Self, JwtError> {
+        Ok(Self {
+            expires_at: numeric_date(claims, "exp")?.unwrap_or(Self::UNBOUNDED.expires_at),
+            not_before: numeric_date(claims, "nbf")?.unwrap_or(Self::UNBOUNDED.not_before),
+        })
+    }
+
+    /// Checks `exp` and `nbf` at `now` (seconds since the epoch) with `skew_secs` of tolerance.
+    pub fn check(&self, now: u64, skew_secs: u64) -> Result<(), JwtError> {
+        let now = now as f64;
+        let skew = skew_secs as f64;
+        if self.expires_at + skew <= now {
+            return Err(JwtError::Expired);
+        }
+        if self.not_before - skew > now {
+            return Err(JwtError::NotYetValid);
+        }
+        Ok(())
+    }
+
+    /// `exp`, when the token has one.
+    pub fn expires_at(&self) -> Option<f64> {
+        self.expires_at.is_finite().then_some(self.expires_at)
+    }
 }
 
 /// Whether the token's `aud` (a string or a list of strings) names one of `allowed`.

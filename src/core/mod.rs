@@ -17,5 +17,6 @@ pub mod snapshot;
 pub mod workload;
 
 pub use decision::{Decision, Reason};
+pub use identity::Identity;
 pub use request::{HttpRequest, Peer, Request};
 pub use snapshot::{EngineOptions, Snapshot};

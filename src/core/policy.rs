@@ -53,6 +53,13 @@ impl Policy {
         self.selector.iter().all(|(key, value)| workload.label(key) == Some(&**value))
     }
 
+    /// The path of every claim the policy reads (`aud` and `azp` included).
+    pub fn claim_paths(&self) -> impl Iterator<Item = Box<[Box<str>]>> + '_ {
+        let conjunctions =
+            self.rules.iter().flat_map(|rule| rule.from.iter().chain(rule.to.iter()).chain([&rule.when]));
+        conjunctions.flat_map(|all| all.0.iter()).filter_map(|predicate| predicate.test.claim_path())
+    }
+
     /// The index of the first rule that matches; `None` when none does (always for no rules).
     pub fn first_matching_rule(&self, attributes: &Attributes<'_>) -> Option<usize> {
         self.rules.iter().position(|rule| rule.matches(attributes, self.action))
@@ -202,6 +209,16 @@ fn any_claim_value<S: AsRef<str>>(patterns: &[StringMatch], identity: Option<&Id
 }
 
 impl Test {
+    /// The claim the test reads, if it reads one.
+    fn claim_path(&self) -> Option<Box<[Box<str>]>> {
+        match self {
+            Self::Audience(_) => Some(Box::from([Box::from("aud")])),
+            Self::Presenter(_) => Some(Box::from([Box::from("azp")])),
+            Self::Claim { path, .. } => Some(path.clone()),
+            _ => None,
+        }
+    }
+
     /// Whether a value matches; `None` when the field is HTTP-only and the check is TCP.
     pub fn evaluate(&self, attributes: &Attributes<'_>) -> Option<bool> {
         let request = attributes.request;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::authn::{self, Authentication, AuthnContext, AuthnPolicy, JwtRule, KeySource, RemoteIssuer};
 use super::decision::{Decision, DryRunOutcome, PolicyMatch, Reason};
-use super::identity::Identity;
+use super::identity::{ClaimPaths, Identity};
 use super::jwt::JwtError;
 use super::path::{self, NormalizedPath, PathOptions};
 use super::policy::{Action, Attributes, Policy};
@@ -20,6 +20,9 @@ pub struct EngineOptions {
     /// How many proxies' entries to skip from the right of `x-forwarded-for` to find the
     /// client address (`remote.ip`); 0 takes the direct peer and never reads the header.
     pub trusted_proxy_hops: usize,
+    /// Keep every claim of a verified token (as JSON, for the decision log), not only those
+    /// the policy set reads.
+    pub keep_claims_json: bool,
 }
 
 /// The JWT rules that apply to one request's workload.
@@ -29,6 +32,8 @@ pub type ApplicableRules<'s> = Vec<&'s Arc<JwtRule>>;
 #[derive(Debug, Default)]
 pub struct Snapshot {
     policies: PolicyIndex,
+    /// The claims verified identities keep: every claim the set's policies and rules read.
+    kept_claims: Arc<ClaimPaths>,
     workloads: WorkloadTable,
     options: EngineOptions,
 }
@@ -88,6 +93,13 @@ impl Snapshot {
     ) -> Self {
         policies.sort_by(|a, b| a.id.cmp(&b.id));
         authn.sort_by(|a, b| a.id.cmp(&b.id));
+        let rule_claims = authn.iter().flat_map(|policy| policy.rules.iter()).flat_map(|rule| rule.claim_paths());
+        let policy_claims = policies.iter().flat_map(Policy::claim_paths);
+        let kept =
+            Arc::new(ClaimPaths::new(rule_claims.chain(policy_claims).collect::<Vec<_>>(), options.keep_claims_json));
+        for policy in &mut authn {
+            policy.rules = policy.rules.iter().map(|rule| Arc::new(rule.keeping(&kept))).collect();
+        }
         let mut index = PolicyIndex { len: policies.len(), ..PolicyIndex::default() };
         for policy in policies {
             index.bucket(&policy.id.namespace, root_namespace).insert(policy);
@@ -95,7 +107,7 @@ impl Snapshot {
         for policy in authn {
             index.bucket(&policy.id.namespace, root_namespace).authn.push(policy);
         }
-        Self { policies: index, workloads, options }
+        Self { policies: index, kept_claims: kept, workloads, options }
     }
 
     /// Every remote issuer of the set's JWT rules, once, with its `jwksUri` if it has one.
@@ -210,6 +222,11 @@ impl Snapshot {
     fn buckets<'s>(&'s self, workload: &Workload<'_>) -> impl Iterator<Item = &'s Bucket> + 's {
         let namespace = workload.namespace.and_then(|ns| self.policies.by_namespace.get(ns));
         std::iter::once(&self.policies.mesh_wide).chain(namespace)
+    }
+
+    /// The claims verified identities keep.
+    pub fn kept_claims(&self) -> &Arc<ClaimPaths> {
+        &self.kept_claims
     }
 
     /// Authorizes a request made by `identity` (`None`: no token), as the golden tests drive it.
