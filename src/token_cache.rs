@@ -18,7 +18,14 @@ const SHARDS: usize = 16;
 /// a forged token shares a real one's hash: a second preimage, 2^128 work at 128 bits. Half the
 /// digest halves the key in every one of the 100,000 entries.
 type TokenHash = [u8; 16];
-type Shard = Mutex<HashMap<TokenHash, Arc<Identity>>>;
+type Shard = Mutex<ShardEntries>;
+
+/// One shard's tokens, and when its expired ones were last swept out.
+#[derive(Debug, Default)]
+struct ShardEntries {
+    map: HashMap<TokenHash, Arc<Identity>>,
+    swept_at_secs: u64,
+}
 
 /// Verified tokens by SHA-256 of the token, in shards to keep lock hold times short.
 #[derive(Debug)]
@@ -43,7 +50,7 @@ fn unix_now() -> u64 {
 impl VerifiedTokenCache {
     /// A cache of at most `capacity` tokens; 0 disables it.
     pub fn new(capacity: usize, metrics: Arc<Metrics>) -> Self {
-        let shards = (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect();
+        let shards = (0..SHARDS).map(|_| Mutex::default()).collect();
         Self { shards, capacity_per_shard: capacity.div_ceil(SHARDS), len: AtomicUsize::new(0), metrics }
     }
 
@@ -55,11 +62,11 @@ impl VerifiedTokenCache {
     pub fn retain_keys(&self, issuer: &str, keys: &KeySet) {
         for shard in self.shards.iter() {
             if let Ok(mut entries) = shard.lock() {
-                let before = entries.len();
-                entries.retain(|_, identity| {
+                let before = entries.map.len();
+                entries.map.retain(|_, identity| {
                     identity.issuer() != issuer || identity.kid().is_none_or(|kid| keys.has_kid(kid))
                 });
-                self.len.fetch_sub(before - entries.len(), Ordering::Relaxed);
+                self.len.fetch_sub(before - entries.map.len(), Ordering::Relaxed);
             }
         }
         self.metrics.record_token_cache_size(self.len());
@@ -81,7 +88,7 @@ impl TokenCache for VerifiedTokenCache {
             return None;
         }
         let key = hash(token);
-        let found = self.shard(&key).lock().ok().and_then(|entries| entries.get(&key).cloned());
+        let found = self.shard(&key).lock().ok().and_then(|entries| entries.map.get(&key).cloned());
         self.metrics.record_token_cache_lookup(found.is_some());
         found
     }
@@ -91,26 +98,71 @@ impl TokenCache for VerifiedTokenCache {
             return;
         }
         let key = hash(token);
-        let Ok(mut entries) = self.shard(&key).lock() else { return };
-        let before = entries.len();
-        if entries.len() >= self.capacity_per_shard {
-            let now = unix_now() as f64;
-            entries.retain(|_, entry| entry.expires_at().is_none_or(|exp| exp > now));
+        let Ok(mut guard) = self.shard(&key).lock() else { return };
+        let entries = &mut *guard;
+        let before = entries.map.len();
+        let now = unix_now();
+        if before >= self.capacity_per_shard && now > entries.swept_at_secs {
+            // Full: sweep out expired tokens, at most once a second, so that a cache full of
+            // live tokens does not scan a shard on every insert.
+            entries.swept_at_secs = now;
+            entries.map.retain(|_, entry| entry.expires_at().is_none_or(|exp| exp > now as f64));
         }
-        if entries.len() >= self.capacity_per_shard {
+        if entries.map.len() >= self.capacity_per_shard {
             // Still full of live tokens: make room by forgetting an arbitrary one.
-            if let Some(victim) = entries.keys().next().copied() {
-                entries.remove(&victim);
+            if let Some(victim) = entries.map.keys().next().copied() {
+                entries.map.remove(&victim);
             }
         }
-        entries.insert(key, identity);
-        let after = entries.len();
-        drop(entries);
+        entries.map.insert(key, identity);
+        let after = entries.map.len();
+        drop(guard);
         if after >= before {
             self.len.fetch_add(after - before, Ordering::Relaxed);
         } else {
             self.len.fetch_sub(before - after, Ordering::Relaxed);
         }
         self.metrics.record_token_cache_size(self.len());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::identity::ClaimPaths;
+    use serde_json::{Map, Value, json};
+
+    fn identity(exp: u64) -> Arc<Identity> {
+        let Value::Object(claims) = json!({"iss": "https://idp", "sub": "u", "exp": exp}) else { unreachable!() };
+        let claims: Map<String, Value> = claims;
+        Arc::new(Identity::for_tests(&claims, &Arc::new(ClaimPaths::default()), Arc::from(Vec::new())))
+    }
+
+    #[test]
+    fn a_full_cache_stays_bounded_and_keeps_the_newest_token() {
+        let cache = VerifiedTokenCache::new(32, Arc::new(Metrics::new()));
+        let live = unix_now() + 3600;
+        for serial in 0..1000 {
+            let token = format!("token-{serial}");
+            cache.put(&token, identity(live));
+            assert!(cache.get(&token).is_some(), "token {serial} was just put");
+            assert!(cache.len() <= 32, "{} entries after {serial}", cache.len());
+        }
+    }
+
+    #[test]
+    fn expired_tokens_make_room_before_live_ones() {
+        // Two entries a shard; three tokens of shard 0: one expired, then two live.
+        let cache = VerifiedTokenCache::new(2 * SHARDS, Arc::new(Metrics::new()));
+        let mut same_shard =
+            (0..).map(|serial| format!("t-{serial}")).filter(|token| usize::from(hash(token)[0]) % SHARDS == 0);
+        let mut next = || same_shard.next().expect("endless");
+        let (expired, first, second) = (next(), next(), next());
+        cache.put(&expired, identity(1));
+        cache.put(&first, identity(unix_now() + 3600));
+        cache.put(&second, identity(unix_now() + 3600));
+        assert!(cache.get(&expired).is_none(), "the expired token went");
+        assert!(cache.get(&first).is_some() && cache.get(&second).is_some(), "both live tokens stay");
+        assert_eq!(cache.len(), 2);
     }
 }
