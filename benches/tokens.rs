@@ -1,4 +1,4 @@
-//! Criterion micro-benchmarks of token verification: RS256 and ES256, cold (parse, signature, claims) and from the verified-token cache, and the signature alone (the crypto ceiling).
+//! Criterion micro-benchmarks of token verification: RS256 and ES256, cold (parse, signature, claims) and from the verified-token cache, and the signature alone (the crypto ceiling), with keys parsed once as portcullis keeps them and as jsonwebtoken parses them on every call.
 
 #![expect(clippy::expect_used, reason = "bench set-up: a fixture that cannot be built ends the run")]
 
@@ -8,6 +8,8 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use jsonwebtoken::DecodingKey;
+use jsonwebtoken::jwk::JwkSet;
 use portcullis::core::HttpRequest;
 use portcullis::core::authn::{self, Authentication, AuthnContext, JwtRule};
 use portcullis::core::jwt::{self, KeySet};
@@ -23,7 +25,9 @@ fn authenticate<'r>(rules: &[&Arc<JwtRule>], http: &HttpRequest<'r>, context: &A
 fn verification(c: &mut Criterion) {
     let engine = Engine::from_yaml(&request_authentication_yaml().expect("RequestAuthentication")).expect("compiles");
     let rules: Vec<&Arc<JwtRule>> = engine.jwt_rules.iter().collect();
-    let keys = KeySet::from_jwks_json(&jwks_json().expect("JWKS")).expect("a JWKS");
+    let jwks_text = jwks_json().expect("JWKS");
+    let keys = KeySet::from_jwks_json(&jwks_text).expect("a JWKS");
+    let jwks: JwkSet = serde_json::from_str(&jwks_text).expect("a JWKS");
     let (cold, cached) = (engine.uncached_context(), engine.context());
 
     for alg in Alg::ALL {
@@ -51,6 +55,19 @@ fn verification(c: &mut Criterion) {
         let parsed = jwt::parse(&token, engine.settings.max_token_bytes).expect("parses");
         let mut group = c.benchmark_group("signature");
         group.bench_function(alg.name(), |b| b.iter(|| jwt::verify_signature(black_box(&parsed), &keys)));
+        group.finish();
+
+        // The same check through jsonwebtoken, which rebuilds the key from the JWK's
+        // components on every call.
+        let jwk = jwks.keys.iter().find(|jwk| jwk.common.key_id.as_deref() == Some(alg.kid())).expect("bench JWK");
+        let decoding_key = DecodingKey::from_jwk(jwk).expect("a usable JWK");
+        let (message, signature) = token.rsplit_once('.').expect("three segments");
+        let mut group = c.benchmark_group("signature_jsonwebtoken");
+        group.bench_function(alg.name(), |b| {
+            b.iter(|| {
+                jsonwebtoken::crypto::verify(signature, black_box(message.as_bytes()), &decoding_key, alg.algorithm())
+            })
+        });
         group.finish();
     }
 }

@@ -2,10 +2,11 @@
 
 use std::sync::Arc;
 
+use aws_lc_rs::signature::{self as lc, ParsedPublicKey, RsaParameters, RsaPublicKeyComponents, VerificationAlgorithm};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::Algorithm;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, PublicKeyUse};
-use jsonwebtoken::{Algorithm, DecodingKey};
 use serde_json::{Map, Value};
 
 /// RSA keys shorter than this are refused.
@@ -83,14 +84,37 @@ fn key_kind_for(algorithm: Algorithm) -> Option<KeyKind> {
     }
 }
 
-/// One usable public key from a JWKS.
+/// aws-lc's verification algorithm for a JWS `alg`, as jsonwebtoken's aws-lc backend picks it.
+#[derive(Clone, Copy)]
+enum LcAlgorithm {
+    Rsa(&'static RsaParameters),
+    Other(&'static dyn VerificationAlgorithm),
+}
+
+fn lc_algorithm(algorithm: Algorithm) -> Option<LcAlgorithm> {
+    use LcAlgorithm::{Other, Rsa};
+    Some(match algorithm {
+        Algorithm::RS256 => Rsa(&lc::RSA_PKCS1_2048_8192_SHA256),
+        Algorithm::RS384 => Rsa(&lc::RSA_PKCS1_2048_8192_SHA384),
+        Algorithm::RS512 => Rsa(&lc::RSA_PKCS1_2048_8192_SHA512),
+        Algorithm::PS256 => Rsa(&lc::RSA_PSS_2048_8192_SHA256),
+        Algorithm::PS384 => Rsa(&lc::RSA_PSS_2048_8192_SHA384),
+        Algorithm::PS512 => Rsa(&lc::RSA_PSS_2048_8192_SHA512),
+        Algorithm::ES256 => Other(&lc::ECDSA_P256_SHA256_FIXED),
+        Algorithm::ES384 => Other(&lc::ECDSA_P384_SHA384_FIXED),
+        Algorithm::EdDSA => Other(&lc::ED25519),
+        _ => return None,
+    })
+}
+
+/// One usable public key from a JWKS, parsed once for each algorithm it may verify: a
+/// signature check then costs the signature arithmetic, not a key parse.
 #[derive(Clone)]
 pub struct VerificationKey {
     pub kid: Option<Arc<str>>,
-    /// The `alg` the JWK pins, if any.
-    algorithm: Option<Algorithm>,
     kind: KeyKind,
-    key: DecodingKey,
+    /// The key for each algorithm it accepts: the one the JWK pins, or every one of its kind.
+    parsed: Box<[(Algorithm, ParsedPublicKey)]>,
 }
 
 impl std::fmt::Debug for VerificationKey {
@@ -100,15 +124,15 @@ impl std::fmt::Debug for VerificationKey {
 }
 
 impl VerificationKey {
-    fn fits(&self, algorithm: Algorithm, kid: Option<&str>) -> bool {
+    /// The parsed key for `algorithm`, when the key fits the token's `kid` and `alg`.
+    fn for_token(&self, algorithm: Algorithm, kid: Option<&str>) -> Option<&ParsedPublicKey> {
         let kid_fits = match (kid, &self.kid) {
             (Some(wanted), Some(have)) => wanted == &**have,
             (Some(_), None) => false,
             (None, _) => true,
         };
-        kid_fits
-            && key_kind_for(algorithm) == Some(self.kind)
-            && self.algorithm.is_none_or(|pinned| pinned == algorithm)
+        let parsed = self.parsed.iter().find(|(accepted, _)| *accepted == algorithm).map(|(_, key)| key);
+        parsed.filter(|_| kid_fits)
     }
 }
 
@@ -180,7 +204,7 @@ fn usable_key(entry: &Value) -> Result<VerificationKey, String> {
         AlgorithmParameters::OctetKeyPair(okp) if okp.curve == EllipticCurve::Ed25519 => KeyKind::Ed25519,
         _ => return Err(format!("unsupported key type `{kty}`")),
     };
-    let algorithm = match entry.get("alg").and_then(Value::as_str) {
+    let pinned = match entry.get("alg").and_then(Value::as_str) {
         Some(pinned) => {
             let algorithm = pinned.parse::<Algorithm>().map_err(|_| format!("unsupported key alg `{pinned}`"))?;
             if key_kind_for(algorithm) != Some(kind) {
@@ -190,8 +214,49 @@ fn usable_key(entry: &Value) -> Result<VerificationKey, String> {
         }
         None => None,
     };
-    let key = DecodingKey::from_jwk(&jwk).map_err(|error| format!("unusable key: {error}"))?;
-    Ok(VerificationKey { kid: jwk.common.key_id.map(Arc::from), algorithm, kind, key })
+    let material = public_key_material(&jwk.algorithm)?;
+    let accepted = ACCEPTED
+        .into_iter()
+        .filter(|&algorithm| key_kind_for(algorithm) == Some(kind) && pinned.is_none_or(|pinned| pinned == algorithm));
+    let parsed = accepted
+        .map(|algorithm| {
+            let parsed = match (&material, lc_algorithm(algorithm)) {
+                (KeyMaterial::Rsa { n, e }, Some(LcAlgorithm::Rsa(parameters))) => {
+                    RsaPublicKeyComponents { n: n.as_slice(), e: e.as_slice() }.to_parsed_public_key(parameters)
+                }
+                (KeyMaterial::Bytes(bytes), Some(LcAlgorithm::Other(lc_algorithm))) => {
+                    ParsedPublicKey::new(lc_algorithm, bytes)
+                }
+                _ => return Err(format!("key type `{kty}` cannot verify `{algorithm:?}`")),
+            };
+            parsed.map(|key| (algorithm, key)).map_err(|error| format!("unusable key: {error}"))
+        })
+        .collect::<Result<Box<[_]>, String>>()?;
+    Ok(VerificationKey { kid: jwk.common.key_id.map(Arc::from), kind, parsed })
+}
+
+/// A JWK's public key, decoded: RSA components, or the bytes aws-lc reads (an uncompressed
+/// EC point, an Ed25519 key).
+enum KeyMaterial {
+    Rsa { n: Vec<u8>, e: Vec<u8> },
+    Bytes(Vec<u8>),
+}
+
+fn public_key_material(parameters: &AlgorithmParameters) -> Result<KeyMaterial, String> {
+    let decode = |field: &str, text: &str| {
+        URL_SAFE_NO_PAD.decode(text.trim_end_matches('=')).map_err(|_| format!("bad base64url in `{field}`"))
+    };
+    match parameters {
+        AlgorithmParameters::RSA(rsa) => Ok(KeyMaterial::Rsa { n: decode("n", &rsa.n)?, e: decode("e", &rsa.e)? }),
+        AlgorithmParameters::EllipticCurve(ec) => {
+            let mut point = vec![0x04];
+            point.extend(decode("x", &ec.x)?);
+            point.extend(decode("y", &ec.y)?);
+            Ok(KeyMaterial::Bytes(point))
+        }
+        AlgorithmParameters::OctetKeyPair(okp) => Ok(KeyMaterial::Bytes(decode("x", &okp.x)?)),
+        _ => Err("unsupported key type".into()),
+    }
 }
 
 /// A token split into its parts, before any check of its signature.
@@ -257,14 +322,17 @@ pub fn parse(token: &str, max_bytes: usize) -> Result<ParsedToken<'_>, JwtError>
 /// Checks the signature with the first key of `keys` that fits the token's `kid` and `alg`;
 /// returns the key that verified it.
 pub fn verify_signature<'k>(token: &ParsedToken<'_>, keys: &'k KeySet) -> Result<&'k VerificationKey, JwtError> {
-    let mut candidates = keys.keys.iter().filter(|key| key.fits(token.algorithm, token.kid.as_deref())).peekable();
+    let mut candidates = keys
+        .keys
+        .iter()
+        .filter_map(|key| key.for_token(token.algorithm, token.kid.as_deref()).map(|parsed| (key, parsed)))
+        .peekable();
     if candidates.peek().is_none() {
         return Err(JwtError::KeyNotFound);
     }
-    for key in candidates {
-        if jsonwebtoken::crypto::verify(token.signature, token.signing_input.as_bytes(), &key.key, token.algorithm)
-            .unwrap_or(false)
-        {
+    let signature = decode_segment(token.signature)?;
+    for (key, parsed) in candidates {
+        if parsed.verify_sig(token.signing_input.as_bytes(), &signature).is_ok() {
             return Ok(key);
         }
     }
