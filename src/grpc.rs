@@ -18,7 +18,7 @@ use envoy_types::pb::google::rpc;
 
 use crate::app::AppState;
 use crate::core::authn::AuthnContext;
-use crate::core::{Decision, HttpRequest, Peer, Reason, Request, Snapshot};
+use crate::core::{Decision, HttpRequest, Peer, Reason, Request, Snapshot, StrMap};
 use crate::telemetry::{DecisionRecord, Door};
 use crate::traces::TraceContext;
 
@@ -93,12 +93,8 @@ pub fn request_from_check(check: &CheckRequest) -> Option<Request<'_>> {
         destination: peer(destination.as_ref()),
         http: request.as_ref().and_then(|request| request.http.as_ref()).map(http_request),
         sni: tls_session.as_ref().map_or("", |tls| tls.sni.as_str()),
-        context_extensions: non_empty(context_extensions),
+        context_extensions: StrMap::from(context_extensions),
     })
-}
-
-fn non_empty(map: &HashMap<String, String>) -> Option<&HashMap<String, String>> {
-    (!map.is_empty()).then_some(map)
 }
 
 fn peer(peer: Option<&ProtoPeer>) -> Peer<'_> {
@@ -113,7 +109,12 @@ fn peer(peer: Option<&ProtoPeer>) -> Peer<'_> {
         Some(socket_address::PortSpecifier::PortValue(port)) => u16::try_from(port).ok(),
         _ => None,
     });
-    Peer { address: socket.and_then(|socket| socket.address.parse().ok()), port, principal, labels: non_empty(labels) }
+    Peer {
+        address: socket.and_then(|socket| socket.address.parse().ok()),
+        port,
+        principal,
+        labels: StrMap::from(labels),
+    }
 }
 
 /// Reads Envoy's HTTP attributes. Envoy puts pseudo-headers in the header map and the query

@@ -17,5 +17,5 @@ pub mod snapshot;
 pub mod workload;
 
 pub use decision::{Decision, Reason};
-pub use request::{HttpRequest, Peer, Request};
+pub use request::{HttpRequest, Peer, Request, StrMap};
 pub use snapshot::{EngineOptions, Snapshot};
