@@ -15,7 +15,7 @@ use portcullis::config::load::{LoadedPolicies, load_policies, load_policy_text};
 use portcullis::core::authn::{AuthnContext, NoRemoteKeys};
 use portcullis::core::workload::WorkloadTable;
 use portcullis::core::{EngineOptions, Snapshot};
-use portcullis::grpc::decide;
+use portcullis::grpc::{CheckView, decide_view};
 use prost::Message;
 
 /// Policies that use every rule field and condition kind, beside the shipped examples.
@@ -171,7 +171,7 @@ fuzz_target!(|data: &[u8]| {
         clock_skew_secs: 60,
         max_token_bytes: 8192,
     };
-    let decision = decide(snapshot(), &check, &context);
+    let Ok(view) = CheckView::from_check(&check) else { return };
+    let decision = decide_view(snapshot(), &view, &context);
     assert_ne!(decision.reason.as_str(), "internal_error", "a check panicked: {check:?}");
-    let _ = portcullis::grpc::request_from_check(&check);
 });
