@@ -84,16 +84,24 @@ fn job_board_check(c: &mut Criterion) {
     group.finish();
 }
 
-/// The gRPC adapter alone: borrowing the core request from a decoded view, and building the
-/// response.
+/// The gRPC adapter alone: decoding a CheckRequest with Envoy's prost types and as the
+/// zero-copy view, borrowing the core request from the view, and building the response.
 fn grpc_conversion(c: &mut Criterion) {
     let engine = job_board_engine();
     let context = engine.context();
     let token = signed(Alg::Rs256, 1, JOB_BOARD_ROLES);
-    let decoded = view(&check_request(&job_board_call(Some(&token))));
+    let bytes = encoded(&check_request(&job_board_call(Some(&token))));
+    let decoded = CheckView::from_wire(bytes.clone()).expect("decodes");
     let decision = decide_view(&engine.snapshot, &decoded, &context);
 
     let mut group = c.benchmark_group("grpc");
+    group.bench_function("decode_prost", |b| b.iter(|| CheckRequest::decode(black_box(&bytes[..]))));
+    group.bench_function("decode_view", |b| {
+        b.iter(|| {
+            let view = CheckView::from_wire(black_box(bytes.clone())).expect("decodes");
+            black_box(&view.request());
+        });
+    });
     group.bench_function("request_from_view", |b| b.iter(|| black_box(&decoded).request()));
     group.bench_function("check_response_allow", |b| {
         b.iter(|| check_response(black_box(&decision), decision.is_allow()));
