@@ -1,4 +1,4 @@
-//! Criterion micro-benchmarks of the pure core: a job-board Check, evaluation with 10 to 10,000 policies, policy loading, path normalization, CheckRequest conversion.
+//! Criterion micro-benchmarks of the pure core: a job-board Check, evaluation with 10 to 10,000 policies, policy loading, path normalization, CheckRequest decoding and conversion.
 
 #![expect(clippy::expect_used, reason = "bench set-up: a fixture that cannot be built ends the run")]
 
@@ -11,8 +11,10 @@ use criterion::{BenchmarkId, Criterion, SamplingMode, criterion_group, criterion
 use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 use portcullis::core::Request;
 use portcullis::core::path::{self, PathOptions};
-use portcullis::grpc::{check_response, decide, request_from_check};
+use portcullis::grpc::{CheckView, check_response, decide_view};
 use portcullis::settings::Settings;
+use prost::Message;
+use prost::bytes::Bytes;
 
 use fixtures::engine::{self, Engine};
 use fixtures::requests::{Call, JOB_BOARD_ROLES, check_request, job_board_call};
@@ -35,8 +37,17 @@ fn signed(alg: Alg, serial: u64, roles: &[&str]) -> String {
     signer.sign(&keycloak_claims(serial, roles, unix_now())).expect("signs")
 }
 
-fn converted(check: &CheckRequest) -> Request<'_> {
-    request_from_check(check).expect("the request has attributes")
+/// A CheckRequest as the server receives it: its protobuf encoding.
+fn encoded(check: &CheckRequest) -> Bytes {
+    Bytes::from(check.encode_to_vec())
+}
+
+fn view(check: &CheckRequest) -> CheckView {
+    CheckView::from_check(check).expect("the view decodes what prost encodes")
+}
+
+fn converted(view: &CheckView) -> Request<'_> {
+    view.request().expect("the request has readable attributes")
 }
 
 /// A Check against the shipped job-board policies, the way the end-to-end runs send it.
@@ -46,6 +57,8 @@ fn job_board_check(c: &mut Criterion) {
     let token = signed(Alg::Rs256, 1, JOB_BOARD_ROLES);
     let with_token = check_request(&job_board_call(Some(&token)));
     let anonymous_read = check_request(&Call { method: "GET", path: "/api/jobs?page=2", ..job_board_call(None) });
+    let with_token_bytes = encoded(&with_token);
+    let (with_token, anonymous_read) = (view(&with_token), view(&anonymous_read));
     for check in [&with_token, &anonymous_read] {
         // Also fills the token cache: the timed checks below are cache hits.
         assert!(engine.snapshot.check(&converted(check), &context).is_allow(), "the bench request must be allowed");
@@ -60,25 +73,36 @@ fn job_board_check(c: &mut Criterion) {
     group.bench_function("job_board_warm_token", |b| {
         b.iter(|| engine.snapshot.check(black_box(&request), &context));
     });
+    // The server's work for one Check, from the received bytes to the response.
     group.bench_function("job_board_warm_token_grpc", |b| {
         b.iter(|| {
-            let decision = decide(&engine.snapshot, black_box(&with_token), &context);
+            let view = CheckView::from_wire(black_box(with_token_bytes.clone())).expect("decodes");
+            let decision = decide_view(&engine.snapshot, &view, &context);
             check_response(&decision, decision.is_allow())
         });
     });
     group.finish();
 }
 
-/// The gRPC adapter alone: borrowing a CheckRequest's attributes, and building the response.
+/// The gRPC adapter alone: decoding a CheckRequest with Envoy's prost types and as the
+/// zero-copy view, borrowing the core request from the view, and building the response.
 fn grpc_conversion(c: &mut Criterion) {
     let engine = job_board_engine();
     let context = engine.context();
     let token = signed(Alg::Rs256, 1, JOB_BOARD_ROLES);
-    let check = check_request(&job_board_call(Some(&token)));
-    let decision = decide(&engine.snapshot, &check, &context);
+    let bytes = encoded(&check_request(&job_board_call(Some(&token))));
+    let decoded = CheckView::from_wire(bytes.clone()).expect("decodes");
+    let decision = decide_view(&engine.snapshot, &decoded, &context);
 
     let mut group = c.benchmark_group("grpc");
-    group.bench_function("request_from_check", |b| b.iter(|| request_from_check(black_box(&check))));
+    group.bench_function("decode_prost", |b| b.iter(|| CheckRequest::decode(black_box(&bytes[..]))));
+    group.bench_function("decode_view", |b| {
+        b.iter(|| {
+            let view = CheckView::from_wire(black_box(bytes.clone())).expect("decodes");
+            black_box(&view.request());
+        });
+    });
+    group.bench_function("request_from_view", |b| b.iter(|| black_box(&decoded).request()));
     group.bench_function("check_response_allow", |b| {
         b.iter(|| check_response(black_box(&decision), decision.is_allow()));
     });
@@ -101,8 +125,8 @@ fn policy_count(c: &mut Criterion) {
     for count in policy_counts().0 {
         let engine = Engine::from_yaml(&mesh_policy_text(count)).expect("the synthetic set compiles");
         let context = engine.context();
-        let checks = mesh::request_mix(count, MIX_SIZE, &tokens, 42);
-        let requests: Vec<Request<'_>> = checks.iter().map(converted).collect();
+        let views: Vec<CheckView> = mesh::request_mix(count, MIX_SIZE, &tokens, 42).iter().map(view).collect();
+        let requests: Vec<Request<'_>> = views.iter().map(converted).collect();
         // One pass outside the timing: fills the token cache, and tells what the mix decides.
         let allowed = requests.iter().filter(|request| engine.snapshot.check(request, &context).is_allow()).count();
         eprintln!("check_policies/{count}: {allowed} of {} requests of the mix are allowed", requests.len());

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use axum::serve::ListenerExt;
-use envoy_types::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::transport::server::TcpIncoming;
@@ -17,7 +16,7 @@ use crate::config::load::{LoadedPolicies, load_policies};
 use crate::core::authn::AuthnContext;
 use crate::core::matcher::IpMatch;
 use crate::core::{Decision, Reason, Request, Snapshot};
-use crate::grpc::CheckService;
+use crate::grpc::{AuthorizationServer, CheckService};
 use crate::jwks::KeyStore;
 use crate::settings::{Settings, SettingsError};
 use crate::telemetry::DecisionLog;
@@ -166,7 +165,7 @@ pub async fn serve(settings: Settings) -> Result<(), AppError> {
     let (shutdown_sender, shutdown) = watch::channel(false);
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter.set_serving::<AuthorizationServer<CheckService>>().await;
+    health_reporter.set_serving::<AuthorizationServer>().await;
     health_reporter.set_service_status("", tonic_health::ServingStatus::Serving).await;
 
     let grpc = tonic::transport::Server::builder()
@@ -197,7 +196,7 @@ pub async fn serve(settings: Settings) -> Result<(), AppError> {
     tracing::info!("Shutting down: no longer ready, draining in-flight checks");
     state.ready.store(false, Ordering::Release);
     health_reporter.set_service_status("", tonic_health::ServingStatus::NotServing).await;
-    health_reporter.set_not_serving::<AuthorizationServer<CheckService>>().await;
+    health_reporter.set_not_serving::<AuthorizationServer>().await;
     let _ = shutdown_sender.send(true);
 
     let drain_timeout = Duration::from_secs(settings.drain_timeout_secs);

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::app::{AppError, build_snapshot};
 use crate::config::{describe_yaml_error, yaml_options};
-use crate::core::{Decision, HttpRequest, Peer, Request};
+use crate::core::{Decision, HttpRequest, Peer, Request, StrMap};
 use crate::jwks::KeyStore;
 use crate::settings::Settings;
 use crate::telemetry::Metrics;
@@ -66,12 +66,7 @@ pub struct PeerFile {
 
 impl PeerFile {
     fn peer(&self) -> Peer<'_> {
-        Peer {
-            address: self.address,
-            port: self.port,
-            principal: &self.principal,
-            labels: (!self.labels.is_empty()).then_some(&self.labels),
-        }
+        Peer { address: self.address, port: self.port, principal: &self.principal, labels: StrMap::from(&self.labels) }
     }
 }
 
@@ -106,7 +101,7 @@ impl RequestFile {
             destination: self.destination.peer(),
             http,
             sni: &self.sni,
-            context_extensions: (!self.context_extensions.is_empty()).then_some(&self.context_extensions),
+            context_extensions: StrMap::from(&self.context_extensions),
         }
     }
 }

@@ -12,7 +12,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Request as HttpRequestIn, R
 
 use crate::app::AppState;
 use crate::core::matcher::IpMatch;
-use crate::core::{Decision, HttpRequest, Peer, Request};
+use crate::core::{Decision, HttpRequest, Peer, Request, StrMap};
 use crate::settings::HttpMode;
 use crate::telemetry::{DecisionRecord, Door};
 use crate::traces::TraceContext;
@@ -175,7 +175,7 @@ impl OriginalRequest {
                 headers: self.headers.iter().map(|(name, value)| (name.as_str(), value.as_str())).collect(),
             }),
             sni: "",
-            context_extensions: (!self.context.is_empty()).then_some(&self.context),
+            context_extensions: StrMap::from(&self.context),
         }
     }
 }

@@ -26,7 +26,7 @@ use portcullis::config::load::{MAX_FILE_BYTES, load_policies, load_policy_text};
 use portcullis::core::authn::{AuthnContext, NoRemoteKeys, TokenCache};
 use portcullis::core::jwt::{JwtError, KeySet};
 use portcullis::core::workload::WorkloadTable;
-use portcullis::core::{Decision, EngineOptions, HttpRequest, Reason, Request, Snapshot};
+use portcullis::core::{Decision, EngineOptions, HttpRequest, Reason, Request, Snapshot, StrMap};
 use portcullis::telemetry::Metrics;
 use portcullis::token_cache::VerifiedTokenCache;
 use serde_json::{Value, json};
@@ -60,7 +60,7 @@ fn decide_in(
     let extensions = HashMap::from([("namespace".to_string(), namespace.to_string())]);
     let request = Request {
         http: Some(HttpRequest { method: "GET", scheme: "https", host, path, headers: headers.to_vec() }),
-        context_extensions: Some(&extensions),
+        context_extensions: StrMap::from(&extensions),
         ..Request::default()
     };
     snapshot.check(&request, &context(cache))

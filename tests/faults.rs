@@ -301,7 +301,7 @@ fn a_panic_inside_a_check_is_a_deny() {
             headers: vec![("authorization", authorization.as_str())],
             ..HttpRequest::default()
         }),
-        context_extensions: Some(&extensions),
+        context_extensions: portcullis::core::StrMap::from(&extensions),
         ..portcullis::core::Request::default()
     };
     let broken = AuthnContext {

@@ -9,7 +9,7 @@ use portcullis::core::authn::{AuthnContext, NoRemoteKeys};
 use portcullis::core::matcher::{IpMatch, PathMatch, StringMatch};
 use portcullis::core::path::{PathOptions, normalize};
 use portcullis::core::workload::WorkloadTable;
-use portcullis::core::{Decision, EngineOptions, HttpRequest, Reason, Request, Snapshot};
+use portcullis::core::{Decision, EngineOptions, HttpRequest, Reason, Request, Snapshot, StrMap};
 use proptest::prelude::*;
 use proptest::test_runner::Config;
 
@@ -127,7 +127,7 @@ fn decide(path: &str) -> Decision {
     let extensions = HashMap::from([("namespace".to_string(), "n".to_string())]);
     let request = Request {
         http: Some(HttpRequest { method: "GET", scheme: "https", host: "h", path, headers: Vec::new() }),
-        context_extensions: Some(&extensions),
+        context_extensions: StrMap::from(&extensions),
         ..Request::default()
     };
     let context = AuthnContext {

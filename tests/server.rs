@@ -1,4 +1,4 @@
-//! The real server over real sockets: Check with a tonic client on Envoy's protos, gRPC health, admin endpoints, shutdown.
+//! The real server over real sockets: Check with a tonic client on Envoy's protos and with raw bytes, gRPC health, admin endpoints, shutdown.
 
 #![expect(clippy::expect_used, clippy::panic, reason = "test helpers: a failed step fails the test")]
 
@@ -12,7 +12,11 @@ use envoy_types::pb::envoy::service::auth::v3::authorization_client::Authorizati
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
 use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest, CheckResponse};
 use envoy_types::pb::google::protobuf::value::Kind;
+use prost::Message;
+use prost::bytes::BufMut;
 use support::{Server, http_get, repo_path};
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codegen::http::uri::PathAndQuery;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -116,6 +120,85 @@ async fn check_allows_and_denies_over_grpc_and_counts_in_metrics() {
         r#"portcullis_check_duration_seconds_count{door="grpc"} 5"#,
         "portcullis_policies_loaded 3",
         "portcullis_policy_generation 1",
+    ] {
+        assert!(metrics.lines().any(|line| line == expected), "missing `{expected}` in:\n{metrics}");
+    }
+    assert_eq!(server.terminate().code(), Some(0));
+}
+
+/// Sends a Check's bytes as they are, which Envoy's prost types could not always carry.
+#[derive(Debug, Clone, Copy)]
+struct RawCheckCodec;
+
+impl Codec for RawCheckCodec {
+    type Encode = Vec<u8>;
+    type Decode = CheckResponse;
+    type Encoder = Self;
+    type Decoder = Self;
+
+    fn encoder(&mut self) -> Self {
+        *self
+    }
+
+    fn decoder(&mut self) -> Self {
+        *self
+    }
+}
+
+impl Encoder for RawCheckCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, message: Vec<u8>, buf: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        buf.put_slice(&message);
+        Ok(())
+    }
+}
+
+impl Decoder for RawCheckCodec {
+    type Item = CheckResponse;
+    type Error = tonic::Status;
+
+    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<CheckResponse>, tonic::Status> {
+        CheckResponse::decode(buf).map(Some).map_err(|error| tonic::Status::internal(error.to_string()))
+    }
+}
+
+const CHECK_PATH: &str = "/envoy.service.auth.v3.Authorization/Check";
+
+async fn call_raw(server: &Server, path: &'static str, message: Vec<u8>) -> Result<CheckResponse, tonic::Status> {
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", server.grpc)).expect("valid endpoint");
+    let mut grpc = tonic::client::Grpc::new(endpoint.connect().await.expect("connects"));
+    grpc.ready().await.expect("ready");
+    let path = PathAndQuery::from_static(path);
+    grpc.unary(tonic::Request::new(message), path, RawCheckCodec).await.map(tonic::Response::into_inner)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_check_with_a_string_that_is_not_utf8_is_denied_as_malformed_and_unknown_methods_are_unimplemented() {
+    let server = Server::start(&[&repo_path("policies")]);
+    let valid = job_service_request("GET", "/api/jobs?page=2", "").encode_to_vec();
+    let allowed = call_raw(&server, CHECK_PATH, valid.clone()).await.expect("Check answers");
+    assert_eq!(allowed.status.as_ref().map(|status| status.code), Some(0));
+
+    // The first `jobs.example.com`, in the host or the `:authority` header, starts with 0xFF.
+    let mut not_utf8 = valid.clone();
+    let at = not_utf8.windows(16).position(|window| window == b"jobs.example.com").expect("the host is encoded");
+    not_utf8[at] = 0xff;
+    let malformed = call_raw(&server, CHECK_PATH, not_utf8).await.expect("Check answers, not a gRPC error");
+    assert_eq!(denied(&malformed), (7, 403, "RBAC: access denied".to_string()));
+    assert_eq!(metadata_field(&malformed, "reason").as_deref(), Some("malformed_request"));
+
+    let truncated = call_raw(&server, CHECK_PATH, valid[..valid.len() - 1].to_vec()).await;
+    assert_eq!(truncated.err().map(|status| status.code()), Some(tonic::Code::Internal), "as tonic-prost answers");
+    let other_method = call_raw(&server, "/envoy.service.auth.v3.Authorization/Other", valid).await;
+    assert_eq!(other_method.err().map(|status| status.code()), Some(tonic::Code::Unimplemented));
+
+    let (_, metrics) = http_get(server.admin, "/metrics");
+    for expected in [
+        r#"portcullis_checks_total{door="grpc",decision="allow",reason="allowed_by_policy"} 1"#,
+        r#"portcullis_checks_total{door="grpc",decision="deny",reason="malformed_request"} 1"#,
+        r#"portcullis_check_duration_seconds_count{door="grpc"} 2"#,
     ] {
         assert!(metrics.lines().any(|line| line == expected), "missing `{expected}` in:\n{metrics}");
     }

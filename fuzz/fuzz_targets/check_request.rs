@@ -1,4 +1,4 @@
-//! Fuzzes `CheckRequest` conversion and the decision: raw protobuf bytes, and requests built from structured input, against the shipped and adversarial policies.
+//! Fuzzes `CheckRequest` reading and the decision: raw protobuf bytes, and requests built from structured input, through the zero-copy view and against the prost oracle, with the shipped and adversarial policies.
 #![no_main]
 
 use std::collections::HashMap;
@@ -15,8 +15,10 @@ use portcullis::config::load::{LoadedPolicies, load_policies, load_policy_text};
 use portcullis::core::authn::{AuthnContext, NoRemoteKeys};
 use portcullis::core::workload::WorkloadTable;
 use portcullis::core::{EngineOptions, Snapshot};
-use portcullis::grpc::decide;
+use portcullis::grpc::oracle::{compare, request_from_check};
+use portcullis::grpc::{CheckView, ViewError, decide_view};
 use prost::Message;
+use prost::bytes::Bytes;
 
 /// Policies that use every rule field and condition kind, beside the shipped examples.
 const ADVERSARIAL_POLICIES: &str = r#"
@@ -152,18 +154,30 @@ impl FuzzedCheck {
 
 fuzz_target!(|data: &[u8]| {
     let Some((mode, rest)) = data.split_first() else { return };
-    let check = if mode % 2 == 0 {
+    let bytes = if mode % 2 == 0 {
         // Raw bytes as they would come off the wire.
-        match CheckRequest::decode(rest) {
-            Ok(check) => check,
-            Err(_) => return,
-        }
+        Bytes::copy_from_slice(rest)
     } else {
         match FuzzedCheck::arbitrary(&mut arbitrary::Unstructured::new(rest)) {
-            Ok(fuzzed) => fuzzed.into_check(),
+            Ok(fuzzed) => Bytes::from(fuzzed.into_check().encode_to_vec()),
             Err(_) => return,
         }
     };
+    // The view never panics, whatever the bytes; what prost reads, it reads the same.
+    let view = CheckView::from_wire(bytes.clone());
+    if let Ok(check) = CheckRequest::decode(bytes) {
+        let Ok(view) = &view else { panic!("prost decodes what the view cannot: {check:?}") };
+        match (view.request(), request_from_check(&check)) {
+            (Ok(from_view), Some(from_oracle)) => {
+                if let Err(difference) = compare(&from_view, &from_oracle) {
+                    panic!("the view and prost disagree: {difference}\n{check:?}");
+                }
+            }
+            (Err(ViewError::NoAttributes), None) => {}
+            (from_view, from_oracle) => panic!("the view gives {from_view:?}, prost {from_oracle:?}: {check:?}"),
+        }
+    }
+    let Ok(view) = view else { return };
     let context = AuthnContext {
         keys: &NoRemoteKeys,
         cache: &NoRemoteKeys,
@@ -171,7 +185,6 @@ fuzz_target!(|data: &[u8]| {
         clock_skew_secs: 60,
         max_token_bytes: 8192,
     };
-    let decision = decide(snapshot(), &check, &context);
-    assert_ne!(decision.reason.as_str(), "internal_error", "a check panicked: {check:?}");
-    let _ = portcullis::grpc::request_from_check(&check);
+    let decision = decide_view(snapshot(), &view, &context);
+    assert_ne!(decision.reason.as_str(), "internal_error", "a check panicked: {view:?}");
 });

@@ -7,7 +7,7 @@ use libfuzzer_sys::fuzz_target;
 use portcullis::config::load::load_policy_text;
 use portcullis::core::authn::{AuthnContext, NoRemoteKeys};
 use portcullis::core::workload::WorkloadTable;
-use portcullis::core::{EngineOptions, HttpRequest, Request, Snapshot};
+use portcullis::core::{EngineOptions, HttpRequest, Request, Snapshot, StrMap};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };
@@ -41,7 +41,7 @@ fuzz_target!(|data: &[u8]| {
                     path,
                     headers: vec![("authorization", "Bearer a.b.c"), ("x-tenant", "acme")],
                 }),
-                context_extensions: extensions.as_ref(),
+                context_extensions: extensions.as_ref().map(StrMap::from).unwrap_or_default(),
                 ..Request::default()
             };
             let context = AuthnContext {

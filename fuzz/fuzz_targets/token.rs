@@ -13,7 +13,7 @@ use portcullis::config::load::load_policy_text;
 use portcullis::core::authn::{AuthnContext, NoRemoteKeys};
 use portcullis::core::jwt::{self, KeySet};
 use portcullis::core::workload::WorkloadTable;
-use portcullis::core::{EngineOptions, HttpRequest, Request, Snapshot};
+use portcullis::core::{EngineOptions, HttpRequest, Request, Snapshot, StrMap};
 
 const NOW: u64 = 1_800_000_000;
 const ISSUER: &str = "https://issuer.fuzz";
@@ -91,7 +91,7 @@ fuzz_target!(|data: &[u8]| {
     for (path, headers) in [("/x", vec![("authorization", bearer.as_str())]), (query.as_str(), vec![])] {
         let request = Request {
             http: Some(HttpRequest { method: "GET", scheme: "https", host: "h", path, headers }),
-            context_extensions: Some(&extensions),
+            context_extensions: StrMap::from(&extensions),
             ..Request::default()
         };
         let context = AuthnContext {

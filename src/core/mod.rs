@@ -18,5 +18,5 @@ pub mod workload;
 
 pub use decision::{Decision, Reason};
 pub use identity::Identity;
-pub use request::{HttpRequest, Peer, Request};
+pub use request::{HttpRequest, Peer, Request, StrMap};
 pub use snapshot::{EngineOptions, Snapshot};

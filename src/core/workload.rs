@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use super::matcher::IpMatch;
-use super::request::{Request, SpiffeId};
+use super::request::{Request, SpiffeId, StrMap};
 
 /// The context extension that names the workload's namespace.
 pub const NAMESPACE_EXTENSION: &str = "namespace";
@@ -56,35 +56,39 @@ impl WorkloadTable {
     /// Finds the request's workload. The namespace comes from the `namespace` context
     /// extension, else from the destination principal, else from the table; labels from the
     /// other context extensions, then the destination's labels, then the table.
-    pub fn resolve<'a>(&'a self, request: &Request<'a>) -> Workload<'a> {
+    pub fn resolve<'r>(&'r self, request: &'r Request<'_>) -> Workload<'r> {
         let entry = self.entries.iter().find(|entry| entry.selector.fits(request));
         let namespace = request
             .context_extensions
-            .and_then(|extensions| extensions.get(NAMESPACE_EXTENSION))
-            .map(String::as_str)
+            .get(NAMESPACE_EXTENSION)
             .or_else(|| SpiffeId::parse(request.destination.principal).and_then(|id| id.namespace))
             .or_else(|| entry.and_then(|entry| entry.namespace.as_deref()));
         Workload {
             namespace,
-            label_sources: [request.context_extensions, request.destination.labels, entry.map(|entry| &entry.labels)],
+            context_extensions: &request.context_extensions,
+            destination_labels: &request.destination.labels,
+            table_labels: entry.map(|entry| &entry.labels),
         }
     }
 }
 
 /// The workload a request is for.
 #[derive(Debug, Clone)]
-pub struct Workload<'a> {
-    pub namespace: Option<&'a str>,
-    label_sources: [Option<&'a HashMap<String, String>>; 3],
+pub struct Workload<'r> {
+    pub namespace: Option<&'r str>,
+    context_extensions: &'r StrMap<'r>,
+    destination_labels: &'r StrMap<'r>,
+    table_labels: Option<&'r HashMap<String, String>>,
 }
 
-impl<'a> Workload<'a> {
-    /// A label's value, from the first source that has it.
-    pub fn label(&self, key: &str) -> Option<&'a str> {
-        if key == NAMESPACE_EXTENSION {
-            return self.label_sources[1..].iter().flatten().find_map(|labels| labels.get(key)).map(String::as_str);
-        }
-        self.label_sources.iter().flatten().find_map(|labels| labels.get(key)).map(String::as_str)
+impl<'r> Workload<'r> {
+    /// A label's value, from the first source that has it. The `namespace` context extension
+    /// names the namespace, not a label.
+    pub fn label(&self, key: &str) -> Option<&'r str> {
+        let from_extensions = if key == NAMESPACE_EXTENSION { None } else { self.context_extensions.get(key) };
+        from_extensions
+            .or_else(|| self.destination_labels.get(key))
+            .or_else(|| self.table_labels?.get(key).map(String::as_str))
     }
 }
 
@@ -121,12 +125,11 @@ mod tests {
     fn context_extensions_come_first() {
         let table = table();
         let extensions = map(&[("namespace", "ctx-ns"), ("app", "from-ctx")]);
-        let labels = map(&[("app", "from-peer"), ("version", "v1")]);
         let request = Request {
-            context_extensions: Some(&extensions),
+            context_extensions: StrMap::from(&extensions),
             destination: Peer {
                 principal: "spiffe://cluster.local/ns/peer-ns/sa/x",
-                labels: Some(&labels),
+                labels: StrMap::from_entries(vec![("app", "from-peer"), ("version", "v1"), ("version", "v0")]),
                 ..Peer::default()
             },
             http: Some(HttpRequest { host: "JOBS.example.com:443", ..HttpRequest::default() }),
