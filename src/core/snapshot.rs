@@ -68,16 +68,43 @@ struct Bucket {
     authn: Vec<AuthnPolicy>,
 }
 
+/// How a policy takes part in a decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PolicyKind {
+    Deny,
+    Allow,
+    Audit,
+    DryRunDeny,
+    DryRunAllow,
+}
+
+impl PolicyKind {
+    fn of(policy: &Policy) -> Self {
+        match (policy.action, policy.dry_run) {
+            (Action::Deny, false) => Self::Deny,
+            (Action::Allow, false) => Self::Allow,
+            (Action::Deny, true) => Self::DryRunDeny,
+            (Action::Allow, true) => Self::DryRunAllow,
+            (Action::Audit, _) => Self::Audit,
+        }
+    }
+}
+
 impl Bucket {
     fn insert(&mut self, policy: Policy) {
-        let list = match (policy.action, policy.dry_run) {
-            (Action::Deny, false) => &mut self.deny,
-            (Action::Allow, false) => &mut self.allow,
-            (Action::Deny, true) => &mut self.dry_run_deny,
-            (Action::Allow, true) => &mut self.dry_run_allow,
-            (Action::Audit, _) => &mut self.audit,
+        let list = match PolicyKind::of(&policy) {
+            PolicyKind::Deny => &mut self.deny,
+            PolicyKind::Allow => &mut self.allow,
+            PolicyKind::DryRunDeny => &mut self.dry_run_deny,
+            PolicyKind::DryRunAllow => &mut self.dry_run_allow,
+            PolicyKind::Audit => &mut self.audit,
         };
         list.push(policy);
+    }
+
+    /// Every policy of the bucket, each kind in name order.
+    fn in_order(&self) -> impl Iterator<Item = &Policy> {
+        self.deny.iter().chain(&self.allow).chain(&self.audit).chain(&self.dry_run_deny).chain(&self.dry_run_allow)
     }
 }
 
@@ -255,49 +282,24 @@ impl Snapshot {
             path: normalized.as_ref().map_or("", |normalized| &normalized.path),
             identity,
         };
-        let decision = self.evaluate(workload, &attributes);
+        // The policies that select the workload, found once for every reading of the path.
+        let selected: Vec<&Policy> = self
+            .buckets(workload)
+            .flat_map(|bucket| bucket.in_order())
+            .filter(|policy| policy.selects(workload))
+            .collect();
+        let decision = evaluate(&selected, &attributes);
         // A path a backend may read otherwise (encoded slashes, `;` parameters) must be
         // allowed under every reading.
         if decision.is_allow() {
             for other_reading in normalized.iter().flat_map(|normalized| &normalized.other_readings) {
                 attributes.path = other_reading;
-                let other = self.evaluate(workload, &attributes);
+                let other = evaluate(&selected, &attributes);
                 if !other.is_allow() {
                     return other;
                 }
             }
         }
-        decision
-    }
-
-    fn evaluate(&self, workload: &Workload<'_>, attributes: &Attributes<'_>) -> Decision {
-        let applicable = |pick: fn(&Bucket) -> &Vec<Policy>| {
-            self.buckets(workload).flat_map(pick).filter(|policy| policy.selects(workload))
-        };
-        let first_match = |pick: fn(&Bucket) -> &Vec<Policy>| {
-            applicable(pick).find_map(|policy| {
-                policy.first_matching_rule(attributes).map(|rule| PolicyMatch { policy: policy.id.clone(), rule })
-            })
-        };
-
-        let mut decision = if let Some(matched) = first_match(|b| &b.deny) {
-            Decision::new(Reason::DeniedByPolicy, Some(matched))
-        } else if let Some(matched) = first_match(|b| &b.allow) {
-            Decision::new(Reason::AllowedByPolicy, Some(matched))
-        } else if applicable(|b| &b.allow).next().is_some() {
-            Decision::new(Reason::NoAllowMatch, None)
-        } else {
-            Decision::new(Reason::NoPolicies, None)
-        };
-        decision.audit = first_match(|b| &b.audit);
-        decision.dry_run = if let Some(matched) = first_match(|b| &b.dry_run_deny) {
-            Some(DryRunOutcome { would_allow: false, policy: Some(matched) })
-        } else if applicable(|b| &b.dry_run_allow).next().is_some() {
-            let matched = first_match(|b| &b.dry_run_allow);
-            Some(DryRunOutcome { would_allow: matched.is_some(), policy: matched })
-        } else {
-            None
-        };
         decision
     }
 
@@ -314,6 +316,37 @@ impl Snapshot {
             .and_then(|entry| entry.trim().parse().ok())
             .or(request.source.address)
     }
+}
+
+/// Istio's order over the policies that select the workload (mesh-wide ones first, each kind in
+/// name order): DENY, then ALLOW; AUDIT and dry-run policies alongside, never changing the verdict.
+fn evaluate(selected: &[&Policy], attributes: &Attributes<'_>) -> Decision {
+    let applicable = |kind: PolicyKind| selected.iter().filter(move |policy| PolicyKind::of(policy) == kind);
+    let first_match = |kind: PolicyKind| {
+        applicable(kind).find_map(|policy| {
+            policy.first_matching_rule(attributes).map(|rule| PolicyMatch { policy: policy.id.clone(), rule })
+        })
+    };
+
+    let mut decision = if let Some(matched) = first_match(PolicyKind::Deny) {
+        Decision::new(Reason::DeniedByPolicy, Some(matched))
+    } else if let Some(matched) = first_match(PolicyKind::Allow) {
+        Decision::new(Reason::AllowedByPolicy, Some(matched))
+    } else if applicable(PolicyKind::Allow).next().is_some() {
+        Decision::new(Reason::NoAllowMatch, None)
+    } else {
+        Decision::new(Reason::NoPolicies, None)
+    };
+    decision.audit = first_match(PolicyKind::Audit);
+    decision.dry_run = if let Some(matched) = first_match(PolicyKind::DryRunDeny) {
+        Some(DryRunOutcome { would_allow: false, policy: Some(matched) })
+    } else if applicable(PolicyKind::DryRunAllow).next().is_some() {
+        let matched = first_match(PolicyKind::DryRunAllow);
+        Some(DryRunOutcome { would_allow: matched.is_some(), policy: matched })
+    } else {
+        None
+    };
+    decision
 }
 
 /// A refused token: 401 with Envoy's body and `www-authenticate`, or 403 for an audience.
