@@ -67,7 +67,7 @@ class Plan:
         return [] if self.smoke else ["--release"]
 
 
-FULL = Plan(False, warmup=2, duration=10, lone_duration=5, lone_rounds=3, open_duration=10, cold_duration=8,
+FULL = Plan(False, warmup=2, duration=10, lone_duration=4, lone_rounds=5, open_duration=10, cold_duration=8,
             tokens=100_000, policies=10_000, memory_tokens=100_000, quiet_wait=30)
 SMOKE = Plan(True, warmup=0.2, duration=0.5, lone_duration=0.5, lone_rounds=1, open_duration=0.5, cold_duration=0.5,
              tokens=300, policies=1_000, memory_tokens=300, quiet_wait=0)
