@@ -21,7 +21,6 @@ import re
 import resource
 import shlex
 import shutil
-import statistics
 import signal
 import subprocess
 import sys
@@ -49,6 +48,7 @@ class Plan:
     duration: float  # the closed-loop windows at full load
     lone_duration: float  # one connection, one stream
     lone_rounds: int  # lone runs, alternating (a) and (b), both servers up
+    full_rounds: int  # full-load runs, alternating (a) and (b), both servers up
     open_duration: float  # the latency-at-load run
     cold_duration: float  # distinct tokens; ends early if the tokens run out
     tokens: int  # distinct tokens signed per algorithm
@@ -67,9 +67,9 @@ class Plan:
         return [] if self.smoke else ["--release"]
 
 
-FULL = Plan(False, warmup=2, duration=10, lone_duration=4, lone_rounds=5, open_duration=10, cold_duration=8,
+FULL = Plan(False, warmup=2, duration=10, lone_duration=4, lone_rounds=5, full_rounds=3, open_duration=10, cold_duration=8,
             tokens=100_000, policies=10_000, memory_tokens=100_000, quiet_wait=30)
-SMOKE = Plan(True, warmup=0.2, duration=0.5, lone_duration=0.5, lone_rounds=1, open_duration=0.5, cold_duration=0.5,
+SMOKE = Plan(True, warmup=0.2, duration=0.5, lone_duration=0.5, lone_rounds=1, full_rounds=1, open_duration=0.5, cold_duration=0.5,
              tokens=300, policies=1_000, memory_tokens=300, quiet_wait=0)
 
 # The issue's targets.
@@ -378,41 +378,41 @@ class Bench:
 
     # --- the parts ---
 
-    def transport_ceiling(self) -> None:
-        self.quiet["a"] = wait_for_quiet(self.plan)
-        noop = Server("noop", [self.binary("examples/noop_server"), "--grpc-listen", "127.0.0.1:0"])
-        try:
-            # The same request bytes as (b): the warm token rides along, unread.
-            self.load("a", "(a) do-nothing server, full load", noop, tokens="reuse")
-        finally:
-            noop.stop()
-
-    def lone_requests(self) -> None:
-        """Lone requests, (a) and (b) in turn with both servers up, so that drift of the machine
-        between the parts cannot pass for a difference between the servers."""
-        self.quiet["lone"] = wait_for_quiet(self.plan)
-        noop = Server("noop", [self.binary("examples/noop_server"), "--grpc-listen", "127.0.0.1:0"])
-        server = self.portcullis("lone", str((WORK / "fixtures" / "job-board").relative_to(ROOT)))
-        try:
-            for round_ in range(1, self.plan.lone_rounds + 1):
-                for key, what, target in (("a", "(a) do-nothing server", noop), ("b", "(b) portcullis", server)):
-                    self.load(lone_key(key, round_), f"{what}, a lone request, round {round_}", target,
-                              tokens="reuse", connections=1, streams=1, duration=self.plan.lone_duration)
-        finally:
-            noop.stop()
-            server.stop()
-
     def warm_tokens(self) -> None:
-        self.quiet["b"] = wait_for_quiet(self.plan)
+        """(a) and (b) at full load, then alone, in rounds that alternate the two servers with both
+        up, so that drift of the machine between parts cannot pass for a difference between the
+        servers; then (b) at half its rate."""
+        plan = self.plan
+        self.quiet["warm"] = wait_for_quiet(plan)
+        noop = Server("noop", [self.binary("examples/noop_server"), "--grpc-listen", "127.0.0.1:0"])
         server = self.portcullis("warm", str((WORK / "fixtures" / "job-board").relative_to(ROOT)))
+        servers = (("a", "(a) do-nothing server", noop), ("b", "(b) portcullis, job-board, one RS256 token reused",
+                                                            server))
         try:
             self.memory["job_board_ready"] = server.rss_mib()
-            b = self.load("b", "(b) portcullis, job-board, one RS256 token reused", server, tokens="reuse")
+            for round_ in range(1, plan.full_rounds + 1):
+                for key, what, target in servers:
+                    # The same request bytes for both: (a) lets the warm token ride along, unread.
+                    self.load(round_key(key, round_), f"{what}, full load, round {round_}", target, tokens="reuse")
+            for round_ in range(1, plan.lone_rounds + 1):
+                for key, what, target in servers:
+                    self.load(round_key(f"{key}_lone", round_), f"{what}, a lone request, round {round_}", target,
+                              tokens="reuse", connections=1, streams=1, duration=plan.lone_duration)
+            _, b = self.median_pair("", plan.full_rounds)
             self.load("b_half", "(b) at half its maximum rate, open loop", server, tokens="reuse",
-                      rate=b.throughput / 2, duration=self.plan.open_duration)
+                      rate=b.throughput / 2, duration=plan.open_duration)
             self.memory["job_board_after_warm"] = server.rss_mib()
         finally:
+            noop.stop()
             server.stop()
+
+    def median_pair(self, suffix: str, rounds: int) -> tuple["LoadRun", "LoadRun"]:
+        """The (a), (b) runs of the round whose ratio is the median: the ratio of p50s for lone
+        requests (`suffix` `_lone`), of throughputs at full load."""
+        pairs = [(self.runs[round_key(f"a{suffix}", r)], self.runs[round_key(f"b{suffix}", r)])
+                 for r in range(1, rounds + 1)]
+        pairs.sort(key=lambda pair: pair_ratio(*pair, suffix))
+        return pairs[(len(pairs) - 1) // 2]
 
     def cold_tokens(self, alg: str, key: str) -> None:
         self.quiet[key] = wait_for_quiet(self.plan)
@@ -461,9 +461,14 @@ class Bench:
              "--manifest-path", CRYPTO_MANIFEST, "--target-dir", "target", "--", *timing], env=env)
 
 
-def lone_key(server: str, round_: int) -> str:
-    """`a_lone`, `b_lone` for the first round, then `a_lone_2`, ..."""
-    return f"{server}_lone" + ("" if round_ == 1 else f"_{round_}")
+def round_key(key: str, round_: int) -> str:
+    """`a`, `b_lone` for the first round, then `a_2`, `b_lone_2`, ..."""
+    return key + ("" if round_ == 1 else f"_{round_}")
+
+
+def pair_ratio(a: "LoadRun", b: "LoadRun", suffix: str) -> float:
+    """(b) against (a): p50 for lone requests, throughput at full load."""
+    return b.latency("p50") / a.latency("p50") if suffix == "_lone" else b.throughput / a.throughput
 
 
 # --- criterion's figures ----------------------------------------------------------------------
@@ -524,28 +529,32 @@ class Report:
 
     def targets(self) -> list[tuple[str, str, str, str]]:
         """(target, figure, verdict, why) rows."""
-        a, b, c = self.runs["a"], self.runs["b"], self.runs["c"]
-        b_half = self.runs["b_half"]
+        full_rounds = range(1, self.plan.full_rounds + 1)
+        a, b = self.median_pair("", self.plan.full_rounds)
+        c, b_half = self.runs["c"], self.runs["b_half"]
         memory = self.memory
         rows = []
 
-        share = b.throughput / a.throughput
+        share = pair_ratio(a, b, "")
         cpu_a, cpu_b = a.figure("server_cpu_us_per_check"), b.figure("server_cpu_us_per_check")
+        rounds_text = "; ".join(
+            f"{pair_ratio(self.runs[round_key('a', r)], self.runs[round_key('b', r)], ''):.2f}" for r in full_rounds)
         rows.append((
             "Warm tokens: (b) throughput ≥ 85% of (a)",
-            f"b/a = {share:.2f} ({b.throughput:,.0f} / {a.throughput:,.0f} checks/s)",
+            f"median of {len(full_rounds)} rounds: b/a = {share:.2f} ({b.throughput:,.0f} / {a.throughput:,.0f} "
+            f"checks/s; the rounds: {rounds_text})",
             verdict(share, WARM_THROUGHPUT_SHARE, True),
             f"Server CPU per Check: {cpu_b:.1f} µs for (b) against {cpu_a:.1f} µs for (a) "
             f"({cpu_b / cpu_a:.2f}×); the server core was {b.figure('server_cpu_share'):.0%} busy in (b), "
             f"{a.figure('server_cpu_share'):.0%} in (a), the generator's {b.figure('generator_cpu_share'):.0%} "
             f"and {a.figure('generator_cpu_share'):.0%}. The decision itself (criterion "
-            f"`check/job_board_warm_token_grpc`) costs {duration(self.crit('check/job_board_warm_token_grpc'))}."
-            + self.observed("a", "b")))
+            f"`check/job_board_warm_token_grpc`) costs {duration(self.crit('check/job_board_warm_token_grpc'))}. "
+            "The rounds alternate (a) and (b) with both servers up; the figures are the median round's."
+            + self.observed(*(round_key(key, r) for r in full_rounds for key in ("a", "b")))))
 
         rounds = range(1, self.plan.lone_rounds + 1)
-        pairs = [(self.runs[lone_key("a", r)], self.runs[lone_key("b", r)]) for r in rounds]
-        ratios = sorted(b.latency("p50") / a.latency("p50") for a, b in pairs)
-        ratio = statistics.median(ratios)
+        pairs = [(self.runs[round_key("a_lone", r)], self.runs[round_key("b_lone", r)]) for r in rounds]
+        ratio = pair_ratio(*self.median_pair("_lone", self.plan.lone_rounds), "_lone")
         rows.append((
             "Warm tokens: a lone request's p50 ≤ 1.2× (a)'s",
             f"median of {len(pairs)} rounds: {ratio:.2f}× ("
@@ -553,7 +562,7 @@ class Report:
             verdict(ratio, LONE_P50_RATIO, False, "×"),
             "One connection, one stream, closed loop: the round trip through both gRPC stacks and loopback. "
             "The rounds alternate (a) and (b) with both servers up."
-            + self.observed(*(lone_key(key, r) for r in rounds for key in ("a", "b")))))
+            + self.observed(*(round_key(f"{key}_lone", r) for r in rounds for key in ("a", "b")))))
 
         rows.append((
             "Warm tokens: p99 at half load ≤ 1 ms",
@@ -656,7 +665,8 @@ class Report:
                 f"(`examples/loadgen.rs`, one thread) runs with `taskset -c {GENERATOR_CPU}`. They share nothing "
                 "but the loopback interface, the L3 cache and the memory bus.",
                 f"- Full load: {plan.connections} HTTP/2 connections × {plan.streams} streams, closed loop, "
-                f"{plan.warmup:g} s warm-up then {plan.duration:g} s measured. A lone request: 1 × 1, "
+                f"{plan.warmup:g} s warm-up then {plan.duration:g} s measured, in {plan.full_rounds} rounds that "
+                "alternate (a) and (b) with both servers up; the targets take the median round. A lone request: 1 × 1, "
                 f"{plan.lone_duration:g} s, in {plan.lone_rounds} rounds that alternate (a) and (b) with both "
                 "servers up. Latency at load: open loop at half of (b)'s rate, "
                 f"{plan.open_duration:g} s, latency counted from each scheduled send time; the generator "
@@ -686,7 +696,8 @@ class Report:
                     f"Memory: {json.dumps({k: round(v, 1) for k, v in self.memory.items()})}", ""]
             return "\n".join(out) + "\n"
 
-        a, b, c, d = (self.runs[k] for k in ("a", "b", "c", "d"))
+        a, b = self.median_pair("", self.plan.full_rounds)
+        c, d = self.runs["c"], self.runs["d"]
         out += ["## Targets", "", "| target | figure | result | notes |", "|---|---|---|---|"]
         out += [f"| {t} | {f} | {v} | {n} |" for t, f, v, n in self.targets()]
         observations = [note for run_ in self.runs.values() for note in run_.observations()]
@@ -698,8 +709,9 @@ class Report:
                 f"c / RS256 verifications on one core = {c.throughput / self.rate('signature/rs256'):.2f}, "
                 f"d / ES256 verifications on one core = {d.throughput / self.rate('signature/es256'):.2f}. "
                 f"Server CPU per Check, relative to (a): "
-                + ", ".join(f"{k} {self.runs[k].figure('server_cpu_us_per_check') / a.figure('server_cpu_us_per_check'):.2f}×"
-                            for k in ("b", "c", "d")) + ".", "",
+                + ", ".join(f"{k} {run_.figure('server_cpu_us_per_check') / a.figure('server_cpu_us_per_check'):.2f}×"
+                            for k, run_ in (("b", b), ("c", c), ("d", d))) + ". (a) and (b) are the median "
+                "full-load round's.", "",
                 "## Memory", "", "| state | RSS |", "|---|---:|"]
         labels = {
             "job_board_ready": "job-board policies, ready",
@@ -732,9 +744,7 @@ def measure(plan: Plan) -> dict:
     build(plan)
     bench = Bench(plan)
     bench.make_fixtures()
-    bench.transport_ceiling()
     bench.warm_tokens()
-    bench.lone_requests()
     bench.cold_tokens("rs256", "c")
     bench.cold_tokens("es256", "d")
     bench.memory_run()
