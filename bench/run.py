@@ -398,21 +398,13 @@ class Bench:
                 for key, what, target in servers:
                     self.load(round_key(f"{key}_lone", round_), f"{what}, a lone request, round {round_}", target,
                               tokens="reuse", connections=1, streams=1, duration=plan.lone_duration)
-            _, b = self.median_pair("", plan.full_rounds)
+            _, b = median_pair(self.runs, "", plan.full_rounds)
             self.load("b_half", "(b) at half its maximum rate, open loop", server, tokens="reuse",
                       rate=b.throughput / 2, duration=plan.open_duration)
             self.memory["job_board_after_warm"] = server.rss_mib()
         finally:
             noop.stop()
             server.stop()
-
-    def median_pair(self, suffix: str, rounds: int) -> tuple["LoadRun", "LoadRun"]:
-        """The (a), (b) runs of the round whose ratio is the median: the ratio of p50s for lone
-        requests (`suffix` `_lone`), of throughputs at full load."""
-        pairs = [(self.runs[round_key(f"a{suffix}", r)], self.runs[round_key(f"b{suffix}", r)])
-                 for r in range(1, rounds + 1)]
-        pairs.sort(key=lambda pair: pair_ratio(*pair, suffix))
-        return pairs[(len(pairs) - 1) // 2]
 
     def cold_tokens(self, alg: str, key: str) -> None:
         self.quiet[key] = wait_for_quiet(self.plan)
@@ -464,6 +456,14 @@ class Bench:
 def round_key(key: str, round_: int) -> str:
     """`a`, `b_lone` for the first round, then `a_2`, `b_lone_2`, ..."""
     return key + ("" if round_ == 1 else f"_{round_}")
+
+
+def median_pair(runs: dict[str, "LoadRun"], suffix: str, rounds: int) -> tuple["LoadRun", "LoadRun"]:
+    """The (a), (b) runs of the round whose ratio is the median: the ratio of p50s for lone
+    requests (`suffix` `_lone`), of throughputs at full load."""
+    pairs = [(runs[round_key(f"a{suffix}", r)], runs[round_key(f"b{suffix}", r)]) for r in range(1, rounds + 1)]
+    pairs.sort(key=lambda pair: pair_ratio(*pair, suffix))
+    return pairs[(len(pairs) - 1) // 2]
 
 
 def pair_ratio(a: "LoadRun", b: "LoadRun", suffix: str) -> float:
@@ -530,7 +530,7 @@ class Report:
     def targets(self) -> list[tuple[str, str, str, str]]:
         """(target, figure, verdict, why) rows."""
         full_rounds = range(1, self.plan.full_rounds + 1)
-        a, b = self.median_pair("", self.plan.full_rounds)
+        a, b = median_pair(self.runs, "", self.plan.full_rounds)
         c, b_half = self.runs["c"], self.runs["b_half"]
         memory = self.memory
         rows = []
@@ -554,7 +554,7 @@ class Report:
 
         rounds = range(1, self.plan.lone_rounds + 1)
         pairs = [(self.runs[round_key("a_lone", r)], self.runs[round_key("b_lone", r)]) for r in rounds]
-        ratio = pair_ratio(*self.median_pair("_lone", self.plan.lone_rounds), "_lone")
+        ratio = pair_ratio(*median_pair(self.runs, "_lone", self.plan.lone_rounds), "_lone")
         rows.append((
             "Warm tokens: a lone request's p50 ≤ 1.2× (a)'s",
             f"median of {len(pairs)} rounds: {ratio:.2f}× ("
@@ -696,7 +696,7 @@ class Report:
                     f"Memory: {json.dumps({k: round(v, 1) for k, v in self.memory.items()})}", ""]
             return "\n".join(out) + "\n"
 
-        a, b = self.median_pair("", self.plan.full_rounds)
+        a, b = median_pair(self.runs, "", self.plan.full_rounds)
         c, d = self.runs["c"], self.runs["d"]
         out += ["## Targets", "", "| target | figure | result | notes |", "|---|---|---|---|"]
         out += [f"| {t} | {f} | {v} | {n} |" for t, f, v, n in self.targets()]
