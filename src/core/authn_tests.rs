@@ -102,6 +102,11 @@ fn context<'c>(cache: &'c dyn TokenCache) -> AuthnContext<'c> {
     AuthnContext { keys: &NoRemoteKeys, cache, now: NOW, clock_skew_secs: 60, max_token_bytes: 8192 }
 }
 
+/// A request carrying these headers and nothing else.
+fn request_with(headers: &[(String, String)]) -> HttpRequest<'_> {
+    HttpRequest { headers: headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect(), ..HttpRequest::default() }
+}
+
 fn bearer(token: &str) -> (String, String) {
     ("authorization".into(), format!("Bearer {token}"))
 }
@@ -348,10 +353,7 @@ fn verified_tokens_are_cached_and_still_expire() {
     let cache = MemoryCache::default();
     let token = sign("rsa-2048.pem", Algorithm::RS256, "rsa", &claims());
     let headers = [bearer(&token)];
-    let http = HttpRequest {
-        headers: headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect(),
-        ..HttpRequest::default()
-    };
+    let http = request_with(&headers);
     assert!(matches!(authn::authenticate(&[&rule], &http, &context(&cache)), Authentication::Verified { .. }));
     let cached = cache.get(&token).expect("cached after verification");
     assert_eq!(cached.kid(), Some("rsa"));
@@ -394,10 +396,7 @@ fn cache_hits_check_audiences_from_the_kept_claims() {
     let cache = MemoryCache::default();
     let token = sign("rsa-2048.pem", Algorithm::RS256, "rsa", &claims());
     let headers = [bearer(&token)];
-    let http = HttpRequest {
-        headers: headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect(),
-        ..HttpRequest::default()
-    };
+    let http = request_with(&headers);
     let jobs = rule(&["jobs-api"]);
     assert!(matches!(authn::authenticate(&[&jobs], &http, &context(&cache)), Authentication::Verified { .. }));
     let cached = cache.get(&token).expect("cached");
@@ -417,10 +416,7 @@ fn a_policy_set_that_reads_other_claims_reads_the_token_again() {
     let cache = MemoryCache::default();
     let token = sign("rsa-2048.pem", Algorithm::RS256, "rsa", &claims());
     let headers = [bearer(&token)];
-    let http = HttpRequest {
-        headers: headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect(),
-        ..HttpRequest::default()
-    };
+    let http = request_with(&headers);
     let first = rule(&[]);
     assert!(matches!(authn::authenticate(&[&first], &http, &context(&cache)), Authentication::Verified { .. }));
     assert_eq!(cache.get(&token).expect("cached").claim_values(&["scope"]).count(), 0, "not read by the first set");
