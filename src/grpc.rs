@@ -1,5 +1,6 @@
-//! The ext_authz gRPC door: Check bytes → zero-copy view → core request, `Decision` → `CheckResponse`. The one place decisions become gRPC.
+//! The ext_authz gRPC door: Check bytes → zero-copy view → core request → `Decision` → `CheckResponse` bytes.
 
+mod answer;
 mod server;
 pub mod wire;
 
@@ -8,17 +9,8 @@ pub mod oracle;
 #[cfg(test)]
 mod wire_tests;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
-
-use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
-use envoy_types::pb::envoy::config::core::v3::{HeaderValue, HeaderValueOption};
-use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
-use envoy_types::pb::envoy::service::auth::v3::{CheckResponse, DeniedHttpResponse, OkHttpResponse};
-use envoy_types::pb::envoy::r#type::v3::HttpStatus;
-use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
-use envoy_types::pb::google::rpc;
 
 use crate::app::AppState;
 use crate::core::authn::AuthnContext;
@@ -26,14 +18,9 @@ use crate::core::{Decision, HttpRequest, Reason, Snapshot};
 use crate::telemetry::{DecisionRecord, Door};
 use crate::traces::TraceContext;
 
+pub use answer::CheckAnswer;
 pub use server::AuthorizationServer;
 pub use wire::{CheckView, ViewError};
-
-/// gRPC status codes used in `CheckResponse.status`.
-const OK: i32 = 0;
-const INVALID_ARGUMENT: i32 = 3;
-const PERMISSION_DENIED: i32 = 7;
-const UNAUTHENTICATED: i32 = 16;
 
 /// `envoy.service.auth.v3.Authorization` backed by the live policy set.
 pub struct CheckService {
@@ -46,7 +33,7 @@ impl CheckService {
     }
 
     /// Decides one Check. It cannot fail: a view the core cannot judge is denied as malformed.
-    pub async fn check(&self, view: CheckView) -> CheckResponse {
+    pub async fn check(&self, view: CheckView) -> CheckAnswer {
         let started = Instant::now();
         let started_at = SystemTime::now();
         let live = self.state.policies.load();
@@ -67,7 +54,8 @@ impl CheckService {
             let context = TraceContext { traceparent: header("traceparent"), tracestate: header("tracestate") };
             self.state.traces.record_check(Door::Grpc, started_at, context, method, &decision);
         }
-        check_response(&decision, self.state.answers_allow(&decision))
+        let allow = self.state.answers_allow(&decision);
+        CheckAnswer { decision, allow }
     }
 }
 
@@ -100,57 +88,4 @@ fn with_pseudo_header_fallbacks(mut request: HttpRequest<'_>) -> HttpRequest<'_>
         request.scheme = request.header(":scheme").unwrap_or_default();
     }
     request
-}
-
-/// The one place a decision becomes a `CheckResponse`; `allow` is false for a deny that is
-/// enforced (the global dry run answers every deny with an allow).
-pub fn check_response(decision: &Decision, allow: bool) -> CheckResponse {
-    let reason = decision.reason;
-    let (code, http_response) = if allow {
-        let ok = OkHttpResponse {
-            headers: decision.headers_to_set.iter().map(|(name, value)| header_option(name, value)).collect(),
-            headers_to_remove: decision.headers_to_remove.iter().map(ToString::to_string).collect(),
-            query_parameters_to_remove: decision.query_parameters_to_remove.iter().map(ToString::to_string).collect(),
-            ..OkHttpResponse::default()
-        };
-        (OK, HttpResponse::OkResponse(ok))
-    } else {
-        let denied = DeniedHttpResponse {
-            status: Some(HttpStatus { code: i32::from(decision.http_status()) }),
-            headers: decision.response_headers.iter().map(|(name, value)| header_option(name, value)).collect(),
-            body: decision.body().to_string(),
-        };
-        let code = match reason {
-            Reason::InvalidPath => INVALID_ARGUMENT,
-            Reason::InvalidToken => UNAUTHENTICATED,
-            _ => PERMISSION_DENIED,
-        };
-        (code, HttpResponse::DeniedResponse(denied))
-    };
-    CheckResponse {
-        status: Some(rpc::Status { code, message: String::new(), details: Vec::new() }),
-        dynamic_metadata: Some(decision_metadata(decision)),
-        http_response: Some(http_response),
-    }
-}
-
-fn header_option(name: &str, value: &str) -> HeaderValueOption {
-    HeaderValueOption {
-        header: Some(HeaderValue { key: name.to_string(), value: value.to_string(), raw_value: Vec::new() }),
-        append_action: HeaderAppendAction::OverwriteIfExistsOrAdd as i32,
-        ..HeaderValueOption::default()
-    }
-}
-
-/// `decision`, `reason` and `policy` for Envoy's access logs (`%DYNAMIC_METADATA(envoy.filters.http.ext_authz)%`).
-fn decision_metadata(decision: &Decision) -> Struct {
-    let text = |value: String| Value { kind: Some(Kind::StringValue(value)) };
-    let mut fields = HashMap::from([
-        ("decision".to_string(), text(if decision.is_allow() { "allow" } else { "deny" }.into())),
-        ("reason".to_string(), text(decision.reason.as_str().into())),
-    ]);
-    if let Some(policy) = &decision.policy {
-        fields.insert("policy".to_string(), text(policy.to_string()));
-    }
-    Struct { fields }
 }

@@ -4,14 +4,12 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use envoy_types::pb::envoy::service::auth::v3::CheckResponse;
-use prost::Message;
 use prost::bytes::Buf;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::{Body, BoxFuture, Service, StdError, http};
 use tonic::server::{Grpc, NamedService, UnaryService};
 
-use super::{CheckService, CheckView};
+use super::{CheckAnswer, CheckService, CheckView};
 
 /// The gRPC service name, as the health service reports it.
 const SERVICE_NAME: &str = "envoy.service.auth.v3.Authorization";
@@ -72,8 +70,8 @@ fn unimplemented() -> http::Response<tonic::body::Body> {
 struct CheckMethod(Arc<CheckService>);
 
 impl UnaryService<CheckView> for CheckMethod {
-    type Response = CheckResponse;
-    type Future = BoxFuture<tonic::Response<CheckResponse>, tonic::Status>;
+    type Response = CheckAnswer;
+    type Future = BoxFuture<tonic::Response<CheckAnswer>, tonic::Status>;
 
     fn call(&mut self, request: tonic::Request<CheckView>) -> Self::Future {
         let service = self.0.clone();
@@ -81,12 +79,12 @@ impl UnaryService<CheckView> for CheckMethod {
     }
 }
 
-/// Decodes a `CheckRequest` as a [`CheckView`] and encodes the `CheckResponse` with prost.
+/// Decodes a `CheckRequest` as a [`CheckView`] and encodes a [`CheckAnswer`] as the `CheckResponse`.
 #[derive(Debug, Clone, Copy, Default)]
 struct CheckCodec;
 
 impl Codec for CheckCodec {
-    type Encode = CheckResponse;
+    type Encode = CheckAnswer;
     type Decode = CheckView;
     type Encoder = Self;
     type Decoder = Self;
@@ -101,12 +99,12 @@ impl Codec for CheckCodec {
 }
 
 impl Encoder for CheckCodec {
-    type Item = CheckResponse;
+    type Item = CheckAnswer;
     type Error = tonic::Status;
 
-    fn encode(&mut self, response: CheckResponse, buf: &mut EncodeBuf<'_>) -> Result<(), Self::Error> {
-        // The buffer grows as needed, so prost's only error (too little room) cannot happen.
-        response.encode(buf).map_err(|error| tonic::Status::internal(format!("cannot encode the response: {error}")))
+    fn encode(&mut self, answer: CheckAnswer, buf: &mut EncodeBuf<'_>) -> Result<(), Self::Error> {
+        answer.encode(buf);
+        Ok(())
     }
 }
 
