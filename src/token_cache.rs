@@ -5,25 +5,19 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use aws_lc_rs::digest;
-
 use crate::core::Identity;
-use crate::core::authn::TokenCache;
+use crate::core::authn::{TokenCache, TokenDigest};
 use crate::core::jwt::KeySet;
 use crate::telemetry::Metrics;
 
 const SHARDS: usize = 16;
 
-/// The first 128 bits of the token's SHA-256. A hit hands out another token's identity only if
-/// a forged token shares a real one's hash: a second preimage, 2^128 work at 128 bits. Half the
-/// digest halves the key in every one of the 100,000 entries.
-type TokenHash = [u8; 16];
 type Shard = Mutex<ShardEntries>;
 
 /// One shard's tokens, and when its expired ones were last swept out.
 #[derive(Debug, Default)]
 struct ShardEntries {
-    map: HashMap<TokenHash, Arc<Identity>>,
+    map: HashMap<TokenDigest, Arc<Identity>>,
     swept_at_secs: u64,
 }
 
@@ -34,13 +28,6 @@ pub struct VerifiedTokenCache {
     capacity_per_shard: usize,
     len: AtomicUsize,
     metrics: Arc<Metrics>,
-}
-
-fn hash(token: &str) -> TokenHash {
-    let mut out = [0; 16];
-    let digest = digest::digest(&digest::SHA256, token.as_bytes());
-    out.copy_from_slice(&digest.as_ref()[..16]);
-    out
 }
 
 fn unix_now() -> u64 {
@@ -54,8 +41,8 @@ impl VerifiedTokenCache {
         Self { shards, capacity_per_shard: capacity.div_ceil(SHARDS), len: AtomicUsize::new(0), metrics }
     }
 
-    fn shard(&self, key: &TokenHash) -> &Shard {
-        &self.shards[usize::from(key[0]) % SHARDS]
+    fn shard(&self, key: &TokenDigest) -> &Shard {
+        &self.shards[usize::from(key.0[0]) % SHARDS]
     }
 
     /// Forgets the tokens of `issuer` signed by keys that are no longer in `keys`.
@@ -83,21 +70,23 @@ impl VerifiedTokenCache {
 }
 
 impl TokenCache for VerifiedTokenCache {
-    fn get(&self, token: &str) -> Option<Arc<Identity>> {
-        if self.capacity_per_shard == 0 {
+    fn remembers(&self) -> bool {
+        self.capacity_per_shard > 0
+    }
+
+    fn get(&self, key: &TokenDigest) -> Option<Arc<Identity>> {
+        if !self.remembers() {
             return None;
         }
-        let key = hash(token);
-        let found = self.shard(&key).lock().ok().and_then(|entries| entries.map.get(&key).cloned());
+        let found = self.shard(key).lock().ok().and_then(|entries| entries.map.get(key).cloned());
         self.metrics.record_token_cache_lookup(found.is_some());
         found
     }
 
-    fn put(&self, token: &str, identity: Arc<Identity>) {
-        if self.capacity_per_shard == 0 {
+    fn put(&self, key: TokenDigest, identity: Arc<Identity>) {
+        if !self.remembers() {
             return;
         }
-        let key = hash(token);
         let Ok(mut guard) = self.shard(&key).lock() else { return };
         let entries = &mut *guard;
         let before = entries.map.len();
@@ -143,8 +132,8 @@ mod tests {
         let cache = VerifiedTokenCache::new(32, Arc::new(Metrics::new()));
         let live = unix_now() + 3600;
         for serial in 0..1000 {
-            let token = format!("token-{serial}");
-            cache.put(&token, identity(live));
+            let token = TokenDigest::of(&format!("token-{serial}"));
+            cache.put(token, identity(live));
             assert!(cache.get(&token).is_some(), "token {serial} was just put");
             assert!(cache.len() <= 32, "{} entries after {serial}", cache.len());
         }
@@ -154,13 +143,14 @@ mod tests {
     fn expired_tokens_make_room_before_live_ones() {
         // Two entries a shard; three tokens of shard 0: one expired, then two live.
         let cache = VerifiedTokenCache::new(2 * SHARDS, Arc::new(Metrics::new()));
-        let mut same_shard =
-            (0..).map(|serial| format!("t-{serial}")).filter(|token| usize::from(hash(token)[0]) % SHARDS == 0);
+        let mut same_shard = (0..)
+            .map(|serial| TokenDigest::of(&format!("t-{serial}")))
+            .filter(|token| usize::from(token.0[0]) % SHARDS == 0);
         let mut next = || same_shard.next().expect("endless");
         let (expired, first, second) = (next(), next(), next());
-        cache.put(&expired, identity(1));
-        cache.put(&first, identity(unix_now() + 3600));
-        cache.put(&second, identity(unix_now() + 3600));
+        cache.put(expired, identity(1));
+        cache.put(first, identity(unix_now() + 3600));
+        cache.put(second, identity(unix_now() + 3600));
         assert!(cache.get(&expired).is_none(), "the expired token went");
         assert!(cache.get(&first).is_some() && cache.get(&second).is_some(), "both live tokens stay");
         assert_eq!(cache.len(), 2);

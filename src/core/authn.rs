@@ -130,10 +130,27 @@ pub trait KeyLookup {
     fn key_set(&self, issuer: &str) -> Option<Arc<KeySet>>;
 }
 
-/// Tokens verified before, remembered by a hash of the token.
+/// Tokens verified before, remembered by their digest.
 pub trait TokenCache {
-    fn get(&self, token: &str) -> Option<Arc<Identity>>;
-    fn put(&self, token: &str, identity: Arc<Identity>);
+    /// Whether the cache remembers anything; a check skips hashing the token when not.
+    fn remembers(&self) -> bool;
+    fn get(&self, token: &TokenDigest) -> Option<Arc<Identity>>;
+    fn put(&self, token: TokenDigest, identity: Arc<Identity>);
+}
+
+/// The first 128 bits of a token's SHA-256, computed once per check. A cache hit hands out
+/// another token's identity only if a forged token shares a real one's digest: a second
+/// preimage, 2^128 work at 128 bits. Half the digest halves the key in every cached entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TokenDigest(pub [u8; 16]);
+
+impl TokenDigest {
+    pub fn of(token: &str) -> Self {
+        let mut out = [0; 16];
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
+        out.copy_from_slice(&digest.as_ref()[..16]);
+        Self(out)
+    }
 }
 
 impl KeyOrigin {
@@ -165,10 +182,13 @@ impl KeyLookup for NoRemoteKeys {
 }
 
 impl TokenCache for NoRemoteKeys {
-    fn get(&self, _token: &str) -> Option<Arc<Identity>> {
+    fn remembers(&self) -> bool {
+        false
+    }
+    fn get(&self, _token: &TokenDigest) -> Option<Arc<Identity>> {
         None
     }
-    fn put(&self, _token: &str, _identity: Arc<Identity>) {}
+    fn put(&self, _token: TokenDigest, _identity: Arc<Identity>) {}
 }
 
 /// The outcome of authentication.
@@ -216,7 +236,8 @@ pub fn authenticate<'r>(
         found.iter().find(|(_, rule, _)| &*rule.issuer == issuer).map(|&(_, rule, location)| (rule, location))
     };
 
-    let cached = context.cache.get(token).and_then(|cached| {
+    let digest = context.cache.remembers().then(|| TokenDigest::of(token));
+    let cached = digest.as_ref().and_then(|digest| context.cache.get(digest)).and_then(|cached| {
         // Another rule of the same issuer name but other keys (another namespace's inline
         // JWKS) must verify the token itself, and a policy set that reads other claims must
         // read the token again.
@@ -265,7 +286,9 @@ pub fn authenticate<'r>(
     }
     let proof = Proof { lifetime, kid: key.kid.clone() };
     let identity = Arc::new(Identity::from_verified_claims(&parsed.claims, &rule.verifier, proof));
-    context.cache.put(token, identity.clone());
+    if let Some(digest) = digest {
+        context.cache.put(digest, identity.clone());
+    }
     Authentication::Verified { identity, rule: rule.clone(), location: location.clone(), token }
 }
 
