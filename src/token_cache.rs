@@ -1,16 +1,21 @@
-//! The verified-token cache: a token seen again costs a hash and a lookup, not a signature check. Bounded; entries expire with their token.
+//! The verified-token cache: a token seen again costs a hash and a lookup, not a signature check; a token seen often, a byte comparison. Bounded; entries expire with their token.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::core::Identity;
-use crate::core::authn::{TokenCache, TokenDigest};
+use crate::core::authn::{TokenCache, TokenDigest, TokenKey};
 use crate::core::jwt::KeySet;
 use crate::telemetry::Metrics;
 
 const SHARDS: usize = 16;
+/// Slots of the hot layer, which holds tokens seen at least twice by their bytes, so that a
+/// token sent again and again (a service account's, a busy session's) is found by comparing
+/// bytes instead of computing its SHA-256. About 1.5 KiB a slot for Keycloak's tokens.
+const HOT_SLOTS: usize = 256;
 
 type Shard = Mutex<ShardEntries>;
 
@@ -21,9 +26,23 @@ struct ShardEntries {
     swept_at_secs: u64,
 }
 
-/// Verified tokens by SHA-256 of the token, in shards to keep lock hold times short.
+/// A token of the hot layer, whole, and its identity.
+#[derive(Debug)]
+struct HotEntry {
+    token: Box<str>,
+    identity: Arc<Identity>,
+}
+
+type HotSlot = Mutex<Option<HotEntry>>;
+
+/// Verified tokens by SHA-256 of the token, in shards to keep lock hold times short, with the
+/// tokens seen again in a direct-mapped hot layer in front.
 #[derive(Debug)]
 pub struct VerifiedTokenCache {
+    hot: Box<[HotSlot]>,
+    /// Picks a token's hot slot; seeded at random, so that which tokens share a slot cannot be
+    /// planned from outside.
+    hot_index: RandomState,
     shards: Box<[Shard]>,
     capacity_per_shard: usize,
     len: AtomicUsize,
@@ -38,7 +57,34 @@ impl VerifiedTokenCache {
     /// A cache of at most `capacity` tokens; 0 disables it.
     pub fn new(capacity: usize, metrics: Arc<Metrics>) -> Self {
         let shards = (0..SHARDS).map(|_| Mutex::default()).collect();
-        Self { shards, capacity_per_shard: capacity.div_ceil(SHARDS), len: AtomicUsize::new(0), metrics }
+        let hot = (0..HOT_SLOTS.min(capacity)).map(|_| Mutex::default()).collect();
+        Self {
+            hot,
+            hot_index: RandomState::new(),
+            shards,
+            capacity_per_shard: capacity.div_ceil(SHARDS),
+            len: AtomicUsize::new(0),
+            metrics,
+        }
+    }
+
+    /// A token's hot slot, picked by its last bytes (the end of its signature); a hit still
+    /// compares every byte.
+    fn hot_slot(&self, token: &str) -> Option<&HotSlot> {
+        let tail = &token.as_bytes()[token.len().saturating_sub(16)..];
+        let index = self.hot_index.hash_one(tail) as usize;
+        self.hot.get(index % self.hot.len().max(1))
+    }
+
+    fn hot_get(&self, token: &str) -> Option<Arc<Identity>> {
+        let slot = self.hot_slot(token)?.lock().ok()?;
+        slot.as_ref().filter(|entry| &*entry.token == token).map(|entry| entry.identity.clone())
+    }
+
+    fn hot_put(&self, token: &str, identity: &Arc<Identity>) {
+        if let Some(mut slot) = self.hot_slot(token).and_then(|slot| slot.lock().ok()) {
+            *slot = Some(HotEntry { token: token.into(), identity: identity.clone() });
+        }
     }
 
     fn shard(&self, key: &TokenDigest) -> &Shard {
@@ -47,12 +93,19 @@ impl VerifiedTokenCache {
 
     /// Forgets the tokens of `issuer` signed by keys that are no longer in `keys`.
     pub fn retain_keys(&self, issuer: &str, keys: &KeySet) {
+        let vouched =
+            |identity: &Identity| identity.issuer() != issuer || identity.kid().is_none_or(|kid| keys.has_kid(kid));
+        for slot in self.hot.iter() {
+            if let Ok(mut slot) = slot.lock()
+                && slot.as_ref().is_some_and(|entry| !vouched(&entry.identity))
+            {
+                *slot = None;
+            }
+        }
         for shard in self.shards.iter() {
             if let Ok(mut entries) = shard.lock() {
                 let before = entries.map.len();
-                entries.map.retain(|_, identity| {
-                    identity.issuer() != issuer || identity.kid().is_none_or(|kid| keys.has_kid(kid))
-                });
+                entries.map.retain(|_, identity| vouched(identity));
                 self.len.fetch_sub(before - entries.map.len(), Ordering::Relaxed);
             }
         }
@@ -70,23 +123,28 @@ impl VerifiedTokenCache {
 }
 
 impl TokenCache for VerifiedTokenCache {
-    fn remembers(&self) -> bool {
-        self.capacity_per_shard > 0
-    }
-
-    fn get(&self, key: &TokenDigest) -> Option<Arc<Identity>> {
-        if !self.remembers() {
+    /// The hot layer first; a token found by its digest is seen again, and moves into it.
+    fn get(&self, key: &TokenKey<'_>) -> Option<Arc<Identity>> {
+        if self.capacity_per_shard == 0 {
             return None;
         }
-        let found = self.shard(key).lock().ok().and_then(|entries| entries.map.get(key).cloned());
+        let found = self.hot_get(key.token()).or_else(|| {
+            let digest = key.digest();
+            let found = self.shard(&digest).lock().ok().and_then(|entries| entries.map.get(&digest).cloned())?;
+            self.hot_put(key.token(), &found);
+            Some(found)
+        });
         self.metrics.record_token_cache_lookup(found.is_some());
         found
     }
 
-    fn put(&self, key: TokenDigest, identity: Arc<Identity>) {
-        if !self.remembers() {
+    /// A token just verified goes into the shards only: one seen once does not displace the
+    /// hot layer's.
+    fn put(&self, token: &TokenKey<'_>, identity: Arc<Identity>) {
+        if self.capacity_per_shard == 0 {
             return;
         }
+        let key = token.digest();
         let Ok(mut guard) = self.shard(&key).lock() else { return };
         let entries = &mut *guard;
         let before = entries.map.len();
@@ -127,14 +185,25 @@ mod tests {
         Arc::new(Identity::for_tests(&claims, &Arc::new(ClaimPaths::default()), Arc::from(Vec::new())))
     }
 
+    fn key(token: &str) -> TokenKey<'_> {
+        TokenKey::new(token)
+    }
+
+    /// Empties the shards, so that only the hot layer can answer.
+    fn forget_shards(cache: &VerifiedTokenCache) {
+        for shard in cache.shards.iter() {
+            shard.lock().expect("lock").map.clear();
+        }
+    }
+
     #[test]
     fn a_full_cache_stays_bounded_and_keeps_the_newest_token() {
         let cache = VerifiedTokenCache::new(32, Arc::new(Metrics::new()));
         let live = unix_now() + 3600;
         for serial in 0..1000 {
-            let token = TokenDigest::of(&format!("token-{serial}"));
-            cache.put(token, identity(live));
-            assert!(cache.get(&token).is_some(), "token {serial} was just put");
+            let token = format!("token-{serial}");
+            cache.put(&key(&token), identity(live));
+            assert!(cache.get(&key(&token)).is_some(), "token {serial} was just put");
             assert!(cache.len() <= 32, "{} entries after {serial}", cache.len());
         }
     }
@@ -144,15 +213,62 @@ mod tests {
         // Two entries a shard; three tokens of shard 0: one expired, then two live.
         let cache = VerifiedTokenCache::new(2 * SHARDS, Arc::new(Metrics::new()));
         let mut same_shard = (0..)
-            .map(|serial| TokenDigest::of(&format!("t-{serial}")))
-            .filter(|token| usize::from(token.0[0]) % SHARDS == 0);
+            .map(|serial| format!("t-{serial}"))
+            .filter(|token| usize::from(TokenDigest::of(token).0[0]) % SHARDS == 0);
         let mut next = || same_shard.next().expect("endless");
         let (expired, first, second) = (next(), next(), next());
-        cache.put(expired, identity(1));
-        cache.put(first, identity(unix_now() + 3600));
-        cache.put(second, identity(unix_now() + 3600));
-        assert!(cache.get(&expired).is_none(), "the expired token went");
-        assert!(cache.get(&first).is_some() && cache.get(&second).is_some(), "both live tokens stay");
+        cache.put(&key(&expired), identity(1));
+        cache.put(&key(&first), identity(unix_now() + 3600));
+        cache.put(&key(&second), identity(unix_now() + 3600));
+        assert!(cache.get(&key(&expired)).is_none(), "the expired token went");
+        assert!(cache.get(&key(&first)).is_some() && cache.get(&key(&second)).is_some(), "both live tokens stay");
         assert_eq!(cache.len(), 2);
+    }
+
+    #[test]
+    fn a_token_seen_again_is_found_by_its_bytes_without_its_digest() {
+        let cache = VerifiedTokenCache::new(1000, Arc::new(Metrics::new()));
+        let token = "header.payload.signature-of-the-real-token";
+        cache.put(&key(token), identity(unix_now() + 3600));
+        forget_shards(&cache);
+        assert!(cache.get(&key(token)).is_none(), "seen once: not in the hot layer");
+
+        cache.put(&key(token), identity(unix_now() + 3600));
+        assert!(cache.get(&key(token)).is_some(), "seen again: found by digest, and moved to the hot layer");
+        forget_shards(&cache);
+        let again = key(token);
+        assert!(cache.get(&again).is_some(), "found in the hot layer");
+        assert!(again.digest_is_unset(), "by comparing bytes: no SHA-256 computed");
+    }
+
+    #[test]
+    fn a_forged_token_sharing_a_hot_tokens_slot_is_not_a_hit() {
+        let cache = VerifiedTokenCache::new(1000, Arc::new(Metrics::new()));
+        let token = "header.payload.signature-of-the-real-token";
+        cache.put(&key(token), identity(unix_now() + 3600));
+        assert!(cache.get(&key(token)).is_some());
+        forget_shards(&cache);
+        // The same last 16 bytes pick the same slot; the other bytes differ.
+        for forged in ["header.forged!.signature-of-the-real-token", "signature-of-the-real-token", "x"] {
+            assert!(cache.get(&key(forged)).is_none(), "{forged}");
+        }
+        assert!(cache.get(&key(token)).is_some(), "the real token is still hot");
+    }
+
+    #[test]
+    fn a_rotated_out_key_takes_its_tokens_out_of_both_layers() {
+        let cache = VerifiedTokenCache::new(1000, Arc::new(Metrics::new()));
+        let live = unix_now() + 3600;
+        let (old, kept) = ("signed.by.old-key", "signed.by.kept-key");
+        for (token, kid) in [(old, "old"), (kept, "kept")] {
+            cache.put(&key(token), Arc::new(Arc::unwrap_or_clone(identity(live)).signed_by(kid)));
+            assert!(cache.get(&key(token)).is_some(), "{token} is hot");
+        }
+        let keys = KeySet::from_jwks_json(r#"{"keys":[]}"#).expect("an empty set");
+        cache.retain_keys("https://other-idp", &keys);
+        assert!(cache.get(&key(old)).is_some(), "another issuer's rotation keeps it");
+        cache.retain_keys("https://idp", &keys);
+        assert!(cache.get(&key(old)).is_none() && cache.get(&key(kept)).is_none(), "neither key is in the set");
+        assert_eq!(cache.len(), 0);
     }
 }

@@ -258,7 +258,7 @@ fn clock_jumps_are_judged_again_on_cache_hits() {
     let token = sign(RSA, Algorithm::RS256, Some("rsa"), &json!({"iss": ISSUER, "sub": "a", "nbf": T, "exp": T + 300}));
     assert_eq!(judge(&rule, &token, T + 10, 60, &cache), Ok(()), "verified and remembered");
     assert_eq!(
-        authn::TokenCache::get(&cache, &authn::TokenDigest::of(&token)).map(|hit| hit.expires_at()),
+        authn::TokenCache::get(&cache, &authn::TokenKey::new(&token)).map(|hit| hit.expires_at()),
         Some(Some((T + 300) as f64))
     );
     assert_eq!(judge(&rule, &token, T + 3600, 60, &cache), Err(JwtError::Expired), "a jump forward");
@@ -270,13 +270,10 @@ fn clock_jumps_are_judged_again_on_cache_hits() {
 struct PanickingCache;
 
 impl authn::TokenCache for PanickingCache {
-    fn remembers(&self) -> bool {
-        true
-    }
-    fn get(&self, _token: &authn::TokenDigest) -> Option<Arc<Identity>> {
+    fn get(&self, _token: &authn::TokenKey<'_>) -> Option<Arc<Identity>> {
         panic!("a bug inside the check")
     }
-    fn put(&self, _token: authn::TokenDigest, _identity: Arc<Identity>) {
+    fn put(&self, _token: &authn::TokenKey<'_>, _identity: Arc<Identity>) {
         panic!("a bug inside the check")
     }
 }

@@ -1,5 +1,6 @@
 //! Request authentication as Istio's RequestAuthentication defines it: where tokens are found, which rule verifies them, what reaches the service; pure.
 
+use std::cell::OnceCell;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -130,17 +131,42 @@ pub trait KeyLookup {
     fn key_set(&self, issuer: &str) -> Option<Arc<KeySet>>;
 }
 
-/// Tokens verified before, remembered by their digest.
+/// Tokens verified before. A cache reads the token's bytes, its digest, or both.
 pub trait TokenCache {
-    /// Whether the cache remembers anything; a check skips hashing the token when not.
-    fn remembers(&self) -> bool;
-    fn get(&self, token: &TokenDigest) -> Option<Arc<Identity>>;
-    fn put(&self, token: TokenDigest, identity: Arc<Identity>);
+    fn get(&self, token: &TokenKey<'_>) -> Option<Arc<Identity>>;
+    fn put(&self, token: &TokenKey<'_>, identity: Arc<Identity>);
 }
 
-/// The first 128 bits of a token's SHA-256, computed once per check. A cache hit hands out
-/// another token's identity only if a forged token shares a real one's digest: a second
-/// preimage, 2^128 work at 128 bits. Half the digest halves the key in every cached entry.
+/// A token as a cache key: its text, and its digest, computed at most once per check and only
+/// when a cache asks for it.
+pub struct TokenKey<'a> {
+    token: &'a str,
+    digest: OnceCell<TokenDigest>,
+}
+
+impl<'a> TokenKey<'a> {
+    pub fn new(token: &'a str) -> Self {
+        Self { token, digest: OnceCell::new() }
+    }
+
+    pub fn token(&self) -> &'a str {
+        self.token
+    }
+
+    pub fn digest(&self) -> TokenDigest {
+        *self.digest.get_or_init(|| TokenDigest::of(self.token))
+    }
+
+    /// Whether no cache asked for the digest (tests only).
+    #[cfg(test)]
+    pub(crate) fn digest_is_unset(&self) -> bool {
+        self.digest.get().is_none()
+    }
+}
+
+/// The first 128 bits of a token's SHA-256. A cache hit by digest hands out another token's
+/// identity only if a forged token shares a real one's digest: a second preimage, 2^128 work
+/// at 128 bits. Half the digest halves the key in every cached entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct TokenDigest(pub [u8; 16]);
 
@@ -182,13 +208,10 @@ impl KeyLookup for NoRemoteKeys {
 }
 
 impl TokenCache for NoRemoteKeys {
-    fn remembers(&self) -> bool {
-        false
-    }
-    fn get(&self, _token: &TokenDigest) -> Option<Arc<Identity>> {
+    fn get(&self, _token: &TokenKey<'_>) -> Option<Arc<Identity>> {
         None
     }
-    fn put(&self, _token: TokenDigest, _identity: Arc<Identity>) {}
+    fn put(&self, _token: &TokenKey<'_>, _identity: Arc<Identity>) {}
 }
 
 /// The outcome of authentication.
@@ -236,8 +259,8 @@ pub fn authenticate<'r>(
         found.iter().find(|(_, rule, _)| &*rule.issuer == issuer).map(|&(_, rule, location)| (rule, location))
     };
 
-    let digest = context.cache.remembers().then(|| TokenDigest::of(token));
-    let cached = digest.as_ref().and_then(|digest| context.cache.get(digest)).and_then(|cached| {
+    let cache_key = TokenKey::new(token);
+    let cached = context.cache.get(&cache_key).and_then(|cached| {
         // Another rule of the same issuer name but other keys (another namespace's inline
         // JWKS) must verify the token itself, and a policy set that reads other claims must
         // read the token again.
@@ -286,9 +309,7 @@ pub fn authenticate<'r>(
     }
     let proof = Proof { lifetime, kid: key.kid.clone() };
     let identity = Arc::new(Identity::from_verified_claims(&parsed.claims, &rule.verifier, proof));
-    if let Some(digest) = digest {
-        context.cache.put(digest, identity.clone());
-    }
+    context.cache.put(&cache_key, identity.clone());
     Authentication::Verified { identity, rule: rule.clone(), location: location.clone(), token }
 }
 

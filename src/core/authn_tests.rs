@@ -10,7 +10,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 
 use super::authn::{
-    self, Authentication, AuthnContext, ClaimHeader, JwtRule, KeySource, NoRemoteKeys, TokenCache, TokenDigest,
+    self, Authentication, AuthnContext, ClaimHeader, JwtRule, KeySource, NoRemoteKeys, TokenCache, TokenKey,
     TokenLocation,
 };
 use super::identity::{ClaimPaths, Identity};
@@ -337,17 +337,14 @@ fn outputs_carry_claims_and_strip_the_token_and_smuggled_headers() {
 
 /// A cache that remembers everything, to show hits skip verification.
 #[derive(Default)]
-struct MemoryCache(Mutex<HashMap<TokenDigest, Arc<Identity>>>);
+struct MemoryCache(Mutex<HashMap<authn::TokenDigest, Arc<Identity>>>);
 
 impl TokenCache for MemoryCache {
-    fn remembers(&self) -> bool {
-        true
+    fn get(&self, token: &TokenKey<'_>) -> Option<Arc<Identity>> {
+        self.0.lock().expect("lock").get(&token.digest()).cloned()
     }
-    fn get(&self, token: &TokenDigest) -> Option<Arc<Identity>> {
-        self.0.lock().expect("lock").get(token).cloned()
-    }
-    fn put(&self, token: TokenDigest, identity: Arc<Identity>) {
-        self.0.lock().expect("lock").insert(token, identity);
+    fn put(&self, token: &TokenKey<'_>, identity: Arc<Identity>) {
+        self.0.lock().expect("lock").insert(token.digest(), identity);
     }
 }
 
@@ -359,7 +356,7 @@ fn verified_tokens_are_cached_and_still_expire() {
     let headers = [bearer(&token)];
     let http = request_with(&headers);
     assert!(matches!(authn::authenticate(&[&rule], &http, &context(&cache)), Authentication::Verified { .. }));
-    let cached = cache.get(&TokenDigest::of(&token)).expect("cached after verification");
+    let cached = cache.get(&TokenKey::new(&token)).expect("cached after verification");
     assert_eq!(cached.kid(), Some("rsa"));
     assert_eq!(cached.expires_at(), Some((NOW + 300) as f64));
 
@@ -403,7 +400,7 @@ fn cache_hits_check_audiences_from_the_kept_claims() {
     let http = request_with(&headers);
     let jobs = rule(&["jobs-api"]);
     assert!(matches!(authn::authenticate(&[&jobs], &http, &context(&cache)), Authentication::Verified { .. }));
-    let cached = cache.get(&TokenDigest::of(&token)).expect("cached");
+    let cached = cache.get(&TokenKey::new(&token)).expect("cached");
     assert!(cached.has_audience(&["account".into()]), "`aud` is kept when a rule names audiences");
     // The same kept claims, another audience: decided from the hit.
     let mut billing = (*jobs).clone();
@@ -424,7 +421,7 @@ fn a_policy_set_that_reads_other_claims_reads_the_token_again() {
     let first = rule(&[]);
     assert!(matches!(authn::authenticate(&[&first], &http, &context(&cache)), Authentication::Verified { .. }));
     assert_eq!(
-        cache.get(&TokenDigest::of(&token)).expect("cached").claim_values(&["scope"]).count(),
+        cache.get(&TokenKey::new(&token)).expect("cached").claim_values(&["scope"]).count(),
         0,
         "not read by the first set"
     );
@@ -437,7 +434,7 @@ fn a_policy_set_that_reads_other_claims_reads_the_token_again() {
     };
     assert_eq!(identity.claim_values(&["scope"]).collect::<Vec<_>>(), ["openid", "profile"]);
     assert!(
-        cache.get(&TokenDigest::of(&token)).expect("cached").is_vouched_for_by(&reloaded.verifier),
+        cache.get(&TokenKey::new(&token)).expect("cached").is_vouched_for_by(&reloaded.verifier),
         "the cache holds the new reading"
     );
 }

@@ -188,6 +188,12 @@ impl Identity {
         Self::from_verified_claims(claims, &verifier, proof)
     }
 
+    /// The same identity, as if the key `kid` had verified it (tests only).
+    #[cfg(test)]
+    pub(crate) fn signed_by(self, kid: &str) -> Self {
+        Self { kid: Some(kid.into()), ..self }
+    }
+
     pub fn issuer(&self) -> &str {
         &self.verifier.issuer
     }
