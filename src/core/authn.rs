@@ -278,7 +278,9 @@ pub fn authenticate<'r>(
         return Authentication::Verified { identity: cached, rule: rule.clone(), location: location.clone(), token };
     }
 
-    let parsed = match jwt::parse(token, context.max_token_bytes) {
+    // Every rule of a policy set keeps the same claims; a token is read for any of them.
+    let wanted = |name: &str| found.iter().any(|(_, rule, _)| rule.verifier.kept.reads_claim(name));
+    let parsed = match jwt::parse(token, context.max_token_bytes, &wanted) {
         Ok(parsed) => parsed,
         Err(error) => return failed(error),
     };

@@ -33,6 +33,11 @@ impl ClaimPaths {
             .position(|kept| kept.len() == path.len() && kept.iter().zip(path).all(|(a, b)| **a == *b.as_ref()))
     }
 
+    /// Whether an identity keeps something of the top-level claim `name`.
+    pub fn reads_claim(&self, name: &str) -> bool {
+        self.keep_all_as_json || self.paths.iter().any(|path| path.first().is_some_and(|first| **first == *name))
+    }
+
     pub fn len(&self) -> usize {
         self.paths.len()
     }

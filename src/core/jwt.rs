@@ -1,5 +1,7 @@
 //! JSON Web Tokens: key sets from JWKS, and verification of one token against them at a given time; pure.
 
+use std::borrow::Cow;
+use std::fmt;
 use std::sync::Arc;
 
 use aws_lc_rs::signature::{self as lc, ParsedPublicKey, RsaParameters, RsaPublicKeyComponents, VerificationAlgorithm};
@@ -7,6 +9,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::Algorithm;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, PublicKeyUse};
+use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 
 /// RSA keys shorter than this are refused.
@@ -266,6 +269,8 @@ pub struct ParsedToken<'t> {
     pub kid: Option<String>,
     /// The payload segment, base64url as in the token.
     pub payload_segment: &'t str,
+    /// The registered claims a check reads (`iss`, `sub`, `aud`, `exp`, `nbf`) and those the
+    /// caller of [`parse`] wants; the others were checked to be JSON and skipped.
     pub claims: Map<String, Value>,
     signing_input: &'t str,
     signature: &'t str,
@@ -283,9 +288,14 @@ fn decode_segment(segment: &str) -> Result<Vec<u8>, JwtError> {
     URL_SAFE_NO_PAD.decode(segment).map_err(|_| JwtError::VerificationFails)
 }
 
-/// Splits and decodes a compact JWS. Refuses anything but three non-empty parts (JWE has five),
-/// unknown or forbidden algorithms and `crit` headers.
-pub fn parse(token: &str, max_bytes: usize) -> Result<ParsedToken<'_>, JwtError> {
+/// The claims every verification reads: the issuer picks the rule, the lifetime and audiences
+/// are checked, and the subject is kept.
+const REGISTERED_CLAIMS: [&str; 5] = ["iss", "sub", "aud", "exp", "nbf"];
+
+/// Splits and decodes a compact JWS, keeping the registered claims and the top-level claims
+/// `wanted` names. Refuses anything but three non-empty parts (JWE has five), unknown or
+/// forbidden algorithms and `crit` headers.
+pub fn parse<'t>(token: &'t str, max_bytes: usize, wanted: &dyn Fn(&str) -> bool) -> Result<ParsedToken<'t>, JwtError> {
     if token.len() > max_bytes {
         return Err(JwtError::VerificationFails);
     }
@@ -313,10 +323,125 @@ pub fn parse(token: &str, max_bytes: usize) -> Result<ParsedToken<'_>, JwtError>
         Some(Value::String(kid)) => Some(kid.clone()),
         Some(_) => return Err(JwtError::VerificationFails),
     };
-    let claims: Map<String, Value> =
-        serde_json::from_slice(&decode_segment(payload)?).map_err(|_| JwtError::VerificationFails)?;
+    let claims = read_claims(&decode_segment(payload)?, &|name| REGISTERED_CLAIMS.contains(&name) || wanted(name))
+        .map_err(|_| JwtError::VerificationFails)?;
     let signing_input = &token[..header.len() + 1 + payload.len()];
     Ok(ParsedToken { algorithm, kid, payload_segment: payload, claims, signing_input, signature })
+}
+
+/// The claims of a payload that `wanted` names. The payload must be what
+/// `serde_json::from_slice` reads as a map: UTF-8, one JSON object, nothing after it; the
+/// claims not wanted are read as JSON but not built ([`Unbuilt`]), which spares a Keycloak token's dozens of
+/// allocations for claims no policy reads. A repeated claim keeps its last value.
+fn read_claims(json: &[u8], wanted: &dyn Fn(&str) -> bool) -> Result<Map<String, Value>, serde_json::Error> {
+    let text = std::str::from_utf8(json).map_err(|error| serde::de::Error::custom(error.to_string()))?;
+    let mut deserializer = serde_json::Deserializer::from_str(text);
+    let claims = (&mut deserializer).deserialize_map(WantedClaims(wanted))?;
+    deserializer.end()?;
+    Ok(claims)
+}
+
+struct WantedClaims<'w>(&'w dyn Fn(&str) -> bool);
+
+impl<'de> Visitor<'de> for WantedClaims<'_> {
+    type Value = Map<String, Value>;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("a JSON object of claims")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut claims = Map::new();
+        while let Some(ClaimName(name)) = map.next_key()? {
+            if (self.0)(&name) {
+                claims.insert(name.into_owned(), map.next_value()?);
+            } else {
+                map.next_value::<Unbuilt>()?;
+            }
+        }
+        Ok(claims)
+    }
+}
+
+/// A JSON value read as `serde_json::Value` reads it, refusing what it refuses (a number out
+/// of range), but not built. `serde::de::IgnoredAny` would only scan for the value's end.
+struct Unbuilt;
+
+impl<'de> Deserialize<'de> for Unbuilt {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(UnbuiltVisitor)
+    }
+}
+
+struct UnbuiltVisitor;
+
+impl<'de> Visitor<'de> for UnbuiltVisitor {
+    type Value = Unbuilt;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Unbuilt, E> {
+        Ok(Unbuilt)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Unbuilt, E> {
+        Ok(Unbuilt)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Unbuilt, E> {
+        Ok(Unbuilt)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Unbuilt, E> {
+        Ok(Unbuilt)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Unbuilt, E> {
+        Ok(Unbuilt)
+    }
+
+    fn visit_unit<E>(self) -> Result<Unbuilt, E> {
+        Ok(Unbuilt)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut items: A) -> Result<Unbuilt, A::Error> {
+        while items.next_element::<Unbuilt>()?.is_some() {}
+        Ok(Unbuilt)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut entries: A) -> Result<Unbuilt, A::Error> {
+        while entries.next_entry::<Unbuilt, Unbuilt>()?.is_some() {}
+        Ok(Unbuilt)
+    }
+}
+
+/// A claim's name, borrowed from the payload unless it has escapes.
+struct ClaimName<'de>(Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for ClaimName<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct NameVisitor;
+
+        impl<'de> Visitor<'de> for NameVisitor {
+            type Value = ClaimName<'de>;
+
+            fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+                formatter.write_str("a claim name")
+            }
+
+            fn visit_borrowed_str<E>(self, name: &'de str) -> Result<Self::Value, E> {
+                Ok(ClaimName(Cow::Borrowed(name)))
+            }
+
+            fn visit_str<E>(self, name: &str) -> Result<Self::Value, E> {
+                Ok(ClaimName(Cow::Owned(name.to_owned())))
+            }
+        }
+
+        deserializer.deserialize_str(NameVisitor)
+    }
 }
 
 /// Checks the signature with the first key of `keys` that fits the token's `kid` and `alg`;
@@ -396,5 +521,61 @@ pub fn audience_allowed(claims: &Map<String, Value>, allowed: &[Box<str>]) -> bo
             list.iter().filter_map(Value::as_str).any(|aud| allowed.iter().any(|want| **want == *aud))
         }
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Payloads that `serde_json::from_slice` reads as a map, and some it refuses.
+    const PAYLOADS: &[&[u8]] = &[
+        br#"{"iss":"https://idp","sub":"u1","exp":1.5e9,"realm_access":{"roles":["admin"]},"scope":"a b"}"#,
+        br#"{"sub":"first","sub":"last","x":1,"x":[2]}"#,
+        br#"{"su\u0062":"escaped name","na\"me":"quote","\u00e9":"\u00e9"}"#,
+        br#" { "aud" : [ "a" , "b" ] , "deep" : [[[[{"a":[null,true,false,-0.0,1e300,-9223372036854775809]}]]]] } "#,
+        br#"{"skipped":[{"a":1e400}]}"#,
+        br#"{"skipped":{"k":"v","k":"w"}}"#,
+        br#"{}"#,
+        br#"{"sub":"u1"} trailing"#,
+        br#"{"sub":"u1",}"#,
+        br#"{"skipped":[1,2,}"#,
+        br#"{"skipped":"\q"}"#,
+        b"{\"skipped\":\"\xff\"}",
+        b"{\"skipped\":\"\x01\"}",
+        br#"["not","an","object"]"#,
+        br#""sub""#,
+        br#"{"sub":"u1""#,
+        b"",
+    ];
+
+    #[test]
+    fn wanted_claims_read_as_serde_json_reads_the_whole_payload() {
+        for payload in PAYLOADS {
+            let shown = String::from_utf8_lossy(payload);
+            let whole = serde_json::from_slice::<Map<String, Value>>(payload).ok();
+            assert_eq!(read_claims(payload, &|_| true).ok(), whole, "{shown}: every claim wanted");
+            let subject_only = read_claims(payload, &|name| name == "sub").ok();
+            let expected = whole.map(|mut claims| {
+                claims.retain(|name, _| name == "sub");
+                claims
+            });
+            assert_eq!(subject_only, expected, "{shown}: only `sub` wanted");
+        }
+    }
+
+    #[test]
+    fn a_skipped_claim_nested_past_serde_jsons_limit_is_refused_as_it_would_be() {
+        for depth in [100, 127, 128, 129, 1000] {
+            let payload = format!(r#"{{"sub":"u","skipped":{}{}}}"#, "[".repeat(depth), "]".repeat(depth));
+            let whole = serde_json::from_str::<Map<String, Value>>(&payload).is_ok();
+            assert_eq!(read_claims(payload.as_bytes(), &|name| name == "sub").is_ok(), whole, "depth {depth}");
+        }
+    }
+
+    #[test]
+    fn a_payload_that_is_not_utf8_is_refused_even_where_no_claim_is_wanted() {
+        assert!(read_claims(b"{\"skipped\":\"\xc3\"}", &|_| false).is_err());
+        assert!(read_claims(b"{\"\xc3\":1}", &|_| false).is_err());
     }
 }
