@@ -14,8 +14,6 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
-use envoy_types::pb::envoy::service::auth::v3::CheckResponse;
-use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
 use hdrhistogram::Histogram;
 use prost::Message;
 use prost::bytes::{BufMut, Bytes};
@@ -95,14 +93,13 @@ enum Format {
     Json,
 }
 
-/// Sends requests encoded before the run, and decodes the answers: they must be read to be
-/// classified, as Envoy reads them.
+/// Sends requests encoded before the run, and decodes of each answer what classifies it.
 #[derive(Debug, Clone, Copy, Default)]
 struct PreEncodedCodec;
 
 impl Codec for PreEncodedCodec {
     type Encode = Bytes;
-    type Decode = CheckResponse;
+    type Decode = Verdict;
     type Encoder = Self;
     type Decoder = Self;
 
@@ -126,12 +123,37 @@ impl Encoder for PreEncodedCodec {
 }
 
 impl Decoder for PreEncodedCodec {
-    type Item = CheckResponse;
+    type Item = Verdict;
     type Error = Status;
 
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<CheckResponse>, Status> {
-        CheckResponse::decode(src).map(Some).map_err(|error| Status::internal(error.to_string()))
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Verdict>, Status> {
+        Verdict::decode(src).map(Some).map_err(|error| Status::internal(error.to_string()))
     }
+}
+
+/// The fields of `envoy.service.auth.v3.CheckResponse` that classify it: `status` and the
+/// denied response's HTTP status. prost skips the rest (headers, metadata) without building
+/// it, so that a larger answer costs the generator little: the server is what is measured.
+#[derive(Clone, PartialEq, prost::Message)]
+struct Verdict {
+    #[prost(message, optional, tag = "1")]
+    status: Option<Code>,
+    #[prost(message, optional, tag = "2")]
+    denied_response: Option<DeniedStatus>,
+}
+
+/// `google.rpc.Status.code`, `envoy.type.v3.HttpStatus.code`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct Code {
+    #[prost(int32, tag = "1")]
+    code: i32,
+}
+
+/// `DeniedHttpResponse.status`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct DeniedStatus {
+    #[prost(message, optional, tag = "1")]
+    status: Option<Code>,
 }
 
 /// What the proxy would do with an answer.
@@ -143,14 +165,12 @@ enum Outcome {
     OtherDenial,
 }
 
-fn classify(response: &CheckResponse) -> Outcome {
+fn classify(response: &Verdict) -> Outcome {
     if response.status.as_ref().is_none_or(|status| status.code == 0) {
         return Outcome::Allow;
     }
-    let denied_status = match &response.http_response {
-        Some(HttpResponse::DeniedResponse(denied)) => denied.status.as_ref().map(|status| status.code),
-        _ => None,
-    };
+    let denied_status =
+        response.denied_response.as_ref().and_then(|denied| denied.status.as_ref()).map(|status| status.code);
     match denied_status {
         // Without a status of its own, Envoy answers a denial with 403.
         Some(403) | None => Outcome::Forbidden,
@@ -482,4 +502,48 @@ fn main() -> Result<(), Error> {
         Format::Text => print_text(&report),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
+    use envoy_types::pb::envoy::service::auth::v3::{CheckResponse, DeniedHttpResponse, OkHttpResponse};
+    use envoy_types::pb::envoy::r#type::v3::HttpStatus;
+    use envoy_types::pb::google::rpc;
+
+    use super::*;
+
+    fn answer(code: i32, http_response: Option<HttpResponse>) -> Vec<u8> {
+        let status = Some(rpc::Status { code, message: String::new(), details: Vec::new() });
+        CheckResponse { status, http_response, dynamic_metadata: None }.encode_to_vec()
+    }
+
+    fn denied(status: Option<i32>) -> Option<HttpResponse> {
+        let status = status.map(|code| HttpStatus { code });
+        Some(HttpResponse::DeniedResponse(DeniedHttpResponse { status, ..DeniedHttpResponse::default() }))
+    }
+
+    #[test]
+    fn answers_are_classified_as_envoy_would_act_on_them() {
+        let ok = Some(HttpResponse::OkResponse(OkHttpResponse::default()));
+        let cases = [
+            (answer(0, ok), "allow"),
+            (CheckResponse::default().encode_to_vec(), "allow"),
+            (answer(7, denied(Some(403))), "403"),
+            (answer(7, denied(None)), "403"),
+            (answer(7, None), "403"),
+            (answer(16, denied(Some(401))), "401"),
+            (answer(3, denied(Some(400))), "other"),
+        ];
+        for (bytes, expected) in cases {
+            let outcome = classify(&Verdict::decode(&bytes[..]).expect("decodes"));
+            let name = match outcome {
+                Outcome::Allow => "allow",
+                Outcome::Forbidden => "403",
+                Outcome::Unauthenticated => "401",
+                Outcome::OtherDenial => "other",
+            };
+            assert_eq!(name, expected, "{bytes:?}");
+        }
+    }
 }
