@@ -1,4 +1,4 @@
-//! Differential tests of the zero-copy view against the prost oracle: a table of CheckRequests, repeated keys, fields that are not UTF-8, and random requests merged on the wire.
+//! Differential tests of the zero-copy view against the prost oracle: a table of CheckRequests, repeated keys, fields that are not UTF-8, and random requests merged on the wire; and against prost's mirror of the fields the view reads: malformed and unusual protobuf, fields in any order and number, edited requests.
 
 use std::collections::HashMap;
 
@@ -469,5 +469,459 @@ proptest! {
             bytes.extend(second.encode_to_vec());
         }
         prop_assert_eq!(agree(&bytes), Ok(()));
+    }
+}
+
+/// The view's former reader: prost-derived mirrors of the fields the core reads, strings
+/// declared `bytes`. The hand-written reader must accept what prost accepts with them, and
+/// merge as prost merges.
+mod prost_mirror {
+    use prost::bytes::Bytes;
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct CheckRequest {
+        #[prost(message, optional, tag = "1")]
+        attributes: Option<AttributeContext>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct AttributeContext {
+        #[prost(message, optional, tag = "1")]
+        source: Option<Peer>,
+        #[prost(message, optional, tag = "2")]
+        destination: Option<Peer>,
+        #[prost(message, optional, tag = "4")]
+        request: Option<AttributeRequest>,
+        #[prost(message, repeated, tag = "10")]
+        context_extensions: Vec<MapEntry>,
+        #[prost(message, optional, tag = "12")]
+        tls_session: Option<TlsSession>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct Peer {
+        #[prost(message, optional, tag = "1")]
+        address: Option<Address>,
+        #[prost(message, repeated, tag = "3")]
+        labels: Vec<MapEntry>,
+        #[prost(bytes = "bytes", tag = "4")]
+        principal: Bytes,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct Address {
+        #[prost(oneof = "AddressKind", tags = "1, 2, 3")]
+        address: Option<AddressKind>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Oneof)]
+    enum AddressKind {
+        #[prost(message, tag = "1")]
+        SocketAddress(SocketAddress),
+        #[prost(message, tag = "2")]
+        Pipe(Skipped),
+        #[prost(message, tag = "3")]
+        EnvoyInternalAddress(Skipped),
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct SocketAddress {
+        #[prost(bytes = "bytes", tag = "2")]
+        address: Bytes,
+        #[prost(oneof = "PortSpecifier", tags = "3, 4")]
+        port_specifier: Option<PortSpecifier>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Oneof)]
+    enum PortSpecifier {
+        #[prost(uint32, tag = "3")]
+        PortValue(u32),
+        #[prost(bytes = "bytes", tag = "4")]
+        NamedPort(Bytes),
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct Skipped {}
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct AttributeRequest {
+        #[prost(message, optional, tag = "2")]
+        http: Option<HttpRequest>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct HttpRequest {
+        #[prost(bytes = "bytes", tag = "2")]
+        method: Bytes,
+        #[prost(message, repeated, tag = "3")]
+        headers: Vec<MapEntry>,
+        #[prost(bytes = "bytes", tag = "4")]
+        path: Bytes,
+        #[prost(bytes = "bytes", tag = "5")]
+        host: Bytes,
+        #[prost(bytes = "bytes", tag = "6")]
+        scheme: Bytes,
+        #[prost(message, optional, tag = "13")]
+        header_map: Option<HeaderMap>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct HeaderMap {
+        #[prost(message, repeated, tag = "1")]
+        headers: Vec<HeaderValue>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct HeaderValue {
+        #[prost(bytes = "bytes", tag = "1")]
+        key: Bytes,
+        #[prost(bytes = "bytes", tag = "2")]
+        value: Bytes,
+        #[prost(bytes = "bytes", tag = "3")]
+        raw_value: Bytes,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct TlsSession {
+        #[prost(bytes = "bytes", tag = "1")]
+        sni: Bytes,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct MapEntry {
+        #[prost(bytes = "bytes", tag = "1")]
+        key: Bytes,
+        #[prost(bytes = "bytes", tag = "2")]
+        value: Bytes,
+    }
+}
+
+/// `Ok` when the view and prost's mirror both refuse `bytes`, or both accept them and read the
+/// same request: the view of `bytes` as the view of the mirror's re-encoding, where prost has
+/// done every merge.
+fn reads_as_the_mirror(bytes: &[u8]) -> Result<(), String> {
+    let view = CheckView::from_wire(Bytes::copy_from_slice(bytes));
+    let mirror = match (prost_mirror::CheckRequest::decode(bytes), &view) {
+        (Err(_), Err(_)) => return Ok(()),
+        (Ok(mirror), Ok(_)) => mirror,
+        (mirror, view) => return Err(format!("prost's mirror gives {mirror:?}, the view {view:?}")),
+    };
+    let merged = CheckView::from_wire(Bytes::from(mirror.encode_to_vec())).map_err(|error| error.to_string())?;
+    match (view.map_err(|error| error.to_string())?.request(), merged.request()) {
+        (Ok(from_bytes), Ok(from_merged)) => compare(&from_bytes, &from_merged),
+        (Err(from_bytes), Err(from_merged)) if from_bytes == from_merged => Ok(()),
+        (from_bytes, from_merged) => Err(format!("the view reads {from_bytes:?}, and {from_merged:?} once merged")),
+    }
+}
+
+fn varint(value: u64) -> Vec<u8> {
+    let mut buf = Vec::new();
+    prost::encoding::encode_varint(value, &mut buf);
+    buf
+}
+
+fn key(tag: u32, wire_type: u32) -> Vec<u8> {
+    varint(u64::from(tag << 3 | wire_type))
+}
+
+fn delimited(tag: u32, payload: &[u8]) -> Vec<u8> {
+    [key(tag, 2), varint(payload.len() as u64), payload.to_vec()].concat()
+}
+
+/// `fields` as those of `attributes.source.address.socket_address`.
+fn in_socket(fields: &[u8]) -> Vec<u8> {
+    delimited(1, &delimited(1, &delimited(1, &delimited(1, fields))))
+}
+
+/// `fields` as those of `attributes.request.http`.
+fn in_http(fields: &[u8]) -> Vec<u8> {
+    delimited(1, &delimited(4, &delimited(2, fields)))
+}
+
+/// `depth` groups of field 99, one inside the other, around `inner`.
+fn nested_groups(depth: usize, inner: &[u8]) -> Vec<u8> {
+    [key(99, 3).repeat(depth), inner.to_vec(), key(99, 4).repeat(depth)].concat()
+}
+
+#[test]
+fn malformed_protobuf_is_refused_as_prost_refuses_it() {
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("a key cut off", vec![0x8a]),
+        ("a varint of eleven bytes", [key(5, 0), vec![0x80; 10], vec![0]].concat()),
+        ("a varint above 64 bits", [key(5, 0), vec![0xff; 9], vec![0x02]].concat()),
+        ("a key above 32 bits", varint(1 << 32 | 2)),
+        ("wire type 6", vec![0x0e, 0]),
+        ("wire type 7", vec![0x0f, 0]),
+        ("field number 0", vec![0x00, 0]),
+        ("a length past the end", vec![0x0a, 0x05, 0x01]),
+        (
+            "a length past the end of the enclosing message",
+            [vec![0x0a, 0x02, 0x22, 0x05], delimited(3, b"abc")].concat(),
+        ),
+        ("a fixed64 cut off", [key(5, 1), vec![0; 7]].concat()),
+        ("a fixed32 cut off", [key(5, 5), vec![0; 3]].concat()),
+        ("a message the core reads, sent as a varint", [key(1, 0), vec![1]].concat()),
+        ("a string the core reads, sent as a fixed32", in_http(&[key(2, 5), vec![0; 4]].concat())),
+        ("a port number sent length-delimited", in_socket(&delimited(3, b""))),
+        ("a named port sent as a varint", in_socket(&[key(4, 0), vec![80]].concat())),
+        ("a message the core reads, sent as a group", [key(1, 3), key(1, 4)].concat()),
+        ("a malformed field inside a pipe", delimited(1, &delimited(1, &delimited(1, &delimited(2, &[0x0f]))))),
+        ("an end-group tag that opens nothing", key(99, 4)),
+        ("a group closed by another field's end", [key(99, 3), key(98, 4)].concat()),
+        ("a group never closed", [key(99, 3), key(5, 0), vec![1]].concat()),
+        ("groups nested 101 deep", nested_groups(101, &[])),
+        ("a field 100 groups deep", nested_groups(100, &[key(5, 0), vec![1]].concat())),
+        ("groups nested 98 deep in the HTTP request", in_http(&nested_groups(98, &[]))),
+    ];
+    for (name, bytes) in cases {
+        assert!(CheckRequest::decode(&bytes[..]).is_err(), "{name}: prost refuses it");
+        assert!(prost_mirror::CheckRequest::decode(&bytes[..]).is_err(), "{name}: prost's mirror refuses it");
+        let view = CheckView::from_wire(Bytes::from(bytes));
+        assert!(view.is_err(), "{name}: the view accepts it: {view:?}");
+    }
+}
+
+#[test]
+fn unusual_but_valid_protobuf_reads_as_prost_reads_it() {
+    let unknown_fields = [
+        [key(99, 0), varint(u64::MAX)].concat(),
+        [key(99, 1), vec![0xff; 8]].concat(),
+        delimited(99, &[0xff, 0xfe]),
+        [key(99, 3), key(1, 0), vec![7], delimited(2, b"x"), key(99, 4)].concat(),
+        [key(99, 5), vec![0xff; 4]].concat(),
+    ]
+    .concat();
+    let attributes = |fields: &[u8]| delimited(1, fields);
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("unknown fields of every wire type, everywhere", {
+            let http = [delimited(2, b"GET"), unknown_fields.clone(), delimited(4, b"/")].concat();
+            let request = [unknown_fields.clone(), delimited(2, &http)].concat();
+            [unknown_fields.clone(), attributes(&[unknown_fields.clone(), delimited(4, &request)].concat())].concat()
+        }),
+        ("a varint at 64 bits, and lengths in more bytes than needed", {
+            let method = [key(2, 2), vec![0x83, 0x80, 0x00], b"PUT".to_vec()].concat();
+            [key(99, 0), vec![0xff; 9], vec![0x01], in_http(&method)].concat()
+        }),
+        ("a port number above 32 bits keeps its low 32", in_socket(&[key(3, 0), varint(1 << 32 | 8080)].concat())),
+        ("groups nested 100 deep", [nested_groups(100, &[]), attributes(&[])].concat()),
+        ("a field 99 groups deep", [nested_groups(99, &[key(5, 0), vec![1]].concat()), attributes(&[])].concat()),
+        ("groups nested 97 deep in the HTTP request", in_http(&nested_groups(97, &[]))),
+        ("a socket address merged across oneof switches", {
+            let address = |members: &[Vec<u8>]| delimited(1, &members.concat());
+            let socket = |fields: &[u8]| delimited(1, fields);
+            let port = |port: u64| [key(3, 0), varint(port)].concat();
+            let source = [
+                address(&[socket(&[delimited(2, b"10.0.0.1"), port(1)].concat()), delimited(2, b"")]),
+                address(&[socket(&port(2)), socket(&delimited(4, b"http"))]),
+                address(&[socket(&port(3)), socket(&delimited(2, b"10.0.0.3"))]),
+            ]
+            .concat();
+            attributes(&delimited(1, &source))
+        }),
+    ];
+    for (name, bytes) in cases {
+        assert_eq!(agree(&bytes), Ok(()), "{name}");
+        assert_eq!(reads_as_the_mirror(&bytes), Ok(()), "{name}");
+    }
+}
+
+/// What a field of a message the view reads holds, after Envoy's protos.
+#[derive(Clone, Copy)]
+enum Shape {
+    Message(&'static [(u32, Shape)]),
+    Text,
+    Uint32,
+}
+
+const MAP_ENTRY: &[(u32, Shape)] = &[(1, Shape::Text), (2, Shape::Text)];
+const SOCKET_ADDRESS: &[(u32, Shape)] = &[(2, Shape::Text), (3, Shape::Uint32), (4, Shape::Text)];
+const ADDRESS: &[(u32, Shape)] =
+    &[(1, Shape::Message(SOCKET_ADDRESS)), (2, Shape::Message(&[])), (3, Shape::Message(&[]))];
+const PEER: &[(u32, Shape)] = &[(1, Shape::Message(ADDRESS)), (3, Shape::Message(MAP_ENTRY)), (4, Shape::Text)];
+const HEADER_VALUE: &[(u32, Shape)] = &[(1, Shape::Text), (2, Shape::Text), (3, Shape::Text)];
+const HTTP_REQUEST: &[(u32, Shape)] = &[
+    (2, Shape::Text),
+    (3, Shape::Message(MAP_ENTRY)),
+    (4, Shape::Text),
+    (5, Shape::Text),
+    (6, Shape::Text),
+    (13, Shape::Message(&[(1, Shape::Message(HEADER_VALUE))])),
+];
+const ATTRIBUTE_CONTEXT: &[(u32, Shape)] = &[
+    (1, Shape::Message(PEER)),
+    (2, Shape::Message(PEER)),
+    (4, Shape::Message(&[(2, Shape::Message(HTTP_REQUEST))])),
+    (10, Shape::Message(MAP_ENTRY)),
+    (12, Shape::Message(&[(1, Shape::Text)])),
+];
+const CHECK_REQUEST: &[(u32, Shape)] = &[(1, Shape::Message(ATTRIBUTE_CONTEXT))];
+
+/// A field no message the view reads has, in Envoy's protos or the view's: any wire type, a
+/// group with fields inside.
+fn unknown_field() -> BoxedStrategy<Vec<u8>> {
+    let tag = prop::sample::select(&[99u32, 1000][..]);
+    (tag, any::<u64>(), prop::collection::vec(any::<u8>(), 0..9))
+        .prop_flat_map(|(tag, number, bytes)| {
+            prop::sample::select(vec![
+                [key(tag, 0), varint(number)].concat(),
+                [key(tag, 1), number.to_le_bytes().to_vec()].concat(),
+                delimited(tag, &bytes),
+                [key(tag, 3), key(1, 0), varint(number), delimited(2, &bytes), key(tag, 4)].concat(),
+                [key(tag, 5), bytes.iter().copied().chain([0; 4]).take(4).collect()].concat(),
+            ])
+        })
+        .boxed()
+}
+
+/// Encoded fields of a message with `shape`, in any order and number: repeated, overwritten,
+/// oneof members switching back and forth, unknown fields between them, rarely a string that
+/// is not UTF-8, and with `wrong_wire_types` now and then a field with a wire type not its own.
+fn protobuf_soup(shape: &'static [(u32, Shape)], wrong_wire_types: bool) -> BoxedStrategy<Vec<u8>> {
+    let mut fields: Vec<(u32, BoxedStrategy<Vec<u8>>)> = vec![(2, unknown_field())];
+    let mut wrongly_typed = Vec::new();
+    for &(tag, field) in shape {
+        let value = match field {
+            Shape::Message(inner) => {
+                protobuf_soup(inner, wrong_wire_types).prop_map(move |payload| delimited(tag, &payload)).boxed()
+            }
+            Shape::Text => prop_oneof![
+                20 => prop::sample::select(WORDS).prop_map(move |word| delimited(tag, word.as_bytes())),
+                1 => prop::collection::vec(any::<u8>(), 0..3).prop_map(move |bytes| delimited(tag, &bytes)),
+            ]
+            .boxed(),
+            Shape::Uint32 => prop_oneof![(0u64..70_000), any::<u64>()]
+                .prop_map(move |port| [key(tag, 0), varint(port)].concat())
+                .boxed(),
+        };
+        let wrong_wire_type = match field {
+            Shape::Uint32 => delimited(tag, b""),
+            Shape::Message(_) | Shape::Text => [key(tag, 0), vec![0]].concat(),
+        };
+        fields.push((10, value));
+        wrongly_typed.push(wrong_wire_type);
+    }
+    if wrong_wire_types && !wrongly_typed.is_empty() {
+        fields.push((1, prop::sample::select(wrongly_typed).boxed()));
+    }
+    let field = prop::strategy::Union::new_weighted(fields);
+    prop::collection::vec(field, 1..6).prop_map(|fields| fields.concat()).boxed()
+}
+
+/// An edit of encoded bytes: one byte overwritten, inserted or deleted, or the rest cut off.
+#[derive(Debug, Clone)]
+enum Edit {
+    Overwrite(prop::sample::Index, u8),
+    Insert(prop::sample::Index, u8),
+    Delete(prop::sample::Index),
+    Truncate(prop::sample::Index),
+}
+
+fn any_edit() -> BoxedStrategy<Edit> {
+    prop_oneof![
+        (any::<prop::sample::Index>(), any::<u8>()).prop_map(|(at, byte)| Edit::Overwrite(at, byte)),
+        (any::<prop::sample::Index>(), any::<u8>()).prop_map(|(at, byte)| Edit::Insert(at, byte)),
+        any::<prop::sample::Index>().prop_map(Edit::Delete),
+        any::<prop::sample::Index>().prop_map(Edit::Truncate),
+    ]
+    .boxed()
+}
+
+fn edited(mut bytes: Vec<u8>, edits: &[Edit]) -> Vec<u8> {
+    for edit in edits {
+        if bytes.is_empty() {
+            break;
+        }
+        match edit {
+            Edit::Overwrite(at, byte) => {
+                let at = at.index(bytes.len());
+                bytes[at] = *byte;
+            }
+            Edit::Insert(at, byte) => bytes.insert(at.index(bytes.len() + 1), *byte),
+            Edit::Delete(at) => {
+                bytes.remove(at.index(bytes.len()));
+            }
+            Edit::Truncate(at) => bytes.truncate(at.index(bytes.len())),
+        }
+    }
+    bytes
+}
+
+proptest! {
+    #![proptest_config(Config { cases: 512, failure_persistence: None, ..Config::default() })]
+
+    /// Fields in any order and number, with unknown ones between them: the view accepts what
+    /// prost's mirror accepts, and reads what it merges; what prost decodes with Envoy's own
+    /// types, the view reads the same.
+    #[test]
+    fn protobuf_soup_reads_as_prost_reads_it(
+        bytes in prop_oneof![4 => protobuf_soup(CHECK_REQUEST, false), 1 => protobuf_soup(CHECK_REQUEST, true)],
+    ) {
+        prop_assert_eq!(reads_as_the_mirror(&bytes), Ok(()));
+        if CheckRequest::decode(&bytes[..]).is_ok() {
+            prop_assert_eq!(agree(&bytes), Ok(()));
+        }
+    }
+
+    /// Random requests with a few bytes changed, mostly malformed: the view refuses what prost's
+    /// mirror refuses, and reads the rest as it does.
+    #[test]
+    fn edited_check_requests_are_refused_or_read_as_prost_does(
+        check in any_check_request(),
+        edits in prop::collection::vec(any_edit(), 1..4),
+    ) {
+        prop_assert_eq!(reads_as_the_mirror(&edited(check.encode_to_vec(), &edits)), Ok(()));
+    }
+}
+
+/// Bytes that are UTF-8 or not: text, text cut inside a character at either end, long text,
+/// any bytes.
+fn utf8_or_not() -> BoxedStrategy<Vec<u8>> {
+    let cut = |text: String, at: prop::sample::Index, keep_start: bool| {
+        let bytes = text.into_bytes();
+        let at = at.index(bytes.len() + 1);
+        if keep_start { bytes[..at].to_vec() } else { bytes[at..].to_vec() }
+    };
+    prop_oneof![
+        any::<String>().prop_map(String::into_bytes),
+        (any::<String>(), any::<prop::sample::Index>()).prop_map(move |(text, at)| cut(text, at, true)),
+        (any::<String>(), any::<prop::sample::Index>()).prop_map(move |(text, at)| cut(text, at, false)),
+        "[a-zé]{120,140}".prop_map(String::into_bytes),
+        prop::collection::vec(any::<u8>(), 0..8),
+    ]
+    .boxed()
+}
+
+proptest! {
+    #![proptest_config(Config { cases: 512, failure_persistence: None, ..Config::default() })]
+
+    /// However the view checks names and values (a run of packed entries in one pass), it
+    /// reads the entries when all are UTF-8, and refuses the request otherwise.
+    #[test]
+    fn map_entries_are_read_exactly_when_their_names_and_values_are_utf8(
+        entries in prop::collection::vec(
+            (prop::option::weighted(0.9, utf8_or_not()), prop::option::weighted(0.9, utf8_or_not()), any::<bool>()),
+            1..6,
+        ),
+    ) {
+        let encoded = entries.iter().map(|(name, value, value_first)| {
+            let name = name.as_ref().map(|name| delimited(1, name)).unwrap_or_default();
+            let value = value.as_ref().map(|value| delimited(2, value)).unwrap_or_default();
+            delimited(3, &if *value_first { [value, name] } else { [name, value] }.concat())
+        });
+        let view = CheckView::from_wire(Bytes::from(in_http(&encoded.collect::<Vec<_>>().concat()))).expect("well-formed");
+        let owned = |(name, value): (&str, &str)| (name.to_string(), value.to_string());
+        let read = view
+            .request()
+            .map(|request| request.http.map(|http| http.headers.into_iter().map(owned).collect::<Vec<_>>()));
+        fn text(bytes: &Option<Vec<u8>>) -> Option<&str> {
+            std::str::from_utf8(bytes.as_deref().unwrap_or_default()).ok()
+        }
+        let texts: Option<Vec<(&str, &str)>> =
+            entries.iter().rev().map(|(name, value, _)| Some((text(name)?, text(value)?))).collect();
+        let expected = match texts {
+            Some(texts) => Ok(Some(texts.into_iter().map(owned).collect())),
+            None => Err(ViewError::NotUtf8("HttpRequest.headers")),
+        };
+        prop_assert_eq!(read, expected);
     }
 }
