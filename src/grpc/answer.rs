@@ -92,9 +92,9 @@ impl CheckAnswer {
     fn ok_response_len(&self) -> usize {
         let decision = &self.decision;
         header_options_len(&decision.headers_to_set)
-            + decision.headers_to_remove.iter().map(|name| text_len(tag::HEADERS_TO_REMOVE, name)).sum::<usize>()
+            + decision.headers_to_remove.iter().map(|name| item_len(tag::HEADERS_TO_REMOVE, name)).sum::<usize>()
             + (decision.query_parameters_to_remove.iter())
-                .map(|name| text_len(tag::QUERY_PARAMETERS_TO_REMOVE, name))
+                .map(|name| item_len(tag::QUERY_PARAMETERS_TO_REMOVE, name))
                 .sum::<usize>()
     }
 
@@ -102,10 +102,10 @@ impl CheckAnswer {
         let decision = &self.decision;
         put_header_options(&decision.headers_to_set, buf);
         for name in &decision.headers_to_remove {
-            put_text(tag::HEADERS_TO_REMOVE, name, buf);
+            put_item(tag::HEADERS_TO_REMOVE, name, buf);
         }
         for name in &decision.query_parameters_to_remove {
-            put_text(tag::QUERY_PARAMETERS_TO_REMOVE, name, buf);
+            put_item(tag::QUERY_PARAMETERS_TO_REMOVE, name, buf);
         }
     }
 
@@ -195,15 +195,24 @@ fn put_header_options(headers: &[(Arc<str>, String)], buf: &mut impl BufMut) {
 
 /// A string field's length on the wire; proto3 leaves an empty one out.
 fn text_len(tag: u32, text: &str) -> usize {
-    if text.is_empty() { 0 } else { key_len(tag) + encoded_len_varint(text.len() as u64) + text.len() }
+    if text.is_empty() { 0 } else { item_len(tag, text) }
 }
 
 fn put_text(tag: u32, text: &str, buf: &mut impl BufMut) {
     if !text.is_empty() {
-        encode_key(tag, WireType::LengthDelimited, buf);
-        encode_varint(text.len() as u64, buf);
-        buf.put_slice(text.as_bytes());
+        put_item(tag, text, buf);
     }
+}
+
+/// An element of a repeated string field's length on the wire: written even when empty.
+fn item_len(tag: u32, text: &str) -> usize {
+    key_len(tag) + encoded_len_varint(text.len() as u64) + text.len()
+}
+
+fn put_item(tag: u32, text: &str, buf: &mut impl BufMut) {
+    encode_key(tag, WireType::LengthDelimited, buf);
+    encode_varint(text.len() as u64, buf);
+    buf.put_slice(text.as_bytes());
 }
 
 /// A varint field's length on the wire; proto3 leaves a zero out.
@@ -273,7 +282,7 @@ mod tests {
         let mut allowed = decided_by(Reason::AllowedByPolicy, 12);
         allowed.headers_to_set = vec![("x-user".into(), "alice".into()), ("x-empty".into(), String::new())];
         allowed.headers_to_remove = vec!["authorization".into(), "x-user".into()];
-        allowed.query_parameters_to_remove = vec!["access_token".into()];
+        allowed.query_parameters_to_remove = vec!["access_token".into(), "".into()];
         let mut refused = Decision::new(Reason::InvalidToken, None);
         refused.jwt_error = Some(JwtError::Expired);
         refused.response_headers = vec![("www-authenticate".into(), "Bearer realm=\"jobs\"".into())];
@@ -290,7 +299,7 @@ mod tests {
                     http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
                         headers: vec![option("x-user", "alice"), option("x-empty", "")],
                         headers_to_remove: vec!["authorization".into(), "x-user".into()],
-                        query_parameters_to_remove: vec!["access_token".into()],
+                        query_parameters_to_remove: vec!["access_token".into(), String::new()],
                         ..OkHttpResponse::default()
                     })),
                     dynamic_metadata: metadata(&[
