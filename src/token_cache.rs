@@ -87,6 +87,16 @@ impl VerifiedTokenCache {
         }
     }
 
+    /// A token verified again (after a reload that reads other claims, say) replaces its hot
+    /// entry, which would otherwise keep handing out the identity that no longer counts.
+    fn hot_refresh(&self, token: &str, identity: &Arc<Identity>) {
+        if let Some(mut slot) = self.hot_slot(token).and_then(|slot| slot.lock().ok())
+            && let Some(entry) = slot.as_mut().filter(|entry| &*entry.token == token)
+        {
+            entry.identity = identity.clone();
+        }
+    }
+
     fn shard(&self, key: &TokenDigest) -> &Shard {
         &self.shards[usize::from(key.0[0]) % SHARDS]
     }
@@ -139,11 +149,12 @@ impl TokenCache for VerifiedTokenCache {
     }
 
     /// A token just verified goes into the shards only: one seen once does not displace the
-    /// hot layer's.
+    /// hot layer's. A hot token verified again has its hot entry replaced.
     fn put(&self, token: &TokenKey<'_>, identity: Arc<Identity>) {
         if self.capacity_per_shard == 0 {
             return;
         }
+        self.hot_refresh(token.token(), &identity);
         let key = token.digest();
         let Ok(mut guard) = self.shard(&key).lock() else { return };
         let entries = &mut *guard;
@@ -253,6 +264,19 @@ mod tests {
             assert!(cache.get(&key(forged)).is_none(), "{forged}");
         }
         assert!(cache.get(&key(token)).is_some(), "the real token is still hot");
+    }
+
+    #[test]
+    fn a_hot_token_verified_again_hands_out_its_new_identity() {
+        let cache = VerifiedTokenCache::new(1000, Arc::new(Metrics::new()));
+        let token = "header.payload.signature-of-the-real-token";
+        let live = unix_now() + 3600;
+        cache.put(&key(token), identity(live));
+        assert!(cache.get(&key(token)).is_some(), "now hot");
+        let again = Arc::new(Arc::unwrap_or_clone(identity(live)).signed_by("new"));
+        cache.put(&key(token), again.clone());
+        let hit = cache.get(&key(token)).expect("hot");
+        assert!(Arc::ptr_eq(&hit, &again), "the hot entry holds the identity verified last");
     }
 
     #[test]
