@@ -470,8 +470,12 @@ def median_pair(runs: dict[str, "LoadRun"], suffix: str, rounds: int) -> tuple["
     """The (a), (b) runs of the round whose ratio is the median: the ratio of p50s for lone
     requests (`suffix` `_lone`), of throughputs at full load."""
     pairs = [(runs[round_key(f"a{suffix}", r)], runs[round_key(f"b{suffix}", r)]) for r in range(1, rounds + 1)]
-    pairs.sort(key=lambda pair: pair_ratio(*pair, suffix))
-    return pairs[(len(pairs) - 1) // 2]
+    return median_by(pairs, lambda pair: pair_ratio(*pair, suffix))
+
+
+def median_by(items: list, key) -> object:
+    """The item whose key is the median (the lower one of an even count)."""
+    return sorted(items, key=key)[(len(items) - 1) // 2]
 
 
 def pair_ratio(a: "LoadRun", b: "LoadRun", suffix: str) -> float:
@@ -604,7 +608,7 @@ class Report:
 
         pairs = [(round_.get("check_policies/10", float("nan")), round_.get("check_policies/10000", float("nan")))
                  for round_ in self.policy_rounds]
-        ten, ten_thousand = sorted(pairs, key=lambda pair: pair[1] / pair[0])[(len(pairs) - 1) // 2]
+        ten, ten_thousand = median_by(pairs, lambda pair: pair[1] / pair[0])
         rounds = "; ".join(f"{b / a:.2f}" for a, b in pairs)
         rows.append((
             "10,000 policies: per-Check time ≤ 2× that with 10",
