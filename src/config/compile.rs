@@ -12,6 +12,7 @@ use crate::core::matcher::{IpMatch, PathMatch, StringMatch};
 use crate::core::policy::{
     Action, Conjunction, Policy, PolicyId, Predicate, RequestPrincipalMatch, Rule, ServiceAccount, Test,
 };
+use crate::core::workload::LabelSelector;
 
 /// API versions whose AuthorizationPolicy schema this compiler reads.
 pub const API_VERSIONS: [&str; 2] = ["security.istio.io/v1", "security.istio.io/v1beta1"];
@@ -56,7 +57,7 @@ pub fn compile_authorization_policy(
     let dry_run = compiler.dry_run(&document.metadata.value);
     let (action, selector, rules) = match document.spec {
         Some(spec) => compiler.spec(spec, &namespace),
-        None => (Some(Action::Allow), Box::default(), Box::default()),
+        None => (Some(Action::Allow), LabelSelector::default(), Box::default()),
     };
     if !compiler.errors.is_empty() {
         return Err(compiler.errors);
@@ -94,7 +95,7 @@ pub fn compile_request_authentication(
                 .collect();
             (selector, rules)
         }
-        None => (Box::default(), Vec::new()),
+        None => (LabelSelector::default(), Vec::new()),
     };
     for (index, rule) in rules.iter().enumerate() {
         if rules[..index].iter().any(|earlier| earlier.issuer == rule.issuer) {
@@ -124,7 +125,7 @@ struct Compiler<'a> {
 }
 
 /// A policy's action, or `None` for CUSTOM.
-type CompiledSpec = (Option<Action>, Box<[(Box<str>, Box<str>)]>, Box<[Rule]>);
+type CompiledSpec = (Option<Action>, LabelSelector, Box<[Rule]>);
 
 impl<'a> Compiler<'a> {
     /// The policy's `namespace/name` and a compiler for it, with the checks every kind shares:
@@ -339,11 +340,11 @@ impl<'a> Compiler<'a> {
         })
     }
 
-    fn selector(&mut self, selector: Spanned<raw::WorkloadSelector>) -> Box<[(Box<str>, Box<str>)]> {
+    fn selector(&mut self, selector: Spanned<raw::WorkloadSelector>) -> LabelSelector {
         for key in selector.value.match_labels.keys().filter(|key| key.is_empty()) {
             self.report(selector.referenced.line(), "spec.selector.matchLabels", format!("empty label key `{key}`"));
         }
-        selector.value.match_labels.into_iter().map(|(key, value)| (key.into(), value.into())).collect()
+        LabelSelector::new(selector.value.match_labels.into_iter().map(|(key, value)| (key.into(), value.into())))
     }
 
     fn rule(&mut self, field: &str, rule: Spanned<raw::Rule>, namespace: &str) -> Rule {

@@ -8,7 +8,7 @@ use super::identity::{ClaimPaths, Identity, KeyOrigin, Proof, Verifier};
 use super::jwt::{self, JwtError, KeySet, Lifetime};
 use super::policy::PolicyId;
 use super::request::HttpRequest;
-use super::workload::Workload;
+use super::workload::LabelSelector;
 
 /// Where a rule looks for tokens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,14 +115,8 @@ impl JwtRule {
 #[derive(Debug, Clone)]
 pub struct AuthnPolicy {
     pub id: Arc<PolicyId>,
-    pub selector: Box<[(Box<str>, Box<str>)]>,
+    pub selector: LabelSelector,
     pub rules: Box<[Arc<JwtRule>]>,
-}
-
-impl AuthnPolicy {
-    pub fn selects(&self, workload: &Workload<'_>) -> bool {
-        self.selector.iter().all(|(key, value)| workload.label(key) == Some(&**value))
-    }
 }
 
 /// The keys fetched for remote issuers, as the check sees them now.

@@ -8,6 +8,7 @@ pub mod authn;
 mod authn_tests;
 pub mod decision;
 pub mod identity;
+mod index;
 pub mod jwt;
 pub mod matcher;
 pub mod path;

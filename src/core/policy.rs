@@ -7,7 +7,7 @@ use std::sync::Arc;
 use super::identity::Identity;
 use super::matcher::{IpMatch, PathMatch, StringMatch};
 use super::request::{Request, SpiffeId};
-use super::workload::Workload;
+use super::workload::LabelSelector;
 
 /// What a policy does when one of its rules matches. CUSTOM policies route traffic to this
 /// server and are not part of a compiled set.
@@ -42,17 +42,11 @@ pub struct Policy {
     pub action: Action,
     /// `istio.io/dry-run: "true"`: evaluated and logged, never enforced.
     pub dry_run: bool,
-    /// `selector.matchLabels`; empty selects every workload of the namespace.
-    pub selector: Box<[(Box<str>, Box<str>)]>,
+    pub selector: LabelSelector,
     pub rules: Box<[Rule]>,
 }
 
 impl Policy {
-    /// Whether the policy's selector picks this workload.
-    pub fn selects(&self, workload: &Workload<'_>) -> bool {
-        self.selector.iter().all(|(key, value)| workload.label(key) == Some(&**value))
-    }
-
     /// The path of every claim the policy reads (`aud` and `azp` included).
     pub fn claim_paths(&self) -> impl Iterator<Item = Box<[Box<str>]>> + '_ {
         let conjunctions =

@@ -1,15 +1,15 @@
 //! A compiled, immutable policy set indexed by namespace, and `check`: request in, decision out; pure, cannot fail.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use super::authn::{self, Authentication, AuthnContext, AuthnPolicy, JwtRule, KeySource, RemoteIssuer};
 use super::decision::{Decision, DryRunOutcome, PolicyMatch, Reason};
 use super::identity::{ClaimPaths, Identity};
+use super::index::{PolicyIndex, PolicyKind};
 use super::jwt::JwtError;
 use super::path::{self, NormalizedPath, PathOptions};
-use super::policy::{Action, Attributes, Policy};
+use super::policy::{Attributes, Policy};
 use super::request::{HttpRequest, Request, SpiffeId};
 use super::workload::{Workload, WorkloadTable};
 
@@ -38,76 +38,6 @@ pub struct Snapshot {
     options: EngineOptions,
 }
 
-/// Policies grouped so that a check looks only at its workload's namespace and the mesh-wide ones.
-#[derive(Debug, Default)]
-struct PolicyIndex {
-    mesh_wide: Bucket,
-    by_namespace: HashMap<Box<str>, Bucket>,
-    len: usize,
-}
-
-impl PolicyIndex {
-    /// The bucket of a namespace; the mesh-wide one for no namespace or the root namespace.
-    fn bucket(&mut self, namespace: &str, root_namespace: &str) -> &mut Bucket {
-        if namespace.is_empty() || namespace == root_namespace {
-            &mut self.mesh_wide
-        } else {
-            self.by_namespace.entry(namespace.into()).or_default()
-        }
-    }
-}
-
-/// The policies of one namespace, by action, each list in name order.
-#[derive(Debug, Default)]
-struct Bucket {
-    deny: Vec<Policy>,
-    allow: Vec<Policy>,
-    audit: Vec<Policy>,
-    dry_run_deny: Vec<Policy>,
-    dry_run_allow: Vec<Policy>,
-    authn: Vec<AuthnPolicy>,
-}
-
-/// How a policy takes part in a decision.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum PolicyKind {
-    Deny,
-    Allow,
-    Audit,
-    DryRunDeny,
-    DryRunAllow,
-}
-
-impl PolicyKind {
-    fn of(policy: &Policy) -> Self {
-        match (policy.action, policy.dry_run) {
-            (Action::Deny, false) => Self::Deny,
-            (Action::Allow, false) => Self::Allow,
-            (Action::Deny, true) => Self::DryRunDeny,
-            (Action::Allow, true) => Self::DryRunAllow,
-            (Action::Audit, _) => Self::Audit,
-        }
-    }
-}
-
-impl Bucket {
-    fn insert(&mut self, policy: Policy) {
-        let list = match PolicyKind::of(&policy) {
-            PolicyKind::Deny => &mut self.deny,
-            PolicyKind::Allow => &mut self.allow,
-            PolicyKind::DryRunDeny => &mut self.dry_run_deny,
-            PolicyKind::DryRunAllow => &mut self.dry_run_allow,
-            PolicyKind::Audit => &mut self.audit,
-        };
-        list.push(policy);
-    }
-
-    /// Every policy of the bucket, each kind in name order.
-    fn in_order(&self) -> impl Iterator<Item = &Policy> {
-        self.deny.iter().chain(&self.allow).chain(&self.audit).chain(&self.dry_run_deny).chain(&self.dry_run_allow)
-    }
-}
-
 impl Snapshot {
     /// Indexes compiled policies. Policies without a namespace or in `root_namespace` apply to
     /// every workload.
@@ -127,21 +57,14 @@ impl Snapshot {
         for policy in &mut authn {
             policy.rules = policy.rules.iter().map(|rule| Arc::new(rule.keeping(&kept))).collect();
         }
-        let mut index = PolicyIndex { len: policies.len(), ..PolicyIndex::default() };
-        for policy in policies {
-            index.bucket(&policy.id.namespace, root_namespace).insert(policy);
-        }
-        for policy in authn {
-            index.bucket(&policy.id.namespace, root_namespace).authn.push(policy);
-        }
-        Self { policies: index, kept_claims: kept, workloads, options }
+        let policies = PolicyIndex::new(policies, authn, root_namespace);
+        Self { policies, kept_claims: kept, workloads, options }
     }
 
     /// Every remote issuer of the set's JWT rules, once, with its `jwksUri` if it has one.
     pub fn remote_issuers(&self) -> Vec<RemoteIssuer> {
-        let buckets = std::iter::once(&self.policies.mesh_wide).chain(self.policies.by_namespace.values());
         let mut issuers: Vec<RemoteIssuer> = Vec::new();
-        for rule in buckets.flat_map(|bucket| &bucket.authn).flat_map(|policy| policy.rules.iter()) {
+        for rule in self.policies.all_authn().flat_map(|policy| policy.rules.iter()) {
             if let KeySource::Remote { jwks_uri, timeout } = &rule.keys
                 && !issuers.iter().any(|known| known.issuer == rule.issuer)
             {
@@ -158,9 +81,8 @@ impl Snapshot {
     /// A problem when one issuer's keys are fetched from two places (two `jwksUri`, or one and
     /// discovery): fetched keys are kept per issuer, so the set must agree on where they are.
     pub fn conflicting_key_sources(&self) -> Option<String> {
-        let buckets = std::iter::once(&self.policies.mesh_wide).chain(self.policies.by_namespace.values());
         let mut seen: Vec<(&Arc<str>, &Option<Box<str>>)> = Vec::new();
-        for rule in buckets.flat_map(|bucket| &bucket.authn).flat_map(|policy| policy.rules.iter()) {
+        for rule in self.policies.all_authn().flat_map(|policy| policy.rules.iter()) {
             if let KeySource::Remote { jwks_uri, .. } = &rule.keys {
                 match seen.iter().find(|(issuer, _)| **issuer == rule.issuer) {
                     Some((_, other)) if *other != jwks_uri => {
@@ -182,15 +104,12 @@ impl Snapshot {
 
     /// How many AuthorizationPolicies the set holds.
     pub fn policy_count(&self) -> usize {
-        self.policies.len
+        self.policies.policy_count()
     }
 
     /// How many RequestAuthentications the set holds.
     pub fn authn_count(&self) -> usize {
-        std::iter::once(&self.policies.mesh_wide)
-            .chain(self.policies.by_namespace.values())
-            .map(|bucket| bucket.authn.len())
-            .sum()
+        self.policies.all_authn().count()
     }
 
     /// Decides one request: its path is normalized, its token (if any) verified, then
@@ -239,16 +158,7 @@ impl Snapshot {
 
     /// The JWT rules of every RequestAuthentication that selects the workload.
     fn jwt_rules(&self, workload: &Workload<'_>) -> ApplicableRules<'_> {
-        self.buckets(workload)
-            .flat_map(|bucket| &bucket.authn)
-            .filter(|policy| policy.selects(workload))
-            .flat_map(|policy| policy.rules.iter())
-            .collect()
-    }
-
-    fn buckets<'s>(&'s self, workload: &Workload<'_>) -> impl Iterator<Item = &'s Bucket> + 's {
-        let namespace = workload.namespace.and_then(|ns| self.policies.by_namespace.get(ns));
-        std::iter::once(&self.policies.mesh_wide).chain(namespace)
+        self.policies.authn_for(workload).into_iter().flat_map(|policy| policy.rules.iter()).collect()
     }
 
     /// The claims verified identities keep.
@@ -283,11 +193,7 @@ impl Snapshot {
             identity,
         };
         // The policies that select the workload, found once for every reading of the path.
-        let selected: Vec<&Policy> = self
-            .buckets(workload)
-            .flat_map(|bucket| bucket.in_order())
-            .filter(|policy| policy.selects(workload))
-            .collect();
+        let selected = self.policies.policies_for(workload);
         let decision = evaluate(&selected, &attributes);
         // A path a backend may read otherwise (encoded slashes, `;` parameters) must be
         // allowed under every reading.

@@ -72,6 +72,35 @@ impl WorkloadTable {
     }
 }
 
+/// A policy's `selector.matchLabels`, in key order; empty selects every workload of the namespace.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LabelSelector(Box<[(Box<str>, Box<str>)]>);
+
+impl LabelSelector {
+    /// A selector requiring every `(key, value)` label; keys are sorted and kept once.
+    pub fn new(labels: impl IntoIterator<Item = (Box<str>, Box<str>)>) -> Self {
+        let labels: std::collections::BTreeMap<_, _> = labels.into_iter().collect();
+        Self(labels.into_iter().collect())
+    }
+
+    /// Whether every label of the selector is the workload's.
+    pub fn selects(&self, workload: &Workload<'_>) -> bool {
+        self.first_label().is_none_or(|(key, value)| workload.label(key) == Some(value))
+            && self.selects_beyond_first(workload)
+    }
+
+    /// The label with the first key; `None` for a selector that selects every workload.
+    pub fn first_label(&self) -> Option<(&str, &str)> {
+        self.0.first().map(|(key, value)| (&**key, &**value))
+    }
+
+    /// Whether the labels after the first are the workload's: [`Self::selects`] for a
+    /// workload known to have the first.
+    pub fn selects_beyond_first(&self, workload: &Workload<'_>) -> bool {
+        self.0.iter().skip(1).all(|(key, value)| workload.label(key) == Some(&**value))
+    }
+}
+
 /// The workload a request is for.
 #[derive(Debug, Clone)]
 pub struct Workload<'r> {
