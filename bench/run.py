@@ -617,7 +617,10 @@ class Report:
             verdict(ten_thousand / ten, POLICY_SCALING, False, "×"),
             f"With 1,000: {duration(self.crit('check_policies/1000'))} (the first round). Each namespace holds 10 "
             "policies in the 10,000 set (2 of them namespace-wide) and at most 1 in the others: the index narrows "
-            "a Check to one namespace, whose policies are then filtered by selector. The first round is the "
+            "a Check to one namespace and, in it, to the policies without a selector and those whose selector's "
+            "first label is the workload's: a Check evaluates up to 3 of its namespace's policies there, 1 with the "
+            "10 set, and the mesh-wide DENY in both. The "
+            "first round is the "
             "whole criterion run's; the others run `check_policies/10` and `/10000` alone, one after the other."))
 
         load = self.crit("load_policies/10000") / 1e9
