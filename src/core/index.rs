@@ -73,32 +73,47 @@ impl PolicyIndex {
         self.all_buckets().flat_map(|bucket| &bucket.authn)
     }
 
+    /// The buckets whose policies can apply to the workload: the mesh-wide one and its
+    /// namespace's, looked up once for a check.
+    pub fn scope(&self, workload: &Workload<'_>) -> Scope<'_> {
+        let namespace = workload.namespace.and_then(|ns| self.by_namespace.get(ns));
+        Scope { mesh_wide: &self.mesh_wide, namespace }
+    }
+
+    fn all_buckets(&self) -> impl Iterator<Item = &Bucket> {
+        std::iter::once(&self.mesh_wide).chain(self.by_namespace.values())
+    }
+}
+
+/// The buckets one workload's policies come from.
+#[derive(Debug, Clone, Copy)]
+pub struct Scope<'s> {
+    mesh_wide: &'s Bucket,
+    namespace: Option<&'s Bucket>,
+}
+
+impl<'s> Scope<'s> {
     /// The AuthorizationPolicies that select the workload: mesh-wide ones first, each kind
     /// in name order.
-    pub fn policies_for(&self, workload: &Workload<'_>) -> Vec<&Policy> {
+    pub fn policies(&self, workload: &Workload<'_>) -> Vec<&'s Policy> {
         let mut selected = Vec::new();
-        for bucket in self.buckets_for(workload) {
+        for bucket in self.buckets() {
             bucket.policy_selectors.select(&bucket.policies, workload, &mut selected);
         }
         selected
     }
 
     /// The RequestAuthentications that select the workload, mesh-wide ones first, in name order.
-    pub fn authn_for(&self, workload: &Workload<'_>) -> Vec<&AuthnPolicy> {
+    pub fn authn(&self, workload: &Workload<'_>) -> Vec<&'s AuthnPolicy> {
         let mut selected = Vec::new();
-        for bucket in self.buckets_for(workload) {
+        for bucket in self.buckets() {
             bucket.authn_selectors.select(&bucket.authn, workload, &mut selected);
         }
         selected
     }
 
-    fn all_buckets(&self) -> impl Iterator<Item = &Bucket> {
-        std::iter::once(&self.mesh_wide).chain(self.by_namespace.values())
-    }
-
-    fn buckets_for<'s>(&'s self, workload: &Workload<'_>) -> impl Iterator<Item = &'s Bucket> + 's {
-        let namespace = workload.namespace.and_then(|ns| self.by_namespace.get(ns));
-        std::iter::once(&self.mesh_wide).chain(namespace)
+    fn buckets(&self) -> impl Iterator<Item = &'s Bucket> {
+        std::iter::once(self.mesh_wide).chain(self.namespace)
     }
 }
 
@@ -297,13 +312,14 @@ mod tests {
                         expected.sort_by_key(|policy| !mesh_wide(&policy.id) as u8 * 10 + PolicyKind::of(policy) as u8);
                         let names =
                             |found: &[&Policy]| found.iter().map(|policy| policy.id.to_string()).collect::<Vec<_>>();
-                        assert_eq!(names(&index.policies_for(&workload)), names(&expected), "{labels:?}");
+                        let scope = index.scope(&workload);
+                        assert_eq!(names(&scope.policies(&workload)), names(&expected), "{labels:?}");
 
                         let expected = applicable(&expected_authn, &workload, |p| (&p.id, &p.selector));
                         let names = |found: &[&AuthnPolicy]| {
                             found.iter().map(|policy| policy.id.to_string()).collect::<Vec<_>>()
                         };
-                        assert_eq!(names(&index.authn_for(&workload)), names(&expected), "{labels:?}");
+                        assert_eq!(names(&scope.authn(&workload)), names(&expected), "{labels:?}");
                         checked += 1;
                     }
                 }

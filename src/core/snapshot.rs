@@ -6,7 +6,7 @@ use std::sync::Arc;
 use super::authn::{self, Authentication, AuthnContext, AuthnPolicy, JwtRule, KeySource, RemoteIssuer};
 use super::decision::{Decision, DryRunOutcome, PolicyMatch, Reason};
 use super::identity::{ClaimPaths, Identity};
-use super::index::{PolicyIndex, PolicyKind};
+use super::index::{PolicyIndex, PolicyKind, Scope};
 use super::jwt::JwtError;
 use super::path::{self, NormalizedPath, PathOptions};
 use super::policy::{Attributes, Policy};
@@ -124,15 +124,18 @@ impl Snapshot {
 
     fn check_unguarded(&self, request: &Request<'_>, context: &AuthnContext<'_>) -> Decision {
         let workload = self.workloads.resolve(request);
+        let scope = self.policies.scope(&workload);
         let Some(http) = &request.http else {
             // TCP: no tokens to look for.
-            return self.authorize(request, &workload, None, None);
+            return self.authorize(request, &workload, scope, None, None);
         };
         let normalized = match path::normalize(http.path, self.options.path) {
             Ok(normalized) => normalized,
             Err(_) => return Decision::new(Reason::InvalidPath, None),
         };
-        let rules = self.jwt_rules(&workload);
+        // The JWT rules of every RequestAuthentication that selects the workload.
+        let rules: ApplicableRules<'_> =
+            scope.authn(&workload).into_iter().flat_map(|policy| policy.rules.iter()).collect();
         let authentication =
             if rules.is_empty() { Authentication::Anonymous } else { authn::authenticate(&rules, http, context) };
         let outputs = authn::outputs(&rules, &authentication);
@@ -146,7 +149,7 @@ impl Snapshot {
             Authentication::Anonymous => None,
             Authentication::Verified { identity, .. } => Some(identity.clone()),
         };
-        let mut decision = self.authorize(request, &workload, Some(normalized), identity.as_deref());
+        let mut decision = self.authorize(request, &workload, scope, Some(normalized), identity.as_deref());
         decision.identity = identity;
         decision.headers_to_remove = outputs.headers_to_remove;
         if decision.is_allow() {
@@ -154,11 +157,6 @@ impl Snapshot {
             decision.query_parameters_to_remove = outputs.query_parameters_to_remove;
         }
         decision
-    }
-
-    /// The JWT rules of every RequestAuthentication that selects the workload.
-    fn jwt_rules(&self, workload: &Workload<'_>) -> ApplicableRules<'_> {
-        self.policies.authn_for(workload).into_iter().flat_map(|policy| policy.rules.iter()).collect()
     }
 
     /// The claims verified identities keep.
@@ -175,13 +173,14 @@ impl Snapshot {
             Some(Ok(normalized)) => Some(normalized),
             None => None,
         };
-        self.authorize(request, &workload, normalized, identity)
+        self.authorize(request, &workload, self.policies.scope(&workload), normalized, identity)
     }
 
     fn authorize(
         &self,
         request: &Request<'_>,
         workload: &Workload<'_>,
+        scope: Scope<'_>,
         normalized: Option<NormalizedPath<'_>>,
         identity: Option<&Identity>,
     ) -> Decision {
@@ -193,7 +192,7 @@ impl Snapshot {
             identity,
         };
         // The policies that select the workload, found once for every reading of the path.
-        let selected = self.policies.policies_for(workload);
+        let selected = scope.policies(workload);
         let decision = evaluate(&selected, &attributes);
         // A path a backend may read otherwise (encoded slashes, `;` parameters) must be
         // allowed under every reading.
