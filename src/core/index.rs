@@ -98,18 +98,17 @@ impl<'s> Scope<'s> {
     pub fn policies(&self, workload: &Workload<'_>) -> Vec<&'s Policy> {
         let mut selected = Vec::new();
         for bucket in self.buckets() {
-            bucket.policy_selectors.select(&bucket.policies, workload, &mut selected);
+            bucket.policy_selectors.select(&bucket.policies, workload, |policy| selected.push(policy));
         }
         selected
     }
 
-    /// The RequestAuthentications that select the workload, mesh-wide ones first, in name order.
-    pub fn authn(&self, workload: &Workload<'_>) -> Vec<&'s AuthnPolicy> {
-        let mut selected = Vec::new();
+    /// Calls `visit` with each RequestAuthentication that selects the workload, mesh-wide ones
+    /// first, in name order: the caller collects their rules with no list in between.
+    pub fn authn(&self, workload: &Workload<'_>, mut visit: impl FnMut(&'s AuthnPolicy)) {
         for bucket in self.buckets() {
-            bucket.authn_selectors.select(&bucket.authn, workload, &mut selected);
+            bucket.authn_selectors.select(&bucket.authn, workload, &mut visit);
         }
-        selected
     }
 
     fn buckets(&self) -> impl Iterator<Item = &'s Bucket> {
@@ -188,24 +187,33 @@ impl SelectorIndex {
         Self { everywhere: everywhere.into(), by_first_label }
     }
 
-    /// Appends to `selected` the items of `items` (the list the index was built from) whose
+    /// Calls `visit` with each item of `items` (the list the index was built from) whose
     /// selector picks the workload, in the list's order.
-    fn select<'i, T: Selected>(&self, items: &'i [T], workload: &Workload<'_>, selected: &mut Vec<&'i T>) {
-        let start = selected.len();
+    fn select<'i, T: Selected>(&self, items: &'i [T], workload: &Workload<'_>, mut visit: impl FnMut(&'i T)) {
         let labelled = self
             .by_first_label
             .iter()
             .filter_map(|(key, values)| workload.label(key).and_then(|value| values.get(value)));
-        let mut lists = 0;
-        for positions in std::iter::once(&self.everywhere).chain(labelled).filter(|positions| !positions.is_empty()) {
-            let candidates = positions.iter().map(|&position| &items[position]);
+        let mut lists = std::iter::once(&self.everywhere).chain(labelled).map(|positions| &**positions);
+        let mut lists = lists.by_ref().filter(|positions| !positions.is_empty());
+        let first = lists.next().unwrap_or_default();
+        let merged: Vec<usize>;
+        let positions = match lists.next() {
+            // One list, the usual case: already in order, and nothing to allocate.
+            None => first,
+            Some(second) => {
+                let mut all = [first, second].concat();
+                lists.for_each(|more| all.extend_from_slice(more));
+                all.sort_unstable();
+                merged = all;
+                &merged
+            }
+        };
+        for item in positions.iter().map(|&position| &items[position]) {
             // The first label is known to fit: found by it, or there is none.
-            selected.extend(candidates.filter(|item| item.selector().selects_beyond_first(workload)));
-            lists += 1;
-        }
-        if lists > 1 {
-            // All borrowed from `items`: their addresses are in the list's order.
-            selected[start..].sort_unstable_by_key(|item| std::ptr::from_ref(*item).addr());
+            if item.selector().selects_beyond_first(workload) {
+                visit(item);
+            }
         }
     }
 }
@@ -316,10 +324,10 @@ mod tests {
                         assert_eq!(names(&scope.policies(&workload)), names(&expected), "{labels:?}");
 
                         let expected = applicable(&expected_authn, &workload, |p| (&p.id, &p.selector));
-                        let names = |found: &[&AuthnPolicy]| {
-                            found.iter().map(|policy| policy.id.to_string()).collect::<Vec<_>>()
-                        };
-                        assert_eq!(names(&scope.authn(&workload)), names(&expected), "{labels:?}");
+                        let mut found = Vec::new();
+                        scope.authn(&workload, |policy| found.push(policy.id.to_string()));
+                        let expected: Vec<String> = expected.iter().map(|policy| policy.id.to_string()).collect();
+                        assert_eq!(found, expected, "{labels:?}");
                         checked += 1;
                     }
                 }

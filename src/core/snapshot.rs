@@ -1,4 +1,4 @@
-//! A compiled, immutable policy set indexed by namespace, and `check`: request in, decision out; pure, cannot fail.
+//! A compiled, immutable policy set (indexed by `index`), and `check`: request in, decision out; pure, cannot fail.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -134,8 +134,8 @@ impl Snapshot {
             Err(_) => return Decision::new(Reason::InvalidPath, None),
         };
         // The JWT rules of every RequestAuthentication that selects the workload.
-        let rules: ApplicableRules<'_> =
-            scope.authn(&workload).into_iter().flat_map(|policy| policy.rules.iter()).collect();
+        let mut rules: ApplicableRules<'_> = Vec::new();
+        scope.authn(&workload, |policy| rules.extend(policy.rules.iter()));
         let authentication =
             if rules.is_empty() { Authentication::Anonymous } else { authn::authenticate(&rules, http, context) };
         let outputs = authn::outputs(&rules, &authentication);
