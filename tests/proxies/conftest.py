@@ -33,7 +33,17 @@ from envoy_harness import render_envoy_config, start_envoy  # noqa: E402
 from jwt_policies import request_authentication  # noqa: E402
 from jwt_tokens import TEST_ISSUER, UNCONFIGURED_ISSUER, SigningKey, claims, jwks, with_payload  # noqa: E402
 from oidc_idp import start_idp  # noqa: E402
-from proxy_harness import SHIPPED_ENVOY_HTTP_CONFIG, SHIPPED_NGINX_CONFIG, RecordingUpstream, render_nginx_config, start_nginx  # noqa: E402
+from ingress_nginx import render_ingress_nginx_config, shipped_ingress  # noqa: E402
+from proxy_harness import (  # noqa: E402
+    SHIPPED_CADDYFILE,
+    SHIPPED_ENVOY_HTTP_CONFIG,
+    SHIPPED_NGINX_CONFIG,
+    RecordingUpstream,
+    render_caddyfile,
+    render_nginx_config,
+    start_caddy,
+    start_nginx,
+)
 from request_table import PATH_PREFIX, SOURCE_ADDRESS_POLICY, SOURCE_CHECK_HOST  # noqa: E402
 
 SHIPPED_POLICIES = REPO_ROOT / "policies"
@@ -222,7 +232,42 @@ def envoy_http_without_portcullis(shipped_envoy_http_config, recording_upstream,
     yield from _envoy_http(shipped_envoy_http_config, free_port(), recording_upstream.port, workdir, "envoy-http-no-authz")
 
 
-@pytest.fixture(params=["nginx", "envoy_http"], ids=["nginx", "envoy-http"])
+# ---------------------------------------------------------------- Caddy and ingress-nginx
+
+
+@pytest.fixture(scope="session")
+def traefik_door(launch_portcullis, proxy_policies):
+    """A server whose HTTP door reads Traefik's dialect only, as Caddy's forward_auth speaks it."""
+    return launch_portcullis(proxy_policies, settings="http_mode: traefik\n")
+
+
+@pytest.fixture(scope="session")
+def ingress_nginx_door(launch_portcullis, proxy_policies):
+    """A server whose HTTP door reads ingress-nginx's dialect only."""
+    return launch_portcullis(proxy_policies, settings="http_mode: ingress-nginx\n")
+
+
+@pytest.fixture(scope="session")
+def caddy(traefik_door, recording_upstream, tmp_path_factory):
+    """Caddy with the shipped deploy/caddy/Caddyfile, forward_auth to the Traefik-dialect door."""
+    port = free_port()
+    config = render_caddyfile(SHIPPED_CADDYFILE.read_text(), listen=port, portcullis=traefik_door.http_port, upstream=recording_upstream.port)
+    proxy = start_caddy(config, port, tmp_path_factory.mktemp("caddy"), "caddy")
+    yield proxy
+    stop_process(proxy.process)
+
+
+@pytest.fixture(scope="session")
+def ingress_nginx(ingress_nginx_door, recording_upstream, tmp_path_factory):
+    """Debian's nginx configured as ingress-nginx renders deploy/ingress-nginx/ingress.yaml."""
+    workdir, port = tmp_path_factory.mktemp("ingress-nginx"), free_port()
+    config = render_ingress_nginx_config(shipped_ingress(), listen=port, portcullis=ingress_nginx_door.http_port, upstream=recording_upstream.port, workdir=workdir)
+    proxy = start_nginx(config, port, workdir, "ingress-nginx", flavor="ingress-nginx")
+    yield proxy
+    assert stop_process(proxy.process) == 0, "ingress-nginx did not stop cleanly"
+
+
+@pytest.fixture(params=["nginx", "envoy_http", "caddy", "ingress_nginx"], ids=["nginx", "envoy-http", "caddy", "ingress-nginx"])
 def proxy(request):
-    """Each real proxy in turn, with the shipped config (tests that hold for both)."""
+    """Each real proxy in turn, with the shipped config (tests that hold for all)."""
     return request.getfixturevalue(request.param)

@@ -1,4 +1,4 @@
-"""The pieces of the proxy tests: a recording upstream, raw HTTP requests, and nginx running the shipped config."""
+"""The pieces of the proxy tests: a recording upstream, raw HTTP requests, and nginx and Caddy running the shipped configs."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ from harness import PROCESS_LOGS, REPO_ROOT, stop_process, wait_until
 
 SHIPPED_NGINX_CONFIG = REPO_ROOT / "deploy/nginx/nginx.conf"
 SHIPPED_ENVOY_HTTP_CONFIG = REPO_ROOT / "deploy/envoy/envoy-http.yaml"
+SHIPPED_CADDYFILE = REPO_ROOT / "deploy/caddy/Caddyfile"
+CADDY_INSTALL_HINT = "apt-get install -y --no-install-recommends caddy"
 NGINX_READY_TIMEOUT_S = 10.0
 REQUEST_TIMEOUT_S = 5.0
 NGINX_INSTALL_HINT = "apt-get install -y --no-install-recommends nginx-light"
@@ -130,9 +132,9 @@ def nginx_binary() -> str:
     return binary
 
 
-def _replace_once(text: str, old: str, new: str) -> str:
+def _replace_once(text: str, old: str, new: str, shipped: str = "deploy/nginx/nginx.conf") -> str:
     count = text.count(old)
-    assert count == 1, f"deploy/nginx/nginx.conf: expected `{old}` once, found it {count} times"
+    assert count == 1, f"{shipped}: expected `{old}` once, found it {count} times"
     return text.replace(old, new)
 
 
@@ -153,9 +155,11 @@ class NginxProxy:
     port: int
     log: Path
     error_log: Path
+    # `nginx` for deploy/nginx/nginx.conf, `ingress-nginx` for the controller's rendering.
+    name: str = "nginx"
 
 
-def start_nginx(config: str, port: int, workdir: Path, name: str) -> NginxProxy:
+def start_nginx(config: str, port: int, workdir: Path, name: str, flavor: str = "nginx") -> NginxProxy:
     """nginx in the foreground (`daemon off`) with the given config; waits until it answers."""
     config_path, log, error_log = workdir / f"{name}.conf", workdir / f"{name}.log", workdir / f"{name}-error.log"
     config_path.write_text(config)
@@ -177,5 +181,48 @@ def start_nginx(config: str, port: int, workdir: Path, name: str) -> NginxProxy:
     except BaseException:
         stop_process(process)
         raise
-    return NginxProxy(process, port, log, error_log)
+    return NginxProxy(process, port, log, error_log, flavor)
+
+
+# ---------------------------------------------------------------- Caddy
+
+
+@dataclass
+class CaddyProxy:
+    process: subprocess.Popen
+    port: int
+    log: Path
+    name: str = "caddy"
+
+
+def caddy_binary() -> str:
+    """$CADDY_BIN, else caddy on PATH; a clear failure when it is missing."""
+    binary = os.environ.get("CADDY_BIN") or shutil.which("caddy")
+    if not binary:
+        pytest.fail(f"caddy not found (set CADDY_BIN, or install Debian's package: {CADDY_INSTALL_HINT})")
+    return binary
+
+
+def render_caddyfile(shipped: str, *, listen: int, portcullis: int, upstream: int) -> str:
+    """The shipped Caddyfile with its three addresses moved to loopback ports."""
+    config = _replace_once(shipped, "http://:8080 {", f"http://:{listen} {{\n\tbind 127.0.0.1", "deploy/caddy/Caddyfile")
+    config = _replace_once(config, "forward_auth portcullis:8000 {", f"forward_auth 127.0.0.1:{portcullis} {{", "deploy/caddy/Caddyfile")
+    return _replace_once(config, "reverse_proxy upstream:8000", f"reverse_proxy 127.0.0.1:{upstream}", "deploy/caddy/Caddyfile")
+
+
+def start_caddy(config: str, port: int, workdir: Path, name: str) -> CaddyProxy:
+    """`caddy run` with the given Caddyfile, its state kept in workdir; waits until it answers."""
+    config_path, log = workdir / "Caddyfile", workdir / f"{name}.log"
+    config_path.write_text(config)
+    command = [caddy_binary(), "run", "--adapter", "caddyfile", "--config", str(config_path)]
+    environment = {**os.environ, "HOME": str(workdir), "XDG_CONFIG_HOME": str(workdir / "config"), "XDG_DATA_HOME": str(workdir / "data")}
+    with log.open("wb") as log_file:
+        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=environment)
+    PROCESS_LOGS[name] = log
+    try:
+        wait_until(lambda: answers_http(port), NGINX_READY_TIMEOUT_S, name, process, log)
+    except BaseException:
+        stop_process(process)
+        raise
+    return CaddyProxy(process, port, log)
 

@@ -95,7 +95,8 @@ def rendered_one(rendered: list[dict], kind: str) -> dict:
 def test_deploy_holds_a_file_per_integration():
     names = {path.relative_to(DEPLOY).as_posix() for path in DEPLOY.rglob("*") if path.is_file()}
     for expected in ("k8s/kustomization.yaml", "istio/extension-providers.yaml", "envoy/envoy-grpc.yaml", "envoy/envoy-http.yaml",
-                     "emissary/auth-service.yaml", "traefik/docker-compose.yaml", "traefik/middleware.yaml", "nginx/nginx.conf"):
+                     "emissary/auth-service.yaml", "traefik/docker-compose.yaml", "traefik/middleware.yaml", "nginx/nginx.conf",
+                     "caddy/Caddyfile", "ingress-nginx/ingress.yaml"):
         assert expected in names
 
 
