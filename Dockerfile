@@ -12,8 +12,12 @@ ARG RUST_VERSION=1.95
 
 FROM rust:${RUST_VERSION}-bookworm AS builder
 WORKDIR /src
+# Every file the manifest names: Cargo reads the declared benches and examples even when it
+# builds only the server (tests/image proves this list against the manifest).
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+COPY benches ./benches
+COPY examples ./examples
 # Registry and target caches survive between builds (BuildKit); the binary is copied out of
 # the cached target directory.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
