@@ -48,7 +48,17 @@ impl CheckService {
         let (method, host, path) = http.map_or(("", "", ""), |http| (http.method, http.host, http.path));
         let header = |name: &str| http.and_then(|http| http.header(name));
         let request_id = header("x-request-id").unwrap_or_default();
-        let record = DecisionRecord { door: Door::Grpc, request_id, method, host, path, decision: &decision, elapsed };
+        let redaction = live.snapshot.log_redaction();
+        let record = DecisionRecord {
+            door: Door::Grpc,
+            request_id,
+            method,
+            host,
+            path,
+            decision: &decision,
+            elapsed,
+            redaction,
+        };
         self.state.decision_log.record(&record);
         if self.state.traces.is_on() {
             let context = TraceContext { traceparent: header("traceparent"), tracestate: header("tracestate") };

@@ -70,7 +70,9 @@ async fn check(
     state.metrics.record_check(Door::Http, &decision, elapsed);
     let request_id = incoming.headers().get("x-request-id").and_then(|id| id.to_str().ok()).unwrap_or_default();
     let (method, host, path) = (&original.method, &original.host, &original.path);
-    let record = DecisionRecord { door: Door::Http, request_id, method, host, path, decision: &decision, elapsed };
+    let redaction = live.snapshot.log_redaction();
+    let record =
+        DecisionRecord { door: Door::Http, request_id, method, host, path, decision: &decision, elapsed, redaction };
     state.decision_log.record(&record);
     if state.traces.is_on() {
         let header = |name: &str| incoming.headers().get(name).and_then(|value| value.to_str().ok());

@@ -13,6 +13,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use tracing_subscriber::EnvFilter;
 
+use crate::core::redact::{self, LogRedaction};
 use crate::core::{Decision, Reason};
 use crate::settings::{DecisionLogMode, LogFormat, Settings};
 
@@ -223,7 +224,8 @@ pub fn init_logging(format: LogFormat, level: &str) {
 }
 
 /// The decision log: one structured line per decision, as configured (which decisions, what
-/// share, at which level, with claims or not). Never the token.
+/// share, at which level, with claims or not). Never the token: the request's text is logged
+/// through the policy set's [`LogRedaction`].
 #[derive(Debug)]
 pub struct DecisionLog {
     mode: DecisionLogMode,
@@ -245,6 +247,8 @@ pub struct DecisionRecord<'a> {
     pub path: &'a str,
     pub decision: &'a Decision,
     pub elapsed: Duration,
+    /// What the live policy set makes secret in `path`.
+    pub redaction: &'a LogRedaction,
 }
 
 macro_rules! decision_event {
@@ -301,6 +305,10 @@ impl DecisionLog {
         if !wanted || self.every == 0 || !self.counter.fetch_add(1, Ordering::Relaxed).is_multiple_of(self.every) {
             return;
         }
+        // Every text the client chose, as it may be logged.
+        let (request_id, method) = (redact::without_jwts(record.request_id), redact::without_jwts(record.method));
+        let (host, path) = (redact::authority(record.host), record.redaction.target(record.path));
+        let record = &DecisionRecord { request_id: &request_id, method: &method, host: &host, path: &path, ..*record };
         let principal =
             decision.identity.as_ref().map(|id| format!("{}/{}", id.issuer(), id.subject())).unwrap_or_default();
         let policy = decision.policy.as_ref().map(ToString::to_string).unwrap_or_default();

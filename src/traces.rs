@@ -72,7 +72,7 @@ impl Traces {
             KeyValue::new("portcullis.door", door.as_str()),
             KeyValue::new("portcullis.decision", if decision.is_allow() { "allow" } else { "deny" }),
             KeyValue::new("portcullis.reason", decision.reason.as_str()),
-            KeyValue::new("http.request.method", method.to_string()),
+            KeyValue::new("http.request.method", method_attribute(method)),
         ];
         if let Some(policy) = &decision.policy {
             attributes.push(KeyValue::new("portcullis.policy", policy.to_string()));
@@ -94,6 +94,13 @@ impl Traces {
             tracing::warn!(%error, "Flushing traces failed");
         }
     }
+}
+
+/// `http.request.method` as OpenTelemetry's conventions write it: a known method, else
+/// `_OTHER`, so that no text of the client's choosing becomes an attribute.
+fn method_attribute(method: &str) -> &'static str {
+    const KNOWN: [&str; 10] = ["CONNECT", "DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT", "QUERY", "TRACE"];
+    KNOWN.into_iter().find(|known| *known == method).unwrap_or("_OTHER")
 }
 
 /// The W3C trace-context headers of the checked request.
@@ -120,6 +127,13 @@ impl Extractor for TraceContext<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unknown_methods_are_traced_as_other() {
+        assert_eq!(method_attribute("PATCH"), "PATCH");
+        assert_eq!(method_attribute("get"), "_OTHER", "methods are case-sensitive");
+        assert_eq!(method_attribute("eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhIn0.c2ln"), "_OTHER");
+    }
 
     #[test]
     fn traces_are_on_only_when_an_endpoint_is_named() {

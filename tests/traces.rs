@@ -1,61 +1,21 @@
 //! Traces: a span per check reaches an OTLP/HTTP receiver run by the test, child of the caller's `traceparent`, with the decision's attributes.
 
-#![expect(clippy::expect_used, reason = "test helpers: a failed step fails the test")]
-
+mod otlp;
 mod support;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
-use axum::Router;
-use axum::body::Bytes;
-use axum::routing::post;
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::any_value::Value;
-use opentelemetry_proto::tonic::trace::v1::Span;
-use prost::Message;
+use otlp::{attribute, receiver, wait_for_spans};
 use support::{Server, repo_path};
 
 const TRACE_ID: &str = "0af7651916cd43dd8448eb211c80319c";
 const PARENT_SPAN_ID: &str = "b7ad6b7169203331";
 
-/// An OTLP/HTTP receiver on loopback that keeps every span it is sent.
-async fn receiver() -> (String, Arc<Mutex<Vec<Span>>>) {
-    let spans = Arc::new(Mutex::new(Vec::new()));
-    let kept = spans.clone();
-    let app = Router::new().route(
-        "/v1/traces",
-        post(move |body: Bytes| {
-            let kept = kept.clone();
-            async move {
-                let request = ExportTraceServiceRequest::decode(body).expect("an OTLP trace request");
-                let received = request.resource_spans.into_iter().flat_map(|r| r.scope_spans).flat_map(|s| s.spans);
-                kept.lock().expect("lock").extend(received);
-                ""
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let address = listener.local_addr().expect("address");
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    (format!("http://{address}"), spans)
-}
-
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|byte| format!("{byte:02x}")).collect()
-}
-
-fn attribute(span: &Span, key: &str) -> Option<String> {
-    span.attributes.iter().find(|attribute| attribute.key == key).and_then(|attribute| {
-        match &attribute.value.as_ref()?.value {
-            Some(Value::StringValue(text)) => Some(text.clone()),
-            _ => None,
-        }
-    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -86,14 +46,7 @@ async fn each_check_is_a_span_in_the_callers_trace() {
     let mut client = AuthorizationClient::connect(format!("http://{}", server.grpc)).await.expect("connects");
     client.check(check).await.expect("answers");
 
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let span = loop {
-        if let Some(span) = spans.lock().expect("lock").first().cloned() {
-            break span;
-        }
-        assert!(Instant::now() < deadline, "no span reached the receiver");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let span = wait_for_spans(&spans, 1).await.remove(0);
     assert_eq!(span.name, "portcullis.check");
     assert_eq!(hex(&span.trace_id), TRACE_ID, "the span joins the caller's trace");
     assert_eq!(hex(&span.parent_span_id), PARENT_SPAN_ID, "as a child of the caller's span");

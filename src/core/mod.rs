@@ -13,6 +13,7 @@ pub mod jwt;
 pub mod matcher;
 pub mod path;
 pub mod policy;
+pub mod redact;
 pub mod request;
 pub mod snapshot;
 pub mod workload;

@@ -10,6 +10,7 @@ use super::index::{PolicyIndex, PolicyKind, Scope};
 use super::jwt::JwtError;
 use super::path::{self, NormalizedPath, PathOptions};
 use super::policy::{Attributes, Policy};
+use super::redact::LogRedaction;
 use super::request::{HttpRequest, Request, SpiffeId};
 use super::workload::{Workload, WorkloadTable};
 
@@ -36,6 +37,8 @@ pub struct Snapshot {
     kept_claims: Arc<ClaimPaths>,
     workloads: WorkloadTable,
     options: EngineOptions,
+    /// What of a request its rules make secret in logs and traces.
+    log_redaction: LogRedaction,
 }
 
 impl Snapshot {
@@ -57,8 +60,10 @@ impl Snapshot {
         for policy in &mut authn {
             policy.rules = policy.rules.iter().map(|rule| Arc::new(rule.keeping(&kept))).collect();
         }
+        let locations = authn.iter().flat_map(|policy| policy.rules.iter()).flat_map(|rule| rule.locations.iter());
+        let log_redaction = LogRedaction::new(locations);
         let policies = PolicyIndex::new(policies, authn, root_namespace);
-        Self { policies, kept_claims: kept, workloads, options }
+        Self { policies, kept_claims: kept, workloads, options, log_redaction }
     }
 
     /// Every remote issuer of the set's JWT rules, once, with its `jwksUri` if it has one.
@@ -157,6 +162,11 @@ impl Snapshot {
             decision.query_parameters_to_remove = outputs.query_parameters_to_remove;
         }
         decision
+    }
+
+    /// What of a request must not reach a log line or a trace under this set.
+    pub fn log_redaction(&self) -> &LogRedaction {
+        &self.log_redaction
     }
 
     /// The claims verified identities keep.

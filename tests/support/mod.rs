@@ -58,18 +58,13 @@ impl Server {
         }
         command
             .args(["--grpc-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = command.spawn().expect("portcullis starts");
-        let stderr = child.stderr.take().expect("stderr is piped");
         let (sender, log) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if sender.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        // Both streams are the log: the server writes to stderr, and nothing may hide on stdout.
+        forward_lines(child.stderr.take().expect("stderr is piped"), sender.clone());
+        forward_lines(child.stdout.take().expect("stdout is piped"), sender);
         let (mut grpc, mut http, mut admin) = (None, None, None);
         let mut early_log = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -130,12 +125,33 @@ impl Drop for Server {
     }
 }
 
-/// Reads `Listening door=NAME address=ADDR` from a log line.
+/// Sends each line of `stream` to `sender`, from a thread of its own.
+fn forward_lines(stream: impl Read + Send + 'static, sender: mpsc::Sender<String>) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines().map_while(Result::ok) {
+            if sender.send(line).is_err() {
+                break;
+            }
+        }
+    });
+}
+
+/// Reads `Listening door=NAME address=ADDR` from a log line, text or JSON.
 fn listening_address(line: &str, door: &str) -> Option<SocketAddr> {
-    if !line.contains("Listening") || !line.contains(&format!("door={door}")) {
+    if !line.contains("Listening") {
         return None;
     }
-    line.split_whitespace().find_map(|field| field.strip_prefix("address=")).and_then(|address| address.parse().ok())
+    if line.contains(&format!("door={door}")) {
+        return line
+            .split_whitespace()
+            .find_map(|field| field.strip_prefix("address="))
+            .and_then(|address| address.parse().ok());
+    }
+    if line.contains(&format!("\"door\":\"{door}\"")) {
+        let address = line.split("\"address\":\"").nth(1)?;
+        return address.split('"').next().and_then(|address| address.parse().ok());
+    }
+    None
 }
 
 /// A minimal HTTP/1.1 GET: status and body.
