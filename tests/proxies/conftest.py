@@ -34,7 +34,7 @@ from jwt_policies import request_authentication  # noqa: E402
 from jwt_tokens import TEST_ISSUER, UNCONFIGURED_ISSUER, SigningKey, claims, jwks, with_payload  # noqa: E402
 from oidc_idp import start_idp  # noqa: E402
 from proxy_harness import SHIPPED_ENVOY_HTTP_CONFIG, SHIPPED_NGINX_CONFIG, RecordingUpstream, render_nginx_config, start_nginx  # noqa: E402
-from request_table import PATH_PREFIX, SOURCE_ADDRESS_POLICY, SOURCE_CHECK_HOST  # noqa: E402
+from request_table import HOST, PATH_PREFIX, SOURCE_ADDRESS_POLICY, SOURCE_CHECK_HOST  # noqa: E402
 
 SHIPPED_POLICIES = REPO_ROOT / "policies"
 SHIPPED_ISSUER = "http://127.0.0.1:8180/realms/jobs"  # the issuer policies/keycloak.yaml trusts
@@ -102,6 +102,9 @@ def untrusting_door(proxy_policies, tmp_path_factory):
     settings = workdir / "portcullis.yaml"
     settings.write_text(
         f"trusted_proxies: [192.0.2.0/24]\nhttp_path_prefix: {PATH_PREFIX}\nworkloads:\n- {{host: {SOURCE_CHECK_HOST}, namespace: source-check}}\n"
+        # The tests' own host names a workload in a namespace without policies: only the
+        # mesh-wide ones judge it, and a context header that counted would show.
+        f"- {{host: {HOST}, namespace: no-policies}}\n"
     )
     http_port, admin_port = free_port(), free_port()
     command = [

@@ -129,7 +129,7 @@ impl Server {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
-            let line = self.log.recv_timeout(remaining).unwrap_or_else(|_| panic!("no log line with {parts:?}"));
+            let line = self.log.recv_timeout(remaining).expect("the awaited log line arrives in time");
             if parts.iter().all(|part| line.contains(part)) {
                 return line;
             }
