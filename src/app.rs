@@ -19,8 +19,8 @@ use crate::core::{Decision, Reason, Request, Snapshot};
 use crate::grpc::{AuthorizationServer, CheckService};
 use crate::jwks::KeyStore;
 use crate::settings::{Settings, SettingsError};
-use crate::telemetry::DecisionLog;
 use crate::telemetry::Metrics;
+use crate::telemetry::{DecisionLog, Door, UnidentifiedWorkloadLog};
 use crate::token_cache::VerifiedTokenCache;
 use crate::traces::Traces;
 use crate::{admin, http, reload};
@@ -63,6 +63,7 @@ pub struct AppState {
     /// Peers whose forwarding headers the HTTP door believes.
     pub trusted_proxies: Vec<IpMatch>,
     pub decision_log: DecisionLog,
+    pub unidentified_workloads: UnidentifiedWorkloadLog,
     pub traces: Traces,
     /// Held while a reload runs, so that reloads never overlap.
     pub reloading: tokio::sync::Mutex<()>,
@@ -91,6 +92,17 @@ impl AppState {
             }
         }
         decision
+    }
+
+    /// Counts, and logs at a bounded rate, a check whose workload no source named, whatever
+    /// its verdict.
+    pub fn record_unidentified_workload(&self, door: Door, request: &Request<'_>, decision: &Decision) {
+        if !decision.unidentified_workload {
+            return;
+        }
+        self.metrics.record_unidentified_workload(door);
+        let host = request.http.as_ref().map_or("", |http| http.host);
+        self.unidentified_workloads.record(door, host, !request.destination.principal.is_empty(), decision);
     }
 
     /// Whether the answer is an allow: the decision's, or always under the global dry run.
@@ -154,6 +166,7 @@ pub async fn serve(settings: Settings) -> Result<(), AppError> {
         trusted_proxies: http::trusted_proxies(&settings.trusted_proxies)
             .map_err(|message| AppError::Settings(SettingsError::TrustedProxies(message)))?,
         decision_log: DecisionLog::new(&settings),
+        unidentified_workloads: UnidentifiedWorkloadLog::default(),
         traces: Traces::from_environment(),
         reloading: tokio::sync::Mutex::new(()),
         settings: settings.clone(),

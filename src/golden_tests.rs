@@ -1,4 +1,7 @@
 //! Runs the golden cases in `tests/golden/*.yaml` — policies, requests, expected decisions or errors — against the core.
+//!
+//! A file holds one or more YAML documents, each a policy set with its settings and cases; a
+//! case may override some settings for itself.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -34,6 +37,9 @@ struct GoldenFile {
 #[serde(deny_unknown_fields)]
 struct Case {
     name: String,
+    /// Settings keys that replace the file's for this case alone.
+    #[serde(default)]
+    settings: Map<String, Value>,
     request: RequestFile,
     /// Claims of a verified token the request carries.
     #[serde(default)]
@@ -69,8 +75,16 @@ fn golden_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
 }
 
-fn snapshot_for(file: &GoldenFile, label: &str) -> Result<Snapshot, Vec<ConfigError>> {
-    let settings = file.settings.clone().unwrap_or_default();
+fn snapshot_for(file: &GoldenFile, label: &str, overrides: &Map<String, Value>) -> Result<Snapshot, Vec<ConfigError>> {
+    let as_error = |message: String| vec![ConfigError { file: label.into(), line: 0, message }];
+    let mut settings = file.settings.clone().unwrap_or_default();
+    if !overrides.is_empty() {
+        let mut merged = serde_json::to_value(&settings).map_err(|error| as_error(error.to_string()))?;
+        if let Value::Object(fields) = &mut merged {
+            fields.extend(overrides.clone());
+        }
+        settings = serde_json::from_value(merged).map_err(|error| as_error(error.to_string()))?;
+    }
     let mut loaded = load_policy_text(label, &file.policies)?;
     if !file.policy_paths.is_empty() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -79,9 +93,7 @@ fn snapshot_for(file: &GoldenFile, label: &str) -> Result<Snapshot, Vec<ConfigEr
         loaded.policies.extend(from_files.policies);
         loaded.authn.extend(from_files.authn);
     }
-    let workloads = settings
-        .workload_table()
-        .map_err(|error| vec![ConfigError { file: label.into(), line: 0, message: error.to_string() }])?;
+    let workloads = settings.workload_table().map_err(|error| as_error(error.to_string()))?;
     Ok(Snapshot::new(loaded.policies, loaded.authn, workloads, settings.engine_options(), &settings.root_namespace))
 }
 
@@ -138,24 +150,30 @@ fn golden_cases_decide_as_expected() {
     for path in &files {
         let label = path.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
         let text = std::fs::read_to_string(path).expect("readable golden file");
-        let file: GoldenFile = serde_saphyr::from_str(&text).unwrap_or_else(|error| panic!("{label}: {error}"));
-        if !file.cases.is_empty() {
-            match snapshot_for(&file, &label) {
-                Ok(snapshot) => {
-                    for case in &file.cases {
-                        count += 1;
-                        if let Err(message) = run_case(&snapshot, case) {
+        let documents: Vec<GoldenFile> =
+            serde_saphyr::from_multiple(&text).unwrap_or_else(|error| panic!("{label}: {error}"));
+        for file in &documents {
+            let shared = if file.cases.is_empty() { None } else { Some(snapshot_for(file, &label, &Map::new())) };
+            for case in &file.cases {
+                count += 1;
+                let own = (!case.settings.is_empty()).then(|| snapshot_for(file, &label, &case.settings));
+                match own.as_ref().or(shared.as_ref()) {
+                    Some(Ok(snapshot)) => {
+                        if let Err(message) = run_case(snapshot, case) {
                             failures.push(format!("{label}: {}\n      {message}", case.name));
                         }
                     }
+                    Some(Err(errors)) => {
+                        failures.push(format!("{label}: {}: policies do not load: {errors:?}", case.name))
+                    }
+                    None => {}
                 }
-                Err(errors) => failures.push(format!("{label}: policies do not load: {errors:?}")),
             }
-        }
-        for case in &file.invalid {
-            count += 1;
-            if let Err(message) = run_invalid(case) {
-                failures.push(format!("{label}: {}\n      {message}", case.name));
+            for case in &file.invalid {
+                count += 1;
+                if let Err(message) = run_invalid(case) {
+                    failures.push(format!("{label}: {}\n      {message}", case.name));
+                }
             }
         }
     }

@@ -44,6 +44,9 @@ impl CheckService {
         };
         let elapsed = started.elapsed();
         self.state.metrics.record_check(Door::Grpc, &decision, elapsed);
+        if let Ok(request) = &request {
+            self.state.record_unidentified_workload(Door::Grpc, request, &decision);
+        }
         let http = request.as_ref().ok().and_then(|request| request.http.as_ref());
         let (method, host, path) = http.map_or(("", "", ""), |http| (http.method, http.host, http.path));
         let header = |name: &str| http.and_then(|http| http.header(name));

@@ -65,9 +65,11 @@ async fn check(
     let trusted = state.trusted_proxies.iter().any(|block| block.matches(peer.ip()));
     let original = OriginalRequest::read(&incoming, peer.ip(), trusted, settings.http_mode, &settings.http_path_prefix);
     let live = state.policies.load();
-    let decision = state.decide(&live.snapshot, &original.request()).await;
+    let request = original.request();
+    let decision = state.decide(&live.snapshot, &request).await;
     let elapsed = started.elapsed();
     state.metrics.record_check(Door::Http, &decision, elapsed);
+    state.record_unidentified_workload(Door::Http, &request, &decision);
     let request_id = incoming.headers().get("x-request-id").and_then(|id| id.to_str().ok()).unwrap_or_default();
     let (method, host, path) = (&original.method, &original.host, &original.path);
     let redaction = live.snapshot.log_redaction();

@@ -12,7 +12,7 @@ use crate::core::EngineOptions;
 use crate::core::authn::{AuthnContext, KeyLookup, TokenCache};
 use crate::core::matcher::IpMatch;
 use crate::core::path::PathOptions;
-use crate::core::workload::{WorkloadEntry, WorkloadSelector, WorkloadTable};
+use crate::core::workload::{UnknownWorkload, WorkloadEntry, WorkloadSelector, WorkloadTable};
 use crate::jwks::FetchLimits;
 
 /// A problem with the settings; reported before any port is bound.
@@ -60,6 +60,9 @@ pub struct Settings {
     /// Names workloads for requests that carry neither context extensions nor a destination
     /// principal (Istio's CUSTOM hop).
     pub workloads: Vec<WorkloadSetting>,
+    /// What a request gets when no source names its workload's namespace: `deny` (when the
+    /// set has namespace-scoped policies) or `mesh_wide` (judged by mesh-wide policies only).
+    pub unknown_workload: UnknownWorkload,
     /// Tolerance when checking a token's `exp` and `nbf`.
     pub clock_skew_secs: u64,
     /// Longer tokens are refused unread.
@@ -115,6 +118,7 @@ impl Default for Settings {
             http_path_prefix: String::new(),
             http_mode: HttpMode::Auto,
             workloads: Vec::new(),
+            unknown_workload: UnknownWorkload::Deny,
             clock_skew_secs: 60,
             max_token_bytes: 8 * 1024,
             token_cache_entries: 100_000,
@@ -263,6 +267,7 @@ impl Settings {
             path: PathOptions { merge_slashes: self.merge_slashes },
             trusted_proxy_hops: self.trusted_proxy_hops,
             keep_claims_json: self.decision_log_claims,
+            unknown_workload: self.unknown_workload,
         }
     }
 

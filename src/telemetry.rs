@@ -3,7 +3,7 @@
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -81,6 +81,7 @@ pub struct Metrics {
     token_cache_entries: Gauge,
     reloads: Family<ResultLabels, Counter>,
     jwks_age: Family<IssuerLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    unidentified_workload_checks: Family<DoorLabels, Counter>,
     /// The series of `checks` and `check_duration_seconds` a check writes, by door and reason,
     /// found in their families once: a check then neither hashes labels nor takes a lock.
     check_series: [[OnceLock<Counter>; Reason::ALL.len()]; Door::ALL.len()],
@@ -135,9 +136,16 @@ impl Metrics {
             "Seconds since each issuer's last good JWKS fetch",
             jwks_age.clone(),
         );
+        let unidentified_workload_checks = Family::<DoorLabels, Counter>::default();
+        registry.register(
+            "unidentified_workload_checks",
+            "Checks whose workload no source named (no namespace), by door",
+            unidentified_workload_checks.clone(),
+        );
         Self {
             registry,
             reloads,
+            unidentified_workload_checks,
             jwks_age,
             checks,
             check_duration,
@@ -198,6 +206,10 @@ impl Metrics {
         duration.observe(elapsed.as_secs_f64());
     }
 
+    pub fn record_unidentified_workload(&self, door: Door) {
+        self.unidentified_workload_checks.get_or_create(&DoorLabels { door: door.as_str() }).inc();
+    }
+
     pub fn record_policy_set(&self, generation: u64, policies: usize) {
         self.policy_generation.set(i64::try_from(generation).unwrap_or(i64::MAX));
         self.policies_loaded.set(i64::try_from(policies).unwrap_or(i64::MAX));
@@ -221,6 +233,79 @@ pub fn init_logging(format: LogFormat, level: &str) {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
+}
+
+/// Lets a line through at most once per interval and counts the events in between, so that a
+/// flood of one event cannot flood the log.
+#[derive(Debug)]
+pub struct RateLimitedLine {
+    interval_ms: u64,
+    started: Instant,
+    /// Milliseconds after `started` from which the next line may be written.
+    next_line_at_ms: AtomicU64,
+    /// Events since the last line written.
+    unlogged: AtomicU64,
+}
+
+impl RateLimitedLine {
+    pub fn new(interval: Duration) -> Self {
+        Self {
+            interval_ms: u64::try_from(interval.as_millis()).unwrap_or(u64::MAX),
+            started: Instant::now(),
+            next_line_at_ms: AtomicU64::new(0),
+            unlogged: AtomicU64::new(0),
+        }
+    }
+
+    /// Counts one event; `Some(events since the last line, this one included)` when a line is
+    /// to be written now.
+    pub fn count(&self) -> Option<u64> {
+        self.count_at(self.started.elapsed())
+    }
+
+    /// [`Self::count`] at `elapsed` since the limiter was made.
+    fn count_at(&self, elapsed: Duration) -> Option<u64> {
+        self.unlogged.fetch_add(1, Ordering::Relaxed);
+        let now_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
+        let next = self.next_line_at_ms.load(Ordering::Relaxed);
+        let won = now_ms >= next
+            && self
+                .next_line_at_ms
+                .compare_exchange(next, now_ms.saturating_add(self.interval_ms), Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok();
+        won.then(|| self.unlogged.swap(0, Ordering::Relaxed))
+    }
+}
+
+/// The warning about checks whose workload no source named: what the request showed (door,
+/// host, whether a destination principal came), at most one line per 10 s. Never a header's
+/// value other than the host, never a token.
+#[derive(Debug)]
+pub struct UnidentifiedWorkloadLog {
+    line: RateLimitedLine,
+}
+
+impl Default for UnidentifiedWorkloadLog {
+    fn default() -> Self {
+        Self { line: RateLimitedLine::new(Duration::from_secs(10)) }
+    }
+}
+
+impl UnidentifiedWorkloadLog {
+    /// Counts one such check and writes the warning when its turn has come.
+    pub fn record(&self, door: Door, host: &str, has_destination_principal: bool, decision: &Decision) {
+        if let Some(checks) = self.line.count() {
+            tracing::warn!(
+                door = door.as_str(),
+                host,
+                destination_principal = has_destination_principal,
+                reason = decision.reason.as_str(),
+                checks_since_last_line = checks,
+                "Check for a workload no source names: send its namespace (context extensions, the HTTP \
+                 door's context) or add a `workloads` row"
+            );
+        }
+    }
 }
 
 /// The decision log: one structured line per decision, as configured (which decisions, what
@@ -336,6 +421,33 @@ impl DecisionLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rate_limited_line_is_written_once_per_interval_with_the_count_since_the_last() {
+        let line = RateLimitedLine::new(Duration::from_secs(10));
+        let at = Duration::from_secs;
+        assert_eq!(line.count_at(at(0)), Some(1));
+        assert_eq!(line.count_at(at(1)), None);
+        assert_eq!(line.count_at(at(9)), None);
+        assert_eq!(line.count_at(at(10)), Some(3));
+        assert_eq!(line.count_at(at(15)), None);
+        assert_eq!(line.count_at(at(100)), Some(2));
+    }
+
+    #[test]
+    fn unidentified_workload_checks_count_by_door() {
+        let metrics = Metrics::new();
+        metrics.record_unidentified_workload(Door::Http);
+        metrics.record_unidentified_workload(Door::Http);
+        metrics.record_unidentified_workload(Door::Grpc);
+        let text = metrics.encode();
+        for line in [
+            "portcullis_unidentified_workload_checks_total{door=\"http\"} 2",
+            "portcullis_unidentified_workload_checks_total{door=\"grpc\"} 1",
+        ] {
+            assert!(text.contains(line), "missing `{line}` in\n{text}");
+        }
+    }
 
     #[test]
     fn each_check_counts_under_its_own_door_and_reason() {

@@ -85,6 +85,17 @@ fn check_prints_a_deny_and_exits_1() {
 }
 
 #[test]
+fn check_prints_the_deny_of_a_request_whose_workload_nothing_names() {
+    let (code, json, _) = check("method: GET\npath: /api/jobs\nhost: unlisted.example.com\n");
+    assert_eq!(code, Some(1));
+    assert_eq!(
+        (&json["decision"], &json["status"], &json["reason"]),
+        (&"deny".into(), &403.into(), &"unknown_workload".into())
+    );
+    assert_eq!(json["body"], "RBAC: access denied");
+}
+
+#[test]
 fn check_exits_2_on_a_bad_request_file() {
     let (code, json, stderr) = check("method: GET\npathh: /x\n");
     assert_eq!(code, Some(2));

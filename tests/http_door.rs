@@ -2,7 +2,7 @@
 
 mod support;
 
-use support::{Server, http_request, repo_path};
+use support::{Server, http_get, http_request, repo_path};
 
 const CONTEXT: &str = "?namespace=job-service&app=job-service";
 
@@ -98,13 +98,51 @@ fn each_proxy_dialect_names_the_original_request() {
 #[test]
 fn forwarding_headers_from_untrusted_peers_are_ignored() {
     let config = tempfile::NamedTempFile::new().expect("temp file");
-    std::fs::write(config.path(), "trusted_proxies: [10.0.0.0/8]\n").expect("write");
+    // The workloads table names the loopback host's workload, in a namespace without policies.
+    std::fs::write(
+        config.path(),
+        "trusted_proxies: [10.0.0.0/8]\nworkloads: [{host: 127.0.0.1, namespace: elsewhere}]\n",
+    )
+    .expect("write");
     let server = Server::start_with(&[&repo_path("policies")], Some(config.path()));
     // Loopback is not trusted now: the request is judged on its own path, not the one it claims.
     let (status, _, body) = http_request(server.http, "GET", "/debug/pprof", &[("X-Original-URI", "/api/jobs")]);
     assert_eq!((status, body.as_str()), (403, "RBAC: access denied"));
-    let (status, _, _) =
-        http_request(server.http, "GET", "/api/jobs", &[("x-portcullis-context", "namespace=job-service")]);
-    assert_eq!(status, 200, "no context from an untrusted peer: no namespace policies apply");
+    let context = [("x-portcullis-context", "namespace=job-service,app=job-service")];
+    let (status, _, _) = http_request(server.http, "PATCH", "/api/jobs/1", &context);
+    assert_eq!(status, 200, "no context from an untrusted peer: job-service's policies do not apply");
+    assert_eq!(server.terminate().code(), Some(0));
+}
+
+#[test]
+fn a_request_without_its_context_query_is_denied_as_an_unknown_workload_counted_and_logged() {
+    let config = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(config.path(), "http_mode: nginx\n").expect("write");
+    let server = Server::start_with(&[&repo_path("policies")], Some(config.path()));
+    let token = "header.payload.signature-not-to-be-logged";
+    let bearer = format!("Bearer {token}");
+    let forgotten_query =
+        [("X-Original-URI", "/api/jobs"), ("X-Original-Method", "GET"), ("Authorization", bearer.as_str())];
+    let (status, _, body) = http_request(server.http, "GET", "/_auth", &forgotten_query);
+    assert_eq!((status, body.as_str()), (403, "RBAC: access denied"));
+    let (status, _, _) = http_request(server.http, "GET", &format!("/_auth{CONTEXT}"), &forgotten_query[..2]);
+    assert_eq!(status, 200, "with its context the same request is judged by its namespace's policies");
+
+    let (_, metrics) = http_get(server.admin, "/metrics");
+    for expected in [
+        r#"portcullis_unidentified_workload_checks_total{door="http"} 1"#,
+        r#"portcullis_checks_total{door="http",decision="deny",reason="unknown_workload"} 1"#,
+    ] {
+        assert!(metrics.lines().any(|line| line == expected), "missing `{expected}` in:\n{metrics}");
+    }
+    let warning = server.wait_for_log_line(&["WARN", "workload no source names"]);
+    for field in
+        ["door=\"http\"", "destination_principal=false", "reason=\"unknown_workload\"", "checks_since_last_line=1"]
+    {
+        assert!(warning.contains(field), "`{field}` missing from: {warning}");
+    }
+    assert!(!warning.contains(token), "the token leaked into: {warning}");
+    let decision = server.wait_for_log_line(&["Decided", "reason=\"unknown_workload\""]);
+    assert!(decision.contains("decision=\"deny\""), "{decision}");
     assert_eq!(server.terminate().code(), Some(0));
 }

@@ -28,10 +28,12 @@ pub enum Reason {
     MalformedRequest,
     /// The check failed inside the server; it fails closed.
     InternalError,
+    /// No source names the request's workload and the set has namespace-scoped policies.
+    UnknownWorkload,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 9] = [
+    pub const ALL: [Reason; 10] = [
         Self::NoPolicies,
         Self::AllowedByPolicy,
         Self::DeniedByPolicy,
@@ -41,6 +43,7 @@ impl Reason {
         Self::AudienceNotAllowed,
         Self::MalformedRequest,
         Self::InternalError,
+        Self::UnknownWorkload,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -54,6 +57,7 @@ impl Reason {
             Self::AudienceNotAllowed => "audience_not_allowed",
             Self::MalformedRequest => "malformed_request",
             Self::InternalError => "internal_error",
+            Self::UnknownWorkload => "unknown_workload",
         }
     }
 
@@ -65,7 +69,11 @@ impl Reason {
     pub fn http_status(self) -> u16 {
         match self {
             Self::NoPolicies | Self::AllowedByPolicy => 200,
-            Self::DeniedByPolicy | Self::NoAllowMatch | Self::MalformedRequest | Self::InternalError => 403,
+            Self::DeniedByPolicy
+            | Self::NoAllowMatch
+            | Self::MalformedRequest
+            | Self::InternalError
+            | Self::UnknownWorkload => 403,
             Self::InvalidPath => 400,
             Self::InvalidToken => 401,
             Self::AudienceNotAllowed => 403,
@@ -76,9 +84,11 @@ impl Reason {
     pub fn body(self) -> &'static str {
         match self {
             Self::NoPolicies | Self::AllowedByPolicy => "",
-            Self::DeniedByPolicy | Self::NoAllowMatch | Self::MalformedRequest | Self::InternalError => {
-                "RBAC: access denied"
-            }
+            Self::DeniedByPolicy
+            | Self::NoAllowMatch
+            | Self::MalformedRequest
+            | Self::InternalError
+            | Self::UnknownWorkload => "RBAC: access denied",
             Self::InvalidPath => "Bad Request",
             Self::InvalidToken => "Jwt verification fails",
             Self::AudienceNotAllowed => "Audiences in Jwt are not allowed",
@@ -130,6 +140,8 @@ pub struct Decision {
     pub stale_issuer: Option<Arc<str>>,
     /// The verified caller, for logs and reports.
     pub identity: Option<Arc<Identity>>,
+    /// No source named the request's workload, whatever the verdict: counted and logged.
+    pub unidentified_workload: bool,
 }
 
 impl Decision {
@@ -146,6 +158,7 @@ impl Decision {
             jwt_error: None,
             stale_issuer: None,
             identity: None,
+            unidentified_workload: false,
         }
     }
 

@@ -68,6 +68,11 @@ impl PolicyIndex {
         self.policy_count
     }
 
+    /// Whether any policy or RequestAuthentication is scoped to a namespace (not mesh-wide).
+    pub fn has_namespaced(&self) -> bool {
+        !self.by_namespace.is_empty()
+    }
+
     /// Every RequestAuthentication of the set.
     pub fn all_authn(&self) -> impl Iterator<Item = &AuthnPolicy> {
         self.all_buckets().flat_map(|bucket| &bucket.authn)

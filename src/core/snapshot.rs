@@ -12,7 +12,7 @@ use super::path::{self, NormalizedPath, PathOptions};
 use super::policy::{Attributes, Policy};
 use super::redact::LogRedaction;
 use super::request::{HttpRequest, Request, SpiffeId};
-use super::workload::{Workload, WorkloadTable};
+use super::workload::{UnknownWorkload, Workload, WorkloadTable};
 
 /// Options of the engine that come from the server's settings.
 #[derive(Debug, Clone, Default)]
@@ -24,6 +24,8 @@ pub struct EngineOptions {
     /// Keep every claim of a verified token (as JSON, for the decision log), not only those
     /// the policy set reads.
     pub keep_claims_json: bool,
+    /// What a request whose workload no source names gets.
+    pub unknown_workload: UnknownWorkload,
 }
 
 /// The JWT rules that apply to one request's workload.
@@ -129,10 +131,31 @@ impl Snapshot {
 
     fn check_unguarded(&self, request: &Request<'_>, context: &AuthnContext<'_>) -> Decision {
         let workload = self.workloads.resolve(request);
-        let scope = self.policies.scope(&workload);
+        self.marking_unidentified(&workload, || self.check_workload(request, &workload, context))
+    }
+
+    /// The decision `judge` gives, unless no source names the workload and the set has
+    /// namespace-scoped policies it would silently escape: then denied, `unknown_workload`
+    /// (under the default setting). Either way the decision says whether the workload was named.
+    fn marking_unidentified(&self, workload: &Workload<'_>, judge: impl FnOnce() -> Decision) -> Decision {
+        let identified = workload.is_identified();
+        let mut decision = if !identified
+            && self.options.unknown_workload == UnknownWorkload::Deny
+            && self.policies.has_namespaced()
+        {
+            Decision::new(Reason::UnknownWorkload, None)
+        } else {
+            judge()
+        };
+        decision.unidentified_workload = !identified;
+        decision
+    }
+
+    fn check_workload(&self, request: &Request<'_>, workload: &Workload<'_>, context: &AuthnContext<'_>) -> Decision {
+        let scope = self.policies.scope(workload);
         let Some(http) = &request.http else {
             // TCP: no tokens to look for.
-            return self.authorize(request, &workload, scope, None, None);
+            return self.authorize(request, workload, scope, None, None);
         };
         let normalized = match path::normalize(http.path, self.options.path) {
             Ok(normalized) => normalized,
@@ -140,7 +163,7 @@ impl Snapshot {
         };
         // The JWT rules of every RequestAuthentication that selects the workload.
         let mut rules: ApplicableRules<'_> = Vec::new();
-        scope.authn(&workload, |policy| rules.extend(policy.rules.iter()));
+        scope.authn(workload, |policy| rules.extend(policy.rules.iter()));
         let authentication =
             if rules.is_empty() { Authentication::Anonymous } else { authn::authenticate(&rules, http, context) };
         let outputs = authn::outputs(&rules, &authentication);
@@ -154,7 +177,7 @@ impl Snapshot {
             Authentication::Anonymous => None,
             Authentication::Verified { identity, .. } => Some(identity.clone()),
         };
-        let mut decision = self.authorize(request, &workload, scope, Some(normalized), identity.as_deref());
+        let mut decision = self.authorize(request, workload, scope, Some(normalized), identity.as_deref());
         decision.identity = identity;
         decision.headers_to_remove = outputs.headers_to_remove;
         if decision.is_allow() {
@@ -178,12 +201,14 @@ impl Snapshot {
     #[cfg(test)]
     pub(crate) fn decide(&self, request: &Request<'_>, identity: Option<&Identity>) -> Decision {
         let workload = self.workloads.resolve(request);
-        let normalized = match request.http.as_ref().map(|http| path::normalize(http.path, self.options.path)) {
-            Some(Err(_)) => return Decision::new(Reason::InvalidPath, None),
-            Some(Ok(normalized)) => Some(normalized),
-            None => None,
-        };
-        self.authorize(request, &workload, self.policies.scope(&workload), normalized, identity)
+        self.marking_unidentified(&workload, || {
+            let normalized = match request.http.as_ref().map(|http| path::normalize(http.path, self.options.path)) {
+                Some(Err(_)) => return Decision::new(Reason::InvalidPath, None),
+                Some(Ok(normalized)) => Some(normalized),
+                None => None,
+            };
+            self.authorize(request, &workload, self.policies.scope(&workload), normalized, identity)
+        })
     }
 
     fn authorize(

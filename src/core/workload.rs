@@ -8,6 +8,18 @@ use super::request::{Request, SpiffeId, StrMap};
 /// The context extension that names the workload's namespace.
 pub const NAMESPACE_EXTENSION: &str = "namespace";
 
+/// What a request gets when no source names its workload's namespace.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnknownWorkload {
+    /// Denied (`unknown_workload`) when the set has namespace-scoped policies, which such a
+    /// request would silently escape; judged by the mesh-wide policies when it has none.
+    #[default]
+    Deny,
+    /// Judged by the mesh-wide policies only.
+    MeshWide,
+}
+
 /// Operator-written entries naming a workload by what Istio's CUSTOM hop does send.
 #[derive(Debug, Clone, Default)]
 pub struct WorkloadTable {
@@ -111,6 +123,11 @@ pub struct Workload<'r> {
 }
 
 impl<'r> Workload<'r> {
+    /// Whether a source named the workload's namespace.
+    pub fn is_identified(&self) -> bool {
+        self.namespace.is_some()
+    }
+
     /// A label's value, from the first source that has it. The `namespace` context extension
     /// names the namespace, not a label.
     pub fn label(&self, key: &str) -> Option<&'r str> {

@@ -44,7 +44,7 @@ from proxy_harness import (  # noqa: E402
     start_caddy,
     start_nginx,
 )
-from request_table import PATH_PREFIX, SOURCE_ADDRESS_POLICY, SOURCE_CHECK_HOST  # noqa: E402
+from request_table import HOST, PATH_PREFIX, SOURCE_ADDRESS_POLICY, SOURCE_CHECK_HOST  # noqa: E402
 
 SHIPPED_POLICIES = REPO_ROOT / "policies"
 SHIPPED_ISSUER = "http://127.0.0.1:8180/realms/jobs"  # the issuer policies/keycloak.yaml trusts
@@ -112,6 +112,9 @@ def untrusting_door(proxy_policies, tmp_path_factory):
     settings = workdir / "portcullis.yaml"
     settings.write_text(
         f"trusted_proxies: [192.0.2.0/24]\nhttp_path_prefix: {PATH_PREFIX}\nworkloads:\n- {{host: {SOURCE_CHECK_HOST}, namespace: source-check}}\n"
+        # The tests' own host names a workload in a namespace without policies: only the
+        # mesh-wide ones judge it, and a context header that counted would show.
+        f"- {{host: {HOST}, namespace: no-policies}}\n"
     )
     http_port, admin_port = free_port(), free_port()
     command = [

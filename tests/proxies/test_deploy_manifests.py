@@ -233,7 +233,11 @@ def test_the_settings_file_is_accepted_by_the_server():
     assert result.returncode == 0, result.stderr
     settings = json.loads(result.stdout)
     assert "127.0.0.0/8" in settings["trusted_proxies"] and len(settings["trusted_proxies"]) > 2
-    assert settings["workloads"][0]["namespace"] == "job-service"
+    rows = settings["workloads"]
+    assert {"principal": "spiffe://cluster.local/ns/job-service/sa/job-service"}.items() <= rows[0].items()
+    assert {"host": "jobs.example.com"}.items() <= rows[1].items()
+    assert all(row["namespace"] == "job-service" and row["labels"] == {"app": "job-service"} for row in rows)
+    assert settings["unknown_workload"] == "deny"
 
 
 def test_dockerfile_exposes_the_default_ports_and_runs_as_nonroot(ports):

@@ -120,8 +120,9 @@ def test_forwarding_headers_count_from_trusted_peers(door):
 def test_forwarding_headers_count_for_nothing_from_other_peers(untrusting_door):
     """With loopback not in trusted_proxies, the same request is judged as it arrived: GET /api/jobs.
 
-    Neither its forwarding headers nor x-portcullis-context count: no workload is named, only
-    the mesh-wide policies apply, and they deny /debug/* only.
+    Neither its forwarding headers nor x-portcullis-context count: its host names a workload
+    in a namespace without policies, so only the mesh-wide policies apply, and they deny
+    /debug/* only (job-service's, had the context counted, would deny the anonymous POST).
     """
     answer = send(untrusting_door.http_port, "GET", "/api/jobs", {"host": HOST, **SPOOFED_NGINX_VIEW})
     assert (answer.status, answer.body) == (200, b"")

@@ -116,6 +116,20 @@ impl Server {
     pub fn log_lines(&self) -> Vec<String> {
         self.early_log.iter().cloned().chain(self.log.try_iter()).collect()
     }
+
+    /// Waits for the first new log line that contains every one of `parts` and returns it;
+    /// the lines read on the way are no longer in [`Self::log_lines`]. Fails the test after a
+    /// generous deadline (a hang guard, not a timing assertion).
+    pub fn wait_for_log_line(&self, parts: &[&str]) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let line = self.log.recv_timeout(remaining).expect("the awaited log line arrives in time");
+            if parts.iter().all(|part| line.contains(part)) {
+                return line;
+            }
+        }
+    }
 }
 
 impl Drop for Server {
