@@ -47,7 +47,7 @@ fn jwks(keys: &[(&str, Algorithm, &str)]) -> String {
     serde_json::to_string(&JwkSet { keys }).expect("json")
 }
 
-fn sign(name: &str, algorithm: Algorithm, kid: &str, claims: &Value) -> String {
+pub(crate) fn sign(name: &str, algorithm: Algorithm, kid: &str, claims: &Value) -> String {
     let mut header = Header::new(algorithm);
     header.kid = Some(kid.into());
     jsonwebtoken::encode(&header, claims, &encoding_key(name, algorithm)).expect("signs")

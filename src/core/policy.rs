@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::identity::Identity;
 use super::matcher::{IpMatch, PathMatch, StringMatch};
-use super::request::{Request, SpiffeId};
+use super::request::{HeaderReading, HeaderView, Request, SpiffeId};
 use super::workload::LabelSelector;
 
 /// What a policy does when one of its rules matches. CUSTOM policies route traffic to this
@@ -101,11 +101,18 @@ pub struct Predicate {
 impl Predicate {
     /// On a TCP check an HTTP-only field cannot be evaluated: it fails an ALLOW rule and is
     /// ignored in DENY and AUDIT rules, as Istio builds its TCP filters.
+    ///
+    /// A header whose values came joined with commas has two readings, the value whole and its
+    /// parts: the predicate must hold under both in an ALLOW rule, under either in DENY and
+    /// AUDIT rules, so that neither reading lets a request through that the other would stop.
     pub fn holds(&self, attributes: &Attributes<'_>, action: Action) -> bool {
-        match self.test.evaluate(attributes) {
-            Some(matched) => matched != self.negated,
-            None => action != Action::Allow,
+        let holds_when_read = |reading| self.test.evaluate(attributes, reading).map(|matched| matched != self.negated);
+        let Some(whole) = holds_when_read(HeaderReading::Whole) else { return action != Action::Allow };
+        if !self.test.is_ambiguous(attributes) {
+            return whole;
         }
+        let parts = holds_when_read(HeaderReading::Parts) == Some(true);
+        if action == Action::Allow { whole && parts } else { whole || parts }
     }
 }
 
@@ -187,6 +194,8 @@ pub struct Attributes<'r> {
     pub remote_ip: Option<IpAddr>,
     /// The normalized path; empty on a TCP check.
     pub path: &'r str,
+    /// The headers as the service will receive them; `None` on a TCP check.
+    pub headers: Option<HeaderView<'r>>,
     pub identity: Option<&'r Identity>,
 }
 
@@ -213,8 +222,17 @@ impl Test {
         }
     }
 
-    /// Whether a value matches; `None` when the field is HTTP-only and the check is TCP.
-    pub fn evaluate(&self, attributes: &Attributes<'_>) -> Option<bool> {
+    /// Whether a header test reads a header whose joined value has two readings.
+    fn is_ambiguous(&self, attributes: &Attributes<'_>) -> bool {
+        match (self, &attributes.headers) {
+            (Self::Header { name, .. }, Some(headers)) => headers.is_ambiguous(name),
+            _ => false,
+        }
+    }
+
+    /// Whether a value matches, header values read as `reading` says; `None` when the field is
+    /// HTTP-only and the check is TCP.
+    pub fn evaluate(&self, attributes: &Attributes<'_>, reading: HeaderReading) -> Option<bool> {
         let request = attributes.request;
         let source = attributes.source;
         let matched = match self {
@@ -241,7 +259,8 @@ impl Test {
             }
             Self::Header { name, values } => {
                 // Istio turns `*` into a presence match on headers: an empty value is present.
-                request.http.as_ref()?.header(name).is_some_and(|value| {
+                // Each value of a repeated header is matched on its own, as Envoy's RBAC does.
+                attributes.headers.as_ref()?.any_value(name, reading, |value| {
                     values.iter().any(|pattern| *pattern == StringMatch::Presence || pattern.matches(value))
                 })
             }
