@@ -288,6 +288,58 @@ impl Test {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::request::HttpRequest;
+
+    /// Whether `x-tenant` `values: [acme]` (or `notValues` when `negated`) holds in a rule of
+    /// `action`, for one request.
+    fn tenant_is_acme_holds(http: &HttpRequest<'_>, negated: bool, action: Action) -> bool {
+        let request = Request { http: Some(http.clone()), ..Request::default() };
+        let attributes = Attributes {
+            request: &request,
+            source: None,
+            remote_ip: None,
+            path: "/",
+            headers: request.http.as_ref().map(HeaderView::as_sent),
+            identity: None,
+        };
+        let test = Test::Header { name: "x-tenant".into(), values: Box::new([StringMatch::Exact("acme".into())]) };
+        Predicate { test, negated }.holds(&attributes, action)
+    }
+
+    fn tenants(values: &[&'static str], joined_headers: bool) -> HttpRequest<'static> {
+        let headers = values.iter().map(|&value| ("x-tenant", value)).collect();
+        HttpRequest { headers, joined_headers, ..HttpRequest::default() }
+    }
+
+    #[test]
+    fn each_value_of_a_repeated_header_is_matched_on_its_own() {
+        let (sent_twice, others) = (tenants(&["other", "acme"], false), tenants(&["other", "more"], false));
+        for action in [Action::Allow, Action::Deny] {
+            assert!(tenant_is_acme_holds(&sent_twice, false, action));
+            assert!(!tenant_is_acme_holds(&sent_twice, true, action), "notValues: no value may be excluded");
+            assert!(!tenant_is_acme_holds(&others, false, action));
+            assert!(tenant_is_acme_holds(&others, true, action));
+        }
+    }
+
+    #[test]
+    fn a_joined_value_must_hold_read_whole_and_split_to_allow_and_either_way_to_deny() {
+        let joined = tenants(&["other,acme"], true);
+        // `values`: holds split, not whole.
+        assert!(!tenant_is_acme_holds(&joined, false, Action::Allow));
+        assert!(tenant_is_acme_holds(&joined, false, Action::Deny));
+        assert!(tenant_is_acme_holds(&joined, false, Action::Audit));
+        // `notValues`: holds whole, not split.
+        assert!(!tenant_is_acme_holds(&joined, true, Action::Allow));
+        assert!(tenant_is_acme_holds(&joined, true, Action::Deny));
+        // Without a comma there is one reading.
+        let single = tenants(&["acme"], true);
+        assert!(tenant_is_acme_holds(&single, false, Action::Allow));
+        assert!(!tenant_is_acme_holds(&single, true, Action::Deny));
+        // The same value from a request that keeps values apart is one value, commas and all.
+        let kept_apart = tenants(&["other,acme"], false);
+        assert!(!tenant_is_acme_holds(&kept_apart, false, Action::Deny));
+    }
 
     #[test]
     fn request_principals_split_like_istio() {
