@@ -150,8 +150,7 @@ impl Snapshot {
             Authentication::Verified { identity, .. } => Some(identity.clone()),
         };
         // Policies see the headers as the service will: authentication's outputs applied.
-        let mut decision =
-            self.authorize(request, &workload, scope, Some(normalized), identity.as_deref(), &outputs);
+        let mut decision = self.authorize(request, &workload, scope, Some(normalized), identity.as_deref(), &outputs);
         decision.identity = identity;
         decision.headers_to_remove = outputs.headers_to_remove;
         if decision.is_allow() {
