@@ -30,8 +30,13 @@ pub struct RequestFile {
     pub path: String,
     #[serde(default)]
     pub host: String,
+    /// A header's value, or a list of them for a header sent several times.
     #[serde(default)]
-    pub headers: BTreeMap<String, String>,
+    pub headers: BTreeMap<String, HeaderValues>,
+    /// The headers as Envoy's `headers` map carries them without `encode_raw_headers`: a
+    /// repeated header's values joined with `,` into one.
+    #[serde(default)]
+    pub joined_headers: bool,
     #[serde(default)]
     pub source: PeerFile,
     #[serde(default)]
@@ -43,6 +48,14 @@ pub struct RequestFile {
     /// A token, sent as `Authorization: Bearer <token>`.
     #[serde(default)]
     pub token: Option<String>,
+}
+
+/// One header value, or several.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum HeaderValues {
+    One(String),
+    Many(Vec<String>),
 }
 
 fn default_method() -> String {
@@ -79,12 +92,26 @@ impl RequestFile {
             let (line, message) = describe_yaml_error(&error);
             format!("{}:{line}: {message}", path.display())
         })?;
-        let mut headers: Vec<(String, String)> =
-            file.headers.iter().map(|(name, value)| (name.to_ascii_lowercase(), value.clone())).collect();
-        if let Some(token) = &file.token {
+        let headers = file.header_entries();
+        Ok((file, headers))
+    }
+
+    /// The file's headers with lower-case names, one entry per value (joined with `,` when
+    /// `joined_headers`), and the token's `authorization` header.
+    pub fn header_entries(&self) -> Vec<(String, String)> {
+        let mut headers: Vec<(String, String)> = Vec::new();
+        for (name, values) in &self.headers {
+            let name = name.to_ascii_lowercase();
+            match values {
+                HeaderValues::One(value) => headers.push((name, value.clone())),
+                HeaderValues::Many(values) if self.joined_headers => headers.push((name, values.join(","))),
+                HeaderValues::Many(values) => headers.extend(values.iter().map(|value| (name.clone(), value.clone()))),
+            }
+        }
+        if let Some(token) = &self.token {
             headers.push(("authorization".into(), format!("Bearer {token}")));
         }
-        Ok((file, headers))
+        headers
     }
 
     /// The core request; `headers` are the file's headers with lower-case names.
@@ -95,6 +122,7 @@ impl RequestFile {
             host: &self.host,
             path: &self.path,
             headers: headers.iter().map(|(name, value)| (name.as_str(), value.as_str())).collect(),
+            joined_headers: self.joined_headers,
         });
         Request {
             source: self.source.peer(),

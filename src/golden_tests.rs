@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use jsonwebtoken::Algorithm;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
@@ -13,6 +14,8 @@ use crate::cli::RequestFile;
 use crate::config::ConfigError;
 use crate::config::load::{load_policies, load_policy_text};
 use crate::core::Snapshot;
+use crate::core::authn::{AuthnContext, NoRemoteKeys};
+use crate::core::authn_tests::sign;
 use crate::core::identity::Identity;
 use crate::settings::Settings;
 
@@ -41,9 +44,14 @@ struct Case {
     #[serde(default)]
     settings: Map<String, Value>,
     request: RequestFile,
-    /// Claims of a verified token the request carries.
+    /// Claims of a verified token the request carries; policies are judged alone. Without
+    /// it, the whole check runs, authentication included.
     #[serde(default)]
     identity: Option<Map<String, Value>>,
+    /// Claims of a token signed with `tests/keys/rsa-2048.pem` (kid `golden`), sent as
+    /// `Authorization: Bearer`. `iat` and `exp` are filled in when absent.
+    #[serde(default)]
+    token: Option<Map<String, Value>>,
     expect: Expectation,
 }
 
@@ -97,13 +105,35 @@ fn snapshot_for(file: &GoldenFile, label: &str, overrides: &Map<String, Value>) 
     Ok(Snapshot::new(loaded.policies, loaded.authn, workloads, settings.engine_options(), &settings.root_namespace))
 }
 
+/// The time golden tokens are checked at, seconds since the epoch.
+const GOLDEN_NOW: u64 = 1_800_000_000;
+
+fn signed_token(claims: &Map<String, Value>) -> String {
+    let mut claims = claims.clone();
+    claims.entry("iat").or_insert(GOLDEN_NOW.into());
+    claims.entry("exp").or_insert((GOLDEN_NOW + 300).into());
+    sign("rsa-2048.pem", Algorithm::RS256, "golden", &Value::Object(claims))
+}
+
 fn run_case(snapshot: &Snapshot, case: &Case) -> Result<(), String> {
-    let headers: Vec<(String, String)> =
-        case.request.headers.iter().map(|(name, value)| (name.to_ascii_lowercase(), value.clone())).collect();
-    let space_delimited: Arc<[Box<str>]> = Arc::from(vec![Box::from("scope"), Box::from("permission")]);
-    let identity =
-        case.identity.as_ref().map(|claims| Identity::for_tests(claims, snapshot.kept_claims(), space_delimited));
-    let decision = snapshot.decide(&case.request.request(&headers), identity.as_ref());
+    let mut headers = case.request.header_entries();
+    let decision = if let Some(claims) = &case.identity {
+        let space_delimited: Arc<[Box<str>]> = Arc::from(vec![Box::from("scope"), Box::from("permission")]);
+        let identity = Identity::for_tests(claims, snapshot.kept_claims(), space_delimited);
+        snapshot.decide(&case.request.request(&headers), Some(&identity))
+    } else {
+        if let Some(claims) = &case.token {
+            headers.push(("authorization".into(), format!("Bearer {}", signed_token(claims))));
+        }
+        let context = AuthnContext {
+            keys: &NoRemoteKeys,
+            cache: &NoRemoteKeys,
+            now: GOLDEN_NOW,
+            clock_skew_secs: 60,
+            max_token_bytes: 8192,
+        };
+        snapshot.check(&case.request.request(&headers), &context)
+    };
     let verdict = |allow: bool| if allow { "allow" } else { "deny" }.to_string();
     let got = Expectation {
         decision: verdict(decision.is_allow()),

@@ -177,6 +177,7 @@ impl OriginalRequest {
                 host: &self.host,
                 path: &self.path,
                 headers: self.headers.iter().map(|(name, value)| (name.as_str(), value.as_str())).collect(),
+                joined_headers: false,
             }),
             sni: "",
             context_extensions: StrMap::from(&self.context),
@@ -184,22 +185,15 @@ impl OriginalRequest {
     }
 }
 
-/// Headers whose value is text, one entry per name: repeated values joined with `,` (cookies
-/// with `; `), as Envoy joins them, so a second `Authorization` cannot hide behind the first.
-/// `x-forwarded-for` from an untrusted peer is dropped: it must not name the client.
+/// Headers whose value is text, one entry per value as received: a repeated header is judged
+/// value by value, as Envoy's RBAC judges it, and a second `Authorization` cannot hide behind
+/// the first. `x-forwarded-for` from an untrusted peer is dropped: it must not name the client.
 fn readable_headers(headers: &HeaderMap, trusted: bool) -> Vec<(String, String)> {
-    let mut joined: Vec<(String, String)> = Vec::new();
-    for name in headers.keys() {
-        if !trusted && name.as_str() == "x-forwarded-for" {
-            continue;
-        }
-        let separator = if name == header::COOKIE { "; " } else { "," };
-        let values: Vec<&str> = headers.get_all(name).iter().filter_map(|value| value.to_str().ok()).collect();
-        if !values.is_empty() {
-            joined.push((name.as_str().to_string(), values.join(separator)));
-        }
-    }
-    joined
+    headers
+        .iter()
+        .filter(|(name, _)| trusted || name.as_str() != "x-forwarded-for")
+        .filter_map(|(name, value)| Some((name.as_str().to_string(), value.to_str().ok()?.to_string())))
+        .collect()
 }
 
 /// `a=1&b=2` (or with another separator) into a map; empty names are dropped.

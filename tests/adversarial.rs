@@ -59,7 +59,14 @@ fn decide_in(
 ) -> Decision {
     let extensions = HashMap::from([("namespace".to_string(), namespace.to_string())]);
     let request = Request {
-        http: Some(HttpRequest { method: "GET", scheme: "https", host, path, headers: headers.to_vec() }),
+        http: Some(HttpRequest {
+            method: "GET",
+            scheme: "https",
+            host,
+            path,
+            headers: headers.to_vec(),
+            joined_headers: false,
+        }),
         context_extensions: StrMap::from(&extensions),
         ..Request::default()
     };

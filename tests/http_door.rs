@@ -146,3 +146,44 @@ fn a_request_without_its_context_query_is_denied_as_an_unknown_workload_counted_
     assert!(decision.contains("decision=\"deny\""), "{decision}");
     assert_eq!(server.terminate().code(), Some(0));
 }
+
+/// A DENY on `x-tenant: acme` and an ALLOW on it, in namespace `h`.
+const TENANT_POLICIES: &str = "\
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-acme, namespace: h}
+spec:
+  action: DENY
+  rules:
+  - to: [{operation: {paths: [/tenant]}}]
+    when: [{key: \"request.headers[x-tenant]\", values: [acme]}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow, namespace: h}
+spec:
+  rules:
+  - to: [{operation: {paths: [/tenant]}}]
+  - to: [{operation: {paths: [/acme]}}]
+    when: [{key: \"request.headers[x-tenant]\", values: [acme]}]
+";
+
+#[test]
+fn each_value_of_a_repeated_header_is_judged_on_its_own() {
+    let policies = tempfile::tempdir().expect("temp dir");
+    std::fs::write(policies.path().join("tenant.yaml"), TENANT_POLICIES).expect("write");
+    let config = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(config.path(), "http_mode: envoy\n").expect("write");
+    let server = Server::start_with(&[policies.path()], Some(config.path()));
+    let in_h = ("x-portcullis-context", "namespace=h");
+    let status = |path: &str, tenants: &[&'static str]| {
+        let mut headers = vec![in_h];
+        headers.extend(tenants.iter().map(|&tenant| ("x-tenant", tenant)));
+        http_request(server.http, "GET", path, &headers).0
+    };
+    assert_eq!(status("/tenant", &["other", "acme"]), 403, "a denied value after another is still denied");
+    assert_eq!(status("/tenant", &["other", "more"]), 200);
+    assert_eq!(status("/acme", &["acme", "acme"]), 200, "an allowed value sent twice is allowed");
+    assert_eq!(status("/acme", &["other"]), 403);
+    assert_eq!(server.terminate().code(), Some(0));
+}

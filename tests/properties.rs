@@ -126,7 +126,7 @@ fn guarded_snapshot() -> &'static Snapshot {
 fn decide(path: &str) -> Decision {
     let extensions = HashMap::from([("namespace".to_string(), "n".to_string())]);
     let request = Request {
-        http: Some(HttpRequest { method: "GET", scheme: "https", host: "h", path, headers: Vec::new() }),
+        http: Some(HttpRequest { method: "GET", scheme: "https", host: "h", path, ..HttpRequest::default() }),
         context_extensions: StrMap::from(&extensions),
         ..Request::default()
     };

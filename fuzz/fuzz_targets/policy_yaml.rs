@@ -40,6 +40,7 @@ fuzz_target!(|data: &[u8]| {
                     host: "example.com",
                     path,
                     headers: vec![("authorization", "Bearer a.b.c"), ("x-tenant", "acme")],
+                    joined_headers: false,
                 }),
                 context_extensions: extensions.as_ref().map(StrMap::from).unwrap_or_default(),
                 ..Request::default()

@@ -93,7 +93,7 @@ fuzz_target!(|data: &[u8]| {
     let query = format!("/x?access_token={token}");
     for (path, headers) in [("/x", vec![("authorization", bearer.as_str())]), (query.as_str(), vec![])] {
         let request = Request {
-            http: Some(HttpRequest { method: "GET", scheme: "https", host: "h", path, headers }),
+            http: Some(HttpRequest { method: "GET", scheme: "https", host: "h", path, headers, joined_headers: false }),
             context_extensions: StrMap::from(&extensions),
             ..Request::default()
         };

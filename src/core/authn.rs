@@ -30,20 +30,29 @@ impl TokenLocation {
         ])
     }
 
-    fn find<'r>(&self, http: &HttpRequest<'r>) -> Option<&'r str> {
-        let token = match self {
-            Self::Header { name, prefix } => http.header(name)?.strip_prefix(&**prefix)?,
-            Self::Param(name) => {
-                let query = http.path.split_once('?')?.1.split('#').next().unwrap_or_default();
-                query.split('&').find_map(|pair| pair.strip_prefix(&**name)?.strip_prefix('='))?
+    /// Every token the request carries here, one per value of a repeated header: a second
+    /// copy must not hide behind the first.
+    fn find_all<'r>(&self, http: &HttpRequest<'r>, mut found: impl FnMut(&'r str)) {
+        let keep = |token: &'r str| {
+            let token = token.trim();
+            if !token.is_empty() {
+                found(token);
             }
-            Self::Cookie(name) => http
-                .header("cookie")?
-                .split(';')
-                .find_map(|pair| pair.trim().strip_prefix(&**name)?.strip_prefix('='))?,
         };
-        let token = token.trim();
-        (!token.is_empty()).then_some(token)
+        match self {
+            Self::Header { name, prefix } => {
+                http.header_values(name).filter_map(|value| value.strip_prefix(&**prefix)).for_each(keep);
+            }
+            Self::Param(name) => {
+                let query = http.path.split_once('?').map(|(_, query)| query.split('#').next().unwrap_or_default());
+                let pairs = query.into_iter().flat_map(|query| query.split('&'));
+                pairs.filter_map(|pair| pair.strip_prefix(&**name)?.strip_prefix('=')).for_each(keep);
+            }
+            Self::Cookie(name) => {
+                let pairs = http.header_values("cookie").flat_map(|cookies| cookies.split(';'));
+                pairs.filter_map(|pair| pair.trim().strip_prefix(&**name)?.strip_prefix('=')).for_each(keep);
+            }
+        }
     }
 }
 
@@ -239,9 +248,7 @@ pub fn authenticate<'r>(
     let mut found: Vec<(&'r str, &Arc<JwtRule>, &TokenLocation)> = Vec::new();
     for rule in rules {
         for location in rule.locations.iter() {
-            if let Some(token) = location.find(http) {
-                found.push((token, rule, location));
-            }
+            location.find_all(http, |token| found.push((token, rule, location)));
         }
     }
     let Some(&(token, _, _)) = found.first() else { return Authentication::Anonymous };

@@ -47,7 +47,7 @@ fn jwks(keys: &[(&str, Algorithm, &str)]) -> String {
     serde_json::to_string(&JwkSet { keys }).expect("json")
 }
 
-fn sign(name: &str, algorithm: Algorithm, kid: &str, claims: &Value) -> String {
+pub(crate) fn sign(name: &str, algorithm: Algorithm, kid: &str, claims: &Value) -> String {
     let mut header = Header::new(algorithm);
     header.kid = Some(kid.into());
     jsonwebtoken::encode(&header, claims, &encoding_key(name, algorithm)).expect("signs")
@@ -257,6 +257,23 @@ fn tokens_are_found_in_the_configured_locations() {
     assert_eq!(outcome(&custom, &[("x-token".into(), format!("Token {token}"))], "/").as_deref(), Ok("alice"));
     assert_eq!(outcome(&custom, &[("cookie".into(), format!("a=b; session={token}"))], "/").as_deref(), Ok("alice"));
     assert_eq!(outcome(&custom, &[bearer(&token)], "/").as_deref(), Ok("anonymous"), "defaults no longer apply");
+}
+
+#[test]
+fn a_repeated_token_header_is_read_value_by_value() {
+    let token = sign("rsa-2048.pem", Algorithm::RS256, "rsa", &claims());
+    let other = sign("ec-p256.pem", Algorithm::ES256, "ec", &claims());
+    let default_rule = rule(&[]);
+    let two = outcome(&default_rule, &[bearer(&token), bearer(&other)], "/");
+    assert_eq!(two, Err(JwtError::VerificationFails), "a second token must not hide behind the first");
+    let second_only_bearer = [("authorization".into(), "Basic x".into()), bearer(&token)];
+    assert_eq!(outcome(&default_rule, &second_only_bearer, "/").as_deref(), Ok("alice"));
+    assert_eq!(outcome(&default_rule, &[bearer(&token), bearer(&token)], "/").as_deref(), Ok("alice"));
+
+    let mut by_cookie = (*default_rule).clone();
+    by_cookie.locations = Box::new([TokenLocation::Cookie("session".into())]);
+    let cookies = [("cookie".into(), format!("session={token}")), ("cookie".into(), format!("a=b; session={other}"))];
+    assert_eq!(outcome(&Arc::new(by_cookie), &cookies, "/"), Err(JwtError::VerificationFails));
 }
 
 #[test]

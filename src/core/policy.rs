@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::identity::Identity;
 use super::matcher::{IpMatch, PathMatch, StringMatch};
-use super::request::{Request, SpiffeId};
+use super::request::{HeaderReading, HeaderView, Request, SpiffeId};
 use super::workload::LabelSelector;
 
 /// What a policy does when one of its rules matches. CUSTOM policies route traffic to this
@@ -101,11 +101,18 @@ pub struct Predicate {
 impl Predicate {
     /// On a TCP check an HTTP-only field cannot be evaluated: it fails an ALLOW rule and is
     /// ignored in DENY and AUDIT rules, as Istio builds its TCP filters.
+    ///
+    /// A header whose values came joined with commas has two readings, the value whole and its
+    /// parts: the predicate must hold under both in an ALLOW rule, under either in DENY and
+    /// AUDIT rules, so that neither reading lets a request through that the other would stop.
     pub fn holds(&self, attributes: &Attributes<'_>, action: Action) -> bool {
-        match self.test.evaluate(attributes) {
-            Some(matched) => matched != self.negated,
-            None => action != Action::Allow,
+        let holds_when_read = |reading| self.test.evaluate(attributes, reading).map(|matched| matched != self.negated);
+        let Some(whole) = holds_when_read(HeaderReading::Whole) else { return action != Action::Allow };
+        if !self.test.is_ambiguous(attributes) {
+            return whole;
         }
+        let parts = holds_when_read(HeaderReading::Parts) == Some(true);
+        if action == Action::Allow { whole && parts } else { whole || parts }
     }
 }
 
@@ -187,6 +194,8 @@ pub struct Attributes<'r> {
     pub remote_ip: Option<IpAddr>,
     /// The normalized path; empty on a TCP check.
     pub path: &'r str,
+    /// The headers as the service will receive them; `None` on a TCP check.
+    pub headers: Option<HeaderView<'r>>,
     pub identity: Option<&'r Identity>,
 }
 
@@ -213,8 +222,17 @@ impl Test {
         }
     }
 
-    /// Whether a value matches; `None` when the field is HTTP-only and the check is TCP.
-    pub fn evaluate(&self, attributes: &Attributes<'_>) -> Option<bool> {
+    /// Whether a header test reads a header whose joined value has two readings.
+    fn is_ambiguous(&self, attributes: &Attributes<'_>) -> bool {
+        match (self, &attributes.headers) {
+            (Self::Header { name, .. }, Some(headers)) => headers.is_ambiguous(name),
+            _ => false,
+        }
+    }
+
+    /// Whether a value matches, header values read as `reading` says; `None` when the field is
+    /// HTTP-only and the check is TCP.
+    pub fn evaluate(&self, attributes: &Attributes<'_>, reading: HeaderReading) -> Option<bool> {
         let request = attributes.request;
         let source = attributes.source;
         let matched = match self {
@@ -241,7 +259,8 @@ impl Test {
             }
             Self::Header { name, values } => {
                 // Istio turns `*` into a presence match on headers: an empty value is present.
-                request.http.as_ref()?.header(name).is_some_and(|value| {
+                // Each value of a repeated header is matched on its own, as Envoy's RBAC does.
+                attributes.headers.as_ref()?.any_value(name, reading, |value| {
                     values.iter().any(|pattern| *pattern == StringMatch::Presence || pattern.matches(value))
                 })
             }
@@ -269,6 +288,58 @@ impl Test {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::request::HttpRequest;
+
+    /// Whether `x-tenant` `values: [acme]` (or `notValues` when `negated`) holds in a rule of
+    /// `action`, for one request.
+    fn tenant_is_acme_holds(http: &HttpRequest<'_>, negated: bool, action: Action) -> bool {
+        let request = Request { http: Some(http.clone()), ..Request::default() };
+        let attributes = Attributes {
+            request: &request,
+            source: None,
+            remote_ip: None,
+            path: "/",
+            headers: request.http.as_ref().map(HeaderView::as_sent),
+            identity: None,
+        };
+        let test = Test::Header { name: "x-tenant".into(), values: Box::new([StringMatch::Exact("acme".into())]) };
+        Predicate { test, negated }.holds(&attributes, action)
+    }
+
+    fn tenants(values: &[&'static str], joined_headers: bool) -> HttpRequest<'static> {
+        let headers = values.iter().map(|&value| ("x-tenant", value)).collect();
+        HttpRequest { headers, joined_headers, ..HttpRequest::default() }
+    }
+
+    #[test]
+    fn each_value_of_a_repeated_header_is_matched_on_its_own() {
+        let (sent_twice, others) = (tenants(&["other", "acme"], false), tenants(&["other", "more"], false));
+        for action in [Action::Allow, Action::Deny] {
+            assert!(tenant_is_acme_holds(&sent_twice, false, action));
+            assert!(!tenant_is_acme_holds(&sent_twice, true, action), "notValues: no value may be excluded");
+            assert!(!tenant_is_acme_holds(&others, false, action));
+            assert!(tenant_is_acme_holds(&others, true, action));
+        }
+    }
+
+    #[test]
+    fn a_joined_value_must_hold_read_whole_and_split_to_allow_and_either_way_to_deny() {
+        let joined = tenants(&["other,acme"], true);
+        // `values`: holds split, not whole.
+        assert!(!tenant_is_acme_holds(&joined, false, Action::Allow));
+        assert!(tenant_is_acme_holds(&joined, false, Action::Deny));
+        assert!(tenant_is_acme_holds(&joined, false, Action::Audit));
+        // `notValues`: holds whole, not split.
+        assert!(!tenant_is_acme_holds(&joined, true, Action::Allow));
+        assert!(tenant_is_acme_holds(&joined, true, Action::Deny));
+        // Without a comma there is one reading.
+        let single = tenants(&["acme"], true);
+        assert!(tenant_is_acme_holds(&single, false, Action::Allow));
+        assert!(!tenant_is_acme_holds(&single, true, Action::Deny));
+        // The same value from a request that keeps values apart is one value, commas and all.
+        let kept_apart = tenants(&["other,acme"], false);
+        assert!(!tenant_is_acme_holds(&kept_apart, false, Action::Deny));
+    }
 
     #[test]
     fn request_principals_split_like_istio() {

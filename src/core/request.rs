@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 /// One request to authorize. Every string is borrowed from the transport's own message.
 #[derive(Debug, Clone, Default)]
@@ -101,15 +102,87 @@ pub struct HttpRequest<'a> {
     pub host: &'a str,
     /// The request target as sent: path, query and all.
     pub path: &'a str,
-    /// Header names in lower case, as HTTP/2 and Envoy carry them. A name may repeat; the
-    /// first entry is the one read.
+    /// Header names in lower case, as HTTP/2 and Envoy carry them. A name repeats once per
+    /// value sent, unless `joined_headers`.
     pub headers: Vec<(&'a str, &'a str)>,
+    /// The values of a header sent several times came joined with `,` into one entry (Envoy's
+    /// `headers` map, without `encode_raw_headers`): whether `a,b` is one value or two cannot
+    /// be told, and a repeated name's first entry is the only one read.
+    pub joined_headers: bool,
 }
 
 impl<'a> HttpRequest<'a> {
-    /// The value of a header, by its lower-case name.
+    /// The first value of a header, by its lower-case name: for headers sent once (pseudo-headers,
+    /// request ids, trace context).
     pub fn header(&self, lower_case_name: &str) -> Option<&'a str> {
-        self.headers.iter().find(|(name, _)| *name == lower_case_name).map(|&(_, value)| value)
+        self.header_values(lower_case_name).next()
+    }
+
+    /// Every value of a header, by its lower-case name, in the order sent; with
+    /// `joined_headers`, the one joined value.
+    pub fn header_values<'s>(&'s self, lower_case_name: &'s str) -> impl DoubleEndedIterator<Item = &'a str> + 's {
+        let is_named = move |&&(name, _): &&(&str, &str)| name == lower_case_name;
+        let end = if self.joined_headers {
+            self.headers.iter().position(|entry| is_named(&entry)).map_or(0, |first| first + 1)
+        } else {
+            self.headers.len()
+        };
+        self.headers[..end].iter().filter(is_named).map(|&(_, value)| value)
+    }
+}
+
+/// How the values of a header that came joined are read: as sent, or split at commas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeaderReading {
+    /// Each value as it came.
+    Whole,
+    /// Each value's comma-separated parts, trimmed, as values of their own.
+    Parts,
+}
+
+/// The request's headers as the service will receive them: the headers authentication sets
+/// replace the client's copies, and the ones it strips are gone. Borrowed, never copied.
+#[derive(Debug, Clone, Copy)]
+pub struct HeaderView<'r> {
+    http: &'r HttpRequest<'r>,
+    set: &'r [(Arc<str>, String)],
+    removed: &'r [Arc<str>],
+}
+
+impl<'r> HeaderView<'r> {
+    /// The headers as the client sent them.
+    pub fn as_sent(http: &'r HttpRequest<'r>) -> Self {
+        Self { http, set: &[], removed: &[] }
+    }
+
+    /// The headers once `set` replaced (or added) theirs and `removed` are stripped.
+    pub fn after(http: &'r HttpRequest<'r>, set: &'r [(Arc<str>, String)], removed: &'r [Arc<str>]) -> Self {
+        Self { http, set, removed }
+    }
+
+    /// Whether some value of the header satisfies `matches`, the values read as `reading` says.
+    /// A value set by authentication is read whole: it is one value.
+    pub fn any_value(&self, lower_case_name: &str, reading: HeaderReading, matches: impl Fn(&str) -> bool) -> bool {
+        if let Some((_, value)) = self.set.iter().find(|(name, _)| name.eq_ignore_ascii_case(lower_case_name)) {
+            return matches(value);
+        }
+        if self.removed.iter().any(|name| name.eq_ignore_ascii_case(lower_case_name)) {
+            return false;
+        }
+        let mut values = self.http.header_values(lower_case_name);
+        match reading {
+            HeaderReading::Whole => values.any(matches),
+            HeaderReading::Parts => values.flat_map(|value| value.split(',')).any(|part| matches(part.trim())),
+        }
+    }
+
+    /// Whether the header's value reads differently split at commas: it came joined, from the
+    /// client, with a comma in it.
+    pub fn is_ambiguous(&self, lower_case_name: &str) -> bool {
+        self.http.joined_headers
+            && !self.set.iter().any(|(name, _)| name.eq_ignore_ascii_case(lower_case_name))
+            && !self.removed.iter().any(|name| name.eq_ignore_ascii_case(lower_case_name))
+            && self.http.header_values(lower_case_name).any(|value| value.contains(','))
     }
 }
 
@@ -193,5 +266,48 @@ mod tests {
         let http = HttpRequest { headers: vec![("x-user", "ann"), (":path", "/")], ..HttpRequest::default() };
         assert_eq!(http.header("x-user"), Some("ann"));
         assert_eq!(http.header("x-other"), None);
+    }
+
+    #[test]
+    fn a_repeated_header_has_every_value_unless_its_values_came_joined() {
+        let mut http = HttpRequest { headers: vec![("x-t", "a"), ("y", "b"), ("x-t", "c")], ..HttpRequest::default() };
+        assert_eq!(http.header_values("x-t").collect::<Vec<_>>(), ["a", "c"]);
+        assert_eq!(http.header("x-t"), Some("a"));
+        http.joined_headers = true;
+        assert_eq!(http.header_values("x-t").collect::<Vec<_>>(), ["a"]);
+    }
+
+    #[test]
+    fn the_header_view_replaces_set_headers_and_hides_removed_ones() {
+        let http = HttpRequest {
+            headers: vec![("x-sub", "forged"), ("authorization", "Bearer t"), ("x-other", "kept")],
+            ..HttpRequest::default()
+        };
+        let set = [(Arc::from("X-Sub"), "alice".to_string())];
+        let removed = [Arc::from("authorization")];
+        let view = HeaderView::after(&http, &set, &removed);
+        let is = |name: &str, wanted: &str| view.any_value(name, HeaderReading::Whole, |value| value == wanted);
+        assert!(is("x-sub", "alice") && !is("x-sub", "forged"));
+        assert!(!view.any_value("authorization", HeaderReading::Whole, |_| true));
+        assert!(is("x-other", "kept"));
+        assert!(HeaderView::as_sent(&http).any_value("x-sub", HeaderReading::Whole, |value| value == "forged"));
+    }
+
+    #[test]
+    fn a_joined_value_with_a_comma_is_ambiguous_and_splits_into_trimmed_parts() {
+        let http = HttpRequest {
+            headers: vec![("x-t", "other, acme"), ("x-one", "acme"), ("x-set", "a,b")],
+            joined_headers: true,
+            ..HttpRequest::default()
+        };
+        let set = [(Arc::from("x-set"), "c,d".to_string())];
+        let view = HeaderView::after(&http, &set, &[]);
+        let acme = |value: &str| value == "acme";
+        assert!(!view.any_value("x-t", HeaderReading::Whole, acme));
+        assert!(view.any_value("x-t", HeaderReading::Parts, acme));
+        assert!(view.is_ambiguous("x-t"));
+        assert!(!view.is_ambiguous("x-one") && !view.is_ambiguous("x-set") && !view.is_ambiguous("x-none"));
+        let individual = HttpRequest { joined_headers: false, ..http.clone() };
+        assert!(!HeaderView::as_sent(&individual).is_ambiguous("x-t"));
     }
 }

@@ -3,7 +3,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use super::authn::{self, Authentication, AuthnContext, AuthnPolicy, JwtRule, KeySource, RemoteIssuer};
+use super::authn::{self, Authentication, AuthnContext, AuthnPolicy, JwtRule, KeySource, Outputs, RemoteIssuer};
 use super::decision::{Decision, DryRunOutcome, PolicyMatch, Reason};
 use super::identity::{ClaimPaths, Identity};
 use super::index::{PolicyIndex, PolicyKind, Scope};
@@ -11,7 +11,7 @@ use super::jwt::JwtError;
 use super::path::{self, NormalizedPath, PathOptions};
 use super::policy::{Attributes, Policy};
 use super::redact::LogRedaction;
-use super::request::{HttpRequest, Request, SpiffeId};
+use super::request::{HeaderView, HttpRequest, Request, SpiffeId};
 use super::workload::{UnknownWorkload, Workload, WorkloadTable};
 
 /// Options of the engine that come from the server's settings.
@@ -155,7 +155,7 @@ impl Snapshot {
         let scope = self.policies.scope(workload);
         let Some(http) = &request.http else {
             // TCP: no tokens to look for.
-            return self.authorize(request, workload, scope, None, None);
+            return self.authorize(request, workload, scope, None, None, &Outputs::default());
         };
         let normalized = match path::normalize(http.path, self.options.path) {
             Ok(normalized) => normalized,
@@ -177,7 +177,8 @@ impl Snapshot {
             Authentication::Anonymous => None,
             Authentication::Verified { identity, .. } => Some(identity.clone()),
         };
-        let mut decision = self.authorize(request, workload, scope, Some(normalized), identity.as_deref());
+        // Policies see the headers as the service will: authentication's outputs applied.
+        let mut decision = self.authorize(request, workload, scope, Some(normalized), identity.as_deref(), &outputs);
         decision.identity = identity;
         decision.headers_to_remove = outputs.headers_to_remove;
         if decision.is_allow() {
@@ -207,7 +208,7 @@ impl Snapshot {
                 Some(Ok(normalized)) => Some(normalized),
                 None => None,
             };
-            self.authorize(request, &workload, self.policies.scope(&workload), normalized, identity)
+            self.authorize(request, &workload, self.policies.scope(&workload), normalized, identity, &Outputs::default())
         })
     }
 
@@ -218,12 +219,17 @@ impl Snapshot {
         scope: Scope<'_>,
         normalized: Option<NormalizedPath<'_>>,
         identity: Option<&Identity>,
+        outputs: &Outputs,
     ) -> Decision {
         let mut attributes = Attributes {
             request,
             source: SpiffeId::parse(request.source.principal),
             remote_ip: self.remote_ip(request),
             path: normalized.as_ref().map_or("", |normalized| &normalized.path),
+            headers: request
+                .http
+                .as_ref()
+                .map(|http| HeaderView::after(http, &outputs.headers_to_set, &outputs.headers_to_remove)),
             identity,
         };
         // The policies that select the workload, found once for every reading of the path.
@@ -250,9 +256,10 @@ impl Snapshot {
         if hops == 0 {
             return request.source.address;
         }
-        let forwarded = request.http.as_ref().and_then(|http| http.header("x-forwarded-for"));
+        // A repeated `x-forwarded-for` is one chain, its entries in the order sent.
+        let forwarded = request.http.as_ref().map(|http| http.header_values("x-forwarded-for"));
         forwarded
-            .and_then(|chain| chain.rsplit(',').nth(hops - 1))
+            .and_then(|chain| chain.rev().flat_map(|entries| entries.rsplit(',')).nth(hops - 1))
             .and_then(|entry| entry.trim().parse().ok())
             .or(request.source.address)
     }

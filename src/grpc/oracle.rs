@@ -65,6 +65,7 @@ fn http_request(http: &attribute_context::HttpRequest) -> HttpRequest<'_> {
     } = http;
     let mut header_list: Vec<(&str, &str)> =
         headers.iter().map(|(name, value)| (name.as_str(), value.as_str())).collect();
+    let joined_headers = !header_list.is_empty();
     if header_list.is_empty()
         && let Some(map) = header_map
     {
@@ -78,11 +79,11 @@ fn http_request(http: &attribute_context::HttpRequest) -> HttpRequest<'_> {
             value.map(|value| (header.key.as_str(), value))
         }));
     }
-    with_pseudo_header_fallbacks(HttpRequest { method, scheme, host, path, headers: header_list })
+    with_pseudo_header_fallbacks(HttpRequest { method, scheme, host, path, headers: header_list, joined_headers })
 }
 
 /// Where a request read through the view differs from the oracle's; `Ok` when they agree.
-/// Headers compare as the core reads them: by name, the first entry of a repeated one.
+/// Headers compare as the core reads them: by name, every value of a repeated one.
 pub fn compare(view: &Request<'_>, oracle: &Request<'_>) -> Result<(), String> {
     let differs = |field: &str, view: &dyn std::fmt::Debug, oracle: &dyn std::fmt::Debug| {
         Err(format!("`{field}` differs: view {view:?}, oracle {oracle:?}"))
@@ -110,11 +111,11 @@ fn compare_http(view: &HttpRequest<'_>, oracle: &HttpRequest<'_>) -> Result<(), 
     fn fields<'a>(http: &HttpRequest<'a>) -> [&'a str; 4] {
         [http.method, http.scheme, http.host, http.path]
     }
-    if fields(view) != fields(oracle) {
-        return Err(format!("method, scheme, host or path differ: view {view:?}, oracle {oracle:?}"));
+    if fields(view) != fields(oracle) || view.joined_headers != oracle.joined_headers {
+        return Err(format!("method, scheme, host, path or joined headers differ: view {view:?}, oracle {oracle:?}"));
     }
     let mut names = view.headers.iter().chain(&oracle.headers).map(|&(name, _)| name);
-    match names.find(|name| view.header(name) != oracle.header(name)) {
+    match names.find(|name| !view.header_values(name).eq(oracle.header_values(name))) {
         Some(name) => Err(format!("header `{name}` differs: view {:?}, oracle {:?}", view.headers, oracle.headers)),
         None => Ok(()),
     }

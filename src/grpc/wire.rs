@@ -108,6 +108,8 @@ impl CheckView {
     fn http_request(&self, http: &HttpRequest) -> Result<CoreHttpRequest<'_>, ViewError> {
         let HttpRequest { method, headers, path, host, scheme, header_map } = http;
         let mut header_list = self.entries(headers, "HttpRequest.headers")?;
+        // Envoy fills `headers` unless `encode_raw_headers`: a repeated header's values joined.
+        let joined_headers = !header_list.is_empty();
         if header_list.is_empty() {
             header_list.reserve(header_map.len());
             for header in header_map {
@@ -127,6 +129,7 @@ impl CheckView {
             host: self.text(*host, "HttpRequest.host")?,
             path: self.text(*path, "HttpRequest.path")?,
             headers: header_list,
+            joined_headers,
         }))
     }
 

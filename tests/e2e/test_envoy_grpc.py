@@ -111,6 +111,7 @@ def test_shipped_config_keeps_its_safety_settings(shipped_envoy_config):
     assert (manager["normalize_path"], manager["merge_slashes"]) == (True, True)
     assert ext_authz["name"] == "envoy.filters.http.ext_authz"
     assert ext_authz["typed_config"]["failure_mode_allow"] is False
+    assert ext_authz["typed_config"]["encode_raw_headers"] is True
     assert ext_authz["typed_config"]["transport_api_version"] == "V3"
     assert "with_request_body" not in ext_authz["typed_config"]
     assert ext_authz["typed_config"]["grpc_service"]["envoy_grpc"]["cluster_name"] == "portcullis"
