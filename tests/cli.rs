@@ -132,12 +132,12 @@ fn validate_refuses_a_misspelled_istio_kind_naming_the_known_kinds_and_the_close
 #[test]
 fn validate_refuses_a_fifo_and_a_symlink_to_dev_zero_promptly() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let good = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: a, namespace: n}\nspec: {}\n";
+    let good =
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: a, namespace: n}\nspec: {}\n";
     std::fs::write(dir.path().join("good.yaml"), good).expect("write");
     make_fifo(&dir.path().join("pipe.yaml"));
     std::os::unix::fs::symlink("/dev/zero", dir.path().join("zero.yaml")).expect("symlink");
-    let output =
-        output_within(portcullis().args(["validate", "--policies"]).arg(dir.path()), Duration::from_secs(60));
+    let output = output_within(portcullis().args(["validate", "--policies"]).arg(dir.path()), Duration::from_secs(60));
     let stderr = text(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     let shown = dir.path().display();

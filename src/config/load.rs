@@ -140,7 +140,9 @@ fn load_text(
                 loaded.authn.push(policy);
             }
             Ok(Loaded::Custom(id)) => loaded.custom.push(id),
-            Ok(Loaded::Skipped { kind, reason }) => loaded.skipped.push(SkippedDocument { location: here, kind, reason }),
+            Ok(Loaded::Skipped { kind, reason }) => {
+                loaded.skipped.push(SkippedDocument { location: here, kind, reason })
+            }
             Ok(Loaded::Empty) => {}
             Err(mut found) => errors.append(&mut found),
         }
