@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use tonic::transport::server::TcpIncoming;
 
 use crate::config::ConfigError;
-use crate::config::load::{LoadedPolicies, load_policies};
+use crate::config::load::{LoadedPolicies, SkippedDocument, load_policies};
 use crate::core::authn::AuthnContext;
 use crate::core::matcher::IpMatch;
 use crate::core::{Decision, Reason, Request, Snapshot};
@@ -125,13 +125,20 @@ pub fn build_snapshot(settings: &Settings) -> Result<(Snapshot, LoadedPolicies),
     Ok((snapshot, loaded))
 }
 
-fn log_load(snapshot: &Snapshot, loaded: &LoadedPolicies) {
-    for (location, kind) in &loaded.skipped {
-        tracing::warn!(%location, %kind, "Skipped a document that is not an AuthorizationPolicy");
+/// Logs what a loaded set holds but does not evaluate: skipped documents and CUSTOM policies.
+/// At start-up and on every reload, so a document that stops counting is never silent.
+pub fn log_not_evaluated(loaded: &LoadedPolicies) {
+    for skipped in &loaded.skipped {
+        let SkippedDocument { location, kind, reason } = skipped;
+        tracing::warn!(%location, %kind, %reason, "Skipped a document");
     }
     for id in &loaded.custom {
         tracing::info!(policy = %id, "CUSTOM policy routes traffic here; not evaluated");
     }
+}
+
+fn log_load(snapshot: &Snapshot, loaded: &LoadedPolicies) {
+    log_not_evaluated(loaded);
     tracing::info!(
         policies = snapshot.policy_count(),
         files = loaded.files,

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::app::{AppError, build_snapshot};
+use crate::config::load::SkippedDocument;
 use crate::config::{describe_yaml_error, yaml_options};
 use crate::core::{Decision, HttpRequest, Peer, Request, StrMap};
 use crate::jwks::KeyStore;
@@ -202,8 +203,8 @@ impl From<&Decision> for DecisionReport {
 pub fn validate(settings: &Settings) -> Result<bool, AppError> {
     match build_snapshot(settings) {
         Ok((snapshot, loaded)) => {
-            for (location, kind) in &loaded.skipped {
-                eprintln!("{location}: warning: skipped `{kind}`: not an AuthorizationPolicy");
+            for SkippedDocument { location, kind, reason } in &loaded.skipped {
+                eprintln!("{location}: warning: skipped `{kind}`: {reason}");
             }
             let count = snapshot.policy_count() + snapshot.authn_count() + loaded.custom.len();
             let _ = writeln!(std::io::stdout(), "{count} policies in {} files are valid", loaded.files);

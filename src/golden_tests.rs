@@ -34,6 +34,8 @@ struct GoldenFile {
     cases: Vec<Case>,
     #[serde(default)]
     invalid: Vec<InvalidCase>,
+    #[serde(default)]
+    skipped: Vec<SkippedCase>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -77,6 +79,15 @@ struct InvalidCase {
     policies: String,
     /// `LINE: text` — an error at that line of `policies` containing the text.
     errors: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SkippedCase {
+    name: String,
+    policies: String,
+    /// `LINE: apiVersion/kind: reason` — every document of `policies` that is skipped.
+    skipped: Vec<String>,
 }
 
 fn golden_dir() -> PathBuf {
@@ -166,6 +177,23 @@ fn run_invalid(case: &InvalidCase) -> Result<(), String> {
     }
 }
 
+fn run_skipped(case: &SkippedCase) -> Result<(), String> {
+    let loaded = load_policy_text("case.yaml", &case.policies).map_err(|errors| format!("errors: {errors:?}"))?;
+    let rendered: Vec<String> = loaded
+        .skipped
+        .iter()
+        .map(|skipped| {
+            let line = skipped.location.rsplit_once(':').map_or("", |(_, line)| line);
+            format!("{line}: {}: {}", skipped.kind, skipped.reason)
+        })
+        .collect();
+    if rendered == case.skipped {
+        Ok(())
+    } else {
+        Err(format!("expected skipped {:?}\n      got {rendered:?}", case.skipped))
+    }
+}
+
 #[test]
 fn golden_cases_decide_as_expected() {
     let mut files: Vec<PathBuf> = std::fs::read_dir(golden_dir())
@@ -202,6 +230,12 @@ fn golden_cases_decide_as_expected() {
             for case in &file.invalid {
                 count += 1;
                 if let Err(message) = run_invalid(case) {
+                    failures.push(format!("{label}: {}\n      {message}", case.name));
+                }
+            }
+            for case in &file.skipped {
+                count += 1;
+                if let Err(message) = run_skipped(case) {
                     failures.push(format!("{label}: {}\n      {message}", case.name));
                 }
             }

@@ -5,15 +5,40 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::app::{AppError, AppState, LivePolicies, build_snapshot};
+use crate::app::{AppError, AppState, LivePolicies, build_snapshot, log_not_evaluated};
 use crate::config::load::fingerprint;
+
+/// How long a reload may take to read and compile the policy files, and the change poller to
+/// read them. A read stuck on a hung file system is abandoned (its thread ends when the read
+/// does) and counted as a failed reload, so later reloads and SIGHUP still run.
+const FILE_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why a job on a blocking thread gave no result.
+#[derive(Debug, thiserror::Error)]
+enum BlockingJobError {
+    #[error("timed out after {} s reading the policy files", .0.as_secs())]
+    TimedOut(Duration),
+    #[error(transparent)]
+    Failed(#[from] tokio::task::JoinError),
+}
+
+/// Runs `job` on a blocking thread and waits for it at most `bound`.
+async fn run_blocking_within<T: Send + 'static>(
+    bound: Duration,
+    job: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, BlockingJobError> {
+    match tokio::time::timeout(bound, tokio::task::spawn_blocking(job)).await {
+        Ok(joined) => Ok(joined?),
+        Err(_elapsed) => Err(BlockingJobError::TimedOut(bound)),
+    }
+}
 
 /// Rebuilds the policy set from the configured paths and swaps it in when it is valid.
 /// In-flight checks finish on the set they loaded. Returns the new generation.
 pub async fn reload(state: &Arc<AppState>) -> Option<u64> {
     let _one_at_a_time = state.reloading.lock().await;
     let settings = state.settings.clone();
-    let built = tokio::task::spawn_blocking(move || build_snapshot(&settings)).await;
+    let built = run_blocking_within(FILE_READ_TIMEOUT, move || build_snapshot(&settings)).await;
     let (snapshot, loaded) = match built {
         Ok(Ok(built)) => built,
         Ok(Err(AppError::Policies(errors))) => {
@@ -28,8 +53,8 @@ pub async fn reload(state: &Arc<AppState>) -> Option<u64> {
             state.metrics.record_reload(false);
             return None;
         }
-        Err(join_error) => {
-            tracing::error!(error = %join_error, "Policy reload failed; the last good set stays");
+        Err(error) => {
+            tracing::error!(%error, "Policy reload failed; the last good set stays");
             state.metrics.record_reload(false);
             return None;
         }
@@ -48,6 +73,7 @@ pub async fn reload(state: &Arc<AppState>) -> Option<u64> {
     state.policies.store(Arc::new(LivePolicies { snapshot, generation }));
     state.metrics.record_policy_set(generation, policies);
     state.metrics.record_reload(true);
+    log_not_evaluated(&loaded);
     tracing::info!(generation, policies, files = loaded.files, "Reloaded the policy set");
     Some(generation)
 }
@@ -95,5 +121,25 @@ pub async fn watch(state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) {
 
 async fn current_fingerprint(state: &Arc<AppState>) -> Option<[u8; 32]> {
     let paths = state.settings.policies.clone();
-    tokio::task::spawn_blocking(move || fingerprint(&paths)).await.ok()
+    run_blocking_within(FILE_READ_TIMEOUT, move || fingerprint(&paths)).await.ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_blocking_job_that_never_returns_is_reported_as_timed_out() {
+        let (release, stuck) = std::sync::mpsc::channel::<()>();
+        let outcome = run_blocking_within(Duration::from_millis(50), move || stuck.recv()).await;
+        assert!(matches!(outcome, Err(BlockingJobError::TimedOut(_))), "{outcome:?}");
+        // Lets the abandoned thread end, so the runtime can shut down.
+        drop(release);
+    }
+
+    #[tokio::test]
+    async fn a_blocking_job_within_the_bound_gives_its_result() {
+        let outcome = run_blocking_within(Duration::from_secs(60), || 7).await;
+        assert_eq!(outcome.ok(), Some(7));
+    }
 }

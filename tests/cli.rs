@@ -6,8 +6,9 @@ mod support;
 
 use std::path::Path;
 use std::process::Output;
+use std::time::Duration;
 
-use support::{portcullis, repo_path};
+use support::{make_fifo, output_within, portcullis, repo_path};
 
 fn run(args: &[&str], paths: &[&Path]) -> Output {
     portcullis().args(args).args(paths).output().expect("portcullis runs")
@@ -104,16 +105,62 @@ fn check_exits_2_on_a_bad_request_file() {
 }
 
 #[test]
-fn validate_skips_other_kinds_with_a_warning() {
+fn validate_skips_other_kinds_and_peer_authentication_with_their_reasons() {
     let dir = tempfile::tempdir().expect("temp dir");
     let file = dir.path().join("mixed.yml");
-    let mixed = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\ndata: {a: b}\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: a, namespace: n}\nspec: {}\n";
+    let mixed = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\ndata: {a: b}\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: a, namespace: n}\nspec: {}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: istio-system}\nspec: {mtls: {mode: STRICT}}\n";
     std::fs::write(&file, mixed).expect("write");
     let output = run(&["validate", "--policies"], &[&file]);
     assert_eq!(output.status.code(), Some(0), "stderr: {}", text(&output.stderr));
-    let warning = format!("{}:1: warning: skipped `v1/ConfigMap`: not an AuthorizationPolicy", file.display());
-    assert_eq!(text(&output.stderr).trim(), warning);
+    let shown = file.display();
+    let warnings = [
+        format!("{shown}:1: warning: skipped `v1/ConfigMap`: not an Istio security policy"),
+        format!("{shown}:10: warning: skipped `apps/v1/Deployment`: not an Istio security policy"),
+        format!(
+            "{shown}:14: warning: skipped `security.istio.io/v1/PeerAuthentication`: mutual TLS is enforced by the mesh's proxies, not evaluated here"
+        ),
+    ];
+    assert_eq!(text(&output.stderr).trim(), warnings.join("\n"));
     assert!(text(&output.stdout).contains("1 policies in 1 files are valid"));
+}
+
+#[test]
+fn validate_refuses_a_misspelled_istio_kind_naming_the_known_kinds_and_the_closest() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("guard.yaml");
+    let guard = "apiVersion: security.istio.io/v1\nkind: AuthorisationPolicy\nmetadata: {name: guard, namespace: n}\nspec:\n  action: DENY\n  rules: [{to: [{operation: {paths: [/admin]}}]}]\n";
+    std::fs::write(&file, guard).expect("write");
+    let output = run(&["validate", "--policies"], &[dir.path()]);
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "a policy that would be skipped fails validation:\n{stderr}");
+    let expected = format!(
+        "{}:2: unknown kind `AuthorisationPolicy` of `security.istio.io`; known kinds: AuthorizationPolicy, PeerAuthentication, RequestAuthentication; did you mean `AuthorizationPolicy`?",
+        file.display()
+    );
+    assert_eq!(stderr.trim(), expected);
+}
+
+#[test]
+fn validate_refuses_a_fifo_and_a_symlink_to_dev_zero_promptly() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let good =
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: a, namespace: n}\nspec: {}\n";
+    std::fs::write(dir.path().join("good.yaml"), good).expect("write");
+    make_fifo(&dir.path().join("pipe.yaml"));
+    std::os::unix::fs::symlink("/dev/zero", dir.path().join("zero.yaml")).expect("symlink");
+    let output = output_within(portcullis().args(["validate", "--policies"]).arg(dir.path()), Duration::from_secs(60));
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    let shown = dir.path().display();
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            format!("{shown}/pipe.yaml: not a regular file (fifo)"),
+            format!("{shown}/zero.yaml: not a regular file (character device)"),
+        ],
+        "{stderr}"
+    );
 }
 
 #[test]

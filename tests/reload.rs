@@ -13,11 +13,13 @@ use std::time::{Duration, Instant};
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
-use support::{Server, http_get};
+use support::{Server, http_get, make_fifo};
 use tokio::sync::Mutex;
 
 const ALLOW_X: &str = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: ns}\nspec:\n  rules: [{to: [{operation: {paths: [/x]}}]}]\n";
 const DENY_X: &str = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: ns}\nspec:\n  action: DENY\n  rules: [{to: [{operation: {paths: [/x]}}]}]\n";
+const GUARD_MISSPELLED: &str = "apiVersion: security.istio.io/v1\nkind: AuthorisationPolicy\nmetadata: {name: guard, namespace: ns}\nspec:\n  action: DENY\n  rules: [{to: [{operation: {paths: [/x]}}]}]\n";
+const DEPLOYMENT: &str = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web, namespace: ns}\n";
 const BROKEN: &str = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: ns}\nspec:\n  action: NEVER\n";
 
 /// A directory laid out as Kubernetes mounts a ConfigMap: `policy.yaml -> ..data/policy.yaml`,
@@ -213,4 +215,106 @@ async fn sigterm_under_load_loses_no_check_and_exits_cleanly() {
             || failure.contains("connect");
         assert!(refused, "a check failed other than by a refused connection: {failure}");
     }
+}
+
+async fn verdict(client: &mut AuthorizationClient<tonic::transport::Channel>) -> i32 {
+    client.check(check_x()).await.expect("check").into_inner().status.map_or(-1, |status| status.code)
+}
+
+/// Waits until `portcullis_reloads_total{result="error"}` reaches `count`: a hang guard, so a
+/// reload stuck reading a file fails the test instead of hanging it.
+async fn wait_for_reload_errors(server: &Server, count: f64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(server, r#"portcullis_reloads_total{result="error"} "#).unwrap_or(0.0) < count {
+        assert!(Instant::now() < deadline, "reload error {count} was never counted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn wait_for_verdict_code(client: &mut AuthorizationClient<tonic::transport::Channel>, code: i32, why: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while verdict(client).await != code {
+        assert!(Instant::now() < deadline, "{why}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_misspelled_kind_added_to_a_valid_set_is_refused_on_reload_and_the_old_decisions_stay() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("p.yaml"), ALLOW_X).expect("write");
+    let settings = settings_file(100);
+    let server = Server::start_with(&[dir.path()], Some(settings.path()));
+    let mut client = AuthorizationClient::connect(format!("http://{}", server.grpc)).await.expect("connects");
+    assert_eq!(verdict(&mut client).await, 0);
+
+    std::fs::write(dir.path().join("guard.yaml"), GUARD_MISSPELLED).expect("write");
+    wait_for_reload_errors(&server, 1.0).await;
+    assert_eq!(verdict(&mut client).await, 0, "the last good set stays");
+    let refusal = "guard.yaml:2: unknown kind `AuthorisationPolicy` of `security.istio.io`";
+    server.wait_for_log_line(&[refusal]);
+    assert_eq!(metric(&server, r#"portcullis_reloads_total{result="ok"} "#).unwrap_or(0.0), 0.0);
+    assert_eq!(metric(&server, "portcullis_policy_generation "), Some(1.0));
+
+    // A document of another group is still skipped, and a reload says so.
+    std::fs::write(dir.path().join("guard.yaml"), DEPLOYMENT).expect("write");
+    let skipped = server.wait_for_log_line(&["Skipped a document"]);
+    assert!(skipped.contains("guard.yaml:1") && skipped.contains("apps/v1/Deployment"), "{skipped}");
+    assert!(skipped.contains("not an Istio security policy"), "{skipped}");
+    assert_eq!(metric(&server, r#"portcullis_reloads_total{result="ok"} "#), Some(1.0));
+    assert_eq!(server.terminate().code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fifo_or_a_symlink_to_dev_zero_is_refused_by_the_poller_and_a_later_good_change_reloads() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("p.yaml"), ALLOW_X).expect("write");
+    let settings = settings_file(100);
+    let server = Server::start_with(&[dir.path()], Some(settings.path()));
+    let mut client = AuthorizationClient::connect(format!("http://{}", server.grpc)).await.expect("connects");
+    assert_eq!(verdict(&mut client).await, 0);
+
+    let fifo = dir.path().join("pipe.yaml");
+    make_fifo(&fifo);
+    wait_for_reload_errors(&server, 1.0).await;
+    server.wait_for_log_line(&["pipe.yaml: not a regular file (fifo)"]);
+    assert_eq!(verdict(&mut client).await, 0, "the last good set stays");
+    std::fs::remove_file(&fifo).expect("remove fifo");
+
+    let zero = dir.path().join("zero.yaml");
+    std::os::unix::fs::symlink("/dev/zero", &zero).expect("symlink");
+    wait_for_reload_errors(&server, 2.0).await;
+    let refusal = "zero.yaml: not a regular file (character device)";
+    server.wait_for_log_line(&[refusal]);
+    assert_eq!(verdict(&mut client).await, 0, "the last good set stays");
+    std::fs::remove_file(&zero).expect("remove symlink");
+
+    std::fs::write(dir.path().join("p.yaml"), DENY_X).expect("write");
+    wait_for_verdict_code(&mut client, 7, "a good change after the refusals never reloaded").await;
+    assert_eq!(server.terminate().code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fifo_never_blocks_sighup_reloads() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("p.yaml"), ALLOW_X).expect("write");
+    let settings = settings_file(0);
+    let server = Server::start_with(&[dir.path()], Some(settings.path()));
+    let mut client = AuthorizationClient::connect(format!("http://{}", server.grpc)).await.expect("connects");
+
+    let fifo = dir.path().join("pipe.yaml");
+    make_fifo(&fifo);
+    server.signal("-HUP");
+    wait_for_reload_errors(&server, 1.0).await;
+    server.signal("-HUP");
+    wait_for_reload_errors(&server, 2.0).await;
+    assert_eq!(verdict(&mut client).await, 0, "the last good set stays");
+    let (status, _) = http_get(server.admin, "/readyz");
+    assert_eq!(status, 200);
+
+    std::fs::remove_file(&fifo).expect("remove fifo");
+    std::fs::write(dir.path().join("p.yaml"), DENY_X).expect("write");
+    server.signal("-HUP");
+    wait_for_verdict_code(&mut client, 7, "SIGHUP no longer reloads after a fifo").await;
+    assert_eq!(server.terminate().code(), Some(0));
 }

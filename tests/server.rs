@@ -245,6 +245,25 @@ fn an_invalid_policy_set_stops_start_up_before_any_port_is_bound() {
     assert!(!stderr.contains("Listening"), "no port may be bound:\n{stderr}");
 }
 
+#[test]
+fn a_policy_path_that_is_not_a_regular_file_stops_start_up_before_any_port_is_bound() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let fifo = dir.path().join("pipe.yaml");
+    support::make_fifo(&fifo);
+    let zero = dir.path().join("zero.yaml");
+    std::os::unix::fs::symlink("/dev/zero", &zero).expect("symlink");
+    for (path, expected) in [(&fifo, "not a regular file (fifo)"), (&zero, "not a regular file (character device)")] {
+        let mut serve = support::portcullis();
+        serve.args(["serve", "--grpc-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"]);
+        serve.args(["--admin-listen", "127.0.0.1:0", "--policies"]).arg(path);
+        let output = support::output_within(&mut serve, std::time::Duration::from_secs(60));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "stderr:\n{stderr}");
+        assert!(stderr.contains(&format!("{}: {expected}", path.display())), "stderr:\n{stderr}");
+        assert!(!stderr.contains("Listening"), "no port may be bound:\n{stderr}");
+    }
+}
+
 mod tokens {
     use super::*;
     use jsonwebtoken::jwk::{Jwk, JwkSet};

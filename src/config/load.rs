@@ -1,6 +1,9 @@
-//! Reads policy files and directories, splits multi-document YAML, and compiles every AuthorizationPolicy in them.
+//! Reads policy files and directories (regular files only, bounded), splits multi-document YAML, and compiles every Istio security policy in them.
 
 use std::collections::BTreeMap;
+use std::fs::{File, FileType};
+use std::io::Read;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use super::compile::{self, CompiledPolicy, DocumentOrigin};
@@ -12,6 +15,23 @@ use crate::core::policy::{Policy, PolicyId};
 /// Files larger than this are refused rather than parsed.
 pub const MAX_FILE_BYTES: u64 = 8 * 1024 * 1024;
 
+/// The API group of Istio's security policies.
+const ISTIO_SECURITY_GROUP: &str = "security.istio.io";
+
+/// Every kind of Istio's `security.istio.io` group (its CRDs in istio/api), in name order.
+const ISTIO_SECURITY_KINDS: [&str; 3] = ["AuthorizationPolicy", "PeerAuthentication", "RequestAuthentication"];
+
+/// A document read but not evaluated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkippedDocument {
+    /// `file:line` of the document.
+    pub location: String,
+    /// `apiVersion/kind`.
+    pub kind: String,
+    /// Why it is not evaluated.
+    pub reason: &'static str,
+}
+
 /// The policies found under the configured paths.
 #[derive(Debug, Default)]
 pub struct LoadedPolicies {
@@ -19,8 +39,8 @@ pub struct LoadedPolicies {
     pub authn: Vec<AuthnPolicy>,
     /// CUSTOM policies: accepted, not evaluated.
     pub custom: Vec<PolicyId>,
-    /// Documents of other kinds, skipped: `file:line` and their kind.
-    pub skipped: Vec<(String, String)>,
+    /// Documents of other kinds, skipped.
+    pub skipped: Vec<SkippedDocument>,
     pub files: usize,
 }
 
@@ -57,7 +77,8 @@ pub fn load_policies(paths: &[PathBuf]) -> Result<LoadedPolicies, Vec<ConfigErro
 
 /// A digest of the policy files under `paths`: their names and contents, and any error in
 /// reading them. It changes when a file is added, removed, edited, or swapped behind a
-/// symlink, as Kubernetes updates a mounted ConfigMap.
+/// symlink, as Kubernetes updates a mounted ConfigMap. Files are read as the loader reads
+/// them: regular files only, at most `MAX_FILE_BYTES + 1` bytes each.
 pub fn fingerprint(paths: &[PathBuf]) -> [u8; 32] {
     let mut files = Vec::new();
     let mut errors = Vec::new();
@@ -70,12 +91,12 @@ pub fn fingerprint(paths: &[PathBuf]) -> [u8; 32] {
     }
     for file in &files {
         digest.update(file.display().to_string().as_bytes());
-        match std::fs::read(file) {
+        match read_regular_file(file) {
             Ok(bytes) => {
                 digest.update(&(bytes.len() as u64).to_le_bytes());
                 digest.update(&bytes);
             }
-            Err(error) => digest.update(error.to_string().as_bytes()),
+            Err(message) => digest.update(message.as_bytes()),
         }
     }
     let mut out = [0; 32];
@@ -119,7 +140,9 @@ fn load_text(
                 loaded.authn.push(policy);
             }
             Ok(Loaded::Custom(id)) => loaded.custom.push(id),
-            Ok(Loaded::Skipped(kind)) => loaded.skipped.push((here, kind)),
+            Ok(Loaded::Skipped { kind, reason }) => {
+                loaded.skipped.push(SkippedDocument { location: here, kind, reason })
+            }
             Ok(Loaded::Empty) => {}
             Err(mut found) => errors.append(&mut found),
         }
@@ -130,17 +153,52 @@ enum Loaded {
     Policy(Policy),
     Authn(AuthnPolicy),
     Custom(PolicyId),
-    Skipped(String),
+    Skipped { kind: String, reason: &'static str },
     Empty,
 }
 
 fn read_text(file: &Path) -> Result<String, String> {
-    let size = std::fs::metadata(file).map_err(|error| format!("cannot read: {error}"))?.len();
-    if size > MAX_FILE_BYTES {
-        return Err(format!("file is {size} bytes, over the limit of {MAX_FILE_BYTES}"));
-    }
-    let bytes = std::fs::read(file).map_err(|error| format!("cannot read: {error}"))?;
+    let bytes = read_regular_file(file)?;
     String::from_utf8(bytes).map_err(|_| "file is not UTF-8".into())
+}
+
+/// The bytes of a regular file (a symlink to one is fine: ConfigMap files are symlinks). A
+/// FIFO, device or socket is refused before it is opened, since opening a FIFO blocks and a
+/// device never ends, and again on the opened handle, in case the path was swapped in between
+/// (`O_NONBLOCK` keeps that open from blocking). At most `MAX_FILE_BYTES + 1` bytes are read,
+/// whatever size the metadata claims.
+fn read_regular_file(file: &Path) -> Result<Vec<u8>, String> {
+    let cannot_read = |error: std::io::Error| format!("cannot read: {error}");
+    let before_opening = std::fs::metadata(file).map_err(cannot_read)?;
+    refuse_non_regular(before_opening.file_type())?;
+    let opened = File::options().read(true).custom_flags(libc::O_NONBLOCK).open(file).map_err(cannot_read)?;
+    refuse_non_regular(opened.metadata().map_err(cannot_read)?.file_type())?;
+    let mut bytes = Vec::new();
+    opened.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes).map_err(cannot_read)?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(format!("file is over the limit of {MAX_FILE_BYTES} bytes"));
+    }
+    Ok(bytes)
+}
+
+fn refuse_non_regular(file_type: FileType) -> Result<(), String> {
+    if file_type.is_file() {
+        return Ok(());
+    }
+    let kind = if file_type.is_fifo() {
+        "fifo"
+    } else if file_type.is_char_device() {
+        "character device"
+    } else if file_type.is_block_device() {
+        "block device"
+    } else if file_type.is_socket() {
+        "socket"
+    } else if file_type.is_dir() {
+        "directory"
+    } else {
+        "unknown type"
+    };
+    Err(format!("not a regular file ({kind})"))
 }
 
 /// A file, or the YAML files under a directory in name order. Entries whose names start with
@@ -224,21 +282,71 @@ fn load_document(text: &str, origin: DocumentOrigin<'_>) -> Result<Loaded, Vec<C
         }
         return Err(vec![origin.error(1, "not a Kubernetes object: `apiVersion` and `kind` are required".into())]);
     };
-    let is_istio_security = api_version.starts_with("security.istio.io/");
-    if is_istio_security && kind == "RequestAuthentication" {
-        let document: raw::RequestAuthentication = serde_saphyr::from_str_with_options(text, yaml_options())
-            .map_err(|error| vec![yaml_error(origin, &error)])?;
-        return compile::compile_request_authentication(document, origin).map(Loaded::Authn);
+    // `group/version`; without a `/`, the whole is read as the group, so that a policy that
+    // lost its version is refused by the compiler rather than skipped.
+    let group = api_version.split('/').next().unwrap_or_default();
+    if group != ISTIO_SECURITY_GROUP {
+        let reason = "not an Istio security policy";
+        return Ok(Loaded::Skipped { kind: format!("{api_version}/{}", kind.value), reason });
     }
-    if !(is_istio_security && kind == "AuthorizationPolicy") {
-        return Ok(Loaded::Skipped(format!("{api_version}/{kind}")));
+    match kind.value.as_str() {
+        "AuthorizationPolicy" => {
+            let document: raw::AuthorizationPolicy = serde_saphyr::from_str_with_options(text, yaml_options())
+                .map_err(|error| vec![yaml_error(origin, &error)])?;
+            Ok(match compile::compile_authorization_policy(document, origin)? {
+                CompiledPolicy::Enforced(policy) => Loaded::Policy(policy),
+                CompiledPolicy::Custom(id) => Loaded::Custom(id),
+            })
+        }
+        "RequestAuthentication" => {
+            let document: raw::RequestAuthentication = serde_saphyr::from_str_with_options(text, yaml_options())
+                .map_err(|error| vec![yaml_error(origin, &error)])?;
+            compile::compile_request_authentication(document, origin).map(Loaded::Authn)
+        }
+        "PeerAuthentication" => {
+            let reason = "mutual TLS is enforced by the mesh's proxies, not evaluated here";
+            Ok(Loaded::Skipped { kind: format!("{api_version}/{}", kind.value), reason })
+        }
+        unknown => {
+            // A misspelled kind must not disable the policy it was meant to be.
+            let message = format!(
+                "unknown kind `{unknown}` of `{ISTIO_SECURITY_GROUP}`; known kinds: {}; did you mean `{}`?",
+                ISTIO_SECURITY_KINDS.join(", "),
+                closest_kind(unknown)
+            );
+            Err(vec![origin.error(kind.referenced.line(), message)])
+        }
     }
-    let document: raw::AuthorizationPolicy =
-        serde_saphyr::from_str_with_options(text, yaml_options()).map_err(|error| vec![yaml_error(origin, &error)])?;
-    Ok(match compile::compile_authorization_policy(document, origin)? {
-        CompiledPolicy::Enforced(policy) => Loaded::Policy(policy),
-        CompiledPolicy::Custom(id) => Loaded::Custom(id),
-    })
+}
+
+/// The known kind of Istio's security group nearest to `kind` by edit distance, letter case
+/// ignored; the first in name order on a tie.
+fn closest_kind(kind: &str) -> &'static str {
+    let kind = kind.to_ascii_lowercase();
+    let mut closest = ISTIO_SECURITY_KINDS[0];
+    let mut closest_distance = usize::MAX;
+    for known in ISTIO_SECURITY_KINDS {
+        let distance = edit_distance(&kind, &known.to_ascii_lowercase());
+        if distance < closest_distance {
+            (closest, closest_distance) = (known, distance);
+        }
+    }
+    closest
+}
+
+/// Levenshtein distance in bytes; `kind` is only compared with short ASCII names.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b = b.as_bytes();
+    let mut previous: Vec<usize> = (0..=b.len()).collect();
+    for (i, a_byte) in a.bytes().enumerate() {
+        let mut current = vec![i + 1; b.len() + 1];
+        for (j, b_byte) in b.iter().enumerate() {
+            let substitution = previous[j] + usize::from(a_byte != *b_byte);
+            current[j + 1] = substitution.min(previous[j + 1] + 1).min(current[j] + 1);
+        }
+        previous = current;
+    }
+    previous[b.len()]
 }
 
 #[cfg(test)]
@@ -259,6 +367,36 @@ mod tests {
     fn a_stream_without_markers_is_one_document() {
         let documents = split_documents("a: 1\nb: 2\n");
         assert_eq!(documents, [Document { first_line: 1, text: "a: 1\nb: 2\n".into() }]);
+    }
+
+    #[test]
+    fn the_closest_kind_is_found_whatever_the_letter_case() {
+        assert_eq!(closest_kind("AuthorisationPolicy"), "AuthorizationPolicy");
+        assert_eq!(closest_kind("requestauthentication"), "RequestAuthentication");
+        assert_eq!(closest_kind("PeerAuth"), "PeerAuthentication");
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+    }
+
+    #[test]
+    fn a_symlink_to_a_regular_file_is_read_and_one_to_a_device_is_refused() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("real.yaml"), "a: 1\n").expect("write");
+        std::os::unix::fs::symlink("real.yaml", dir.path().join("link.yaml")).expect("symlink");
+        std::os::unix::fs::symlink("/dev/zero", dir.path().join("zero.yaml")).expect("symlink");
+        assert_eq!(read_regular_file(&dir.path().join("link.yaml")), Ok(b"a: 1\n".to_vec()));
+        let refused = read_regular_file(&dir.path().join("zero.yaml"));
+        assert_eq!(refused, Err("not a regular file (character device)".into()));
+    }
+
+    #[test]
+    fn a_fifo_is_refused_without_blocking() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let fifo = dir.path().join("x.yaml");
+        let without_fifo = fingerprint(&[dir.path().to_path_buf()]);
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status().expect("mkfifo runs");
+        assert!(made.success());
+        assert_eq!(read_regular_file(&fifo), Err("not a regular file (fifo)".into()));
+        assert_ne!(fingerprint(&[dir.path().to_path_buf()]), without_fifo, "the poller sees the fifo, unread");
     }
 
     #[test]

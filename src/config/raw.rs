@@ -14,7 +14,7 @@ pub type Values = Vec<Spanned<String>>;
 pub struct ObjectHeader {
     #[serde(rename = "apiVersion")]
     pub api_version: Option<String>,
-    pub kind: Option<String>,
+    pub kind: Option<Spanned<String>>,
 }
 
 /// Kubernetes `metadata`: only the fields policies use are read, the rest of ObjectMeta is

@@ -2,6 +2,7 @@
 
 #![allow(dead_code, reason = "each test crate uses a different part of the support module")]
 #![expect(clippy::expect_used, reason = "test set-up: a failure to start the server fails the test")]
+#![allow(clippy::panic, reason = "a hang guard fails the test")]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -130,6 +131,28 @@ impl Server {
             }
         }
     }
+}
+
+/// Creates a FIFO (named pipe) at `path`.
+pub fn make_fifo(path: &Path) {
+    let made = Command::new("mkfifo").arg(path).status().expect("mkfifo runs");
+    assert!(made.success(), "mkfifo {}", path.display());
+}
+
+/// Runs `command` to its end, as `Command::output` does, but kills it and fails the test when it
+/// has not exited within `bound`: a hang guard, not a timing assertion.
+pub fn output_within(command: &mut Command, bound: Duration) -> std::process::Output {
+    let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("command starts");
+    let deadline = Instant::now() + bound;
+    while child.try_wait().expect("waits on the child").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let output = child.wait_with_output().expect("killed child exits");
+            panic!("did not exit within {bound:?}; stderr:\n{}", String::from_utf8_lossy(&output.stderr));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("child output")
 }
 
 impl Drop for Server {
