@@ -51,12 +51,23 @@ class PortcullisServer:
         return answers_200(self.admin_url("/readyz"))
 
 
-def start_portcullis(policies: Path, log: Path, *, ready_path: str = "/readyz", ready_timeout: float = READY_TIMEOUT_S) -> PortcullisServer:
-    """Start `portcullis serve` and wait until ready_path answers 200 (`/healthz`: only listening)."""
+def start_portcullis(
+    policies: Path, log: Path, *, ready_path: str = "/readyz", ready_timeout: float = READY_TIMEOUT_S, settings: str | None = None
+) -> PortcullisServer:
+    """Start `portcullis serve` and wait until ready_path answers 200 (`/healthz`: only listening).
+
+    settings: YAML for a settings file (`http_mode: nginx` serves the HTTP door); none by default.
+    """
     grpc_port, http_port, admin_port = free_port(), free_port(), free_port()
+    config = []
+    if settings is not None:
+        settings_file = log.with_suffix(".settings.yaml")
+        settings_file.write_text(settings)
+        config = ["--config", str(settings_file)]
     command = [
         str(portcullis_binary()),
         "serve",
+        *config,
         "--policies",
         str(policies),
         "--grpc-listen",
@@ -85,7 +96,7 @@ def launch_portcullis(tmp_path_factory):
     log_dir = tmp_path_factory.mktemp("portcullis-logs")
 
     def launch(policies: Path = SHIPPED_POLICIES, **options) -> PortcullisServer:
-        """options: those of start_portcullis (ready_path, ready_timeout)."""
+        """options: those of start_portcullis (ready_path, ready_timeout, settings)."""
         server = start_portcullis(policies, log_dir / f"portcullis-{len(started)}.log", **options)
         started.append(server)
         return server

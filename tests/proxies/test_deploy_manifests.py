@@ -232,6 +232,8 @@ def test_the_settings_file_is_accepted_by_the_server():
     settings = json.loads(result.stdout)
     assert "127.0.0.0/8" in settings["trusted_proxies"] and len(settings["trusted_proxies"]) > 2
     assert settings["workloads"][0]["namespace"] == "job-service"
+    # Istio's portcullis-http provider is Envoy's HTTP mode: pinned, so no client header picks the dialect.
+    assert settings["http_mode"] == "envoy"
 
 
 def test_dockerfile_exposes_the_default_ports_and_runs_as_nonroot(ports):
@@ -346,6 +348,7 @@ def test_traefik_labels_configure_forward_auth(ports, identity_headers):
     _forward_auth_address(labels[prefix + "address"], ports)
     assert urlsplit(labels[prefix + "address"]).hostname in compose["services"]
     assert labels[prefix + "trustForwardHeader"] == "true"
+    assert yaml.safe_load(compose["configs"]["portcullis-settings"]["content"])["http_mode"] == "traefik"
     assert sorted(labels[prefix + "authResponseHeaders"].split(",")) == identity_headers
     assert labels["traefik.http.middlewares.strip-token.headers.customrequestheaders.Authorization"] == ""
     assert labels["traefik.http.routers.job-service.middlewares"].split(",") == ["portcullis", "strip-token"]
