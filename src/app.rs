@@ -6,7 +6,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::transport::server::TcpIncoming;
@@ -18,7 +17,7 @@ use crate::core::matcher::IpMatch;
 use crate::core::{Decision, Reason, Request, Snapshot};
 use crate::grpc::{AuthorizationServer, CheckService};
 use crate::jwks::KeyStore;
-use crate::settings::{Settings, SettingsError};
+use crate::settings::{HttpMode, Settings, SettingsError};
 use crate::telemetry::Metrics;
 use crate::telemetry::{DecisionLog, Door, UnidentifiedWorkloadLog};
 use crate::token_cache::VerifiedTokenCache;
@@ -180,7 +179,10 @@ pub async fn serve(settings: Settings) -> Result<(), AppError> {
     });
 
     let grpc_listener = bind("grpc", settings.grpc_listen).await?;
-    let http_listener = bind("http", settings.http_listen).await?;
+    let http_listener = match settings.http_mode {
+        Some(mode) => Some((bind("http", settings.http_listen).await?, mode)),
+        None => None,
+    };
     let admin_listener = bind("admin", settings.admin_listen).await?;
     let (shutdown_sender, shutdown) = watch::channel(false);
 
@@ -196,19 +198,28 @@ pub async fn serve(settings: Settings) -> Result<(), AppError> {
             TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
             wait_for(shutdown.clone()),
         );
-    let admin =
-        axum::serve(admin_listener, admin::router(state.clone())).with_graceful_shutdown(wait_for(shutdown.clone()));
-    let http_listener = http_listener.tap_io(|stream| {
-        if let Err(error) = stream.set_nodelay(true) {
-            tracing::debug!(%error, "Cannot set TCP_NODELAY");
+    let limits = settings.connection_limits();
+    let admin = http::listener::serve(admin_listener, admin::router(state.clone()), limits, shutdown.clone());
+    let http_door = http_listener.map(|(listener, mode)| {
+        if mode == HttpMode::Auto {
+            tracing::warn!(
+                "HTTP door in `auto` mode: behind Envoy's HTTP mode a client's X-Original-URL or X-Original-URI chooses the judged path; set http_mode to the proxy in front"
+            );
+        }
+        http::listener::serve(listener, http::router(state.clone(), mode), limits, shutdown.clone())
+    });
+    if http_door.is_none() {
+        tracing::info!(
+            "HTTP door off: set http_mode to traefik, nginx, ingress-nginx or envoy (the proxy in front) to serve it"
+        );
+    }
+    let http_task = tokio::spawn(async move {
+        if let Some(http_door) = http_door {
+            http_door.await;
         }
     });
-    let http_door =
-        axum::serve(http_listener, http::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(wait_for(shutdown.clone()));
-    let http_task = tokio::spawn(async move { http_door.await });
     let grpc_task = tokio::spawn(grpc);
-    let admin_task = tokio::spawn(async move { admin.await });
+    let admin_task = tokio::spawn(admin);
     tokio::spawn(become_ready(state.clone(), Duration::from_secs(settings.jwks_ready_timeout_secs)));
     tokio::spawn(reload::watch(state.clone(), shutdown.clone()));
 
@@ -230,7 +241,7 @@ pub async fn serve(settings: Settings) -> Result<(), AppError> {
     let flushing = state.clone();
     let _ = tokio::task::spawn_blocking(move || flushing.traces.shutdown()).await;
     match drained {
-        Ok((Ok(Ok(())), Ok(Ok(())), Ok(Ok(())))) => {
+        Ok((Ok(Ok(())), Ok(()), Ok(()))) => {
             tracing::info!("Stopped");
             Ok(())
         }

@@ -7,15 +7,17 @@ use std::time::{Instant, SystemTime};
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::{ConnectInfo, Extension, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Request as HttpRequestIn, Response, StatusCode, header};
 
 use crate::app::AppState;
 use crate::core::matcher::IpMatch;
-use crate::core::{Decision, HttpRequest, Peer, Request, StrMap};
+use crate::core::{Decision, HttpRequest, Peer, Reason, Request, StrMap};
 use crate::settings::HttpMode;
 use crate::telemetry::{DecisionRecord, Door};
 use crate::traces::TraceContext;
+
+pub mod listener;
 
 /// The header that lists, for Envoy, the request headers to strip on allow.
 const HEADERS_TO_REMOVE: &str = "x-envoy-auth-headers-to-remove";
@@ -49,24 +51,30 @@ impl HttpMode {
     }
 }
 
-/// Every method and path is a check.
-pub fn router(state: Arc<AppState>) -> Router {
-    Router::new().fallback(check).with_state(state)
+/// Every method and path is a check, read in the dialect of `mode`.
+pub fn router(state: Arc<AppState>, mode: HttpMode) -> Router {
+    Router::new().fallback(check).layer(Extension(mode)).with_state(state)
 }
 
 async fn check(
     State(state): State<Arc<AppState>>,
+    Extension(mode): Extension<HttpMode>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     incoming: HttpRequestIn<Body>,
 ) -> Response<Body> {
     let started = Instant::now();
     let started_at = SystemTime::now();
-    let settings = &state.settings;
     let trusted = state.trusted_proxies.iter().any(|block| block.matches(peer.ip()));
-    let original = OriginalRequest::read(&incoming, peer.ip(), trusted, settings.http_mode, &settings.http_path_prefix);
+    let original = OriginalRequest::read(&incoming, peer.ip(), trusted, mode, &state.settings.http_path_prefix);
     let live = state.policies.load();
     let request = original.request();
-    let decision = state.decide(&live.snapshot, &request).await;
+    let decision = match &original.context {
+        Ok(_) => state.decide(&live.snapshot, &request).await,
+        Err(error) => {
+            tracing::debug!(%error, "Denied a forward-auth request with a malformed context");
+            Decision::new(Reason::MalformedRequest, None)
+        }
+    };
     let elapsed = started.elapsed();
     state.metrics.record_check(Door::Http, &decision, elapsed);
     state.record_unidentified_workload(Door::Http, &request, &decision);
@@ -85,7 +93,7 @@ async fn check(
 }
 
 /// The request being authorized, as read from the forward-auth request.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct OriginalRequest {
     method: String,
     scheme: String,
@@ -93,7 +101,22 @@ struct OriginalRequest {
     path: String,
     headers: Vec<(String, String)>,
     source: Option<IpAddr>,
-    context: HashMap<String, String>,
+    /// The workload's context: from the auth request's query, or `x-portcullis-context`.
+    context: Result<HashMap<String, String>, ContextError>,
+}
+
+impl Default for OriginalRequest {
+    fn default() -> Self {
+        Self {
+            method: String::new(),
+            scheme: String::new(),
+            host: String::new(),
+            path: String::new(),
+            headers: Vec::new(),
+            source: None,
+            context: Ok(HashMap::new()),
+        }
+    }
 }
 
 impl OriginalRequest {
@@ -133,7 +156,7 @@ impl OriginalRequest {
                 original.scheme = get("x-forwarded-proto").unwrap_or(original.scheme);
                 original.host = get("x-forwarded-host").unwrap_or(original.host);
                 original.path = target(FORWARDED_URI);
-                original.context = parse_pairs(own_query, '&');
+                original.context = parse_context(own_query, '&');
             }
             Some(HttpMode::IngressNginx) => {
                 original.method = get("x-original-method").unwrap_or_else(|| "GET".into());
@@ -143,12 +166,12 @@ impl OriginalRequest {
                 original.scheme = scheme.into();
                 original.host = authority.into();
                 original.path = path.into();
-                original.context = parse_pairs(own_query, '&');
+                original.context = parse_context(own_query, '&');
             }
             Some(HttpMode::Nginx) => {
                 original.method = get("x-original-method").unwrap_or_else(|| "GET".into());
                 original.path = target(ORIGINAL_URI);
-                original.context = parse_pairs(own_query, '&');
+                original.context = parse_context(own_query, '&');
             }
             Some(HttpMode::Envoy | HttpMode::Auto) => {
                 // Envoy's HTTP ext_authz: the request is the original, under an optional prefix.
@@ -160,7 +183,7 @@ impl OriginalRequest {
                 original.path =
                     target.strip_prefix(path_prefix).filter(|rest| rest.starts_with('/')).unwrap_or(target).into();
                 if trusted {
-                    original.context = get(CONTEXT_HEADER).map(|pairs| parse_pairs(&pairs, ',')).unwrap_or_default();
+                    original.context = context_header(headers);
                 }
             }
         }
@@ -180,7 +203,7 @@ impl OriginalRequest {
                 joined_headers: false,
             }),
             sni: "",
-            context_extensions: StrMap::from(&self.context),
+            context_extensions: self.context.as_ref().map(StrMap::from).unwrap_or_default(),
         }
     }
 }
@@ -196,14 +219,38 @@ fn readable_headers(headers: &HeaderMap, trusted: bool) -> Vec<(String, String)>
         .collect()
 }
 
-/// `a=1&b=2` (or with another separator) into a map; empty names are dropped.
-fn parse_pairs(text: &str, separator: char) -> HashMap<String, String> {
-    text.split(separator)
-        .filter_map(|pair| {
-            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-            (!name.trim().is_empty()).then(|| (name.trim().to_string(), value.trim().to_string()))
-        })
-        .collect()
+/// A workload context that cannot be read without guessing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ContextError {
+    #[error("context key `{0}` is given more than once")]
+    DuplicateKey(String),
+    #[error("`x-portcullis-context` is not text")]
+    Unreadable,
+}
+
+/// `a=1&b=2` (or with another separator) into a map; empty names are dropped. A name given
+/// twice is an error: taking either value would let a client choose the workload.
+pub fn parse_context(text: &str, separator: char) -> Result<HashMap<String, String>, ContextError> {
+    let mut context = HashMap::new();
+    for pair in text.split(separator) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let name = name.trim();
+        if name.is_empty() {
+            continue;
+        }
+        if context.insert(name.to_string(), value.trim().to_string()).is_some() {
+            return Err(ContextError::DuplicateKey(name.to_string()));
+        }
+    }
+    Ok(context)
+}
+
+/// The `x-portcullis-context` header, every copy of it, so that a key repeated across two
+/// copies is seen; a value that is not text is refused.
+fn context_header(headers: &HeaderMap) -> Result<HashMap<String, String>, ContextError> {
+    let copies =
+        headers.get_all(CONTEXT_HEADER).iter().map(|value| value.to_str().map_err(|_| ContextError::Unreadable));
+    parse_context(&copies.collect::<Result<Vec<_>, _>>()?.join(","), ',')
 }
 
 /// The one place a decision becomes an HTTP answer; `allow` is false for an enforced deny.
@@ -248,4 +295,31 @@ fn insert(headers: &mut HeaderMap, name: &str, value: &str) -> bool {
 /// Parses the `trusted_proxies` setting.
 pub fn trusted_proxies(entries: &[String]) -> Result<Vec<IpMatch>, String> {
     entries.iter().map(|entry| IpMatch::parse(entry)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn context_pairs_are_read_with_either_separator() {
+        let header = parse_context("namespace=ns, app = web,,flag", ',');
+        let expected = [("namespace", "ns"), ("app", "web"), ("flag", "")];
+        assert_eq!(header, Ok(expected.iter().map(|(name, value)| (name.to_string(), value.to_string())).collect()));
+        assert_eq!(parse_context("namespace=ns&app=web", '&').map(|context| context.len()), Ok(2));
+    }
+
+    #[test]
+    fn a_context_key_given_twice_is_an_error_whatever_its_values() {
+        for (text, separator) in
+            [("namespace=a,namespace=b", ','), ("namespace=a&app=x&namespace=a", '&'), ("k,k", ',')]
+        {
+            let duplicate = text.split(separator).next().and_then(|pair| pair.split('=').next()).unwrap_or_default();
+            assert_eq!(parse_context(text, separator), Err(ContextError::DuplicateKey(duplicate.into())), "{text}");
+        }
+        assert_eq!(
+            parse_context("namespace=a, namespace =b", ','),
+            Err(ContextError::DuplicateKey("namespace".into()))
+        );
+    }
 }

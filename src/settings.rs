@@ -13,6 +13,7 @@ use crate::core::authn::{AuthnContext, KeyLookup, TokenCache};
 use crate::core::matcher::IpMatch;
 use crate::core::path::PathOptions;
 use crate::core::workload::{UnknownWorkload, WorkloadEntry, WorkloadSelector, WorkloadTable};
+use crate::http::listener::ConnectionLimits;
 use crate::jwks::FetchLimits;
 
 /// A problem with the settings; reported before any port is bound.
@@ -54,9 +55,17 @@ pub struct Settings {
     pub trusted_proxies: Vec<String>,
     /// A prefix the HTTP door strips from the path in Envoy's HTTP mode (`path_prefix`).
     pub http_path_prefix: String,
-    /// Which proxy calls the HTTP door: `auto`, `traefik`, `nginx`, `ingress-nginx` or
-    /// `envoy`. Pin it in production, so that only that proxy's headers are read.
-    pub http_mode: HttpMode,
+    /// Which proxy calls the HTTP door: `traefik`, `nginx`, `ingress-nginx`, `envoy` or
+    /// `auto`. Unset, the HTTP door is not served: no dialect is assumed.
+    pub http_mode: Option<HttpMode>,
+    /// A connection that has not sent a whole request head this long after opening (or, on
+    /// HTTP/1.1, after its last answer) is closed.
+    pub http_header_read_timeout_ms: u64,
+    /// A connection with no request in flight this long is closed.
+    pub http_idle_timeout_secs: u64,
+    /// Connections served at once by the HTTP door (and by the admin door); more wait in the
+    /// listen backlog.
+    pub http_max_connections: u32,
     /// Names workloads for requests that carry neither context extensions nor a destination
     /// principal (Istio's CUSTOM hop).
     pub workloads: Vec<WorkloadSetting>,
@@ -116,7 +125,10 @@ impl Default for Settings {
             merge_slashes: true,
             trusted_proxies: vec!["127.0.0.0/8".into(), "::1/128".into()],
             http_path_prefix: String::new(),
-            http_mode: HttpMode::Auto,
+            http_mode: None,
+            http_header_read_timeout_ms: 10_000,
+            http_idle_timeout_secs: 60,
+            http_max_connections: 4096,
             workloads: Vec::new(),
             unknown_workload: UnknownWorkload::Deny,
             clock_skew_secs: 60,
@@ -146,7 +158,9 @@ impl Default for Settings {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum HttpMode {
-    /// Whichever dialect's headers are present; two at once are refused as ambiguous.
+    /// Whichever dialect's headers are present; two at once are refused as ambiguous. Behind
+    /// Envoy's HTTP mode a client's `X-Original-URL` or `X-Original-URI` chooses the judged
+    /// path: name the proxy instead.
     Auto,
     Traefik,
     Nginx,
@@ -224,6 +238,15 @@ impl Settings {
         if !["error", "warn", "info", "debug"].contains(&settings.decision_log_level.as_str()) {
             return Err(SettingsError::Invalid("decision_log_level must be error, warn, info or debug".into()));
         }
+        for (name, value) in [
+            ("http_header_read_timeout_ms", settings.http_header_read_timeout_ms),
+            ("http_idle_timeout_secs", settings.http_idle_timeout_secs),
+            ("http_max_connections", u64::from(settings.http_max_connections)),
+        ] {
+            if value == 0 {
+                return Err(SettingsError::Invalid(format!("{name} must be at least 1")));
+            }
+        }
         Ok(settings)
     }
 
@@ -279,6 +302,15 @@ impl Settings {
             now: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_secs()),
             clock_skew_secs: self.clock_skew_secs,
             max_token_bytes: self.max_token_bytes,
+        }
+    }
+
+    /// Bounds of the HTTP and admin doors' connections.
+    pub fn connection_limits(&self) -> ConnectionLimits {
+        ConnectionLimits {
+            header_read_timeout: Duration::from_millis(self.http_header_read_timeout_ms),
+            idle_timeout: Duration::from_secs(self.http_idle_timeout_secs),
+            max_connections: self.http_max_connections,
         }
     }
 

@@ -8,6 +8,7 @@ mod support;
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -148,6 +149,12 @@ fn policy_dir(yaml: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("temp dir");
     std::fs::write(dir.path().join("policies.yaml"), yaml).expect("write policies");
     dir
+}
+
+/// A server on `policies` with the HTTP door in Envoy's HTTP mode, and its settings file.
+fn start_envoy_mode(policies: &Path) -> (Server, tempfile::NamedTempFile) {
+    let config = config_file("http_mode: envoy\n");
+    (Server::start_with(&[policies], Some(config.path())), config)
 }
 
 fn config_file(yaml: &str) -> tempfile::NamedTempFile {
@@ -392,7 +399,7 @@ fn two_authorization_headers_are_refused_on_the_http_door() {
     let mut yaml = door_policies();
     yaml = yaml.replace("jwks: '", "forwardOriginalToken: true\n    jwks: '");
     let policies = policy_dir(&yaml);
-    let server = Server::start(&[policies.path()]);
+    let (server, _config) = start_envoy_mode(policies.path());
     let alice = sign(RSA, Algorithm::RS256, Some("rsa"), &claims("alice"));
     let admin = sign(OTHER_RSA, Algorithm::RS256, Some("rsa"), &claims("admin"));
     let single = format!("Authorization: Bearer {alice}\r\n");
@@ -741,7 +748,7 @@ fn allowed_control_paths() -> [&'static str; 3] {
 #[test]
 fn path_tricks_through_the_http_door_never_reach_a_denied_resource() {
     let policies = policy_dir(&door_policies());
-    let server = Server::start(&[policies.path()]);
+    let (server, _config) = start_envoy_mode(policies.path());
     let mut failures = Vec::new();
     for path in PATHS_TO_DENIED_RESOURCES {
         let (status, _, body) = raw_http(server.http, &envoy_mode_request(path.as_bytes(), "adv", ""));
@@ -796,7 +803,7 @@ async fn path_tricks_through_grpc_never_reach_a_denied_resource() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn non_utf8_and_overlong_path_bytes_are_never_allowed() {
     let policies = policy_dir(&door_policies());
-    let server = Server::start(&[policies.path()]);
+    let (server, _config) = start_envoy_mode(policies.path());
     let raw_targets: [&[u8]; 5] = [
         b"/admin\xff",
         b"/public/\xc0\xae\xc0\xae/admin",
@@ -836,9 +843,12 @@ async fn non_utf8_and_overlong_path_bytes_are_never_allowed() {
 
 fn an_unreadable_forwarded_uri_is_not_replaced_by_the_auth_requests_path() {
     let policies = policy_dir(&door_policies());
-    let server = Server::start(&[policies.path()]);
     let mut failures = Vec::new();
-    for header in ["X-Original-URI", "X-Forwarded-Uri", "X-Original-URL"] {
+    for (mode, header) in
+        [("nginx", "X-Original-URI"), ("traefik", "X-Forwarded-Uri"), ("ingress-nginx", "X-Original-URL")]
+    {
+        let config = config_file(&format!("http_mode: {mode}\n"));
+        let server = Server::start_with(&[policies.path()], Some(config.path()));
         let value: &[u8] = if header == "X-Original-URL" { b"http://app.test/admin/\xff" } else { b"/admin/\xff" };
         let mut request = b"GET /_auth?namespace=adv&app=adv HTTP/1.1\r\nHost: portcullis\r\n".to_vec();
         request.extend_from_slice(header.as_bytes());
@@ -847,7 +857,7 @@ fn an_unreadable_forwarded_uri_is_not_replaced_by_the_auth_requests_path() {
         request.extend_from_slice(b"\r\nConnection: close\r\n\r\n");
         let (status, _, body) = raw_http(server.http, &request);
         if status == 200 {
-            failures.push(format!("{header}: /admin/\\xff allowed ({body:?})"));
+            failures.push(format!("{mode} {header}: /admin/\\xff allowed ({body:?})"));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
@@ -860,43 +870,51 @@ fn an_unreadable_forwarded_uri_is_not_replaced_by_the_auth_requests_path() {
 
 fn client_copies_of_forwarding_headers_do_not_choose_the_judged_path() {
     let policies = policy_dir(&door_policies());
-    let server = Server::start(&[policies.path()]);
     let context = "?namespace=adv&app=adv";
     type Headers<'a> = Vec<(&'a str, &'a str)>;
-    let cases: Vec<(&str, String, Headers)> = vec![
+    let cases: Vec<(&str, &str, String, Headers)> = vec![
         (
             "nginx auth_request, client adds X-Forwarded-Uri",
+            "nginx",
             format!("/_auth{context}"),
             vec![("X-Original-URI", "/admin/users"), ("X-Original-Method", "GET"), ("X-Forwarded-Uri", "/public/x")],
         ),
         (
             "ingress-nginx, client adds X-Forwarded-Uri",
+            "ingress-nginx",
             format!("/_auth{context}"),
             vec![("X-Original-URL", "https://app.test/admin/users"), ("X-Forwarded-Uri", "/public/x")],
         ),
         (
             "nginx auth_request, client adds X-Original-URL",
+            "nginx",
             format!("/_auth{context}"),
             vec![("X-Original-URI", "/admin/users"), ("X-Original-URL", "https://app.test/public/x")],
         ),
+        (
+            "auto, nginx auth_request, client adds X-Forwarded-Uri (two dialects: refused)",
+            "auto",
+            format!("/_auth{context}"),
+            vec![("X-Original-URI", "/admin/users"), ("X-Forwarded-Uri", "/public/x")],
+        ),
+        (
+            // Behind Envoy's HTTP mode no dialect header is expected: pinned `http_mode: envoy`
+            // ignores a client's X-Original-URI (and deploy/envoy/envoy-http.yaml does not
+            // forward it).
+            "Envoy HTTP mode, client adds X-Original-URI",
+            "envoy",
+            "/admin/users".into(),
+            vec![("x-portcullis-context", "namespace=adv"), ("X-Original-URI", "/public/x")],
+        ),
     ];
     let mut failures = Vec::new();
-    for (name, target, headers) in &cases {
+    for (name, mode, target, headers) in &cases {
+        let config = config_file(&format!("http_mode: {mode}\n"));
+        let server = Server::start_with(&[policies.path()], Some(config.path()));
         let (status, _, _) = http_request(server.http, "GET", target, headers);
         if status == 200 {
             failures.push(format!("{name}: allowed /admin/users"));
         }
-    }
-    // Behind Envoy's HTTP mode no dialect header is expected, so `auto` cannot tell a client's
-    // X-Original-URI from nginx's: pinned `http_mode: envoy` ignores it (and the shipped
-    // deploy/envoy/envoy-http.yaml does not forward it).
-    let settings = tempfile::NamedTempFile::new().expect("temp file");
-    std::fs::write(settings.path(), "http_mode: envoy\n").expect("write");
-    let pinned = Server::start_with(&[policies.path()], Some(settings.path()));
-    let headers = [("x-portcullis-context", "namespace=adv"), ("X-Original-URI", "/public/x")];
-    let (status, _, _) = http_request(pinned.http, "GET", "/admin/users", &headers);
-    if status == 200 {
-        failures.push("Envoy HTTP mode, client adds X-Original-URI: allowed /admin/users".into());
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
@@ -907,7 +925,7 @@ fn client_copies_of_forwarding_headers_do_not_choose_the_judged_path() {
 
 async fn path_parameters_on_a_denied_segment_stay_denied() {
     let policies = policy_dir(&door_policies());
-    let server = Server::start(&[policies.path()]);
+    let (server, _config) = start_envoy_mode(policies.path());
     let mut client = grpc_client(&server).await;
     let mut failures = Vec::new();
     // (`/ad;min` is not here: Tomcat and Spring read it as `/ad`, which no DENY rule guards.)
@@ -995,7 +1013,7 @@ spec:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spoofed_forwarded_for_entries_from_the_client_are_ignored() {
     let policies = policy_dir(INTERNAL_ONLY);
-    let config = config_file("trusted_proxy_hops: 1\n");
+    let config = config_file("trusted_proxy_hops: 1\nhttp_mode: envoy\n");
     let server = Server::start_with(&[policies.path()], Some(config.path()));
     let mut client = grpc_client(&server).await;
     let cases = [
@@ -1029,7 +1047,8 @@ fn forwarded_for_from_an_untrusted_http_peer_is_ignored() {
     let policies = policy_dir(INTERNAL_ONLY);
     let mut failures = Vec::new();
     for hops in [0, 1, 2] {
-        let config = config_file(&format!("trusted_proxy_hops: {hops}\ntrusted_proxies: [192.0.2.0/24]\n"));
+        let config =
+            config_file(&format!("trusted_proxy_hops: {hops}\ntrusted_proxies: [192.0.2.0/24]\nhttp_mode: envoy\n"));
         let server = Server::start_with(&[policies.path()], Some(config.path()));
         for chain in ["10.0.0.1", "10.0.0.1, 10.0.0.2", "10.9.9.9, 10.0.0.1, 10.0.0.2"] {
             let (status, _, _) = http_request(server.http, "GET", "/", &[("X-Forwarded-For", chain)]);
@@ -1050,7 +1069,7 @@ fn forwarded_for_from_an_untrusted_http_peer_is_ignored() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_and_numerous_headers_get_a_clean_answer() {
     let policies = policy_dir(&door_policies());
-    let server = Server::start(&[policies.path()]);
+    let (server, _config) = start_envoy_mode(policies.path());
     let many = |count: usize, size: usize| -> String {
         (0..count).map(|index| format!("x-h{index}: {}\r\n", "v".repeat(size))).collect()
     };
@@ -1107,7 +1126,7 @@ async fn oversized_and_numerous_headers_get_a_clean_answer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn claims_with_control_characters_never_reach_output_headers() {
     let policies = policy_dir(&door_policies());
-    let server = Server::start(&[policies.path()]);
+    let (server, _config) = start_envoy_mode(policies.path());
     let mut client = grpc_client(&server).await;
     let mut failures = Vec::new();
     for evil in [
@@ -1158,7 +1177,7 @@ async fn claims_with_control_characters_never_reach_output_headers() {
 #[test]
 fn client_copies_of_every_output_header_are_overwritten_or_stripped() {
     let policies = policy_dir(&door_policies());
-    let server = Server::start(&[policies.path()]);
+    let (server, _config) = start_envoy_mode(policies.path());
     let smuggled = "X-User: admin\r\nx-TENANT: evil\r\nX-Jwt-Payload: eyJzdWIiOiJhZG1pbiJ9\r\n";
     let mut without_tenant = claims("alice");
     without_tenant.as_object_mut().expect("object").remove("tenant");

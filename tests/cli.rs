@@ -191,6 +191,10 @@ fn print_config_shows_flags_over_environment_over_file_over_defaults() {
     assert_eq!(settings["admin_listen"], "0.0.0.0:9090", "the default");
     assert_eq!(settings["trusted_proxies"], serde_json::json!(["10.0.0.0/8", "192.168.0.1"]));
     assert_eq!(settings["dry_run"], true);
+    assert_eq!(settings["http_mode"], serde_json::Value::Null, "no dialect unless one is named");
+    assert_eq!(settings["http_header_read_timeout_ms"], 10_000);
+    assert_eq!(settings["http_idle_timeout_secs"], 60);
+    assert_eq!(settings["http_max_connections"], 4096);
 
     let bad = portcullis()
         .args(["serve", "--print-config"])
@@ -199,4 +203,19 @@ fn print_config_shows_flags_over_environment_over_file_over_defaults() {
         .expect("runs");
     assert_eq!(bad.status.code(), Some(1));
     assert!(text(&bad.stderr).contains("PORTCULLIS_"), "{}", text(&bad.stderr));
+
+    let pinned = portcullis()
+        .args(["serve", "--print-config"])
+        .env("PORTCULLIS_HTTP_MODE", "ingress-nginx")
+        .output()
+        .expect("runs");
+    let settings: serde_json::Value = serde_json::from_slice(&pinned.stdout).expect("JSON");
+    assert_eq!(settings["http_mode"], "ingress-nginx");
+    let zero = portcullis()
+        .args(["serve", "--print-config"])
+        .env("PORTCULLIS_HTTP_MAX_CONNECTIONS", "0")
+        .output()
+        .expect("runs");
+    assert_eq!(zero.status.code(), Some(1));
+    assert!(text(&zero.stderr).contains("http_max_connections must be at least 1"), "{}", text(&zero.stderr));
 }

@@ -56,7 +56,8 @@ def start_portcullis(
 ) -> PortcullisServer:
     """Start `portcullis serve` and wait until ready_path answers 200 (`/healthz`: only listening).
 
-    settings: the text of a settings file (`--config`), written beside the log.
+    settings: the text of a settings file (`--config`), written beside the log; none by default
+    (then the HTTP door is off: `http_mode: nginx` in it serves the door).
     """
     grpc_port, http_port, admin_port = free_port(), free_port(), free_port()
     config = []

@@ -98,8 +98,24 @@ def proxy_policies(proxies_idp, owned_key, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def door(launch_portcullis, proxy_policies):
-    """The server every proxy test asks: gRPC, HTTP and admin ports on loopback."""
-    return launch_portcullis(proxy_policies)
+    """The server the door tests ask directly in every dialect: gRPC, HTTP and admin ports on loopback.
+
+    Its HTTP door is in the explicit `auto` mode, so that one server answers each proxy's way of
+    asking; the proxies themselves each get a server pinned to their dialect.
+    """
+    return launch_portcullis(proxy_policies, settings="http_mode: auto\n")
+
+
+@pytest.fixture(scope="session")
+def nginx_door(launch_portcullis, proxy_policies):
+    """The server behind the nginx fixtures, pinned to nginx's dialect as deploy/ recommends."""
+    return launch_portcullis(proxy_policies, settings="http_mode: nginx\n")
+
+
+@pytest.fixture(scope="session")
+def envoy_http_door(launch_portcullis, proxy_policies):
+    """The server behind the Envoy HTTP-mode fixtures, pinned to Envoy's dialect."""
+    return launch_portcullis(proxy_policies, settings="http_mode: envoy\n")
 
 
 @pytest.fixture(scope="session")
@@ -111,7 +127,7 @@ def untrusting_door(proxy_policies, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("untrusting-door")
     settings = workdir / "portcullis.yaml"
     settings.write_text(
-        f"trusted_proxies: [192.0.2.0/24]\nhttp_path_prefix: {PATH_PREFIX}\nworkloads:\n- {{host: {SOURCE_CHECK_HOST}, namespace: source-check}}\n"
+        f"http_mode: envoy\ntrusted_proxies: [192.0.2.0/24]\nhttp_path_prefix: {PATH_PREFIX}\nworkloads:\n- {{host: {SOURCE_CHECK_HOST}, namespace: source-check}}\n"
         # The tests' own host names a workload in a namespace without policies: only the
         # mesh-wide ones judge it, and a context header that counted would show.
         f"- {{host: {HOST}, namespace: no-policies}}\n"
@@ -197,9 +213,9 @@ def _nginx(door_http_port: int, upstream_port: int, workdir: Path, name: str):
 
 
 @pytest.fixture(scope="session")
-def nginx(door, recording_upstream, tmp_path_factory):
-    """nginx with the shipped deploy/nginx/nginx.conf, auth_request to the door's HTTP port."""
-    yield from _nginx(door.http_port, recording_upstream.port, tmp_path_factory.mktemp("nginx"), "nginx")
+def nginx(nginx_door, recording_upstream, tmp_path_factory):
+    """nginx with the shipped deploy/nginx/nginx.conf, auth_request to its door's HTTP port."""
+    yield from _nginx(nginx_door.http_port, recording_upstream.port, tmp_path_factory.mktemp("nginx"), "nginx")
 
 
 @pytest.fixture(scope="session")
@@ -224,9 +240,9 @@ def _envoy_http(shipped: dict, door_http_port: int, upstream_port: int, workdir:
 
 
 @pytest.fixture(scope="session")
-def envoy_http(shipped_envoy_http_config, door, recording_upstream, tmp_path_factory):
-    """Envoy with the shipped deploy/envoy/envoy-http.yaml, ext_authz to the door's HTTP port."""
-    yield from _envoy_http(shipped_envoy_http_config, door.http_port, recording_upstream.port, tmp_path_factory.mktemp("envoy-http"), "envoy-http")
+def envoy_http(shipped_envoy_http_config, envoy_http_door, recording_upstream, tmp_path_factory):
+    """Envoy with the shipped deploy/envoy/envoy-http.yaml, ext_authz to its door's HTTP port."""
+    yield from _envoy_http(shipped_envoy_http_config, envoy_http_door.http_port, recording_upstream.port, tmp_path_factory.mktemp("envoy-http"), "envoy-http")
 
 
 @pytest.fixture(scope="session")

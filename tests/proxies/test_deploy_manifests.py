@@ -238,6 +238,8 @@ def test_the_settings_file_is_accepted_by_the_server():
     assert {"host": "jobs.example.com"}.items() <= rows[1].items()
     assert all(row["namespace"] == "job-service" and row["labels"] == {"app": "job-service"} for row in rows)
     assert settings["unknown_workload"] == "deny"
+    # Istio's portcullis-http provider is Envoy's HTTP mode: pinned, so no client header picks the dialect.
+    assert settings["http_mode"] == "envoy"
 
 
 def test_dockerfile_exposes_the_default_ports_and_runs_as_nonroot(ports):
@@ -352,6 +354,7 @@ def test_traefik_labels_configure_forward_auth(ports, identity_headers):
     _forward_auth_address(labels[prefix + "address"], ports)
     assert urlsplit(labels[prefix + "address"]).hostname in compose["services"]
     assert labels[prefix + "trustForwardHeader"] == "true"
+    assert yaml.safe_load(compose["configs"]["portcullis-settings"]["content"])["http_mode"] == "traefik"
     assert sorted(labels[prefix + "authResponseHeaders"].split(",")) == identity_headers
     assert labels["traefik.http.middlewares.strip-token.headers.customrequestheaders.Authorization"] == ""
     assert labels["traefik.http.routers.job-service.middlewares"].split(",") == ["portcullis", "strip-token"]

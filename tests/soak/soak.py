@@ -310,6 +310,8 @@ def main() -> int:
     config.write_text(
         "jwks_refresh_interval_secs: 5\njwks_min_refetch_interval_secs: 2\njwks_refetch_wait_ms: 200\n"
         "jwks_fetch_timeout_ms: 1000\ntoken_cache_entries: 1000\n"
+        # Its HTTP requests are nginx auth_request's (X-Original-URI).
+        "http_mode: nginx\n"
     )
     command = [
         str(binary), "serve", "--config", str(config), "--policies", str(policy_dir),

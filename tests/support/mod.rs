@@ -24,10 +24,14 @@ pub fn portcullis() -> Command {
     command
 }
 
+/// The address [`Server::http`] holds when the HTTP door is off: nothing answers there.
+pub const HTTP_DOOR_OFF: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
+
 /// A running server and the addresses it bound.
 pub struct Server {
     child: Child,
     pub grpc: SocketAddr,
+    /// The HTTP door; [`HTTP_DOOR_OFF`] when `http_mode` is unset and the door is not served.
     pub http: SocketAddr,
     pub admin: SocketAddr,
     log: mpsc::Receiver<String>,
@@ -76,6 +80,8 @@ impl Server {
                 grpc = Some(address);
             } else if let Some(address) = listening_address(&line, "http") {
                 http = Some(address);
+            } else if line.contains("HTTP door off") {
+                http = Some(HTTP_DOOR_OFF);
             } else if let Some(address) = listening_address(&line, "admin") {
                 admin = Some(address);
             }

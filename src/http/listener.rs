@@ -1,0 +1,204 @@
+//! Serves an axum router's connections with bounds: a connection limit, a header-read timeout and an idle timeout; graceful shutdown lets in-flight requests finish.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::ConnectInfo;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, Semaphore, watch};
+use tokio::time::Instant;
+use tower_service::Service;
+
+/// How long, and how many, connections a door serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// A connection must send a whole request head this long after it opens; on HTTP/1.1 the
+    /// same bound applies to the next request head after each answer.
+    pub header_read_timeout: Duration,
+    /// A connection with no request in flight this long is closed.
+    pub idle_timeout: Duration,
+    /// Connections served at once; the next one is accepted when one of them closes.
+    pub max_connections: u32,
+}
+
+/// Pause after a failed `accept` (out of file descriptors, say), so the loop does not spin.
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+
+/// Accepts connections until `shutdown` turns true, then waits for every open connection to
+/// finish its in-flight requests. At most `max_connections` are served at once: the next
+/// connection is not accepted (it waits in the listen backlog) until one closes.
+pub async fn serve(listener: TcpListener, router: Router, limits: ConnectionLimits, shutdown: watch::Receiver<bool>) {
+    let slots = Arc::new(Semaphore::new(limits.max_connections as usize));
+    let builder = connection_builder(limits);
+    loop {
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot,
+            () = stopped(shutdown.clone()) => break,
+        };
+        let Ok(slot) = slot else { break };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, "Cannot accept a connection");
+                    tokio::time::sleep(ACCEPT_RETRY).await;
+                    continue;
+                }
+            },
+            () = stopped(shutdown.clone()) => break,
+        };
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, "Cannot set TCP_NODELAY");
+        }
+        let connection = Connection { builder: builder.clone(), router: router.clone(), limits, peer };
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            connection.serve(stream, shutdown).await;
+            drop(slot);
+        });
+    }
+    drop(listener);
+    // Every slot back: every connection has closed.
+    let _ = slots.acquire_many(limits.max_connections).await;
+}
+
+/// Resolves once shutdown starts (or its sender is gone).
+async fn stopped(mut shutdown: watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+fn connection_builder(limits: ConnectionLimits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(limits.idle_timeout)
+        .keep_alive_timeout(limits.header_read_timeout);
+    builder
+}
+
+/// One accepted connection.
+struct Connection {
+    builder: auto::Builder<TokioExecutor>,
+    router: Router,
+    limits: ConnectionLimits,
+    peer: SocketAddr,
+}
+
+impl Connection {
+    /// Serves the connection until the client closes it, it overstays a timeout, or shutdown.
+    async fn serve(self, stream: TcpStream, shutdown: watch::Receiver<bool>) {
+        let Self { builder, router, limits, peer } = self;
+        let activity = Arc::new(Activity::new());
+        let service = {
+            let activity = activity.clone();
+            hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+                request.extensions_mut().insert(ConnectInfo(peer));
+                let busy = Busy::start(activity.clone());
+                let mut router = router.clone();
+                async move {
+                    let response = router.call(request).await;
+                    drop(busy);
+                    response
+                }
+            })
+        };
+        let connection = builder.serve_connection(TokioIo::new(stream), service);
+        tokio::pin!(connection);
+        let overstayed = loop {
+            tokio::select! {
+                result = connection.as_mut() => {
+                    if let Err(error) = result {
+                        tracing::debug!(%error, %peer, "HTTP connection ended with an error");
+                    }
+                    return;
+                }
+                () = tokio::time::sleep_until(activity.deadline(limits)) => {
+                    if activity.is_overdue(limits) {
+                        break true;
+                    }
+                }
+                // A request started or ended: the deadline moves.
+                () = activity.changed.notified() => {}
+                () = stopped(shutdown.clone()) => break false,
+            }
+        };
+        connection.as_mut().graceful_shutdown();
+        if overstayed {
+            tracing::debug!(%peer, "Closing an HTTP connection that sent no request in time");
+            // Nothing is in flight; an answer the client does not read may still hold it.
+            let _ = tokio::time::timeout(limits.header_read_timeout, connection).await;
+        } else if let Err(error) = connection.await {
+            tracing::debug!(%error, %peer, "HTTP connection ended with an error while draining");
+        }
+    }
+}
+
+/// What a connection is doing, for its timeouts: requests in flight, and since when it waits.
+#[derive(Debug)]
+struct Activity {
+    opened: Instant,
+    in_flight: AtomicUsize,
+    /// Milliseconds after `opened` when the last request ended; `u64::MAX` before the first
+    /// request started.
+    idle_since_ms: AtomicU64,
+    changed: Notify,
+}
+
+const NO_REQUEST_YET: u64 = u64::MAX;
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            opened: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            idle_since_ms: AtomicU64::new(NO_REQUEST_YET),
+            changed: Notify::new(),
+        }
+    }
+
+    /// When the connection would overstay if nothing happens: the header-read timeout before
+    /// its first request, then the idle timeout after its last one. While a request is in
+    /// flight, the next look is one idle timeout away.
+    fn deadline(&self, limits: ConnectionLimits) -> Instant {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return Instant::now() + limits.idle_timeout;
+        }
+        match self.idle_since_ms.load(Ordering::Acquire) {
+            NO_REQUEST_YET => self.opened + limits.header_read_timeout,
+            since => self.opened + Duration::from_millis(since) + limits.idle_timeout,
+        }
+    }
+
+    fn is_overdue(&self, limits: ConnectionLimits) -> bool {
+        self.in_flight.load(Ordering::Acquire) == 0 && Instant::now() >= self.deadline(limits)
+    }
+}
+
+/// A request in flight on a connection; dropped when its answer is ready.
+struct Busy(Arc<Activity>);
+
+impl Busy {
+    fn start(activity: Arc<Activity>) -> Self {
+        activity.in_flight.fetch_add(1, Ordering::AcqRel);
+        activity.changed.notify_one();
+        Self(activity)
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let activity = &self.0;
+        let since = u64::try_from(activity.opened.elapsed().as_millis()).unwrap_or(NO_REQUEST_YET - 1);
+        activity.idle_since_ms.store(since, Ordering::Release);
+        activity.in_flight.fetch_sub(1, Ordering::AcqRel);
+        activity.changed.notify_one();
+    }
+}
