@@ -142,6 +142,10 @@ impl Metrics {
             "Checks whose workload no source named (no namespace), by door",
             unidentified_workload_checks.clone(),
         );
+        // Exported at 0 from start-up, so that an alert on it has a series before the first one.
+        for door in Door::ALL {
+            unidentified_workload_checks.get_or_create(&DoorLabels { door: door.as_str() }).inc_by(0);
+        }
         Self {
             registry,
             reloads,
