@@ -1,13 +1,14 @@
 # portcullis — the two commands of the README, and their parts.
 #   make run    the server on the shipped example policies (policies/)
-#   make test   every test: lint, Rust unit/golden/integration tests, Python interop, real Envoy,
-#               and JWT tests against a real OIDC provider
+#   make test   every test: lint, Rust unit/golden/integration tests, the fuzz targets on their
+#               seeds, Python interop, real Envoy, nginx and an OIDC provider
+#   make coverage  line coverage of src/ by all of those, checked against tests/coverage-floor.txt
 
 CARGO  ?= cargo
 PYTHON ?= python3
 VENV   := .venv
 
-.PHONY: run demo-idp test lint test-rust test-python build python-env clean
+.PHONY: run demo-idp test lint test-rust test-python build python-env clean fuzz-seeds coverage
 
 run:
 	$(CARGO) run --release -- serve --policies policies
@@ -20,7 +21,23 @@ demo-idp: tests/oidc/node_modules/.installed
 build:
 	$(CARGO) build --locked
 
-test: lint test-rust bench-smoke test-python
+test: lint test-rust fuzz-seeds bench-smoke test-python
+
+# The fuzz targets (fuzz/, a workspace of its own) built without libFuzzer's instrumentation and
+# run once over their committed seeds, so that they compile and run as the code changes.
+# Dependencies are shared with the main build through its target directory.
+fuzz-seeds:
+	cd fuzz && CARGO_TARGET_DIR=../target $(CARGO) build --locked --quiet
+	for target in $(FUZZ_TARGETS); do \
+	  target/debug/$$target -runs=1 $$(find fuzz/seeds/$$target -type f) 2>target/fuzz-$$target.log \
+	    || { tail -40 target/fuzz-$$target.log; exit 1; }; \
+	done
+
+# Line coverage (tests/coverage.py): an instrumented build in target/coverage, every Rust test and
+# Python suite against it; fails under the floor in tests/coverage-floor.txt. Debian's llvm-19
+# provides llvm-cov and llvm-profdata.
+coverage: python-env
+	$(PYTHON) tests/coverage.py
 
 lint:
 	$(CARGO) fmt --all -- --check
