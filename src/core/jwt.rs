@@ -289,8 +289,25 @@ fn decode_segment(segment: &str) -> Result<Vec<u8>, JwtError> {
 }
 
 /// The claims every verification reads: the issuer picks the rule, the lifetime and audiences
-/// are checked, and the subject is kept.
-const REGISTERED_CLAIMS: [&str; 5] = ["iss", "sub", "aud", "exp", "nbf"];
+/// are checked, the subject is kept, and each has its type checked as Envoy does.
+const REGISTERED_CLAIMS: [&str; 7] = ["iss", "sub", "aud", "exp", "nbf", "iat", "jti"];
+
+/// Whether the registered claims a token carries have the types Envoy's jwt_verify_lib
+/// (`Jwt::parseFromString`) demands; a token breaking one is refused before its issuer or keys
+/// are looked at. `iss`, `sub` and `jti` must be strings (`null` is not one); `aud` a string
+/// or a list of strings only; `exp`, `nbf` and `iat` numbers from 0 to under 2^64, fractions
+/// allowed. An absent claim is fine; an empty string is a string.
+fn has_registered_claim_types(claims: &Map<String, Value>) -> bool {
+    let is_string_if_present = |name| claims.get(name).is_none_or(Value::is_string);
+    let audience_fits = match claims.get("aud") {
+        None | Some(Value::String(_)) => true,
+        Some(Value::Array(items)) => items.iter().all(Value::is_string),
+        Some(_) => false,
+    };
+    ["iss", "sub", "jti"].into_iter().all(is_string_if_present)
+        && audience_fits
+        && ["exp", "nbf", "iat"].into_iter().all(|name| numeric_date(claims, name).is_ok())
+}
 
 /// Splits and decodes a compact JWS, keeping the registered claims and the top-level claims
 /// `wanted` names. Refuses anything but three non-empty parts (JWE has five), unknown or
@@ -325,6 +342,9 @@ pub fn parse<'t>(token: &'t str, max_bytes: usize, wanted: &dyn Fn(&str) -> bool
     };
     let claims = read_claims(&decode_segment(payload)?, &|name| REGISTERED_CLAIMS.contains(&name) || wanted(name))
         .map_err(|_| JwtError::VerificationFails)?;
+    if !has_registered_claim_types(&claims) {
+        return Err(JwtError::VerificationFails);
+    }
     let signing_input = &token[..header.len() + 1 + payload.len()];
     Ok(ParsedToken { algorithm, kid, payload_segment: payload, claims, signing_input, signature })
 }
@@ -464,13 +484,20 @@ pub fn verify_signature<'k>(token: &ParsedToken<'_>, keys: &'k KeySet) -> Result
     Err(JwtError::VerificationFails)
 }
 
-/// A NumericDate claim: a JSON number (integer or not); anything else is malformed.
+/// Where Envoy's NumericDate range ends: it reads a date into a `uint64_t`, refusing a value
+/// at or over 2^64 (as a double) and a negative one.
+const NUMERIC_DATE_END: f64 = 18_446_744_073_709_551_616.0;
+
+/// A NumericDate claim: a JSON number (integer or not) from 0 to under 2^64; anything else is
+/// malformed.
 fn numeric_date(claims: &Map<String, Value>, name: &str) -> Result<Option<f64>, JwtError> {
     match claims.get(name) {
         None => Ok(None),
-        Some(Value::Number(number)) => {
-            number.as_f64().filter(|value| value.is_finite()).map(Some).ok_or(JwtError::VerificationFails)
-        }
+        Some(Value::Number(number)) => number
+            .as_f64()
+            .filter(|value| (0.0..NUMERIC_DATE_END).contains(value))
+            .map(Some)
+            .ok_or(JwtError::VerificationFails),
         Some(_) => Err(JwtError::VerificationFails),
     }
 }
