@@ -17,8 +17,8 @@ use super::identity::{ClaimPaths, Identity};
 use super::jwt::{JwtError, KeySet};
 use super::request::HttpRequest;
 
-const NOW: u64 = 1_800_000_000;
-const ISSUER: &str = "https://idp.example/realms/jobs";
+pub(crate) const NOW: u64 = 1_800_000_000;
+pub(crate) const ISSUER: &str = "https://idp.example/realms/jobs";
 
 fn pem(name: &str) -> Vec<u8> {
     std::fs::read(format!("{}/tests/keys/{name}", env!("CARGO_MANIFEST_DIR"))).expect("test key")
@@ -35,7 +35,7 @@ fn encoding_key(name: &str, algorithm: Algorithm) -> EncodingKey {
 }
 
 /// A JWKS holding the public halves of `keys` (file, alg, kid).
-fn jwks(keys: &[(&str, Algorithm, &str)]) -> String {
+pub(crate) fn jwks(keys: &[(&str, Algorithm, &str)]) -> String {
     let keys = keys
         .iter()
         .map(|&(name, algorithm, kid)| {
@@ -47,13 +47,13 @@ fn jwks(keys: &[(&str, Algorithm, &str)]) -> String {
     serde_json::to_string(&JwkSet { keys }).expect("json")
 }
 
-fn sign(name: &str, algorithm: Algorithm, kid: &str, claims: &Value) -> String {
+pub(crate) fn sign(name: &str, algorithm: Algorithm, kid: &str, claims: &Value) -> String {
     let mut header = Header::new(algorithm);
     header.kid = Some(kid.into());
     jsonwebtoken::encode(&header, claims, &encoding_key(name, algorithm)).expect("signs")
 }
 
-fn claims() -> Value {
+pub(crate) fn claims() -> Value {
     json!({"iss": ISSUER, "sub": "alice", "aud": ["account", "jobs-api"], "exp": NOW + 300, "iat": NOW,
            "preferred_username": "alice", "level": 3, "admin": false, "realm_access": {"roles": ["user"]},
            "scope": "openid profile"})
@@ -78,7 +78,7 @@ fn with_null(name: &str) -> Value {
     claims
 }
 
-fn rule(audiences: &[&str]) -> Arc<JwtRule> {
+pub(crate) fn rule(audiences: &[&str]) -> Arc<JwtRule> {
     let keys = KeySet::from_jwks_json(&jwks(&[
         ("rsa-2048.pem", Algorithm::RS256, "rsa"),
         ("ec-p256.pem", Algorithm::ES256, "ec"),
@@ -111,11 +111,11 @@ fn context<'c>(cache: &'c dyn TokenCache) -> AuthnContext<'c> {
 }
 
 /// A request carrying these headers and nothing else.
-fn request_with(headers: &[(String, String)]) -> HttpRequest<'_> {
+pub(crate) fn request_with(headers: &[(String, String)]) -> HttpRequest<'_> {
     HttpRequest { headers: headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect(), ..HttpRequest::default() }
 }
 
-fn bearer(token: &str) -> (String, String) {
+pub(crate) fn bearer(token: &str) -> (String, String) {
     ("authorization".into(), format!("Bearer {token}"))
 }
 
@@ -484,4 +484,29 @@ fn a_policy_set_that_reads_other_claims_reads_the_token_again() {
         cache.get(&TokenKey::new(&token)).expect("cached").is_vouched_for_by(&reloaded.verifier),
         "the cache holds the new reading"
     );
+}
+
+#[test]
+fn a_reload_that_swaps_the_inline_key_behind_a_kid_refuses_tokens_of_the_old_key() {
+    let cache = MemoryCache::default();
+    let old_token = sign("rsa-2048.pem", Algorithm::RS256, "rsa", &claims());
+    let new_token = sign("rsa-2048-other.pem", Algorithm::RS256, "rsa", &claims());
+    let before = rule(&[]);
+    let verify = |rule: &Arc<JwtRule>, token: &str| {
+        let headers = [bearer(token)];
+        match authn::authenticate(&[rule], &request_with(&headers), &context(&cache)) {
+            Authentication::Verified { identity, .. } => Ok(identity.subject().to_string()),
+            Authentication::Anonymous => Ok("anonymous".into()),
+            Authentication::Failed { error, .. } => Err(error),
+        }
+    };
+    assert_eq!(verify(&before, &old_token).as_deref(), Ok("alice"));
+    assert!(cache.get(&TokenKey::new(&old_token)).is_some(), "cached");
+    // The reloaded policy publishes another key under the same `kid`, keeping the same claims.
+    let swapped = KeySet::from_jwks_json(&jwks(&[("rsa-2048-other.pem", Algorithm::RS256, "rsa")])).expect("jwks");
+    let mut reloaded = (*before).clone();
+    reloaded.keys = KeySource::Inline(Arc::new(swapped));
+    let reloaded = Arc::new(reloaded.keeping(&before.verifier.kept));
+    assert_eq!(verify(&reloaded, &old_token), Err(JwtError::VerificationFails), "the old key's token");
+    assert_eq!(verify(&reloaded, &new_token).as_deref(), Ok("alice"), "the new key's token");
 }

@@ -110,11 +110,45 @@ fn lc_algorithm(algorithm: Algorithm) -> Option<LcAlgorithm> {
     })
 }
 
+/// SHA-256 of a key's canonical public material (its type, its public numbers, the
+/// algorithms it accepts): two keys with the same fingerprint verify the same signatures. A
+/// cached token counts only while its issuer still holds the key that verified it under the
+/// same `kid`, so an IdP that swaps the key behind a fixed `kid` cuts off every token the old
+/// key signed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct KeyFingerprint(pub [u8; 32]);
+
+impl KeyFingerprint {
+    fn of(kind: KeyKind, material: &KeyMaterial, accepted: &[(Algorithm, ParsedPublicKey)]) -> Self {
+        let mut canonical = vec![kind as u8];
+        let mut push_field = |bytes: &[u8]| {
+            canonical.extend((bytes.len() as u64).to_be_bytes());
+            canonical.extend(bytes);
+        };
+        match material {
+            KeyMaterial::Rsa { n, e } => {
+                for number in [n, e] {
+                    push_field(&number[number.iter().take_while(|&&byte| byte == 0).count()..]);
+                }
+            }
+            KeyMaterial::Bytes(bytes) => push_field(bytes),
+        }
+        for (algorithm, _) in accepted {
+            push_field(format!("{algorithm:?}").as_bytes());
+        }
+        let mut fingerprint = [0; 32];
+        fingerprint.copy_from_slice(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &canonical).as_ref());
+        Self(fingerprint)
+    }
+}
+
 /// One usable public key from a JWKS, parsed once for each algorithm it may verify: a
 /// signature check then costs the signature arithmetic, not a key parse.
 #[derive(Clone)]
 pub struct VerificationKey {
     pub kid: Option<Arc<str>>,
+    /// Computed once, when the key set is read.
+    pub fingerprint: KeyFingerprint,
     kind: KeyKind,
     /// The key for each algorithm it accepts: the one the JWK pins, or every one of its kind.
     parsed: Box<[(Algorithm, ParsedPublicKey)]>,
@@ -178,6 +212,12 @@ impl KeySet {
     pub fn has_kid(&self, kid: &str) -> bool {
         self.keys.iter().any(|key| key.kid.as_deref() == Some(kid))
     }
+
+    /// Whether the set still holds the key `fingerprint` under `kid` (under any id when the key
+    /// had none): a token that key verified would verify again.
+    pub fn holds(&self, kid: Option<&str>, fingerprint: &KeyFingerprint) -> bool {
+        self.keys.iter().any(|key| key.fingerprint == *fingerprint && kid.is_none_or(|kid| key.kid.as_deref() == Some(kid)))
+    }
 }
 
 fn usable_key(entry: &Value) -> Result<VerificationKey, String> {
@@ -235,7 +275,8 @@ fn usable_key(entry: &Value) -> Result<VerificationKey, String> {
             parsed.map(|key| (algorithm, key)).map_err(|error| format!("unusable key: {error}"))
         })
         .collect::<Result<Box<[_]>, String>>()?;
-    Ok(VerificationKey { kid: jwk.common.key_id.map(Arc::from), kind, parsed })
+    let fingerprint = KeyFingerprint::of(kind, &material, &parsed);
+    Ok(VerificationKey { kid: jwk.common.key_id.map(Arc::from), fingerprint, kind, parsed })
 }
 
 /// A JWK's public key, decoded: RSA components, or the bytes aws-lc reads (an uncompressed

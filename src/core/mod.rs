@@ -5,7 +5,7 @@
 
 pub mod authn;
 #[cfg(test)]
-mod authn_tests;
+pub(crate) mod authn_tests;
 pub mod decision;
 pub mod identity;
 mod index;
