@@ -639,7 +639,8 @@ mod tests {
         }
         let public: SocketAddr = "203.0.113.7:443".parse().expect("an address");
         for (text, address) in REFUSED_SAMPLES.iter().zip(samples) {
-            let literal = if address.is_ipv6() { format!("http://[{text}]/keys") } else { format!("http://{text}/keys") };
+            let literal =
+                if address.is_ipv6() { format!("http://[{text}]/keys") } else { format!("http://{text}/keys") };
             let got = fetch_error(ok, false, Some(&literal)).await;
             assert!(got.contains("link-local or metadata"), "{literal}: {got}");
             let resolved = refuse_metadata_addresses("idp.example", [public, SocketAddr::new(address, 443)]);
@@ -649,7 +650,9 @@ mod tests {
             let answer = reqwest::dns::Resolve::resolve(&MetadataRefusingResolver, name).await;
             assert!(answer.is_err(), "{text}: the client's resolver refuses it");
         }
-        for neighbour in ["100.100.100.201", "192.0.0.193", "168.63.129.17", "fd00:ec2::253", "169.255.0.1", "127.0.0.1"] {
+        for neighbour in
+            ["100.100.100.201", "192.0.0.193", "168.63.129.17", "fd00:ec2::253", "169.255.0.1", "127.0.0.1"]
+        {
             assert!(!is_refused_address(neighbour.parse().expect("an address")), "{neighbour}");
         }
         assert!(refuse_metadata_addresses("idp.example", [public]).is_ok());

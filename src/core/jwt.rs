@@ -216,7 +216,9 @@ impl KeySet {
     /// Whether the set still holds the key `fingerprint` under `kid` (under any id when the key
     /// had none): a token that key verified would verify again.
     pub fn holds(&self, kid: Option<&str>, fingerprint: &KeyFingerprint) -> bool {
-        self.keys.iter().any(|key| key.fingerprint == *fingerprint && kid.is_none_or(|kid| key.kid.as_deref() == Some(kid)))
+        self.keys
+            .iter()
+            .any(|key| key.fingerprint == *fingerprint && kid.is_none_or(|kid| key.kid.as_deref() == Some(kid)))
     }
 }
 

@@ -276,12 +276,12 @@ mod tests {
 
     #[test]
     fn an_audience_refusal_carries_the_same_bearer_challenge_as_a_bad_token() {
-        let http = HttpRequest { scheme: "https", host: "jobs.example", path: "/api/jobs?page=2", ..HttpRequest::default() };
+        let http =
+            HttpRequest { scheme: "https", host: "jobs.example", path: "/api/jobs?page=2", ..HttpRequest::default() };
         let challenge = r#"Bearer realm="https://jobs.example/api/jobs", error="invalid_token""#;
-        for (error, reason) in [
-            (JwtError::AudienceNotAllowed, Reason::AudienceNotAllowed),
-            (JwtError::Expired, Reason::InvalidToken),
-        ] {
+        for (error, reason) in
+            [(JwtError::AudienceNotAllowed, Reason::AudienceNotAllowed), (JwtError::Expired, Reason::InvalidToken)]
+        {
             let decision = denied_token(&http, error, None);
             assert_eq!(decision.reason, reason, "{error:?}");
             let headers: Vec<(&str, &str)> =
