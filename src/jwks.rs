@@ -1,7 +1,7 @@
 //! JWKS for remote issuers: OIDC discovery, fetch at start-up, background refresh, prompt single-flight refetch on an unknown kid, size and time limits; the last good keys stay.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -43,6 +43,20 @@ pub enum FetchError {
     TooLarge { url: String, limit: usize },
     #[error("`{url}`: {message}")]
     Document { url: String, message: String },
+    #[error(
+        "`{url}`: the discovery document is for issuer {found:?}, not this one; refused (OpenID Connect Discovery 1.0 section 4.3)"
+    )]
+    IssuerMismatch { url: String, found: String },
+}
+
+impl FetchError {
+    /// The `result` label of `portcullis_jwks_fetches_total` for this failure.
+    fn metric_result(&self) -> &'static str {
+        match self {
+            Self::IssuerMismatch { .. } => "issuer_mismatch",
+            _ => "error",
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -98,8 +112,9 @@ impl KeyStore {
         let client = reqwest::Client::builder()
             .timeout(limits.fetch_timeout)
             .connect_timeout(limits.fetch_timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()?;
+            .redirect(reqwest::redirect::Policy::none());
+        let client = if limits.allow_link_local { client } else { client.dns_resolver(MetadataRefusingResolver) };
+        let client = client.build()?;
         let issuers = ArcSwap::from_pointee(HashMap::new());
         Ok(Self { issuers, adding: std::sync::Mutex::new(()), client, limits, metrics, cache })
     }
@@ -221,7 +236,7 @@ impl KeyStore {
                 for skipped in &keys.skipped {
                     tracing::debug!(%issuer, %skipped, "Skipped a JWKS key");
                 }
-                self.metrics.record_jwks_fetch(issuer, true, Some(keys.len()));
+                self.metrics.record_jwks_fetch(issuer, "ok", Some(keys.len()));
                 tracing::info!(%issuer, keys = keys.len(), "Fetched JWKS");
                 self.cache.retain_keys(issuer, &keys);
                 entry.keys.store(Some(Arc::new(keys)));
@@ -231,7 +246,7 @@ impl KeyStore {
                 true
             }
             Err(error) => {
-                self.metrics.record_jwks_fetch(issuer, false, None);
+                self.metrics.record_jwks_fetch(issuer, error.metric_result(), None);
                 let keeping = entry.keys.load().as_ref().map_or(0, |keys| keys.len());
                 tracing::warn!(%issuer, %error, keeping, "JWKS fetch failed; keeping the last good keys");
                 false
@@ -260,12 +275,24 @@ impl KeyStore {
         Ok(keys)
     }
 
-    /// OIDC discovery: `jwks_uri` from `ISSUER/.well-known/openid-configuration`.
+    /// OIDC discovery: `jwks_uri` from `ISSUER/.well-known/openid-configuration`, whose
+    /// `issuer` must be the configured issuer exactly (OpenID Connect Discovery 1.0 section
+    /// 4.3): a document for another issuer is not used.
     async fn discover(&self, issuer: &str, timeout: Duration) -> Result<String, FetchError> {
         let url = format!("{}/.well-known/openid-configuration", issuer.trim_end_matches('/'));
         let text = self.get_text(&url, timeout).await?;
         let document: serde_json::Value = serde_json::from_str(&text)
             .map_err(|error| FetchError::Document { url: url.clone(), message: error.to_string() })?;
+        match document.get("issuer") {
+            Some(serde_json::Value::String(found)) if found == issuer => {}
+            Some(serde_json::Value::String(found)) => {
+                return Err(FetchError::IssuerMismatch { url, found: found.chars().take(256).collect() });
+            }
+            Some(_) | None => {
+                let message = "no `issuer` string in the discovery document".into();
+                return Err(FetchError::Document { url, message });
+            }
+        }
         document
             .get("jwks_uri")
             .and_then(serde_json::Value::as_str)
@@ -295,28 +322,120 @@ impl KeyStore {
     }
 }
 
-/// Link-local (169.254.0.0/16, fe80::/10) or a well-known cloud-metadata name, by literal or
-/// by what the name resolves to now.
+/// One network a key fetch never connects to.
+#[derive(Debug, Clone, Copy)]
+pub struct RefusedNetwork {
+    pub address: IpAddr,
+    pub prefix_len: u8,
+    /// What lives there.
+    pub what: &'static str,
+}
+
+impl RefusedNetwork {
+    const fn v4(octets: [u8; 4], prefix_len: u8, what: &'static str) -> Self {
+        let [a, b, c, d] = octets;
+        Self { address: IpAddr::V4(Ipv4Addr::new(a, b, c, d)), prefix_len, what }
+    }
+
+    const fn v6(segments: [u16; 8], prefix_len: u8, what: &'static str) -> Self {
+        let [a, b, c, d, e, f, g, h] = segments;
+        Self { address: IpAddr::V6(Ipv6Addr::new(a, b, c, d, e, f, g, h)), prefix_len, what }
+    }
+
+    fn contains(&self, address: IpAddr) -> bool {
+        let prefix = u32::from(self.prefix_len);
+        match (self.address, address) {
+            (IpAddr::V4(network), IpAddr::V4(address)) => {
+                let mask = u32::MAX.checked_shl(32 - prefix).unwrap_or(0);
+                u32::from(network) & mask == u32::from(address) & mask
+            }
+            (IpAddr::V6(network), IpAddr::V6(address)) => {
+                let mask = u128::MAX.checked_shl(128 - prefix).unwrap_or(0);
+                u128::from(network) & mask == u128::from(address) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The link-local ranges and cloud metadata services that key fetches refuse, unless
+/// `jwks_allow_link_local` is set: as a literal address in a `jwksUri` or discovered
+/// `jwks_uri`, and among the addresses a host name resolves to at connect time.
+pub const REFUSED_NETWORKS: [RefusedNetwork; 7] = [
+    RefusedNetwork::v4(
+        [169, 254, 0, 0],
+        16,
+        "IPv4 link-local: the metadata service of AWS, Azure, Google Cloud, Oracle Cloud, OpenStack and DigitalOcean (169.254.169.254), AWS ECS task metadata (169.254.170.2)",
+    ),
+    RefusedNetwork::v6([0xfe80, 0, 0, 0, 0, 0, 0, 0], 10, "IPv6 link-local"),
+    RefusedNetwork::v6([0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254], 128, "AWS EC2 instance metadata over IPv6"),
+    RefusedNetwork::v6([0xfd20, 0xce, 0, 0, 0, 0, 0, 0x254], 128, "Google Compute Engine metadata over IPv6"),
+    RefusedNetwork::v4([100, 100, 100, 200], 32, "Alibaba Cloud instance metadata"),
+    RefusedNetwork::v4([192, 0, 0, 192], 32, "Oracle Cloud Infrastructure instance metadata (classic)"),
+    RefusedNetwork::v4([168, 63, 129, 16], 32, "Azure WireServer"),
+];
+
+/// Host names of metadata services, refused whatever they resolve to.
+pub const REFUSED_HOST_NAMES: [&str; 2] = ["metadata.google.internal", "metadata"];
+
+/// Whether a fetch must not connect to `address`. An IPv4-mapped (`::ffff:a.b.c.d`) or NAT64
+/// (`64:ff9b::a.b.c.d`) IPv6 address counts as the IPv4 address it carries.
+pub fn is_refused_address(address: IpAddr) -> bool {
+    let carried_v4 = match address {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().or_else(|| {
+            let [a, b, c, d, e, f, ..] = v6.segments();
+            ([a, b, c, d, e, f] == [0x64, 0xff9b, 0, 0, 0, 0]).then(|| Ipv4Addr::from(u128::from(v6) as u32))
+        }),
+        IpAddr::V4(_) => None,
+    };
+    let address = carried_v4.map_or(address, IpAddr::V4);
+    REFUSED_NETWORKS.iter().any(|network| network.contains(address))
+}
+
+/// A refused literal address or metadata host name, or a name resolving to a refused address now.
 async fn is_link_local_target(url: &Url) -> bool {
     let Some(host) = url.host_str() else { return true };
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    if ["metadata.google.internal", "metadata"].contains(&host.to_ascii_lowercase().as_str()) {
+    if REFUSED_HOST_NAMES.contains(&host.to_ascii_lowercase().trim_end_matches('.')) {
         return true;
     }
-    let is_link_local = |address: IpAddr| match address {
-        IpAddr::V4(v4) => v4.is_link_local(),
-        IpAddr::V6(v6) => {
-            (v6.segments()[0] & 0xffc0) == 0xfe80 || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_link_local())
-        }
-    };
     if let Ok(address) = host.parse::<IpAddr>() {
-        return is_link_local(address);
+        return is_refused_address(address);
     }
     let port = url.port_or_known_default().unwrap_or(443);
     match tokio::net::lookup_host((host, port)).await {
-        Ok(addresses) => addresses.map(|address| address.ip()).any(is_link_local),
+        Ok(addresses) => refuse_metadata_addresses(host, addresses).is_err(),
         // Unresolvable: the fetch itself will fail and say so.
         Err(_) => false,
+    }
+}
+
+/// The addresses a name resolved to, or why none may be used: one refused address refuses the
+/// name.
+fn refuse_metadata_addresses(
+    host: &str,
+    addresses: impl IntoIterator<Item = SocketAddr>,
+) -> Result<Vec<SocketAddr>, String> {
+    let addresses: Vec<SocketAddr> = addresses.into_iter().collect();
+    match addresses.iter().find(|address| is_refused_address(address.ip())) {
+        Some(refused) => Err(format!("`{host}` resolves to the link-local or metadata address {}", refused.ip())),
+        None => Ok(addresses),
+    }
+}
+
+/// The resolver of the fetch client: the system's, refusing a name that resolves to a refused
+/// address. The check before a fetch resolves the name once; this one judges the addresses the
+/// connection uses, so a name cannot pass the check and then resolve to a metadata address.
+struct MetadataRefusingResolver;
+
+impl reqwest::dns::Resolve for MetadataRefusingResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_string();
+        Box::pin(async move {
+            let resolved = tokio::net::lookup_host((host.as_str(), 0)).await?;
+            let addresses = refuse_metadata_addresses(&host, resolved)?;
+            Ok(Box::new(addresses.into_iter()) as reqwest::dns::Addrs)
+        })
     }
 }
 
@@ -403,29 +522,61 @@ mod tests {
         assert_eq!(hits.load(Ordering::SeqCst), 2);
     }
 
-    /// Where the discovery test's document points: the test server's own JWKS.
-    static DISCOVERED_JWKS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    /// The discovery test server's own address (one server: its documents name it).
+    static DISCOVERY_BASE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
-    #[tokio::test]
-    async fn keys_are_found_by_oidc_discovery() {
-        let (base, hits) = serve(|path| match path {
-            "/realms/jobs/.well-known/openid-configuration" => {
-                let uri = DISCOVERED_JWKS.get().map_or("", String::as_str);
-                (200, format!(r#"{{"issuer": "x", "jwks_uri": "{uri}"}}"#), Duration::ZERO)
+    /// A discovery document naming `issuer`, pointing at the test server's JWKS.
+    fn discovery_document(issuer: &str) -> (u16, String, Duration) {
+        let base = DISCOVERY_BASE.get().map_or("", String::as_str);
+        let issuer = issuer.replace("BASE", base);
+        (200, format!(r#"{{"issuer": "{issuer}", "jwks_uri": "{base}/certs"}}"#), Duration::ZERO)
+    }
+
+    /// A server answering for the issuer `BASE/realms/jobs` (its own document), `BASE/evil`
+    /// (a document for another issuer) and `BASE/anonymous` (no `issuer`); started once.
+    async fn discovery_server() -> String {
+        let (base, _) = serve(|path| match path {
+            "/realms/jobs/.well-known/openid-configuration" => discovery_document("BASE/realms/jobs"),
+            "/evil/.well-known/openid-configuration" => discovery_document("https://idp.example/realms/jobs"),
+            "/anonymous/.well-known/openid-configuration" => {
+                (200, r#"{"jwks_uri": "http://127.0.0.1:9/certs"}"#.into(), Duration::ZERO)
             }
             other => ok(other),
         })
         .await;
-        let _ = DISCOVERED_JWKS.set(format!("{base}/certs"));
-        let store = store(&format!("{base}/realms/jobs/"), None);
+        DISCOVERY_BASE.get_or_init(|| base).clone()
+    }
+
+    #[tokio::test]
+    async fn keys_are_found_by_oidc_discovery_from_a_document_for_the_issuer_only() {
+        let base = discovery_server().await;
+        let store = store(&format!("{base}/realms/jobs"), None);
         store.fetch(&store.issuer_names()).await;
         assert!(store.missing().is_empty(), "keys found through discovery");
-        assert_eq!(hits.load(Ordering::SeqCst), 2, "discovery, then the JWKS");
 
         let (without_jwks_uri, _) = serve(|_| (200, "{}".into(), Duration::ZERO)).await;
         let store = self::store(&format!("{without_jwks_uri}/realms/jobs"), None);
         store.fetch(&store.issuer_names()).await;
         assert_eq!(store.missing().len(), 1, "a discovery document without `jwks_uri` gives no keys");
+
+        // A document for another issuer (even one that differs by a trailing slash) or for
+        // none is refused, counted, and the last good keys stay.
+        for (issuer, expected, label) in [
+            (format!("{base}/evil"), "the discovery document is for issuer", "issuer_mismatch"),
+            (format!("{base}/realms/jobs/"), "the discovery document is for issuer", "issuer_mismatch"),
+            (format!("{base}/anonymous"), "no `issuer` string", "error"),
+        ] {
+            let store = self::store(&issuer, None);
+            let got = store.fetch_keys(&issuer, None, None).await.map(|keys| keys.len());
+            assert!(got.as_ref().is_err_and(|error| error.to_string().contains(expected)), "{issuer}: {got:?}");
+            // Keys fetched before stay when a refresh meets the document.
+            let entry = store.issuer(&issuer).expect("known");
+            entry.keys.store(Some(Arc::new(KeySet::from_jwks_json(JWKS).expect("jwks"))));
+            assert!(!store.refresh(&issuer).await, "{issuer}: refused");
+            assert!(store.key_set(&issuer).is_some_and(|keys| keys.has_kid("k1")), "{issuer}: the last good keys");
+            let metric = format!(r#"portcullis_jwks_fetches_total{{issuer="{issuer}",result="{label}"}} 1"#);
+            assert!(store.metrics.encode().contains(&metric), "{issuer}: no `{metric}` in\n{}", store.metrics.encode());
+        }
     }
 
     async fn fetch_error(route: Route, allow_link_local: bool, uri: Option<&str>) -> String {
@@ -463,6 +614,55 @@ mod tests {
             assert!(started.elapsed() < Duration::from_secs(2), "{name}: took {:?}", started.elapsed());
         }
         assert_eq!(fetch_error(ok, false, None).await, "ok: 1 keys");
+    }
+
+    /// An address of each refused network, and IPv6 forms carrying IPv4 ones.
+    const REFUSED_SAMPLES: [&str; 11] = [
+        "169.254.169.254",
+        "169.254.170.2",
+        "fe80::1",
+        "fd00:ec2::254",
+        "fd20:ce::254",
+        "100.100.100.200",
+        "192.0.0.192",
+        "168.63.129.16",
+        "::ffff:169.254.169.254",
+        "::ffff:100.100.100.200",
+        "64:ff9b::a9fe:a9fe",
+    ];
+
+    #[tokio::test]
+    async fn every_metadata_address_is_refused_as_a_literal_and_as_a_resolved_address() {
+        let samples: Vec<IpAddr> = REFUSED_SAMPLES.iter().map(|text| text.parse().expect("an address")).collect();
+        for network in REFUSED_NETWORKS {
+            assert!(samples.iter().any(|&sample| network.contains(sample)), "no sample for {}", network.what);
+        }
+        let public: SocketAddr = "203.0.113.7:443".parse().expect("an address");
+        for (text, address) in REFUSED_SAMPLES.iter().zip(samples) {
+            let literal =
+                if address.is_ipv6() { format!("http://[{text}]/keys") } else { format!("http://{text}/keys") };
+            let got = fetch_error(ok, false, Some(&literal)).await;
+            assert!(got.contains("link-local or metadata"), "{literal}: {got}");
+            let resolved = refuse_metadata_addresses("idp.example", [public, SocketAddr::new(address, 443)]);
+            assert!(resolved.is_err(), "{text} among a name's addresses");
+            // The fetch client's own resolver, given the address as the name to resolve.
+            let name: reqwest::dns::Name = text.parse().expect("a name");
+            let answer = reqwest::dns::Resolve::resolve(&MetadataRefusingResolver, name).await;
+            assert!(answer.is_err(), "{text}: the client's resolver refuses it");
+        }
+        for neighbour in
+            ["100.100.100.201", "192.0.0.193", "168.63.129.17", "fd00:ec2::253", "169.255.0.1", "127.0.0.1"]
+        {
+            assert!(!is_refused_address(neighbour.parse().expect("an address")), "{neighbour}");
+        }
+        assert!(refuse_metadata_addresses("idp.example", [public]).is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_name_resolving_to_loopback_is_fetched_through_the_refusing_resolver() {
+        let (base, _) = serve(ok).await;
+        let by_name = base.replace("127.0.0.1", "localhost");
+        assert_eq!(fetch_error(ok, false, Some(&format!("{by_name}/certs"))).await, "ok: 1 keys");
     }
 
     #[tokio::test]

@@ -165,8 +165,9 @@ impl Metrics {
         }
     }
 
-    pub fn record_jwks_fetch(&self, issuer: &str, ok: bool, keys: Option<usize>) {
-        let result = if ok { "ok" } else { "error" };
+    /// A fetch of an issuer's keys; `result` is `ok`, `error` or `issuer_mismatch` (a discovery
+    /// document for another issuer).
+    pub fn record_jwks_fetch(&self, issuer: &str, result: &'static str, keys: Option<usize>) {
         self.jwks_fetches.get_or_create(&FetchLabels { issuer: issuer.into(), result }).inc();
         if let Some(keys) = keys {
             self.jwks_keys

@@ -101,10 +101,10 @@ impl VerifiedTokenCache {
         &self.shards[usize::from(key.0[0]) % SHARDS]
     }
 
-    /// Forgets the tokens of `issuer` signed by keys that are no longer in `keys`.
+    /// Forgets the tokens of `issuer` signed by keys that are no longer in `keys` under the
+    /// same `kid`: a key rotated out, or swapped for another behind the same `kid`.
     pub fn retain_keys(&self, issuer: &str, keys: &KeySet) {
-        let vouched =
-            |identity: &Identity| identity.issuer() != issuer || identity.kid().is_none_or(|kid| keys.has_kid(kid));
+        let vouched = |identity: &Identity| identity.issuer() != issuer || identity.is_vouched_for_by_keys(keys);
         for slot in self.hot.iter() {
             if let Ok(mut slot) = slot.lock()
                 && slot.as_ref().is_some_and(|entry| !vouched(&entry.identity))
@@ -187,7 +187,11 @@ impl TokenCache for VerifiedTokenCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::authn::{self, Authentication, AuthnContext, KeyLookup, KeySource};
+    use crate::core::authn_tests;
     use crate::core::identity::ClaimPaths;
+    use crate::core::jwt::JwtError;
+    use jsonwebtoken::Algorithm;
     use serde_json::{Map, Value, json};
 
     fn identity(exp: u64) -> Arc<Identity> {
@@ -277,6 +281,72 @@ mod tests {
         cache.put(&key(token), again.clone());
         let hit = cache.get(&key(token)).expect("hot");
         assert!(Arc::ptr_eq(&hit, &again), "the hot entry holds the identity verified last");
+    }
+
+    /// The fetched keys of one issuer, swapped by the test as a refresh would.
+    #[derive(Default)]
+    struct FetchedKeys(Mutex<Option<Arc<KeySet>>>);
+
+    impl KeyLookup for FetchedKeys {
+        fn key_set(&self, _issuer: &str) -> Option<Arc<KeySet>> {
+            self.0.lock().expect("lock").clone()
+        }
+    }
+
+    fn keys_of(file: &str) -> KeySet {
+        KeySet::from_jwks_json(&authn_tests::jwks(&[(file, Algorithm::RS256, "rsa")])).expect("jwks")
+    }
+
+    #[test]
+    fn a_hot_token_is_refused_once_the_fetched_key_behind_its_kid_is_swapped() {
+        let cache = VerifiedTokenCache::new(1000, Arc::new(Metrics::new()));
+        let fetched = FetchedKeys::default();
+        *fetched.0.lock().expect("lock") = Some(Arc::new(keys_of("rsa-2048.pem")));
+        let mut remote = (*authn_tests::rule(&[])).clone();
+        remote.keys = KeySource::Remote { jwks_uri: None, timeout: None };
+        let rule = Arc::new(remote.keeping(&authn_tests::rule(&[]).verifier.kept));
+        let context = AuthnContext {
+            keys: &fetched,
+            cache: &cache,
+            now: authn_tests::NOW,
+            clock_skew_secs: 0,
+            max_token_bytes: 8192,
+        };
+        let verify = |token: &str| {
+            let headers = [authn_tests::bearer(token)];
+            match authn::authenticate(&[&rule], &authn_tests::request_with(&headers), &context) {
+                Authentication::Verified { identity, .. } => Ok(identity.subject().to_string()),
+                Authentication::Anonymous => Ok("anonymous".into()),
+                Authentication::Failed { error, .. } => Err(error),
+            }
+        };
+        let claims = authn_tests::claims();
+        let stolen = authn_tests::sign("rsa-2048.pem", Algorithm::RS256, "rsa", &claims);
+        for _ in 0..3 {
+            assert_eq!(verify(&stolen).as_deref(), Ok("alice"));
+        }
+        assert!(cache.hot_get(&stolen).is_some(), "seen again: in the hot layer");
+        // The IdP replaces the stolen key, keeping its `kid`; the cache is not told (no fetch ran
+        // through the key store), so the hit itself must notice.
+        *fetched.0.lock().expect("lock") = Some(Arc::new(keys_of("rsa-2048-other.pem")));
+        assert_eq!(verify(&stolen), Err(JwtError::VerificationFails), "a token of the replaced key");
+        let fresh = authn_tests::sign("rsa-2048-other.pem", Algorithm::RS256, "rsa", &claims);
+        assert_eq!(verify(&fresh).as_deref(), Ok("alice"), "a token of the new key");
+    }
+
+    #[test]
+    fn a_key_swapped_behind_its_kid_takes_its_tokens_out_of_both_layers() {
+        let cache = VerifiedTokenCache::new(1000, Arc::new(Metrics::new()));
+        let old_keys = keys_of("rsa-2048.pem");
+        let token = "signed.by.the-old-key";
+        let signed = Arc::new(Arc::unwrap_or_clone(identity(unix_now() + 3600)).signed_with(&old_keys.keys[0]));
+        cache.put(&key(token), signed);
+        assert!(cache.get(&key(token)).is_some(), "now hot");
+        cache.retain_keys("https://idp", &old_keys);
+        assert!(cache.get(&key(token)).is_some(), "the same key under the same kid keeps it");
+        cache.retain_keys("https://idp", &keys_of("rsa-2048-other.pem"));
+        assert!(cache.get(&key(token)).is_none(), "another key under the same kid");
+        assert_eq!(cache.len(), 0);
     }
 
     #[test]

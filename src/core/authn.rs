@@ -267,7 +267,11 @@ pub fn authenticate<'r>(
         // JWKS) must verify the token itself, and a policy set that reads other claims must
         // read the token again.
         let (rule, location) = for_issuer(cached.issuer())?;
-        cached.is_vouched_for_by(&rule.verifier).then_some((cached, rule, location))
+        // The key that verified it must still be the issuer's under that `kid`: a key swapped
+        // behind a fixed `kid` (a stolen one replaced) vouches for nothing it signed before.
+        let still_vouched = cached.is_vouched_for_by(&rule.verifier)
+            && key_set(rule, context).is_some_and(|keys| cached.is_vouched_for_by_keys(&keys));
+        still_vouched.then_some((cached, rule, location))
     });
     if let Some((cached, rule, location)) = cached {
         if let Err(error) = cached.check_lifetime(context.now, context.clock_skew_secs) {
@@ -286,13 +290,7 @@ pub fn authenticate<'r>(
         Err(error) => return failed(error),
     };
     let Some((rule, location)) = parsed.issuer().and_then(for_issuer) else { return failed(JwtError::UnknownIssuer) };
-    let keys = match &rule.keys {
-        KeySource::Inline(keys) => keys.clone(),
-        KeySource::Remote { .. } => match context.keys.key_set(&rule.issuer) {
-            Some(keys) => keys,
-            None => return failed(JwtError::JwksFetchFailed),
-        },
-    };
+    let Some(keys) = key_set(rule, context) else { return failed(JwtError::JwksFetchFailed) };
     let key = match jwt::verify_signature(&parsed, &keys) {
         Ok(key) => key,
         Err(error) => {
@@ -311,10 +309,19 @@ pub fn authenticate<'r>(
     if !rule.audiences.is_empty() && !jwt::audience_allowed(&parsed.claims, &rule.audiences) {
         return failed(JwtError::AudienceNotAllowed);
     }
-    let proof = Proof { lifetime, kid: key.kid.clone() };
+    let proof = Proof { lifetime, kid: key.kid.clone(), key: key.fingerprint };
     let identity = Arc::new(Identity::from_verified_claims(&parsed.claims, &rule.verifier, proof));
     context.cache.put(&cache_key, identity.clone());
     Authentication::Verified { identity, rule: rule.clone(), location: location.clone(), token }
+}
+
+/// A rule's keys: its inline set, or its issuer's last good fetched keys (`None` before the
+/// first good fetch).
+fn key_set(rule: &JwtRule, context: &AuthnContext<'_>) -> Option<Arc<KeySet>> {
+    match &rule.keys {
+        KeySource::Inline(keys) => Some(keys.clone()),
+        KeySource::Remote { .. } => context.keys.key_set(&rule.issuer),
+    }
 }
 
 /// What authentication adds to an allowed request.

@@ -17,8 +17,8 @@ use super::identity::{ClaimPaths, Identity};
 use super::jwt::{JwtError, KeySet};
 use super::request::HttpRequest;
 
-const NOW: u64 = 1_800_000_000;
-const ISSUER: &str = "https://idp.example/realms/jobs";
+pub(crate) const NOW: u64 = 1_800_000_000;
+pub(crate) const ISSUER: &str = "https://idp.example/realms/jobs";
 
 fn pem(name: &str) -> Vec<u8> {
     std::fs::read(format!("{}/tests/keys/{name}", env!("CARGO_MANIFEST_DIR"))).expect("test key")
@@ -35,7 +35,7 @@ fn encoding_key(name: &str, algorithm: Algorithm) -> EncodingKey {
 }
 
 /// A JWKS holding the public halves of `keys` (file, alg, kid).
-fn jwks(keys: &[(&str, Algorithm, &str)]) -> String {
+pub(crate) fn jwks(keys: &[(&str, Algorithm, &str)]) -> String {
     let keys = keys
         .iter()
         .map(|&(name, algorithm, kid)| {
@@ -53,7 +53,7 @@ pub(crate) fn sign(name: &str, algorithm: Algorithm, kid: &str, claims: &Value) 
     jsonwebtoken::encode(&header, claims, &encoding_key(name, algorithm)).expect("signs")
 }
 
-fn claims() -> Value {
+pub(crate) fn claims() -> Value {
     json!({"iss": ISSUER, "sub": "alice", "aud": ["account", "jobs-api"], "exp": NOW + 300, "iat": NOW,
            "preferred_username": "alice", "level": 3, "admin": false, "realm_access": {"roles": ["user"]},
            "scope": "openid profile"})
@@ -71,7 +71,14 @@ fn with(changes: Value) -> Value {
     claims
 }
 
-fn rule(audiences: &[&str]) -> Arc<JwtRule> {
+/// The usual claims with `name` set to JSON `null`.
+fn with_null(name: &str) -> Value {
+    let mut claims = claims();
+    claims[name] = Value::Null;
+    claims
+}
+
+pub(crate) fn rule(audiences: &[&str]) -> Arc<JwtRule> {
     let keys = KeySet::from_jwks_json(&jwks(&[
         ("rsa-2048.pem", Algorithm::RS256, "rsa"),
         ("ec-p256.pem", Algorithm::ES256, "ec"),
@@ -104,11 +111,11 @@ fn context<'c>(cache: &'c dyn TokenCache) -> AuthnContext<'c> {
 }
 
 /// A request carrying these headers and nothing else.
-fn request_with(headers: &[(String, String)]) -> HttpRequest<'_> {
+pub(crate) fn request_with(headers: &[(String, String)]) -> HttpRequest<'_> {
     HttpRequest { headers: headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect(), ..HttpRequest::default() }
 }
 
-fn bearer(token: &str) -> (String, String) {
+pub(crate) fn bearer(token: &str) -> (String, String) {
     ("authorization".into(), format!("Bearer {token}"))
 }
 
@@ -157,6 +164,9 @@ fn tokens_are_verified_or_refused_with_envoys_reason() {
             URL_SAFE_NO_PAD.encode(json.to_string())
         })
     };
+    // Envoy's jwt_verify_lib refuses a registered claim of the wrong type while parsing: the
+    // rows name its status; the body is `Jwt verification fails`.
+    let refused = Err(JwtError::VerificationFails);
     let cases: Vec<(&str, String, Result<&str, JwtError>)> = vec![
         ("RS256 verifies", valid.clone(), Ok("alice")),
         ("ES256 verifies", sign("ec-p256.pem", Algorithm::ES256, "ec", &claims()), Ok("alice")),
@@ -172,8 +182,44 @@ fn tokens_are_verified_or_refused_with_envoys_reason() {
         ("nbf within the clock skew", rsa(&with(json!({"nbf": NOW + 30}))), Ok("alice")),
         ("exp as a string", rsa(&with(json!({"exp": "1900000000"}))), Err(JwtError::VerificationFails)),
         ("exp as a float", rsa(&with(json!({"exp": (NOW + 300) as f64 + 0.5}))), Ok("alice")),
-        ("exp huge", rsa(&with(json!({"exp": 1e300}))), Ok("alice")),
-        ("exp negative", rsa(&with(json!({"exp": -5}))), Err(JwtError::Expired)),
+        ("exp under 2^64", rsa(&with(json!({"exp": 1.8e19}))), Ok("alice")),
+        ("exp at 2^64: JwtPayloadParseErrorExpOutOfRange", rsa(&with(json!({"exp": 1.8446744073709552e19}))), refused),
+        ("exp huge: JwtPayloadParseErrorExpOutOfRange", rsa(&with(json!({"exp": 1e300}))), refused),
+        ("exp negative: JwtPayloadParseErrorExpOutOfRange", rsa(&with(json!({"exp": -5}))), refused),
+        ("exp null: JwtPayloadParseErrorExpNotInteger", rsa(&with_null("exp")), refused),
+        ("nbf as a string: JwtPayloadParseErrorNbfNotInteger", rsa(&with(json!({"nbf": "0"}))), refused),
+        ("nbf negative: JwtPayloadParseErrorNbfOutOfRange", rsa(&with(json!({"nbf": -1}))), refused),
+        ("nbf as a float", rsa(&with(json!({"nbf": NOW as f64 - 0.5}))), Ok("alice")),
+        ("iat as a float", rsa(&with(json!({"iat": NOW as f64 + 0.25}))), Ok("alice")),
+        ("iat 0", rsa(&with(json!({"iat": 0}))), Ok("alice")),
+        ("iat -0.0", rsa(&with(json!({"iat": -0.0}))), Ok("alice")),
+        ("iat in the future is not checked", rsa(&with(json!({"iat": NOW + 86_400}))), Ok("alice")),
+        ("iat as a string: JwtPayloadParseErrorIatNotInteger", rsa(&with(json!({"iat": "1800000000"}))), refused),
+        ("iat as a boolean: JwtPayloadParseErrorIatNotInteger", rsa(&with(json!({"iat": true}))), refused),
+        ("iat null: JwtPayloadParseErrorIatNotInteger", rsa(&with_null("iat")), refused),
+        ("iat negative: JwtPayloadParseErrorIatOutOfRange", rsa(&with(json!({"iat": -1}))), refused),
+        ("iat at 2^64: JwtPayloadParseErrorIatOutOfRange", rsa(&with(json!({"iat": 1.8446744073709552e19}))), refused),
+        ("jti as a string", rsa(&with(json!({"jti": "a1b2"}))), Ok("alice")),
+        ("jti empty", rsa(&with(json!({"jti": ""}))), Ok("alice")),
+        ("jti as a number: JwtPayloadParseErrorJtiNotString", rsa(&with(json!({"jti": 7}))), refused),
+        ("jti as a list: JwtPayloadParseErrorJtiNotString", rsa(&with(json!({"jti": ["a"]}))), refused),
+        ("jti null: JwtPayloadParseErrorJtiNotString", rsa(&with_null("jti")), refused),
+        ("sub empty", rsa(&with(json!({"sub": ""}))), Ok("")),
+        ("no sub", rsa(&with(json!({"sub": null}))), Ok("")),
+        ("sub as a number: JwtPayloadParseErrorSubNotString", rsa(&with(json!({"sub": 42}))), refused),
+        ("sub as an object: JwtPayloadParseErrorSubNotString", rsa(&with(json!({"sub": {"id": "alice"}}))), refused),
+        ("sub null: JwtPayloadParseErrorSubNotString", rsa(&with_null("sub")), refused),
+        ("iss as a number: JwtPayloadParseErrorIssNotString", rsa(&with(json!({"iss": 7}))), refused),
+        ("iss as a list: JwtPayloadParseErrorIssNotString", rsa(&with(json!({"iss": [ISSUER]}))), refused),
+        ("iss null: JwtPayloadParseErrorIssNotString", rsa(&with_null("iss")), refused),
+        ("aud empty", rsa(&with(json!({"aud": ""}))), Ok("alice")),
+        ("aud an empty list", rsa(&with(json!({"aud": []}))), Ok("alice")),
+        ("aud as a number: JwtPayloadParseErrorAudNotString", rsa(&with(json!({"aud": 7}))), refused),
+        ("aud a list with a number: JwtPayloadParseErrorAudNotString", rsa(&with(json!({"aud": ["a", 7]}))), refused),
+        ("aud a nested list: JwtPayloadParseErrorAudNotString", rsa(&with(json!({"aud": [["a"]]}))), refused),
+        ("aud as an object: JwtPayloadParseErrorAudNotString", rsa(&with(json!({"aud": {"a": "b"}}))), refused),
+        ("aud null: JwtPayloadParseErrorAudNotString", rsa(&with_null("aud")), refused),
+        ("a type error wins over an unknown issuer", rsa(&with(json!({"iss": "https://evil", "jti": 1}))), refused),
         ("another issuer", rsa(&with(json!({"iss": "https://evil.example"}))), Err(JwtError::UnknownIssuer)),
         ("no issuer", rsa(&with(json!({"iss": null}))), Err(JwtError::UnknownIssuer)),
         (
@@ -227,8 +273,9 @@ fn audiences_must_match_when_the_rule_names_them() {
     assert_eq!(outcome(&rule(&["jobs-api"]), &[bearer(&token)], "/").as_deref(), Ok("alice"));
     assert_eq!(outcome(&rule(&["jobs-api"]), &[bearer(&single)], "/").as_deref(), Ok("alice"));
     assert_eq!(outcome(&rule(&["billing"]), &[bearer(&token)], "/"), Err(JwtError::AudienceNotAllowed));
-    assert_eq!(outcome(&rule(&["7"]), &[bearer(&numeric)], "/"), Err(JwtError::AudienceNotAllowed));
-    assert_eq!(outcome(&rule(&["jobs-api"]), &[bearer(&nested)], "/"), Err(JwtError::AudienceNotAllowed));
+    // An `aud` that is neither a string nor a list of strings is malformed, as in Envoy.
+    assert_eq!(outcome(&rule(&["7"]), &[bearer(&numeric)], "/"), Err(JwtError::VerificationFails));
+    assert_eq!(outcome(&rule(&["jobs-api"]), &[bearer(&nested)], "/"), Err(JwtError::VerificationFails));
 }
 
 #[test]
@@ -454,4 +501,29 @@ fn a_policy_set_that_reads_other_claims_reads_the_token_again() {
         cache.get(&TokenKey::new(&token)).expect("cached").is_vouched_for_by(&reloaded.verifier),
         "the cache holds the new reading"
     );
+}
+
+#[test]
+fn a_reload_that_swaps_the_inline_key_behind_a_kid_refuses_tokens_of_the_old_key() {
+    let cache = MemoryCache::default();
+    let old_token = sign("rsa-2048.pem", Algorithm::RS256, "rsa", &claims());
+    let new_token = sign("rsa-2048-other.pem", Algorithm::RS256, "rsa", &claims());
+    let before = rule(&[]);
+    let verify = |rule: &Arc<JwtRule>, token: &str| {
+        let headers = [bearer(token)];
+        match authn::authenticate(&[rule], &request_with(&headers), &context(&cache)) {
+            Authentication::Verified { identity, .. } => Ok(identity.subject().to_string()),
+            Authentication::Anonymous => Ok("anonymous".into()),
+            Authentication::Failed { error, .. } => Err(error),
+        }
+    };
+    assert_eq!(verify(&before, &old_token).as_deref(), Ok("alice"));
+    assert!(cache.get(&TokenKey::new(&old_token)).is_some(), "cached");
+    // The reloaded policy publishes another key under the same `kid`, keeping the same claims.
+    let swapped = KeySet::from_jwks_json(&jwks(&[("rsa-2048-other.pem", Algorithm::RS256, "rsa")])).expect("jwks");
+    let mut reloaded = (*before).clone();
+    reloaded.keys = KeySource::Inline(Arc::new(swapped));
+    let reloaded = Arc::new(reloaded.keeping(&before.verifier.kept));
+    assert_eq!(verify(&reloaded, &old_token), Err(JwtError::VerificationFails), "the old key's token");
+    assert_eq!(verify(&reloaded, &new_token).as_deref(), Ok("alice"), "the new key's token");
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use super::jwt::{JwtError, KeySet, Lifetime};
+use super::jwt::{JwtError, KeyFingerprint, KeySet, Lifetime};
 
 /// The claims an identity keeps, by path (`["realm_access", "roles"]`), and whether the
 /// whole claim set is kept too, as JSON for the decision log.
@@ -119,6 +119,8 @@ pub struct Identity {
     lifetime: Lifetime,
     /// The `kid` of the key that verified the token.
     kid: Option<Arc<str>>,
+    /// The fingerprint of the key that verified the token.
+    key: KeyFingerprint,
 }
 
 /// What one verification found, beyond the claims.
@@ -126,6 +128,7 @@ pub struct Identity {
 pub struct Proof {
     pub lifetime: Lifetime,
     pub kid: Option<Arc<str>>,
+    pub key: KeyFingerprint,
 }
 
 fn offset(text: &str) -> u32 {
@@ -173,6 +176,7 @@ impl Identity {
             json_start,
             lifetime: proof.lifetime,
             kid: proof.kid,
+            key: proof.key,
         }
     }
 
@@ -189,7 +193,11 @@ impl Identity {
             kept: kept.clone(),
             space_delimited,
         });
-        let proof = Proof { lifetime: Lifetime::of(claims).unwrap_or(Lifetime::UNBOUNDED), kid: None };
+        let proof = Proof {
+            lifetime: Lifetime::of(claims).unwrap_or(Lifetime::UNBOUNDED),
+            kid: None,
+            key: KeyFingerprint::default(),
+        };
         Self::from_verified_claims(claims, &verifier, proof)
     }
 
@@ -197,6 +205,12 @@ impl Identity {
     #[cfg(test)]
     pub(crate) fn signed_by(self, kid: &str) -> Self {
         Self { kid: Some(kid.into()), ..self }
+    }
+
+    /// The same identity, as if `key` had verified it (tests only).
+    #[cfg(test)]
+    pub(crate) fn signed_with(self, key: &super::jwt::VerificationKey) -> Self {
+        Self { kid: key.kid.clone(), key: key.fingerprint, ..self }
     }
 
     pub fn issuer(&self) -> &str {
@@ -280,6 +294,11 @@ impl Identity {
     /// The `kid` of the key that verified the token.
     pub fn kid(&self) -> Option<&str> {
         self.kid.as_deref()
+    }
+
+    /// Whether `keys` still hold the key that verified the token, under the same `kid`.
+    pub fn is_vouched_for_by_keys(&self, keys: &KeySet) -> bool {
+        keys.holds(self.kid(), &self.key)
     }
 
     /// Whether this identity may stand for a token that `verifier` would verify: the same

@@ -110,11 +110,45 @@ fn lc_algorithm(algorithm: Algorithm) -> Option<LcAlgorithm> {
     })
 }
 
+/// SHA-256 of a key's canonical public material (its type, its public numbers, the
+/// algorithms it accepts): two keys with the same fingerprint verify the same signatures. A
+/// cached token counts only while its issuer still holds the key that verified it under the
+/// same `kid`, so an IdP that swaps the key behind a fixed `kid` cuts off every token the old
+/// key signed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct KeyFingerprint(pub [u8; 32]);
+
+impl KeyFingerprint {
+    fn of(kind: KeyKind, material: &KeyMaterial, accepted: &[(Algorithm, ParsedPublicKey)]) -> Self {
+        let mut canonical = vec![kind as u8];
+        let mut push_field = |bytes: &[u8]| {
+            canonical.extend((bytes.len() as u64).to_be_bytes());
+            canonical.extend(bytes);
+        };
+        match material {
+            KeyMaterial::Rsa { n, e } => {
+                for number in [n, e] {
+                    push_field(&number[number.iter().take_while(|&&byte| byte == 0).count()..]);
+                }
+            }
+            KeyMaterial::Bytes(bytes) => push_field(bytes),
+        }
+        for (algorithm, _) in accepted {
+            push_field(format!("{algorithm:?}").as_bytes());
+        }
+        let mut fingerprint = [0; 32];
+        fingerprint.copy_from_slice(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &canonical).as_ref());
+        Self(fingerprint)
+    }
+}
+
 /// One usable public key from a JWKS, parsed once for each algorithm it may verify: a
 /// signature check then costs the signature arithmetic, not a key parse.
 #[derive(Clone)]
 pub struct VerificationKey {
     pub kid: Option<Arc<str>>,
+    /// Computed once, when the key set is read.
+    pub fingerprint: KeyFingerprint,
     kind: KeyKind,
     /// The key for each algorithm it accepts: the one the JWK pins, or every one of its kind.
     parsed: Box<[(Algorithm, ParsedPublicKey)]>,
@@ -178,6 +212,14 @@ impl KeySet {
     pub fn has_kid(&self, kid: &str) -> bool {
         self.keys.iter().any(|key| key.kid.as_deref() == Some(kid))
     }
+
+    /// Whether the set still holds the key `fingerprint` under `kid` (under any id when the key
+    /// had none): a token that key verified would verify again.
+    pub fn holds(&self, kid: Option<&str>, fingerprint: &KeyFingerprint) -> bool {
+        self.keys
+            .iter()
+            .any(|key| key.fingerprint == *fingerprint && kid.is_none_or(|kid| key.kid.as_deref() == Some(kid)))
+    }
 }
 
 fn usable_key(entry: &Value) -> Result<VerificationKey, String> {
@@ -235,7 +277,8 @@ fn usable_key(entry: &Value) -> Result<VerificationKey, String> {
             parsed.map(|key| (algorithm, key)).map_err(|error| format!("unusable key: {error}"))
         })
         .collect::<Result<Box<[_]>, String>>()?;
-    Ok(VerificationKey { kid: jwk.common.key_id.map(Arc::from), kind, parsed })
+    let fingerprint = KeyFingerprint::of(kind, &material, &parsed);
+    Ok(VerificationKey { kid: jwk.common.key_id.map(Arc::from), fingerprint, kind, parsed })
 }
 
 /// A JWK's public key, decoded: RSA components, or the bytes aws-lc reads (an uncompressed
@@ -289,8 +332,25 @@ fn decode_segment(segment: &str) -> Result<Vec<u8>, JwtError> {
 }
 
 /// The claims every verification reads: the issuer picks the rule, the lifetime and audiences
-/// are checked, and the subject is kept.
-const REGISTERED_CLAIMS: [&str; 5] = ["iss", "sub", "aud", "exp", "nbf"];
+/// are checked, the subject is kept, and each has its type checked as Envoy does.
+const REGISTERED_CLAIMS: [&str; 7] = ["iss", "sub", "aud", "exp", "nbf", "iat", "jti"];
+
+/// Whether the registered claims a token carries have the types Envoy's jwt_verify_lib
+/// (`Jwt::parseFromString`) demands; a token breaking one is refused before its issuer or keys
+/// are looked at. `iss`, `sub` and `jti` must be strings (`null` is not one); `aud` a string
+/// or a list of strings only; `exp`, `nbf` and `iat` numbers from 0 to under 2^64, fractions
+/// allowed. An absent claim is fine; an empty string is a string.
+fn has_registered_claim_types(claims: &Map<String, Value>) -> bool {
+    let is_string_if_present = |name| claims.get(name).is_none_or(Value::is_string);
+    let audience_fits = match claims.get("aud") {
+        None | Some(Value::String(_)) => true,
+        Some(Value::Array(items)) => items.iter().all(Value::is_string),
+        Some(_) => false,
+    };
+    ["iss", "sub", "jti"].into_iter().all(is_string_if_present)
+        && audience_fits
+        && ["exp", "nbf", "iat"].into_iter().all(|name| numeric_date(claims, name).is_ok())
+}
 
 /// Splits and decodes a compact JWS, keeping the registered claims and the top-level claims
 /// `wanted` names. Refuses anything but three non-empty parts (JWE has five), unknown or
@@ -325,6 +385,9 @@ pub fn parse<'t>(token: &'t str, max_bytes: usize, wanted: &dyn Fn(&str) -> bool
     };
     let claims = read_claims(&decode_segment(payload)?, &|name| REGISTERED_CLAIMS.contains(&name) || wanted(name))
         .map_err(|_| JwtError::VerificationFails)?;
+    if !has_registered_claim_types(&claims) {
+        return Err(JwtError::VerificationFails);
+    }
     let signing_input = &token[..header.len() + 1 + payload.len()];
     Ok(ParsedToken { algorithm, kid, payload_segment: payload, claims, signing_input, signature })
 }
@@ -464,13 +527,20 @@ pub fn verify_signature<'k>(token: &ParsedToken<'_>, keys: &'k KeySet) -> Result
     Err(JwtError::VerificationFails)
 }
 
-/// A NumericDate claim: a JSON number (integer or not); anything else is malformed.
+/// Where Envoy's NumericDate range ends: it reads a date into a `uint64_t`, refusing a value
+/// at or over 2^64 (as a double) and a negative one.
+const NUMERIC_DATE_END: f64 = 18_446_744_073_709_551_616.0;
+
+/// A NumericDate claim: a JSON number (integer or not) from 0 to under 2^64; anything else is
+/// malformed.
 fn numeric_date(claims: &Map<String, Value>, name: &str) -> Result<Option<f64>, JwtError> {
     match claims.get(name) {
         None => Ok(None),
-        Some(Value::Number(number)) => {
-            number.as_f64().filter(|value| value.is_finite()).map(Some).ok_or(JwtError::VerificationFails)
-        }
+        Some(Value::Number(number)) => number
+            .as_f64()
+            .filter(|value| (0.0..NUMERIC_DATE_END).contains(value))
+            .map(Some)
+            .ok_or(JwtError::VerificationFails),
         Some(_) => Err(JwtError::VerificationFails),
     }
 }

@@ -296,19 +296,39 @@ fn evaluate(selected: &[&Policy], attributes: &Attributes<'_>) -> Decision {
     decision
 }
 
-/// A refused token: 401 with Envoy's body and `www-authenticate`, or 403 for an audience.
+/// A refused token: 401, or 403 for an audience, with Envoy's body and, on both, Envoy's
+/// `www-authenticate` (its jwt_authn filter sets it for every refusal but a missing token).
 fn denied_token(http: &HttpRequest<'_>, error: JwtError, stale_issuer: Option<Arc<str>>) -> Decision {
     let reason = if error == JwtError::AudienceNotAllowed { Reason::AudienceNotAllowed } else { Reason::InvalidToken };
     let mut decision = Decision::new(reason, None);
     decision.jwt_error = Some(error);
     decision.stale_issuer = stale_issuer;
-    if reason == Reason::InvalidToken {
-        let scheme = if http.scheme.is_empty() { "http" } else { http.scheme };
-        let path = http.path.split(['?', '#']).next().unwrap_or_default();
-        let realm = format!("Bearer realm=\"{scheme}://{}{path}\", error=\"invalid_token\"", http.host);
-        if realm.bytes().all(|byte| byte >= 0x20 && byte != 0x7f) {
-            decision.response_headers.push((Arc::from("www-authenticate"), realm));
-        }
+    let scheme = if http.scheme.is_empty() { "http" } else { http.scheme };
+    let path = http.path.split(['?', '#']).next().unwrap_or_default();
+    let realm = format!("Bearer realm=\"{scheme}://{}{path}\", error=\"invalid_token\"", http.host);
+    if realm.bytes().all(|byte| byte >= 0x20 && byte != 0x7f) {
+        decision.response_headers.push((Arc::from("www-authenticate"), realm));
     }
     decision
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_audience_refusal_carries_the_same_bearer_challenge_as_a_bad_token() {
+        let http =
+            HttpRequest { scheme: "https", host: "jobs.example", path: "/api/jobs?page=2", ..HttpRequest::default() };
+        let challenge = r#"Bearer realm="https://jobs.example/api/jobs", error="invalid_token""#;
+        for (error, reason) in
+            [(JwtError::AudienceNotAllowed, Reason::AudienceNotAllowed), (JwtError::Expired, Reason::InvalidToken)]
+        {
+            let decision = denied_token(&http, error, None);
+            assert_eq!(decision.reason, reason, "{error:?}");
+            let headers: Vec<(&str, &str)> =
+                decision.response_headers.iter().map(|(name, value)| (&**name, value.as_str())).collect();
+            assert_eq!(headers, [("www-authenticate", challenge)], "{error:?}");
+        }
+    }
 }
