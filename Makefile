@@ -1,4 +1,4 @@
-# portcullis — the two commands of the README, and their parts.
+# portcullis — the two commands of the README (make run, make test), and their parts.
 #   make run    the server on the shipped example policies (policies/)
 #   make test   every test: lint, Rust unit/golden/integration tests, the fuzz targets on their
 #               seeds, Python interop, real Envoy, nginx and an OIDC provider
@@ -96,7 +96,7 @@ soak: python-env
 	$(CARGO) build --release --locked
 	PORTCULLIS_BIN=target/release/portcullis $(VENV)/bin/python tests/soak/soak.py
 
-# Benchmarks (issue #6). `bench`: criterion micro-benchmarks, the end-to-end load runs (server
+# Benchmarks. `bench`: criterion micro-benchmarks, the end-to-end load runs (server
 # on core 0, generator on core 1), memory and the crypto backends; writes bench/results.md in
 # 10-20 minutes. `bench-smoke`: every part for a moment, debug build, no targets, so that the
 # suite cannot rot; writes target/bench/results-smoke.md.

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""portcullis's benchmark suite (issue #6): builds, runs every benchmark on pinned cores, writes bench/results.md.
+"""portcullis's benchmark suite: builds, runs every benchmark on pinned cores, writes bench/results.md.
 
     python3 bench/run.py           # `make bench`: the full run, 10-20 minutes on the 2-core machine
     python3 bench/run.py --smoke   # `make bench-smoke`: every part briefly, debug build, no targets
@@ -73,7 +73,7 @@ FULL = Plan(False, warmup=2, duration=10, lone_duration=4, lone_rounds=5, full_r
 SMOKE = Plan(True, warmup=0.2, duration=0.5, lone_duration=0.5, lone_rounds=1, full_rounds=1, open_duration=0.5, cold_duration=0.5,
              tokens=300, policies=1_000, memory_tokens=300, quiet_wait=0)
 
-# The issue's targets.
+# The targets of the benchmark suite (bench/README.md).
 WARM_THROUGHPUT_SHARE = 0.85  # (b) ≥ 85% of (a)
 LONE_P50_RATIO = 1.2  # (b) lone p50 ≤ 1.2 × (a) lone p50
 HALF_LOAD_P99_US = 1000.0  # p99 at half of (b)'s maximum rate ≤ 1 ms

@@ -26,13 +26,13 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 SHIPPED_ISSUER = "http://127.0.0.1:8180/realms/jobs"  # the issuer policies/keycloak.yaml trusts
 # Port 9 (discard) on loopback: nothing listens there on these machines.
 UNREACHABLE_ISSUER = "http://127.0.0.1:9/realms/jobs"
-# The metric names of the README's metrics table: the rows whose first cell names `portcullis_*`.
+# The metric names of the metrics table in docs/operations.md: the rows whose first cell names `portcullis_*`.
 DOCUMENTED_ROW = re.compile(r"^\| (`portcullis_[a-z_]+`(?:, `portcullis_[a-z_]+`)*) \|", re.MULTILINE)
 
 
 def documented_metrics() -> set[str]:
-    """Every sample name the README's metrics table lists."""
-    readme = (REPO_ROOT / "README.md").read_text()
+    """Every sample name the documented metrics table lists."""
+    readme = (REPO_ROOT / "docs" / "operations.md").read_text()
     return {name.strip("`") for row in DOCUMENTED_ROW.findall(readme) for name in row.split(", ")}
 
 
@@ -149,11 +149,11 @@ def test_metrics_parse_and_count_known_traffic(fresh_server):
             assert set(sample.labels) <= {"door", "decision", "reason", "issuer", "result", "le"}, sample
 
 
-def test_the_readme_documents_exactly_the_metrics_the_server_exports(fresh_server):
+def test_the_docs_list_exactly_the_metrics_the_server_exports(fresh_server):
     documented = documented_metrics()
-    assert len(documented) >= 10, f"the README's metrics table was not found: {sorted(documented)}"
+    assert len(documented) >= 10, f"the metrics table of docs/operations.md was not found: {sorted(documented)}"
     # After a reload every metric has a sample: checks (the other test's traffic or none),
     # fetches that failed and succeeded, keys, cache counters and the reload itself.
     exported = exported_metrics(reload_and_wait(fresh_server, scrape(fresh_server)))
-    assert exported - documented == set(), "exported but not in the README's metrics table"
-    assert documented - exported == set(), "in the README's metrics table but not exported"
+    assert exported - documented == set(), "exported but not in the metrics table of docs/operations.md"
+    assert documented - exported == set(), "in the metrics table of docs/operations.md but not exported"
