@@ -311,13 +311,14 @@ impl Server {
 }
 
 /// Builds an Envoy `CheckRequest`: `CheckBuilder::new("GET", "/x").namespace("ns").build()`.
-/// The host is `app.test` and the scheme `https` unless set; nothing names the workload unless
+/// The host is `app.test` unless set, the scheme unset; nothing names the workload unless
 /// [`Self::namespace`] or [`Self::context`] does.
 #[derive(Debug, Clone)]
 pub struct CheckBuilder {
     method: String,
     path: String,
     host: String,
+    scheme: String,
     headers: HashMap<String, String>,
     context_extensions: HashMap<String, String>,
     source_address: Option<String>,
@@ -330,6 +331,7 @@ impl CheckBuilder {
             method: method.into(),
             path: path.into(),
             host: "app.test".into(),
+            scheme: String::new(),
             headers: HashMap::new(),
             context_extensions: HashMap::new(),
             source_address: None,
@@ -339,6 +341,11 @@ impl CheckBuilder {
 
     pub fn host(mut self, host: &str) -> Self {
         self.host = host.into();
+        self
+    }
+
+    pub fn scheme(mut self, scheme: &str) -> Self {
+        self.scheme = scheme.into();
         self
     }
 
@@ -393,7 +400,7 @@ impl CheckBuilder {
                         method: self.method,
                         path: self.path,
                         host: self.host,
-                        scheme: "https".into(),
+                        scheme: self.scheme,
                         headers: self.headers,
                         ..AttributeHttpRequest::default()
                     }),
