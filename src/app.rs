@@ -79,6 +79,7 @@ impl AppState {
     /// rotated), the keys are refetched (single-flight, rate-limited, waited for at most
     /// `jwks_refetch_wait_ms`) and the request decided again.
     pub async fn decide(&self, snapshot: &Snapshot, request: &Request<'_>) -> Decision {
+        let _in_flight = self.metrics.check_in_flight();
         let mut decision = snapshot.check(request, &self.authn_context());
         if decision.reason == Reason::InternalError {
             tracing::error!("Check panicked; denied the request");
@@ -185,6 +186,8 @@ pub async fn serve(settings: Settings) -> Result<(), AppError> {
     };
     let admin_listener = bind("admin", settings.admin_listen).await?;
     let (shutdown_sender, shutdown) = watch::channel(false);
+    // The admin door outlives the drain, so probes see `/readyz` answer 503 while checks finish.
+    let (admin_shutdown_sender, admin_shutdown) = watch::channel(false);
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<AuthorizationServer>().await;
@@ -199,7 +202,7 @@ pub async fn serve(settings: Settings) -> Result<(), AppError> {
             wait_for(shutdown.clone()),
         );
     let limits = settings.connection_limits();
-    let admin = http::listener::serve(admin_listener, admin::router(state.clone()), limits, shutdown.clone());
+    let admin = http::listener::serve(admin_listener, admin::router(state.clone()), limits, admin_shutdown);
     let http_door = http_listener.map(|(listener, mode)| {
         if mode == HttpMode::Auto {
             tracing::warn!(
@@ -224,8 +227,11 @@ pub async fn serve(settings: Settings) -> Result<(), AppError> {
     tokio::spawn(reload::watch(state.clone(), shutdown.clone()));
 
     shutdown_signal().await;
-    tracing::info!("Shutting down: no longer ready, draining in-flight checks");
     state.ready.store(false, Ordering::Release);
+    tracing::info!(
+        checks_in_flight = state.metrics.checks_in_flight(),
+        "Shutting down: no longer ready, draining in-flight checks"
+    );
     health_reporter.set_service_status("", tonic_health::ServingStatus::NotServing).await;
     health_reporter.set_not_serving::<AuthorizationServer>().await;
     let _ = shutdown_sender.send(true);
@@ -234,6 +240,7 @@ pub async fn serve(settings: Settings) -> Result<(), AppError> {
     let drained = tokio::time::timeout(drain_timeout, async {
         let grpc_result = grpc_task.await;
         let http_result = http_task.await;
+        let _ = admin_shutdown_sender.send(true);
         let admin_result = admin_task.await;
         (grpc_result, http_result, admin_result)
     })

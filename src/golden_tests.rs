@@ -54,7 +54,20 @@ struct Case {
     /// `Authorization: Bearer`. `iat` and `exp` are filled in when absent.
     #[serde(default)]
     token: Option<Map<String, Value>>,
+    /// Where `token` is sent instead of `Authorization: Bearer`.
+    #[serde(default)]
+    token_in: Option<TokenPlace>,
     expect: Expectation,
+}
+
+/// A place a request carries its token: `{header: {name: x-token, prefix: "Token "}}`,
+/// `{param: access_token}` or `{cookie: session}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+enum TokenPlace {
+    Header { name: String, prefix: String },
+    Param(String),
+    Cookie(String),
 }
 
 #[derive(Debug, Deserialize, PartialEq)]
@@ -133,8 +146,18 @@ fn run_case(snapshot: &Snapshot, case: &Case) -> Result<(), String> {
         let identity = Identity::for_tests(claims, snapshot.kept_claims(), space_delimited);
         snapshot.decide(&case.request.request(&headers), Some(&identity))
     } else {
+        let mut path_with_token = None;
         if let Some(claims) = &case.token {
-            headers.push(("authorization".into(), format!("Bearer {}", signed_token(claims))));
+            let token = signed_token(claims);
+            match &case.token_in {
+                None => headers.push(("authorization".into(), format!("Bearer {token}"))),
+                Some(TokenPlace::Header { name, prefix }) => headers.push((name.clone(), format!("{prefix}{token}"))),
+                Some(TokenPlace::Cookie(name)) => headers.push(("cookie".into(), format!("{name}={token}"))),
+                Some(TokenPlace::Param(name)) => {
+                    let separator = if case.request.path.contains('?') { '&' } else { '?' };
+                    path_with_token = Some(format!("{}{separator}{name}={token}", case.request.path));
+                }
+            }
         }
         let context = AuthnContext {
             keys: &NoRemoteKeys,
@@ -143,7 +166,11 @@ fn run_case(snapshot: &Snapshot, case: &Case) -> Result<(), String> {
             clock_skew_secs: 60,
             max_token_bytes: 8192,
         };
-        snapshot.check(&case.request.request(&headers), &context)
+        let mut request = case.request.request(&headers);
+        if let (Some(path), Some(http)) = (&path_with_token, request.http.as_mut()) {
+            http.path = path;
+        }
+        snapshot.check(&request, &context)
     };
     let verdict = |allow: bool| if allow { "allow" } else { "deny" }.to_string();
     let got = Expectation {

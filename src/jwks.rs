@@ -205,10 +205,18 @@ impl KeyStore {
 
     /// A prompt refetch after a token named an unknown `kid`, at most once per
     /// `min_refetch_interval` per issuer. Callers that arrive while a fetch is under way wait
-    /// for it instead of starting another. True when the keys changed meanwhile.
+    /// for it instead of starting another, and are answered by its result. True when the keys
+    /// changed meanwhile.
     pub async fn refetch(&self, issuer: &str) -> bool {
         let Some(entry) = self.issuer(issuer) else { return false };
         let before = entry.keys.load_full();
+        let _fetching = entry.fetching.lock().await;
+        let after = entry.keys.load_full();
+        let changed_while_waiting =
+            !matches!((&before, &after), (Some(before), Some(after)) if Arc::ptr_eq(before, after)) && after.is_some();
+        if changed_while_waiting {
+            return true;
+        }
         let may_fetch = match entry.last_refetch.lock() {
             Ok(mut last) if last.is_none_or(|at| at.elapsed() >= self.limits.min_refetch_interval) => {
                 *last = Some(Instant::now());
@@ -216,12 +224,7 @@ impl KeyStore {
             }
             _ => false,
         };
-        let _fetching = entry.fetching.lock().await;
-        if may_fetch {
-            return self.fetch_into(issuer, &entry).await;
-        }
-        let after = entry.keys.load_full();
-        !matches!((&before, &after), (Some(before), Some(after)) if Arc::ptr_eq(before, after)) && after.is_some()
+        may_fetch && self.fetch_into(issuer, &entry).await
     }
 
     async fn refresh(&self, issuer: &str) -> bool {

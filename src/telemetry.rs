@@ -82,6 +82,7 @@ pub struct Metrics {
     reloads: Family<ResultLabels, Counter>,
     jwks_age: Family<IssuerLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     unidentified_workload_checks: Family<DoorLabels, Counter>,
+    checks_in_flight: Gauge,
     /// The series of `checks` and `check_duration_seconds` a check writes, by door and reason,
     /// found in their families once: a check then neither hashes labels nor takes a lock.
     check_series: [[OnceLock<Counter>; Reason::ALL.len()]; Door::ALL.len()],
@@ -128,6 +129,8 @@ impl Metrics {
             "Tokens held by the verified-token cache",
             token_cache_entries.clone(),
         );
+        let checks_in_flight = Gauge::default();
+        registry.register("checks_in_flight", "Checks being decided now, by either door", checks_in_flight.clone());
         let reloads = Family::<ResultLabels, Counter>::default();
         registry.register("reloads", "Policy reloads, by result (`ok`, `error`)", reloads.clone());
         let jwks_age = Family::<IssuerLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
@@ -150,6 +153,7 @@ impl Metrics {
             registry,
             reloads,
             unidentified_workload_checks,
+            checks_in_flight,
             jwks_age,
             checks,
             check_duration,
@@ -215,6 +219,18 @@ impl Metrics {
         self.unidentified_workload_checks.get_or_create(&DoorLabels { door: door.as_str() }).inc();
     }
 
+    /// Counts one check in `portcullis_checks_in_flight` until the guard drops (a cancelled
+    /// check too).
+    pub fn check_in_flight(&self) -> InFlightCheck<'_> {
+        self.checks_in_flight.inc();
+        InFlightCheck(&self.checks_in_flight)
+    }
+
+    /// How many checks are being decided now.
+    pub fn checks_in_flight(&self) -> i64 {
+        self.checks_in_flight.get()
+    }
+
     pub fn record_policy_set(&self, generation: u64, policies: usize) {
         self.policy_generation.set(i64::try_from(generation).unwrap_or(i64::MAX));
         self.policies_loaded.set(i64::try_from(policies).unwrap_or(i64::MAX));
@@ -226,6 +242,16 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
         text
+    }
+}
+
+/// One check counted in `portcullis_checks_in_flight`; uncounted when dropped.
+#[derive(Debug)]
+pub struct InFlightCheck<'a>(&'a Gauge);
+
+impl Drop for InFlightCheck<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

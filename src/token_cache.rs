@@ -47,7 +47,16 @@ pub struct VerifiedTokenCache {
     capacity_per_shard: usize,
     len: AtomicUsize,
     metrics: Arc<Metrics>,
+    /// Debug builds only: the token text named by [`PANIC_ON_TOKEN_VARIABLE`], whose lookup panics.
+    #[cfg(debug_assertions)]
+    panic_on_token: Option<String>,
 }
+
+/// Fault injection, compiled only in debug builds: a check carrying exactly this variable's
+/// value as its token panics inside the token cache lookup, so tests of the real binary can
+/// show that a bug inside a check is a deny, `internal_error`, and the server keeps serving.
+#[cfg(debug_assertions)]
+pub const PANIC_ON_TOKEN_VARIABLE: &str = "PORTCULLIS_DEBUG_PANIC_ON_TOKEN";
 
 fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_secs())
@@ -65,6 +74,17 @@ impl VerifiedTokenCache {
             capacity_per_shard: capacity.div_ceil(SHARDS),
             len: AtomicUsize::new(0),
             metrics,
+            #[cfg(debug_assertions)]
+            panic_on_token: std::env::var(PANIC_ON_TOKEN_VARIABLE).ok().filter(|token| !token.is_empty()),
+        }
+    }
+
+    /// Panics when `token` is the one [`PANIC_ON_TOKEN_VARIABLE`] names (debug builds only).
+    #[cfg(debug_assertions)]
+    #[expect(clippy::panic, reason = "fault injection in debug builds: a bug inside a check, on request")]
+    fn panic_if_asked(&self, token: &str) {
+        if self.panic_on_token.as_deref() == Some(token) {
+            panic!("fault injection: the token named by {PANIC_ON_TOKEN_VARIABLE}");
         }
     }
 
@@ -135,6 +155,8 @@ impl VerifiedTokenCache {
 impl TokenCache for VerifiedTokenCache {
     /// The hot layer first; a token found by its digest is seen again, and moves into it.
     fn get(&self, key: &TokenKey<'_>) -> Option<Arc<Identity>> {
+        #[cfg(debug_assertions)]
+        self.panic_if_asked(key.token());
         if self.capacity_per_shard == 0 {
             return None;
         }

@@ -4,17 +4,11 @@
 
 mod support;
 
-use std::collections::HashMap;
-
-use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress, address, socket_address};
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Peer, Request};
-use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
-use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest, CheckResponse};
-use envoy_types::pb::google::protobuf::value::Kind;
+use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
 use prost::Message;
 use prost::bytes::BufMut;
-use support::{Server, http_get, repo_path};
+use support::{CheckBuilder, Server, http_get, metadata_field, repo_path};
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::http::uri::PathAndQuery;
 use tonic_health::pb::HealthCheckRequest;
@@ -22,54 +16,20 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
 fn job_service_request(method: &str, path: &str, source_principal: &str) -> CheckRequest {
-    let extensions = HashMap::from([
-        ("namespace".to_string(), "job-service".to_string()),
-        ("app".to_string(), "job-service".to_string()),
-    ]);
-    let headers = HashMap::from([
-        (":method".to_string(), method.to_string()),
-        (":path".to_string(), path.to_string()),
-        (":authority".to_string(), "jobs.example.com".to_string()),
-    ]);
-    let socket = SocketAddress {
-        address: "10.1.2.3".into(),
-        port_specifier: Some(socket_address::PortSpecifier::PortValue(41000)),
-        ..SocketAddress::default()
-    };
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            source: Some(Peer {
-                address: Some(Address { address: Some(address::Address::SocketAddress(socket)) }),
-                principal: source_principal.into(),
-                ..Peer::default()
-            }),
-            request: Some(Request {
-                http: Some(HttpRequest {
-                    method: method.into(),
-                    path: path.into(),
-                    host: "jobs.example.com".into(),
-                    headers,
-                    ..HttpRequest::default()
-                }),
-                ..Request::default()
-            }),
-            context_extensions: extensions,
-            ..AttributeContext::default()
-        }),
-    }
+    CheckBuilder::new(method, path)
+        .host("jobs.example.com")
+        .header(":method", method)
+        .header(":path", path)
+        .header(":authority", "jobs.example.com")
+        .namespace("job-service")
+        .context("app", "job-service")
+        .source_address("10.1.2.3")
+        .source_principal(source_principal)
+        .build()
 }
 
 async fn check(server: &Server, request: CheckRequest) -> CheckResponse {
-    let mut client = AuthorizationClient::connect(format!("http://{}", server.grpc)).await.expect("connects");
-    client.check(request).await.expect("Check answers").into_inner()
-}
-
-fn metadata_field(response: &CheckResponse, name: &str) -> Option<String> {
-    let field = response.dynamic_metadata.as_ref()?.fields.get(name)?;
-    match &field.kind {
-        Some(Kind::StringValue(text)) => Some(text.clone()),
-        _ => None,
-    }
+    server.check(request).await
 }
 
 fn denied(response: &CheckResponse) -> (i32, i32, String) {

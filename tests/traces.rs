@@ -3,13 +3,8 @@
 mod otlp;
 mod support;
 
-use std::collections::HashMap;
-
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
-use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
-use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
 use otlp::{attribute, receiver, wait_for_spans};
-use support::{Server, repo_path};
+use support::{CheckBuilder, Server, repo_path};
 
 const TRACE_ID: &str = "0af7651916cd43dd8448eb211c80319c";
 const PARENT_SPAN_ID: &str = "b7ad6b7169203331";
@@ -23,28 +18,13 @@ async fn each_check_is_a_span_in_the_callers_trace() {
     let (endpoint, spans) = receiver().await;
     let env = [("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()), ("OTEL_BSP_SCHEDULE_DELAY", "50")];
     let server = Server::start_with_env(&[&repo_path("policies")], None, &env);
-    let headers = HashMap::from([("traceparent".to_string(), format!("00-{TRACE_ID}-{PARENT_SPAN_ID}-01"))]);
-    let check = CheckRequest {
-        attributes: Some(AttributeContext {
-            request: Some(Request {
-                http: Some(HttpRequest {
-                    method: "POST".into(),
-                    path: "/api/jobs".into(),
-                    host: "jobs.example.com".into(),
-                    headers,
-                    ..HttpRequest::default()
-                }),
-                ..Request::default()
-            }),
-            context_extensions: HashMap::from([
-                ("namespace".to_string(), "job-service".to_string()),
-                ("app".to_string(), "job-service".to_string()),
-            ]),
-            ..AttributeContext::default()
-        }),
-    };
-    let mut client = AuthorizationClient::connect(format!("http://{}", server.grpc)).await.expect("connects");
-    client.check(check).await.expect("answers");
+    let check = CheckBuilder::new("POST", "/api/jobs")
+        .host("jobs.example.com")
+        .header("traceparent", &format!("00-{TRACE_ID}-{PARENT_SPAN_ID}-01"))
+        .namespace("job-service")
+        .context("app", "job-service")
+        .build();
+    server.check(check).await;
 
     let span = wait_for_spans(&spans, 1).await.remove(0);
     assert_eq!(span.name, "portcullis.check");

@@ -95,6 +95,8 @@ pub struct FakeIdp {
     paths: Arc<Mutex<Vec<String>>>,
     pub largest_answer: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
+    /// While true, every request is recorded and then held unanswered.
+    held: Arc<AtomicBool>,
 }
 
 impl FakeIdp {
@@ -105,20 +107,26 @@ impl FakeIdp {
         let paths = Arc::new(Mutex::new(Vec::new()));
         let largest_answer = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
-        let (shared_behavior, shared_paths, shared_bytes, shared_stop) =
-            (behavior.clone(), paths.clone(), largest_answer.clone(), stop.clone());
+        let held = Arc::new(AtomicBool::new(false));
+        let (shared_behavior, shared_paths, shared_bytes, shared_stop, shared_held) =
+            (behavior.clone(), paths.clone(), largest_answer.clone(), stop.clone(), held.clone());
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 if shared_stop.load(Ordering::SeqCst) {
                     break;
                 }
                 let Ok(stream) = stream else { continue };
-                let (behavior, paths, bytes, stop) =
-                    (shared_behavior.clone(), shared_paths.clone(), shared_bytes.clone(), shared_stop.clone());
-                std::thread::spawn(move || answer(stream, &behavior, &paths, &bytes, &stop));
+                let (behavior, paths, bytes, stop, held) = (
+                    shared_behavior.clone(),
+                    shared_paths.clone(),
+                    shared_bytes.clone(),
+                    shared_stop.clone(),
+                    shared_held.clone(),
+                );
+                std::thread::spawn(move || answer(stream, &behavior, &paths, &bytes, &stop, &held));
             }
         });
-        Self { address, behavior, paths, largest_answer, stop }
+        Self { address, behavior, paths, largest_answer, stop, held }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -132,6 +140,30 @@ impl FakeIdp {
     /// Every request path so far, in order.
     pub fn paths(&self) -> Vec<String> {
         self.paths.lock().expect("lock").clone()
+    }
+
+    /// How many requests arrived so far, answered or held.
+    pub fn requests(&self) -> usize {
+        self.paths.lock().expect("lock").len()
+    }
+
+    /// From now on, requests are recorded but not answered until [`Self::release`].
+    pub fn hold(&self) {
+        self.held.store(true, Ordering::SeqCst);
+    }
+
+    /// Answers the held requests, and every later one, with the current behavior.
+    pub fn release(&self) {
+        self.held.store(false, Ordering::SeqCst);
+    }
+
+    /// Waits until at least `count` requests arrived (hang guard: 20 s).
+    pub fn wait_for_requests(&self, count: usize) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.requests() < count {
+            assert!(Instant::now() < deadline, "the IdP got {} requests, not {count}", self.requests());
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 }
 
@@ -148,6 +180,7 @@ fn answer(
     paths: &Mutex<Vec<String>>,
     bytes: &AtomicU64,
     stop: &AtomicBool,
+    held: &AtomicBool,
 ) {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
     let mut head = Vec::new();
@@ -161,6 +194,9 @@ fn answer(
     let text = String::from_utf8_lossy(&head);
     let Some(path) = text.split_whitespace().nth(1) else { return };
     paths.lock().expect("lock").push(path.to_string());
+    while held.load(Ordering::SeqCst) && !stop.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
     let behavior = behavior.lock().expect("lock").clone();
     let started = Instant::now();
     let mut written = 0u64;
@@ -220,4 +256,24 @@ fn answer(
             }
         }
     }
+}
+
+/// Claims of a token of `issuer` for `alice`, valid for ten minutes.
+pub fn claims_of(issuer: &str) -> Value {
+    json!({"iss": issuer, "sub": "alice", "exp": unix_now() + 600, "iat": unix_now()})
+}
+
+/// A RequestAuthentication in `namespace` with one remote rule per `(issuer, jwksUri)`, and an
+/// ALLOW policy there that admits verified callers only.
+pub fn remote_issuers_in(namespace: &str, rules: &[(&str, String)]) -> String {
+    let mut yaml = format!(
+        "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{name: tokens, namespace: {namespace}}}\nspec:\n  jwtRules:\n"
+    );
+    for (issuer, uri) in rules {
+        yaml.push_str(&format!("  - issuer: {issuer}\n    jwksUri: {uri}\n"));
+    }
+    yaml.push_str(&format!(
+        "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: verified-only, namespace: {namespace}}}\nspec:\n  rules:\n  - from: [{{source: {{requestPrincipals: [\"*\"]}}}}]\n"
+    ));
+    yaml
 }

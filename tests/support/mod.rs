@@ -1,15 +1,25 @@
-//! Starts the real `portcullis` binary on loopback ports it picks itself and finds them in its log.
+//! Starts the real `portcullis` binary on loopback ports it picks itself and finds them in its log; builds its files, reads its metrics and sends it Checks.
 
 #![allow(dead_code, reason = "each test crate uses a different part of the support module")]
 #![expect(clippy::expect_used, reason = "test set-up: a failure to start the server fails the test")]
 #![allow(clippy::panic, reason = "a hang guard fails the test")]
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+
+use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress, address, socket_address};
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
+    HttpRequest as AttributeHttpRequest, Peer, Request as AttributeRequest,
+};
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
+use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest, CheckResponse};
+use envoy_types::pb::google::protobuf::value::Kind;
 
 pub fn repo_path(relative: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
@@ -52,6 +62,13 @@ impl Server {
 
     /// The same, with environment variables.
     pub fn start_with_env(policies: &[&Path], config: Option<&Path>, env: &[(&str, &str)]) -> Self {
+        let server = Self::start_listening(policies, config, env);
+        server.wait_ready();
+        server
+    }
+
+    /// The same, but returns as soon as every listener is bound, ready or not.
+    pub fn start_listening(policies: &[&Path], config: Option<&Path>, env: &[(&str, &str)]) -> Self {
         let mut command = portcullis();
         command.envs(env.iter().copied());
         command.arg("serve");
@@ -88,12 +105,11 @@ impl Server {
             early_log.push(line);
         }
         let (grpc, http, admin) = (grpc.expect("grpc"), http.expect("http"), admin.expect("admin"));
-        let server = Self { child, grpc, http, admin, log, early_log };
-        server.wait_ready();
-        server
+        Self { child, grpc, http, admin, log, early_log }
     }
 
-    fn wait_ready(&self) {
+    /// Waits until `/readyz` answers 200 (hang guard: 10 s).
+    pub fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while http_get(self.admin, "/readyz").0 != 200 {
             assert!(Instant::now() < deadline, "server never became ready");
@@ -117,6 +133,35 @@ impl Server {
         let sent = Command::new("kill").args(["-TERM", &pid]).status().expect("kill runs");
         assert!(sent.success());
         self.child.wait().expect("server exits")
+    }
+
+    /// Waits for the process to exit on its own and returns its status. Fails the test after a
+    /// generous deadline (a hang guard, not a timing assertion).
+    pub fn wait_for_exit(mut self) -> ExitStatus {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("waits on the server") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "the server did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits for the first new log line that contains every one of `parts`, and returns every
+    /// new line up to and including it. Fails the test after a generous deadline (a hang guard).
+    pub fn log_until(&self, parts: &[&str]) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut lines = Vec::new();
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let line = self.log.recv_timeout(remaining).expect("the awaited log line arrives in time");
+            let found = parts.iter().all(|part| line.contains(part));
+            lines.push(line);
+            if found {
+                return lines;
+            }
+        }
     }
 
     /// Log lines received so far.
@@ -219,4 +264,171 @@ pub fn http_request(address: SocketAddr, method: &str, path: &str, headers: &[(&
     let status = response.split_whitespace().nth(1).and_then(|code| code.parse().ok()).unwrap_or(0);
     let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
     (status, head.to_ascii_lowercase(), body.to_string())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Files the server reads, metrics it exports, and Checks over gRPC.
+// ---------------------------------------------------------------------------------------------
+
+/// A temporary policy directory holding `yaml` as `policies.yaml`; removed when dropped.
+pub fn policy_dir(yaml: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("policies.yaml"), yaml).expect("write policies");
+    dir
+}
+
+/// A temporary settings file (`--config`) holding `yaml`; removed when dropped.
+pub fn config_file(yaml: &str) -> tempfile::NamedTempFile {
+    let file = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(file.path(), yaml).expect("write settings");
+    file
+}
+
+/// The value of one series in a Prometheus text exposition: `series` is the name with its
+/// labels exactly as exported (`portcullis_reloads_total{result="ok"}`). `None` when the series
+/// is absent: a missing series is never read as 0.
+pub fn metric_in(exposition: &str, series: &str) -> Option<f64> {
+    exposition.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+impl Server {
+    /// The current value of one series of `/metrics` (see [`metric_in`]); `None` when absent.
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        let (status, exposition) = http_get(self.admin, "/metrics");
+        assert_eq!(status, 200, "/metrics answers");
+        metric_in(&exposition, series)
+    }
+
+    /// A tonic client of the gRPC door on a fresh connection.
+    pub async fn grpc_client(&self) -> AuthorizationClient<tonic::transport::Channel> {
+        AuthorizationClient::connect(format!("http://{}", self.grpc)).await.expect("connects to the gRPC door")
+    }
+
+    /// Sends one Check on a fresh connection and returns the answer.
+    pub async fn check(&self, request: CheckRequest) -> CheckResponse {
+        self.grpc_client().await.check(request).await.expect("Check answers").into_inner()
+    }
+}
+
+/// Builds an Envoy `CheckRequest`: `CheckBuilder::new("GET", "/x").namespace("ns").build()`.
+/// The host is `app.test` unless set, the scheme unset; nothing names the workload unless
+/// [`Self::namespace`] or [`Self::context`] does.
+#[derive(Debug, Clone)]
+pub struct CheckBuilder {
+    method: String,
+    path: String,
+    host: String,
+    scheme: String,
+    headers: HashMap<String, String>,
+    context_extensions: HashMap<String, String>,
+    source_address: Option<String>,
+    source_principal: String,
+}
+
+impl CheckBuilder {
+    pub fn new(method: &str, path: &str) -> Self {
+        Self {
+            method: method.into(),
+            path: path.into(),
+            host: "app.test".into(),
+            scheme: String::new(),
+            headers: HashMap::new(),
+            context_extensions: HashMap::new(),
+            source_address: None,
+            source_principal: String::new(),
+        }
+    }
+
+    pub fn host(mut self, host: &str) -> Self {
+        self.host = host.into();
+        self
+    }
+
+    pub fn scheme(mut self, scheme: &str) -> Self {
+        self.scheme = scheme.into();
+        self
+    }
+
+    /// Adds a header (`:authority`, `:method` and `:path` included, as Envoy sends them).
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.headers.insert(name.into(), value.into());
+        self
+    }
+
+    /// `authorization: Bearer <token>`.
+    pub fn bearer(self, token: &str) -> Self {
+        self.header("authorization", &format!("Bearer {token}"))
+    }
+
+    /// Adds a context extension, as an Envoy route's `context_extensions` would.
+    pub fn context(mut self, key: &str, value: &str) -> Self {
+        self.context_extensions.insert(key.into(), value.into());
+        self
+    }
+
+    /// Names the workload's namespace (context extension `namespace`).
+    pub fn namespace(self, namespace: &str) -> Self {
+        self.context("namespace", namespace)
+    }
+
+    /// The peer's socket address (`10.1.2.3`, port 41000).
+    pub fn source_address(mut self, ip: &str) -> Self {
+        self.source_address = Some(ip.into());
+        self
+    }
+
+    /// The peer's mTLS principal (`spiffe://...`).
+    pub fn source_principal(mut self, principal: &str) -> Self {
+        self.source_principal = principal.into();
+        self
+    }
+
+    pub fn build(self) -> CheckRequest {
+        let address = self.source_address.map(|ip| {
+            let socket = SocketAddress {
+                address: ip,
+                port_specifier: Some(socket_address::PortSpecifier::PortValue(41000)),
+                ..SocketAddress::default()
+            };
+            Address { address: Some(address::Address::SocketAddress(socket)) }
+        });
+        CheckRequest {
+            attributes: Some(AttributeContext {
+                source: Some(Peer { address, principal: self.source_principal, ..Peer::default() }),
+                request: Some(AttributeRequest {
+                    http: Some(AttributeHttpRequest {
+                        method: self.method,
+                        path: self.path,
+                        host: self.host,
+                        scheme: self.scheme,
+                        headers: self.headers,
+                        ..AttributeHttpRequest::default()
+                    }),
+                    ..AttributeRequest::default()
+                }),
+                context_extensions: self.context_extensions,
+                ..AttributeContext::default()
+            }),
+        }
+    }
+}
+
+/// The HTTP status a proxy would answer for a `CheckResponse` (200 on allow) and the body of a
+/// denial.
+pub fn proxy_answer(response: &CheckResponse) -> (u16, String) {
+    match &response.http_response {
+        Some(HttpResponse::OkResponse(_)) => (200, String::new()),
+        Some(HttpResponse::DeniedResponse(denied)) => {
+            (denied.status.as_ref().map_or(0, |status| u16::try_from(status.code).unwrap_or(0)), denied.body.clone())
+        }
+        _ => (0, String::new()),
+    }
+}
+
+/// A string field of the answer's dynamic metadata (`decision`, `reason`, `policy`).
+pub fn metadata_field(response: &CheckResponse, name: &str) -> Option<String> {
+    match &response.dynamic_metadata.as_ref()?.fields.get(name)?.kind {
+        Some(Kind::StringValue(text)) => Some(text.clone()),
+        _ => None,
+    }
 }
