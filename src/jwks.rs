@@ -727,8 +727,10 @@ mod tests {
         let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let switch = failing.clone();
         let (base, hits) =
-            serve(move |path| if switch.load(Ordering::SeqCst) { (500, String::new(), Duration::ZERO) } else { ok(path) })
-                .await;
+            serve(
+                move |path| if switch.load(Ordering::SeqCst) { (500, String::new(), Duration::ZERO) } else { ok(path) },
+            )
+            .await;
         let store = store("https://issuer.example", Some(format!("{base}/certs")));
         store.fetch(&store.issuer_names()).await;
         let last_good = store.key_set("https://issuer.example").expect("the first fetch brings keys");
