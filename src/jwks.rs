@@ -726,11 +726,10 @@ mod tests {
     async fn the_last_good_keys_stay_when_the_idp_fails() {
         let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let switch = failing.clone();
-        let (base, hits) =
-            serve(
-                move |path| if switch.load(Ordering::SeqCst) { (500, String::new(), Duration::ZERO) } else { ok(path) },
-            )
-            .await;
+        let route = move |path: &str| {
+            if switch.load(Ordering::SeqCst) { (500, String::new(), Duration::ZERO) } else { ok(path) }
+        };
+        let (base, hits) = serve(route).await;
         let store = store("https://issuer.example", Some(format!("{base}/certs")));
         store.fetch(&store.issuer_names()).await;
         let last_good = store.key_set("https://issuer.example").expect("the first fetch brings keys");

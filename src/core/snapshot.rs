@@ -208,14 +208,7 @@ impl Snapshot {
                 Some(Ok(normalized)) => Some(normalized),
                 None => None,
             };
-            self.authorize(
-                request,
-                &workload,
-                self.policies.scope(&workload),
-                normalized,
-                identity,
-                &Outputs::default(),
-            )
+            self.authorize(request, &workload, self.policies.scope(&workload), normalized, identity, &Outputs::default())
         })
     }
 
