@@ -10,7 +10,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use envoy_types::pb::envoy::config::core::v3::{
     Address, HeaderMap, HeaderValue, SocketAddress, address, socket_address,
@@ -650,9 +650,7 @@ async fn trickling_and_50_mb_key_sets_give_no_keys_within_the_bound() {
     );
     let policies = policy_dir(&yaml);
     let config = config_file("jwks_fetch_timeout_ms: 2000\njwks_ready_timeout_secs: 6\n");
-    let started = Instant::now();
     let server = Server::start_with(&[policies.path()], Some(config.path()));
-    assert!(started.elapsed() < Duration::from_secs(12), "ready in {:?}", started.elapsed());
     let (status, body) = http_get(server.admin, "/readyz");
     assert_eq!(status, 200);
     for issuer in ["https://trickle.test", "https://huge.test", "https://redirect.test"] {
@@ -670,13 +668,17 @@ async fn trickling_and_50_mb_key_sets_give_no_keys_within_the_bound() {
     let mut as_trickle = claims("alice");
     as_trickle["iss"] = json!("https://trickle.test");
     let token = sign(RSA, Algorithm::RS256, Some("rsa"), &as_trickle);
-    let started = Instant::now();
     let headers = HashMap::from([("authorization".to_string(), bearer(&token))]);
-    let response = client.check(grpc_check_request("adv", "/", headers)).await.expect("Check answers").into_inner();
+    let check = client.check(grpc_check_request("adv", "/", headers));
+    // A hang guard only: an issuer without keys is answered at once, whatever its IdP does.
+    let response = tokio::time::timeout(Duration::from_secs(30), check)
+        .await
+        .expect("the Check answers while the IdP trickles")
+        .expect("Check answers")
+        .into_inner();
     assert_eq!(grpc_status(&response), 401);
     let Some(HttpResponse::DeniedResponse(denied)) = &response.http_response else { panic!("denied") };
     assert_eq!(denied.body, "Jwks remote fetch is failed");
-    assert!(started.elapsed() < Duration::from_secs(2), "the Check waited {:?}", started.elapsed());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -814,8 +816,8 @@ async fn non_utf8_and_overlong_path_bytes_are_never_allowed() {
     let mut failures = Vec::new();
     for target in raw_targets {
         let (status, _, _) = raw_http(server.http, &envoy_mode_request(target, "adv", ""));
-        if !(400..500).contains(&status) {
-            failures.push(format!("HTTP door {}: {status}", String::from_utf8_lossy(target)));
+        if status != 400 {
+            failures.push(format!("HTTP door {}: {status}, not 400", String::from_utf8_lossy(target)));
         }
     }
     let mut client = grpc_client(&server).await;
@@ -830,8 +832,9 @@ async fn non_utf8_and_overlong_path_bytes_are_never_allowed() {
             });
         }
         let response = client.check(check).await.expect("Check answers").into_inner();
-        if grpc_status(&response) == 200 {
-            failures.push(format!("gRPC raw :path {}: allowed", String::from_utf8_lossy(target)));
+        if grpc_status(&response) != 400 {
+            let status = grpc_status(&response);
+            failures.push(format!("gRPC raw :path {}: {status}, not 400", String::from_utf8_lossy(target)));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
@@ -856,8 +859,8 @@ fn an_unreadable_forwarded_uri_is_not_replaced_by_the_auth_requests_path() {
         request.extend_from_slice(value);
         request.extend_from_slice(b"\r\nConnection: close\r\n\r\n");
         let (status, _, body) = raw_http(server.http, &request);
-        if status == 200 {
-            failures.push(format!("{mode} {header}: /admin/\\xff allowed ({body:?})"));
+        if status != 400 {
+            failures.push(format!("{mode} {header}: /admin/\\xff got {status}, not 400 ({body:?})"));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
@@ -872,6 +875,7 @@ fn client_copies_of_forwarding_headers_do_not_choose_the_judged_path() {
     let policies = policy_dir(&door_policies());
     let context = "?namespace=adv&app=adv";
     type Headers<'a> = Vec<(&'a str, &'a str)>;
+    // Each judges /admin/users, or denies because two dialects' headers are present: 403.
     let cases: Vec<(&str, &str, String, Headers)> = vec![
         (
             "nginx auth_request, client adds X-Forwarded-Uri",
@@ -912,8 +916,8 @@ fn client_copies_of_forwarding_headers_do_not_choose_the_judged_path() {
         let config = config_file(&format!("http_mode: {mode}\n"));
         let server = Server::start_with(&[policies.path()], Some(config.path()));
         let (status, _, _) = http_request(server.http, "GET", target, headers);
-        if status == 200 {
-            failures.push(format!("{name}: allowed /admin/users"));
+        if status != 403 {
+            failures.push(format!("{name}: {status}, not 403"));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
@@ -929,15 +933,18 @@ async fn path_parameters_on_a_denied_segment_stay_denied() {
     let mut client = grpc_client(&server).await;
     let mut failures = Vec::new();
     // (`/ad;min` is not here: Tomcat and Spring read it as `/ad`, which no DENY rule guards.)
-    for path in ["/admin;/users", "/admin;jsessionid=1", "/admin;x/users", "/public/..;x/admin"] {
+    // Denied by the DENY rule (403), or refused as a dot segment with parameters (400).
+    for (path, expected) in
+        [("/admin;/users", 403), ("/admin;jsessionid=1", 403), ("/admin;x/users", 403), ("/public/..;x/admin", 400)]
+    {
         let (status, _, _) = raw_http(server.http, &envoy_mode_request(path.as_bytes(), "denyonly", ""));
-        if status == 200 {
-            failures.push(format!("HTTP door {path}: allowed"));
+        if status != expected {
+            failures.push(format!("HTTP door {path}: {status}, not {expected}"));
         }
         let response =
             client.check(grpc_check_request("denyonly", path, HashMap::new())).await.expect("decided").into_inner();
-        if grpc_status(&response) == 200 {
-            failures.push(format!("gRPC {path}: allowed"));
+        if grpc_status(&response) != expected {
+            failures.push(format!("gRPC {path}: {}, not {expected}", grpc_status(&response)));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
@@ -1064,8 +1071,9 @@ fn forwarded_for_from_an_untrusted_http_peer_is_ignored() {
 // Header limits and output headers
 // ---------------------------------------------------------------------------------------------
 
-/// Header names and values at and over the limits, and thousands of headers: a clean 4xx or a
-/// decision, quickly, and the server keeps serving.
+/// Header names and values at and over the limits, and thousands of headers: each gets its
+/// promised answer (a decision, 431, 400, or 401 for a token over `max_token_bytes`), and the
+/// server keeps serving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_and_numerous_headers_get_a_clean_answer() {
     let policies = policy_dir(&door_policies());
@@ -1073,28 +1081,27 @@ async fn oversized_and_numerous_headers_get_a_clean_answer() {
     let many = |count: usize, size: usize| -> String {
         (0..count).map(|index| format!("x-h{index}: {}\r\n", "v".repeat(size))).collect()
     };
-    let token_over_limit =
-        format!("Authorization: Bearer {}.{}.{}\r\n", "a".repeat(8192), "b".repeat(100), "c".repeat(100));
-    let cases: Vec<(&str, String)> = vec![
-        ("90 headers", many(90, 100)),
-        ("1 000 headers", many(1000, 10)),
-        ("5 000 headers", many(5000, 10)),
-        ("a value of 8 KiB", format!("x-big: {}\r\n", "v".repeat(8 * 1024))),
-        ("a value of 64 KiB", format!("x-big: {}\r\n", "v".repeat(64 * 1024))),
-        ("a value of 1 MiB", format!("x-big: {}\r\n", "v".repeat(1024 * 1024))),
-        ("a name of 64 KiB", format!("x-{}: v\r\n", "n".repeat(64 * 1024))),
-        ("a token over max_token_bytes", token_over_limit),
-        ("an empty name", ": v\r\n".into()),
-        ("a name with a space", "x bad: v\r\n".into()),
-        ("obs-fold", "x-folded: a\r\n b\r\n".into()),
+    let token_over_limit = format!("Bearer {}.{}.{}", "a".repeat(8192), "b".repeat(100), "c".repeat(100));
+    // (name, headers, the promised answer: a decision within the HTTP stack's bounds, 431 over
+    // them, 400 for a malformed header, 401 for a token over `max_token_bytes`)
+    let cases: Vec<(&str, String, u16)> = vec![
+        ("90 headers", many(90, 100), 200),
+        ("1 000 headers", many(1000, 10), 431),
+        ("5 000 headers", many(5000, 10), 431),
+        ("a value of 8 KiB", format!("x-big: {}\r\n", "v".repeat(8 * 1024)), 200),
+        ("a value of 64 KiB", format!("x-big: {}\r\n", "v".repeat(64 * 1024)), 200),
+        ("a value of 1 MiB", format!("x-big: {}\r\n", "v".repeat(1024 * 1024)), 431),
+        ("a name of 64 KiB", format!("x-{}: v\r\n", "n".repeat(64 * 1024)), 431),
+        ("a token over max_token_bytes", format!("Authorization: {token_over_limit}\r\n"), 401),
+        ("an empty name", ": v\r\n".into(), 400),
+        ("a name with a space", "x bad: v\r\n".into(), 400),
+        ("obs-fold", "x-folded: a\r\n b\r\n".into(), 400),
     ];
     let mut failures = Vec::new();
-    for (name, headers) in &cases {
-        let started = Instant::now();
+    for (name, headers, expected) in &cases {
         let (status, _, _) = raw_http(server.http, &envoy_mode_request(b"/public/x", "adv", headers));
-        let clean = status == 200 || (400..500).contains(&status);
-        if !clean || started.elapsed() > Duration::from_secs(5) {
-            failures.push(format!("{name}: status {status} after {:?}", started.elapsed()));
+        if status != *expected {
+            failures.push(format!("{name}: status {status}, not {expected}"));
         }
         let (alive, _, _) = raw_http(server.http, &envoy_mode_request(b"/public/x", "adv", ""));
         if alive != 200 {
@@ -1107,6 +1114,11 @@ async fn oversized_and_numerous_headers_get_a_clean_answer() {
     let response = client.check(grpc_check_request("adv", "/public/x", headers)).await.expect("decided").into_inner();
     if grpc_status(&response) != 200 {
         failures.push(format!("gRPC with 10 000 headers: {}", grpc_status(&response)));
+    }
+    let headers = HashMap::from([("authorization".to_string(), token_over_limit)]);
+    let response = client.check(grpc_check_request("adv", "/public/x", headers)).await.expect("decided").into_inner();
+    if grpc_status(&response) != 401 {
+        failures.push(format!("gRPC with a token over max_token_bytes: {}, not 401", grpc_status(&response)));
     }
     let huge = HashMap::from([("x-big".to_string(), "v".repeat(5 * 1024 * 1024))]);
     if client.check(grpc_check_request("adv", "/public/x", huge)).await.is_ok() {
@@ -1230,21 +1242,25 @@ fn policy_with_operation(operation: &str) -> String {
 }
 
 /// Runs `load_policy_text` on a thread with the 2 MiB stack that Tokio's blocking threads (where
-/// reloads run) have, within a time bound; returns its errors as `line: message`.
+/// reloads run) have; returns its errors as `line: message`. A generous deadline guards against
+/// a hang (it fails the case, it measures nothing).
 fn compile_errors(text: String) -> Result<Vec<(u64, String)>, String> {
-    let started = Instant::now();
-    let handle = std::thread::Builder::new()
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
         .stack_size(2 * 1024 * 1024)
-        .spawn(move || match load_policy_text("case.yaml", &text) {
-            Ok(_) => Vec::new(),
-            Err(errors) => errors.into_iter().map(|error| (error.line, error.message)).collect(),
+        .spawn(move || {
+            let errors = match load_policy_text("case.yaml", &text) {
+                Ok(_) => Vec::new(),
+                Err(errors) => errors.into_iter().map(|error| (error.line, error.message)).collect(),
+            };
+            let _ = sender.send(errors);
         })
         .expect("thread");
-    let errors = handle.join().map_err(|_| "compilation panicked".to_string())?;
-    if started.elapsed() > Duration::from_secs(10) {
-        return Err(format!("compilation took {:?}", started.elapsed()));
+    match receiver.recv_timeout(Duration::from_secs(60)) {
+        Ok(errors) => Ok(errors),
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err("compilation panicked".to_string()),
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Err("compilation hung for 60 s".to_string()),
     }
-    Ok(errors)
 }
 
 /// Deeply nested flow and block YAML, in a typed field and under the ignored `status`, is a

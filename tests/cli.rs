@@ -10,8 +10,11 @@ use std::time::Duration;
 
 use support::{make_fifo, output_within, portcullis, repo_path};
 
+/// How long one `portcullis` command may run before the test fails (a hang guard).
+const PROCESS_BOUND: Duration = Duration::from_secs(60);
+
 fn run(args: &[&str], paths: &[&Path]) -> Output {
-    portcullis().args(args).args(paths).output().expect("portcullis runs")
+    output_within(portcullis().args(args).args(paths), PROCESS_BOUND)
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -148,7 +151,7 @@ fn validate_refuses_a_fifo_and_a_symlink_to_dev_zero_promptly() {
     std::fs::write(dir.path().join("good.yaml"), good).expect("write");
     make_fifo(&dir.path().join("pipe.yaml"));
     std::os::unix::fs::symlink("/dev/zero", dir.path().join("zero.yaml")).expect("symlink");
-    let output = output_within(portcullis().args(["validate", "--policies"]).arg(dir.path()), Duration::from_secs(60));
+    let output = output_within(portcullis().args(["validate", "--policies"]).arg(dir.path()), PROCESS_BOUND);
     let stderr = text(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     let shown = dir.path().display();
@@ -171,17 +174,18 @@ fn print_config_shows_flags_over_environment_over_file_over_defaults() {
         "grpc_listen: 127.0.0.1:1111\nhttp_listen: 127.0.0.1:2222\nclock_skew_secs: 5\nroot_namespace: from-file\n",
     )
     .expect("write");
-    let output = portcullis()
-        .args(["serve", "--print-config", "--config"])
-        .arg(file.path())
-        .args(["--grpc-listen", "127.0.0.1:3333"])
-        .env("PORTCULLIS_GRPC_LISTEN", "127.0.0.1:4444")
-        .env("PORTCULLIS_HTTP_LISTEN", "127.0.0.1:5555")
-        .env("PORTCULLIS_CLOCK_SKEW_SECS", "30")
-        .env("PORTCULLIS_TRUSTED_PROXIES", "10.0.0.0/8, 192.168.0.1")
-        .env("PORTCULLIS_DRY_RUN", "true")
-        .output()
-        .expect("runs");
+    let output = output_within(
+        portcullis()
+            .args(["serve", "--print-config", "--config"])
+            .arg(file.path())
+            .args(["--grpc-listen", "127.0.0.1:3333"])
+            .env("PORTCULLIS_GRPC_LISTEN", "127.0.0.1:4444")
+            .env("PORTCULLIS_HTTP_LISTEN", "127.0.0.1:5555")
+            .env("PORTCULLIS_CLOCK_SKEW_SECS", "30")
+            .env("PORTCULLIS_TRUSTED_PROXIES", "10.0.0.0/8, 192.168.0.1")
+            .env("PORTCULLIS_DRY_RUN", "true"),
+        PROCESS_BOUND,
+    );
     assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
     let settings: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
     assert_eq!(settings["grpc_listen"], "127.0.0.1:3333", "a flag beats the environment");
@@ -196,26 +200,23 @@ fn print_config_shows_flags_over_environment_over_file_over_defaults() {
     assert_eq!(settings["http_idle_timeout_secs"], 60);
     assert_eq!(settings["http_max_connections"], 4096);
 
-    let bad = portcullis()
-        .args(["serve", "--print-config"])
-        .env("PORTCULLIS_CLOCK_SKEW_SECS", "soon")
-        .output()
-        .expect("runs");
+    let bad = output_within(
+        portcullis().args(["serve", "--print-config"]).env("PORTCULLIS_CLOCK_SKEW_SECS", "soon"),
+        PROCESS_BOUND,
+    );
     assert_eq!(bad.status.code(), Some(1));
     assert!(text(&bad.stderr).contains("PORTCULLIS_"), "{}", text(&bad.stderr));
 
-    let pinned = portcullis()
-        .args(["serve", "--print-config"])
-        .env("PORTCULLIS_HTTP_MODE", "ingress-nginx")
-        .output()
-        .expect("runs");
+    let pinned = output_within(
+        portcullis().args(["serve", "--print-config"]).env("PORTCULLIS_HTTP_MODE", "ingress-nginx"),
+        PROCESS_BOUND,
+    );
     let settings: serde_json::Value = serde_json::from_slice(&pinned.stdout).expect("JSON");
     assert_eq!(settings["http_mode"], "ingress-nginx");
-    let zero = portcullis()
-        .args(["serve", "--print-config"])
-        .env("PORTCULLIS_HTTP_MAX_CONNECTIONS", "0")
-        .output()
-        .expect("runs");
+    let zero = output_within(
+        portcullis().args(["serve", "--print-config"]).env("PORTCULLIS_HTTP_MAX_CONNECTIONS", "0"),
+        PROCESS_BOUND,
+    );
     assert_eq!(zero.status.code(), Some(1));
     assert!(text(&zero.stderr).contains("http_max_connections must be at least 1"), "{}", text(&zero.stderr));
 }

@@ -123,7 +123,7 @@ fn each_proxy_dialect_names_the_original_request() {
     let (_, head, _) = http_request(nginx.http, "GET", &format!("/{CONTEXT}"), &[("X-Original-URI", "/api/jobs")]);
     assert!(head.contains("x-envoy-auth-headers-to-remove: x-jwt-payload,x-user,x-user-id"), "{head}");
     for (_, (server, _)) in servers {
-        assert_eq!(server.terminate().code(), Some(0));
+        assert_eq!(server.terminate_within(std::time::Duration::from_secs(30)).code(), Some(0));
     }
 }
 
@@ -143,7 +143,7 @@ fn forwarding_headers_from_untrusted_peers_are_ignored() {
     let context = [("x-portcullis-context", "namespace=job-service,app=job-service")];
     let (status, _, _) = http_request(server.http, "PATCH", "/api/jobs/1", &context);
     assert_eq!(status, 200, "no context from an untrusted peer: job-service's policies do not apply");
-    assert_eq!(server.terminate().code(), Some(0));
+    assert_eq!(server.terminate_within(std::time::Duration::from_secs(30)).code(), Some(0));
 }
 
 #[test]
@@ -176,7 +176,7 @@ fn a_request_without_its_context_query_is_denied_as_an_unknown_workload_counted_
     assert!(!warning.contains(token), "the token leaked into: {warning}");
     let decision = server.wait_for_log_line(&["Decided", "reason=\"unknown_workload\""]);
     assert!(decision.contains("decision=\"deny\""), "{decision}");
-    assert_eq!(server.terminate().code(), Some(0));
+    assert_eq!(server.terminate_within(std::time::Duration::from_secs(30)).code(), Some(0));
 }
 
 /// A DENY on `x-tenant: acme` and an ALLOW on it, in namespace `h`.
@@ -217,7 +217,7 @@ fn each_value_of_a_repeated_header_is_judged_on_its_own() {
     assert_eq!(status("/tenant", &["other", "more"]), 200);
     assert_eq!(status("/acme", &["acme", "acme"]), 200, "an allowed value sent twice is allowed");
     assert_eq!(status("/acme", &["other"]), 403);
-    assert_eq!(server.terminate().code(), Some(0));
+    assert_eq!(server.terminate_within(std::time::Duration::from_secs(30)).code(), Some(0));
 }
 
 /// Namespace `adv` denies `/admin/*` and allows `/public/*`; namespace `open` has no policy.
@@ -270,7 +270,7 @@ fn with_default_settings_the_http_door_is_off_so_no_client_header_can_steer_it()
     let log = server.log_lines();
     assert!(log.iter().any(|line| line.contains("HTTP door off") && line.contains("http_mode")), "{log:?}");
     assert!(!log.iter().any(|line| line.contains("door=http")), "{log:?}");
-    assert_eq!(server.terminate().code(), Some(0));
+    assert_eq!(server.terminate_within(std::time::Duration::from_secs(30)).code(), Some(0));
 }
 
 #[test]

@@ -319,7 +319,9 @@ proptest! {
             path.push('/');
             path.push_str(&rest.join("/"));
         }
-        if let Ok(matcher) = PathMatch::parse(&template) {
+        let matcher = PathMatch::parse(&template);
+        prop_assert!(matcher.is_ok(), "{:?} does not parse: {:?}", template, matcher.err());
+        if let Ok(matcher) = matcher {
             prop_assert!(matcher.matches(&path), "{:?} does not match {:?}", template, path);
         }
     }

@@ -2,6 +2,7 @@
 
 #![expect(clippy::expect_used, reason = "test helpers: a failed step fails the test")]
 
+mod forge;
 mod support;
 
 use std::collections::HashMap;
@@ -13,6 +14,8 @@ use std::time::{Duration, Instant};
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
+use forge::{Behavior, FakeIdp, RSA, jwks, public_jwk, sign, unix_now};
+use jsonwebtoken::Algorithm;
 use support::{Server, http_get, make_fifo};
 use tokio::sync::Mutex;
 
@@ -52,7 +55,17 @@ impl ConfigMapDir {
     }
 }
 
+/// The server's default `reload_poll_interval_ms` (the README's configuration table).
+const DEFAULT_POLL_MS: u64 = 2_000;
+
+/// How long a server may take to exit on SIGTERM before the test fails (a hang guard).
+const EXIT_BOUND: Duration = Duration::from_secs(30);
+
 fn check_x() -> CheckRequest {
+    check_x_with(HashMap::new())
+}
+
+fn check_x_with(headers: HashMap<String, String>) -> CheckRequest {
     CheckRequest {
         attributes: Some(AttributeContext {
             request: Some(Request {
@@ -60,6 +73,7 @@ fn check_x() -> CheckRequest {
                     method: "GET".into(),
                     path: "/x".into(),
                     host: "h".into(),
+                    headers,
                     ..HttpRequest::default()
                 }),
                 ..Request::default()
@@ -76,16 +90,26 @@ fn settings_file(poll_ms: u64) -> tempfile::NamedTempFile {
     file
 }
 
-/// Decisions observed by a stream of checks: `true` for allow, in order; and any failures.
+/// Decisions observed by a stream of checks: `true` for allow, in order; and any failures, of
+/// checks started before a signal and of checks started after it.
 #[derive(Default)]
 struct Observed {
     verdicts: Vec<bool>,
     failures: Vec<String>,
+    failures_after_signal: Vec<String>,
 }
 
-async fn stream_checks(address: std::net::SocketAddr, stop: Arc<AtomicBool>, observed: Arc<Mutex<Observed>>) {
+/// Checks `/x` until `stop`; `signalled` is set just before a signal is sent, so each check
+/// knows whether it started before it.
+async fn stream_checks(
+    address: std::net::SocketAddr,
+    stop: Arc<AtomicBool>,
+    signalled: Arc<AtomicBool>,
+    observed: Arc<Mutex<Observed>>,
+) {
     let mut client = AuthorizationClient::connect(format!("http://{address}")).await.expect("connects");
     while !stop.load(Ordering::Relaxed) {
+        let after_signal = signalled.load(Ordering::SeqCst);
         let outcome = client.check(check_x()).await;
         let mut observed = observed.lock().await;
         match outcome {
@@ -93,8 +117,19 @@ async fn stream_checks(address: std::net::SocketAddr, stop: Arc<AtomicBool>, obs
                 let code = response.into_inner().status.map_or(-1, |status| status.code);
                 observed.verdicts.push(code == 0);
             }
+            Err(status) if after_signal => observed.failures_after_signal.push(status.to_string()),
             Err(status) => observed.failures.push(status.to_string()),
         }
+    }
+}
+
+/// Waits until `count` more checks than now were answered (a hang guard fails the test).
+async fn wait_for_more_verdicts(observed: &Arc<Mutex<Observed>>, count: usize) {
+    let target = observed.lock().await.verdicts.len() + count;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while observed.lock().await.verdicts.len() < target {
+        assert!(Instant::now() < deadline, "{count} more checks were not answered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -121,7 +156,8 @@ async fn good_sets_swap_in_under_load_and_a_bad_set_is_never_served() {
     let server = Server::start_with(&[dir.path()], Some(settings.path()));
     let stop = Arc::new(AtomicBool::new(false));
     let observed = Arc::new(Mutex::new(Observed::default()));
-    let load = tokio::spawn(stream_checks(server.grpc, stop.clone(), observed.clone()));
+    let signalled = Arc::new(AtomicBool::new(false));
+    let load = tokio::spawn(stream_checks(server.grpc, stop.clone(), signalled, observed.clone()));
     assert!(wait_for_verdict(&observed, true, Duration::from_secs(5)).await, "the first set allows /x");
 
     dir.publish(BROKEN);
@@ -133,7 +169,7 @@ async fn good_sets_swap_in_under_load_and_a_bad_set_is_never_served() {
     let before_good = observed.lock().await.verdicts.len();
     dir.publish(DENY_X);
     assert!(wait_for_verdict(&observed, false, Duration::from_secs(5)).await, "the second good set denies /x");
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    wait_for_more_verdicts(&observed, 20).await;
     stop.store(true, Ordering::Relaxed);
     load.await.expect("load task");
 
@@ -148,7 +184,7 @@ async fn good_sets_swap_in_under_load_and_a_bad_set_is_never_served() {
     assert_eq!(metric(&server, "portcullis_policy_generation "), Some(2.0));
     let log = server.log_lines().join("\n");
     assert!(log.contains("policy.yaml:5: authorization policy `ns/p`: spec.action: unknown action `NEVER`"), "{log}");
-    assert_eq!(server.terminate().code(), Some(0));
+    assert_eq!(server.terminate_within(EXIT_BOUND).code(), Some(0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -159,14 +195,25 @@ async fn sighup_reloads_and_a_removed_directory_keeps_the_last_good_set() {
     std::fs::write(policies.join("p.yaml"), ALLOW_X).expect("write");
     let settings = settings_file(0);
     let server = Server::start_with(&[&policies], Some(settings.path()));
+    // A witness on the same files, polling a little slower than the default: once it has picked
+    // up two changes one after the other, more than a default interval has passed since the
+    // first, so a server that ignored `0` would have reloaded by then.
+    let witness_settings = settings_file(DEFAULT_POLL_MS + DEFAULT_POLL_MS / 4);
+    let witness = Server::start_with(&[&policies], Some(witness_settings.path()));
     let mut client = AuthorizationClient::connect(format!("http://{}", server.grpc)).await.expect("connects");
+    let mut witness_client = AuthorizationClient::connect(format!("http://{}", witness.grpc)).await.expect("connects");
     let code =
         |response: envoy_types::pb::envoy::service::auth::v3::CheckResponse| response.status.map_or(-1, |s| s.code);
     assert_eq!(code(client.check(check_x()).await.expect("check").into_inner()), 0);
 
     std::fs::write(policies.join("p.yaml"), DENY_X).expect("write");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_for_verdict_code(&mut witness_client, 7, "the witness never picked up the first change").await;
+    std::fs::write(policies.join("p.yaml"), ALLOW_X).expect("write");
+    wait_for_verdict_code(&mut witness_client, 0, "the witness never picked up the second change").await;
+    std::fs::write(policies.join("p.yaml"), DENY_X).expect("write");
     assert_eq!(code(client.check(check_x()).await.expect("check").into_inner()), 0, "no polling: no reload yet");
+    assert_eq!(metric(&server, r#"portcullis_reloads_total{result="ok"} "#).unwrap_or(0.0), 0.0, "no reload yet");
+    drop(witness);
     server.signal("-HUP");
     let deadline = Instant::now() + Duration::from_secs(5);
     while code(client.check(check_x()).await.expect("check").into_inner()) != 7 {
@@ -182,37 +229,65 @@ async fn sighup_reloads_and_a_removed_directory_keeps_the_last_good_set() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(code(client.check(check_x()).await.expect("check").into_inner()), 7, "the last good set stays");
-    assert_eq!(server.terminate().code(), Some(0));
+    assert_eq!(server.terminate_within(EXIT_BOUND).code(), Some(0));
 }
 
+/// A RequestAuthentication in `ns` whose keys come from `jwks_uri`.
+fn remote_keys(jwks_uri: &str) -> String {
+    format!(
+        "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{name: tokens, namespace: ns}}\nspec:\n  jwtRules:\n  - issuer: https://idp.test\n    jwksUri: {jwks_uri}\n"
+    )
+}
+
+/// SIGTERM while checks stream and one Check is held (its token's unknown kid waits for a slow
+/// IdP): the held Check and every check started before the signal are answered; only checks
+/// started after it may fail, and only as never processed or refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_load_loses_no_check_and_exits_cleanly() {
-    let dir = ConfigMapDir::new(ALLOW_X);
-    let server = Server::start(&[dir.path()]);
+    let idp = FakeIdp::start(Behavior::Serve(jwks(&[public_jwk(RSA, Algorithm::RS256, Some("rsa"))])));
+    let dir = ConfigMapDir::new(&format!("{ALLOW_X}---\n{}", remote_keys(&idp.url("/certs"))));
+    let settings = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(settings.path(), "jwks_refetch_wait_ms: 3000\n").expect("write");
+    let server = Server::start_with(&[dir.path()], Some(settings.path()));
     let stop = Arc::new(AtomicBool::new(false));
+    let signalled = Arc::new(AtomicBool::new(false));
     let observed = Arc::new(Mutex::new(Observed::default()));
-    let streams: Vec<_> =
-        (0..4).map(|_| tokio::spawn(stream_checks(server.grpc, stop.clone(), observed.clone()))).collect();
+    let streams: Vec<_> = (0..4)
+        .map(|_| tokio::spawn(stream_checks(server.grpc, stop.clone(), signalled.clone(), observed.clone())))
+        .collect();
     assert!(wait_for_verdict(&observed, true, Duration::from_secs(5)).await);
-    let answered_before = observed.lock().await.verdicts.len();
+
+    idp.set(Behavior::Slow(jwks(&[public_jwk(RSA, Algorithm::RS256, Some("rsa"))]), Duration::from_secs(30)));
+    let fetches_before = idp.paths().len();
+    let claims = serde_json::json!({"iss": "https://idp.test", "sub": "a", "exp": unix_now() + 600});
+    let token = sign(RSA, Algorithm::RS256, Some("rotated"), &claims);
+    let mut held_client = AuthorizationClient::connect(format!("http://{}", server.grpc)).await.expect("connects");
+    let headers = HashMap::from([("authorization".to_string(), format!("Bearer {token}"))]);
+    let held = tokio::spawn(async move { held_client.check(check_x_with(headers)).await });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while idp.paths().len() == fetches_before {
+        assert!(Instant::now() < deadline, "the held Check never asked the IdP");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    signalled.store(true, Ordering::SeqCst);
     let pid = server.pid();
-    let status = tokio::task::spawn_blocking(move || server.terminate()).await.expect("join");
+    let status = tokio::task::spawn_blocking(move || server.terminate_within(EXIT_BOUND)).await.expect("join");
     stop.store(true, Ordering::Relaxed);
     for stream in streams {
         stream.await.expect("stream task");
     }
     assert_eq!(status.code(), Some(0), "pid {pid} exits 0 on SIGTERM");
+    let held = held.await.expect("held task").expect("the Check in flight at SIGTERM is answered");
+    assert_eq!(held.into_inner().status.map(|status| status.code), Some(16), "decided: 401 for the unknown kid");
     let observed = observed.lock().await;
-    assert!(observed.verdicts.len() >= answered_before);
     assert!(observed.verdicts.iter().all(|allow| *allow), "every answered check was decided, never failed closed");
-    // Checks started after the listeners closed fail to connect, and a stream opened after the
-    // server's GOAWAY (NO_ERROR) is one HTTP/2 says it never processed; none fails mid-flight.
-    for failure in &observed.failures {
-        let never_processed = failure.contains("GoAway") && failure.contains("NO_ERROR");
-        let refused = never_processed
-            || failure.contains("Unavailable")
-            || failure.contains("unavailable")
-            || failure.contains("connect");
+    // A stream sent after the server's GOAWAY (NO_ERROR) is one HTTP/2 says it never processed.
+    let never_processed = |failure: &String| failure.contains("GoAway") && failure.contains("NO_ERROR");
+    let lost: Vec<_> = observed.failures.iter().filter(|failure| !never_processed(failure)).collect();
+    assert!(lost.is_empty(), "checks started before SIGTERM failed: {lost:?}");
+    for failure in &observed.failures_after_signal {
+        let refused = never_processed(failure) || failure.contains("Connection refused") || failure.contains("connect");
         assert!(refused, "a check failed other than by a refused connection: {failure}");
     }
 }
@@ -262,7 +337,7 @@ async fn a_misspelled_kind_added_to_a_valid_set_is_refused_on_reload_and_the_old
     assert!(skipped.contains("guard.yaml:1") && skipped.contains("apps/v1/Deployment"), "{skipped}");
     assert!(skipped.contains("not an Istio security policy"), "{skipped}");
     assert_eq!(metric(&server, r#"portcullis_reloads_total{result="ok"} "#), Some(1.0));
-    assert_eq!(server.terminate().code(), Some(0));
+    assert_eq!(server.terminate_within(EXIT_BOUND).code(), Some(0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -291,7 +366,7 @@ async fn a_fifo_or_a_symlink_to_dev_zero_is_refused_by_the_poller_and_a_later_go
 
     std::fs::write(dir.path().join("p.yaml"), DENY_X).expect("write");
     wait_for_verdict_code(&mut client, 7, "a good change after the refusals never reloaded").await;
-    assert_eq!(server.terminate().code(), Some(0));
+    assert_eq!(server.terminate_within(EXIT_BOUND).code(), Some(0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -316,5 +391,5 @@ async fn a_fifo_never_blocks_sighup_reloads() {
     std::fs::write(dir.path().join("p.yaml"), DENY_X).expect("write");
     server.signal("-HUP");
     wait_for_verdict_code(&mut client, 7, "SIGHUP no longer reloads after a fifo").await;
-    assert_eq!(server.terminate().code(), Some(0));
+    assert_eq!(server.terminate_within(EXIT_BOUND).code(), Some(0));
 }

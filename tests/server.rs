@@ -83,7 +83,7 @@ async fn check_allows_and_denies_over_grpc_and_counts_in_metrics() {
     ] {
         assert!(metrics.lines().any(|line| line == expected), "missing `{expected}` in:\n{metrics}");
     }
-    assert_eq!(server.terminate().code(), Some(0));
+    assert_eq!(server.terminate_within(std::time::Duration::from_secs(30)).code(), Some(0));
 }
 
 /// Sends a Check's bytes as they are, which Envoy's prost types could not always carry.
@@ -162,7 +162,7 @@ async fn a_check_with_a_string_that_is_not_utf8_is_denied_as_malformed_and_unkno
     ] {
         assert!(metrics.lines().any(|line| line == expected), "missing `{expected}` in:\n{metrics}");
     }
-    assert_eq!(server.terminate().code(), Some(0));
+    assert_eq!(server.terminate_within(std::time::Duration::from_secs(30)).code(), Some(0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -179,7 +179,11 @@ async fn grpc_health_and_admin_endpoints_report_serving_then_shutdown() {
     assert_eq!(http_get(server.admin, "/nope").0, 404);
     let log = server.log_lines().join("\n");
     assert!(log.contains("Loaded the policy set"), "log:\n{log}");
-    assert_eq!(server.terminate().code(), Some(0), "SIGTERM ends the server cleanly");
+    assert_eq!(
+        server.terminate_within(std::time::Duration::from_secs(30)).code(),
+        Some(0),
+        "SIGTERM ends the server cleanly"
+    );
 }
 
 #[test]
@@ -188,11 +192,12 @@ fn an_invalid_policy_set_stops_start_up_before_any_port_is_bound() {
     let file = broken.path().join("broken.yaml");
     std::fs::write(&file, "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: x, namespace: y}\nspec:\n  action: MAYBE\n")
         .expect("write");
-    let output = support::portcullis()
-        .args(["serve", "--grpc-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--policies"])
-        .arg(&file)
-        .output()
-        .expect("runs");
+    let output = support::output_within(
+        support::portcullis()
+            .args(["serve", "--grpc-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--policies"])
+            .arg(&file),
+        std::time::Duration::from_secs(60),
+    );
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "stderr:\n{stderr}");
     assert!(
@@ -315,7 +320,7 @@ mod tokens {
         ] {
             assert!(metrics.lines().any(|line| line == expected), "missing `{expected}` in:\n{metrics}");
         }
-        assert_eq!(server.terminate().code(), Some(0));
+        assert_eq!(server.terminate_within(std::time::Duration::from_secs(30)).code(), Some(0));
     }
 }
 
@@ -333,14 +338,11 @@ async fn the_global_dry_run_logs_denies_and_answers_allow() {
     assert_eq!(metadata_field(&answered, "reason").as_deref(), Some("no_allow_match"), "and reports the real reason");
     let (_, metrics) = http_get(server.admin, "/metrics");
     assert!(metrics.contains(r#"portcullis_checks_total{door="grpc",decision="deny",reason="no_allow_match"} 1"#));
-    std::thread::sleep(std::time::Duration::from_millis(100));
-    let log = server.log_lines().join("\n");
-    let line =
-        log.lines().find(|line| line.contains("req-42")).unwrap_or_else(|| panic!("no decision line in:\n{log}"));
+    let line = server.wait_for_log_line(&["req-42"]);
     for field in
         ["decision=\"deny\"", "enforced=false", "reason=\"no_allow_match\"", "method=\"POST\"", "path=\"/api/jobs\""]
     {
         assert!(line.contains(field), "`{field}` missing from: {line}");
     }
-    assert_eq!(server.terminate().code(), Some(0));
+    assert_eq!(server.terminate_within(std::time::Duration::from_secs(30)).code(), Some(0));
 }

@@ -34,5 +34,5 @@ async fn each_check_is_a_span_in_the_callers_trace() {
     assert_eq!(attribute(&span, "portcullis.reason").as_deref(), Some("no_allow_match"));
     assert_eq!(attribute(&span, "portcullis.door").as_deref(), Some("grpc"));
     assert_eq!(attribute(&span, "http.request.method").as_deref(), Some("POST"));
-    assert_eq!(server.terminate().code(), Some(0));
+    assert_eq!(server.terminate_within(std::time::Duration::from_secs(30)).code(), Some(0));
 }

@@ -7,7 +7,6 @@ issuer's keys (OIDC discovery, then the JWKS) at start-up.
 from __future__ import annotations
 
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,8 +79,6 @@ class JwtServer:
     authz: external_auth_pb2_grpc.AuthorizationStub
     idp: Idp | None
     policies: Path
-    launched_at: float  # time.monotonic() just before the spawn
-    started_in: float  # seconds from spawn until the awaited admin path answered 200
 
 
 @pytest.fixture(scope="session")
@@ -91,13 +88,11 @@ def launch_jwt_server(launch_portcullis, tmp_path_factory):
 
     def launch(name: str, idp: Idp | None, *documents: dict, **options) -> JwtServer:
         policies = write_policy_dir(tmp_path_factory.mktemp(f"policies-{name}"), *documents)
-        began = time.monotonic()
         server = launch_portcullis(policies, **options)
-        started_in = time.monotonic() - began
         channel = grpc.insecure_channel(server.grpc_target)
         grpc.channel_ready_future(channel).result(timeout=CHANNEL_READY_TIMEOUT_S)
         channels.append(channel)
-        return JwtServer(server, external_auth_pb2_grpc.AuthorizationStub(channel), idp, policies, began, started_in)
+        return JwtServer(server, external_auth_pb2_grpc.AuthorizationStub(channel), idp, policies)
 
     yield launch
     for channel in channels:

@@ -432,3 +432,18 @@ pub fn metadata_field(response: &CheckResponse, name: &str) -> Option<String> {
         _ => None,
     }
 }
+impl Server {
+    /// Sends SIGTERM and waits for the exit status; fails the test when the server has not
+    /// exited within `bound` (a hang guard, not a timing assertion).
+    pub fn terminate_within(mut self, bound: Duration) -> ExitStatus {
+        self.signal("-TERM");
+        let deadline = Instant::now() + bound;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("waits on the server") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "the server did not exit within {bound:?} of SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
