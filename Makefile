@@ -8,7 +8,7 @@ CARGO  ?= cargo
 PYTHON ?= python3
 VENV   := .venv
 
-.PHONY: run demo-idp test lint test-rust test-python build python-env clean fuzz-seeds coverage
+.PHONY: run demo demo-idp test lint test-rust test-python build python-env clean fuzz-seeds coverage
 
 run:
 	$(CARGO) run --release -- serve --policies policies
@@ -17,6 +17,12 @@ run:
 # policies/keycloak.yaml trusts: http://127.0.0.1:8180/realms/jobs (users alice/alice, admin/admin).
 demo-idp: tests/oidc/node_modules/.installed
 	node tests/oidc/idp.mjs --port 8180 --realm jobs
+
+# portcullis (debug build, shipped policies), the demo IdP, a tiny upstream and the real Envoy of
+# the tests, on free loopback ports; prints the curl lines that show allow, 403 and 401 through
+# Envoy and runs until Ctrl-C. `deploy/demo/run.py --check` runs them itself (tests/demo/).
+demo: build python-env
+	PORTCULLIS_BIN=target/debug/portcullis $(VENV)/bin/python deploy/demo/run.py
 
 build:
 	$(CARGO) build --locked
@@ -61,7 +67,7 @@ $(VENV)/.installed: tests/requirements.txt
 	touch $@
 
 test-python: build python-env
-	PORTCULLIS_BIN=target/debug/portcullis $(VENV)/bin/pytest -q tests/interop tests/e2e tests/jwt tests/proxies tests/bench
+	PORTCULLIS_BIN=target/debug/portcullis $(VENV)/bin/pytest -q tests/interop tests/e2e tests/jwt tests/proxies tests/bench tests/demo
 
 # The container image (Dockerfile: multi-stage, distroless, non-root). Needs a Docker engine.
 IMAGE ?= portcullis:0.1.0

@@ -13,6 +13,7 @@ use tonic::transport::server::TcpIncoming;
 use crate::config::ConfigError;
 use crate::config::load::{LoadedPolicies, SkippedDocument, load_policies};
 use crate::core::authn::AuthnContext;
+use crate::core::jwt::JwtError;
 use crate::core::matcher::IpMatch;
 use crate::core::{Decision, Reason, Request, Snapshot};
 use crate::grpc::{AuthorizationServer, CheckService};
@@ -76,17 +77,24 @@ impl AppState {
     }
 
     /// Decides a request. When its token names a key the issuer's set lacks (the IdP may have
-    /// rotated), the keys are refetched (single-flight, rate-limited, waited for at most
-    /// `jwks_refetch_wait_ms`) and the request decided again.
+    /// rotated), or its issuer has no keys yet, the keys are refetched (single-flight,
+    /// rate-limited, waited for at most `jwks_refetch_wait_ms`) and the request decided again.
     pub async fn decide(&self, snapshot: &Snapshot, request: &Request<'_>) -> Decision {
         let _in_flight = self.metrics.check_in_flight();
         let mut decision = snapshot.check(request, &self.authn_context());
         if decision.reason == Reason::InternalError {
             tracing::error!("Check panicked; denied the request");
         }
-        if let Some(issuer) = decision.stale_issuer.take() {
+        let stale_issuer = decision.stale_issuer.take();
+        if stale_issuer.is_some() || decision.jwt_error == Some(JwtError::JwksFetchFailed) {
             let wait = Duration::from_millis(self.settings.jwks_refetch_wait_ms);
-            if tokio::time::timeout(wait, self.keys.refetch(&issuer)).await.unwrap_or(false) {
+            let refetch = async {
+                match &stale_issuer {
+                    Some(issuer) => self.keys.refetch(issuer).await,
+                    None => self.keys.refetch_missing().await,
+                }
+            };
+            if tokio::time::timeout(wait, refetch).await.unwrap_or(false) {
                 decision = snapshot.check(request, &self.authn_context());
                 decision.stale_issuer = None;
             }

@@ -240,6 +240,11 @@ pub fn check(settings: &Settings, request_file: &Path) -> Result<bool, String> {
         let bound = std::time::Duration::from_secs(settings.jwks_ready_timeout_secs);
         // Issuers left without keys refuse their tokens with `Jwks remote fetch is failed`.
         let _ = runtime.block_on(async { tokio::time::timeout(bound, keys.fetch(&issuers)).await });
+        for (issuer, cause) in keys.missing_with_causes() {
+            let cause =
+                cause.unwrap_or_else(|| format!("no answer within jwks_ready_timeout_secs ({} s)", bound.as_secs()));
+            eprintln!("portcullis: warning: no keys for issuer `{issuer}`: {cause}");
+        }
     }
     let decision = snapshot.check(&file.request(&headers), &settings.authn_context(&*keys, &*cache));
     let report = DecisionReport::from(&decision);

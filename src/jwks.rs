@@ -35,8 +35,8 @@ pub enum FetchError {
     BadUrl { url: String },
     #[error("`{url}` points at a link-local or metadata address; set jwks_allow_link_local to allow it")]
     LinkLocal { url: String },
-    #[error("GET `{url}`: {source}")]
-    Request { url: String, source: reqwest::Error },
+    #[error("GET `{url}`: {}", describe_request_error(.source, *.timeout))]
+    Request { url: String, source: reqwest::Error, timeout: Duration },
     #[error("GET `{url}`: status {status}")]
     Status { url: String, status: u16 },
     #[error("GET `{url}`: body over {limit} bytes")]
@@ -70,6 +70,10 @@ struct Issuer {
     /// When the last refetch for an unknown `kid` started; periodic fetches do not count.
     last_refetch: std::sync::Mutex<Option<Instant>>,
     last_success: std::sync::Mutex<Option<Instant>>,
+    /// When the issuer joined the store (start-up, or the reload that added it).
+    added: Instant,
+    /// Why the last fetch failed; cleared by a good one.
+    last_error: std::sync::Mutex<Option<String>>,
 }
 
 /// The keys of every remote issuer of the live policy set; issuers are added on reload.
@@ -99,6 +103,8 @@ impl Issuer {
             fetching: tokio::sync::Mutex::new(()),
             last_refetch: std::sync::Mutex::new(None),
             last_success: std::sync::Mutex::new(None),
+            added: Instant::now(),
+            last_error: std::sync::Mutex::new(None),
         }
     }
 }
@@ -138,6 +144,7 @@ impl KeyStore {
         let mut next = (*current).clone();
         let names = fresh.iter().map(|remote| remote.issuer.clone()).collect();
         for RemoteIssuer { issuer, jwks_uri, timeout } in fresh {
+            self.metrics.record_jwks_issuer(&issuer);
             next.insert(issuer, Arc::new(Issuer::new(jwks_uri, timeout)));
         }
         self.issuers.store(Arc::new(next));
@@ -161,14 +168,28 @@ impl KeyStore {
         missing
     }
 
-    /// Seconds since each issuer's last good fetch (none for an issuer never fetched).
+    /// Issuers that have no keys, each with why its last fetch failed (none while its first
+    /// fetch has not ended).
+    pub fn missing_with_causes(&self) -> Vec<(Arc<str>, Option<String>)> {
+        let issuers = self.issuers.load();
+        self.missing()
+            .into_iter()
+            .map(|issuer| {
+                let cause = issuers.get(&issuer).and_then(|entry| entry.last_error.lock().ok()?.clone());
+                (issuer, cause)
+            })
+            .collect()
+    }
+
+    /// Seconds since each issuer's last good fetch; for an issuer never fetched, since it
+    /// joined the store, so that an issuer that never succeeded ages like a stale one.
     pub fn seconds_since_success(&self) -> Vec<(Arc<str>, f64)> {
         self.issuers
             .load()
             .iter()
-            .filter_map(|(issuer, entry)| {
-                let last = entry.last_success.lock().ok().and_then(|last| *last)?;
-                Some((issuer.clone(), last.elapsed().as_secs_f64()))
+            .map(|(issuer, entry)| {
+                let last = entry.last_success.lock().ok().and_then(|last| *last).unwrap_or(entry.added);
+                (issuer.clone(), last.elapsed().as_secs_f64())
             })
             .collect()
     }
@@ -236,6 +257,17 @@ impl KeyStore {
         keys_changed(&before, &entry)
     }
 
+    /// A prompt fetch for every issuer that has no keys, after a token of one of them was
+    /// refused for it: rate-limited and single-flight like [`Self::refetch`]. True when any
+    /// of them got keys meanwhile.
+    pub async fn refetch_missing(self: &Arc<Self>) -> bool {
+        let mut got_keys = false;
+        for issuer in self.missing() {
+            got_keys |= self.refetch(&issuer).await;
+        }
+        got_keys
+    }
+
     async fn refresh(&self, issuer: &str) -> bool {
         let Some(entry) = self.issuer(issuer) else { return false };
         let _fetching = entry.fetching.lock().await;
@@ -255,12 +287,18 @@ impl KeyStore {
                 if let Ok(mut last) = entry.last_success.lock() {
                     *last = Some(Instant::now());
                 }
+                if let Ok(mut last_error) = entry.last_error.lock() {
+                    *last_error = None;
+                }
                 true
             }
             Err(error) => {
                 self.metrics.record_jwks_fetch(issuer, error.metric_result(), None);
                 let keeping = entry.keys.load().as_ref().map_or(0, |keys| keys.len());
                 tracing::warn!(%issuer, %error, keeping, "JWKS fetch failed; keeping the last good keys");
+                if let Ok(mut last_error) = entry.last_error.lock() {
+                    *last_error = Some(error.to_string());
+                }
                 false
             }
         }
@@ -317,7 +355,7 @@ impl KeyStore {
         if !self.limits.allow_link_local && is_link_local_target(&parsed).await {
             return Err(FetchError::LinkLocal { url: url.into() });
         }
-        let request_error = |source| FetchError::Request { url: url.into(), source };
+        let request_error = |source| FetchError::Request { url: url.into(), source, timeout };
         let mut response = self.client.get(parsed).timeout(timeout).send().await.map_err(request_error)?;
         if !response.status().is_success() {
             return Err(FetchError::Status { url: url.into(), status: response.status().as_u16() });
@@ -338,6 +376,32 @@ impl KeyStore {
 fn keys_changed(before: &Option<Arc<KeySet>>, entry: &Issuer) -> bool {
     let after = entry.keys.load_full();
     !matches!((before, &after), (Some(before), Some(after)) if Arc::ptr_eq(before, after)) && after.is_some()
+}
+
+/// Why a request failed, in words an operator can act on: reqwest's own message names only
+/// the URL, so the causes below it are walked (refused connection, DNS, TLS) and a timeout
+/// says its bound. The chain holds no header or body, so no secret.
+fn describe_request_error(error: &reqwest::Error, timeout: Duration) -> String {
+    if error.is_timeout() {
+        return format!("timed out after {} ms", timeout.as_millis());
+    }
+    let mut causes: Vec<String> = Vec::new();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !causes.iter().any(|known| known.contains(&text)) {
+            causes.push(text);
+        }
+        source = cause.source();
+    }
+    let what = if error.is_connect() {
+        "cannot connect"
+    } else if error.is_body() || error.is_decode() {
+        "cannot read the answer"
+    } else {
+        "request failed"
+    };
+    if causes.is_empty() { what.to_string() } else { format!("{what}: {}", causes.join(": ")) }
 }
 
 /// One network a key fetch never connects to.
@@ -660,6 +724,38 @@ mod tests {
             assert!(got.contains(expected), "{name}: expected `{expected}` in `{got}`");
         }
         assert_eq!(fetch_error(ok, false, None).await, "ok: 1 keys");
+    }
+
+    #[tokio::test]
+    async fn a_failed_request_says_its_cause() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let closed_address = closed.local_addr().expect("address");
+        drop(closed);
+        let (plain, _) = serve(ok).await;
+        let cases = [
+            (
+                "a closed port",
+                format!("http://{closed_address}/certs"),
+                "cannot connect: client error (Connect): tcp connect error: Connection refused",
+            ),
+            (
+                "a name that does not resolve",
+                "http://idp.invalid/certs".to_string(),
+                "cannot connect: client error (Connect): dns error",
+            ),
+            // rustls, meeting an answer that is no TLS record.
+            (
+                "TLS to a plain HTTP server",
+                format!("{}/certs", plain.replace("http:", "https:")),
+                "received corrupt message",
+            ),
+        ];
+        for (name, uri, expected) in cases {
+            let got = fetch_error(ok, false, Some(&uri)).await;
+            assert!(got.contains(expected), "{name}: expected `{expected}` in `{got}`");
+        }
+        let slow = fetch_error(|_| (200, JWKS.into(), Duration::from_secs(3)), false, None).await;
+        assert!(slow.contains("timed out after 500 ms"), "{slow}");
     }
 
     /// An address of each refused network, and IPv6 forms carrying IPv4 ones.

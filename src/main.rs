@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use portcullis::settings::{LogFormat, Overrides, Settings};
 use portcullis::{app, cli, telemetry};
 
@@ -37,8 +37,9 @@ struct PolicyArgs {
     /// Settings file (workloads table, root namespace, path options).
     #[arg(long, env = "PORTCULLIS_CONFIG")]
     config: Option<PathBuf>,
-    /// A policy file or a directory read recursively; repeatable.
-    #[arg(long = "policies", value_name = "PATH", env = "PORTCULLIS_POLICIES", value_delimiter = ',')]
+    /// A policy file or a directory read recursively; repeatable (`PORTCULLIS_POLICIES`,
+    /// comma-separated) [default: policies]
+    #[arg(long = "policies", value_name = "PATH", value_delimiter = ',')]
     policies: Vec<PathBuf>,
 }
 
@@ -46,20 +47,24 @@ struct PolicyArgs {
 struct ServeArgs {
     #[command(flatten)]
     policies: PolicyArgs,
-    /// ext_authz gRPC address [default: 0.0.0.0:9001]
-    #[arg(long, env = "PORTCULLIS_GRPC_LISTEN")]
+    // These flags have no clap `env`: their `PORTCULLIS_*` variables are read with the other
+    // settings, so that an invalid value is reported with the variable's name.
+    /// ext_authz gRPC address (`PORTCULLIS_GRPC_LISTEN`) [default: 0.0.0.0:9001]
+    #[arg(long)]
     grpc_listen: Option<SocketAddr>,
-    /// HTTP forward-auth address [default: 0.0.0.0:8000]
-    #[arg(long, env = "PORTCULLIS_HTTP_LISTEN")]
+    /// HTTP forward-auth address, served only with `http_mode` set (`PORTCULLIS_HTTP_LISTEN`)
+    /// [default: 0.0.0.0:8000]
+    #[arg(long)]
     http_listen: Option<SocketAddr>,
-    /// Admin address for /healthz, /readyz, /metrics [default: 0.0.0.0:9090]
-    #[arg(long, env = "PORTCULLIS_ADMIN_LISTEN")]
+    /// Admin address for /healthz, /readyz, /metrics (`PORTCULLIS_ADMIN_LISTEN`)
+    /// [default: 127.0.0.1:9090]
+    #[arg(long)]
     admin_listen: Option<SocketAddr>,
-    /// Log format [default: text]
-    #[arg(long, env = "PORTCULLIS_LOG_FORMAT")]
+    /// Log format (`PORTCULLIS_LOG_FORMAT`) [default: text]
+    #[arg(long)]
     log_format: Option<LogFormat>,
-    /// Log filter, e.g. `info` or `portcullis=debug` [default: info]
-    #[arg(long, env = "PORTCULLIS_LOG_LEVEL")]
+    /// Log filter, e.g. `info` or `portcullis=debug` (`PORTCULLIS_LOG_LEVEL`) [default: info]
+    #[arg(long)]
     log_level: Option<String>,
     /// Print the effective settings (JSON, which is also YAML) and exit.
     #[arg(long)]
@@ -71,8 +76,49 @@ fn settings(policies: PolicyArgs, overrides: Overrides) -> Result<Settings, Stri
     Settings::load(policies.config.as_deref(), overrides).map_err(|error| error.to_string())
 }
 
+/// The settings and their defaults, listed under `serve --help`.
+fn settings_help() -> String {
+    let mut help = String::from(
+        "Settings (--config FILE, or PORTCULLIS_<KEY> variables; flags win over variables, variables over the file) and their defaults:\n",
+    );
+    if let Ok(serde_json::Value::Object(defaults)) = serde_json::to_value(Settings::default()) {
+        for (key, value) in defaults {
+            let shown = if value.is_null() { "unset".to_string() } else { value.to_string() };
+            help.push_str(&format!("  {key}: {shown}\n"));
+        }
+    }
+    help
+}
+
+fn parse_command_line() -> Cli {
+    let command = Cli::command().mut_subcommand("serve", |serve| serve.after_long_help(settings_help()));
+    let matches = command.get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|error| error.exit())
+}
+
+/// Warns of `PORTCULLIS_*` variables that name no setting; `log` writes one warning.
+fn warn_of_unknown_variables(log: impl Fn(&str, Option<&str>)) {
+    for (variable, closest) in Settings::unknown_environment_variables(std::env::vars()) {
+        log(&variable, closest.as_deref());
+    }
+}
+
+fn eprint_unknown_variable(variable: &str, closest: Option<&str>) {
+    match closest {
+        Some(closest) => {
+            eprintln!("portcullis: warning: unknown variable `{variable}` ignored; did you mean `{closest}`?")
+        }
+        None => eprintln!("portcullis: warning: unknown variable `{variable}` ignored"),
+    }
+}
+
 fn main() -> ExitCode {
-    match Cli::parse().command {
+    let command = parse_command_line().command;
+    // The server logs them once its logging is set up.
+    if !matches!(command, Command::Serve(ServeArgs { print_config: false, .. })) {
+        warn_of_unknown_variables(eprint_unknown_variable);
+    }
+    match command {
         Command::Serve(args) => serve(args),
         Command::Validate(policies) => match settings(policies, Overrides::default()).map(|s| cli::validate(&s)) {
             Ok(Ok(true)) => ExitCode::SUCCESS,
@@ -113,6 +159,9 @@ fn serve(args: ServeArgs) -> ExitCode {
         };
     }
     telemetry::init_logging(settings.log_format, &settings.log_level);
+    warn_of_unknown_variables(|variable, closest| {
+        tracing::warn!(variable, closest, "Unknown PORTCULLIS_ variable; ignored");
+    });
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => return fail(&format!("cannot start the runtime: {error}"), 1),

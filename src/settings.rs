@@ -33,6 +33,9 @@ pub enum SettingsError {
     Invalid(String),
 }
 
+/// `PORTCULLIS_*` variables read by the command line itself rather than as settings.
+pub const COMMAND_LINE_VARIABLES: [&str; 1] = ["PORTCULLIS_CONFIG"];
+
 /// The effective settings of a running server.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -118,7 +121,7 @@ impl Default for Settings {
         Self {
             grpc_listen: SocketAddr::from(([0, 0, 0, 0], 9001)),
             http_listen: SocketAddr::from(([0, 0, 0, 0], 8000)),
-            admin_listen: SocketAddr::from(([0, 0, 0, 0], 9090)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
             policies: vec![PathBuf::from("policies")],
             root_namespace: "istio-system".into(),
             trusted_proxy_hops: 0,
@@ -260,8 +263,10 @@ impl Settings {
             return Ok(self);
         }
         let invalid = |name: &str, message: String| SettingsError::Environment { name: name.to_string(), message };
-        let mut value = serde_json::to_value(&self).map_err(|error| invalid("PORTCULLIS_*", error.to_string()))?;
+        let before = serde_json::to_value(&self).map_err(|error| invalid("PORTCULLIS_*", error.to_string()))?;
+        let mut value = before.clone();
         let Some(fields) = value.as_object_mut() else { return Ok(self) };
+        let mut applied = Vec::new();
         for (key, field) in fields.iter_mut() {
             let name = format!("PORTCULLIS_{}", key.to_ascii_uppercase());
             let Some(text) = variables.get(&name) else { continue };
@@ -272,8 +277,46 @@ impl Settings {
                 ),
                 _ => serde_saphyr::from_str(text).map_err(|error| invalid(&name, describe_yaml_error(&error).1))?,
             };
+            applied.push((name, key.clone(), field.clone()));
         }
-        serde_json::from_value(value).map_err(|error| invalid("PORTCULLIS_*", error.to_string()))
+        serde_json::from_value(value).map_err(|error| {
+            // Name the variable whose value does not fit: the one that fails on its own.
+            let culprit = applied.iter().find(|(_, key, field)| {
+                let mut alone = before.clone();
+                alone[key.as_str()] = field.clone();
+                serde_json::from_value::<Self>(alone).is_err()
+            });
+            invalid(culprit.map_or("PORTCULLIS_*", |(name, _, _)| name.as_str()), error.to_string())
+        })
+    }
+
+    /// `PORTCULLIS_*` variables that name no setting, each with the known name closest to it
+    /// (when one is close): a misspelled variable is otherwise silently ignored.
+    pub fn unknown_environment_variables(
+        variables: impl Iterator<Item = (String, String)>,
+    ) -> Vec<(String, Option<String>)> {
+        let mut known: Vec<String> = match serde_json::to_value(Self::default()) {
+            Ok(serde_json::Value::Object(fields)) => {
+                fields.keys().map(|key| format!("PORTCULLIS_{}", key.to_ascii_uppercase())).collect()
+            }
+            _ => Vec::new(),
+        };
+        known.extend(COMMAND_LINE_VARIABLES.iter().map(|name| (*name).to_string()));
+        let mut unknown: Vec<(String, Option<String>)> = variables
+            .map(|(name, _)| name)
+            .filter(|name| name.starts_with("PORTCULLIS_") && !known.contains(name))
+            .map(|name| {
+                let closest = known
+                    .iter()
+                    .map(|candidate| (crate::config::load::edit_distance(&name, candidate), candidate))
+                    .filter(|(distance, _)| *distance <= 3)
+                    .min()
+                    .map(|(_, candidate)| candidate.clone());
+                (name, closest)
+            })
+            .collect();
+        unknown.sort();
+        unknown
     }
 
     fn from_file(file: &Path) -> Result<Self, SettingsError> {

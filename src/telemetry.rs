@@ -180,6 +180,17 @@ impl Metrics {
         }
     }
 
+    /// Exports an issuer's series from the moment it is known: its keys at 0, its fetches at
+    /// 0 for `ok` and `error`, so that an alert can see an issuer that never succeeded.
+    pub fn record_jwks_issuer(&self, issuer: &str) {
+        for result in ["ok", "error"] {
+            self.jwks_fetches.get_or_create(&FetchLabels { issuer: issuer.into(), result }).inc_by(0);
+        }
+        let labels = IssuerLabels { issuer: issuer.into() };
+        drop(self.jwks_keys.get_or_create(&labels));
+        drop(self.jwks_age.get_or_create(&labels));
+    }
+
     pub fn record_token_cache_lookup(&self, hit: bool) {
         if hit {
             self.token_cache_hits.inc()

@@ -192,7 +192,7 @@ fn print_config_shows_flags_over_environment_over_file_over_defaults() {
     assert_eq!(settings["http_listen"], "127.0.0.1:5555", "the environment beats the file");
     assert_eq!(settings["clock_skew_secs"], 30);
     assert_eq!(settings["root_namespace"], "from-file", "the file beats the defaults");
-    assert_eq!(settings["admin_listen"], "0.0.0.0:9090", "the default");
+    assert_eq!(settings["admin_listen"], "127.0.0.1:9090", "the default: the admin door on loopback");
     assert_eq!(settings["trusted_proxies"], serde_json::json!(["10.0.0.0/8", "192.168.0.1"]));
     assert_eq!(settings["dry_run"], true);
     assert_eq!(settings["http_mode"], serde_json::Value::Null, "no dialect unless one is named");
@@ -219,4 +219,65 @@ fn print_config_shows_flags_over_environment_over_file_over_defaults() {
     );
     assert_eq!(zero.status.code(), Some(1));
     assert!(text(&zero.stderr).contains("http_max_connections must be at least 1"), "{}", text(&zero.stderr));
+}
+
+#[test]
+fn an_invalid_environment_value_names_its_variable() {
+    for (variable, value) in [
+        ("PORTCULLIS_CLOCK_SKEW_SECS", "soon"),
+        ("PORTCULLIS_GRPC_LISTEN", "nowhere"),
+        ("PORTCULLIS_ADMIN_LISTEN", "127.0.0.1"),
+        ("PORTCULLIS_DRY_RUN", "maybe"),
+    ] {
+        let output = portcullis().args(["serve", "--print-config"]).env(variable, value).output().expect("runs");
+        let stderr = text(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{variable}: {stderr}");
+        assert!(stderr.contains(&format!("environment variable `{variable}`")), "{variable}: {stderr}");
+    }
+}
+
+#[test]
+fn an_unknown_portcullis_variable_is_a_warning_that_names_the_closest_known_one() {
+    let output = portcullis()
+        .args(["validate", "--policies"])
+        .arg(repo_path("policies"))
+        .env("PORTCULLIS_CLOK_SKEW_SECS", "30")
+        .env("PORTCULLIS_NOTHING_LIKE_IT", "1")
+        .output()
+        .expect("runs");
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "a warning, not an error: {stderr}");
+    assert!(
+        stderr.contains(
+            "unknown variable `PORTCULLIS_CLOK_SKEW_SECS` ignored; did you mean `PORTCULLIS_CLOCK_SKEW_SECS`?"
+        ),
+        "{stderr}"
+    );
+    assert!(stderr.contains("unknown variable `PORTCULLIS_NOTHING_LIKE_IT` ignored\n"), "{stderr}");
+    let known = portcullis()
+        .args(["validate", "--policies"])
+        .arg(repo_path("policies"))
+        .env("PORTCULLIS_CONFIG", "/dev/null")
+        .env("PORTCULLIS_DRY_RUN", "false")
+        .output()
+        .expect("runs");
+    assert!(!text(&known.stderr).contains("unknown variable"), "{}", text(&known.stderr));
+}
+
+#[test]
+fn serve_help_shows_every_default() {
+    let help = portcullis().args(["serve", "--help"]).output().expect("runs");
+    let help = text(&help.stdout);
+    let defaults = portcullis().args(["serve", "--print-config"]).output().expect("runs");
+    let defaults: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&defaults.stdout).expect("JSON settings");
+    for (key, value) in defaults {
+        let shown = if value.is_null() { "unset".to_string() } else { value.to_string() };
+        assert!(help.contains(&format!("  {key}: {shown}\n")), "`{key}: {shown}` missing from\n{help}");
+    }
+    for flag in ["--grpc-listen", "--http-listen", "--admin-listen", "--log-format", "--log-level", "--policies"] {
+        let line = help.split(flag).nth(1).and_then(|rest| rest.split("\n\n").next()).unwrap_or_default();
+        assert!(line.contains("[default: "), "{flag} shows no default: {line}");
+    }
+    assert!(help.contains("[default: 127.0.0.1:9090]"), "{help}");
 }

@@ -203,7 +203,8 @@ async fn a_slow_or_failing_idp_never_holds_a_check_past_the_bound() {
 }
 
 /// An IdP slow at start: readiness waits at most `jwks_ready_timeout_secs`, and until the keys
-/// arrive the issuer's tokens get 401 at once.
+/// arrive the issuer's tokens get 401 once their prompt fetch has been waited for
+/// `jwks_refetch_wait_ms`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idp_slow_at_start_holds_neither_readiness_nor_checks() {
     let idp = FakeIdp::start(Behavior::Slow(
@@ -211,7 +212,7 @@ async fn an_idp_slow_at_start_holds_neither_readiness_nor_checks() {
         Duration::from_secs(30),
     ));
     let policies = policy_dir(&remote_issuers(&[("https://idp.test", idp.url("/certs"))]));
-    let config = config_file("jwks_ready_timeout_secs: 1\njwks_fetch_timeout_ms: 60000\n");
+    let config = config_file("jwks_ready_timeout_secs: 1\njwks_fetch_timeout_ms: 60000\njwks_refetch_wait_ms: 100\n");
     let server = Server::start_with(&[policies.path()], Some(config.path()));
     let token = sign(RSA, Algorithm::RS256, Some("rsa"), &claims("https://idp.test"));
     let (status, body) = ask(&server, "/", Some(&token)).await;

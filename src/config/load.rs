@@ -334,8 +334,8 @@ fn closest_kind(kind: &str) -> &'static str {
     closest
 }
 
-/// Levenshtein distance in bytes; `kind` is only compared with short ASCII names.
-fn edit_distance(a: &str, b: &str) -> usize {
+/// Levenshtein distance in bytes; only short ASCII names (kinds, variables) are compared.
+pub(crate) fn edit_distance(a: &str, b: &str) -> usize {
     let b = b.as_bytes();
     let mut previous: Vec<usize> = (0..=b.len()).collect();
     for (i, a_byte) in a.bytes().enumerate() {

@@ -163,12 +163,37 @@ def test_fallback_renders_what_kubectl_kustomize_renders(rendered):
 # ---------------------------------------------------------------- deploy/k8s agrees with the server
 
 
+def k8s_policy_files() -> list[Path]:
+    """policies/, with keycloak.yaml replaced by the Kubernetes recipe's own."""
+    return sorted(K8S / "keycloak.yaml" if path.name == "keycloak.yaml" else path for path in POLICIES.glob("*.yaml"))
+
+
 def test_policy_config_map_is_the_policies_directory(rendered):
     kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
     (generator,) = [g for g in kustomization["configMapGenerator"] if g["name"] == "portcullis-policies"]
-    assert sorted((K8S / entry).resolve() for entry in generator["files"]) == sorted(POLICIES.glob("*.yaml"))
+    assert sorted((K8S / entry).resolve() for entry in generator["files"]) == [path.resolve() for path in k8s_policy_files()]
     config_maps = {document["metadata"]["name"].rsplit("-", 1)[0]: document for document in rendered if document["kind"] == "ConfigMap"}
-    assert config_maps["portcullis-policies"]["data"] == {path.name: path.read_text() for path in POLICIES.glob("*.yaml")}
+    assert config_maps["portcullis-policies"]["data"] == {path.name: path.read_text() for path in k8s_policy_files()}
+
+
+def test_kubernetes_policies_trust_no_issuer_on_loopback():
+    """The demo IdP's 127.0.0.1 issuer is for a laptop: in a pod, any container could serve it."""
+    issuers = [rule["issuer"] for path in k8s_policy_files() for document in documents(path)
+               if document.get("kind") == "RequestAuthentication" for rule in document["spec"]["jwtRules"]]
+    assert issuers and all(urlsplit(issuer).hostname not in ("127.0.0.1", "localhost", "::1") for issuer in issuers), issuers
+    shipped, k8s = the(POLICIES / "keycloak.yaml", "RequestAuthentication"), the(K8S / "keycloak.yaml", "RequestAuthentication")
+    for document in (shipped, k8s):
+        (rule,) = document["spec"]["jwtRules"]
+        rule["issuer"] = "ISSUER"
+    assert k8s == shipped, "the Kubernetes copy differs from policies/keycloak.yaml only in its issuer"
+    result = run_portcullis("validate", "--policies", str(K8S / "keycloak.yaml"))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_admin_door_listens_on_the_pod_address_for_probes_and_scrapes(rendered, ports):
+    config_map = next(d for d in rendered if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("portcullis-config-"))
+    settings = yaml.safe_load(config_map["data"]["portcullis.yaml"])
+    assert settings["admin_listen"] == f"0.0.0.0:{ports['admin']}"
 
 
 def test_deployment_runs_the_server_as_its_defaults_say(rendered, ports):
