@@ -455,3 +455,57 @@ impl fmt::Display for Explanation {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::authn::NoRemoteKeys;
+    use crate::core::matcher::PathMatch;
+    use crate::core::policy::Rule;
+    use crate::core::request::StrMap;
+    use crate::core::snapshot::EngineOptions;
+    use crate::core::workload::{LabelSelector, WorkloadTable};
+
+    /// Under a mesh-wide ALLOW of `paths: [/public*]`.
+    fn explain(request: &Request<'_>) -> Explanation {
+        let path = PathMatch::parse("/public*").unwrap_or_else(|error| unreachable!("{error}"));
+        let predicate = Predicate { test: Test::Path(Box::new([path])), negated: false };
+        let rule = Rule { to: Box::new([Conjunction(Box::new([predicate]))]), ..Rule::default() };
+        let policy = Policy {
+            id: Arc::new(PolicyId { namespace: "istio-system".into(), name: "public".into() }),
+            action: Action::Allow,
+            dry_run: false,
+            selector: LabelSelector::default(),
+            rules: Box::new([rule]),
+        };
+        let snapshot =
+            Snapshot::new(vec![policy], Vec::new(), WorkloadTable::default(), EngineOptions::default(), "istio-system");
+        let context = AuthnContext {
+            keys: &NoRemoteKeys,
+            cache: &NoRemoteKeys,
+            now: 0,
+            clock_skew_secs: 0,
+            max_token_bytes: 8192,
+        };
+        snapshot.explain(request, &context)
+    }
+
+    #[test]
+    fn a_path_allowed_as_sent_but_denied_decoded_is_explained_under_the_reading_that_denies() {
+        let http = HttpRequest { method: "GET", path: "/public%2F..%2Fadmin", ..HttpRequest::default() };
+        let explanation = explain(&Request { http: Some(http), ..Request::default() });
+        assert_eq!(explanation.reason, Reason::NoAllowMatch);
+        assert!(explanation.notes[0].starts_with("the path also reads as `/admin`"), "{explanation}");
+        let missed = RuleOutcome::Missed("to.operation.paths: /admin matches none of /public*".into());
+        assert_eq!(explanation.policies[0].rules, [missed]);
+    }
+
+    #[test]
+    fn an_http_field_of_an_allow_rule_is_explained_as_never_matching_a_tcp_check() {
+        let explanation = explain(&Request { context_extensions: StrMap::default(), ..Request::default() });
+        assert_eq!((explanation.reason, explanation.namespace.as_deref()), (Reason::NoAllowMatch, None));
+        let why = "to.operation.paths: the check is for a TCP connection: an HTTP field never matches in an ALLOW rule";
+        assert_eq!(explanation.policies[0].rules, [RuleOutcome::Missed(why.into())]);
+        assert!(explanation.to_string().starts_with("judged as a workload no source names"), "{explanation}");
+    }
+}
