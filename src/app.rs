@@ -121,7 +121,17 @@ impl AppState {
 
 /// Loads and compiles the policy set the settings name.
 pub fn build_snapshot(settings: &Settings) -> Result<(Snapshot, LoadedPolicies), AppError> {
+    build_snapshot_with(settings, |_| {})
+}
+
+/// [`build_snapshot`], `prepare` changing the loaded policies first (`portcullis test` gives
+/// issuers the keys its test file declares).
+pub fn build_snapshot_with(
+    settings: &Settings,
+    prepare: impl FnOnce(&mut LoadedPolicies),
+) -> Result<(Snapshot, LoadedPolicies), AppError> {
     let mut loaded = load_policies(&settings.policies).map_err(AppError::Policies)?;
+    prepare(&mut loaded);
     let workloads = settings.workload_table()?;
     let policies = std::mem::take(&mut loaded.policies);
     let authn = std::mem::take(&mut loaded.authn);

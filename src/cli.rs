@@ -1,4 +1,4 @@
-//! The offline commands: `validate` reports every policy problem, `check` decides one request described in a file.
+//! The offline commands: `validate` reports every policy problem, `check` decides (and explains) one request described in a file.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
@@ -159,6 +159,9 @@ pub struct DecisionReport {
     pub audit_policy: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dry_run: Option<DryRunReport>,
+    /// With `--explain`: why, line by line.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub explanation: Option<Vec<String>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -195,6 +198,7 @@ impl From<&Decision> for DecisionReport {
                 decision: verdict(outcome.would_allow),
                 policy: outcome.policy.as_ref().map(ToString::to_string),
             }),
+            explanation: None,
         }
     }
 }
@@ -220,8 +224,8 @@ pub fn validate(settings: &Settings) -> Result<bool, AppError> {
     }
 }
 
-/// `portcullis check`: the decision as JSON on stdout; `Ok(allowed)`.
-pub fn check(settings: &Settings, request_file: &Path) -> Result<bool, String> {
+/// `portcullis check`: the decision as JSON on stdout, with `explain` why; `Ok(allowed)`.
+pub fn check(settings: &Settings, request_file: &Path, explain: bool) -> Result<bool, String> {
     let (snapshot, _) = build_snapshot(settings).map_err(|error| error.to_string())?;
     let (file, headers) = RequestFile::read(request_file)?;
     let metrics = Arc::new(Metrics::new());
@@ -246,8 +250,13 @@ pub fn check(settings: &Settings, request_file: &Path) -> Result<bool, String> {
             eprintln!("portcullis: warning: no keys for issuer `{issuer}`: {cause}");
         }
     }
-    let decision = snapshot.check(&file.request(&headers), &settings.authn_context(&*keys, &*cache));
-    let report = DecisionReport::from(&decision);
+    let (request, context) = (file.request(&headers), settings.authn_context(&*keys, &*cache));
+    let decision = snapshot.check(&request, &context);
+    let mut report = DecisionReport::from(&decision);
+    if explain {
+        let explanation = snapshot.explain(&request, &context).to_string();
+        report.explanation = Some(explanation.lines().map(Into::into).collect());
+    }
     let json = serde_json::to_string_pretty(&report).map_err(|error| format!("cannot print the decision: {error}"))?;
     let _ = writeln!(std::io::stdout(), "{json}");
     Ok(decision.is_allow())

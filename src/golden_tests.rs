@@ -141,10 +141,11 @@ fn signed_token(claims: &Map<String, Value>) -> String {
 
 fn run_case(snapshot: &Snapshot, case: &Case) -> Result<(), String> {
     let mut headers = case.request.header_entries();
-    let decision = if let Some(claims) = &case.identity {
+    let (decision, explanation) = if let Some(claims) = &case.identity {
         let space_delimited: Arc<[Box<str>]> = Arc::from(vec![Box::from("scope"), Box::from("permission")]);
         let identity = Identity::for_tests(claims, snapshot.kept_claims(), space_delimited);
-        snapshot.decide(&case.request.request(&headers), Some(&identity))
+        let request = case.request.request(&headers);
+        (snapshot.decide(&request, Some(&identity)), snapshot.explain_as(&request, Some(&identity)))
     } else {
         let mut path_with_token = None;
         if let Some(claims) = &case.token {
@@ -170,8 +171,15 @@ fn run_case(snapshot: &Snapshot, case: &Case) -> Result<(), String> {
         if let (Some(path), Some(http)) = (&path_with_token, request.http.as_mut()) {
             http.path = path;
         }
-        snapshot.check(&request, &context)
+        (snapshot.check(&request, &context), snapshot.explain(&request, &context))
     };
+    // The explanation walks the same predicates its own way: it must arrive at the same verdict.
+    if (explanation.reason, &explanation.policy) != (decision.reason, &decision.policy) {
+        return Err(format!(
+            "the explanation disagrees with the decision ({:?}, {:?}):\n{explanation}",
+            decision.reason, decision.policy
+        ));
+    }
     let verdict = |allow: bool| if allow { "allow" } else { "deny" }.to_string();
     let got = Expectation {
         decision: verdict(decision.is_allow()),
@@ -222,7 +230,7 @@ fn run_skipped(case: &SkippedCase) -> Result<(), String> {
 }
 
 #[test]
-fn golden_cases_decide_as_expected() {
+fn golden_cases_decide_as_expected_and_their_explanations_agree() {
     let mut files: Vec<PathBuf> = std::fs::read_dir(golden_dir())
         .expect("tests/golden exists")
         .map(|entry| entry.expect("readable entry").path())

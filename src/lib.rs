@@ -4,7 +4,7 @@
 //! depends on nothing else in the crate. Everything else is an adapter around it:
 //! [`config`] reads policy files into compiled policies, [`settings`] reads the server's own
 //! configuration, [`grpc`] and [`admin`] are the network doors, [`telemetry`] names and emits
-//! metrics and logs, [`app`] wires them together, and [`cli`] serves the offline commands.
+//! metrics and logs, [`app`] wires them together, and [`cli`] and [`policy_tests`] serve the offline commands.
 
 pub mod admin;
 pub mod app;
@@ -14,6 +14,7 @@ pub mod core;
 pub mod grpc;
 pub mod http;
 pub mod jwks;
+pub mod policy_tests;
 pub mod reload;
 pub mod settings;
 pub mod telemetry;

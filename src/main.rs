@@ -1,4 +1,4 @@
-//! The `portcullis` command line: `serve`, `validate` and `check`.
+//! The `portcullis` command line: `serve`, `validate`, `check` and `test`.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use portcullis::policy_tests::{self, TestOutcome};
 use portcullis::settings::{LogFormat, Overrides, Settings};
 use portcullis::{app, cli, telemetry};
 
@@ -29,6 +30,18 @@ enum Command {
         /// The request file.
         #[arg(long)]
         request: PathBuf,
+        /// Add why: the workload judged, the policies that applied, each rule's first miss.
+        #[arg(long)]
+        explain: bool,
+    },
+    /// Run policy test files (cases: request, token claims, expected decision); exit 0 when all
+    /// pass, 1 when one fails, 2 on a broken file.
+    Test {
+        #[command(flatten)]
+        policies: PolicyArgs,
+        /// The test files.
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
     },
 }
 
@@ -126,13 +139,21 @@ fn main() -> ExitCode {
             Ok(Err(error)) => fail(&error.to_string(), 1),
             Err(error) => fail(&error, 1),
         },
-        Command::Check { policies, request } => {
-            match settings(policies, Overrides::default()).and_then(|s| cli::check(&s, &request)) {
+        Command::Check { policies, request, explain } => {
+            match settings(policies, Overrides::default()).and_then(|s| cli::check(&s, &request, explain)) {
                 Ok(true) => ExitCode::SUCCESS,
                 Ok(false) => ExitCode::from(1),
                 Err(error) => fail(&error, 2),
             }
         }
+        Command::Test { policies, files } => match settings(policies, Overrides::default()) {
+            Ok(settings) => match policy_tests::run(&settings, &files) {
+                TestOutcome::Passed => ExitCode::SUCCESS,
+                TestOutcome::Failed => ExitCode::from(1),
+                TestOutcome::Broken => ExitCode::from(2),
+            },
+            Err(error) => fail(&error, 2),
+        },
     }
 }
 

@@ -281,3 +281,108 @@ fn serve_help_shows_every_default() {
     }
     assert!(help.contains("[default: 127.0.0.1:9090]"), "{help}");
 }
+
+/// The EC key of `tests/keys/ec-p256.pem` as a private JWK.
+const EC_P256_JWK: &str = "{kty: EC, crv: P-256, d: CcnKsL9jeo47C9Pf8Xnd7xguv-xdO9Q7GW1tQH0G260, x: U0sw-KVp_NCTXP7qgwsAdPqGgwlSbZIUk6Dc7eZkm18, y: OCpJecVk-nx3vNou0YMdnM3mczux_uFK63oGK78WC1U}";
+
+fn policy_test(test_file: &str) -> (Option<i32>, String, String) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("cases.yaml");
+    std::fs::write(&file, test_file).expect("write");
+    let output = run(&["test", "--policies"], &[&repo_path("policies"), &file]);
+    (output.status.code(), text(&output.stdout), text(&output.stderr).replace(&file.display().to_string(), "FILE"))
+}
+
+#[test]
+fn test_passes_the_shipped_policy_tests() {
+    let output = run(&["test", "--policies"], &[&repo_path("policies"), &repo_path("policy-tests/job-board.yaml")]);
+    let stdout = text(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{stdout}{}", text(&output.stderr));
+    assert!(stdout.lines().take(9).all(|line| line.starts_with("PASS ")), "{stdout}");
+    assert_eq!(stdout.lines().last(), Some("9 passed, 0 failed"), "{stdout}");
+}
+
+#[test]
+fn test_signs_tokens_with_an_inline_jwk_and_explains_a_failed_case_then_exits_1() {
+    let cases = format!(
+        "issuers:\n- issuer: http://127.0.0.1:8180/realms/jobs\n  jwk: {EC_P256_JWK}\ncases:\n- name: a user posts a job\n  request: {{method: POST, path: /api/jobs, context_extensions: {{namespace: job-service, app: job-service}}}}\n  token: {{sub: alice}}\n  expect: {{decision: allow, status: 200, reason: allowed_by_policy, policy: 'ns[job-service]-policy[job-service]-rule[1]'}}\n- name: a user deletes a category\n  request: {{method: DELETE, path: /api/jobcategories/3, context_extensions: {{namespace: job-service, app: job-service}}}}\n  token: {{sub: alice}}\n  expect: {{decision: allow}}\n"
+    );
+    let (code, stdout, stderr) = policy_test(&cases);
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines[..3],
+        ["PASS a user posts a job", "FAIL a user deletes a category", "  decision: expected allow, got deny"]
+    );
+    for why in [
+        "  judged as the workload in namespace `job-service` with labels app=job-service",
+        "  ALLOW job-service/job-service",
+        "    rule[0]: to.operation.methods: DELETE matches none of GET",
+        "    rule[1]: to.operation.paths: /api/jobcategories/3 matches none of /api/jobs*",
+        "    rule[2]: when request.auth.claims[realm_access][roles]: the token has no such claim (or no string value in it)",
+    ] {
+        assert!(lines.contains(&why), "missing `{why}` in:\n{stdout}");
+    }
+    assert_eq!(lines.last(), Some(&"1 passed, 1 failed"));
+}
+
+#[test]
+fn test_exits_2_on_a_broken_test_file_naming_every_problem_by_line() {
+    let cases = "issuers:\n- issuer: http://127.0.0.1:8180/realms/jobs\n  pem: missing.pem\ncases:\n- name: bad reason\n  request: {path: /}\n  token: {iss: http://elsewhere}\n  expect: {decision: allow, reason: allowed}\n";
+    let (code, stdout, stderr) = policy_test(cases);
+    assert_eq!(code, Some(2), "{stdout}{stderr}");
+    assert!(stdout.is_empty(), "no case runs: {stdout}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 3, "{stderr}");
+    assert!(
+        lines[0].starts_with("FILE:2: issuers[0]: `") && lines[0].contains("missing.pem`: cannot read"),
+        "{stderr}"
+    );
+    assert!(lines[1].starts_with("FILE:5: case `bad reason`: unknown reason `allowed`"), "{stderr}");
+    assert_eq!(
+        lines[2],
+        "FILE:5: case `bad reason`: the token's issuer `http://elsewhere` is not declared in `issuers`"
+    );
+
+    let unknown_issuer = format!(
+        "issuers:\n- issuer: http://nobody\n  jwk: {EC_P256_JWK}\ncases:\n- name: c\n  request: {{path: /}}\n  expect: {{decision: maybe}}\n"
+    );
+    let (code, _, stderr) = policy_test(&unknown_issuer);
+    assert_eq!((code, stderr.trim()), (Some(2), "FILE:7: unknown variant `maybe`, expected one of allow, deny"));
+    let (code, _, stderr) = policy_test(&unknown_issuer.replace("maybe", "deny"));
+    assert_eq!(
+        (code, stderr.trim()),
+        (Some(2), "FILE:2: issuer `http://nobody`: no RequestAuthentication rule of the policies has it")
+    );
+}
+
+#[test]
+fn check_explain_names_the_workload_and_each_rules_first_miss() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("request.yaml");
+    let request =
+        "method: DELETE\npath: /api/jobcategories/3\ncontext_extensions: {namespace: job-service, app: job-service}\n";
+    std::fs::write(&file, request).expect("write");
+    let output = run(&["check", "--explain", "--policies"], &[&repo_path("policies"), Path::new("--request"), &file]);
+    assert_eq!(output.status.code(), Some(1));
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert_eq!(json["reason"], "no_allow_match");
+    let explanation: Vec<&str> =
+        json["explanation"].as_array().expect("lines").iter().filter_map(serde_json::Value::as_str).collect();
+    assert_eq!(
+        explanation,
+        [
+            "judged as the workload in namespace `job-service` with labels app=job-service",
+            "decision: deny (no_allow_match)",
+            "DENY istio-system/deny-debug-endpoints",
+            "  rule[0]: to.operation.paths: /api/jobcategories/3 matches none of /debug/*, /actuator/*, /internal/{**}",
+            "ALLOW job-service/job-service",
+            "  rule[0]: to.operation.methods: DELETE matches none of GET",
+            "  rule[1]: from.source.requestPrincipals: the request has no token",
+            "  rule[2]: from.source.requestPrincipals: the request has no token",
+        ]
+    );
+    let plain = run(&["check", "--policies"], &[&repo_path("policies"), Path::new("--request"), &file]);
+    let json: serde_json::Value = serde_json::from_slice(&plain.stdout).expect("JSON");
+    assert_eq!(json.get("explanation"), None, "computed only when asked");
+}

@@ -1,5 +1,6 @@
 //! Value matchers of Istio's policy language — strings, hosts, path templates, addresses; pure, no allocation when matching.
 
+use std::fmt;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
@@ -214,6 +215,37 @@ impl IpMatch {
     }
 }
 
+/// Patterns shown as written in a policy, for explanations.
+impl fmt::Display for StringMatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Exact(exact) => write!(f, "{exact}"),
+            Self::Prefix(prefix) => write!(f, "{prefix}*"),
+            Self::Suffix(suffix) => write!(f, "*{suffix}"),
+            Self::Presence => f.write_str("*"),
+        }
+    }
+}
+
+impl fmt::Display for PathMatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::String(pattern) => pattern.fmt(f),
+            Self::Template(template) => template.tokens.iter().try_for_each(|token| match token {
+                TemplateToken::Literal(literal) => f.write_str(literal),
+                TemplateToken::OneSegment => f.write_str(MATCH_ONE),
+                TemplateToken::AnySegments => f.write_str(MATCH_ANY),
+            }),
+        }
+    }
+}
+
+impl fmt::Display for IpMatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -281,6 +313,14 @@ mod tests {
             let template = PathTemplate::parse(pattern).expect(pattern);
             assert_eq!(template.matches(path), expected, "`{pattern}` vs `{path}`");
         }
+    }
+
+    #[test]
+    fn patterns_display_as_written_in_a_policy() {
+        for pattern in ["/api/jobs", "/api/jobs*", "*.json", "*", "/api/{*}/jobs", "/{**}.m3u8"] {
+            assert_eq!(PathMatch::parse(pattern).expect(pattern).to_string(), pattern);
+        }
+        assert_eq!(IpMatch::parse("10.1.2.3/8").expect("cidr").to_string(), "10.0.0.0/8");
     }
 
     #[test]

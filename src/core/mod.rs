@@ -7,6 +7,7 @@ pub mod authn;
 #[cfg(test)]
 pub(crate) mod authn_tests;
 pub mod decision;
+pub mod explain;
 pub mod identity;
 mod index;
 pub mod jwt;

@@ -64,7 +64,7 @@ impl<'a> StrMap<'a> {
     }
 
     /// Every name, repeated ones as often as they repeat.
-    fn names(&self) -> impl Iterator<Item = &'a str> + '_ {
+    pub fn names(&self) -> impl Iterator<Item = &'a str> + '_ {
         let (list, map) = match &self.0 {
             Entries::List(list) => (list.as_slice(), None),
             Entries::Map(map) => (&[][..], Some(*map)),

@@ -34,11 +34,11 @@ pub type ApplicableRules<'s> = Vec<&'s Arc<JwtRule>>;
 /// Everything a check needs, built whole and swapped in at once.
 #[derive(Debug, Default)]
 pub struct Snapshot {
-    policies: PolicyIndex,
+    pub(super) policies: PolicyIndex,
     /// The claims verified identities keep: every claim the set's policies and rules read.
     kept_claims: Arc<ClaimPaths>,
-    workloads: WorkloadTable,
-    options: EngineOptions,
+    pub(super) workloads: WorkloadTable,
+    pub(super) options: EngineOptions,
     /// What of a request its rules make secret in logs and traces.
     log_redaction: LogRedaction,
 }
@@ -258,7 +258,7 @@ impl Snapshot {
 
     /// The client address: the direct peer, or with trusted proxies the entry of
     /// `x-forwarded-for` that many hops from its right end.
-    fn remote_ip(&self, request: &Request<'_>) -> Option<IpAddr> {
+    pub(super) fn remote_ip(&self, request: &Request<'_>) -> Option<IpAddr> {
         let hops = self.options.trusted_proxy_hops;
         if hops == 0 {
             return request.source.address;

@@ -136,6 +136,16 @@ impl<'r> Workload<'r> {
             .or_else(|| self.destination_labels.get(key))
             .or_else(|| self.table_labels?.get(key).map(String::as_str))
     }
+
+    /// Every label of the workload in key order, each from the first source that has it.
+    pub fn labels(&self) -> Vec<(&'r str, &'r str)> {
+        let extensions = self.context_extensions.names().filter(|&key| key != NAMESPACE_EXTENSION);
+        let table = self.table_labels.into_iter().flat_map(|labels| labels.keys().map(String::as_str));
+        let mut keys: Vec<&'r str> = extensions.chain(self.destination_labels.names()).chain(table).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        keys.into_iter().filter_map(|key| Some((key, self.label(key)?))).collect()
+    }
 }
 
 #[cfg(test)]
@@ -188,6 +198,7 @@ mod tests {
         assert_eq!(workload.label("tier"), Some("api"));
         assert_eq!(workload.label("namespace"), None);
         assert_eq!(workload.label("missing"), None);
+        assert_eq!(workload.labels(), [("app", "from-ctx"), ("tier", "api"), ("version", "v1")]);
     }
 
     #[test]
