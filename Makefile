@@ -27,7 +27,7 @@ demo: build python-env
 build:
 	$(CARGO) build --locked
 
-test: lint test-rust fuzz-seeds bench-smoke test-python
+test: lint test-rust fuzz-seeds bench-smoke test-python test-image
 
 # The fuzz targets (fuzz/, a workspace of its own) built without libFuzzer's instrumentation and
 # run once over their committed seeds, so that they compile and run as the code changes.
@@ -38,6 +38,12 @@ fuzz-seeds:
 	  target/debug/$$target -runs=1 $$(find fuzz/seeds/$$target -type f) 2>target/fuzz-$$target.log \
 	    || { tail -40 target/fuzz-$$target.log; exit 1; }; \
 	done
+
+# The container image's build steps without a Docker engine (tests/image): the Dockerfile's
+# builder stage replayed on exactly the files it copies (a release build, in target/image-build,
+# kept between runs).
+test-image: python-env
+	$(VENV)/bin/pytest -q -p no:cacheprovider tests/image
 
 # Line coverage (tests/coverage.py): an instrumented build in target/coverage, every Rust test and
 # Python suite against it; fails under the floor in tests/coverage-floor.txt. Debian's llvm-19
