@@ -31,7 +31,7 @@ use portcullis::core::{Decision, EngineOptions, HttpRequest, Reason, Request, Sn
 use portcullis::telemetry::Metrics;
 use portcullis::token_cache::VerifiedTokenCache;
 use serde_json::{Value, json};
-use support::{Server, http_get, http_request};
+use support::{Server, config_file, http_get, http_request, policy_dir};
 
 const ISSUER: &str = "https://issuer.adversarial.test";
 const OTHER_ISSUER: &str = "https://other.adversarial.test";
@@ -145,22 +145,10 @@ spec:
     yaml
 }
 
-fn policy_dir(yaml: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().expect("temp dir");
-    std::fs::write(dir.path().join("policies.yaml"), yaml).expect("write policies");
-    dir
-}
-
 /// A server on `policies` with the HTTP door in Envoy's HTTP mode, and its settings file.
 fn start_envoy_mode(policies: &Path) -> (Server, tempfile::NamedTempFile) {
     let config = config_file("http_mode: envoy\n");
     (Server::start_with(&[policies], Some(config.path())), config)
-}
-
-fn config_file(yaml: &str) -> tempfile::NamedTempFile {
-    let file = tempfile::NamedTempFile::new().expect("temp file");
-    std::fs::write(file.path(), yaml).expect("write config");
-    file
 }
 
 /// Sends raw bytes to `address` and reads the answer: status (0: none), head (lower case), body.

@@ -24,19 +24,7 @@ use portcullis::core::{HttpRequest, Identity};
 use portcullis::telemetry::Metrics;
 use portcullis::token_cache::VerifiedTokenCache;
 use serde_json::{Value, json};
-use support::{Server, http_get};
-
-fn policy_dir(yaml: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().expect("temp dir");
-    std::fs::write(dir.path().join("policies.yaml"), yaml).expect("write policies");
-    dir
-}
-
-fn config_file(yaml: &str) -> tempfile::NamedTempFile {
-    let file = tempfile::NamedTempFile::new().expect("temp file");
-    std::fs::write(file.path(), yaml).expect("write config");
-    file
-}
+use support::{Server, config_file, http_get, policy_dir};
 
 fn claims(issuer: &str) -> Value {
     json!({"iss": issuer, "sub": "alice", "exp": unix_now() + 600, "iat": unix_now()})
@@ -116,7 +104,7 @@ async fn ask_at(grpc: SocketAddr, path: &str, token: Option<&str>) -> (u16, Stri
 /// `portcullis_jwks_fetches_total` for `issuer` and `result`: how many fetches ended so (0 when
 /// none did yet).
 fn jwks_fetches(server: &Server, issuer: &str, result: &str) -> f64 {
-    metric(server, &format!("portcullis_jwks_fetches_total{{issuer=\"{issuer}\",result=\"{result}\"}}")).unwrap_or(0.0)
+    server.metric(&format!("portcullis_jwks_fetches_total{{issuer=\"{issuer}\",result=\"{result}\"}}")).unwrap_or(0.0)
 }
 
 /// A loopback address where nothing listens.
@@ -370,17 +358,12 @@ spec:
   - to: [{operation: {paths: ["/admin", "/admin/*"]}}]
 "#;
 
-fn metric(server: &Server, line_prefix: &str) -> Option<f64> {
-    let (_, text) = http_get(server.admin, "/metrics");
-    text.lines().find_map(|line| line.strip_prefix(line_prefix)?.trim().parse().ok())
-}
-
 /// Waits until the server has tried `attempts` reloads in all (ok or error), at most 10 s.
 fn wait_for_reloads(server: &Server, attempts: f64) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let ok = metric(server, "portcullis_reloads_total{result=\"ok\"}").unwrap_or(0.0);
-        let error = metric(server, "portcullis_reloads_total{result=\"error\"}").unwrap_or(0.0);
+        let ok = server.metric("portcullis_reloads_total{result=\"ok\"}").unwrap_or(0.0);
+        let error = server.metric("portcullis_reloads_total{result=\"error\"}").unwrap_or(0.0);
         if ok + error >= attempts {
             return;
         }
@@ -429,21 +412,17 @@ async fn unparsable_policy_files_at_runtime_keep_the_last_good_set() {
         if ask(&server, "/admin", None).await.0 != 403 {
             failures.push(format!("{name}: /admin is no longer denied"));
         }
-        if metric(&server, "portcullis_policy_generation") != Some(1.0) {
+        if server.metric("portcullis_policy_generation") != Some(1.0) {
             failures.push(format!("{name}: a new policy set went live"));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
-    assert_eq!(
-        metric(&server, "portcullis_reloads_total{result=\"error\"}"),
-        Some(attempts),
-        "each refusal is counted"
-    );
+    assert_eq!(server.metric("portcullis_reloads_total{result=\"error\"}"), Some(attempts), "each refusal is counted");
     std::fs::write(dir.join("policies.yaml"), DENY_ADMIN.replace("\"/admin/*\"", "\"/admin/*\", \"/secret\""))
         .expect("write");
     wait_for_reloads(&server, attempts + 1.0);
     assert_eq!(ask(&server, "/secret", None).await.0, 403, "the valid set went live");
-    assert_eq!(metric(&server, "portcullis_policy_generation"), Some(2.0));
+    assert_eq!(server.metric("portcullis_policy_generation"), Some(2.0));
 }
 
 /// A policy directory that is suddenly empty (a ConfigMap mid-update, a half-done sync, a wrong
@@ -456,5 +435,5 @@ async fn an_emptied_policy_directory_keeps_the_last_good_set() {
     std::fs::remove_file(dir.join("policies.yaml")).expect("rm");
     wait_for_reloads(&server, 1.0);
     assert_eq!(ask(&server, "/admin", None).await.0, 403, "/admin is no longer denied");
-    assert_eq!(metric(&server, "portcullis_policy_generation"), Some(1.0), "an empty set went live");
+    assert_eq!(server.metric("portcullis_policy_generation"), Some(1.0), "an empty set went live");
 }

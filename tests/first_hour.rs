@@ -16,7 +16,7 @@ use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
 use forge::{Behavior, FakeIdp, RSA, jwks, public_jwk, sign, unix_now};
 use jsonwebtoken::Algorithm;
 use serde_json::json;
-use support::{Server, http_get, portcullis};
+use support::{Server, portcullis};
 
 /// A RequestAuthentication for `issuer` with its keys at `jwks_uri`, and an ALLOW policy for
 /// verified callers only, in namespace `first-hour`.
@@ -71,12 +71,6 @@ async fn status_of(grpc: SocketAddr, token: &str) -> u16 {
     }
 }
 
-/// The value of one series in `/metrics`, if it is there.
-fn metric(server: &Server, series: &str) -> Option<f64> {
-    let (_, body) = http_get(server.admin, "/metrics");
-    body.lines().find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
-}
-
 #[test]
 fn check_says_on_stderr_why_an_issuer_has_no_keys() {
     let uri = closed_port_url();
@@ -105,11 +99,11 @@ fn every_issuer_has_its_jwks_series_from_start_up() {
     std::fs::write(config.path(), "jwks_ready_timeout_secs: 5\n").expect("write config");
     let server = Server::start_with(&[policies.path()], Some(config.path()));
     let issuer = r#"issuer="https://down.test""#;
-    assert_eq!(metric(&server, &format!("portcullis_jwks_keys{{{issuer}}}")), Some(0.0));
-    assert_eq!(metric(&server, &format!(r#"portcullis_jwks_fetches_total{{{issuer},result="ok"}}"#)), Some(0.0));
-    let errors = metric(&server, &format!(r#"portcullis_jwks_fetches_total{{{issuer},result="error"}}"#));
+    assert_eq!(server.metric(&format!("portcullis_jwks_keys{{{issuer}}}")), Some(0.0));
+    assert_eq!(server.metric(&format!(r#"portcullis_jwks_fetches_total{{{issuer},result="ok"}}"#)), Some(0.0));
+    let errors = server.metric(&format!(r#"portcullis_jwks_fetches_total{{{issuer},result="error"}}"#));
     assert!(errors.is_some_and(|errors| errors >= 1.0), "{errors:?}");
-    let age = metric(&server, &format!("portcullis_jwks_seconds_since_success{{{issuer}}}"));
+    let age = server.metric(&format!("portcullis_jwks_seconds_since_success{{{issuer}}}"));
     assert!(age.is_some_and(|seconds| seconds >= 0.0), "an issuer never fetched ages from start-up: {age:?}");
 }
 
@@ -123,7 +117,7 @@ async fn a_token_whose_issuer_has_no_keys_yet_fetches_them_at_once() {
     let errors = r#"portcullis_jwks_fetches_total{issuer="https://late.test",result="error"}"#;
     // Three failures: the start-up fetch and the retries after 1 s and 2 s; the next is 4 s away.
     let deadline = Instant::now() + Duration::from_secs(20);
-    while metric(&server, errors).is_none_or(|failures| failures < 3.0) {
+    while server.metric(errors).is_none_or(|failures| failures < 3.0) {
         assert!(Instant::now() < deadline, "the IdP was never retried");
         std::thread::sleep(Duration::from_millis(50));
     }

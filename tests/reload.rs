@@ -144,11 +144,6 @@ async fn wait_for_verdict(observed: &Arc<Mutex<Observed>>, allow: bool, within: 
     false
 }
 
-fn metric(server: &Server, line_start: &str) -> Option<f64> {
-    let (_, text) = http_get(server.admin, "/metrics");
-    text.lines().find_map(|line| line.strip_prefix(line_start)).and_then(|value| value.trim().parse().ok())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn good_sets_swap_in_under_load_and_a_bad_set_is_never_served() {
     let mut dir = ConfigMapDir::new(ALLOW_X);
@@ -162,7 +157,7 @@ async fn good_sets_swap_in_under_load_and_a_bad_set_is_never_served() {
 
     dir.publish(BROKEN);
     let deadline = Instant::now() + Duration::from_secs(5);
-    while metric(&server, r#"portcullis_reloads_total{result="error"} "#).unwrap_or(0.0) < 1.0 {
+    while server.metric(r#"portcullis_reloads_total{result="error"}"#).unwrap_or(0.0) < 1.0 {
         assert!(Instant::now() < deadline, "the broken set was never tried");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -180,8 +175,8 @@ async fn good_sets_swap_in_under_load_and_a_bad_set_is_never_served() {
     assert!(observed.verdicts[..first_deny].iter().all(|allow| *allow), "allow until the good swap");
     assert!(observed.verdicts[first_deny..].iter().all(|allow| !*allow), "deny from the good swap on");
     assert!(observed.verdicts.len() > 20, "only {} checks ran", observed.verdicts.len());
-    assert_eq!(metric(&server, r#"portcullis_reloads_total{result="ok"} "#), Some(1.0));
-    assert_eq!(metric(&server, "portcullis_policy_generation "), Some(2.0));
+    assert_eq!(server.metric(r#"portcullis_reloads_total{result="ok"}"#), Some(1.0));
+    assert_eq!(server.metric("portcullis_policy_generation"), Some(2.0));
     let log = server.log_lines().join("\n");
     assert!(log.contains("policy.yaml:5: authorization policy `ns/p`: spec.action: unknown action `NEVER`"), "{log}");
     assert_eq!(server.terminate_within(EXIT_BOUND).code(), Some(0));
@@ -212,7 +207,7 @@ async fn sighup_reloads_and_a_removed_directory_keeps_the_last_good_set() {
     wait_for_verdict_code(&mut witness_client, 0, "the witness never picked up the second change").await;
     std::fs::write(policies.join("p.yaml"), DENY_X).expect("write");
     assert_eq!(code(client.check(check_x()).await.expect("check").into_inner()), 0, "no polling: no reload yet");
-    assert_eq!(metric(&server, r#"portcullis_reloads_total{result="ok"} "#).unwrap_or(0.0), 0.0, "no reload yet");
+    assert_eq!(server.metric(r#"portcullis_reloads_total{result="ok"}"#).unwrap_or(0.0), 0.0, "no reload yet");
     drop(witness);
     server.signal("-HUP");
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -224,7 +219,7 @@ async fn sighup_reloads_and_a_removed_directory_keeps_the_last_good_set() {
     std::fs::remove_dir_all(&policies).expect("remove");
     server.signal("-HUP");
     let deadline = Instant::now() + Duration::from_secs(5);
-    while metric(&server, r#"portcullis_reloads_total{result="error"} "#).unwrap_or(0.0) < 1.0 {
+    while server.metric(r#"portcullis_reloads_total{result="error"}"#).unwrap_or(0.0) < 1.0 {
         assert!(Instant::now() < deadline, "the missing directory was never tried");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -300,7 +295,7 @@ async fn verdict(client: &mut AuthorizationClient<tonic::transport::Channel>) ->
 /// reload stuck reading a file fails the test instead of hanging it.
 async fn wait_for_reload_errors(server: &Server, count: f64) {
     let deadline = Instant::now() + Duration::from_secs(10);
-    while metric(server, r#"portcullis_reloads_total{result="error"} "#).unwrap_or(0.0) < count {
+    while server.metric(r#"portcullis_reloads_total{result="error"}"#).unwrap_or(0.0) < count {
         assert!(Instant::now() < deadline, "reload error {count} was never counted");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -328,15 +323,15 @@ async fn a_misspelled_kind_added_to_a_valid_set_is_refused_on_reload_and_the_old
     assert_eq!(verdict(&mut client).await, 0, "the last good set stays");
     let refusal = "guard.yaml:2: unknown kind `AuthorisationPolicy` of `security.istio.io`";
     server.wait_for_log_line(&[refusal]);
-    assert_eq!(metric(&server, r#"portcullis_reloads_total{result="ok"} "#).unwrap_or(0.0), 0.0);
-    assert_eq!(metric(&server, "portcullis_policy_generation "), Some(1.0));
+    assert_eq!(server.metric(r#"portcullis_reloads_total{result="ok"}"#).unwrap_or(0.0), 0.0);
+    assert_eq!(server.metric("portcullis_policy_generation"), Some(1.0));
 
     // A document of another group is still skipped, and a reload says so.
     std::fs::write(dir.path().join("guard.yaml"), DEPLOYMENT).expect("write");
     let skipped = server.wait_for_log_line(&["Skipped a document"]);
     assert!(skipped.contains("guard.yaml:1") && skipped.contains("apps/v1/Deployment"), "{skipped}");
     assert!(skipped.contains("not an Istio security policy"), "{skipped}");
-    assert_eq!(metric(&server, r#"portcullis_reloads_total{result="ok"} "#), Some(1.0));
+    assert_eq!(server.metric(r#"portcullis_reloads_total{result="ok"}"#), Some(1.0));
     assert_eq!(server.terminate_within(EXIT_BOUND).code(), Some(0));
 }
 
