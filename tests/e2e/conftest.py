@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import pytest
 import yaml
-from envoy_harness import SHIPPED_ENVOY_CONFIG, RecordingUpstream, render_envoy_config, start_envoy
-from harness import free_port, stop_process
+from envoy_harness import SHIPPED_ENVOY_CONFIG, render_envoy_config, start_envoy
+from harness import RecordingUpstream, free_port, serving, stop_process
 
 
 @pytest.fixture(scope="session")
@@ -18,12 +17,8 @@ def shipped_envoy_config() -> dict:
 
 @pytest.fixture(scope="session")
 def upstream():
-    server = RecordingUpstream()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
+    with serving(RecordingUpstream()) as server:
+        yield server
 
 
 @pytest.fixture

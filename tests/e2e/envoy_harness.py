@@ -1,14 +1,12 @@
-"""The pieces of the e2e setup: a recording upstream, the Envoy binary, and the shipped config moved to loopback."""
+"""The pieces of the e2e setup: the Envoy binary, and the shipped config moved to loopback."""
 
 from __future__ import annotations
 
 import copy
-import json
 import os
 import random
 import subprocess
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import yaml
@@ -16,45 +14,6 @@ from harness import PROCESS_LOGS, REPO_ROOT, answers_200, stop_process, wait_unt
 
 SHIPPED_ENVOY_CONFIG = REPO_ROOT / "deploy/envoy/envoy-grpc.yaml"
 ENVOY_READY_TIMEOUT_S = 20.0
-
-
-class _EchoHandler(BaseHTTPRequestHandler):
-    """Records each request on the server and answers 200 with it as JSON."""
-
-    protocol_version = "HTTP/1.1"
-
-    def _echo(self) -> None:
-        self.rfile.read(int(self.headers.get("content-length") or 0))
-        seen = {"method": self.command, "path": self.path, "headers": dict(self.headers)}
-        self.server.seen.append(seen)
-        body = json.dumps(seen).encode()
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _echo
-
-    def log_message(self, *args) -> None:  # keep pytest output clean
-        pass
-
-
-class RecordingUpstream(ThreadingHTTPServer):
-    """The protected workload: a loopback HTTP server remembering what reached it."""
-
-    daemon_threads = True
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _EchoHandler)
-        self.seen: list[dict] = []
-
-    @property
-    def port(self) -> int:
-        return self.server_address[1]
-
-    def paths_seen(self) -> list[str]:
-        return [request["path"] for request in self.seen]
 
 
 def envoy_binary() -> Path:

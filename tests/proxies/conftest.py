@@ -14,14 +14,13 @@ import json
 import os
 import subprocess
 import sys
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import pytest
 import yaml
-from harness import PROCESS_LOGS, REPO_ROOT, answers_200, free_port, log_tail, stop_process, wait_until
+from harness import PROCESS_LOGS, REPO_ROOT, answers_200, free_port, log_tail, serving, stop_process, wait_until
 
 # The e2e suite's Envoy helpers, the JWT suite's IdP and token helpers, the interop suite's
 # CheckRequest builder.
@@ -186,12 +185,8 @@ def authz(door):
 
 @pytest.fixture(scope="session")
 def recording_upstream():
-    server = RecordingUpstream()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
+    with serving(RecordingUpstream()) as server:
+        yield server
 
 
 @pytest.fixture

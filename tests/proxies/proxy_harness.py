@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import http.client
-import json
 import os
 import shutil
 import subprocess
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from harness import PROCESS_LOGS, REPO_ROOT, stop_process, wait_until
+from harness import PROCESS_LOGS, REPO_ROOT, RecordingUpstream, Seen, stop_process, wait_until  # noqa: F401 (re-exported)
 
 SHIPPED_NGINX_CONFIG = REPO_ROOT / "deploy/nginx/nginx.conf"
 SHIPPED_ENVOY_HTTP_CONFIG = REPO_ROOT / "deploy/envoy/envoy-http.yaml"
@@ -24,55 +22,6 @@ NGINX_INSTALL_HINT = "apt-get install -y --no-install-recommends nginx-light"
 
 
 # ---------------------------------------------------------------- the protected workload
-
-
-@dataclass
-class Seen:
-    """One request as it reached the upstream: every header line, in order, names lower-cased."""
-
-    method: str
-    path: str
-    headers: list[tuple[str, str]]
-
-    def values(self, name: str) -> list[str]:
-        return [value for key, value in self.headers if key == name.lower()]
-
-    def names(self) -> set[str]:
-        return {key for key, _ in self.headers}
-
-
-class _RecordingHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def _record(self) -> None:
-        self.rfile.read(int(self.headers.get("content-length") or 0))
-        headers = [(name.lower(), value) for name, value in self.headers.items()]
-        self.server.seen.append(Seen(self.command, self.path, headers))
-        body = json.dumps({"method": self.command, "path": self.path}).encode()
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _record
-
-    def log_message(self, *args) -> None:  # keep pytest output clean
-        pass
-
-
-class RecordingUpstream(ThreadingHTTPServer):
-    """A loopback HTTP server remembering every request that reached it, headers and all."""
-
-    daemon_threads = True
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _RecordingHandler)
-        self.seen: list[Seen] = []
-
-    @property
-    def port(self) -> int:
-        return self.server_address[1]
 
 
 # ---------------------------------------------------------------- raw HTTP
