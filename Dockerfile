@@ -16,6 +16,7 @@ WORKDIR /src
 # builds only the server (tests/image proves this list against the manifest).
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+COPY core ./core
 COPY benches ./benches
 COPY examples ./examples
 # Registry and target caches survive between builds (BuildKit); the binary is copied out of

@@ -21,7 +21,7 @@ pub fn router(state: Arc<AppState>) -> Router {
 
 /// 200 once ready; the body names issuers that have no keys, whose tokens are refused.
 async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
-    let missing = state.keys.missing();
+    let missing = state.engine.keys().missing();
     let mut body =
         if state.ready.load(Ordering::Acquire) { String::from("ready\n") } else { String::from("not ready\n") };
     for issuer in &missing {
@@ -32,7 +32,7 @@ async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
-    state.metrics.record_jwks_ages(&state.keys.seconds_since_success());
+    state.engine.metrics().record_jwks_ages(&state.engine.keys().seconds_since_success());
     let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-    ([(header::CONTENT_TYPE, content_type)], state.metrics.encode())
+    ([(header::CONTENT_TYPE, content_type)], state.engine.metrics().encode())
 }

@@ -5,24 +5,19 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::transport::server::TcpIncoming;
 
 use crate::config::ConfigError;
 use crate::config::load::{LoadedPolicies, SkippedDocument, load_policies};
-use crate::core::authn::AuthnContext;
-use crate::core::jwt::JwtError;
-use crate::core::matcher::IpMatch;
-use crate::core::{Decision, Reason, Request, Snapshot};
+use crate::core::Snapshot;
+use crate::engine::Engine;
 use crate::grpc::{AuthorizationServer, CheckService};
 use crate::jwks::KeyStore;
 use crate::settings::{HttpMode, Settings, SettingsError};
 use crate::telemetry::Metrics;
-use crate::telemetry::{DecisionLog, Door, UnidentifiedWorkloadLog};
 use crate::token_cache::VerifiedTokenCache;
-use crate::traces::Traces;
 use crate::{admin, http, reload};
 
 /// Why the server could not start or run.
@@ -43,80 +38,15 @@ fn render_config_errors(errors: &[ConfigError]) -> String {
     format!("{}\n{} problem(s) in the policy set", lines.join("\n"), errors.len())
 }
 
-/// A compiled policy set and its generation (1 for the first set loaded).
-#[derive(Debug)]
-pub struct LivePolicies {
-    pub snapshot: Snapshot,
-    pub generation: u64,
-}
-
-/// State shared by every door.
+/// State shared by the admin door and reload; checks go through the engine.
 #[derive(Debug)]
 pub struct AppState {
-    pub policies: ArcSwap<LivePolicies>,
+    pub engine: Arc<Engine>,
     /// False until the first policy set is live and every issuer's keys were fetched once (or
     /// the wait for them ran out), and again once shutdown starts.
     pub ready: AtomicBool,
-    pub metrics: Arc<Metrics>,
-    pub keys: Arc<KeyStore>,
-    pub token_cache: Arc<VerifiedTokenCache>,
-    /// Peers whose forwarding headers the HTTP door believes.
-    pub trusted_proxies: Vec<IpMatch>,
-    pub decision_log: DecisionLog,
-    pub unidentified_workloads: UnidentifiedWorkloadLog,
-    pub traces: Traces,
     /// Held while a reload runs, so that reloads never overlap.
     pub reloading: tokio::sync::Mutex<()>,
-    pub settings: Settings,
-}
-
-impl AppState {
-    /// What authentication needs for one check, at the current time.
-    pub fn authn_context(&self) -> AuthnContext<'_> {
-        self.settings.authn_context(&*self.keys, &*self.token_cache)
-    }
-
-    /// Decides a request. When its token names a key the issuer's set lacks (the IdP may have
-    /// rotated), or its issuer has no keys yet, the keys are refetched (single-flight,
-    /// rate-limited, waited for at most `jwks_refetch_wait_ms`) and the request decided again.
-    pub async fn decide(&self, snapshot: &Snapshot, request: &Request<'_>) -> Decision {
-        let _in_flight = self.metrics.check_in_flight();
-        let mut decision = snapshot.check(request, &self.authn_context());
-        if decision.reason == Reason::InternalError {
-            tracing::error!("Check panicked; denied the request");
-        }
-        let stale_issuer = decision.stale_issuer.take();
-        if stale_issuer.is_some() || decision.jwt_error == Some(JwtError::JwksFetchFailed) {
-            let wait = Duration::from_millis(self.settings.jwks_refetch_wait_ms);
-            let refetch = async {
-                match &stale_issuer {
-                    Some(issuer) => self.keys.refetch(issuer).await,
-                    None => self.keys.refetch_missing().await,
-                }
-            };
-            if tokio::time::timeout(wait, refetch).await.unwrap_or(false) {
-                decision = snapshot.check(request, &self.authn_context());
-                decision.stale_issuer = None;
-            }
-        }
-        decision
-    }
-
-    /// Counts, and logs at a bounded rate, a check whose workload no source named, whatever
-    /// its verdict.
-    pub fn record_unidentified_workload(&self, door: Door, request: &Request<'_>, decision: &Decision) {
-        if !decision.unidentified_workload {
-            return;
-        }
-        self.metrics.record_unidentified_workload(door);
-        let host = request.http.as_ref().map_or("", |http| http.host);
-        self.unidentified_workloads.record(door, host, !request.destination.principal.is_empty(), decision);
-    }
-
-    /// Whether the answer is an allow: the decision's, or always under the global dry run.
-    pub fn answers_allow(&self, decision: &Decision) -> bool {
-        decision.is_allow() || self.settings.dry_run
-    }
 }
 
 /// Loads and compiles the policy set the settings name.
@@ -182,19 +112,13 @@ pub async fn serve(settings: Settings) -> Result<(), AppError> {
     let keys = KeyStore::new(settings.fetch_limits(), metrics.clone(), token_cache.clone())
         .map_err(|error| AppError::Serve { door: "jwks", message: error.to_string() })?;
     keys.add_issuers(snapshot.remote_issuers());
+    let trusted_proxies = http::trusted_proxies(&settings.trusted_proxies)
+        .map_err(|message| AppError::Settings(SettingsError::TrustedProxies(message)))?;
+    let engine = Arc::new(Engine::new(snapshot, settings.clone(), metrics, Arc::new(keys), token_cache));
     let state = Arc::new(AppState {
-        policies: ArcSwap::from_pointee(LivePolicies { snapshot, generation: 1 }),
+        engine: engine.clone(),
         ready: AtomicBool::new(false),
-        metrics,
-        keys: Arc::new(keys),
-        token_cache,
-        trusted_proxies: http::trusted_proxies(&settings.trusted_proxies)
-            .map_err(|message| AppError::Settings(SettingsError::TrustedProxies(message)))?,
-        decision_log: DecisionLog::new(&settings),
-        unidentified_workloads: UnidentifiedWorkloadLog::default(),
-        traces: Traces::from_environment(),
         reloading: tokio::sync::Mutex::new(()),
-        settings: settings.clone(),
     });
 
     let grpc_listener = bind("grpc", settings.grpc_listen).await?;
@@ -213,7 +137,7 @@ pub async fn serve(settings: Settings) -> Result<(), AppError> {
 
     let grpc = tonic::transport::Server::builder()
         .add_service(health_service)
-        .add_service(AuthorizationServer::new(CheckService::new(state.clone())))
+        .add_service(AuthorizationServer::new(CheckService::new(engine.clone())))
         .serve_with_incoming_shutdown(
             // Without TCP_NODELAY, Nagle's algorithm meets delayed ACKs: ~40 ms per answer.
             TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
@@ -227,7 +151,7 @@ pub async fn serve(settings: Settings) -> Result<(), AppError> {
                 "HTTP door in `auto` mode: behind Envoy's HTTP mode a client's X-Original-URL or X-Original-URI chooses the judged path; set http_mode to the proxy in front"
             );
         }
-        http::listener::serve(listener, http::router(state.clone(), mode), limits, shutdown.clone())
+        http::listener::serve(listener, http::router(engine.clone(), trusted_proxies, mode), limits, shutdown.clone())
     });
     if http_door.is_none() {
         tracing::info!(
@@ -247,7 +171,7 @@ pub async fn serve(settings: Settings) -> Result<(), AppError> {
     shutdown_signal().await;
     state.ready.store(false, Ordering::Release);
     tracing::info!(
-        checks_in_flight = state.metrics.checks_in_flight(),
+        checks_in_flight = state.engine.metrics().checks_in_flight(),
         "Shutting down: no longer ready, draining in-flight checks"
     );
     health_reporter.set_service_status("", tonic_health::ServingStatus::NotServing).await;
@@ -264,7 +188,7 @@ pub async fn serve(settings: Settings) -> Result<(), AppError> {
     })
     .await;
     let flushing = state.clone();
-    let _ = tokio::task::spawn_blocking(move || flushing.traces.shutdown()).await;
+    let _ = tokio::task::spawn_blocking(move || flushing.engine.traces().shutdown()).await;
     match drained {
         Ok((Ok(Ok(())), Ok(()), Ok(()))) => {
             tracing::info!("Stopped");
@@ -286,7 +210,7 @@ pub async fn serve(settings: Settings) -> Result<(), AppError> {
 /// its tokens get 401 `Jwks remote fetch is failed` and `/readyz` names it. Then keeps keys
 /// fresh in the background.
 async fn become_ready(state: Arc<AppState>, bound: Duration) {
-    let keys = state.keys.clone();
+    let keys = state.engine.keys().clone();
     let issuers = keys.issuer_names();
     let _ = tokio::time::timeout(bound, keys.fetch(&issuers)).await;
     let missing: Vec<String> = keys.missing().iter().map(ToString::to_string).collect();

@@ -15,8 +15,8 @@ use crate::config::ConfigError;
 use crate::config::load::{load_policies, load_policy_text};
 use crate::core::Snapshot;
 use crate::core::authn::{AuthnContext, NoRemoteKeys};
-use crate::core::authn_tests::sign;
 use crate::core::identity::Identity;
+use crate::core::test_util::sign;
 use crate::settings::Settings;
 
 #[derive(Debug, Deserialize)]

@@ -10,70 +10,47 @@ pub mod oracle;
 mod wire_tests;
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
 
-use crate::app::AppState;
 use crate::core::authn::AuthnContext;
 use crate::core::{Decision, HttpRequest, Reason, Snapshot};
-use crate::telemetry::{DecisionRecord, Door};
-use crate::traces::TraceContext;
+use crate::engine::{Engine, Received};
+use crate::telemetry::Door;
 
 pub use answer::CheckAnswer;
 pub use server::AuthorizationServer;
 pub use wire::{CheckView, ViewError};
 
-/// `envoy.service.auth.v3.Authorization` backed by the live policy set.
+/// `envoy.service.auth.v3.Authorization` backed by the engine.
 pub struct CheckService {
-    state: Arc<AppState>,
+    engine: Arc<Engine>,
 }
 
 impl CheckService {
-    pub fn new(state: Arc<AppState>) -> Self {
-        Self { state }
+    pub fn new(engine: Arc<Engine>) -> Self {
+        Self { engine }
     }
 
     /// Decides one Check. It cannot fail: a view the core cannot judge is denied as malformed.
     pub async fn check(&self, view: CheckView) -> CheckAnswer {
-        let started = Instant::now();
-        let started_at = SystemTime::now();
-        let live = self.state.policies.load();
         let request = view.request();
-        let decision = match &request {
-            Ok(request) => self.state.decide(&live.snapshot, request).await,
-            Err(error) => malformed(error),
+        let received = match &request {
+            Ok(request) => Received::Judgeable(request),
+            Err(error) => {
+                log_malformed(error);
+                Received::Malformed(None)
+            }
         };
-        let elapsed = started.elapsed();
-        self.state.metrics.record_check(Door::Grpc, &decision, elapsed);
-        if let Ok(request) = &request {
-            self.state.record_unidentified_workload(Door::Grpc, request, &decision);
-        }
-        let http = request.as_ref().ok().and_then(|request| request.http.as_ref());
-        let (method, host, path) = http.map_or(("", "", ""), |http| (http.method, http.host, http.path));
-        let header = |name: &str| http.and_then(|http| http.header(name));
-        let request_id = header("x-request-id").unwrap_or_default();
-        let redaction = live.snapshot.log_redaction();
-        let record = DecisionRecord {
-            door: Door::Grpc,
-            request_id,
-            method,
-            host,
-            path,
-            decision: &decision,
-            elapsed,
-            redaction,
-        };
-        self.state.decision_log.record(&record);
-        if self.state.traces.is_on() {
-            let context = TraceContext { traceparent: header("traceparent"), tracestate: header("tracestate") };
-            self.state.traces.record_check(Door::Grpc, started_at, context, method, &decision);
-        }
-        let allow = self.state.answers_allow(&decision);
-        CheckAnswer { decision, allow }
+        let outcome = self.engine.check(Door::Grpc, received).await;
+        CheckAnswer { decision: outcome.decision, allow: outcome.allow }
     }
 }
 
-fn malformed(error: &ViewError) -> Decision {
+fn log_malformed(error: &ViewError) {
     tracing::debug!(%error, "Denied a check request the core cannot judge");
+}
+
+fn malformed(error: &ViewError) -> Decision {
+    log_malformed(error);
     Decision::new(Reason::MalformedRequest, None)
 }
 

@@ -3,19 +3,17 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Extension, State};
+use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Request as HttpRequestIn, Response, StatusCode, header};
 
-use crate::app::AppState;
 use crate::core::matcher::IpMatch;
-use crate::core::{Decision, HttpRequest, Peer, Reason, Request, StrMap};
+use crate::core::{Decision, HttpRequest, Peer, Request, StrMap};
+use crate::engine::{Engine, Received};
 use crate::settings::HttpMode;
-use crate::telemetry::{DecisionRecord, Door};
-use crate::traces::TraceContext;
+use crate::telemetry;
 
 pub mod listener;
 
@@ -51,45 +49,45 @@ impl HttpMode {
     }
 }
 
-/// Every method and path is a check, read in the dialect of `mode`.
-pub fn router(state: Arc<AppState>, mode: HttpMode) -> Router {
-    Router::new().fallback(check).layer(Extension(mode)).with_state(state)
+/// What the HTTP door needs beside the engine: which peers' forwarding headers it believes,
+/// the dialect it reads, and the prefix Envoy's HTTP mode puts before the original path.
+#[derive(Debug, Clone)]
+struct HttpDoor {
+    engine: Arc<Engine>,
+    trusted_proxies: Arc<[IpMatch]>,
+    mode: HttpMode,
+    path_prefix: Arc<str>,
+}
+
+/// Every method and path is a check, read in the dialect of `mode`, believing the forwarding
+/// headers of `trusted_proxies` only.
+pub fn router(engine: Arc<Engine>, trusted_proxies: Vec<IpMatch>, mode: HttpMode) -> Router {
+    let path_prefix = engine.settings().http_path_prefix.as_str().into();
+    Router::new().fallback(check).with_state(HttpDoor {
+        engine,
+        trusted_proxies: trusted_proxies.into(),
+        mode,
+        path_prefix,
+    })
 }
 
 async fn check(
-    State(state): State<Arc<AppState>>,
-    Extension(mode): Extension<HttpMode>,
+    State(door): State<HttpDoor>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     incoming: HttpRequestIn<Body>,
 ) -> Response<Body> {
-    let started = Instant::now();
-    let started_at = SystemTime::now();
-    let trusted = state.trusted_proxies.iter().any(|block| block.matches(peer.ip()));
-    let original = OriginalRequest::read(&incoming, peer.ip(), trusted, mode, &state.settings.http_path_prefix);
-    let live = state.policies.load();
+    let trusted = door.trusted_proxies.iter().any(|block| block.matches(peer.ip()));
+    let original = OriginalRequest::read(&incoming, peer.ip(), trusted, door.mode, &door.path_prefix);
     let request = original.request();
-    let decision = match &original.context {
-        Ok(_) => state.decide(&live.snapshot, &request).await,
+    let received = match &original.context {
+        Ok(_) => Received::Judgeable(&request),
         Err(error) => {
             tracing::debug!(%error, "Denied a forward-auth request with a malformed context");
-            Decision::new(Reason::MalformedRequest, None)
+            Received::Malformed(Some(&request))
         }
     };
-    let elapsed = started.elapsed();
-    state.metrics.record_check(Door::Http, &decision, elapsed);
-    state.record_unidentified_workload(Door::Http, &request, &decision);
-    let request_id = incoming.headers().get("x-request-id").and_then(|id| id.to_str().ok()).unwrap_or_default();
-    let (method, host, path) = (&original.method, &original.host, &original.path);
-    let redaction = live.snapshot.log_redaction();
-    let record =
-        DecisionRecord { door: Door::Http, request_id, method, host, path, decision: &decision, elapsed, redaction };
-    state.decision_log.record(&record);
-    if state.traces.is_on() {
-        let header = |name: &str| incoming.headers().get(name).and_then(|value| value.to_str().ok());
-        let context = TraceContext { traceparent: header("traceparent"), tracestate: header("tracestate") };
-        state.traces.record_check(Door::Http, started_at, context, method, &decision);
-    }
-    answer(&decision, state.answers_allow(&decision))
+    let outcome = door.engine.check(telemetry::Door::Http, received).await;
+    answer(&outcome.decision, outcome.allow)
 }
 
 /// The request being authorized, as read from the forward-auth request.

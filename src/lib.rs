@@ -1,16 +1,22 @@
 //! portcullis: an Envoy ext_authz server that decides every request with Istio's AuthorizationPolicy semantics.
 //!
-//! The dependency rule: [`core`] is pure and synchronous (no I/O, no async, no clock) and
-//! depends on nothing else in the crate. Everything else is an adapter around it:
-//! [`config`] reads policy files into compiled policies, [`settings`] reads the server's own
-//! configuration, [`grpc`] and [`admin`] are the network doors, [`telemetry`] names and emits
-//! metrics and logs, [`app`] wires them together, and [`cli`] and [`policy_tests`] serve the offline commands.
+//! The dependency rule: [`core`] (the `portcullis-core` crate in core/, re-exported here) is
+//! pure and synchronous (no I/O, no async, no clock) and depends on nothing in the workspace;
+//! its own dependency list enforces that. Around it: doors → engine → {core, adapters}.
+//! [`grpc`] and [`http`] are the check doors: they read a request, hand it to the [`engine`]
+//! (the one place a check is decided, counted, logged and traced) and write its outcome in
+//! their wire form; [`admin`] serves health and metrics. The adapters: [`config`] reads policy
+//! files into compiled policies, [`jwks`] and [`token_cache`] supply keys and verified tokens,
+//! [`settings`] reads the server's own configuration, [`telemetry`] and [`traces`] name and
+//! emit metrics, logs and spans, [`reload`] swaps new policy sets in. [`app`] wires them
+//! together, and [`cli`] and [`policy_tests`] serve the offline commands.
 
 pub mod admin;
 pub mod app;
 pub mod cli;
 pub mod config;
-pub mod core;
+pub use portcullis_core as core;
+pub mod engine;
 pub mod grpc;
 pub mod http;
 pub mod jwks;

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::app::{AppError, AppState, LivePolicies, build_snapshot, log_not_evaluated};
+use crate::app::{AppError, AppState, build_snapshot, log_not_evaluated};
 use crate::config::load::fingerprint;
 
 /// How long a reload may take to read and compile the policy files, and the change poller to
@@ -37,7 +37,7 @@ async fn run_blocking_within<T: Send + 'static>(
 /// In-flight checks finish on the set they loaded. Returns the new generation.
 pub async fn reload(state: &Arc<AppState>) -> Option<u64> {
     let _one_at_a_time = state.reloading.lock().await;
-    let settings = state.settings.clone();
+    let settings = state.engine.settings().clone();
     let built = run_blocking_within(FILE_READ_TIMEOUT, move || build_snapshot(&settings)).await;
     let (snapshot, loaded) = match built {
         Ok(Ok(built)) => built,
@@ -45,34 +45,33 @@ pub async fn reload(state: &Arc<AppState>) -> Option<u64> {
             for error in &errors {
                 tracing::error!(%error, "Policy reload rejected; the last good set stays");
             }
-            state.metrics.record_reload(false);
+            state.engine.metrics().record_reload(false);
             return None;
         }
         Ok(Err(other)) => {
             tracing::error!(error = %other, "Policy reload rejected; the last good set stays");
-            state.metrics.record_reload(false);
+            state.engine.metrics().record_reload(false);
             return None;
         }
         Err(error) => {
             tracing::error!(%error, "Policy reload failed; the last good set stays");
-            state.metrics.record_reload(false);
+            state.engine.metrics().record_reload(false);
             return None;
         }
     };
-    let added = state.keys.add_issuers(snapshot.remote_issuers());
+    let added = state.engine.keys().add_issuers(snapshot.remote_issuers());
     if !added.is_empty() {
         // The new issuers' keys before the swap, so their first tokens are not refused.
-        let bound = Duration::from_secs(state.settings.jwks_ready_timeout_secs);
-        let _ = tokio::time::timeout(bound, state.keys.fetch(&added)).await;
+        let bound = Duration::from_secs(state.engine.settings().jwks_ready_timeout_secs);
+        let _ = tokio::time::timeout(bound, state.engine.keys().fetch(&added)).await;
         for issuer in added {
-            state.keys.keep_fresh(issuer);
+            state.engine.keys().keep_fresh(issuer);
         }
     }
-    let generation = state.policies.load().generation + 1;
     let policies = snapshot.policy_count();
-    state.policies.store(Arc::new(LivePolicies { snapshot, generation }));
-    state.metrics.record_policy_set(generation, policies);
-    state.metrics.record_reload(true);
+    let generation = state.engine.swap(snapshot);
+    state.engine.metrics().record_policy_set(generation, policies);
+    state.engine.metrics().record_reload(true);
     log_not_evaluated(&loaded);
     tracing::info!(generation, policies, files = loaded.files, "Reloaded the policy set");
     Some(generation)
@@ -88,7 +87,7 @@ pub async fn watch(state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) {
             None
         }
     };
-    let interval = Duration::from_millis(state.settings.reload_poll_interval_ms);
+    let interval = Duration::from_millis(state.engine.settings().reload_poll_interval_ms);
     let mut last = current_fingerprint(&state).await;
     loop {
         let sighup = async {
@@ -120,7 +119,7 @@ pub async fn watch(state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) {
 }
 
 async fn current_fingerprint(state: &Arc<AppState>) -> Option<[u8; 32]> {
-    let paths = state.settings.policies.clone();
+    let paths = state.engine.settings().policies.clone();
     run_blocking_within(FILE_READ_TIMEOUT, move || fingerprint(&paths)).await.ok()
 }
 

@@ -210,9 +210,9 @@ impl TokenCache for VerifiedTokenCache {
 mod tests {
     use super::*;
     use crate::core::authn::{self, Authentication, AuthnContext, KeyLookup, KeySource};
-    use crate::core::authn_tests;
     use crate::core::identity::ClaimPaths;
     use crate::core::jwt::JwtError;
+    use crate::core::test_util;
     use jsonwebtoken::Algorithm;
     use serde_json::{Map, Value, json};
 
@@ -316,7 +316,7 @@ mod tests {
     }
 
     fn keys_of(file: &str) -> KeySet {
-        KeySet::from_jwks_json(&authn_tests::jwks(&[(file, Algorithm::RS256, "rsa")])).expect("jwks")
+        KeySet::from_jwks_json(&test_util::jwks(&[(file, Algorithm::RS256, "rsa")])).expect("jwks")
     }
 
     #[test]
@@ -324,26 +324,26 @@ mod tests {
         let cache = VerifiedTokenCache::new(1000, Arc::new(Metrics::new()));
         let fetched = FetchedKeys::default();
         *fetched.0.lock().expect("lock") = Some(Arc::new(keys_of("rsa-2048.pem")));
-        let mut remote = (*authn_tests::rule(&[])).clone();
+        let mut remote = (*test_util::rule(&[])).clone();
         remote.keys = KeySource::Remote { jwks_uri: None, timeout: None };
-        let rule = Arc::new(remote.keeping(&authn_tests::rule(&[]).verifier.kept));
+        let rule = Arc::new(remote.keeping(&test_util::rule(&[]).verifier.kept));
         let context = AuthnContext {
             keys: &fetched,
             cache: &cache,
-            now: authn_tests::NOW,
+            now: test_util::NOW,
             clock_skew_secs: 0,
             max_token_bytes: 8192,
         };
         let verify = |token: &str| {
-            let headers = [authn_tests::bearer(token)];
-            match authn::authenticate(&[&rule], &authn_tests::request_with(&headers), &context) {
+            let headers = [test_util::bearer(token)];
+            match authn::authenticate(&[&rule], &test_util::request_with(&headers), &context) {
                 Authentication::Verified { identity, .. } => Ok(identity.subject().to_string()),
                 Authentication::Anonymous => Ok("anonymous".into()),
                 Authentication::Failed { error, .. } => Err(error),
             }
         };
-        let claims = authn_tests::claims();
-        let stolen = authn_tests::sign("rsa-2048.pem", Algorithm::RS256, "rsa", &claims);
+        let claims = test_util::claims();
+        let stolen = test_util::sign("rsa-2048.pem", Algorithm::RS256, "rsa", &claims);
         for _ in 0..3 {
             assert_eq!(verify(&stolen).as_deref(), Ok("alice"));
         }
@@ -352,7 +352,7 @@ mod tests {
         // through the key store), so the hit itself must notice.
         *fetched.0.lock().expect("lock") = Some(Arc::new(keys_of("rsa-2048-other.pem")));
         assert_eq!(verify(&stolen), Err(JwtError::VerificationFails), "a token of the replaced key");
-        let fresh = authn_tests::sign("rsa-2048-other.pem", Algorithm::RS256, "rsa", &claims);
+        let fresh = test_util::sign("rsa-2048-other.pem", Algorithm::RS256, "rsa", &claims);
         assert_eq!(verify(&fresh).as_deref(), Ok("alice"), "a token of the new key");
     }
 

@@ -288,7 +288,7 @@ impl Test {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::request::HttpRequest;
+    use crate::request::HttpRequest;
 
     /// Whether `x-tenant` `values: [acme]` (or `notValues` when `negated`) holds in a rule of
     /// `action`, for one request.

@@ -75,8 +75,8 @@ impl Snapshot {
     }
 
     /// Explains a request made by `identity`, policies judged alone, as the golden tests drive it.
-    #[cfg(test)]
-    pub(crate) fn explain_as(&self, request: &Request<'_>, identity: Option<&Identity>) -> Explanation {
+    #[cfg(any(test, feature = "test-util"))]
+    pub fn explain_as(&self, request: &Request<'_>, identity: Option<&Identity>) -> Explanation {
         let identity = identity.map(|identity| Arc::new(identity.clone()));
         self.explain_with(request, |_, _| Ok((identity, Outputs::default())))
     }
@@ -459,12 +459,12 @@ impl fmt::Display for Explanation {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::authn::NoRemoteKeys;
-    use crate::core::matcher::PathMatch;
-    use crate::core::policy::Rule;
-    use crate::core::request::StrMap;
-    use crate::core::snapshot::EngineOptions;
-    use crate::core::workload::{LabelSelector, WorkloadTable};
+    use crate::authn::NoRemoteKeys;
+    use crate::matcher::PathMatch;
+    use crate::policy::Rule;
+    use crate::request::StrMap;
+    use crate::snapshot::EngineOptions;
+    use crate::workload::{LabelSelector, WorkloadTable};
 
     /// Under a mesh-wide ALLOW of `paths: [/public*]`.
     fn explain(request: &Request<'_>) -> Explanation {

@@ -5,59 +5,16 @@ use std::sync::{Arc, Mutex};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use jsonwebtoken::jwk::{Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 
 use super::authn::{
-    self, Authentication, AuthnContext, ClaimHeader, JwtRule, KeySource, NoRemoteKeys, TokenCache, TokenKey,
-    TokenLocation,
+    self, Authentication, AuthnContext, JwtRule, KeySource, NoRemoteKeys, TokenCache, TokenKey, TokenLocation,
 };
 use super::identity::{ClaimPaths, Identity};
 use super::jwt::{JwtError, KeySet};
 use super::request::HttpRequest;
-
-pub(crate) const NOW: u64 = 1_800_000_000;
-pub(crate) const ISSUER: &str = "https://idp.example/realms/jobs";
-
-fn pem(name: &str) -> Vec<u8> {
-    std::fs::read(format!("{}/tests/keys/{name}", env!("CARGO_MANIFEST_DIR"))).expect("test key")
-}
-
-fn encoding_key(name: &str, algorithm: Algorithm) -> EncodingKey {
-    let bytes = pem(name);
-    match algorithm {
-        Algorithm::ES256 | Algorithm::ES384 => EncodingKey::from_ec_pem(&bytes),
-        Algorithm::EdDSA => EncodingKey::from_ed_pem(&bytes),
-        _ => EncodingKey::from_rsa_pem(&bytes),
-    }
-    .expect("valid test key")
-}
-
-/// A JWKS holding the public halves of `keys` (file, alg, kid).
-pub(crate) fn jwks(keys: &[(&str, Algorithm, &str)]) -> String {
-    let keys = keys
-        .iter()
-        .map(|&(name, algorithm, kid)| {
-            let mut jwk = Jwk::from_encoding_key(&encoding_key(name, algorithm), algorithm).expect("jwk");
-            jwk.common.key_id = Some(kid.into());
-            jwk
-        })
-        .collect();
-    serde_json::to_string(&JwkSet { keys }).expect("json")
-}
-
-pub(crate) fn sign(name: &str, algorithm: Algorithm, kid: &str, claims: &Value) -> String {
-    let mut header = Header::new(algorithm);
-    header.kid = Some(kid.into());
-    jsonwebtoken::encode(&header, claims, &encoding_key(name, algorithm)).expect("signs")
-}
-
-pub(crate) fn claims() -> Value {
-    json!({"iss": ISSUER, "sub": "alice", "aud": ["account", "jobs-api"], "exp": NOW + 300, "iat": NOW,
-           "preferred_username": "alice", "level": 3, "admin": false, "realm_access": {"roles": ["user"]},
-           "scope": "openid profile"})
-}
+use super::test_util::{ISSUER, NOW, bearer, claims, jwks, request_with, rule, sign};
 
 fn with(changes: Value) -> Value {
     let mut claims = claims();
@@ -78,45 +35,8 @@ fn with_null(name: &str) -> Value {
     claims
 }
 
-pub(crate) fn rule(audiences: &[&str]) -> Arc<JwtRule> {
-    let keys = KeySet::from_jwks_json(&jwks(&[
-        ("rsa-2048.pem", Algorithm::RS256, "rsa"),
-        ("ec-p256.pem", Algorithm::ES256, "ec"),
-        ("ed25519.pem", Algorithm::EdDSA, "ed"),
-    ]))
-    .expect("jwks");
-    assert_eq!(keys.len(), 3, "skipped: {:?}", keys.skipped);
-    let rule = JwtRule {
-        issuer: ISSUER.into(),
-        audiences: audiences.iter().map(|audience| (*audience).into()).collect(),
-        keys: KeySource::Inline(Arc::new(keys)),
-        locations: TokenLocation::defaults(),
-        output_payload_to_header: Some("x-jwt-payload".into()),
-        output_claim_to_headers: Box::new([
-            ClaimHeader { header: "x-user".into(), claim: Box::new(["preferred_username".into()]) },
-            ClaimHeader { header: "x-level".into(), claim: Box::new(["level".into()]) },
-            ClaimHeader { header: "x-roles".into(), claim: Box::new(["realm_access".into(), "roles".into()]) },
-        ]),
-        forward_original_token: false,
-        space_delimited_claims: Arc::from(vec![Box::from("scope")]),
-        verifier: Arc::default(),
-    };
-    // As a snapshot holding just this rule keeps them.
-    let kept = Arc::new(ClaimPaths::new(rule.claim_paths().collect::<Vec<_>>(), false));
-    Arc::new(rule.keeping(&kept))
-}
-
 fn context<'c>(cache: &'c dyn TokenCache) -> AuthnContext<'c> {
     AuthnContext { keys: &NoRemoteKeys, cache, now: NOW, clock_skew_secs: 60, max_token_bytes: 8192 }
-}
-
-/// A request carrying these headers and nothing else.
-pub(crate) fn request_with(headers: &[(String, String)]) -> HttpRequest<'_> {
-    HttpRequest { headers: headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect(), ..HttpRequest::default() }
-}
-
-pub(crate) fn bearer(token: &str) -> (String, String) {
-    ("authorization".into(), format!("Bearer {token}"))
 }
 
 fn outcome(rule: &Arc<JwtRule>, headers: &[(String, String)], path: &str) -> Result<String, JwtError> {

@@ -199,8 +199,8 @@ impl Snapshot {
     }
 
     /// Authorizes a request made by `identity` (`None`: no token), as the golden tests drive it.
-    #[cfg(test)]
-    pub(crate) fn decide(&self, request: &Request<'_>, identity: Option<&Identity>) -> Decision {
+    #[cfg(any(test, feature = "test-util"))]
+    pub fn decide(&self, request: &Request<'_>, identity: Option<&Identity>) -> Decision {
         let workload = self.workloads.resolve(request);
         self.marking_unidentified(&workload, || {
             let normalized = match request.http.as_ref().map(|http| path::normalize(http.path, self.options.path)) {

@@ -181,12 +181,8 @@ impl Identity {
     }
 
     /// An identity for `claims` as if a token carrying them had been verified by fetched keys.
-    #[cfg(test)]
-    pub(crate) fn for_tests(
-        claims: &Map<String, Value>,
-        kept: &Arc<ClaimPaths>,
-        space_delimited: Arc<[Box<str>]>,
-    ) -> Self {
+    #[cfg(any(test, feature = "test-util"))]
+    pub fn for_tests(claims: &Map<String, Value>, kept: &Arc<ClaimPaths>, space_delimited: Arc<[Box<str>]>) -> Self {
         let verifier = Arc::new(Verifier {
             issuer: claims.get("iss").and_then(Value::as_str).unwrap_or_default().into(),
             keys: KeyOrigin::Remote,
@@ -202,14 +198,14 @@ impl Identity {
     }
 
     /// The same identity, as if the key `kid` had verified it (tests only).
-    #[cfg(test)]
-    pub(crate) fn signed_by(self, kid: &str) -> Self {
+    #[cfg(any(test, feature = "test-util"))]
+    pub fn signed_by(self, kid: &str) -> Self {
         Self { kid: Some(kid.into()), ..self }
     }
 
     /// The same identity, as if `key` had verified it (tests only).
-    #[cfg(test)]
-    pub(crate) fn signed_with(self, key: &super::jwt::VerificationKey) -> Self {
+    #[cfg(any(test, feature = "test-util"))]
+    pub fn signed_with(self, key: &super::jwt::VerificationKey) -> Self {
         Self { kid: key.kid.clone(), key: key.fingerprint, ..self }
     }
 

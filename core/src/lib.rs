@@ -1,11 +1,11 @@
-//! The decision core: request attributes → identity → decision. Pure and synchronous: no I/O, no async, no clock.
+//! The decision core: request attributes → identity → decision. Pure and synchronous: no I/O, no async runtime, no clock (the build enforces it: this crate has no such dependency).
 //!
 //! Adapters (gRPC, HTTP, the CLI) build a [`Request`] that borrows from their own message and
 //! call [`Snapshot::check`], which cannot fail: every problem becomes a deny with a [`Reason`].
 
 pub mod authn;
 #[cfg(test)]
-pub(crate) mod authn_tests;
+mod authn_tests;
 pub mod decision;
 pub mod explain;
 pub mod identity;
@@ -17,6 +17,8 @@ pub mod policy;
 pub mod redact;
 pub mod request;
 pub mod snapshot;
+#[cfg(any(test, feature = "test-util"))]
+pub mod test_util;
 pub mod workload;
 
 pub use decision::{Decision, Reason};

@@ -151,7 +151,7 @@ impl<'r> Workload<'r> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::request::{HttpRequest, Peer};
+    use crate::request::{HttpRequest, Peer};
 
     fn map(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()

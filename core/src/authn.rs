@@ -161,8 +161,8 @@ impl<'a> TokenKey<'a> {
     }
 
     /// Whether no cache asked for the digest (tests only).
-    #[cfg(test)]
-    pub(crate) fn digest_is_unset(&self) -> bool {
+    #[cfg(any(test, feature = "test-util"))]
+    pub fn digest_is_unset(&self) -> bool {
         self.digest.get().is_none()
     }
 }

@@ -228,9 +228,9 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::core::policy::PolicyId;
-    use crate::core::request::{Request, StrMap};
-    use crate::core::workload::WorkloadTable;
+    use crate::policy::PolicyId;
+    use crate::request::{Request, StrMap};
+    use crate::workload::WorkloadTable;
 
     const ROOT: &str = "istio-system";
     const SELECTORS: [&[(&str, &str)]; 7] = [

@@ -1,0 +1,266 @@
+//! The one place a check is decided and accounted for, whichever door it came through: live policy set, decision (with key refetch), metrics, decision log, trace, dry run. Never writes a wire format.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+
+use crate::core::authn::AuthnContext;
+use crate::core::jwt::JwtError;
+use crate::core::{Decision, Reason, Request, Snapshot};
+use crate::jwks::KeyStore;
+use crate::settings::Settings;
+use crate::telemetry::{DecisionLog, DecisionRecord, Door, Metrics, UnidentifiedWorkloadLog};
+use crate::token_cache::VerifiedTokenCache;
+use crate::traces::{TraceContext, Traces};
+
+/// A compiled policy set and its generation (1 for the first set loaded).
+#[derive(Debug)]
+struct LivePolicies {
+    snapshot: Snapshot,
+    generation: u64,
+}
+
+/// What a door read from the wire.
+#[derive(Debug, Clone, Copy)]
+pub enum Received<'r, 'a> {
+    /// A request the core can judge.
+    Judgeable(&'r Request<'a>),
+    /// A request the core cannot judge, denied as malformed; what could be read of it (if
+    /// anything) goes to the decision log. The door logs why.
+    Malformed(Option<&'r Request<'a>>),
+}
+
+/// The engine's answer to one check, for the door to write in its wire form.
+#[derive(Debug)]
+pub struct Outcome {
+    pub decision: Decision,
+    /// Whether the answer is an allow: the decision's, or always under the global dry run.
+    pub allow: bool,
+}
+
+/// Everything a check needs beside the request: the live policy set, keys, the token cache,
+/// and where decisions are counted, logged and traced.
+#[derive(Debug)]
+pub struct Engine {
+    policies: ArcSwap<LivePolicies>,
+    metrics: Arc<Metrics>,
+    keys: Arc<KeyStore>,
+    token_cache: Arc<VerifiedTokenCache>,
+    decision_log: DecisionLog,
+    unidentified_workloads: UnidentifiedWorkloadLog,
+    traces: Traces,
+    settings: Settings,
+}
+
+impl Engine {
+    /// An engine deciding with `snapshot` (generation 1).
+    pub fn new(
+        snapshot: Snapshot,
+        settings: Settings,
+        metrics: Arc<Metrics>,
+        keys: Arc<KeyStore>,
+        token_cache: Arc<VerifiedTokenCache>,
+    ) -> Self {
+        Self {
+            policies: ArcSwap::from_pointee(LivePolicies { snapshot, generation: 1 }),
+            metrics,
+            keys,
+            token_cache,
+            decision_log: DecisionLog::new(&settings),
+            unidentified_workloads: UnidentifiedWorkloadLog::default(),
+            traces: Traces::from_environment(),
+            settings,
+        }
+    }
+
+    /// Decides one check and accounts for it: metrics, the unidentified-workload record, the
+    /// decision log (redacted as the live set says), the trace. The live set is loaded once.
+    pub async fn check(&self, door: Door, received: Received<'_, '_>) -> Outcome {
+        let started = Instant::now();
+        let started_at = SystemTime::now();
+        let live = self.policies.load();
+        let (decision, request) = match received {
+            Received::Judgeable(request) => (self.decide(&live.snapshot, request).await, Some(request)),
+            Received::Malformed(request) => (Decision::new(Reason::MalformedRequest, None), request),
+        };
+        let elapsed = started.elapsed();
+        self.metrics.record_check(door, &decision, elapsed);
+        if let Received::Judgeable(request) = received {
+            self.record_unidentified_workload(door, request, &decision);
+        }
+        let http = request.and_then(|request| request.http.as_ref());
+        let (method, host, path) = http.map_or(("", "", ""), |http| (http.method, http.host, http.path));
+        let header = |name: &str| http.and_then(|http| http.header(name));
+        let record = DecisionRecord {
+            door,
+            request_id: header("x-request-id").unwrap_or_default(),
+            method,
+            host,
+            path,
+            decision: &decision,
+            elapsed,
+            redaction: live.snapshot.log_redaction(),
+        };
+        self.decision_log.record(&record);
+        if self.traces.is_on() {
+            let context = TraceContext { traceparent: header("traceparent"), tracestate: header("tracestate") };
+            self.traces.record_check(door, started_at, context, method, &decision);
+        }
+        let allow = decision.is_allow() || self.settings.dry_run;
+        Outcome { decision, allow }
+    }
+
+    /// Decides a request. When its token names a key the issuer's set lacks (the IdP may have
+    /// rotated), or its issuer has no keys yet, the keys are refetched (single-flight,
+    /// rate-limited, waited for at most `jwks_refetch_wait_ms`) and the request decided again.
+    async fn decide(&self, snapshot: &Snapshot, request: &Request<'_>) -> Decision {
+        let _in_flight = self.metrics.check_in_flight();
+        let mut decision = snapshot.check(request, &self.authn_context());
+        if decision.reason == Reason::InternalError {
+            tracing::error!("Check panicked; denied the request");
+        }
+        let stale_issuer = decision.stale_issuer.take();
+        if stale_issuer.is_some() || decision.jwt_error == Some(JwtError::JwksFetchFailed) {
+            let wait = Duration::from_millis(self.settings.jwks_refetch_wait_ms);
+            let refetch = async {
+                match &stale_issuer {
+                    Some(issuer) => self.keys.refetch(issuer).await,
+                    None => self.keys.refetch_missing().await,
+                }
+            };
+            if tokio::time::timeout(wait, refetch).await.unwrap_or(false) {
+                decision = snapshot.check(request, &self.authn_context());
+                decision.stale_issuer = None;
+            }
+        }
+        decision
+    }
+
+    /// What authentication needs for one check, at the current time.
+    fn authn_context(&self) -> AuthnContext<'_> {
+        self.settings.authn_context(&*self.keys, &*self.token_cache)
+    }
+
+    /// Counts, and logs at a bounded rate, a check whose workload no source named, whatever
+    /// its verdict.
+    fn record_unidentified_workload(&self, door: Door, request: &Request<'_>, decision: &Decision) {
+        if !decision.unidentified_workload {
+            return;
+        }
+        self.metrics.record_unidentified_workload(door);
+        let host = request.http.as_ref().map_or("", |http| http.host);
+        self.unidentified_workloads.record(door, host, !request.destination.principal.is_empty(), decision);
+    }
+
+    /// Makes `snapshot` the live policy set, for the checks that start from now on, and
+    /// returns its generation. The caller (reload) runs one swap at a time.
+    pub fn swap(&self, snapshot: Snapshot) -> u64 {
+        let generation = self.policies.load().generation + 1;
+        self.policies.store(Arc::new(LivePolicies { snapshot, generation }));
+        generation
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    pub fn keys(&self) -> &Arc<KeyStore> {
+        &self.keys
+    }
+
+    pub fn traces(&self) -> &Traces {
+        &self.traces
+    }
+
+    /// The settings the server started with.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::load::load_policy_text;
+    use crate::core::{HttpRequest, Peer, StrMap};
+
+    /// An engine over `policies` (YAML) with the default settings, dry run as given.
+    fn engine(policies: &str, dry_run: bool) -> Engine {
+        let settings = Settings { dry_run, ..Settings::default() };
+        let loaded = load_policy_text("engine.yaml", policies).expect("policies compile");
+        let workloads = settings.workload_table().expect("no workload table");
+        let snapshot = Snapshot::new(
+            loaded.policies,
+            loaded.authn,
+            workloads,
+            settings.engine_options(),
+            &settings.root_namespace,
+        );
+        let metrics = Arc::new(Metrics::new());
+        let cache = Arc::new(VerifiedTokenCache::new(settings.token_cache_entries, metrics.clone()));
+        let keys = KeyStore::new(settings.fetch_limits(), metrics.clone(), cache.clone()).expect("key store");
+        Engine::new(snapshot, settings, metrics, Arc::new(keys), cache)
+    }
+
+    const DENY_ADMIN: &str = "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: deny-admin, namespace: jobs}
+spec:
+  action: DENY
+  rules: [{to: [{operation: {paths: [/admin]}}]}]
+";
+
+    fn request(path: &str) -> Request<'_> {
+        Request {
+            source: Peer::default(),
+            destination: Peer::default(),
+            http: Some(HttpRequest { method: "GET", path, ..HttpRequest::default() }),
+            sni: "",
+            context_extensions: StrMap::from_entries(vec![("namespace", "jobs")]),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_the_core_cannot_judge_is_denied_as_malformed_and_counted_for_its_door() {
+        let engine = engine(DENY_ADMIN, false);
+        let outcome = engine.check(Door::Http, Received::Malformed(Some(&request("/jobs")))).await;
+        assert_eq!(outcome.decision.reason, Reason::MalformedRequest);
+        assert!(!outcome.allow);
+        let metrics = engine.metrics().encode();
+        assert!(
+            metrics.contains(r#"door="http",decision="deny",reason="malformed_request""#),
+            "the check is counted: {metrics}"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_global_dry_run_answers_allow_for_a_deny_and_keeps_the_deny_decision() {
+        for (dry_run, allow) in [(false, false), (true, true)] {
+            let engine = engine(DENY_ADMIN, dry_run);
+            let outcome = engine.check(Door::Grpc, Received::Judgeable(&request("/admin"))).await;
+            assert_eq!(outcome.decision.reason, Reason::DeniedByPolicy, "dry run {dry_run}");
+            assert_eq!(outcome.allow, allow, "dry run {dry_run}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_swapped_policy_set_decides_the_next_check_under_the_next_generation() {
+        let engine = engine("", false);
+        let before = engine.check(Door::Grpc, Received::Judgeable(&request("/admin"))).await;
+        assert!(before.allow, "no policy: allowed");
+        let settings = engine.settings().clone();
+        let loaded = load_policy_text("engine.yaml", DENY_ADMIN).expect("policies compile");
+        let workloads = settings.workload_table().expect("no workload table");
+        let snapshot = Snapshot::new(
+            loaded.policies,
+            loaded.authn,
+            workloads,
+            settings.engine_options(),
+            &settings.root_namespace,
+        );
+        assert_eq!(engine.swap(snapshot), 2);
+        let after = engine.check(Door::Grpc, Received::Judgeable(&request("/admin"))).await;
+        assert_eq!(after.decision.reason, Reason::DeniedByPolicy);
+    }
+}
