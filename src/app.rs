@@ -85,11 +85,47 @@ pub fn log_not_evaluated(loaded: &LoadedPolicies) {
     }
 }
 
+/// What a loaded policy set holds, counted the same way wherever it is reported (`validate`
+/// prints it, `serve` logs it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SetSummary {
+    pub files: usize,
+    /// AuthorizationPolicies evaluated here: ALLOW, DENY and AUDIT ones.
+    pub authorization_policies: usize,
+    /// CUSTOM AuthorizationPolicies: accepted, not evaluated (they route traffic here).
+    pub custom_policies: usize,
+    pub request_authentications: usize,
+}
+
+impl SetSummary {
+    pub fn of(snapshot: &Snapshot, loaded: &LoadedPolicies) -> Self {
+        Self {
+            files: loaded.files,
+            authorization_policies: snapshot.policy_count(),
+            custom_policies: loaded.custom.len(),
+            request_authentications: snapshot.authn_count(),
+        }
+    }
+}
+
+impl std::fmt::Display for SetSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} files: {} AuthorizationPolicies (and {} CUSTOM), {} RequestAuthentications",
+            self.files, self.authorization_policies, self.custom_policies, self.request_authentications
+        )
+    }
+}
+
 fn log_load(snapshot: &Snapshot, loaded: &LoadedPolicies) {
     log_not_evaluated(loaded);
+    let summary = SetSummary::of(snapshot, loaded);
     tracing::info!(
-        policies = snapshot.policy_count(),
-        files = loaded.files,
+        files = summary.files,
+        authorization_policies = summary.authorization_policies,
+        custom_policies = summary.custom_policies,
+        request_authentications = summary.request_authentications,
         kept_claims = snapshot.kept_claims().len(),
         "Loaded the policy set"
     );

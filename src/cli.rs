@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::app::{AppError, build_snapshot};
+use crate::app::{AppError, SetSummary, build_snapshot};
 use crate::config::load::SkippedDocument;
 use crate::config::{describe_yaml_error, yaml_options};
 use crate::core::{Decision, HttpRequest, Peer, Request, StrMap};
@@ -210,8 +210,7 @@ pub fn validate(settings: &Settings) -> Result<bool, AppError> {
             for SkippedDocument { location, kind, reason } in &loaded.skipped {
                 eprintln!("{location}: warning: skipped `{kind}`: {reason}");
             }
-            let count = snapshot.policy_count() + snapshot.authn_count() + loaded.custom.len();
-            let _ = writeln!(std::io::stdout(), "{count} policies in {} files are valid", loaded.files);
+            let _ = writeln!(std::io::stdout(), "valid: {}", SetSummary::of(&snapshot, &loaded));
             Ok(true)
         }
         Err(AppError::Policies(errors)) => {

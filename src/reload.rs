@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::app::{AppError, AppState, build_snapshot, log_not_evaluated};
+use crate::app::{AppError, AppState, SetSummary, build_snapshot, log_not_evaluated};
 use crate::config::load::fingerprint;
 
 /// How long a reload may take to read and compile the policy files, and the change poller to
@@ -68,12 +68,19 @@ pub async fn reload(state: &Arc<AppState>) -> Option<u64> {
             state.engine.keys().keep_fresh(issuer);
         }
     }
-    let policies = snapshot.policy_count();
+    let summary = SetSummary::of(&snapshot, &loaded);
     let generation = state.engine.swap(snapshot);
-    state.engine.metrics().record_policy_set(generation, policies);
+    state.engine.metrics().record_policy_set(generation, summary.authorization_policies);
     state.engine.metrics().record_reload(true);
     log_not_evaluated(&loaded);
-    tracing::info!(generation, policies, files = loaded.files, "Reloaded the policy set");
+    tracing::info!(
+        generation,
+        files = summary.files,
+        authorization_policies = summary.authorization_policies,
+        custom_policies = summary.custom_policies,
+        request_authentications = summary.request_authentications,
+        "Reloaded the policy set"
+    );
     Some(generation)
 }
 
