@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Line coverage of src/ by every test: `make coverage`.
+"""Line coverage of the product's code (src/ and core/src/) by every test: `make coverage`.
 
 Builds the crate with `-C instrument-coverage` into target/coverage (its own target directory, so
 the ordinary build stays warm), runs the Rust tests and the Python suites against the
@@ -96,7 +96,7 @@ def main() -> int:
     print(report)
     covered = total_line_coverage(report)
     floor = float(FLOOR_FILE.read_text().split()[0])
-    print(f"coverage: {covered:.2f}% of the lines of src/ (floor {floor:.2f}%); per file: target/coverage/report.txt")
+    print(f"coverage: {covered:.2f}% of the lines of src/ and core/src/ (floor {floor:.2f}%); per file: target/coverage/report.txt")
     if covered < floor:
         print(f"coverage: under the floor of {floor:.2f}%", file=sys.stderr)
         return 1
