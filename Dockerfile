@@ -33,4 +33,6 @@ USER nonroot:nonroot
 # ext_authz gRPC (Check), HTTP forward-auth, admin (/healthz, /readyz, /metrics).
 EXPOSE 9001 8000 9090
 ENTRYPOINT ["/usr/local/bin/portcullis"]
-CMD ["serve", "--policies", "/etc/portcullis/policies", "--log-format", "json"]
+# The admin door listens on loopback unless told otherwise; in a container, probes and scrapes
+# come from outside it.
+CMD ["serve", "--policies", "/etc/portcullis/policies", "--log-format", "json", "--admin-listen", "0.0.0.0:9090"]
