@@ -26,8 +26,8 @@ PROFILES = WORK / "profiles"
 FLOOR_FILE = ROOT / "tests" / "coverage-floor.txt"
 LLVM_BIN = Path(os.environ.get("LLVM_BIN", "/usr/lib/llvm-19/bin"))
 PYTHON_SUITES = ["tests/interop", "tests/e2e", "tests/jwt", "tests/proxies"]
-# Only the product's own code counts: not dependencies, not the tests.
-IGNORED = r"(/\.cargo/|/rustc/|/tests/|_tests\.rs$|/target/)"
+# Only the product's own code counts: not dependencies, not the tests, benches or examples.
+IGNORED = r"(/\.cargo/|/rustc/|/tests/|/benches/|/examples/|_tests\.rs$|/target/)"
 
 
 def run(command: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
