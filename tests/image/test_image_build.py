@@ -16,7 +16,7 @@ import re
 import shlex
 import shutil
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -33,8 +33,8 @@ class Stage:
     base: str
     name: str | None
     workdir: str = "/"
-    copies: list[tuple[list[str], str, bool]] = None  # (sources, destination, from another stage)
-    runs: list[str] = None
+    copies: list[tuple[list[str], str, bool]] = field(default_factory=list)  # (sources, destination, from another stage)
+    runs: list[str] = field(default_factory=list)
 
 
 def instructions(text: str) -> list[tuple[str, str]]:
@@ -60,7 +60,7 @@ def stages(text: str) -> list[Stage]:
         if keyword == "FROM":
             words = arguments.split()
             name = words[2] if len(words) == 3 and words[1].upper() == "AS" else None
-            found.append(Stage(words[0], name, copies=[], runs=[]))
+            found.append(Stage(words[0], name))
         elif keyword == "WORKDIR":
             found[-1].workdir = arguments
         elif keyword == "COPY":
