@@ -1,15 +1,14 @@
 //! JWKS for remote issuers: OIDC discovery, fetch at start-up, background refresh, prompt single-flight refetch on an unknown kid, size and time limits; the last good keys stay.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
-use reqwest::Url;
 
 use crate::core::authn::{KeyLookup, RemoteIssuer};
 use crate::core::jwt::KeySet;
+use crate::outbound::{Outbound, OutboundError, OutboundLimits, redact_url};
 use crate::telemetry::Metrics;
 use crate::token_cache::VerifiedTokenCache;
 
@@ -28,19 +27,12 @@ pub struct FetchLimits {
     pub allow_link_local: bool,
 }
 
-/// Why a fetch failed; logged, never shown to clients.
+/// Why a fetch failed; logged and named by `/readyz`, never shown to clients. URLs in it are
+/// redacted ([`redact_url`]).
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
-    #[error("invalid URL `{url}`")]
-    BadUrl { url: String },
-    #[error("`{url}` points at a link-local or metadata address; set jwks_allow_link_local to allow it")]
-    LinkLocal { url: String },
-    #[error("GET `{url}`: {}", describe_request_error(.source, *.timeout))]
-    Request { url: String, source: reqwest::Error, timeout: Duration },
-    #[error("GET `{url}`: status {status}")]
-    Status { url: String, status: u16 },
-    #[error("GET `{url}`: body over {limit} bytes")]
-    TooLarge { url: String, limit: usize },
+    #[error(transparent)]
+    Outbound(#[from] OutboundError),
     #[error("`{url}`: {message}")]
     Document { url: String, message: String },
     #[error(
@@ -82,7 +74,7 @@ pub struct KeyStore {
     issuers: ArcSwap<HashMap<Arc<str>, Arc<Issuer>>>,
     /// Serializes additions of issuers.
     adding: std::sync::Mutex<()>,
-    client: reqwest::Client,
+    outbound: Outbound,
     limits: FetchLimits,
     metrics: Arc<Metrics>,
     cache: Arc<VerifiedTokenCache>,
@@ -114,15 +106,14 @@ impl KeyStore {
         limits: FetchLimits,
         metrics: Arc<Metrics>,
         cache: Arc<VerifiedTokenCache>,
-    ) -> Result<Self, reqwest::Error> {
-        let client = reqwest::Client::builder()
-            .timeout(limits.fetch_timeout)
-            .connect_timeout(limits.fetch_timeout)
-            .redirect(reqwest::redirect::Policy::none());
-        let client = if limits.allow_link_local { client } else { client.dns_resolver(MetadataRefusingResolver) };
-        let client = client.build()?;
+    ) -> Result<Self, OutboundError> {
+        let outbound = Outbound::new(OutboundLimits {
+            timeout: limits.fetch_timeout,
+            max_bytes: limits.max_bytes,
+            allow_link_local: limits.allow_link_local,
+        })?;
         let issuers = ArcSwap::from_pointee(HashMap::new());
-        Ok(Self { issuers, adding: std::sync::Mutex::new(()), client, limits, metrics, cache })
+        Ok(Self { issuers, adding: std::sync::Mutex::new(()), outbound, limits, metrics, cache })
     }
 
     /// Adds the issuers not known yet; returns their names. Known issuers keep their keys.
@@ -315,12 +306,12 @@ impl KeyStore {
             Some(uri) => uri.to_string(),
             None => self.discover(issuer, timeout).await?,
         };
-        let text = self.get_text(&jwks_uri, timeout).await?;
-        let keys =
-            KeySet::from_jwks_json(&text).map_err(|message| FetchError::Document { url: jwks_uri.clone(), message })?;
+        let text = self.outbound.get_text(&jwks_uri, timeout).await?;
+        let keys = KeySet::from_jwks_json(&text)
+            .map_err(|message| FetchError::Document { url: redact_url(&jwks_uri), message })?;
         if keys.is_empty() {
             let message = format!("no usable key ({})", keys.skipped.join("; "));
-            return Err(FetchError::Document { url: jwks_uri, message });
+            return Err(FetchError::Document { url: redact_url(&jwks_uri), message });
         }
         Ok(keys)
     }
@@ -329,10 +320,9 @@ impl KeyStore {
     /// `issuer` must be the configured issuer exactly (OpenID Connect Discovery 1.0 section
     /// 4.3): a document for another issuer is not used.
     async fn discover(&self, issuer: &str, timeout: Duration) -> Result<String, FetchError> {
-        let url = format!("{}/.well-known/openid-configuration", issuer.trim_end_matches('/'));
-        let text = self.get_text(&url, timeout).await?;
-        let document: serde_json::Value = serde_json::from_str(&text)
-            .map_err(|error| FetchError::Document { url: url.clone(), message: error.to_string() })?;
+        let address = format!("{}/.well-known/openid-configuration", issuer.trim_end_matches('/'));
+        let document = self.outbound.get_json(&address, timeout).await?;
+        let url = redact_url(&address);
         match document.get("issuer") {
             Some(serde_json::Value::String(found)) if found == issuer => {}
             Some(serde_json::Value::String(found)) => {
@@ -349,27 +339,6 @@ impl KeyStore {
             .map(str::to_string)
             .ok_or(FetchError::Document { url, message: "no `jwks_uri` in the discovery document".into() })
     }
-
-    async fn get_text(&self, url: &str, timeout: Duration) -> Result<String, FetchError> {
-        let parsed = Url::parse(url).map_err(|_| FetchError::BadUrl { url: url.into() })?;
-        if !self.limits.allow_link_local && is_link_local_target(&parsed).await {
-            return Err(FetchError::LinkLocal { url: url.into() });
-        }
-        let request_error = |source| FetchError::Request { url: url.into(), source, timeout };
-        let mut response = self.client.get(parsed).timeout(timeout).send().await.map_err(request_error)?;
-        if !response.status().is_success() {
-            return Err(FetchError::Status { url: url.into(), status: response.status().as_u16() });
-        }
-        let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(request_error)? {
-            if body.len() + chunk.len() > self.limits.max_bytes {
-                return Err(FetchError::TooLarge { url: url.into(), limit: self.limits.max_bytes });
-            }
-            body.extend_from_slice(&chunk);
-        }
-        String::from_utf8(body)
-            .map_err(|_| FetchError::Document { url: url.into(), message: "body is not UTF-8".into() })
-    }
 }
 
 /// Whether `entry` holds keys, other than `before`.
@@ -378,193 +347,14 @@ fn keys_changed(before: &Option<Arc<KeySet>>, entry: &Issuer) -> bool {
     !matches!((before, &after), (Some(before), Some(after)) if Arc::ptr_eq(before, after)) && after.is_some()
 }
 
-/// Why a request failed, in words an operator can act on: reqwest's own message names only
-/// the URL, so the causes below it are walked (refused connection, DNS, TLS) and a timeout
-/// says its bound. The chain holds no header or body, so no secret.
-fn describe_request_error(error: &reqwest::Error, timeout: Duration) -> String {
-    if error.is_timeout() {
-        return format!("timed out after {} ms", timeout.as_millis());
-    }
-    let mut causes: Vec<String> = Vec::new();
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !causes.iter().any(|known| known.contains(&text)) {
-            causes.push(text);
-        }
-        source = cause.source();
-    }
-    let what = if error.is_connect() {
-        "cannot connect"
-    } else if error.is_body() || error.is_decode() {
-        "cannot read the answer"
-    } else {
-        "request failed"
-    };
-    if causes.is_empty() { what.to_string() } else { format!("{what}: {}", causes.join(": ")) }
-}
-
-/// One network a key fetch never connects to.
-#[derive(Debug, Clone, Copy)]
-pub struct RefusedNetwork {
-    pub address: IpAddr,
-    pub prefix_len: u8,
-    /// What lives there.
-    pub what: &'static str,
-}
-
-impl RefusedNetwork {
-    const fn v4(octets: [u8; 4], prefix_len: u8, what: &'static str) -> Self {
-        let [a, b, c, d] = octets;
-        Self { address: IpAddr::V4(Ipv4Addr::new(a, b, c, d)), prefix_len, what }
-    }
-
-    const fn v6(segments: [u16; 8], prefix_len: u8, what: &'static str) -> Self {
-        let [a, b, c, d, e, f, g, h] = segments;
-        Self { address: IpAddr::V6(Ipv6Addr::new(a, b, c, d, e, f, g, h)), prefix_len, what }
-    }
-
-    fn contains(&self, address: IpAddr) -> bool {
-        let prefix = u32::from(self.prefix_len);
-        match (self.address, address) {
-            (IpAddr::V4(network), IpAddr::V4(address)) => {
-                let mask = u32::MAX.checked_shl(32 - prefix).unwrap_or(0);
-                u32::from(network) & mask == u32::from(address) & mask
-            }
-            (IpAddr::V6(network), IpAddr::V6(address)) => {
-                let mask = u128::MAX.checked_shl(128 - prefix).unwrap_or(0);
-                u128::from(network) & mask == u128::from(address) & mask
-            }
-            _ => false,
-        }
-    }
-}
-
-/// The link-local ranges and cloud metadata services that key fetches refuse, unless
-/// `jwks_allow_link_local` is set: as a literal address in a `jwksUri` or discovered
-/// `jwks_uri`, and among the addresses a host name resolves to at connect time.
-pub const REFUSED_NETWORKS: [RefusedNetwork; 7] = [
-    RefusedNetwork::v4(
-        [169, 254, 0, 0],
-        16,
-        "IPv4 link-local: the metadata service of AWS, Azure, Google Cloud, Oracle Cloud, OpenStack and DigitalOcean (169.254.169.254), AWS ECS task metadata (169.254.170.2)",
-    ),
-    RefusedNetwork::v6([0xfe80, 0, 0, 0, 0, 0, 0, 0], 10, "IPv6 link-local"),
-    RefusedNetwork::v6([0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254], 128, "AWS EC2 instance metadata over IPv6"),
-    RefusedNetwork::v6([0xfd20, 0xce, 0, 0, 0, 0, 0, 0x254], 128, "Google Compute Engine metadata over IPv6"),
-    RefusedNetwork::v4([100, 100, 100, 200], 32, "Alibaba Cloud instance metadata"),
-    RefusedNetwork::v4([192, 0, 0, 192], 32, "Oracle Cloud Infrastructure instance metadata (classic)"),
-    RefusedNetwork::v4([168, 63, 129, 16], 32, "Azure WireServer"),
-];
-
-/// Host names of metadata services, refused whatever they resolve to.
-pub const REFUSED_HOST_NAMES: [&str; 2] = ["metadata.google.internal", "metadata"];
-
-/// Whether a fetch must not connect to `address`. An IPv4-mapped (`::ffff:a.b.c.d`) or NAT64
-/// (`64:ff9b::a.b.c.d`) IPv6 address counts as the IPv4 address it carries.
-pub fn is_refused_address(address: IpAddr) -> bool {
-    let carried_v4 = match address {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().or_else(|| {
-            let [a, b, c, d, e, f, ..] = v6.segments();
-            ([a, b, c, d, e, f] == [0x64, 0xff9b, 0, 0, 0, 0]).then(|| Ipv4Addr::from(u128::from(v6) as u32))
-        }),
-        IpAddr::V4(_) => None,
-    };
-    let address = carried_v4.map_or(address, IpAddr::V4);
-    REFUSED_NETWORKS.iter().any(|network| network.contains(address))
-}
-
-/// A refused literal address or metadata host name, or a name resolving to a refused address now.
-async fn is_link_local_target(url: &Url) -> bool {
-    let Some(host) = url.host_str() else { return true };
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    if REFUSED_HOST_NAMES.contains(&host.to_ascii_lowercase().trim_end_matches('.')) {
-        return true;
-    }
-    if let Ok(address) = host.parse::<IpAddr>() {
-        return is_refused_address(address);
-    }
-    let port = url.port_or_known_default().unwrap_or(443);
-    match tokio::net::lookup_host((host, port)).await {
-        Ok(addresses) => refuse_metadata_addresses(host, addresses).is_err(),
-        // Unresolvable: the fetch itself will fail and say so.
-        Err(_) => false,
-    }
-}
-
-/// The addresses a name resolved to, or why none may be used: one refused address refuses the
-/// name.
-fn refuse_metadata_addresses(
-    host: &str,
-    addresses: impl IntoIterator<Item = SocketAddr>,
-) -> Result<Vec<SocketAddr>, String> {
-    let addresses: Vec<SocketAddr> = addresses.into_iter().collect();
-    match addresses.iter().find(|address| is_refused_address(address.ip())) {
-        Some(refused) => Err(format!("`{host}` resolves to the link-local or metadata address {}", refused.ip())),
-        None => Ok(addresses),
-    }
-}
-
-/// The resolver of the fetch client: the system's, refusing a name that resolves to a refused
-/// address. The check before a fetch resolves the name once; this one judges the addresses the
-/// connection uses, so a name cannot pass the check and then resolve to a metadata address.
-struct MetadataRefusingResolver;
-
-impl reqwest::dns::Resolve for MetadataRefusingResolver {
-    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
-        let host = name.as_str().to_string();
-        Box::pin(async move {
-            let resolved = tokio::net::lookup_host((host.as_str(), 0)).await?;
-            let addresses = refuse_metadata_addresses(&host, resolved)?;
-            Ok(Box::new(addresses.into_iter()) as reqwest::dns::Addrs)
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpListener;
+    use std::sync::atomic::Ordering;
 
     use super::*;
+    use crate::outbound::tests::{Route, serve};
 
     const JWKS: &str = r#"{"keys":[{"kty":"EC","crv":"P-256","kid":"k1","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}]}"#;
-
-    /// What the fake IdP answers on a path: status, body, and a delay before answering.
-    type Route = fn(&str) -> (u16, String, Duration);
-
-    /// A tiny HTTP/1.1 server on loopback that answers by path and counts requests.
-    async fn serve(
-        route: impl Fn(&str) -> (u16, String, Duration) + Send + Sync + 'static,
-    ) -> (String, Arc<AtomicUsize>) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let base = format!("http://{}", listener.local_addr().expect("address"));
-        let hits = Arc::new(AtomicUsize::new(0));
-        let counter = hits.clone();
-        let route = Arc::new(route);
-        tokio::spawn(async move {
-            while let Ok((mut stream, _)) = listener.accept().await {
-                counter.fetch_add(1, Ordering::SeqCst);
-                let route = route.clone();
-                tokio::spawn(async move {
-                    let mut buffer = vec![0; 4096];
-                    let read = stream.read(&mut buffer).await.unwrap_or(0);
-                    let head = String::from_utf8_lossy(&buffer[..read]).to_string();
-                    let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
-                    let (status, body, delay) = route(&path);
-                    tokio::time::sleep(delay).await;
-                    let response = format!(
-                        "HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                        body.len()
-                    );
-                    let _ = stream.write_all(response.as_bytes()).await;
-                });
-            }
-        });
-        (base, hits)
-    }
 
     fn limits() -> FetchLimits {
         FetchLimits {
@@ -689,24 +479,19 @@ mod tests {
         }
     }
 
-    async fn fetch_error(route: Route, allow_link_local: bool, uri: Option<&str>) -> String {
+    /// What fetching keys from the test server answering with `route` gives.
+    async fn fetch_error(route: Route) -> String {
         let (base, _) = serve(route).await;
-        let metrics = Arc::new(Metrics::new());
-        let cache = Arc::new(VerifiedTokenCache::new(10, metrics.clone()));
-        let limits = FetchLimits { allow_link_local, ..limits() };
-        let store = KeyStore::new(limits, metrics, cache).expect("client");
-        let uri = uri.map_or(format!("{base}/certs"), str::to_string);
-        match store.fetch_keys("https://issuer.example", Some(&uri), None).await {
+        let store = store("https://issuer.example", None);
+        match store.fetch_keys("https://issuer.example", Some(&format!("{base}/certs")), None).await {
             Ok(keys) => format!("ok: {} keys", keys.len()),
             Err(error) => error.to_string(),
         }
     }
 
     #[tokio::test]
-    async fn bad_answers_are_refused_with_a_reason() {
+    async fn documents_that_are_no_usable_key_set_are_refused_with_a_reason() {
         let cases: Vec<(&str, Route, &str)> = vec![
-            ("a 500", |_| (500, "oops".into(), Duration::ZERO), "status 500"),
-            ("a redirect, never followed", |_| (302, String::new(), Duration::ZERO), "status 302"),
             ("HTML", |_| (200, "<html>login</html>".into(), Duration::ZERO), "not JSON"),
             ("JSON that is not a JWKS", |_| (200, "{}".into(), Duration::ZERO), "no `keys` list"),
             (
@@ -714,109 +499,12 @@ mod tests {
                 |_| (200, r#"{"keys":[{"kty":"oct","k":"c2VjcmV0"}]}"#.into(), Duration::ZERO),
                 "no usable key",
             ),
-            ("a body over the limit", |_| (200, " ".repeat(100 * 1024), Duration::ZERO), "body over 65536 bytes"),
-            ("an answer slower than the timeout", |_| (200, JWKS.into(), Duration::from_secs(3)), "GET"),
         ];
         for (name, route, expected) in cases {
-            // A hang guard only: the fetch's own 500 ms timeout ends the slow answer.
-            let got = tokio::time::timeout(Duration::from_secs(30), fetch_error(route, false, None)).await;
-            let got = got.unwrap_or_else(|_| format!("no answer within 30 s ({name})"));
+            let got = fetch_error(route).await;
             assert!(got.contains(expected), "{name}: expected `{expected}` in `{got}`");
         }
-        assert_eq!(fetch_error(ok, false, None).await, "ok: 1 keys");
-    }
-
-    #[tokio::test]
-    async fn a_failed_request_says_its_cause() {
-        let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let closed_address = closed.local_addr().expect("address");
-        drop(closed);
-        let (plain, _) = serve(ok).await;
-        let cases = [
-            (
-                "a closed port",
-                format!("http://{closed_address}/certs"),
-                "cannot connect: client error (Connect): tcp connect error: Connection refused",
-            ),
-            (
-                "a name that does not resolve",
-                "http://idp.invalid/certs".to_string(),
-                "cannot connect: client error (Connect): dns error",
-            ),
-            // rustls, meeting an answer that is no TLS record.
-            (
-                "TLS to a plain HTTP server",
-                format!("{}/certs", plain.replace("http:", "https:")),
-                "received corrupt message",
-            ),
-        ];
-        for (name, uri, expected) in cases {
-            let got = fetch_error(ok, false, Some(&uri)).await;
-            assert!(got.contains(expected), "{name}: expected `{expected}` in `{got}`");
-        }
-        let slow = fetch_error(|_| (200, JWKS.into(), Duration::from_secs(3)), false, None).await;
-        assert!(slow.contains("timed out after 500 ms"), "{slow}");
-    }
-
-    /// An address of each refused network, and IPv6 forms carrying IPv4 ones.
-    const REFUSED_SAMPLES: [&str; 11] = [
-        "169.254.169.254",
-        "169.254.170.2",
-        "fe80::1",
-        "fd00:ec2::254",
-        "fd20:ce::254",
-        "100.100.100.200",
-        "192.0.0.192",
-        "168.63.129.16",
-        "::ffff:169.254.169.254",
-        "::ffff:100.100.100.200",
-        "64:ff9b::a9fe:a9fe",
-    ];
-
-    #[tokio::test]
-    async fn every_metadata_address_is_refused_as_a_literal_and_as_a_resolved_address() {
-        let samples: Vec<IpAddr> = REFUSED_SAMPLES.iter().map(|text| text.parse().expect("an address")).collect();
-        for network in REFUSED_NETWORKS {
-            assert!(samples.iter().any(|&sample| network.contains(sample)), "no sample for {}", network.what);
-        }
-        let public: SocketAddr = "203.0.113.7:443".parse().expect("an address");
-        for (text, address) in REFUSED_SAMPLES.iter().zip(samples) {
-            let literal =
-                if address.is_ipv6() { format!("http://[{text}]/keys") } else { format!("http://{text}/keys") };
-            let got = fetch_error(ok, false, Some(&literal)).await;
-            assert!(got.contains("link-local or metadata"), "{literal}: {got}");
-            let resolved = refuse_metadata_addresses("idp.example", [public, SocketAddr::new(address, 443)]);
-            assert!(resolved.is_err(), "{text} among a name's addresses");
-            // The fetch client's own resolver, given the address as the name to resolve.
-            let name: reqwest::dns::Name = text.parse().expect("a name");
-            let answer = reqwest::dns::Resolve::resolve(&MetadataRefusingResolver, name).await;
-            assert!(answer.is_err(), "{text}: the client's resolver refuses it");
-        }
-        for neighbour in
-            ["100.100.100.201", "192.0.0.193", "168.63.129.17", "fd00:ec2::253", "169.255.0.1", "127.0.0.1"]
-        {
-            assert!(!is_refused_address(neighbour.parse().expect("an address")), "{neighbour}");
-        }
-        assert!(refuse_metadata_addresses("idp.example", [public]).is_ok());
-    }
-
-    #[tokio::test]
-    async fn a_name_resolving_to_loopback_is_fetched_through_the_refusing_resolver() {
-        let (base, _) = serve(ok).await;
-        let by_name = base.replace("127.0.0.1", "localhost");
-        assert_eq!(fetch_error(ok, false, Some(&format!("{by_name}/certs"))).await, "ok: 1 keys");
-    }
-
-    #[tokio::test]
-    async fn link_local_and_metadata_targets_are_refused_unless_allowed() {
-        for uri in
-            ["http://169.254.169.254/latest/meta-data", "http://[fe80::1]/keys", "http://metadata.google.internal/x"]
-        {
-            let got = fetch_error(ok, false, Some(uri)).await;
-            assert!(got.contains("link-local or metadata"), "{uri}: {got}");
-        }
-        let allowed = fetch_error(ok, true, Some("http://169.254.169.254:1/keys")).await;
-        assert!(!allowed.contains("link-local"), "allowed by config: {allowed}");
+        assert_eq!(fetch_error(ok).await, "ok: 1 keys");
     }
 
     #[tokio::test]

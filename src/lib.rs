@@ -20,6 +20,7 @@ pub mod engine;
 pub mod grpc;
 pub mod http;
 pub mod jwks;
+pub mod outbound;
 pub mod policy_tests;
 pub mod reload;
 pub mod settings;
