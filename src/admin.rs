@@ -1,7 +1,7 @@
-//! The admin door: `/healthz` (process up), `/readyz` (policies loaded, not shutting down), `/metrics` (Prometheus text).
+//! The admin door: `/healthz` (process up), `/readyz` (policies loaded, not shutting down; names each issuer without keys and why), `/metrics` (Prometheus text).
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::extract::State;
@@ -9,9 +9,24 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
-use crate::app::AppState;
+use crate::engine::Engine;
 
-pub fn router(state: Arc<AppState>) -> Router {
+/// What the admin door reads.
+#[derive(Debug)]
+pub struct AdminState {
+    engine: Arc<Engine>,
+    /// True once the first policy set is live and every issuer's keys were fetched once (or the
+    /// wait for them ran out), until shutdown starts; the server sets it.
+    ready: Arc<AtomicBool>,
+}
+
+impl AdminState {
+    pub fn new(engine: Arc<Engine>, ready: Arc<AtomicBool>) -> Self {
+        Self { engine, ready }
+    }
+}
+
+pub fn router(state: Arc<AdminState>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -19,19 +34,19 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-/// 200 once ready; the body names issuers that have no keys, whose tokens are refused.
-async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
-    let missing = state.engine.keys().missing();
-    let mut body =
-        if state.ready.load(Ordering::Acquire) { String::from("ready\n") } else { String::from("not ready\n") };
-    for issuer in &missing {
-        body.push_str(&format!("no keys for issuer {issuer}\n"));
+/// 200 once ready; the body names each issuer that has no keys, whose tokens are refused, and
+/// why its last fetch failed (its URLs without userinfo or query).
+async fn readyz(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
+    let ready = state.ready.load(Ordering::Acquire);
+    let mut body = String::from(if ready { "ready\n" } else { "not ready\n" });
+    for (issuer, cause) in state.engine.keys().missing_with_causes() {
+        let cause = cause.as_deref().unwrap_or("its first fetch has not ended");
+        body.push_str(&format!("no keys for issuer {issuer}: {cause}\n"));
     }
-    let status = if state.ready.load(Ordering::Acquire) { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, body)
+    (if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, body)
 }
 
-async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+async fn metrics(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
     state.engine.metrics().record_jwks_ages(&state.engine.keys().seconds_since_success());
     let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
     ([(header::CONTENT_TYPE, content_type)], state.engine.metrics().encode())

@@ -1,4 +1,4 @@
-//! Composition root: first policy set, listeners, the gRPC, HTTP and admin servers, reload, and graceful shutdown.
+//! Composition root: first policy set, listeners, the gRPC, HTTP and admin servers, reload, background tasks, and graceful shutdown; the doors, reload and the adapters never import it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,16 +9,25 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::transport::server::TcpIncoming;
 
+use crate::admin::AdminState;
 use crate::config::ConfigError;
-use crate::config::load::{LoadedPolicies, SkippedDocument, load_policies};
+use crate::config::load::LoadedPolicies;
 use crate::core::Snapshot;
 use crate::engine::Engine;
 use crate::grpc::{AuthorizationServer, CheckService};
 use crate::jwks::KeyStore;
+use crate::policy_set::{PolicySetError, render_config_errors};
+pub use crate::policy_set::{SetSummary, log_not_evaluated};
+use crate::reload::Reloader;
 use crate::settings::{HttpMode, Settings, SettingsError};
+use crate::tasks::Tasks;
 use crate::telemetry::Metrics;
 use crate::token_cache::VerifiedTokenCache;
-use crate::{admin, http, reload};
+use crate::{admin, http, policy_set};
+
+/// How long shutdown waits for the background tasks (reload, key fetches and refresh loops) to
+/// end once cancelled; they end at their next `.await`, so this only bounds a stuck one.
+const TASKS_STOP_BOUND: Duration = Duration::from_secs(5);
 
 /// Why the server could not start or run.
 #[derive(Debug, thiserror::Error)]
@@ -33,89 +42,26 @@ pub enum AppError {
     Serve { door: &'static str, message: String },
 }
 
-fn render_config_errors(errors: &[ConfigError]) -> String {
-    let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
-    format!("{}\n{} problem(s) in the policy set", lines.join("\n"), errors.len())
-}
-
-/// State shared by the admin door and reload; checks go through the engine.
-#[derive(Debug)]
-pub struct AppState {
-    pub engine: Arc<Engine>,
-    /// False until the first policy set is live and every issuer's keys were fetched once (or
-    /// the wait for them ran out), and again once shutdown starts.
-    pub ready: AtomicBool,
-    /// Held while a reload runs, so that reloads never overlap.
-    pub reloading: tokio::sync::Mutex<()>,
-}
-
-/// Loads and compiles the policy set the settings name.
-pub fn build_snapshot(settings: &Settings) -> Result<(Snapshot, LoadedPolicies), AppError> {
-    build_snapshot_with(settings, |_| {})
-}
-
-/// [`build_snapshot`], `prepare` changing the loaded policies first (`portcullis test` gives
-/// issuers the keys its test file declares).
-pub fn build_snapshot_with(
-    settings: &Settings,
-    prepare: impl FnOnce(&mut LoadedPolicies),
-) -> Result<(Snapshot, LoadedPolicies), AppError> {
-    let mut loaded = load_policies(&settings.policies).map_err(AppError::Policies)?;
-    prepare(&mut loaded);
-    let workloads = settings.workload_table()?;
-    let policies = std::mem::take(&mut loaded.policies);
-    let authn = std::mem::take(&mut loaded.authn);
-    let snapshot = Snapshot::new(policies, authn, workloads, settings.engine_options(), &settings.root_namespace);
-    if let Some(message) = snapshot.conflicting_key_sources() {
-        let file = settings.policies.iter().map(|path| path.display().to_string()).collect::<Vec<_>>().join(", ");
-        return Err(AppError::Policies(vec![ConfigError { file: file.into(), line: 0, message }]));
-    }
-    Ok((snapshot, loaded))
-}
-
-/// Logs what a loaded set holds but does not evaluate: skipped documents and CUSTOM policies.
-/// At start-up and on every reload, so a document that stops counting is never silent.
-pub fn log_not_evaluated(loaded: &LoadedPolicies) {
-    for skipped in &loaded.skipped {
-        let SkippedDocument { location, kind, reason } = skipped;
-        tracing::warn!(%location, %kind, %reason, "Skipped a document");
-    }
-    for id in &loaded.custom {
-        tracing::info!(policy = %id, "CUSTOM policy routes traffic here; not evaluated");
-    }
-}
-
-/// What a loaded policy set holds, counted the same way wherever it is reported (`validate`
-/// prints it, `serve` logs it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SetSummary {
-    pub files: usize,
-    /// AuthorizationPolicies evaluated here: ALLOW, DENY and AUDIT ones.
-    pub authorization_policies: usize,
-    /// CUSTOM AuthorizationPolicies: accepted, not evaluated (they route traffic here).
-    pub custom_policies: usize,
-    pub request_authentications: usize,
-}
-
-impl SetSummary {
-    pub fn of(snapshot: &Snapshot, loaded: &LoadedPolicies) -> Self {
-        Self {
-            files: loaded.files,
-            authorization_policies: snapshot.policy_count(),
-            custom_policies: loaded.custom.len(),
-            request_authentications: snapshot.authn_count(),
+impl From<PolicySetError> for AppError {
+    fn from(error: PolicySetError) -> Self {
+        match error {
+            PolicySetError::Policies(errors) => Self::Policies(errors),
+            PolicySetError::Settings(error) => Self::Settings(error),
         }
     }
 }
 
-impl std::fmt::Display for SetSummary {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} files: {} AuthorizationPolicies (and {} CUSTOM), {} RequestAuthentications",
-            self.files, self.authorization_policies, self.custom_policies, self.request_authentications
-        )
-    }
+/// [`policy_set::build_snapshot`], for the offline commands.
+pub fn build_snapshot(settings: &Settings) -> Result<(Snapshot, LoadedPolicies), AppError> {
+    Ok(policy_set::build_snapshot(settings)?)
+}
+
+/// [`policy_set::build_snapshot_with`], for the offline commands.
+pub fn build_snapshot_with(
+    settings: &Settings,
+    prepare: impl FnOnce(&mut LoadedPolicies),
+) -> Result<(Snapshot, LoadedPolicies), AppError> {
+    Ok(policy_set::build_snapshot_with(settings, prepare)?)
 }
 
 fn log_load(snapshot: &Snapshot, loaded: &LoadedPolicies) {
@@ -145,17 +91,17 @@ pub async fn serve(settings: Settings) -> Result<(), AppError> {
     let metrics = Arc::new(Metrics::new());
     metrics.record_policy_set(1, snapshot.policy_count());
     let token_cache = Arc::new(VerifiedTokenCache::new(settings.token_cache_entries, metrics.clone()));
-    let keys = KeyStore::new(settings.fetch_limits(), metrics.clone(), token_cache.clone())
+    let tasks = Arc::new(Tasks::new());
+    let keys = KeyStore::with_tasks(settings.fetch_limits(), metrics.clone(), token_cache.clone(), tasks.clone())
+        .map(Arc::new)
         .map_err(|error| AppError::Serve { door: "jwks", message: error.to_string() })?;
-    keys.add_issuers(snapshot.remote_issuers());
+    let issuers = keys.add_issuers(snapshot.remote_issuers());
     let trusted_proxies = http::trusted_proxies(&settings.trusted_proxies)
         .map_err(|message| AppError::Settings(SettingsError::TrustedProxies(message)))?;
-    let engine = Arc::new(Engine::new(snapshot, settings.clone(), metrics, Arc::new(keys), token_cache));
-    let state = Arc::new(AppState {
-        engine: engine.clone(),
-        ready: AtomicBool::new(false),
-        reloading: tokio::sync::Mutex::new(()),
-    });
+    // Before any door opens: a token arriving meanwhile waits for these fetches, starts none.
+    let first_fetches = keys.begin_fetch(&issuers);
+    let engine = Arc::new(Engine::new(snapshot, settings.clone(), metrics, keys.clone(), token_cache));
+    let ready = Arc::new(AtomicBool::new(false));
 
     let grpc_listener = bind("grpc", settings.grpc_listen).await?;
     let http_listener = match settings.http_mode {
@@ -180,7 +126,8 @@ pub async fn serve(settings: Settings) -> Result<(), AppError> {
             wait_for(shutdown.clone()),
         );
     let limits = settings.connection_limits();
-    let admin = http::listener::serve(admin_listener, admin::router(state.clone()), limits, admin_shutdown);
+    let admin_state = Arc::new(AdminState::new(engine.clone(), ready.clone()));
+    let admin = http::listener::serve(admin_listener, admin::router(admin_state), limits, admin_shutdown);
     let http_door = http_listener.map(|(listener, mode)| {
         if mode == HttpMode::Auto {
             tracing::warn!(
@@ -201,13 +148,16 @@ pub async fn serve(settings: Settings) -> Result<(), AppError> {
     });
     let grpc_task = tokio::spawn(grpc);
     let admin_task = tokio::spawn(admin);
-    tokio::spawn(become_ready(state.clone(), Duration::from_secs(settings.jwks_ready_timeout_secs)));
-    tokio::spawn(reload::watch(state.clone(), shutdown.clone()));
+    let ready_bound = Duration::from_secs(settings.jwks_ready_timeout_secs);
+    drop(tasks.spawn("readiness", become_ready(keys, issuers, first_fetches, ready.clone(), ready_bound)));
+    let reloader = Reloader::new(engine.clone());
+    let reload_shutdown = shutdown.clone();
+    drop(tasks.spawn("policy reload", async move { reloader.watch(reload_shutdown).await }));
 
     shutdown_signal().await;
-    state.ready.store(false, Ordering::Release);
+    ready.store(false, Ordering::Release);
     tracing::info!(
-        checks_in_flight = state.engine.metrics().checks_in_flight(),
+        checks_in_flight = engine.metrics().checks_in_flight(),
         "Shutting down: no longer ready, draining in-flight checks"
     );
     health_reporter.set_service_status("", tonic_health::ServingStatus::NotServing).await;
@@ -223,8 +173,12 @@ pub async fn serve(settings: Settings) -> Result<(), AppError> {
         (grpc_result, http_result, admin_result)
     })
     .await;
-    let flushing = state.clone();
-    let _ = tokio::task::spawn_blocking(move || flushing.engine.traces().shutdown()).await;
+    let still_running = tasks.shutdown(TASKS_STOP_BOUND).await;
+    if !still_running.is_empty() {
+        tracing::warn!(?still_running, "Background tasks did not stop in time; exiting without them");
+    }
+    let flushing = engine.clone();
+    let _ = tokio::task::spawn_blocking(move || flushing.traces().shutdown()).await;
     match drained {
         Ok((Ok(Ok(())), Ok(()), Ok(()))) => {
             tracing::info!("Stopped");
@@ -241,14 +195,18 @@ pub async fn serve(settings: Settings) -> Result<(), AppError> {
     }
 }
 
-/// Tries every issuer's keys once, then reports ready: after the first attempts finished, or
-/// after `bound` when an IdP is slow. An issuer without keys does not keep the whole gate down:
-/// its tokens get 401 `Jwks remote fetch is failed` and `/readyz` names it. Then keeps keys
-/// fresh in the background.
-async fn become_ready(state: Arc<AppState>, bound: Duration) {
-    let keys = state.engine.keys().clone();
-    let issuers = keys.issuer_names();
-    let _ = tokio::time::timeout(bound, keys.fetch(&issuers)).await;
+/// Waits for the first fetch of every issuer's keys, then reports ready: once they finished, or
+/// after `bound` when an IdP is slow (the fetch goes on). An issuer without keys does not keep
+/// the whole gate down: its tokens get 401 `Jwks remote fetch is failed` and `/readyz` names
+/// it. Then keeps keys fresh in the background.
+async fn become_ready(
+    keys: Arc<KeyStore>,
+    issuers: Vec<Arc<str>>,
+    first_fetches: impl Future<Output = ()>,
+    ready: Arc<AtomicBool>,
+    bound: Duration,
+) {
+    let _ = tokio::time::timeout(bound, first_fetches).await;
     let missing: Vec<String> = keys.missing().iter().map(ToString::to_string).collect();
     if !missing.is_empty() {
         tracing::warn!(?missing, "Ready without the keys of some issuers; retrying in the background");
@@ -256,7 +214,7 @@ async fn become_ready(state: Arc<AppState>, bound: Duration) {
     for issuer in issuers {
         keys.keep_fresh(issuer);
     }
-    state.ready.store(true, Ordering::Release);
+    ready.store(true, Ordering::Release);
     tracing::info!("Ready");
 }
 

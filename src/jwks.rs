@@ -9,6 +9,7 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use crate::core::authn::{KeyLookup, RemoteIssuer};
 use crate::core::jwt::KeySet;
 use crate::outbound::{Outbound, OutboundError, OutboundLimits, redact_url};
+use crate::tasks::Tasks;
 use crate::telemetry::Metrics;
 use crate::token_cache::VerifiedTokenCache;
 
@@ -57,8 +58,8 @@ struct Issuer {
     /// The rule's own fetch bound, when it sets one.
     timeout: Option<Duration>,
     keys: ArcSwapOption<KeySet>,
-    /// Held while fetching, so that concurrent refetches share one fetch.
-    fetching: tokio::sync::Mutex<()>,
+    /// Held while fetching, so that concurrent fetches (start-up, refresh, refetch) share one.
+    fetching: Arc<tokio::sync::Mutex<()>>,
     /// When the last refetch for an unknown `kid` started; periodic fetches do not count.
     last_refetch: std::sync::Mutex<Option<Instant>>,
     last_success: std::sync::Mutex<Option<Instant>>,
@@ -68,12 +69,15 @@ struct Issuer {
     last_error: std::sync::Mutex<Option<String>>,
 }
 
-/// The keys of every remote issuer of the live policy set; issuers are added on reload.
+/// The keys of every remote issuer of the live policy set, each kept fresh by one refresh loop;
+/// issuers are added, moved and dropped on reload.
 #[derive(Debug)]
 pub struct KeyStore {
     issuers: ArcSwap<HashMap<Arc<str>, Arc<Issuer>>>,
-    /// Serializes additions of issuers.
+    /// Serializes changes to the set of issuers.
     adding: std::sync::Mutex<()>,
+    /// Owns the fetches and refresh loops.
+    tasks: Arc<Tasks>,
     outbound: Outbound,
     limits: FetchLimits,
     metrics: Arc<Metrics>,
@@ -92,7 +96,7 @@ impl Issuer {
             jwks_uri,
             timeout,
             keys: ArcSwapOption::empty(),
-            fetching: tokio::sync::Mutex::new(()),
+            fetching: Arc::new(tokio::sync::Mutex::new(())),
             last_refetch: std::sync::Mutex::new(None),
             last_success: std::sync::Mutex::new(None),
             added: Instant::now(),
@@ -102,10 +106,22 @@ impl Issuer {
 }
 
 impl KeyStore {
+    /// A store owning its fetches and refresh loops.
     pub fn new(
         limits: FetchLimits,
         metrics: Arc<Metrics>,
         cache: Arc<VerifiedTokenCache>,
+    ) -> Result<Self, OutboundError> {
+        Self::with_tasks(limits, metrics, cache, Arc::new(Tasks::new()))
+    }
+
+    /// A store whose fetches and refresh loops run under `tasks`, which the server stops at
+    /// shutdown.
+    pub fn with_tasks(
+        limits: FetchLimits,
+        metrics: Arc<Metrics>,
+        cache: Arc<VerifiedTokenCache>,
+        tasks: Arc<Tasks>,
     ) -> Result<Self, OutboundError> {
         let outbound = Outbound::new(OutboundLimits {
             timeout: limits.fetch_timeout,
@@ -113,7 +129,7 @@ impl KeyStore {
             allow_link_local: limits.allow_link_local,
         })?;
         let issuers = ArcSwap::from_pointee(HashMap::new());
-        Ok(Self { issuers, adding: std::sync::Mutex::new(()), outbound, limits, metrics, cache })
+        Ok(Self { issuers, adding: std::sync::Mutex::new(()), tasks, outbound, limits, metrics, cache })
     }
 
     /// Adds the issuers not known yet; returns their names. Known issuers keep their keys.
@@ -140,6 +156,34 @@ impl KeyStore {
         }
         self.issuers.store(Arc::new(next));
         names
+    }
+
+    /// Drops the issuers not in `live` (a reload removed them): their keys, their refresh loop,
+    /// their metric series and their cached tokens. Returns their names.
+    pub fn retain_issuers(&self, live: &[Arc<str>]) -> Vec<Arc<str>> {
+        let _adding = self.adding.lock();
+        let current = self.issuers.load_full();
+        let mut removed: Vec<Arc<str>> = current.keys().filter(|issuer| !live.contains(issuer)).cloned().collect();
+        if removed.is_empty() {
+            return removed;
+        }
+        removed.sort();
+        let mut next = (*current).clone();
+        for issuer in &removed {
+            next.remove(issuer);
+            self.tasks.cancel(&refresh_task_name(issuer));
+            self.metrics.forget_jwks_issuer(issuer);
+            self.cache.retain_keys(issuer, &KeySet::default());
+            tracing::info!(%issuer, "Dropped an issuer no policy names any more");
+        }
+        self.issuers.store(Arc::new(next));
+        removed
+    }
+
+    /// The refresh loops running, by issuer.
+    pub fn refreshing(&self) -> Vec<Arc<str>> {
+        let loops = self.tasks.running();
+        loops.iter().filter_map(|name| name.strip_prefix(REFRESH_TASK_PREFIX)).map(Arc::from).collect()
     }
 
     fn issuer(&self, issuer: &str) -> Option<Arc<Issuer>> {
@@ -185,14 +229,21 @@ impl KeyStore {
             .collect()
     }
 
-    /// Fetches the keys of `issuers` once, concurrently.
+    /// Fetches the keys of `issuers` once, concurrently; see [`Self::begin_fetch`].
     pub async fn fetch(self: &Arc<Self>, issuers: &[Arc<str>]) {
-        let mut tasks = tokio::task::JoinSet::new();
-        for issuer in issuers {
-            let (store, issuer) = (self.clone(), issuer.clone());
-            tasks.spawn(async move { store.refresh(&issuer).await });
+        self.begin_fetch(issuers).await;
+    }
+
+    /// Starts a fetch of each of `issuers`' keys now, on the single-flight path of a prompt
+    /// refetch: a token arriving meanwhile waits for this fetch instead of starting another.
+    /// The returned future ends when every fetch has; dropping it does not stop them.
+    pub fn begin_fetch(self: &Arc<Self>, issuers: &[Arc<str>]) -> impl Future<Output = ()> + use<> {
+        let fetches: Vec<_> = issuers.iter().map(|issuer| self.start_fetch(issuer)).collect();
+        async move {
+            for fetch in fetches {
+                let _ = fetch.await;
+            }
         }
-        while tasks.join_next().await.is_some() {}
     }
 
     /// Every known issuer's name.
@@ -200,14 +251,19 @@ impl KeyStore {
         self.issuers.load().keys().cloned().collect()
     }
 
-    /// Keeps an issuer's keys fresh for as long as the process runs: on the refresh interval
-    /// while it has keys, with a backoff from 1 s to 60 s while it has none.
+    /// Keeps an issuer's keys fresh until a reload drops it or the server stops: on the refresh
+    /// interval while it has keys, with a backoff from 1 s to 60 s while it has none. One loop
+    /// per issuer: a loop started for an issuer replaces the one it had (a reload moved its keys).
     pub fn keep_fresh(self: &Arc<Self>, issuer: Arc<str>) {
+        if self.issuer(&issuer).is_none() {
+            return;
+        }
         let store = self.clone();
-        tokio::spawn(async move {
+        self.tasks.spawn_unique(refresh_task_name(&issuer), async move {
             let mut backoff = Duration::from_secs(1);
-            loop {
-                let has_keys = store.key_set(&issuer).is_some();
+            // Ends when the issuer is no longer known (dropped by a reload meanwhile).
+            while let Some(entry) = store.issuer(&issuer) {
+                let has_keys = entry.keys.load().is_some();
                 tokio::time::sleep(if has_keys { store.limits.refresh_interval } else { backoff }).await;
                 backoff =
                     if store.refresh(&issuer).await { Duration::from_secs(1) } else { (backoff * 2).min(MAX_BACKOFF) };
@@ -233,16 +289,7 @@ impl KeyStore {
             _ => false,
         };
         if may_fetch {
-            let (store, issuer, fetching) = (self.clone(), Arc::<str>::from(issuer), entry.clone());
-            let fetch = tokio::spawn(async move {
-                let _fetching = fetching.fetching.lock().await;
-                // A fetch that ended while this one waited for the lock already brought new keys.
-                if keys_changed(&before, &fetching) {
-                    return true;
-                }
-                store.fetch_into(&issuer, &fetching).await
-            });
-            return fetch.await.unwrap_or(false);
+            return self.start_fetch(issuer).await.unwrap_or(false);
         }
         let _fetching = entry.fetching.lock().await;
         keys_changed(&before, &entry)
@@ -259,14 +306,45 @@ impl KeyStore {
         got_keys
     }
 
-    async fn refresh(&self, issuer: &str) -> bool {
-        let Some(entry) = self.issuer(issuer) else { return false };
-        let _fetching = entry.fetching.lock().await;
-        self.fetch_into(issuer, &entry).await
+    /// One fetch of the issuer's keys, or a share in the one under way; true when it brought keys.
+    async fn refresh(self: &Arc<Self>, issuer: &str) -> bool {
+        self.start_fetch(issuer).await.unwrap_or(false)
     }
 
-    async fn fetch_into(&self, issuer: &str, entry: &Issuer) -> bool {
-        match self.fetch_keys(issuer, entry.jwks_uri.as_deref(), entry.timeout).await {
+    /// Starts a fetch of the issuer's keys on a task of its own, single-flight: the issuer's
+    /// fetch lock is taken now when free, so a fetch started later waits for this one; when a
+    /// fetch is under way, this one waits for it and fetches again only if it brought no new
+    /// keys. A caller that stops waiting does not cancel the fetch, so a slow IdP's keys still
+    /// arrive. The receiver says whether the issuer's keys changed.
+    fn start_fetch(self: &Arc<Self>, issuer: &str) -> tokio::sync::oneshot::Receiver<bool> {
+        let entry = self.issuer(issuer);
+        let before = entry.as_ref().and_then(|entry| entry.keys.load_full());
+        let free = entry.as_ref().and_then(|entry| entry.fetching.clone().try_lock_owned().ok());
+        let (store, issuer) = (self.clone(), Arc::<str>::from(issuer));
+        self.tasks.spawn(format!("jwks fetch {issuer}"), async move {
+            let Some(entry) = entry else { return false };
+            let _fetching = match free {
+                Some(held) => held,
+                None => {
+                    let held = entry.fetching.clone().lock_owned().await;
+                    // The fetch this one waited for brought new keys.
+                    if keys_changed(&before, &entry) {
+                        return true;
+                    }
+                    held
+                }
+            };
+            store.fetch_into(&issuer, &entry).await
+        })
+    }
+
+    async fn fetch_into(&self, issuer: &str, entry: &Arc<Issuer>) -> bool {
+        let fetched = self.fetch_keys(issuer, entry.jwks_uri.as_deref(), entry.timeout).await;
+        // An issuer dropped or moved by a reload meanwhile: its series belong to the new entry.
+        if !self.issuer(issuer).is_some_and(|current| Arc::ptr_eq(&current, entry)) {
+            return false;
+        }
+        match fetched {
             Ok(keys) => {
                 for skipped in &keys.skipped {
                     tracing::debug!(%issuer, %skipped, "Skipped a JWKS key");
@@ -340,6 +418,13 @@ impl KeyStore {
             .ok_or(FetchError::Document { url, message: "no `jwks_uri` in the discovery document".into() })
     }
 }
+
+/// The name of an issuer's refresh loop among the tasks.
+fn refresh_task_name(issuer: &str) -> String {
+    format!("{REFRESH_TASK_PREFIX}{issuer}")
+}
+
+const REFRESH_TASK_PREFIX: &str = "jwks refresh ";
 
 /// Whether `entry` holds keys, other than `before`.
 fn keys_changed(before: &Option<Arc<KeySet>>, entry: &Issuer) -> bool {
@@ -418,6 +503,53 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert_eq!(hits.load(Ordering::SeqCst), 1);
+    }
+
+    /// Polls `condition` until it holds; fails the test after a generous deadline (a hang guard).
+    async fn eventually(what: &str, condition: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !condition() {
+            assert!(Instant::now() < deadline, "never: {what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// A refetch began (a token arrived) before the start-up fetch: the start-up fetch waits for
+    /// it and takes its keys instead of asking the IdP again.
+    #[tokio::test]
+    async fn a_start_up_fetch_shares_a_fetch_already_under_way() {
+        let (base, hits) = serve(|_| (200, JWKS.to_string(), Duration::from_millis(300))).await;
+        let store = store("https://issuer.example", Some(format!("{base}/certs")));
+        let early = tokio::spawn({
+            let store = store.clone();
+            async move { store.refetch("https://issuer.example").await }
+        });
+        eventually("the refetch reached the IdP", || hits.load(Ordering::SeqCst) == 1).await;
+        store.fetch(&store.issuer_names()).await;
+        assert!(early.await.unwrap_or(false), "the refetch brought the keys");
+        assert!(store.key_set("https://issuer.example").is_some());
+        assert_eq!(hits.load(Ordering::SeqCst), 1, "one fetch served both");
+    }
+
+    #[tokio::test]
+    async fn an_issuer_has_one_refresh_loop_until_a_reload_drops_it_with_its_keys_and_series() {
+        let (base, _) = serve(ok).await;
+        let issuer: Arc<str> = Arc::from("https://issuer.example");
+        let store = store(&issuer, Some(format!("{base}/certs")));
+        store.fetch(&store.issuer_names()).await;
+        store.keep_fresh(issuer.clone());
+        store.keep_fresh(issuer.clone());
+        assert_eq!(store.refreshing(), vec![issuer.clone()], "a second loop replaced the first");
+        assert!(store.metrics.encode().contains(r#"portcullis_jwks_keys{issuer="https://issuer.example"} 1"#));
+
+        assert!(store.retain_issuers(std::slice::from_ref(&issuer)).is_empty(), "a named issuer stays");
+        assert_eq!(store.retain_issuers(&[]), vec![issuer.clone()]);
+        assert!(store.refreshing().is_empty(), "its loop stopped");
+        assert!(store.key_set(&issuer).is_none() && store.issuer_names().is_empty(), "its keys are gone");
+        let exposition = store.metrics.encode();
+        assert!(!exposition.contains("issuer.example"), "its series are gone:\n{exposition}");
+        store.keep_fresh(issuer);
+        assert!(store.refreshing().is_empty(), "no loop for an issuer the store does not know");
     }
 
     /// The discovery test server's own address (one server: its documents name it).

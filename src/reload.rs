@@ -1,12 +1,13 @@
-//! Policy reload: SIGHUP, or a change of the policy files (ConfigMap symlink swaps included), builds and checks the whole new set, fetches new issuers' keys, then swaps; a bad set is logged and counted, and the last good one stays.
+//! Policy reload: SIGHUP, or a change of the policy files (ConfigMap symlink swaps included), builds and checks the whole new set, fetches new issuers' keys, then swaps and drops the issuers it no longer names; a bad set is logged and counted, and the last good one stays.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::app::{AppError, AppState, SetSummary, build_snapshot, log_not_evaluated};
 use crate::config::load::fingerprint;
+use crate::engine::Engine;
+use crate::policy_set::{PolicySetError, SetSummary, build_snapshot, log_not_evaluated};
 
 /// How long a reload may take to read and compile the policy files, and the change poller to
 /// read them. A read stuck on a hung file system is abandoned (its thread ends when the read
@@ -33,100 +34,118 @@ async fn run_blocking_within<T: Send + 'static>(
     }
 }
 
-/// Rebuilds the policy set from the configured paths and swaps it in when it is valid.
-/// In-flight checks finish on the set they loaded. Returns the new generation.
-pub async fn reload(state: &Arc<AppState>) -> Option<u64> {
-    let _one_at_a_time = state.reloading.lock().await;
-    let settings = state.engine.settings().clone();
-    let built = run_blocking_within(FILE_READ_TIMEOUT, move || build_snapshot(&settings)).await;
-    let (snapshot, loaded) = match built {
-        Ok(Ok(built)) => built,
-        Ok(Err(AppError::Policies(errors))) => {
-            for error in &errors {
-                tracing::error!(%error, "Policy reload rejected; the last good set stays");
-            }
-            state.engine.metrics().record_reload(false);
-            return None;
-        }
-        Ok(Err(other)) => {
-            tracing::error!(error = %other, "Policy reload rejected; the last good set stays");
-            state.engine.metrics().record_reload(false);
-            return None;
-        }
-        Err(error) => {
-            tracing::error!(%error, "Policy reload failed; the last good set stays");
-            state.engine.metrics().record_reload(false);
-            return None;
-        }
-    };
-    let added = state.engine.keys().add_issuers(snapshot.remote_issuers());
-    if !added.is_empty() {
-        // The new issuers' keys before the swap, so their first tokens are not refused.
-        let bound = Duration::from_secs(state.engine.settings().jwks_ready_timeout_secs);
-        let _ = tokio::time::timeout(bound, state.engine.keys().fetch(&added)).await;
-        for issuer in added {
-            state.engine.keys().keep_fresh(issuer);
-        }
-    }
-    let summary = SetSummary::of(&snapshot, &loaded);
-    let generation = state.engine.swap(snapshot);
-    state.engine.metrics().record_policy_set(generation, summary.authorization_policies);
-    state.engine.metrics().record_reload(true);
-    log_not_evaluated(&loaded);
-    tracing::info!(
-        generation,
-        files = summary.files,
-        authorization_policies = summary.authorization_policies,
-        custom_policies = summary.custom_policies,
-        request_authentications = summary.request_authentications,
-        "Reloaded the policy set"
-    );
-    Some(generation)
+/// Reloads one engine's policy set, one reload at a time.
+#[derive(Debug)]
+pub struct Reloader {
+    engine: Arc<Engine>,
+    /// Held while a reload runs, so that reloads never overlap.
+    reloading: tokio::sync::Mutex<()>,
 }
 
-/// Reloads on SIGHUP, and when the policy files change (checked every
-/// `reload_poll_interval_ms`), until shutdown.
-pub async fn watch(state: Arc<AppState>, mut shutdown: watch::Receiver<bool>) {
-    let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-        Ok(signal) => Some(signal),
-        Err(error) => {
-            tracing::warn!(%error, "Cannot listen for SIGHUP; reload by file changes only");
-            None
+impl Reloader {
+    pub fn new(engine: Arc<Engine>) -> Self {
+        Self { engine, reloading: tokio::sync::Mutex::new(()) }
+    }
+
+    /// Rebuilds the policy set from the configured paths and swaps it in when it is valid.
+    /// In-flight checks finish on the set they loaded. Returns the new generation.
+    pub async fn reload(&self) -> Option<u64> {
+        let _one_at_a_time = self.reloading.lock().await;
+        let settings = self.engine.settings().clone();
+        let built = run_blocking_within(FILE_READ_TIMEOUT, move || build_snapshot(&settings)).await;
+        let (snapshot, loaded) = match built {
+            Ok(Ok(built)) => built,
+            Ok(Err(PolicySetError::Policies(errors))) => {
+                for error in &errors {
+                    tracing::error!(%error, "Policy reload rejected; the last good set stays");
+                }
+                self.engine.metrics().record_reload(false);
+                return None;
+            }
+            Ok(Err(other)) => {
+                tracing::error!(error = %other, "Policy reload rejected; the last good set stays");
+                self.engine.metrics().record_reload(false);
+                return None;
+            }
+            Err(error) => {
+                tracing::error!(%error, "Policy reload failed; the last good set stays");
+                self.engine.metrics().record_reload(false);
+                return None;
+            }
+        };
+        let remote_issuers = snapshot.remote_issuers();
+        let named: Vec<Arc<str>> = remote_issuers.iter().map(|remote| remote.issuer.clone()).collect();
+        let added = self.engine.keys().add_issuers(remote_issuers);
+        if !added.is_empty() {
+            // The new issuers' keys before the swap, so their first tokens are not refused.
+            let bound = Duration::from_secs(self.engine.settings().jwks_ready_timeout_secs);
+            let _ = tokio::time::timeout(bound, self.engine.keys().fetch(&added)).await;
+            for issuer in added {
+                self.engine.keys().keep_fresh(issuer);
+            }
         }
-    };
-    let interval = Duration::from_millis(state.engine.settings().reload_poll_interval_ms);
-    let mut last = current_fingerprint(&state).await;
-    loop {
-        let sighup = async {
-            match hangup.as_mut() {
-                Some(signal) => signal.recv().await,
-                None => std::future::pending().await,
+        let summary = SetSummary::of(&snapshot, &loaded);
+        let generation = self.engine.swap(snapshot);
+        // After the swap: checks of the old set may still use their keys until then.
+        self.engine.keys().retain_issuers(&named);
+        self.engine.metrics().record_policy_set(generation, summary.authorization_policies);
+        self.engine.metrics().record_reload(true);
+        log_not_evaluated(&loaded);
+        tracing::info!(
+            generation,
+            files = summary.files,
+            authorization_policies = summary.authorization_policies,
+            custom_policies = summary.custom_policies,
+            request_authentications = summary.request_authentications,
+            "Reloaded the policy set"
+        );
+        Some(generation)
+    }
+
+    /// Reloads on SIGHUP, and when the policy files change (checked every
+    /// `reload_poll_interval_ms`), until shutdown.
+    pub async fn watch(&self, mut shutdown: watch::Receiver<bool>) {
+        let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(signal) => Some(signal),
+            Err(error) => {
+                tracing::warn!(%error, "Cannot listen for SIGHUP; reload by file changes only");
+                None
             }
         };
-        let poll = async {
-            if interval.is_zero() { std::future::pending::<()>().await } else { tokio::time::sleep(interval).await }
-        };
-        tokio::select! {
-            _ = shutdown.changed() => return,
-            _ = sighup => {
-                tracing::info!("SIGHUP: reloading the policy set");
-                last = current_fingerprint(&state).await;
-                reload(&state).await;
-            }
-            () = poll => {
-                let now = current_fingerprint(&state).await;
-                if now != last {
-                    last = now;
-                    tracing::info!("Policy files changed: reloading the policy set");
-                    reload(&state).await;
+        let interval = Duration::from_millis(self.engine.settings().reload_poll_interval_ms);
+        let mut last = current_fingerprint(&self.engine).await;
+        loop {
+            let sighup = async {
+                match hangup.as_mut() {
+                    Some(signal) => signal.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let poll = async {
+                if interval.is_zero() { std::future::pending::<()>().await } else { tokio::time::sleep(interval).await }
+            };
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = sighup => {
+                    tracing::info!("SIGHUP: reloading the policy set");
+                    last = current_fingerprint(&self.engine).await;
+                    self.reload().await;
+                }
+                () = poll => {
+                    let now = current_fingerprint(&self.engine).await;
+                    if now != last {
+                        last = now;
+                        tracing::info!("Policy files changed: reloading the policy set");
+                        self.reload().await;
+                    }
                 }
             }
         }
     }
 }
 
-async fn current_fingerprint(state: &Arc<AppState>) -> Option<[u8; 32]> {
-    let paths = state.engine.settings().policies.clone();
+async fn current_fingerprint(engine: &Engine) -> Option<[u8; 32]> {
+    let paths = engine.settings().policies.clone();
     run_blocking_within(FILE_READ_TIMEOUT, move || fingerprint(&paths)).await.ok()
 }
 

@@ -191,6 +191,16 @@ impl Metrics {
         drop(self.jwks_age.get_or_create(&labels));
     }
 
+    /// Removes the series of an issuer no policy names any more.
+    pub fn forget_jwks_issuer(&self, issuer: &str) {
+        for result in ["ok", "error", "issuer_mismatch"] {
+            self.jwks_fetches.remove(&FetchLabels { issuer: issuer.into(), result });
+        }
+        let labels = IssuerLabels { issuer: issuer.into() };
+        self.jwks_keys.remove(&labels);
+        self.jwks_age.remove(&labels);
+    }
+
     pub fn record_token_cache_lookup(&self, hit: bool) {
         if hit {
             self.token_cache_hits.inc()

@@ -1,0 +1,90 @@
+//! The policy set the settings name: its files loaded and compiled into a snapshot, what it holds but does not evaluate, and its summary; shared by `serve`, reload and the offline commands.
+
+use crate::config::ConfigError;
+use crate::config::load::{LoadedPolicies, SkippedDocument, load_policies};
+use crate::core::Snapshot;
+use crate::settings::{Settings, SettingsError};
+
+/// Why a policy set could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicySetError {
+    #[error("{}", render_config_errors(.0))]
+    Policies(Vec<ConfigError>),
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+}
+
+/// Every problem of a policy set, one a line, then their count.
+pub fn render_config_errors(errors: &[ConfigError]) -> String {
+    let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    format!("{}\n{} problem(s) in the policy set", lines.join("\n"), errors.len())
+}
+
+/// Loads and compiles the policy set the settings name.
+pub fn build_snapshot(settings: &Settings) -> Result<(Snapshot, LoadedPolicies), PolicySetError> {
+    build_snapshot_with(settings, |_| {})
+}
+
+/// [`build_snapshot`], `prepare` changing the loaded policies first (`portcullis test` gives
+/// issuers the keys its test file declares).
+pub fn build_snapshot_with(
+    settings: &Settings,
+    prepare: impl FnOnce(&mut LoadedPolicies),
+) -> Result<(Snapshot, LoadedPolicies), PolicySetError> {
+    let mut loaded = load_policies(&settings.policies).map_err(PolicySetError::Policies)?;
+    prepare(&mut loaded);
+    let workloads = settings.workload_table()?;
+    let policies = std::mem::take(&mut loaded.policies);
+    let authn = std::mem::take(&mut loaded.authn);
+    let snapshot = Snapshot::new(policies, authn, workloads, settings.engine_options(), &settings.root_namespace);
+    if let Some(message) = snapshot.conflicting_key_sources() {
+        let file = settings.policies.iter().map(|path| path.display().to_string()).collect::<Vec<_>>().join(", ");
+        return Err(PolicySetError::Policies(vec![ConfigError { file: file.into(), line: 0, message }]));
+    }
+    Ok((snapshot, loaded))
+}
+
+/// Logs what a loaded set holds but does not evaluate: skipped documents and CUSTOM policies.
+/// At start-up and on every reload, so a document that stops counting is never silent.
+pub fn log_not_evaluated(loaded: &LoadedPolicies) {
+    for skipped in &loaded.skipped {
+        let SkippedDocument { location, kind, reason } = skipped;
+        tracing::warn!(%location, %kind, %reason, "Skipped a document");
+    }
+    for id in &loaded.custom {
+        tracing::info!(policy = %id, "CUSTOM policy routes traffic here; not evaluated");
+    }
+}
+
+/// What a loaded policy set holds, counted the same way wherever it is reported (`validate`
+/// prints it, `serve` logs it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SetSummary {
+    pub files: usize,
+    /// AuthorizationPolicies evaluated here: ALLOW, DENY and AUDIT ones.
+    pub authorization_policies: usize,
+    /// CUSTOM AuthorizationPolicies: accepted, not evaluated (they route traffic here).
+    pub custom_policies: usize,
+    pub request_authentications: usize,
+}
+
+impl SetSummary {
+    pub fn of(snapshot: &Snapshot, loaded: &LoadedPolicies) -> Self {
+        Self {
+            files: loaded.files,
+            authorization_policies: snapshot.policy_count(),
+            custom_policies: loaded.custom.len(),
+            request_authentications: snapshot.authn_count(),
+        }
+    }
+}
+
+impl std::fmt::Display for SetSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} files: {} AuthorizationPolicies (and {} CUSTOM), {} RequestAuthentications",
+            self.files, self.authorization_policies, self.custom_policies, self.request_authentications
+        )
+    }
+}
