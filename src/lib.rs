@@ -6,10 +6,12 @@
 //! [`grpc`] and [`http`] are the check doors: they read a request, hand it to the [`engine`]
 //! (the one place a check is decided, counted, logged and traced) and write its outcome in
 //! their wire form; [`admin`] serves health and metrics. The adapters: [`config`] reads policy
-//! files into compiled policies, [`jwks`] and [`token_cache`] supply keys and verified tokens,
-//! [`settings`] reads the server's own configuration, [`telemetry`] and [`traces`] name and
-//! emit metrics, logs and spans, [`reload`] swaps new policy sets in. [`app`] wires them
-//! together, and [`cli`] and [`policy_tests`] serve the offline commands.
+//! files into compiled policies and [`policy_set`] builds a whole set from the settings,
+//! [`jwks`] and [`token_cache`] supply keys and verified tokens, [`outbound`] is the one HTTP
+//! client they fetch through, [`tasks`] owns the background work, [`settings`] reads the
+//! server's own configuration, [`telemetry`] and [`traces`] name and emit metrics, logs and
+//! spans, [`reload`] swaps new policy sets in. [`app`] wires them together (reload and the doors
+//! never import it), and [`cli`] and [`policy_tests`] serve the offline commands.
 
 pub mod admin;
 pub mod app;
