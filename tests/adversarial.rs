@@ -6,9 +6,6 @@ mod forge;
 mod support;
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,7 +28,7 @@ use portcullis::core::{Decision, EngineOptions, HttpRequest, Reason, Request, Sn
 use portcullis::telemetry::Metrics;
 use portcullis::token_cache::VerifiedTokenCache;
 use serde_json::{Value, json};
-use support::{Server, config_file, http_get, http_request, policy_dir};
+use support::{Server, config_file, envoy_mode_request, header_in, http_get, http_request, policy_dir, raw_http};
 
 const ISSUER: &str = "https://issuer.adversarial.test";
 const OTHER_ISSUER: &str = "https://other.adversarial.test";
@@ -143,44 +140,6 @@ spec:
 "#,
     );
     yaml
-}
-
-/// A server on `policies` with the HTTP door in Envoy's HTTP mode, and its settings file.
-fn start_envoy_mode(policies: &Path) -> (Server, tempfile::NamedTempFile) {
-    let config = config_file("http_mode: envoy\n");
-    (Server::start_with(&[policies], Some(config.path())), config)
-}
-
-/// Sends raw bytes to `address` and reads the answer: status (0: none), head (lower case), body.
-fn raw_http(address: SocketAddr, request: &[u8]) -> (u16, String, String) {
-    let Ok(mut stream) = TcpStream::connect_timeout(&address, Duration::from_secs(2)) else {
-        return (0, String::new(), String::new());
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
-    let _ = stream.set_write_timeout(Some(Duration::from_secs(10)));
-    // The server may answer (431) before it has read everything: a failed write is not the end.
-    let _ = stream.write_all(request);
-    let mut response = Vec::new();
-    let _ = stream.read_to_end(&mut response);
-    let response = String::from_utf8_lossy(&response).to_string();
-    let status = response.split_whitespace().nth(1).and_then(|code| code.parse().ok()).unwrap_or(0);
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    (status, head.to_ascii_lowercase(), body.to_string())
-}
-
-/// A request to the HTTP door in Envoy's HTTP mode, naming the workload by namespace.
-fn envoy_mode_request(target: &[u8], namespace: &str, extra_headers: &str) -> Vec<u8> {
-    let mut request = b"GET ".to_vec();
-    request.extend_from_slice(target);
-    request.extend_from_slice(
-        format!(" HTTP/1.1\r\nHost: app.test\r\nx-portcullis-context: namespace={namespace}\r\n{extra_headers}Connection: close\r\n\r\n")
-            .as_bytes(),
-    );
-    request
-}
-
-fn header_in<'h>(head: &'h str, name: &str) -> Option<&'h str> {
-    head.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(':').map(str::trim))
 }
 
 fn grpc_check_request(namespace: &str, path: &str, headers: HashMap<String, String>) -> CheckRequest {
@@ -387,7 +346,7 @@ fn two_authorization_headers_are_refused_on_the_http_door() {
     let mut yaml = door_policies();
     yaml = yaml.replace("jwks: '", "forwardOriginalToken: true\n    jwks: '");
     let policies = policy_dir(&yaml);
-    let (server, _config) = start_envoy_mode(policies.path());
+    let server = Server::with_http_door(policies.path(), "envoy", "");
     let alice = sign(RSA, Algorithm::RS256, Some("rsa"), &claims("alice"));
     let admin = sign(OTHER_RSA, Algorithm::RS256, Some("rsa"), &claims("admin"));
     let single = format!("Authorization: Bearer {alice}\r\n");
@@ -738,7 +697,7 @@ fn allowed_control_paths() -> [&'static str; 3] {
 #[test]
 fn path_tricks_through_the_http_door_never_reach_a_denied_resource() {
     let policies = policy_dir(&door_policies());
-    let (server, _config) = start_envoy_mode(policies.path());
+    let server = Server::with_http_door(policies.path(), "envoy", "");
     let mut failures = Vec::new();
     for path in PATHS_TO_DENIED_RESOURCES {
         let (status, _, body) = raw_http(server.http, &envoy_mode_request(path.as_bytes(), "adv", ""));
@@ -793,7 +752,7 @@ async fn path_tricks_through_grpc_never_reach_a_denied_resource() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn non_utf8_and_overlong_path_bytes_are_never_allowed() {
     let policies = policy_dir(&door_policies());
-    let (server, _config) = start_envoy_mode(policies.path());
+    let server = Server::with_http_door(policies.path(), "envoy", "");
     let raw_targets: [&[u8]; 5] = [
         b"/admin\xff",
         b"/public/\xc0\xae\xc0\xae/admin",
@@ -838,8 +797,7 @@ fn an_unreadable_forwarded_uri_is_not_replaced_by_the_auth_requests_path() {
     for (mode, header) in
         [("nginx", "X-Original-URI"), ("traefik", "X-Forwarded-Uri"), ("ingress-nginx", "X-Original-URL")]
     {
-        let config = config_file(&format!("http_mode: {mode}\n"));
-        let server = Server::start_with(&[policies.path()], Some(config.path()));
+        let server = Server::with_http_door(policies.path(), mode, "");
         let value: &[u8] = if header == "X-Original-URL" { b"http://app.test/admin/\xff" } else { b"/admin/\xff" };
         let mut request = b"GET /_auth?namespace=adv&app=adv HTTP/1.1\r\nHost: portcullis\r\n".to_vec();
         request.extend_from_slice(header.as_bytes());
@@ -901,8 +859,7 @@ fn client_copies_of_forwarding_headers_do_not_choose_the_judged_path() {
     ];
     let mut failures = Vec::new();
     for (name, mode, target, headers) in &cases {
-        let config = config_file(&format!("http_mode: {mode}\n"));
-        let server = Server::start_with(&[policies.path()], Some(config.path()));
+        let server = Server::with_http_door(policies.path(), mode, "");
         let (status, _, _) = http_request(server.http, "GET", target, headers);
         if status != 403 {
             failures.push(format!("{name}: {status}, not 403"));
@@ -917,7 +874,7 @@ fn client_copies_of_forwarding_headers_do_not_choose_the_judged_path() {
 
 async fn path_parameters_on_a_denied_segment_stay_denied() {
     let policies = policy_dir(&door_policies());
-    let (server, _config) = start_envoy_mode(policies.path());
+    let server = Server::with_http_door(policies.path(), "envoy", "");
     let mut client = grpc_client(&server).await;
     let mut failures = Vec::new();
     // (`/ad;min` is not here: Tomcat and Spring read it as `/ad`, which no DENY rule guards.)
@@ -1008,8 +965,7 @@ spec:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spoofed_forwarded_for_entries_from_the_client_are_ignored() {
     let policies = policy_dir(INTERNAL_ONLY);
-    let config = config_file("trusted_proxy_hops: 1\nhttp_mode: envoy\n");
-    let server = Server::start_with(&[policies.path()], Some(config.path()));
+    let server = Server::with_http_door(policies.path(), "envoy", "trusted_proxy_hops: 1\n");
     let mut client = grpc_client(&server).await;
     let cases = [
         ("10.0.0.1, 203.0.113.7", 403),
@@ -1042,9 +998,8 @@ fn forwarded_for_from_an_untrusted_http_peer_is_ignored() {
     let policies = policy_dir(INTERNAL_ONLY);
     let mut failures = Vec::new();
     for hops in [0, 1, 2] {
-        let config =
-            config_file(&format!("trusted_proxy_hops: {hops}\ntrusted_proxies: [192.0.2.0/24]\nhttp_mode: envoy\n"));
-        let server = Server::start_with(&[policies.path()], Some(config.path()));
+        let settings = format!("trusted_proxy_hops: {hops}\ntrusted_proxies: [192.0.2.0/24]\n");
+        let server = Server::with_http_door(policies.path(), "envoy", &settings);
         for chain in ["10.0.0.1", "10.0.0.1, 10.0.0.2", "10.9.9.9, 10.0.0.1, 10.0.0.2"] {
             let (status, _, _) = http_request(server.http, "GET", "/", &[("X-Forwarded-For", chain)]);
             if status != 403 {
@@ -1065,7 +1020,7 @@ fn forwarded_for_from_an_untrusted_http_peer_is_ignored() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_and_numerous_headers_get_a_clean_answer() {
     let policies = policy_dir(&door_policies());
-    let (server, _config) = start_envoy_mode(policies.path());
+    let server = Server::with_http_door(policies.path(), "envoy", "");
     let many = |count: usize, size: usize| -> String {
         (0..count).map(|index| format!("x-h{index}: {}\r\n", "v".repeat(size))).collect()
     };
@@ -1126,7 +1081,7 @@ async fn oversized_and_numerous_headers_get_a_clean_answer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn claims_with_control_characters_never_reach_output_headers() {
     let policies = policy_dir(&door_policies());
-    let (server, _config) = start_envoy_mode(policies.path());
+    let server = Server::with_http_door(policies.path(), "envoy", "");
     let mut client = grpc_client(&server).await;
     let mut failures = Vec::new();
     for evil in [
@@ -1177,7 +1132,7 @@ async fn claims_with_control_characters_never_reach_output_headers() {
 #[test]
 fn client_copies_of_every_output_header_are_overwritten_or_stripped() {
     let policies = policy_dir(&door_policies());
-    let (server, _config) = start_envoy_mode(policies.path());
+    let server = Server::with_http_door(policies.path(), "envoy", "");
     let smuggled = "X-User: admin\r\nx-TENANT: evil\r\nX-Jwt-Payload: eyJzdWIiOiJhZG1pbiJ9\r\n";
     let mut without_tenant = claims("alice");
     without_tenant.as_object_mut().expect("object").remove("tenant");
