@@ -28,7 +28,9 @@ use portcullis::core::{Decision, EngineOptions, HttpRequest, Reason, Request, Sn
 use portcullis::telemetry::Metrics;
 use portcullis::token_cache::VerifiedTokenCache;
 use serde_json::{Value, json};
-use support::{Server, config_file, envoy_mode_request, header_in, http_get, http_request, policy_dir, raw_http};
+use support::{
+    Server, config_file, envoy_mode_request, header_in, http_get, http_request, metadata_field, policy_dir, raw_http,
+};
 
 const ISSUER: &str = "https://issuer.adversarial.test";
 const OTHER_ISSUER: &str = "https://other.adversarial.test";
@@ -632,89 +634,140 @@ async fn trickling_and_50_mb_key_sets_give_no_keys_within_the_bound() {
 // Paths
 // ---------------------------------------------------------------------------------------------
 
+/// Why a path trick is refused, as the decision log and the response metadata say; the status
+/// follows from it.
+#[derive(Debug, Clone, Copy)]
+enum Refusal {
+    /// The DENY rule matched the normalized path: 403 `denied_by_policy`.
+    Denied,
+    /// No ALLOW rule matched (a DENY rule did not see `/admin` in that spelling): 403 `no_allow_match`.
+    NotAllowed,
+    /// The path cannot be normalized safely: 400 `invalid_path`.
+    Invalid,
+}
+
+impl Refusal {
+    fn reason(self) -> &'static str {
+        match self {
+            Self::Denied => "denied_by_policy",
+            Self::NotAllowed => "no_allow_match",
+            Self::Invalid => "invalid_path",
+        }
+    }
+
+    fn status(self) -> u16 {
+        match self {
+            Self::Denied | Self::NotAllowed => 403,
+            Self::Invalid => 400,
+        }
+    }
+}
+
 /// Raw request targets that name `/admin` (denied by a DENY rule) or `/private` (outside the
-/// ALLOW list) in some other spelling. None may be allowed; plain `/public/...` is.
-const PATHS_TO_DENIED_RESOURCES: &[&str] = &[
-    "/admin",
-    "/admin/",
-    "/admin/users",
-    "//admin",
-    "/./admin",
-    "/public/../admin",
-    "/public/./../admin/users",
-    "/public/%2e%2e/admin",
-    "/public/%2E%2E/admin",
-    "/public/.%2e/admin",
-    "/public/%2e./admin",
-    "/public/..%2fadmin",
-    "/public/..%2Fadmin/users",
-    "/public%2f..%2fadmin",
-    "/admin%2fusers",
-    "/public/..%5cadmin",
-    "/%61dmin",
-    "/%61%64%6d%69%6e/users",
-    "/public\\..\\admin",
-    "\\admin",
-    "/public/..\\admin",
-    "/public/x/../../admin",
-    "/public/..;/admin",
-    "/public/.;/../admin",
-    "/admin%00",
-    "/public/%00/../../admin",
-    "/admin%",
-    "/admin%zz",
-    "/admin?/public/x",
-    "/admin#/public/x",
-    "/admin/./",
-    "/admin/../admin",
-    "/private",
-    "/public/../private",
-    "/public/%2e%2e/private",
-    "/%2561dmin",
-    "/ADMIN",
+/// ALLOW list) in some other spelling, each with why it is refused; plain `/public/...` is
+/// allowed.
+const PATHS_TO_DENIED_RESOURCES: &[(&str, Refusal)] = &[
+    ("/admin", Refusal::Denied),
+    ("/admin/", Refusal::Denied),
+    ("/admin/users", Refusal::Denied),
+    ("//admin", Refusal::Denied),
+    ("/./admin", Refusal::Denied),
+    ("/public/../admin", Refusal::Denied),
+    ("/public/./../admin/users", Refusal::Denied),
+    ("/public/%2e%2e/admin", Refusal::Denied),
+    ("/public/%2E%2E/admin", Refusal::Denied),
+    ("/public/.%2e/admin", Refusal::Denied),
+    ("/public/%2e./admin", Refusal::Denied),
+    ("/public/..%2fadmin", Refusal::Denied),
+    ("/public/..%2Fadmin/users", Refusal::Denied),
+    ("/public%2f..%2fadmin", Refusal::NotAllowed),
+    ("/admin%2fusers", Refusal::NotAllowed),
+    ("/public/..%5cadmin", Refusal::Denied),
+    ("/%61dmin", Refusal::Denied),
+    ("/%61%64%6d%69%6e/users", Refusal::Denied),
+    ("/public\\..\\admin", Refusal::Denied),
+    ("\\admin", Refusal::Invalid),
+    ("/public/..\\admin", Refusal::Denied),
+    ("/public/x/../../admin", Refusal::Denied),
+    ("/public/..;/admin", Refusal::Invalid),
+    ("/public/.;/../admin", Refusal::Invalid),
+    ("/admin%00", Refusal::Invalid),
+    ("/public/%00/../../admin", Refusal::Invalid),
+    ("/admin%", Refusal::Invalid),
+    ("/admin%zz", Refusal::Invalid),
+    ("/admin?/public/x", Refusal::Denied),
+    ("/admin#/public/x", Refusal::Denied),
+    ("/admin/./", Refusal::Denied),
+    ("/admin/../admin", Refusal::Denied),
+    ("/private", Refusal::NotAllowed),
+    ("/public/../private", Refusal::NotAllowed),
+    ("/public/%2e%2e/private", Refusal::NotAllowed),
+    ("/%2561dmin", Refusal::NotAllowed),
+    ("/ADMIN", Refusal::NotAllowed),
 ];
 
 /// The same paths against a namespace with only the DENY rule: what it denies must stay denied.
-const DENY_ONLY_TARGETS: &[&str] = &[
-    "/admin",
-    "//admin",
-    "/./admin/x",
-    "/x/../admin",
-    "/x/%2e%2e/admin",
-    "/%61dmin",
-    "/x\\..\\admin",
-    "/admin%2fx",
-    "/x/..%2fadmin",
-    "/admin/x;y",
-    "/x/..;/admin",
+const DENY_ONLY_TARGETS: &[(&str, Refusal)] = &[
+    ("/admin", Refusal::Denied),
+    ("//admin", Refusal::Denied),
+    ("/./admin/x", Refusal::Denied),
+    ("/x/../admin", Refusal::Denied),
+    ("/x/%2e%2e/admin", Refusal::Denied),
+    ("/%61dmin", Refusal::Denied),
+    ("/x\\..\\admin", Refusal::Denied),
+    ("/admin%2fx", Refusal::Denied),
+    ("/x/..%2fadmin", Refusal::Denied),
+    ("/admin/x;y", Refusal::Denied),
+    ("/x/..;/admin", Refusal::Invalid),
 ];
 
 fn allowed_control_paths() -> [&'static str; 3] {
     ["/public/x", "/public/a%2Fb", "/public/caf%C3%A9"]
 }
 
-/// Every spelling through the HTTP door, as raw request lines from a plain TCP client.
+/// The path tricks of both namespaces with their refusal, then the allowed controls (`None`).
+fn path_trick_cases() -> Vec<(&'static str, &'static str, Option<Refusal>)> {
+    let tricks = PATHS_TO_DENIED_RESOURCES.iter().map(|&(path, refusal)| ("adv", path, Some(refusal)));
+    let deny_only = DENY_ONLY_TARGETS.iter().map(|&(path, refusal)| ("denyonly", path, Some(refusal)));
+    let controls = allowed_control_paths().into_iter().map(|path| ("adv", path, None));
+    tricks.chain(deny_only).chain(controls).collect()
+}
+
+/// Every spelling through the HTTP door, as raw request lines from a plain TCP client, with the
+/// decision log at `debug`: each decided check has its line there, at that level, with its
+/// reason; a target the HTTP parser refuses (not starting with `/`) is answered before any
+/// decision.
 #[test]
 fn path_tricks_through_the_http_door_never_reach_a_denied_resource() {
     let policies = policy_dir(&door_policies());
-    let server = Server::with_http_door(policies.path(), "envoy", "");
+    let settings = "decision_log: all\ndecision_log_level: debug\nlog_level: debug\n";
+    let server = Server::with_http_door(policies.path(), "envoy", settings);
+    let cases = path_trick_cases();
     let mut failures = Vec::new();
-    for path in PATHS_TO_DENIED_RESOURCES {
-        let (status, _, body) = raw_http(server.http, &envoy_mode_request(path.as_bytes(), "adv", ""));
-        if !matches!(status, 400 | 403) {
-            failures.push(format!("adv {path}: {status} {body:?}"));
+    for (index, (namespace, path, refusal)) in cases.iter().enumerate() {
+        let request_id = format!("x-request-id: trick-{index}\r\n");
+        let (status, _, body) = raw_http(server.http, &envoy_mode_request(path.as_bytes(), namespace, &request_id));
+        let expected = refusal.map_or(200, Refusal::status);
+        if status != expected {
+            failures.push(format!("{namespace} {path}: {status} {body:?}, not {expected}"));
         }
     }
-    for path in DENY_ONLY_TARGETS {
-        let (status, _, body) = raw_http(server.http, &envoy_mode_request(path.as_bytes(), "denyonly", ""));
-        if !matches!(status, 400 | 403) {
-            failures.push(format!("denyonly {path}: {status} {body:?}"));
-        }
-    }
-    for path in allowed_control_paths() {
-        let (status, _, body) = raw_http(server.http, &envoy_mode_request(path.as_bytes(), "adv", ""));
-        if status != 200 {
-            failures.push(format!("control {path}: {status} {body:?}"));
+    let last = format!("request_id=\"trick-{}\"", cases.len() - 1);
+    let decided: Vec<String> =
+        server.log_until(&["Decided", &last]).into_iter().filter(|line| line.contains("Decided")).collect();
+    for (index, (namespace, path, refusal)) in cases.iter().enumerate() {
+        let id = format!("request_id=\"trick-{index}\"");
+        let line = decided.iter().find(|line| line.contains(&id));
+        let (decision, reason) = refusal.map_or(("allow", "allowed_by_policy"), |refusal| ("deny", refusal.reason()));
+        match line {
+            None if !path.starts_with('/') => {}
+            None => failures.push(format!("{namespace} {path}: no decision line")),
+            Some(line) => {
+                let wanted = [" DEBUG ", &format!("decision=\"{decision}\""), &format!("reason=\"{reason}\"")];
+                if !wanted.iter().all(|part| line.contains(part)) {
+                    failures.push(format!("{namespace} {path}: the decision line lacks {wanted:?}: {line}"));
+                }
+            }
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
@@ -727,21 +780,16 @@ async fn path_tricks_through_grpc_never_reach_a_denied_resource() {
     let server = Server::start(&[policies.path()]);
     let mut client = grpc_client(&server).await;
     let mut failures = Vec::new();
-    let cases = PATHS_TO_DENIED_RESOURCES
-        .iter()
-        .map(|path| ("adv", *path, false))
-        .chain(DENY_ONLY_TARGETS.iter().map(|path| ("denyonly", *path, false)))
-        .chain(allowed_control_paths().into_iter().map(|path| ("adv", path, true)));
-    for (namespace, path, allowed) in cases {
+    for (namespace, path, refusal) in path_trick_cases() {
         let response = client
             .check(grpc_check_request(namespace, path, HashMap::new()))
             .await
             .expect("Check answers")
             .into_inner();
-        let status = grpc_status(&response);
-        let safe = if allowed { status == 200 } else { matches!(status, 400 | 403) };
-        if !safe {
-            failures.push(format!("{namespace} {path}: {status}"));
+        let got = (grpc_status(&response), metadata_field(&response, "reason").unwrap_or_default());
+        let expected = refusal.map_or((200, "allowed_by_policy"), |refusal| (refusal.status(), refusal.reason()));
+        if (got.0, got.1.as_str()) != expected {
+            failures.push(format!("{namespace} {path}: {got:?}, not {expected:?}"));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
