@@ -1,23 +1,34 @@
-//! Runs the golden cases in `tests/golden/*.yaml` — policies, requests, expected decisions or errors — against the core.
+//! Runs the golden cases in `tests/golden/*.yaml` — policies, requests, expected decisions or errors — through the engine, as the gRPC door does.
 //!
 //! A file holds one or more YAML documents, each a policy set with its settings and cases; a
-//! case may override some settings for itself.
+//! case may override some settings for itself. Remote keys come from a real key store, fetched
+//! over loopback from the JWKS endpoints a document declares.
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::Algorithm;
 use serde::Deserialize;
 use serde_json::{Map, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
 
 use crate::cli::RequestFile;
 use crate::config::ConfigError;
 use crate::config::load::{load_policies, load_policy_text};
-use crate::core::Snapshot;
-use crate::core::authn::{AuthnContext, NoRemoteKeys};
+use crate::core::authn::NoRemoteKeys;
 use crate::core::identity::Identity;
-use crate::core::test_util::sign;
+use crate::core::test_util::{jwks, sign};
+use crate::core::{Decision, Snapshot};
+use crate::engine::{Engine, Outcome, Received};
+use crate::jwks::KeyStore;
 use crate::settings::Settings;
+use crate::telemetry::{Door, Metrics};
+use crate::token_cache::VerifiedTokenCache;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -30,6 +41,10 @@ struct GoldenFile {
     policy_paths: Vec<PathBuf>,
     #[serde(default)]
     settings: Option<Settings>,
+    /// JWKS endpoints served over loopback while the document runs; `policies` names one
+    /// as `${jwks_uri:NAME}`.
+    #[serde(default)]
+    jwks_servers: Vec<JwksEndpoint>,
     #[serde(default)]
     cases: Vec<Case>,
     #[serde(default)]
@@ -54,6 +69,9 @@ struct Case {
     /// `Authorization: Bearer`. `iat` and `exp` are filled in when absent.
     #[serde(default)]
     token: Option<Map<String, Value>>,
+    /// The `kid` the token names instead of `golden`.
+    #[serde(default)]
+    token_kid: Option<String>,
     /// Where `token` is sent instead of `Authorization: Bearer`.
     #[serde(default)]
     token_in: Option<TokenPlace>,
@@ -83,6 +101,33 @@ struct Expectation {
     /// `allow` or `deny`: what the dry-run policies would decide; omitted means none apply.
     #[serde(default)]
     dry_run: Option<String>,
+    /// The status the client gets; omitted means not checked.
+    #[serde(default)]
+    status: Option<u16>,
+    /// The body of the denial the client gets; omitted means not checked.
+    #[serde(default)]
+    body: Option<String>,
+    /// How many times the case made the key store fetch from the document's JWKS endpoints;
+    /// omitted means not checked.
+    #[serde(default)]
+    jwks_fetches: Option<usize>,
+}
+
+/// A JWKS endpoint on loopback: `{name: idp}` serves the public key of
+/// `tests/keys/rsa-2048.pem` under kid `golden`; `{name: down, status: 503}` answers that
+/// status with an empty body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JwksEndpoint {
+    name: String,
+    #[serde(default = "JwksEndpoint::ok")]
+    status: u16,
+}
+
+impl JwksEndpoint {
+    fn ok() -> u16 {
+        200
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -107,7 +152,84 @@ fn golden_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
 }
 
-fn snapshot_for(file: &GoldenFile, label: &str, overrides: &Map<String, Value>) -> Result<Snapshot, Vec<ConfigError>> {
+/// The JWKS endpoints of one document, on one loopback port with a path per name; counts the
+/// requests it answers.
+struct JwksServer {
+    address: SocketAddr,
+    fetches: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl JwksServer {
+    async fn start(endpoints: &[JwksEndpoint]) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("binds loopback");
+        let address = listener.local_addr().expect("a bound address");
+        let statuses: Arc<HashMap<String, u16>> =
+            Arc::new(endpoints.iter().map(|endpoint| (format!("/{}", endpoint.name), endpoint.status)).collect());
+        let keys: Arc<str> = jwks(&[("rsa-2048.pem", Algorithm::RS256, "golden")]).into();
+        let fetches = Arc::new(AtomicUsize::new(0));
+        let counter = fetches.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let (statuses, keys, counter) = (statuses.clone(), keys.clone(), counter.clone());
+                tokio::spawn(async move {
+                    let path = read_request_path(&mut stream).await;
+                    let status = statuses.get(&path).copied().unwrap_or(404);
+                    let body = if status == 200 { &*keys } else { "" };
+                    // Counted before the answer leaves, so a caller that has it sees the count.
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    let answer = format!(
+                        "HTTP/1.1 {status} Golden\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = stream.write_all(answer.as_bytes()).await;
+                });
+            }
+        });
+        Self { address, fetches, task }
+    }
+
+    fn uri(&self, name: &str) -> String {
+        format!("http://{}/{name}", self.address)
+    }
+
+    fn fetches(&self) -> usize {
+        self.fetches.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for JwksServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The path of the request line, once the request's head has arrived (empty if it never does).
+async fn read_request_path(stream: &mut tokio::net::TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !head.windows(4).any(|window| window == b"\r\n\r\n") && head.len() < 16 * 1024 {
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(read) => head.extend_from_slice(&chunk[..read]),
+        }
+    }
+    String::from_utf8_lossy(&head).split(' ').nth(1).unwrap_or_default().to_string()
+}
+
+/// What a document's cases are judged by: the engine, with its own key store, and a twin of
+/// its policy set for the explanation and the `identity:` shortcut.
+struct Judge {
+    engine: Engine,
+    snapshot: Snapshot,
+}
+
+async fn judge_for(
+    file: &GoldenFile,
+    label: &str,
+    overrides: &Map<String, Value>,
+    server: Option<&JwksServer>,
+) -> Result<Judge, Vec<ConfigError>> {
     let as_error = |message: String| vec![ConfigError { file: label.into(), line: 0, message }];
     let mut settings = file.settings.clone().unwrap_or_default();
     if !overrides.is_empty() {
@@ -117,39 +239,78 @@ fn snapshot_for(file: &GoldenFile, label: &str, overrides: &Map<String, Value>) 
         }
         settings = serde_json::from_value(merged).map_err(|error| as_error(error.to_string()))?;
     }
-    let mut loaded = load_policy_text(label, &file.policies)?;
-    if !file.policy_paths.is_empty() {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let paths: Vec<PathBuf> = file.policy_paths.iter().map(|path| root.join(path)).collect();
-        let from_files = load_policies(&paths)?;
-        loaded.policies.extend(from_files.policies);
-        loaded.authn.extend(from_files.authn);
+    let mut policies = file.policies.clone();
+    if let Some(server) = server {
+        for endpoint in &file.jwks_servers {
+            policies = policies.replace(&format!("${{jwks_uri:{}}}", endpoint.name), &server.uri(&endpoint.name));
+        }
     }
-    let workloads = settings.workload_table().map_err(|error| as_error(error.to_string()))?;
-    Ok(Snapshot::new(loaded.policies, loaded.authn, workloads, settings.engine_options(), &settings.root_namespace))
+    let compile = || -> Result<Snapshot, Vec<ConfigError>> {
+        let mut loaded = load_policy_text(label, &policies)?;
+        if !file.policy_paths.is_empty() {
+            let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+            let paths: Vec<PathBuf> = file.policy_paths.iter().map(|path| root.join(path)).collect();
+            let from_files = load_policies(&paths)?;
+            loaded.policies.extend(from_files.policies);
+            loaded.authn.extend(from_files.authn);
+        }
+        let workloads = settings.workload_table().map_err(|error| as_error(error.to_string()))?;
+        Ok(Snapshot::new(loaded.policies, loaded.authn, workloads, settings.engine_options(), &settings.root_namespace))
+    };
+    let (snapshot, twin) = (compile()?, compile()?);
+    // As `serve` starts: the key store knows the set's remote issuers and fetches them once.
+    let metrics = Arc::new(Metrics::new());
+    let cache = Arc::new(VerifiedTokenCache::new(settings.token_cache_entries, metrics.clone()));
+    let keys = Arc::new(KeyStore::new(settings.fetch_limits(), metrics.clone(), cache.clone()).expect("a key store"));
+    let issuers = keys.add_issuers(snapshot.remote_issuers());
+    keys.fetch(&issuers).await;
+    Ok(Judge { engine: Engine::new(snapshot, settings, metrics, keys, cache), snapshot: twin })
 }
 
-/// The time golden tokens are checked at, seconds since the epoch.
-const GOLDEN_NOW: u64 = 1_800_000_000;
-
-fn signed_token(claims: &Map<String, Value>) -> String {
+fn signed_token(claims: &Map<String, Value>, kid: &str) -> String {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_secs());
     let mut claims = claims.clone();
-    claims.entry("iat").or_insert(GOLDEN_NOW.into());
-    claims.entry("exp").or_insert((GOLDEN_NOW + 300).into());
-    sign("rsa-2048.pem", Algorithm::RS256, "golden", &Value::Object(claims))
+    claims.entry("iat").or_insert(now.into());
+    claims.entry("exp").or_insert((now + 300).into());
+    sign("rsa-2048.pem", Algorithm::RS256, kid, &Value::Object(claims))
 }
 
-fn run_case(snapshot: &Snapshot, case: &Case) -> Result<(), String> {
+/// The status and body the client gets for `decision`, as the gRPC door writes them.
+fn answer_to_client(decision: &Decision) -> (u16, String) {
+    (decision.http_status(), decision.body().to_string())
+}
+
+/// What a case observed, in the terms of its expectation: the fields the expectation leaves
+/// out are left out.
+fn observed(decision: &Decision, allow: bool, fetches: usize, expect: &Expectation) -> Expectation {
+    let verdict = |allow: bool| if allow { "allow" } else { "deny" }.to_string();
+    let (status, body) = answer_to_client(decision);
+    Expectation {
+        decision: verdict(allow),
+        reason: decision.reason.as_str().into(),
+        policy: decision.policy.as_ref().map(ToString::to_string),
+        audit: decision.audit.as_ref().map(ToString::to_string),
+        dry_run: decision.dry_run.as_ref().map(|outcome| verdict(outcome.would_allow)),
+        status: expect.status.and(Some(status)),
+        body: expect.body.as_ref().and(Some(body)),
+        jwks_fetches: expect.jwks_fetches.and(Some(fetches)),
+    }
+}
+
+async fn run_case(judge: &Judge, server: Option<&JwksServer>, case: &Case) -> Result<(), String> {
+    let fetches_before = server.map_or(0, JwksServer::fetches);
     let mut headers = case.request.header_entries();
-    let (decision, explanation) = if let Some(claims) = &case.identity {
+    let (decision, allow, explanation) = if let Some(claims) = &case.identity {
         let space_delimited: Arc<[Box<str>]> = Arc::from(vec![Box::from("scope"), Box::from("permission")]);
-        let identity = Identity::for_tests(claims, snapshot.kept_claims(), space_delimited);
+        let identity = Identity::for_tests(claims, judge.snapshot.kept_claims(), space_delimited);
         let request = case.request.request(&headers);
-        (snapshot.decide(&request, Some(&identity)), snapshot.explain_as(&request, Some(&identity)))
+        let decision = judge.snapshot.decide(&request, Some(&identity));
+        let allow = decision.is_allow();
+        (decision, allow, judge.snapshot.explain_as(&request, Some(&identity)))
     } else {
         let mut path_with_token = None;
         if let Some(claims) = &case.token {
-            let token = signed_token(claims);
+            let token = signed_token(claims, case.token_kid.as_deref().unwrap_or("golden"));
             match &case.token_in {
                 None => headers.push(("authorization".into(), format!("Bearer {token}"))),
                 Some(TokenPlace::Header { name, prefix }) => headers.push((name.clone(), format!("{prefix}{token}"))),
@@ -160,18 +321,14 @@ fn run_case(snapshot: &Snapshot, case: &Case) -> Result<(), String> {
                 }
             }
         }
-        let context = AuthnContext {
-            keys: &NoRemoteKeys,
-            cache: &NoRemoteKeys,
-            now: GOLDEN_NOW,
-            clock_skew_secs: 60,
-            max_token_bytes: 8192,
-        };
         let mut request = case.request.request(&headers);
         if let (Some(path), Some(http)) = (&path_with_token, request.http.as_mut()) {
             http.path = path;
         }
-        (snapshot.check(&request, &context), snapshot.explain(&request, &context))
+        let Outcome { decision, allow } = judge.engine.check(Door::Grpc, Received::Judgeable(&request)).await;
+        // After the engine's refetches, the explanation sees the keys its last decision saw.
+        let context = judge.engine.settings().authn_context(&**judge.engine.keys(), &NoRemoteKeys);
+        (decision, allow, judge.snapshot.explain(&request, &context))
     };
     // The explanation walks the same predicates its own way: it must arrive at the same verdict.
     if (explanation.reason, &explanation.policy) != (decision.reason, &decision.policy) {
@@ -180,14 +337,8 @@ fn run_case(snapshot: &Snapshot, case: &Case) -> Result<(), String> {
             decision.reason, decision.policy
         ));
     }
-    let verdict = |allow: bool| if allow { "allow" } else { "deny" }.to_string();
-    let got = Expectation {
-        decision: verdict(decision.is_allow()),
-        reason: decision.reason.as_str().into(),
-        policy: decision.policy.as_ref().map(ToString::to_string),
-        audit: decision.audit.as_ref().map(ToString::to_string),
-        dry_run: decision.dry_run.as_ref().map(|outcome| verdict(outcome.would_allow)),
-    };
+    let fetches = server.map_or(0, JwksServer::fetches) - fetches_before;
+    let got = observed(&decision, allow, fetches, &case.expect);
     if got == case.expect { Ok(()) } else { Err(format!("expected {:?}\n      got {:?}", case.expect, got)) }
 }
 
@@ -229,8 +380,8 @@ fn run_skipped(case: &SkippedCase) -> Result<(), String> {
     }
 }
 
-#[test]
-fn golden_cases_decide_as_expected_and_their_explanations_agree() {
+#[tokio::test]
+async fn golden_cases_decide_as_expected_and_their_explanations_agree() {
     let mut files: Vec<PathBuf> = std::fs::read_dir(golden_dir())
         .expect("tests/golden exists")
         .map(|entry| entry.expect("readable entry").path())
@@ -246,13 +397,21 @@ fn golden_cases_decide_as_expected_and_their_explanations_agree() {
         let documents: Vec<GoldenFile> =
             serde_saphyr::from_multiple(&text).unwrap_or_else(|error| panic!("{label}: {error}"));
         for file in &documents {
-            let shared = if file.cases.is_empty() { None } else { Some(snapshot_for(file, &label, &Map::new())) };
+            let server =
+                if file.jwks_servers.is_empty() { None } else { Some(JwksServer::start(&file.jwks_servers).await) };
+            let server = server.as_ref();
+            let shared =
+                if file.cases.is_empty() { None } else { Some(judge_for(file, &label, &Map::new(), server).await) };
             for case in &file.cases {
                 count += 1;
-                let own = (!case.settings.is_empty()).then(|| snapshot_for(file, &label, &case.settings));
+                let own = if case.settings.is_empty() {
+                    None
+                } else {
+                    Some(judge_for(file, &label, &case.settings, server).await)
+                };
                 match own.as_ref().or(shared.as_ref()) {
-                    Some(Ok(snapshot)) => {
-                        if let Err(message) = run_case(snapshot, case) {
+                    Some(Ok(judge)) => {
+                        if let Err(message) = run_case(judge, server, case).await {
                             failures.push(format!("{label}: {}\n      {message}", case.name));
                         }
                     }

@@ -6,9 +6,6 @@ mod forge;
 mod support;
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,7 +28,9 @@ use portcullis::core::{Decision, EngineOptions, HttpRequest, Reason, Request, Sn
 use portcullis::telemetry::Metrics;
 use portcullis::token_cache::VerifiedTokenCache;
 use serde_json::{Value, json};
-use support::{Server, config_file, http_get, http_request, policy_dir};
+use support::{
+    Server, config_file, envoy_mode_request, header_in, http_get, http_request, metadata_field, policy_dir, raw_http,
+};
 
 const ISSUER: &str = "https://issuer.adversarial.test";
 const OTHER_ISSUER: &str = "https://other.adversarial.test";
@@ -143,44 +142,6 @@ spec:
 "#,
     );
     yaml
-}
-
-/// A server on `policies` with the HTTP door in Envoy's HTTP mode, and its settings file.
-fn start_envoy_mode(policies: &Path) -> (Server, tempfile::NamedTempFile) {
-    let config = config_file("http_mode: envoy\n");
-    (Server::start_with(&[policies], Some(config.path())), config)
-}
-
-/// Sends raw bytes to `address` and reads the answer: status (0: none), head (lower case), body.
-fn raw_http(address: SocketAddr, request: &[u8]) -> (u16, String, String) {
-    let Ok(mut stream) = TcpStream::connect_timeout(&address, Duration::from_secs(2)) else {
-        return (0, String::new(), String::new());
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
-    let _ = stream.set_write_timeout(Some(Duration::from_secs(10)));
-    // The server may answer (431) before it has read everything: a failed write is not the end.
-    let _ = stream.write_all(request);
-    let mut response = Vec::new();
-    let _ = stream.read_to_end(&mut response);
-    let response = String::from_utf8_lossy(&response).to_string();
-    let status = response.split_whitespace().nth(1).and_then(|code| code.parse().ok()).unwrap_or(0);
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    (status, head.to_ascii_lowercase(), body.to_string())
-}
-
-/// A request to the HTTP door in Envoy's HTTP mode, naming the workload by namespace.
-fn envoy_mode_request(target: &[u8], namespace: &str, extra_headers: &str) -> Vec<u8> {
-    let mut request = b"GET ".to_vec();
-    request.extend_from_slice(target);
-    request.extend_from_slice(
-        format!(" HTTP/1.1\r\nHost: app.test\r\nx-portcullis-context: namespace={namespace}\r\n{extra_headers}Connection: close\r\n\r\n")
-            .as_bytes(),
-    );
-    request
-}
-
-fn header_in<'h>(head: &'h str, name: &str) -> Option<&'h str> {
-    head.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(':').map(str::trim))
 }
 
 fn grpc_check_request(namespace: &str, path: &str, headers: HashMap<String, String>) -> CheckRequest {
@@ -387,7 +348,7 @@ fn two_authorization_headers_are_refused_on_the_http_door() {
     let mut yaml = door_policies();
     yaml = yaml.replace("jwks: '", "forwardOriginalToken: true\n    jwks: '");
     let policies = policy_dir(&yaml);
-    let (server, _config) = start_envoy_mode(policies.path());
+    let server = Server::with_http_door(policies.path(), "envoy", "");
     let alice = sign(RSA, Algorithm::RS256, Some("rsa"), &claims("alice"));
     let admin = sign(OTHER_RSA, Algorithm::RS256, Some("rsa"), &claims("admin"));
     let single = format!("Authorization: Bearer {alice}\r\n");
@@ -673,89 +634,140 @@ async fn trickling_and_50_mb_key_sets_give_no_keys_within_the_bound() {
 // Paths
 // ---------------------------------------------------------------------------------------------
 
+/// Why a path trick is refused, as the decision log and the response metadata say; the status
+/// follows from it.
+#[derive(Debug, Clone, Copy)]
+enum Refusal {
+    /// The DENY rule matched the normalized path: 403 `denied_by_policy`.
+    Denied,
+    /// No ALLOW rule matched (a DENY rule did not see `/admin` in that spelling): 403 `no_allow_match`.
+    NotAllowed,
+    /// The path cannot be normalized safely: 400 `invalid_path`.
+    Invalid,
+}
+
+impl Refusal {
+    fn reason(self) -> &'static str {
+        match self {
+            Self::Denied => "denied_by_policy",
+            Self::NotAllowed => "no_allow_match",
+            Self::Invalid => "invalid_path",
+        }
+    }
+
+    fn status(self) -> u16 {
+        match self {
+            Self::Denied | Self::NotAllowed => 403,
+            Self::Invalid => 400,
+        }
+    }
+}
+
 /// Raw request targets that name `/admin` (denied by a DENY rule) or `/private` (outside the
-/// ALLOW list) in some other spelling. None may be allowed; plain `/public/...` is.
-const PATHS_TO_DENIED_RESOURCES: &[&str] = &[
-    "/admin",
-    "/admin/",
-    "/admin/users",
-    "//admin",
-    "/./admin",
-    "/public/../admin",
-    "/public/./../admin/users",
-    "/public/%2e%2e/admin",
-    "/public/%2E%2E/admin",
-    "/public/.%2e/admin",
-    "/public/%2e./admin",
-    "/public/..%2fadmin",
-    "/public/..%2Fadmin/users",
-    "/public%2f..%2fadmin",
-    "/admin%2fusers",
-    "/public/..%5cadmin",
-    "/%61dmin",
-    "/%61%64%6d%69%6e/users",
-    "/public\\..\\admin",
-    "\\admin",
-    "/public/..\\admin",
-    "/public/x/../../admin",
-    "/public/..;/admin",
-    "/public/.;/../admin",
-    "/admin%00",
-    "/public/%00/../../admin",
-    "/admin%",
-    "/admin%zz",
-    "/admin?/public/x",
-    "/admin#/public/x",
-    "/admin/./",
-    "/admin/../admin",
-    "/private",
-    "/public/../private",
-    "/public/%2e%2e/private",
-    "/%2561dmin",
-    "/ADMIN",
+/// ALLOW list) in some other spelling, each with why it is refused; plain `/public/...` is
+/// allowed.
+const PATHS_TO_DENIED_RESOURCES: &[(&str, Refusal)] = &[
+    ("/admin", Refusal::Denied),
+    ("/admin/", Refusal::Denied),
+    ("/admin/users", Refusal::Denied),
+    ("//admin", Refusal::Denied),
+    ("/./admin", Refusal::Denied),
+    ("/public/../admin", Refusal::Denied),
+    ("/public/./../admin/users", Refusal::Denied),
+    ("/public/%2e%2e/admin", Refusal::Denied),
+    ("/public/%2E%2E/admin", Refusal::Denied),
+    ("/public/.%2e/admin", Refusal::Denied),
+    ("/public/%2e./admin", Refusal::Denied),
+    ("/public/..%2fadmin", Refusal::Denied),
+    ("/public/..%2Fadmin/users", Refusal::Denied),
+    ("/public%2f..%2fadmin", Refusal::NotAllowed),
+    ("/admin%2fusers", Refusal::NotAllowed),
+    ("/public/..%5cadmin", Refusal::Denied),
+    ("/%61dmin", Refusal::Denied),
+    ("/%61%64%6d%69%6e/users", Refusal::Denied),
+    ("/public\\..\\admin", Refusal::Denied),
+    ("\\admin", Refusal::Invalid),
+    ("/public/..\\admin", Refusal::Denied),
+    ("/public/x/../../admin", Refusal::Denied),
+    ("/public/..;/admin", Refusal::Invalid),
+    ("/public/.;/../admin", Refusal::Invalid),
+    ("/admin%00", Refusal::Invalid),
+    ("/public/%00/../../admin", Refusal::Invalid),
+    ("/admin%", Refusal::Invalid),
+    ("/admin%zz", Refusal::Invalid),
+    ("/admin?/public/x", Refusal::Denied),
+    ("/admin#/public/x", Refusal::Denied),
+    ("/admin/./", Refusal::Denied),
+    ("/admin/../admin", Refusal::Denied),
+    ("/private", Refusal::NotAllowed),
+    ("/public/../private", Refusal::NotAllowed),
+    ("/public/%2e%2e/private", Refusal::NotAllowed),
+    ("/%2561dmin", Refusal::NotAllowed),
+    ("/ADMIN", Refusal::NotAllowed),
 ];
 
 /// The same paths against a namespace with only the DENY rule: what it denies must stay denied.
-const DENY_ONLY_TARGETS: &[&str] = &[
-    "/admin",
-    "//admin",
-    "/./admin/x",
-    "/x/../admin",
-    "/x/%2e%2e/admin",
-    "/%61dmin",
-    "/x\\..\\admin",
-    "/admin%2fx",
-    "/x/..%2fadmin",
-    "/admin/x;y",
-    "/x/..;/admin",
+const DENY_ONLY_TARGETS: &[(&str, Refusal)] = &[
+    ("/admin", Refusal::Denied),
+    ("//admin", Refusal::Denied),
+    ("/./admin/x", Refusal::Denied),
+    ("/x/../admin", Refusal::Denied),
+    ("/x/%2e%2e/admin", Refusal::Denied),
+    ("/%61dmin", Refusal::Denied),
+    ("/x\\..\\admin", Refusal::Denied),
+    ("/admin%2fx", Refusal::Denied),
+    ("/x/..%2fadmin", Refusal::Denied),
+    ("/admin/x;y", Refusal::Denied),
+    ("/x/..;/admin", Refusal::Invalid),
 ];
 
 fn allowed_control_paths() -> [&'static str; 3] {
     ["/public/x", "/public/a%2Fb", "/public/caf%C3%A9"]
 }
 
-/// Every spelling through the HTTP door, as raw request lines from a plain TCP client.
+/// The path tricks of both namespaces with their refusal, then the allowed controls (`None`).
+fn path_trick_cases() -> Vec<(&'static str, &'static str, Option<Refusal>)> {
+    let tricks = PATHS_TO_DENIED_RESOURCES.iter().map(|&(path, refusal)| ("adv", path, Some(refusal)));
+    let deny_only = DENY_ONLY_TARGETS.iter().map(|&(path, refusal)| ("denyonly", path, Some(refusal)));
+    let controls = allowed_control_paths().into_iter().map(|path| ("adv", path, None));
+    tricks.chain(deny_only).chain(controls).collect()
+}
+
+/// Every spelling through the HTTP door, as raw request lines from a plain TCP client, with the
+/// decision log at `debug`: each decided check has its line there, at that level, with its
+/// reason; a target the HTTP parser refuses (not starting with `/`) is answered before any
+/// decision.
 #[test]
 fn path_tricks_through_the_http_door_never_reach_a_denied_resource() {
     let policies = policy_dir(&door_policies());
-    let (server, _config) = start_envoy_mode(policies.path());
+    let settings = "decision_log: all\ndecision_log_level: debug\nlog_level: debug\n";
+    let server = Server::with_http_door(policies.path(), "envoy", settings);
+    let cases = path_trick_cases();
     let mut failures = Vec::new();
-    for path in PATHS_TO_DENIED_RESOURCES {
-        let (status, _, body) = raw_http(server.http, &envoy_mode_request(path.as_bytes(), "adv", ""));
-        if !matches!(status, 400 | 403) {
-            failures.push(format!("adv {path}: {status} {body:?}"));
+    for (index, (namespace, path, refusal)) in cases.iter().enumerate() {
+        let request_id = format!("x-request-id: trick-{index}\r\n");
+        let (status, _, body) = raw_http(server.http, &envoy_mode_request(path.as_bytes(), namespace, &request_id));
+        let expected = refusal.map_or(200, Refusal::status);
+        if status != expected {
+            failures.push(format!("{namespace} {path}: {status} {body:?}, not {expected}"));
         }
     }
-    for path in DENY_ONLY_TARGETS {
-        let (status, _, body) = raw_http(server.http, &envoy_mode_request(path.as_bytes(), "denyonly", ""));
-        if !matches!(status, 400 | 403) {
-            failures.push(format!("denyonly {path}: {status} {body:?}"));
-        }
-    }
-    for path in allowed_control_paths() {
-        let (status, _, body) = raw_http(server.http, &envoy_mode_request(path.as_bytes(), "adv", ""));
-        if status != 200 {
-            failures.push(format!("control {path}: {status} {body:?}"));
+    let last = format!("request_id=\"trick-{}\"", cases.len() - 1);
+    let decided: Vec<String> =
+        server.log_until(&["Decided", &last]).into_iter().filter(|line| line.contains("Decided")).collect();
+    for (index, (namespace, path, refusal)) in cases.iter().enumerate() {
+        let id = format!("request_id=\"trick-{index}\"");
+        let line = decided.iter().find(|line| line.contains(&id));
+        let (decision, reason) = refusal.map_or(("allow", "allowed_by_policy"), |refusal| ("deny", refusal.reason()));
+        match line {
+            None if !path.starts_with('/') => {}
+            None => failures.push(format!("{namespace} {path}: no decision line")),
+            Some(line) => {
+                let wanted = [" DEBUG ", &format!("decision=\"{decision}\""), &format!("reason=\"{reason}\"")];
+                if !wanted.iter().all(|part| line.contains(part)) {
+                    failures.push(format!("{namespace} {path}: the decision line lacks {wanted:?}: {line}"));
+                }
+            }
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
@@ -768,21 +780,16 @@ async fn path_tricks_through_grpc_never_reach_a_denied_resource() {
     let server = Server::start(&[policies.path()]);
     let mut client = grpc_client(&server).await;
     let mut failures = Vec::new();
-    let cases = PATHS_TO_DENIED_RESOURCES
-        .iter()
-        .map(|path| ("adv", *path, false))
-        .chain(DENY_ONLY_TARGETS.iter().map(|path| ("denyonly", *path, false)))
-        .chain(allowed_control_paths().into_iter().map(|path| ("adv", path, true)));
-    for (namespace, path, allowed) in cases {
+    for (namespace, path, refusal) in path_trick_cases() {
         let response = client
             .check(grpc_check_request(namespace, path, HashMap::new()))
             .await
             .expect("Check answers")
             .into_inner();
-        let status = grpc_status(&response);
-        let safe = if allowed { status == 200 } else { matches!(status, 400 | 403) };
-        if !safe {
-            failures.push(format!("{namespace} {path}: {status}"));
+        let got = (grpc_status(&response), metadata_field(&response, "reason").unwrap_or_default());
+        let expected = refusal.map_or((200, "allowed_by_policy"), |refusal| (refusal.status(), refusal.reason()));
+        if (got.0, got.1.as_str()) != expected {
+            failures.push(format!("{namespace} {path}: {got:?}, not {expected:?}"));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
@@ -793,7 +800,7 @@ async fn path_tricks_through_grpc_never_reach_a_denied_resource() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn non_utf8_and_overlong_path_bytes_are_never_allowed() {
     let policies = policy_dir(&door_policies());
-    let (server, _config) = start_envoy_mode(policies.path());
+    let server = Server::with_http_door(policies.path(), "envoy", "");
     let raw_targets: [&[u8]; 5] = [
         b"/admin\xff",
         b"/public/\xc0\xae\xc0\xae/admin",
@@ -838,8 +845,7 @@ fn an_unreadable_forwarded_uri_is_not_replaced_by_the_auth_requests_path() {
     for (mode, header) in
         [("nginx", "X-Original-URI"), ("traefik", "X-Forwarded-Uri"), ("ingress-nginx", "X-Original-URL")]
     {
-        let config = config_file(&format!("http_mode: {mode}\n"));
-        let server = Server::start_with(&[policies.path()], Some(config.path()));
+        let server = Server::with_http_door(policies.path(), mode, "");
         let value: &[u8] = if header == "X-Original-URL" { b"http://app.test/admin/\xff" } else { b"/admin/\xff" };
         let mut request = b"GET /_auth?namespace=adv&app=adv HTTP/1.1\r\nHost: portcullis\r\n".to_vec();
         request.extend_from_slice(header.as_bytes());
@@ -901,8 +907,7 @@ fn client_copies_of_forwarding_headers_do_not_choose_the_judged_path() {
     ];
     let mut failures = Vec::new();
     for (name, mode, target, headers) in &cases {
-        let config = config_file(&format!("http_mode: {mode}\n"));
-        let server = Server::start_with(&[policies.path()], Some(config.path()));
+        let server = Server::with_http_door(policies.path(), mode, "");
         let (status, _, _) = http_request(server.http, "GET", target, headers);
         if status != 403 {
             failures.push(format!("{name}: {status}, not 403"));
@@ -917,7 +922,7 @@ fn client_copies_of_forwarding_headers_do_not_choose_the_judged_path() {
 
 async fn path_parameters_on_a_denied_segment_stay_denied() {
     let policies = policy_dir(&door_policies());
-    let (server, _config) = start_envoy_mode(policies.path());
+    let server = Server::with_http_door(policies.path(), "envoy", "");
     let mut client = grpc_client(&server).await;
     let mut failures = Vec::new();
     // (`/ad;min` is not here: Tomcat and Spring read it as `/ad`, which no DENY rule guards.)
@@ -1008,8 +1013,7 @@ spec:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spoofed_forwarded_for_entries_from_the_client_are_ignored() {
     let policies = policy_dir(INTERNAL_ONLY);
-    let config = config_file("trusted_proxy_hops: 1\nhttp_mode: envoy\n");
-    let server = Server::start_with(&[policies.path()], Some(config.path()));
+    let server = Server::with_http_door(policies.path(), "envoy", "trusted_proxy_hops: 1\n");
     let mut client = grpc_client(&server).await;
     let cases = [
         ("10.0.0.1, 203.0.113.7", 403),
@@ -1042,9 +1046,8 @@ fn forwarded_for_from_an_untrusted_http_peer_is_ignored() {
     let policies = policy_dir(INTERNAL_ONLY);
     let mut failures = Vec::new();
     for hops in [0, 1, 2] {
-        let config =
-            config_file(&format!("trusted_proxy_hops: {hops}\ntrusted_proxies: [192.0.2.0/24]\nhttp_mode: envoy\n"));
-        let server = Server::start_with(&[policies.path()], Some(config.path()));
+        let settings = format!("trusted_proxy_hops: {hops}\ntrusted_proxies: [192.0.2.0/24]\n");
+        let server = Server::with_http_door(policies.path(), "envoy", &settings);
         for chain in ["10.0.0.1", "10.0.0.1, 10.0.0.2", "10.9.9.9, 10.0.0.1, 10.0.0.2"] {
             let (status, _, _) = http_request(server.http, "GET", "/", &[("X-Forwarded-For", chain)]);
             if status != 403 {
@@ -1065,7 +1068,7 @@ fn forwarded_for_from_an_untrusted_http_peer_is_ignored() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_and_numerous_headers_get_a_clean_answer() {
     let policies = policy_dir(&door_policies());
-    let (server, _config) = start_envoy_mode(policies.path());
+    let server = Server::with_http_door(policies.path(), "envoy", "");
     let many = |count: usize, size: usize| -> String {
         (0..count).map(|index| format!("x-h{index}: {}\r\n", "v".repeat(size))).collect()
     };
@@ -1126,7 +1129,7 @@ async fn oversized_and_numerous_headers_get_a_clean_answer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn claims_with_control_characters_never_reach_output_headers() {
     let policies = policy_dir(&door_policies());
-    let (server, _config) = start_envoy_mode(policies.path());
+    let server = Server::with_http_door(policies.path(), "envoy", "");
     let mut client = grpc_client(&server).await;
     let mut failures = Vec::new();
     for evil in [
@@ -1177,7 +1180,7 @@ async fn claims_with_control_characters_never_reach_output_headers() {
 #[test]
 fn client_copies_of_every_output_header_are_overwritten_or_stripped() {
     let policies = policy_dir(&door_policies());
-    let (server, _config) = start_envoy_mode(policies.path());
+    let server = Server::with_http_door(policies.path(), "envoy", "");
     let smuggled = "X-User: admin\r\nx-TENANT: evil\r\nX-Jwt-Payload: eyJzdWIiOiJhZG1pbiJ9\r\n";
     let mut without_tenant = claims("alice");
     without_tenant.as_object_mut().expect("object").remove("tenant");

@@ -21,6 +21,16 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// `portcullis validate` on a directory holding `yaml` as `file_name`: the file's path as the
+/// errors show it, and the command's output.
+fn validate_one_file(file_name: &str, yaml: &str) -> (String, Output) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join(file_name);
+    std::fs::write(&file, yaml).expect("write");
+    let output = run(&["validate", "--policies"], &[dir.path()]);
+    (file.display().to_string(), output)
+}
+
 #[test]
 fn validate_accepts_the_shipped_policies() {
     let output = run(&["validate", "--policies"], &[&repo_path("policies")]);
@@ -35,14 +45,10 @@ fn validate_accepts_the_shipped_policies() {
 
 #[test]
 fn validate_reports_every_problem_with_file_and_line() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let file = dir.path().join("policies.yaml");
     let policy = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: a, namespace: n}\nspec:\n  rules:\n  - from:\n    - source:\n        ipBlocks: [\"10.0.0/8\"]\n    to:\n    - operation:\n        ports: [\"http\"]\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: b, namespace: n}\nspec:\n  rules:\n  - to:\n    - operation:\n        pathz: [\"/x\"]\n";
-    std::fs::write(&file, policy).expect("write");
-    let output = run(&["validate", "--policies"], &[dir.path()]);
+    let (shown, output) = validate_one_file("policies.yaml", policy);
     let stderr = text(&output.stderr);
     assert_eq!(output.status.code(), Some(1));
-    let shown = file.display().to_string();
     let lines: Vec<&str> = stderr.lines().collect();
     assert_eq!(lines.len(), 3, "stderr:\n{stderr}");
     assert!(
@@ -137,16 +143,12 @@ fn validate_skips_other_kinds_and_peer_authentication_with_their_reasons() {
 
 #[test]
 fn validate_refuses_a_misspelled_istio_kind_naming_the_known_kinds_and_the_closest() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let file = dir.path().join("guard.yaml");
     let guard = "apiVersion: security.istio.io/v1\nkind: AuthorisationPolicy\nmetadata: {name: guard, namespace: n}\nspec:\n  action: DENY\n  rules: [{to: [{operation: {paths: [/admin]}}]}]\n";
-    std::fs::write(&file, guard).expect("write");
-    let output = run(&["validate", "--policies"], &[dir.path()]);
+    let (shown, output) = validate_one_file("guard.yaml", guard);
     let stderr = text(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "a policy that would be skipped fails validation:\n{stderr}");
     let expected = format!(
-        "{}:2: unknown kind `AuthorisationPolicy` of `security.istio.io`; known kinds: AuthorizationPolicy, PeerAuthentication, RequestAuthentication; did you mean `AuthorizationPolicy`?",
-        file.display()
+        "{shown}:2: unknown kind `AuthorisationPolicy` of `security.istio.io`; known kinds: AuthorizationPolicy, PeerAuthentication, RequestAuthentication; did you mean `AuthorizationPolicy`?"
     );
     assert_eq!(stderr.trim(), expected);
 }
@@ -246,13 +248,10 @@ fn an_invalid_environment_value_names_its_variable() {
 
 #[test]
 fn an_unknown_portcullis_variable_is_a_warning_that_names_the_closest_known_one() {
-    let output = portcullis()
-        .args(["validate", "--policies"])
-        .arg(repo_path("policies"))
-        .env("PORTCULLIS_CLOK_SKEW_SECS", "30")
-        .env("PORTCULLIS_NOTHING_LIKE_IT", "1")
-        .output()
-        .expect("runs");
+    let validate_shipped = |variables: [(&str, &str); 2]| {
+        portcullis().args(["validate", "--policies"]).arg(repo_path("policies")).envs(variables).output().expect("runs")
+    };
+    let output = validate_shipped([("PORTCULLIS_CLOK_SKEW_SECS", "30"), ("PORTCULLIS_NOTHING_LIKE_IT", "1")]);
     let stderr = text(&output.stderr);
     assert_eq!(output.status.code(), Some(0), "a warning, not an error: {stderr}");
     assert!(
@@ -262,13 +261,7 @@ fn an_unknown_portcullis_variable_is_a_warning_that_names_the_closest_known_one(
         "{stderr}"
     );
     assert!(stderr.contains("unknown variable `PORTCULLIS_NOTHING_LIKE_IT` ignored\n"), "{stderr}");
-    let known = portcullis()
-        .args(["validate", "--policies"])
-        .arg(repo_path("policies"))
-        .env("PORTCULLIS_CONFIG", "/dev/null")
-        .env("PORTCULLIS_DRY_RUN", "false")
-        .output()
-        .expect("runs");
+    let known = validate_shipped([("PORTCULLIS_CONFIG", "/dev/null"), ("PORTCULLIS_DRY_RUN", "false")]);
     assert!(!text(&known.stderr).contains("unknown variable"), "{}", text(&known.stderr));
 }
 

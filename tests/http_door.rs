@@ -6,23 +6,15 @@ mod support;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use support::{HTTP_DOOR_OFF, Server, http_get, http_request, repo_path};
+use support::{HTTP_DOOR_OFF, Server, http_get, http_request, repo_path, status_in};
 
 const CONTEXT: &str = "?namespace=job-service&app=job-service";
 
 /// A name, the dialect, the method and path of the request to the door, its headers, and the
 /// expected status.
 type Case<'a> = (&'a str, &'a str, &'a str, String, Vec<(&'a str, &'a str)>, u16);
-
-/// Starts a server on `policies` with the HTTP door in `mode`, and more settings (YAML lines).
-fn door(policies: &Path, mode: &str, settings: &str) -> (Server, tempfile::NamedTempFile) {
-    let config = tempfile::NamedTempFile::new().expect("temp file");
-    std::fs::write(config.path(), format!("http_mode: {mode}\n{settings}")).expect("write settings");
-    (Server::start_with(&[policies], Some(config.path())), config)
-}
 
 #[test]
 fn each_proxy_dialect_names_the_original_request() {
@@ -100,11 +92,11 @@ fn each_proxy_dialect_names_the_original_request() {
     ];
     let mut failures = Vec::new();
     let policies = repo_path("policies");
-    let servers: Vec<(&str, (Server, tempfile::NamedTempFile))> = ["nginx", "traefik", "ingress-nginx", "envoy"]
+    let servers: Vec<(&str, Server)> = ["nginx", "traefik", "ingress-nginx", "envoy"]
         .into_iter()
-        .map(|mode| (mode, door(&policies, mode, "")))
+        .map(|mode| (mode, Server::with_http_door(&policies, mode, "")))
         .collect();
-    let server_in = |mode: &str| servers.iter().find(|(name, _)| *name == mode).map(|(_, (server, _))| server);
+    let server_in = |mode: &str| servers.iter().find(|(name, _)| *name == mode).map(|(_, server)| server);
     for (name, mode, method, path, headers, expected) in &cases {
         let server = server_in(mode).expect("a server per dialect");
         let (status, head, body) = http_request(server.http, method, path, headers);
@@ -122,21 +114,16 @@ fn each_proxy_dialect_names_the_original_request() {
     let nginx = server_in("nginx").expect("nginx");
     let (_, head, _) = http_request(nginx.http, "GET", &format!("/{CONTEXT}"), &[("X-Original-URI", "/api/jobs")]);
     assert!(head.contains("x-envoy-auth-headers-to-remove: x-jwt-payload,x-user,x-user-id"), "{head}");
-    for (_, (server, _)) in servers {
+    for (_, server) in servers {
         assert_eq!(server.terminate_within(std::time::Duration::from_secs(30)).code(), Some(0));
     }
 }
 
 #[test]
 fn forwarding_headers_from_untrusted_peers_are_ignored() {
-    let config = tempfile::NamedTempFile::new().expect("temp file");
     // The workloads table names the loopback host's workload, in a namespace without policies.
-    std::fs::write(
-        config.path(),
-        "trusted_proxies: [10.0.0.0/8]\nhttp_mode: nginx\nworkloads: [{host: 127.0.0.1, namespace: elsewhere}]\n",
-    )
-    .expect("write");
-    let server = Server::start_with(&[&repo_path("policies")], Some(config.path()));
+    let settings = "trusted_proxies: [10.0.0.0/8]\nworkloads: [{host: 127.0.0.1, namespace: elsewhere}]\n";
+    let server = Server::with_http_door(&repo_path("policies"), "nginx", settings);
     // Loopback is not trusted now: the request is judged on its own path, not the one it claims.
     let (status, _, body) = http_request(server.http, "GET", "/debug/pprof", &[("X-Original-URI", "/api/jobs")]);
     assert_eq!((status, body.as_str()), (403, "RBAC: access denied"));
@@ -148,9 +135,7 @@ fn forwarding_headers_from_untrusted_peers_are_ignored() {
 
 #[test]
 fn a_request_without_its_context_query_is_denied_as_an_unknown_workload_counted_and_logged() {
-    let config = tempfile::NamedTempFile::new().expect("temp file");
-    std::fs::write(config.path(), "http_mode: nginx\n").expect("write");
-    let server = Server::start_with(&[&repo_path("policies")], Some(config.path()));
+    let server = Server::with_http_door(&repo_path("policies"), "nginx", "");
     let token = "header.payload.signature-not-to-be-logged";
     let bearer = format!("Bearer {token}");
     let forgotten_query =
@@ -204,9 +189,7 @@ spec:
 fn each_value_of_a_repeated_header_is_judged_on_its_own() {
     let policies = tempfile::tempdir().expect("temp dir");
     std::fs::write(policies.path().join("tenant.yaml"), TENANT_POLICIES).expect("write");
-    let config = tempfile::NamedTempFile::new().expect("temp file");
-    std::fs::write(config.path(), "http_mode: envoy\n").expect("write");
-    let server = Server::start_with(&[policies.path()], Some(config.path()));
+    let server = Server::with_http_door(policies.path(), "envoy", "");
     let in_h = ("x-portcullis-context", "namespace=h");
     let status = |path: &str, tenants: &[&'static str]| {
         let mut headers = vec![in_h];
@@ -278,7 +261,7 @@ fn client_copies_of_other_dialects_headers_do_not_steer_any_explicit_mode() {
     let policies = steering_policies();
     let mut failures = Vec::new();
     for mode in ["envoy", "nginx", "traefik", "ingress-nginx"] {
-        let (server, _config) = door(policies.path(), mode, "");
+        let server = Server::with_http_door(policies.path(), mode, "");
         let (target, headers) = steered_request(mode);
         let (status, _, _) = http_request(server.http, "GET", &target, &headers);
         if status != 403 {
@@ -295,7 +278,7 @@ fn client_copies_of_other_dialects_headers_do_not_steer_any_explicit_mode() {
 #[test]
 fn explicit_auto_mode_is_served_with_a_warning_that_it_can_be_steered() {
     let policies = steering_policies();
-    let (server, _config) = door(policies.path(), "auto", "");
+    let server = Server::with_http_door(policies.path(), "auto", "");
     let log = server.log_lines();
     assert!(log.iter().any(|line| line.contains("WARN") && line.contains("`auto`")), "{log:?}");
     let (status, _, _) = http_request(server.http, "GET", "/public/x", &[("x-portcullis-context", "namespace=adv")]);
@@ -305,8 +288,8 @@ fn explicit_auto_mode_is_served_with_a_warning_that_it_can_be_steered() {
 #[test]
 fn duplicate_context_keys_in_the_header_or_the_query_are_denied_as_malformed() {
     let policies = steering_policies();
-    let (envoy, _envoy_config) = door(policies.path(), "envoy", "");
-    let (nginx, _nginx_config) = door(policies.path(), "nginx", "");
+    let envoy = Server::with_http_door(policies.path(), "envoy", "");
+    let nginx = Server::with_http_door(policies.path(), "nginx", "");
     // Each namespace alone allows the request; named twice, neither is taken.
     for namespace in ["adv", "open"] {
         let context = format!("namespace={namespace}");
@@ -378,13 +361,13 @@ fn keep_alive_request(stream: &mut TcpStream, address: SocketAddr) -> u16 {
     }
     let head = String::from_utf8_lossy(&head).to_string();
     assert!(head.to_ascii_lowercase().contains("content-length: 0"), "{head}");
-    head.split_whitespace().nth(1).and_then(|code| code.parse().ok()).unwrap_or(0)
+    status_in(&head)
 }
 
 #[test]
 fn a_client_sending_its_head_one_byte_at_a_time_is_disconnected_after_the_header_read_timeout() {
     let policies = steering_policies();
-    let (server, _config) = door(policies.path(), "envoy", "http_header_read_timeout_ms: 300\n");
+    let server = Server::with_http_door(policies.path(), "envoy", "http_header_read_timeout_ms: 300\n");
     let head = format!("GET /public/x HTTP/1.1\r\nHost: app.test\r\nx-slow: {}", "a".repeat(100_000));
     // A client that trickles its head, and one that sends nothing at all.
     for trickle in [true, false] {
@@ -413,7 +396,7 @@ fn a_client_sending_its_head_one_byte_at_a_time_is_disconnected_after_the_header
 fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
     let policies = steering_policies();
     let settings = "http_idle_timeout_secs: 1\nhttp_header_read_timeout_ms: 60000\n";
-    let (server, _config) = door(policies.path(), "envoy", settings);
+    let server = Server::with_http_door(policies.path(), "envoy", settings);
     let mut stream = connect(server.http);
     assert_eq!(keep_alive_request(&mut stream, server.http), 200);
     assert_eq!(keep_alive_request(&mut stream, server.http), 200, "the connection is kept alive");
@@ -427,7 +410,7 @@ fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
 fn connections_over_the_limit_wait_until_one_closes() {
     let policies = steering_policies();
     let settings = "http_max_connections: 2\nhttp_header_read_timeout_ms: 60000\nhttp_idle_timeout_secs: 60\n";
-    let (server, _config) = door(policies.path(), "envoy", settings);
+    let server = Server::with_http_door(policies.path(), "envoy", settings);
     let mut first = connect(server.http);
     let mut second = connect(server.http);
     assert_eq!(keep_alive_request(&mut first, server.http), 200);

@@ -123,25 +123,26 @@ async fn stream_checks(
     }
 }
 
-/// Waits until `count` more checks than now were answered (a hang guard fails the test).
-async fn wait_for_more_verdicts(observed: &Arc<Mutex<Observed>>, count: usize) {
-    let target = observed.lock().await.verdicts.len() + count;
+/// Polls `holds` until it is true; fails the test with `why` after 10 s, a hang guard, so a
+/// reload stuck reading a file or a change never picked up fails the test instead of hanging it.
+async fn eventually(why: &str, mut holds: impl AsyncFnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(10);
-    while observed.lock().await.verdicts.len() < target {
-        assert!(Instant::now() < deadline, "{count} more checks were not answered");
+    while !holds().await {
+        assert!(Instant::now() < deadline, "{why}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
-async fn wait_for_verdict(observed: &Arc<Mutex<Observed>>, allow: bool, within: Duration) -> bool {
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if observed.lock().await.verdicts.last() == Some(&allow) {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    false
+/// Waits until `count` more checks than now were answered.
+async fn wait_for_more_verdicts(observed: &Arc<Mutex<Observed>>, count: usize) {
+    let target = observed.lock().await.verdicts.len() + count;
+    let why = format!("{count} more checks were not answered");
+    eventually(&why, async || observed.lock().await.verdicts.len() >= target).await;
+}
+
+/// Waits until the last answered check is `allow`.
+async fn wait_for_verdict(observed: &Arc<Mutex<Observed>>, allow: bool, why: &str) {
+    eventually(why, async || observed.lock().await.verdicts.last() == Some(&allow)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -153,17 +154,13 @@ async fn good_sets_swap_in_under_load_and_a_bad_set_is_never_served() {
     let observed = Arc::new(Mutex::new(Observed::default()));
     let signalled = Arc::new(AtomicBool::new(false));
     let load = tokio::spawn(stream_checks(server.grpc, stop.clone(), signalled, observed.clone()));
-    assert!(wait_for_verdict(&observed, true, Duration::from_secs(5)).await, "the first set allows /x");
+    wait_for_verdict(&observed, true, "the first set allows /x").await;
 
     dir.publish(BROKEN);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while server.metric(r#"portcullis_reloads_total{result="error"}"#).unwrap_or(0.0) < 1.0 {
-        assert!(Instant::now() < deadline, "the broken set was never tried");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_reload_errors(&server, 1.0).await;
     let before_good = observed.lock().await.verdicts.len();
     dir.publish(DENY_X);
-    assert!(wait_for_verdict(&observed, false, Duration::from_secs(5)).await, "the second good set denies /x");
+    wait_for_verdict(&observed, false, "the second good set denies /x").await;
     wait_for_more_verdicts(&observed, 20).await;
     stop.store(true, Ordering::Relaxed);
     load.await.expect("load task");
@@ -197,33 +194,23 @@ async fn sighup_reloads_and_a_removed_directory_keeps_the_last_good_set() {
     let witness = Server::start_with(&[&policies], Some(witness_settings.path()));
     let mut client = AuthorizationClient::connect(format!("http://{}", server.grpc)).await.expect("connects");
     let mut witness_client = AuthorizationClient::connect(format!("http://{}", witness.grpc)).await.expect("connects");
-    let code =
-        |response: envoy_types::pb::envoy::service::auth::v3::CheckResponse| response.status.map_or(-1, |s| s.code);
-    assert_eq!(code(client.check(check_x()).await.expect("check").into_inner()), 0);
+    assert_eq!(verdict(&mut client).await, 0);
 
     std::fs::write(policies.join("p.yaml"), DENY_X).expect("write");
     wait_for_verdict_code(&mut witness_client, 7, "the witness never picked up the first change").await;
     std::fs::write(policies.join("p.yaml"), ALLOW_X).expect("write");
     wait_for_verdict_code(&mut witness_client, 0, "the witness never picked up the second change").await;
     std::fs::write(policies.join("p.yaml"), DENY_X).expect("write");
-    assert_eq!(code(client.check(check_x()).await.expect("check").into_inner()), 0, "no polling: no reload yet");
+    assert_eq!(verdict(&mut client).await, 0, "no polling: no reload yet");
     assert_eq!(server.metric(r#"portcullis_reloads_total{result="ok"}"#).unwrap_or(0.0), 0.0, "no reload yet");
     drop(witness);
     server.signal("-HUP");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while code(client.check(check_x()).await.expect("check").into_inner()) != 7 {
-        assert!(Instant::now() < deadline, "SIGHUP did not reload");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_verdict_code(&mut client, 7, "SIGHUP did not reload").await;
 
     std::fs::remove_dir_all(&policies).expect("remove");
     server.signal("-HUP");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while server.metric(r#"portcullis_reloads_total{result="error"}"#).unwrap_or(0.0) < 1.0 {
-        assert!(Instant::now() < deadline, "the missing directory was never tried");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(code(client.check(check_x()).await.expect("check").into_inner()), 7, "the last good set stays");
+    wait_for_reload_errors(&server, 1.0).await;
+    assert_eq!(verdict(&mut client).await, 7, "the last good set stays");
     assert_eq!(server.terminate_within(EXIT_BOUND).code(), Some(0));
 }
 
@@ -250,7 +237,7 @@ async fn sigterm_under_load_loses_no_check_and_exits_cleanly() {
     let streams: Vec<_> = (0..4)
         .map(|_| tokio::spawn(stream_checks(server.grpc, stop.clone(), signalled.clone(), observed.clone())))
         .collect();
-    assert!(wait_for_verdict(&observed, true, Duration::from_secs(5)).await);
+    wait_for_verdict(&observed, true, "the set allows /x").await;
 
     idp.set(Behavior::Slow(jwks(&[public_jwk(RSA, Algorithm::RS256, Some("rsa"))]), Duration::from_secs(30)));
     let fetches_before = idp.paths().len();
@@ -259,11 +246,7 @@ async fn sigterm_under_load_loses_no_check_and_exits_cleanly() {
     let mut held_client = AuthorizationClient::connect(format!("http://{}", server.grpc)).await.expect("connects");
     let headers = HashMap::from([("authorization".to_string(), format!("Bearer {token}"))]);
     let held = tokio::spawn(async move { held_client.check(check_x_with(headers)).await });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while idp.paths().len() == fetches_before {
-        assert!(Instant::now() < deadline, "the held Check never asked the IdP");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("the held Check never asked the IdP", async || idp.paths().len() > fetches_before).await;
 
     signalled.store(true, Ordering::SeqCst);
     let pid = server.pid();
@@ -291,22 +274,16 @@ async fn verdict(client: &mut AuthorizationClient<tonic::transport::Channel>) ->
     client.check(check_x()).await.expect("check").into_inner().status.map_or(-1, |status| status.code)
 }
 
-/// Waits until `portcullis_reloads_total{result="error"}` reaches `count`: a hang guard, so a
-/// reload stuck reading a file fails the test instead of hanging it.
+/// Waits until `portcullis_reloads_total{result="error"}` reaches `count`.
 async fn wait_for_reload_errors(server: &Server, count: f64) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while server.metric(r#"portcullis_reloads_total{result="error"}"#).unwrap_or(0.0) < count {
-        assert!(Instant::now() < deadline, "reload error {count} was never counted");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let why = format!("reload error {count} was never counted");
+    let errors = r#"portcullis_reloads_total{result="error"}"#;
+    eventually(&why, async || server.metric(errors).unwrap_or(0.0) >= count).await;
 }
 
+/// Waits until a check of `/x` answers the gRPC status `code`.
 async fn wait_for_verdict_code(client: &mut AuthorizationClient<tonic::transport::Channel>, code: i32, why: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while verdict(client).await != code {
-        assert!(Instant::now() < deadline, "{why}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(why, async || verdict(client).await == code).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,16 +11,13 @@ and tokens signed with a key the test owns (TEST_ISSUER, inline `jwks`).
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import pytest
 import yaml
-from harness import PROCESS_LOGS, REPO_ROOT, answers_200, free_port, log_tail, serving, stop_process, wait_until
+from harness import REPO_ROOT, free_port, serving, stop_process
 
 # The e2e suite's Envoy helpers, the JWT suite's IdP and token helpers, the interop suite's
 # CheckRequest builder.
@@ -48,13 +45,6 @@ from request_table import HOST, PATH_PREFIX, SOURCE_ADDRESS_POLICY, SOURCE_CHECK
 SHIPPED_POLICIES = REPO_ROOT / "policies"
 SHIPPED_ISSUER = "http://127.0.0.1:8180/realms/jobs"  # the issuer policies/keycloak.yaml trusts
 CHANNEL_READY_TIMEOUT_S = 5
-READY_TIMEOUT_S = 10.0
-
-
-@dataclass
-class UntrustingDoor:
-    process: subprocess.Popen
-    http_port: int
 
 
 @pytest.fixture(scope="session")
@@ -118,46 +108,18 @@ def envoy_http_door(launch_portcullis, proxy_policies):
 
 
 @pytest.fixture(scope="session")
-def untrusting_door(proxy_policies, tmp_path_factory):
+def untrusting_door(launch_portcullis, proxy_policies):
     """A server whose trusted_proxies leave loopback out, so the tests' requests come from an untrusted peer.
 
     It also strips PATH_PREFIX from paths (http_path_prefix, for Envoy's `path_prefix`).
     """
-    workdir = tmp_path_factory.mktemp("untrusting-door")
-    settings = workdir / "portcullis.yaml"
-    settings.write_text(
-        f"http_mode: envoy\ntrusted_proxies: [192.0.2.0/24]\nhttp_path_prefix: {PATH_PREFIX}\nworkloads:\n- {{host: {SOURCE_CHECK_HOST}, namespace: source-check}}\n"
+    return launch_portcullis(
+        proxy_policies,
+        settings=f"http_mode: envoy\ntrusted_proxies: [192.0.2.0/24]\nhttp_path_prefix: {PATH_PREFIX}\nworkloads:\n- {{host: {SOURCE_CHECK_HOST}, namespace: source-check}}\n"
         # The tests' own host names a workload in a namespace without policies: only the
         # mesh-wide ones judge it, and a context header that counted would show.
-        f"- {{host: {HOST}, namespace: no-policies}}\n"
+        f"- {{host: {HOST}, namespace: no-policies}}\n",
     )
-    http_port, admin_port = free_port(), free_port()
-    command = [
-        str(Path(os.environ.get("PORTCULLIS_BIN", REPO_ROOT / "target/debug/portcullis"))),
-        "serve",
-        "--config",
-        str(settings),
-        "--policies",
-        str(proxy_policies),
-        "--grpc-listen",
-        f"127.0.0.1:{free_port()}",
-        "--http-listen",
-        f"127.0.0.1:{http_port}",
-        "--admin-listen",
-        f"127.0.0.1:{admin_port}",
-    ]
-    log = workdir / "untrusting-door.log"
-    environment = {name: value for name, value in os.environ.items() if not name.startswith("PORTCULLIS_")}
-    with log.open("wb") as log_file:
-        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=environment)
-    PROCESS_LOGS[log.stem] = log
-    try:
-        wait_until(lambda: answers_200(f"http://127.0.0.1:{admin_port}/readyz"), READY_TIMEOUT_S, "untrusting door", process, log)
-    except BaseException:
-        stop_process(process)
-        raise
-    yield UntrustingDoor(process, http_port)
-    assert stop_process(process) == 0, log_tail(log)
 
 
 @pytest.fixture(scope="session")

@@ -47,6 +47,8 @@ pub struct Server {
     log: mpsc::Receiver<String>,
     /// Lines read while waiting for the listeners.
     early_log: Vec<String>,
+    /// The settings file the server was started with, when the server made it.
+    settings: Option<tempfile::NamedTempFile>,
 }
 
 impl Server {
@@ -58,6 +60,14 @@ impl Server {
     /// The same, with a settings file.
     pub fn start_with(policies: &[&Path], config: Option<&Path>) -> Self {
         Self::start_with_env(policies, config, &[])
+    }
+
+    /// The same, with the HTTP door in `mode` (`http_mode`) and more settings (YAML lines).
+    pub fn with_http_door(policies: &Path, mode: &str, settings: &str) -> Self {
+        let file = config_file(&format!("http_mode: {mode}\n{settings}"));
+        let mut server = Self::start_with(&[policies], Some(file.path()));
+        server.settings = Some(file);
+        server
     }
 
     /// The same, with environment variables.
@@ -105,7 +115,7 @@ impl Server {
             early_log.push(line);
         }
         let (grpc, http, admin) = (grpc.expect("grpc"), http.expect("http"), admin.expect("admin"));
-        Self { child, grpc, http, admin, log, early_log }
+        Self { child, grpc, http, admin, log, early_log, settings: None }
     }
 
     /// Waits until `/readyz` answers 200 (hang guard: 10 s).
@@ -250,20 +260,47 @@ pub fn http_get(address: SocketAddr, path: &str) -> (u16, String) {
 
 /// A minimal HTTP/1.1 request: status, response head (lower-cased) and body.
 pub fn http_request(address: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]) -> (u16, String, String) {
+    let extra: String = headers.iter().map(|(name, value)| format!("{name}: {value}\r\n")).collect();
+    let request = format!("{method} {path} HTTP/1.1\r\nHost: {address}\r\n{extra}Connection: close\r\n\r\n");
+    raw_http(address, request.as_bytes())
+}
+
+/// Sends raw bytes to `address` and reads the answer: status (0: none), head (lower case), body.
+pub fn raw_http(address: SocketAddr, request: &[u8]) -> (u16, String, String) {
     let Ok(mut stream) = TcpStream::connect_timeout(&address, Duration::from_secs(2)) else {
         return (0, String::new(), String::new());
     };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-    let extra: String = headers.iter().map(|(name, value)| format!("{name}: {value}\r\n")).collect();
-    let request = format!("{method} {path} HTTP/1.1\r\nHost: {address}\r\n{extra}Connection: close\r\n\r\n");
-    if stream.write_all(request.as_bytes()).is_err() {
-        return (0, String::new(), String::new());
-    }
-    let mut response = String::new();
-    let _ = stream.read_to_string(&mut response);
-    let status = response.split_whitespace().nth(1).and_then(|code| code.parse().ok()).unwrap_or(0);
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(10)));
+    // The server may answer (431) before it has read everything: a failed write is not the end.
+    let _ = stream.write_all(request);
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    let response = String::from_utf8_lossy(&response).to_string();
     let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    (status, head.to_ascii_lowercase(), body.to_string())
+    (status_in(head), head.to_ascii_lowercase(), body.to_string())
+}
+
+/// The status of an HTTP/1.1 answer's head; 0 when there is none.
+pub fn status_in(head: &str) -> u16 {
+    head.split_whitespace().nth(1).and_then(|code| code.parse().ok()).unwrap_or(0)
+}
+
+/// A raw GET of `target` for the HTTP door in Envoy's HTTP mode, naming the workload by
+/// namespace; `extra_headers` are whole `name: value\r\n` lines.
+pub fn envoy_mode_request(target: &[u8], namespace: &str, extra_headers: &str) -> Vec<u8> {
+    let mut request = b"GET ".to_vec();
+    request.extend_from_slice(target);
+    request.extend_from_slice(
+        format!(" HTTP/1.1\r\nHost: app.test\r\nx-portcullis-context: namespace={namespace}\r\n{extra_headers}Connection: close\r\n\r\n")
+            .as_bytes(),
+    );
+    request
+}
+
+/// The value of the header `name` (lower case) in a lower-cased head.
+pub fn header_in<'h>(head: &'h str, name: &str) -> Option<&'h str> {
+    head.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(':').map(str::trim))
 }
 
 // ---------------------------------------------------------------------------------------------
