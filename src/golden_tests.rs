@@ -160,13 +160,7 @@ fn run_case(snapshot: &Snapshot, case: &Case) -> Result<(), String> {
                 }
             }
         }
-        let context = AuthnContext {
-            keys: &NoRemoteKeys,
-            cache: &NoRemoteKeys,
-            now: GOLDEN_NOW,
-            clock_skew_secs: 60,
-            max_token_bytes: 8192,
-        };
+        let context = AuthnContext { keys: &NoRemoteKeys, now: GOLDEN_NOW, clock_skew_secs: 60, max_token_bytes: 8192 };
         let mut request = case.request.request(&headers);
         if let (Some(path), Some(http)) = (&path_with_token, request.http.as_mut()) {
             http.path = path;
