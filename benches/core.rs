@@ -61,23 +61,23 @@ fn job_board_check(c: &mut Criterion) {
     let (with_token, anonymous_read) = (view(&with_token), view(&anonymous_read));
     for check in [&with_token, &anonymous_read] {
         // Also fills the token cache: the timed checks below are cache hits.
-        assert!(engine.snapshot.check(&converted(check), &context).is_allow(), "the bench request must be allowed");
+        assert!(engine.check(&converted(check), &context).is_allow(), "the bench request must be allowed");
     }
 
     let mut group = c.benchmark_group("check");
     let request = converted(&anonymous_read);
     group.bench_function("job_board_anonymous_read", |b| {
-        b.iter(|| engine.snapshot.check(black_box(&request), &context));
+        b.iter(|| engine.check(black_box(&request), &context));
     });
     let request = converted(&with_token);
     group.bench_function("job_board_warm_token", |b| {
-        b.iter(|| engine.snapshot.check(black_box(&request), &context));
+        b.iter(|| engine.check(black_box(&request), &context));
     });
     // The server's work for one Check, from the received bytes to the response.
     group.bench_function("job_board_warm_token_grpc", |b| {
         b.iter(|| {
             let view = CheckView::from_wire(black_box(with_token_bytes.clone())).expect("decodes");
-            let decision = decide_view(&engine.snapshot, &view, &context);
+            let decision = engine.check(&view.request().expect("readable attributes"), &context);
             let allow = decision.is_allow();
             CheckAnswer { decision, allow }.encode_to_vec()
         });
@@ -128,11 +128,11 @@ fn policy_count(c: &mut Criterion) {
         let views: Vec<CheckView> = mesh::request_mix(count, MIX_SIZE, &tokens, 42).iter().map(view).collect();
         let requests: Vec<Request<'_>> = views.iter().map(converted).collect();
         // One pass outside the timing: fills the token cache, and tells what the mix decides.
-        let allowed = requests.iter().filter(|request| engine.snapshot.check(request, &context).is_allow()).count();
+        let allowed = requests.iter().filter(|request| engine.check(request, &context).is_allow()).count();
         eprintln!("check_policies/{count}: {allowed} of {} requests of the mix are allowed", requests.len());
         group.bench_with_input(BenchmarkId::from_parameter(count), &requests, |b, requests| {
             let mut next = requests.iter().cycle();
-            b.iter(|| engine.snapshot.check(black_box(next.next().expect("cycle")), &context));
+            b.iter(|| engine.check(black_box(next.next().expect("cycle")), &context));
         });
     }
     group.finish();

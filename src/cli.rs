@@ -13,6 +13,7 @@ use crate::app::{AppError, SetSummary, build_snapshot};
 use crate::config::load::SkippedDocument;
 use crate::config::{describe_yaml_error, yaml_options};
 use crate::core::{Decision, HttpRequest, Peer, Request, StrMap};
+use crate::denial::Denial;
 use crate::jwks::KeyStore;
 use crate::settings::Settings;
 use crate::telemetry::Metrics;
@@ -177,20 +178,20 @@ fn verdict(allow: bool) -> &'static str {
 
 impl From<&Decision> for DecisionReport {
     fn from(decision: &Decision) -> Self {
-        let reason = decision.reason;
+        let denial = Denial::of(decision);
         Self {
             decision: verdict(decision.is_allow()),
-            status: decision.http_status(),
-            reason: reason.as_str(),
+            status: Denial::status_of(decision),
+            reason: decision.reason.as_str(),
             policy: decision.policy.as_ref().map(ToString::to_string),
-            body: (!decision.is_allow()).then(|| decision.body()),
+            body: denial.as_ref().map(|denial| denial.body),
             headers: decision.headers_to_set.iter().map(|(name, value)| (name.to_string(), value.clone())).collect(),
             headers_to_remove: decision.headers_to_remove.iter().map(ToString::to_string).collect(),
             query_parameters_to_remove: decision.query_parameters_to_remove.iter().map(ToString::to_string).collect(),
-            response_headers: decision
-                .response_headers
-                .iter()
-                .map(|(name, value)| (name.to_string(), value.clone()))
+            response_headers: denial
+                .and_then(|denial| denial.challenge)
+                .map(|(name, value)| (name.to_string(), value))
+                .into_iter()
                 .collect(),
             principal: decision.identity.as_ref().map(|id| format!("{}/{}", id.issuer(), id.subject())),
             audit_policy: decision.audit.as_ref().map(ToString::to_string),
@@ -249,7 +250,7 @@ pub fn check(settings: &Settings, request_file: &Path, explain: bool) -> Result<
             eprintln!("portcullis: warning: no keys for issuer `{issuer}`: {cause}");
         }
     }
-    let (request, context) = (file.request(&headers), settings.authn_context(&*keys, &*cache));
+    let (request, context) = (file.request(&headers), settings.authn_context(&*keys));
     let decision = snapshot.check(&request, &context);
     let mut report = DecisionReport::from(&decision);
     if explain {

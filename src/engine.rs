@@ -1,17 +1,17 @@
-//! The one place a check is decided and accounted for, whichever door it came through: live policy set, decision (with key refetch), metrics, decision log, trace, dry run. Never writes a wire format.
+//! The one place a check is decided and accounted for, whichever door it came through: live policy set, the check's three stages (the core's plan, the token resolved here from the cache and the keys, the core's authorize), metrics, decision log, trace, dry run. Never writes a wire format.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 
-use crate::core::authn::AuthnContext;
-use crate::core::jwt::JwtError;
+use crate::core::authn::{Authentication, AuthnContext, Credential, UnverifiedToken};
+use crate::core::jwt::KeySet;
 use crate::core::{Decision, Reason, Request, Snapshot};
 use crate::jwks::KeyStore;
 use crate::settings::Settings;
 use crate::telemetry::{DecisionLog, DecisionRecord, Door, Metrics, UnidentifiedWorkloadLog};
-use crate::token_cache::VerifiedTokenCache;
+use crate::token_cache::{TokenKey, VerifiedTokenCache};
 use crate::traces::{TraceContext, Traces};
 
 /// A compiled policy set and its generation (1 for the first set loaded).
@@ -111,35 +111,59 @@ impl Engine {
         Outcome { decision, allow }
     }
 
-    /// Decides a request. When its token names a key the issuer's set lacks (the IdP may have
-    /// rotated), or its issuer has no keys yet, the keys are refetched (single-flight,
-    /// rate-limited, waited for at most `jwks_refetch_wait_ms`) and the request decided again.
+    /// Decides a request in three stages: the core plans it (workload, path, rules, the token
+    /// found), its token is resolved here (remembered, or verified with its issuer's keys,
+    /// fetched first when missing), the core authorizes it. The clock is read once.
     async fn decide(&self, snapshot: &Snapshot, request: &Request<'_>) -> Decision {
         let _in_flight = self.metrics.check_in_flight();
-        let mut decision = snapshot.check(request, &self.authn_context());
+        let context = self.settings.authn_context(&*self.keys);
+        let plan = snapshot.plan(request);
+        let decision = match plan.credential() {
+            Some(credential) => match self.resolve(credential, &context).await {
+                Some(authentication) => snapshot.authorize(plan, Some(authentication)),
+                None => Decision::new(Reason::InternalError, None),
+            },
+            None => snapshot.authorize(plan, None),
+        };
         if decision.reason == Reason::InternalError {
             tracing::error!("Check panicked; denied the request");
-        }
-        let stale_issuer = decision.stale_issuer.take();
-        if stale_issuer.is_some() || decision.jwt_error == Some(JwtError::JwksFetchFailed) {
-            let wait = Duration::from_millis(self.settings.jwks_refetch_wait_ms);
-            let refetch = async {
-                match &stale_issuer {
-                    Some(issuer) => self.keys.refetch(issuer).await,
-                    None => self.keys.refetch_missing().await,
-                }
-            };
-            if tokio::time::timeout(wait, refetch).await.unwrap_or(false) {
-                decision = snapshot.check(request, &self.authn_context());
-                decision.stale_issuer = None;
-            }
         }
         decision
     }
 
-    /// What authentication needs for one check, at the current time.
-    fn authn_context(&self) -> AuthnContext<'_> {
-        self.settings.authn_context(&*self.keys, &*self.token_cache)
+    /// A credential authenticated: the identity the token cache remembers for it when that
+    /// still counts, else the token verified with its issuer's keys and remembered. `None`
+    /// when a step panicked (a bug): the check fails closed.
+    async fn resolve<'p>(&self, credential: &Credential<'p>, context: &AuthnContext<'_>) -> Option<Authentication<'p>> {
+        let key = TokenKey::new(credential.token());
+        if let Some(recalled) = guarded(|| self.token_cache.recall(&key, credential, context))? {
+            return Some(recalled);
+        }
+        let token = match guarded(|| credential.read(context.max_token_bytes))? {
+            Ok(token) => token,
+            Err(error) => return Some(Authentication::Failed { error }),
+        };
+        let keys = self.keys_for(&token, context).await;
+        guarded(|| self.token_cache.remember(&key, token.verify(keys.as_deref(), context)))
+    }
+
+    /// The keys that verify `token`: its rule's inline set, or its issuer's fetched keys. When
+    /// the issuer has none yet, or none under the token's `kid` and `alg` (the IdP may have
+    /// rotated), they are refetched first (single-flight, rate-limited, waited for at most
+    /// `jwks_refetch_wait_ms`).
+    async fn keys_for(&self, token: &UnverifiedToken<'_>, context: &AuthnContext<'_>) -> Option<Arc<KeySet>> {
+        let keys = token.key_set(context.keys);
+        if !token.has_fetched_keys() || keys.as_deref().is_some_and(|keys| token.has_key_in(keys)) {
+            return keys;
+        }
+        let wait = Duration::from_millis(self.settings.jwks_refetch_wait_ms);
+        let refetch = async {
+            match &keys {
+                Some(_) => self.keys.refetch(token.issuer()).await,
+                None => self.keys.refetch_missing().await,
+            }
+        };
+        if tokio::time::timeout(wait, refetch).await.unwrap_or(false) { token.key_set(context.keys) } else { keys }
     }
 
     /// Counts, and logs at a bounded rate, a check whose workload no source named, whatever
@@ -179,24 +203,28 @@ impl Engine {
     }
 }
 
+/// `f`'s value, or `None` when it panics (a bug).
+fn guarded<T>(f: impl FnOnce() -> T) -> Option<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::load::load_policy_text;
     use crate::core::{HttpRequest, Peer, StrMap};
 
+    /// `policies` (YAML) compiled under `settings`.
+    fn snapshot(policies: &str, settings: &Settings) -> Snapshot {
+        let loaded = load_policy_text("engine.yaml", policies).expect("policies compile");
+        let workloads = settings.workload_table().expect("no workload table");
+        Snapshot::new(loaded.policies, loaded.authn, workloads, settings.engine_options(), &settings.root_namespace)
+    }
+
     /// An engine over `policies` (YAML) with the default settings, dry run as given.
     fn engine(policies: &str, dry_run: bool) -> Engine {
         let settings = Settings { dry_run, ..Settings::default() };
-        let loaded = load_policy_text("engine.yaml", policies).expect("policies compile");
-        let workloads = settings.workload_table().expect("no workload table");
-        let snapshot = Snapshot::new(
-            loaded.policies,
-            loaded.authn,
-            workloads,
-            settings.engine_options(),
-            &settings.root_namespace,
-        );
+        let snapshot = snapshot(policies, &settings);
         let metrics = Arc::new(Metrics::new());
         let cache = Arc::new(VerifiedTokenCache::new(settings.token_cache_entries, metrics.clone()));
         let keys = KeyStore::new(settings.fetch_limits(), metrics.clone(), cache.clone()).expect("key store");
@@ -249,17 +277,7 @@ spec:
         let engine = engine("", false);
         let before = engine.check(Door::Grpc, Received::Judgeable(&request("/admin"))).await;
         assert!(before.allow, "no policy: allowed");
-        let settings = engine.settings().clone();
-        let loaded = load_policy_text("engine.yaml", DENY_ADMIN).expect("policies compile");
-        let workloads = settings.workload_table().expect("no workload table");
-        let snapshot = Snapshot::new(
-            loaded.policies,
-            loaded.authn,
-            workloads,
-            settings.engine_options(),
-            &settings.root_namespace,
-        );
-        assert_eq!(engine.swap(snapshot), 2);
+        assert_eq!(engine.swap(snapshot(DENY_ADMIN, engine.settings())), 2);
         let after = engine.check(Door::Grpc, Received::Judgeable(&request("/admin"))).await;
         assert_eq!(after.decision.reason, Reason::DeniedByPolicy);
     }

@@ -20,10 +20,10 @@ use tokio::net::TcpListener;
 use crate::cli::RequestFile;
 use crate::config::ConfigError;
 use crate::config::load::{load_policies, load_policy_text};
-use crate::core::authn::NoRemoteKeys;
 use crate::core::identity::Identity;
 use crate::core::test_util::{jwks, sign};
 use crate::core::{Decision, Snapshot};
+use crate::denial::Denial;
 use crate::engine::{Engine, Outcome, Received};
 use crate::jwks::KeyStore;
 use crate::settings::Settings;
@@ -277,7 +277,7 @@ fn signed_token(claims: &Map<String, Value>, kid: &str) -> String {
 
 /// The status and body the client gets for `decision`, as the gRPC door writes them.
 fn answer_to_client(decision: &Decision) -> (u16, String) {
-    (decision.http_status(), decision.body().to_string())
+    Denial::of(decision).map_or((200, String::new()), |denial| (denial.status, denial.body.to_string()))
 }
 
 /// What a case observed, in the terms of its expectation: the fields the expectation leaves
@@ -327,7 +327,7 @@ async fn run_case(judge: &Judge, server: Option<&JwksServer>, case: &Case) -> Re
         }
         let Outcome { decision, allow } = judge.engine.check(Door::Grpc, Received::Judgeable(&request)).await;
         // After the engine's refetches, the explanation sees the keys its last decision saw.
-        let context = judge.engine.settings().authn_context(&**judge.engine.keys(), &NoRemoteKeys);
+        let context = judge.engine.settings().authn_context(&**judge.engine.keys());
         (decision, allow, judge.snapshot.explain(&request, &context))
     };
     // The explanation walks the same predicates its own way: it must arrive at the same verdict.

@@ -1,4 +1,4 @@
-//! The HTTP forward-auth door: Traefik, nginx `auth_request`, ingress-nginx and Envoy's HTTP ext_authz. The one place decisions become HTTP answers.
+//! The HTTP forward-auth door: Traefik, nginx `auth_request`, ingress-nginx and Envoy's HTTP ext_authz. The one place decisions become HTTP answers (a denial's status, body and challenge as [`crate::denial`] words them).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -11,6 +11,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Request as HttpRequestIn, R
 
 use crate::core::matcher::IpMatch;
 use crate::core::{Decision, HttpRequest, Peer, Request, StrMap};
+use crate::denial::Denial;
 use crate::engine::{Engine, Received};
 use crate::settings::HttpMode;
 use crate::telemetry;
@@ -267,10 +268,11 @@ fn answer(decision: &Decision, allow: bool) -> Response<Body> {
         }
         response
     } else {
-        let mut response = Response::new(Body::from(decision.body()));
-        *response.status_mut() = StatusCode::from_u16(decision.http_status()).unwrap_or(StatusCode::FORBIDDEN);
+        let denial = Denial::refusing(decision);
+        let mut response = Response::new(Body::from(denial.body));
+        *response.status_mut() = StatusCode::from_u16(denial.status).unwrap_or(StatusCode::FORBIDDEN);
         response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-        for (name, value) in &decision.response_headers {
+        if let Some((name, value)) = &denial.challenge {
             insert(response.headers_mut(), name, value);
         }
         response

@@ -18,6 +18,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub use portcullis_core as core;
+pub mod denial;
 pub mod engine;
 pub mod grpc;
 pub mod http;

@@ -24,6 +24,7 @@ use crate::config::{ConfigError, describe_yaml_error, yaml_options};
 use crate::core::authn::{JwtRule, KeySource, NoRemoteKeys};
 use crate::core::jwt::KeySet;
 use crate::core::{Decision, Reason, Snapshot};
+use crate::denial::Denial;
 use crate::settings::Settings;
 
 /// How long the tokens of a test file are valid from the run's start when their claims set no `exp`.
@@ -122,7 +123,7 @@ pub enum TestOutcome {
 /// are reported (`file:line: message`, every problem) before any case runs.
 pub fn run(settings: &Settings, files: &[PathBuf]) -> TestOutcome {
     // Tokens are signed and checked at the same time: the run's start.
-    let context = settings.authn_context(&NoRemoteKeys, &NoRemoteKeys);
+    let context = settings.authn_context(&NoRemoteKeys);
     let mut suites = Vec::new();
     let mut errors = Vec::new();
     for file in files {
@@ -183,8 +184,9 @@ fn misses(expect: &Expectation, decision: &Decision) -> Vec<String> {
     if expect.decision != verdict {
         misses.push(format!("decision: expected {}, got {}", shown(expect.decision), shown(verdict)));
     }
-    if let Some(status) = expect.status.filter(|&status| status != decision.http_status()) {
-        misses.push(format!("status: expected {status}, got {}", decision.http_status()));
+    let got_status = Denial::status_of(decision);
+    if let Some(status) = expect.status.filter(|&status| status != got_status) {
+        misses.push(format!("status: expected {status}, got {got_status}"));
     }
     if let Some(reason) = expect.reason.as_deref().filter(|&reason| reason != decision.reason.as_str()) {
         misses.push(format!("reason: expected {reason}, got {}", decision.reason.as_str()));

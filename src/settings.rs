@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{describe_yaml_error, yaml_options};
 use crate::core::EngineOptions;
-use crate::core::authn::{AuthnContext, KeyLookup, TokenCache};
+use crate::core::authn::{AuthnContext, KeyLookup};
 use crate::core::matcher::IpMatch;
 use crate::core::path::PathOptions;
 use crate::core::workload::{UnknownWorkload, WorkloadEntry, WorkloadSelector, WorkloadTable};
@@ -338,10 +338,9 @@ impl Settings {
     }
 
     /// What authentication needs for one check, at the current time.
-    pub fn authn_context<'c>(&self, keys: &'c dyn KeyLookup, cache: &'c dyn TokenCache) -> AuthnContext<'c> {
+    pub fn authn_context<'c>(&self, keys: &'c dyn KeyLookup) -> AuthnContext<'c> {
         AuthnContext {
             keys,
-            cache,
             now: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_secs()),
             clock_skew_secs: self.clock_skew_secs,
             max_token_bytes: self.max_token_bytes,

@@ -6,8 +6,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use std::cell::OnceCell;
+
 use crate::core::Identity;
-use crate::core::authn::{TokenCache, TokenDigest, TokenKey};
+use crate::core::authn::{Authentication, AuthnContext, Credential};
 use crate::core::jwt::KeySet;
 use crate::telemetry::Metrics;
 
@@ -57,6 +59,42 @@ pub struct VerifiedTokenCache {
 /// show that a bug inside a check is a deny, `internal_error`, and the server keeps serving.
 #[cfg(debug_assertions)]
 pub const PANIC_ON_TOKEN_VARIABLE: &str = "PORTCULLIS_DEBUG_PANIC_ON_TOKEN";
+
+/// A token as a cache key: its text, and its digest, computed at most once per check and only
+/// when the cache asks for it.
+pub struct TokenKey<'a> {
+    token: &'a str,
+    digest: OnceCell<TokenDigest>,
+}
+
+impl<'a> TokenKey<'a> {
+    pub fn new(token: &'a str) -> Self {
+        Self { token, digest: OnceCell::new() }
+    }
+
+    pub fn token(&self) -> &'a str {
+        self.token
+    }
+
+    pub fn digest(&self) -> TokenDigest {
+        *self.digest.get_or_init(|| TokenDigest::of(self.token))
+    }
+}
+
+/// The first 128 bits of a token's SHA-256. A cache hit by digest hands out another token's
+/// identity only if a forged token shares a real one's digest: a second preimage, 2^128 work
+/// at 128 bits. Half the digest halves the key in every cached entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TokenDigest(pub [u8; 16]);
+
+impl TokenDigest {
+    pub fn of(token: &str) -> Self {
+        let mut out = [0; 16];
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
+        out.copy_from_slice(&digest.as_ref()[..16]);
+        Self(out)
+    }
+}
 
 fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_secs())
@@ -152,9 +190,35 @@ impl VerifiedTokenCache {
     }
 }
 
-impl TokenCache for VerifiedTokenCache {
+impl VerifiedTokenCache {
+    /// The authentication the identity remembered for the credential's token gives, when it
+    /// still counts (see [`Credential::recalled`]); `None`: the token must be verified.
+    pub fn recall<'p>(
+        &self,
+        key: &TokenKey<'_>,
+        credential: &Credential<'p>,
+        context: &AuthnContext<'_>,
+    ) -> Option<Authentication<'p>> {
+        credential.recalled(self.get(key)?, context)
+    }
+
+    /// Remembers the identity a verification found, and hands the authentication on.
+    pub fn remember<'p>(&self, key: &TokenKey<'_>, authentication: Authentication<'p>) -> Authentication<'p> {
+        if let Authentication::Verified { identity, .. } = &authentication {
+            self.put(key, identity.clone());
+        }
+        authentication
+    }
+
+    /// A credential authenticated as the engine resolves it, but with the keys `context` has
+    /// now and no fetch: remembered, or verified and remembered (benches, tests, offline checks).
+    pub fn authenticate<'p>(&self, credential: &Credential<'p>, context: &AuthnContext<'_>) -> Authentication<'p> {
+        let key = TokenKey::new(credential.token());
+        self.recall(&key, credential, context).unwrap_or_else(|| self.remember(&key, credential.authenticate(context)))
+    }
+
     /// The hot layer first; a token found by its digest is seen again, and moves into it.
-    fn get(&self, key: &TokenKey<'_>) -> Option<Arc<Identity>> {
+    pub fn get(&self, key: &TokenKey<'_>) -> Option<Arc<Identity>> {
         #[cfg(debug_assertions)]
         self.panic_if_asked(key.token());
         if self.capacity_per_shard == 0 {
@@ -172,7 +236,7 @@ impl TokenCache for VerifiedTokenCache {
 
     /// A token just verified goes into the shards only: one seen once does not displace the
     /// hot layer's. A hot token verified again has its hot entry replaced.
-    fn put(&self, token: &TokenKey<'_>, identity: Arc<Identity>) {
+    pub fn put(&self, token: &TokenKey<'_>, identity: Arc<Identity>) {
         if self.capacity_per_shard == 0 {
             return;
         }
@@ -209,7 +273,7 @@ impl TokenCache for VerifiedTokenCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::authn::{self, Authentication, AuthnContext, KeyLookup, KeySource};
+    use crate::core::authn::{self, KeyLookup, KeySource};
     use crate::core::identity::ClaimPaths;
     use crate::core::jwt::JwtError;
     use crate::core::test_util;
@@ -275,7 +339,7 @@ mod tests {
         forget_shards(&cache);
         let again = key(token);
         assert!(cache.get(&again).is_some(), "found in the hot layer");
-        assert!(again.digest_is_unset(), "by comparing bytes: no SHA-256 computed");
+        assert!(again.digest.get().is_none(), "by comparing bytes: no SHA-256 computed");
     }
 
     #[test]
@@ -327,19 +391,18 @@ mod tests {
         let mut remote = (*test_util::rule(&[])).clone();
         remote.keys = KeySource::Remote { jwks_uri: None, timeout: None };
         let rule = Arc::new(remote.keeping(&test_util::rule(&[]).verifier.kept));
-        let context = AuthnContext {
-            keys: &fetched,
-            cache: &cache,
-            now: test_util::NOW,
-            clock_skew_secs: 0,
-            max_token_bytes: 8192,
-        };
+        let context = AuthnContext { keys: &fetched, now: test_util::NOW, clock_skew_secs: 0, max_token_bytes: 8192 };
         let verify = |token: &str| {
             let headers = [test_util::bearer(token)];
-            match authn::authenticate(&[&rule], &test_util::request_with(&headers), &context) {
-                Authentication::Verified { identity, .. } => Ok(identity.subject().to_string()),
-                Authentication::Anonymous => Ok("anonymous".into()),
-                Authentication::Failed { error, .. } => Err(error),
+            let http = test_util::request_with(&headers);
+            match authn::find_credential(&[&rule], &http) {
+                Ok(Some(credential)) => match cache.authenticate(&credential, &context) {
+                    Authentication::Verified { identity, .. } => Ok(identity.subject().to_string()),
+                    Authentication::Anonymous => Ok("anonymous".into()),
+                    Authentication::Failed { error } => Err(error),
+                },
+                Ok(None) => Ok("anonymous".into()),
+                Err(error) => Err(error),
             }
         };
         let claims = test_util::claims();

@@ -21,7 +21,7 @@ use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest, 
 use forge::{Behavior, EC, ED, FakeIdp, OTHER_RSA, RSA, jwks, public_jwk, sign, sign_raw, unix_now};
 use jsonwebtoken::Algorithm;
 use portcullis::config::load::{MAX_FILE_BYTES, load_policies, load_policy_text};
-use portcullis::core::authn::{AuthnContext, NoRemoteKeys, TokenCache};
+use portcullis::core::authn::{AuthnContext, NoRemoteKeys};
 use portcullis::core::jwt::{JwtError, KeySet};
 use portcullis::core::workload::WorkloadTable;
 use portcullis::core::{Decision, EngineOptions, HttpRequest, Reason, Request, Snapshot, StrMap};
@@ -44,14 +44,15 @@ fn snapshot(yaml: &str) -> Snapshot {
     Snapshot::new(loaded.policies, loaded.authn, WorkloadTable::default(), EngineOptions::default(), "istio-system")
 }
 
-fn context(cache: &dyn TokenCache) -> AuthnContext<'_> {
-    AuthnContext { keys: &NoRemoteKeys, cache, now: unix_now(), clock_skew_secs: 60, max_token_bytes: 8192 }
+fn context() -> AuthnContext<'static> {
+    AuthnContext { keys: &NoRemoteKeys, now: unix_now(), clock_skew_secs: 60, max_token_bytes: 8192 }
 }
 
-/// Decides a GET for a workload in `namespace`, in-process.
+/// Decides a GET for a workload in `namespace`, in-process, remembering verified tokens in
+/// `cache` when given.
 fn decide_in(
     snapshot: &Snapshot,
-    cache: &dyn TokenCache,
+    cache: Option<&VerifiedTokenCache>,
     namespace: &str,
     path: &str,
     host: &str,
@@ -70,7 +71,10 @@ fn decide_in(
         context_extensions: StrMap::from(&extensions),
         ..Request::default()
     };
-    snapshot.check(&request, &context(cache))
+    match cache {
+        Some(cache) => snapshot.check_with(&request, |credential| cache.authenticate(credential, &context())),
+        None => snapshot.check(&request, &context()),
+    }
 }
 
 fn claims(subject: &str) -> Value {
@@ -214,8 +218,7 @@ fn kid_with_traversal_or_injection_text_finds_no_key() {
     let mut failures = Vec::new();
     for kid in kids {
         let token = sign(RSA, Algorithm::RS256, Some(kid), &claims("alice"));
-        let decision =
-            decide_in(&policies, &NoRemoteKeys, "ns", "/", "app.test", &[("authorization", bearer(&token).as_str())]);
+        let decision = decide_in(&policies, None, "ns", "/", "app.test", &[("authorization", bearer(&token).as_str())]);
         if (decision.reason, decision.jwt_error) != (Reason::InvalidToken, Some(JwtError::KeyNotFound)) {
             failures.push(format!("kid {kid:?}: {:?} {:?}", decision.reason, decision.jwt_error));
         }
@@ -223,15 +226,13 @@ fn kid_with_traversal_or_injection_text_finds_no_key() {
     for kid in [json!(7), json!(["rsa"]), json!({"kid": "rsa"}), Value::Null] {
         let header = json!({"alg": "RS256", "typ": "JWT", "kid": kid}).to_string();
         let token = sign_raw(RSA, Algorithm::RS256, &header, &claims("alice").to_string());
-        let decision =
-            decide_in(&policies, &NoRemoteKeys, "ns", "/", "app.test", &[("authorization", bearer(&token).as_str())]);
+        let decision = decide_in(&policies, None, "ns", "/", "app.test", &[("authorization", bearer(&token).as_str())]);
         if decision.reason != Reason::InvalidToken {
             failures.push(format!("kid {kid}: {:?} {:?}", decision.reason, decision.jwt_error));
         }
     }
     let control = sign(RSA, Algorithm::RS256, Some("rsa"), &claims("alice"));
-    let allowed =
-        decide_in(&policies, &NoRemoteKeys, "ns", "/", "app.test", &[("authorization", bearer(&control).as_str())]);
+    let allowed = decide_in(&policies, None, "ns", "/", "app.test", &[("authorization", bearer(&control).as_str())]);
     assert_eq!(allowed.reason, Reason::AllowedByPolicy, "the control token verifies");
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
@@ -328,14 +329,14 @@ fn two_valid_tokens_of_two_issuers_in_two_locations_are_refused() {
     let mut other_claims = claims("mallory");
     other_claims["iss"] = json!(OTHER_ISSUER);
     let second = sign(EC, Algorithm::ES256, Some("ec"), &other_claims);
-    let decide = |headers: &[(&str, &str)]| decide_in(&policies, &NoRemoteKeys, "ns", "/", "app.test", headers);
+    let decide = |headers: &[(&str, &str)]| decide_in(&policies, None, "ns", "/", "app.test", headers);
     assert_eq!(decide(&[("authorization", bearer(&first).as_str())]).reason, Reason::AllowedByPolicy);
     assert_eq!(decide(&[("x-other-token", &second)]).reason, Reason::AllowedByPolicy);
     let both = decide(&[("authorization", bearer(&first).as_str()), ("x-other-token", &second)]);
     assert_eq!((both.reason, both.jwt_error), (Reason::InvalidToken, Some(JwtError::VerificationFails)));
     let query = format!("/?access_token={second}");
     let header_and_query =
-        decide_in(&policies, &NoRemoteKeys, "ns", &query, "app.test", &[("authorization", bearer(&first).as_str())]);
+        decide_in(&policies, None, "ns", &query, "app.test", &[("authorization", bearer(&first).as_str())]);
     assert_eq!(header_and_query.reason, Reason::InvalidToken, "a token of the other issuer in the query counts too");
 }
 
@@ -375,9 +376,8 @@ fn duplicate_claim_names_are_judged_as_the_service_is_told() {
             r#"{{"iss":"{ISSUER}","sub":"{first}","preferred_username":"{first}","exp":{exp},"sub":"{last}","preferred_username":"{last}"}}"#
         )
     };
-    let decide = |token: &str| {
-        decide_in(&policies, &NoRemoteKeys, "ns", "/", "app.test", &[("authorization", bearer(token).as_str())])
-    };
+    let decide =
+        |token: &str| decide_in(&policies, None, "ns", "/", "app.test", &[("authorization", bearer(token).as_str())]);
 
     let admin_last = decide(&sign_raw(RSA, Algorithm::RS256, header, &payload("alice", "admin")));
     let admin_first = decide(&sign_raw(RSA, Algorithm::RS256, header, &payload("admin", "alice")));
@@ -413,8 +413,7 @@ fn cross_issuer_key_confusion_is_refused() {
     let yaml = request_authentication("ns", &[(ISSUER, a_keys), (OTHER_ISSUER, b_keys)]) + &allow_verified("ns");
     let policies = snapshot(&yaml);
     let decide = |token: &str| {
-        let decision =
-            decide_in(&policies, &NoRemoteKeys, "ns", "/", "app.test", &[("authorization", bearer(token).as_str())]);
+        let decision = decide_in(&policies, None, "ns", "/", "app.test", &[("authorization", bearer(token).as_str())]);
         (decision.reason, decision.jwt_error)
     };
     let as_a = claims("alice");
@@ -477,14 +476,14 @@ fn a_token_verified_under_one_namespaces_keys_is_not_accepted_under_anothers() {
     let headers: Vec<(&str, &str)> = headers.iter().map(|(name, value)| (*name, value.as_str())).collect();
 
     // Without a cache, each namespace judges the token with its own keys.
-    let uncached_b = decide_in(&policies, &NoRemoteKeys, "tenant-b", "/", "app.test", &headers);
+    let uncached_b = decide_in(&policies, None, "tenant-b", "/", "app.test", &headers);
     assert_eq!(uncached_b.reason, Reason::InvalidToken, "tenant-b's keys never signed it");
 
     // With the server's cache, in the order an attacker would choose.
     let cache = VerifiedTokenCache::new(100, Arc::new(Metrics::new()));
-    let in_a = decide_in(&policies, &cache, "tenant-a", "/", "app.test", &headers);
+    let in_a = decide_in(&policies, Some(&cache), "tenant-a", "/", "app.test", &headers);
     assert_eq!(in_a.reason, Reason::AllowedByPolicy, "tenant-a's keys signed it");
-    let in_b = decide_in(&policies, &cache, "tenant-b", "/", "app.test", &headers);
+    let in_b = decide_in(&policies, Some(&cache), "tenant-b", "/", "app.test", &headers);
     assert_eq!(
         (in_b.reason, in_b.jwt_error),
         (Reason::InvalidToken, Some(JwtError::VerificationFails)),
@@ -509,8 +508,7 @@ fn duplicate_kids_verify_only_with_the_issuers_own_fitting_keys() {
     assert_eq!(set.len(), 2, "the oct key is skipped: {:?}", set.skipped);
     let policies = snapshot(&(request_authentication("ns", &[(ISSUER, keys)]) + &allow_verified("ns")));
     let decide = |token: &str| {
-        let decision =
-            decide_in(&policies, &NoRemoteKeys, "ns", "/", "app.test", &[("authorization", bearer(token).as_str())]);
+        let decision = decide_in(&policies, None, "ns", "/", "app.test", &[("authorization", bearer(token).as_str())]);
         (decision.reason, decision.jwt_error)
     };
     let hs256 = jsonwebtoken::encode(
@@ -564,8 +562,7 @@ fn keys_whose_type_does_not_fit_the_alg_are_never_used() {
     let keys = jwks(&[unpinned_rsa, unpinned_ec]);
     let policies = snapshot(&(request_authentication("ns", &[(ISSUER, keys)]) + &allow_verified("ns")));
     let decide = |token: &str| {
-        let decision =
-            decide_in(&policies, &NoRemoteKeys, "ns", "/", "app.test", &[("authorization", bearer(token).as_str())]);
+        let decision = decide_in(&policies, None, "ns", "/", "app.test", &[("authorization", bearer(token).as_str())]);
         (decision.reason, decision.jwt_error)
     };
     assert_eq!(
@@ -977,7 +974,7 @@ spec:
   - to: [{operation: {hosts: ["admin.example.com", "admin.example.com:*", "admin.example.com.", "admin.example.com.:*"]}}]
 "#,
     );
-    let decide = |namespace: &str, host: &str| decide_in(&policies, &NoRemoteKeys, namespace, "/", host, &[]).reason;
+    let decide = |namespace: &str, host: &str| decide_in(&policies, None, namespace, "/", host, &[]).reason;
     let spellings = [
         "admin.example.com",
         "ADMIN.Example.COM",

@@ -18,11 +18,12 @@ use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest, 
 use forge::{Behavior, FakeIdp, RSA, jwks, public_jwk, sign, unix_now};
 use jsonwebtoken::Algorithm;
 use portcullis::config::load::load_policy_text;
+use portcullis::core::HttpRequest;
 use portcullis::core::authn::{self, Authentication, AuthnContext, JwtRule, NoRemoteKeys};
 use portcullis::core::jwt::JwtError;
-use portcullis::core::{HttpRequest, Identity};
+use portcullis::denial::Denial;
 use portcullis::telemetry::Metrics;
-use portcullis::token_cache::VerifiedTokenCache;
+use portcullis::token_cache::{TokenKey, VerifiedTokenCache};
 use serde_json::{Value, json};
 use support::{Server, config_file, http_get, policy_dir};
 
@@ -232,12 +233,22 @@ fn clock_rule() -> Arc<JwtRule> {
     loaded.authn[0].rules[0].clone()
 }
 
-fn judge(rule: &Arc<JwtRule>, token: &str, now: u64, skew: u64, cache: &dyn authn::TokenCache) -> Result<(), JwtError> {
+fn judge(
+    rule: &Arc<JwtRule>,
+    token: &str,
+    now: u64,
+    skew: u64,
+    cache: Option<&VerifiedTokenCache>,
+) -> Result<(), JwtError> {
     let authorization = format!("Bearer {token}");
     let http =
         HttpRequest { path: "/", headers: vec![("authorization", authorization.as_str())], ..HttpRequest::default() };
-    let context = AuthnContext { keys: &NoRemoteKeys, cache, now, clock_skew_secs: skew, max_token_bytes: 8192 };
-    match authn::authenticate(&[rule], &http, &context) {
+    let context = AuthnContext { keys: &NoRemoteKeys, now, clock_skew_secs: skew, max_token_bytes: 8192 };
+    let authentication = match (cache, authn::find_credential(&[rule], &http)) {
+        (Some(cache), Ok(Some(credential))) => cache.authenticate(&credential, &context),
+        _ => authn::authenticate(&[rule], &http, &context),
+    };
+    match authentication {
         Authentication::Verified { .. } => Ok(()),
         Authentication::Anonymous => Err(JwtError::BadFormat),
         Authentication::Failed { error, .. } => Err(error),
@@ -263,12 +274,7 @@ fn token_lifetimes_are_judged_at_the_given_clock_with_skew() {
         (u64::MAX, 60, Err(JwtError::Expired)),
     ];
     for (now, skew, expected) in cases {
-        assert_eq!(
-            judge(&rule, &token, now, skew, &NoRemoteKeys),
-            expected,
-            "now T{:+}, skew {skew}",
-            now as i128 - T as i128
-        );
+        assert_eq!(judge(&rule, &token, now, skew, None), expected, "now T{:+}, skew {skew}", now as i128 - T as i128);
     }
 }
 
@@ -279,26 +285,11 @@ fn clock_jumps_are_judged_again_on_cache_hits() {
     let rule = clock_rule();
     let cache = VerifiedTokenCache::new(100, Arc::new(Metrics::new()));
     let token = sign(RSA, Algorithm::RS256, Some("rsa"), &json!({"iss": ISSUER, "sub": "a", "nbf": T, "exp": T + 300}));
-    assert_eq!(judge(&rule, &token, T + 10, 60, &cache), Ok(()), "verified and remembered");
-    assert_eq!(
-        authn::TokenCache::get(&cache, &authn::TokenKey::new(&token)).map(|hit| hit.expires_at()),
-        Some(Some((T + 300) as f64))
-    );
-    assert_eq!(judge(&rule, &token, T + 3600, 60, &cache), Err(JwtError::Expired), "a jump forward");
-    assert_eq!(judge(&rule, &token, T + 10, 60, &cache), Ok(()), "and back");
-    assert_eq!(judge(&rule, &token, T - 3600, 60, &cache), Err(JwtError::NotYetValid), "a jump back before nbf");
-}
-
-/// A cache that panics on every use: a bug inside a Check.
-struct PanickingCache;
-
-impl authn::TokenCache for PanickingCache {
-    fn get(&self, _token: &authn::TokenKey<'_>) -> Option<Arc<Identity>> {
-        panic!("a bug inside the check")
-    }
-    fn put(&self, _token: &authn::TokenKey<'_>, _identity: Arc<Identity>) {
-        panic!("a bug inside the check")
-    }
+    assert_eq!(judge(&rule, &token, T + 10, 60, Some(&cache)), Ok(()), "verified and remembered");
+    assert_eq!(cache.get(&TokenKey::new(&token)).map(|hit| hit.expires_at()), Some(Some((T + 300) as f64)));
+    assert_eq!(judge(&rule, &token, T + 3600, 60, Some(&cache)), Err(JwtError::Expired), "a jump forward");
+    assert_eq!(judge(&rule, &token, T + 10, 60, Some(&cache)), Ok(()), "and back");
+    assert_eq!(judge(&rule, &token, T - 3600, 60, Some(&cache)), Err(JwtError::NotYetValid), "a jump back before nbf");
 }
 
 /// A panic inside a Check fails closed: the request is denied with `internal_error`, and the
@@ -330,18 +321,13 @@ fn a_panic_inside_a_check_is_a_deny() {
         context_extensions: portcullis::core::StrMap::from(&extensions),
         ..portcullis::core::Request::default()
     };
-    let broken = AuthnContext {
-        keys: &NoRemoteKeys,
-        cache: &PanickingCache,
-        now: T,
-        clock_skew_secs: 60,
-        max_token_bytes: 8192,
-    };
-    let decision = snapshot.check(&request, &broken);
+    // A resolver that panics on every token: a bug inside the check.
+    let decision = snapshot.check_with(&request, |_| panic!("a bug inside the check"));
     assert_eq!(decision.reason, portcullis::core::Reason::InternalError);
     assert!(!decision.is_allow());
-    assert_eq!((decision.http_status(), decision.body()), (403, "RBAC: access denied"));
-    let working = AuthnContext { cache: &NoRemoteKeys, ..broken };
+    let denial = Denial::refusing(&decision);
+    assert_eq!((denial.status, denial.body), (403, "RBAC: access denied"));
+    let working = AuthnContext { keys: &NoRemoteKeys, now: T, clock_skew_secs: 60, max_token_bytes: 8192 };
     assert!(snapshot.check(&request, &working).is_allow(), "the next check is decided as usual");
 }
 

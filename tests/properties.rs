@@ -130,13 +130,7 @@ fn decide(path: &str) -> Decision {
         context_extensions: StrMap::from(&extensions),
         ..Request::default()
     };
-    let context = AuthnContext {
-        keys: &NoRemoteKeys,
-        cache: &NoRemoteKeys,
-        now: 1_800_000_000,
-        clock_skew_secs: 60,
-        max_token_bytes: 8192,
-    };
+    let context = AuthnContext { keys: &NoRemoteKeys, now: 1_800_000_000, clock_skew_secs: 60, max_token_bytes: 8192 };
     guarded_snapshot().check(&request, &context)
 }
 

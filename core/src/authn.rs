@@ -1,11 +1,10 @@
-//! Request authentication as Istio's RequestAuthentication defines it: where tokens are found, which rule verifies them, what reaches the service; pure.
+//! Request authentication as Istio's RequestAuthentication defines it: where tokens are found, which rule verifies them (with keys and `now` given), what reaches the service; pure.
 
-use std::cell::OnceCell;
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::identity::{ClaimPaths, Identity, KeyOrigin, Proof, Verifier};
-use super::jwt::{self, JwtError, KeySet, Lifetime};
+use super::jwt::{self, JwtError, KeySet, Lifetime, ParsedToken};
 use super::policy::PolicyId;
 use super::request::HttpRequest;
 use super::workload::LabelSelector;
@@ -129,57 +128,9 @@ pub struct AuthnPolicy {
 }
 
 /// The keys fetched for remote issuers, as the check sees them now.
-pub trait KeyLookup {
+pub trait KeyLookup: Sync {
     /// The issuer's last good keys; `None` when they were never fetched.
     fn key_set(&self, issuer: &str) -> Option<Arc<KeySet>>;
-}
-
-/// Tokens verified before. A cache reads the token's bytes, its digest, or both.
-pub trait TokenCache {
-    fn get(&self, token: &TokenKey<'_>) -> Option<Arc<Identity>>;
-    fn put(&self, token: &TokenKey<'_>, identity: Arc<Identity>);
-}
-
-/// A token as a cache key: its text, and its digest, computed at most once per check and only
-/// when a cache asks for it.
-pub struct TokenKey<'a> {
-    token: &'a str,
-    digest: OnceCell<TokenDigest>,
-}
-
-impl<'a> TokenKey<'a> {
-    pub fn new(token: &'a str) -> Self {
-        Self { token, digest: OnceCell::new() }
-    }
-
-    pub fn token(&self) -> &'a str {
-        self.token
-    }
-
-    pub fn digest(&self) -> TokenDigest {
-        *self.digest.get_or_init(|| TokenDigest::of(self.token))
-    }
-
-    /// Whether no cache asked for the digest (tests only).
-    #[cfg(any(test, feature = "test-util"))]
-    pub fn digest_is_unset(&self) -> bool {
-        self.digest.get().is_none()
-    }
-}
-
-/// The first 128 bits of a token's SHA-256. A cache hit by digest hands out another token's
-/// identity only if a forged token shares a real one's digest: a second preimage, 2^128 work
-/// at 128 bits. Half the digest halves the key in every cached entry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct TokenDigest(pub [u8; 16]);
-
-impl TokenDigest {
-    pub fn of(token: &str) -> Self {
-        let mut out = [0; 16];
-        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
-        out.copy_from_slice(&digest.as_ref()[..16]);
-        Self(out)
-    }
 }
 
 impl KeyOrigin {
@@ -191,30 +142,22 @@ impl KeyOrigin {
     }
 }
 
-/// Everything authentication needs from outside the policy set: keys, cache, clock and limits.
+/// Everything authentication needs from outside the policy set: fetched keys, the time and limits.
 pub struct AuthnContext<'c> {
     pub keys: &'c dyn KeyLookup,
-    pub cache: &'c dyn TokenCache,
     /// Seconds since the epoch.
     pub now: u64,
     pub clock_skew_secs: u64,
     pub max_token_bytes: usize,
 }
 
-/// A lookup with no keys and a cache that remembers nothing: inline JWKS still work.
+/// A lookup with no keys: inline JWKS still work.
 pub struct NoRemoteKeys;
 
 impl KeyLookup for NoRemoteKeys {
     fn key_set(&self, _issuer: &str) -> Option<Arc<KeySet>> {
         None
     }
-}
-
-impl TokenCache for NoRemoteKeys {
-    fn get(&self, _token: &TokenKey<'_>) -> Option<Arc<Identity>> {
-        None
-    }
-    fn put(&self, _token: &TokenKey<'_>, _identity: Arc<Identity>) {}
 }
 
 /// The outcome of authentication.
@@ -228,99 +171,185 @@ pub enum Authentication<'r> {
         location: TokenLocation,
         token: &'r str,
     },
-    /// The token was refused; `issuer` is set when its keys may be stale (unknown `kid`).
+    /// The token was refused.
     Failed {
         error: JwtError,
-        stale_issuer: Option<Arc<str>>,
     },
 }
 
 fn failed(error: JwtError) -> Authentication<'static> {
-    Authentication::Failed { error, stale_issuer: None }
+    Authentication::Failed { error }
 }
 
-/// Finds the request's token in the rules' locations and verifies it.
+/// The token a request carries, found in the rules' locations but not verified.
+#[derive(Debug, Clone)]
+pub struct Credential<'p> {
+    token: &'p str,
+    /// Every rule that looks where the token was found, and that place.
+    found: Vec<(&'p Arc<JwtRule>, &'p TokenLocation)>,
+}
+
+/// Finds the request's token in the rules' locations: `None` when it carries none, refused
+/// when it carries two different ones (which caller is this? refused rather than guessed).
+pub fn find_credential<'p>(
+    rules: &[&'p Arc<JwtRule>],
+    http: &HttpRequest<'p>,
+) -> Result<Option<Credential<'p>>, JwtError> {
+    let mut tokens: Vec<&'p str> = Vec::new();
+    let mut found = Vec::new();
+    for &rule in rules {
+        for location in rule.locations.iter() {
+            location.find_all(http, |token| {
+                tokens.push(token);
+                found.push((rule, location));
+            });
+        }
+    }
+    let Some(&token) = tokens.first() else { return Ok(None) };
+    // The same header read by several rules is the same slice: no need to compare its bytes.
+    if tokens[1..].iter().any(|&other| !std::ptr::eq(other, token) && other != token) {
+        return Err(JwtError::VerificationFails);
+    }
+    Ok(Some(Credential { token, found }))
+}
+
+impl<'p> Credential<'p> {
+    /// The token, as sent.
+    pub fn token(&self) -> &'p str {
+        self.token
+    }
+
+    /// The first rule of `issuer` that looks where the token was found, and that place.
+    fn for_issuer(&self, issuer: &str) -> Option<(&'p Arc<JwtRule>, &'p TokenLocation)> {
+        self.found.iter().find(|(rule, _)| &*rule.issuer == issuer).copied()
+    }
+
+    /// The authentication an identity remembered for this token gives, its lifetime and
+    /// audience judged again; `None` when it does not count and the token must be verified:
+    /// another rule of the same issuer name but other keys (another namespace's inline JWKS)
+    /// verifies the token itself, a policy set that reads other claims reads it again, and a
+    /// key swapped behind its `kid` (a stolen one replaced) vouches for nothing it signed before.
+    pub fn recalled(&self, cached: Arc<Identity>, context: &AuthnContext<'_>) -> Option<Authentication<'p>> {
+        let (rule, location) = self.for_issuer(cached.issuer())?;
+        let still_vouched = cached.is_vouched_for_by(&rule.verifier)
+            && key_set(rule, context.keys).is_some_and(|keys| cached.is_vouched_for_by_keys(&keys));
+        if !still_vouched {
+            return None;
+        }
+        if let Err(error) = cached.check_lifetime(context.now, context.clock_skew_secs) {
+            return Some(failed(error));
+        }
+        if !rule.audiences.is_empty() && !cached.has_audience(&rule.audiences) {
+            return Some(failed(JwtError::AudienceNotAllowed));
+        }
+        Some(Authentication::Verified {
+            identity: cached,
+            rule: rule.clone(),
+            location: location.clone(),
+            token: self.token,
+        })
+    }
+
+    /// Reads the token without verifying it: its header and claims, and the rule of its issuer.
+    pub fn read(&self, max_token_bytes: usize) -> Result<UnverifiedToken<'p>, JwtError> {
+        // Every rule of a policy set keeps the same claims; a token is read for any of them.
+        let wanted = |name: &str| self.found.iter().any(|(rule, _)| rule.verifier.kept.reads_claim(name));
+        let parsed = jwt::parse(self.token, max_token_bytes, &wanted)?;
+        let (rule, location) =
+            parsed.issuer().and_then(|issuer| self.for_issuer(issuer)).ok_or(JwtError::UnknownIssuer)?;
+        Ok(UnverifiedToken { parsed, rule, location, token: self.token })
+    }
+
+    /// Reads and verifies the token with the keys `context` has now; nothing remembered, nothing fetched.
+    pub fn authenticate(&self, context: &AuthnContext<'_>) -> Authentication<'p> {
+        match self.read(context.max_token_bytes) {
+            Ok(token) => token.verify(token.key_set(context.keys).as_deref(), context),
+            Err(error) => failed(error),
+        }
+    }
+}
+
+/// A token read, and the rule of its issuer, before any check of its signature.
+#[derive(Debug)]
+pub struct UnverifiedToken<'p> {
+    parsed: ParsedToken<'p>,
+    rule: &'p Arc<JwtRule>,
+    location: &'p TokenLocation,
+    token: &'p str,
+}
+
+impl<'p> UnverifiedToken<'p> {
+    /// The issuer the token names, as its rule spells it.
+    pub fn issuer(&self) -> &Arc<str> {
+        &self.rule.issuer
+    }
+
+    /// The `kid` of the token's header.
+    pub fn kid(&self) -> Option<&str> {
+        self.parsed.kid.as_deref()
+    }
+
+    /// Whether the issuer's keys are fetched, so that a fetch may bring the ones missing.
+    pub fn has_fetched_keys(&self) -> bool {
+        matches!(self.rule.keys, KeySource::Remote { .. })
+    }
+
+    /// The rule's keys: its inline set, or its issuer's last good fetched keys from `keys`.
+    pub fn key_set(&self, keys: &dyn KeyLookup) -> Option<Arc<KeySet>> {
+        key_set(self.rule, keys)
+    }
+
+    /// Whether `keys` hold a key for the token's `kid` and `alg`.
+    pub fn has_key_in(&self, keys: &KeySet) -> bool {
+        jwt::has_key_for(&self.parsed, keys)
+    }
+
+    /// Verifies the token with `keys` (`None`: its issuer has none) at `context.now`: signature,
+    /// lifetime, audience. The identity it returns is built here only.
+    pub fn verify(&self, keys: Option<&KeySet>, context: &AuthnContext<'_>) -> Authentication<'p> {
+        let rule = self.rule;
+        let Some(keys) = keys else { return failed(JwtError::JwksFetchFailed) };
+        let key = match jwt::verify_signature(&self.parsed, keys) {
+            Ok(key) => key,
+            Err(error) => return failed(error),
+        };
+        let claims = &self.parsed.claims;
+        let lifetime = match Lifetime::of(claims).and_then(|lifetime| {
+            lifetime.check(context.now, context.clock_skew_secs)?;
+            Ok(lifetime)
+        }) {
+            Ok(lifetime) => lifetime,
+            Err(error) => return failed(error),
+        };
+        if !rule.audiences.is_empty() && !jwt::audience_allowed(claims, &rule.audiences) {
+            return failed(JwtError::AudienceNotAllowed);
+        }
+        let proof = Proof { lifetime, kid: key.kid.clone(), key: key.fingerprint };
+        let identity = Arc::new(Identity::from_verified_claims(claims, &rule.verifier, proof));
+        Authentication::Verified { identity, rule: rule.clone(), location: self.location.clone(), token: self.token }
+    }
+}
+
+/// Finds the request's token in the rules' locations and verifies it with the keys `context`
+/// has now: the whole of authentication for callers with inline or pre-fetched keys.
 pub fn authenticate<'r>(
-    rules: &[&Arc<JwtRule>],
+    rules: &[&'r Arc<JwtRule>],
     http: &HttpRequest<'r>,
     context: &AuthnContext<'_>,
 ) -> Authentication<'r> {
-    let mut found: Vec<(&'r str, &Arc<JwtRule>, &TokenLocation)> = Vec::new();
-    for rule in rules {
-        for location in rule.locations.iter() {
-            location.find_all(http, |token| found.push((token, rule, location)));
-        }
+    match find_credential(rules, http) {
+        Ok(Some(credential)) => credential.authenticate(context),
+        Ok(None) => Authentication::Anonymous,
+        Err(error) => failed(error),
     }
-    let Some(&(token, _, _)) = found.first() else { return Authentication::Anonymous };
-    // The same header read by several rules is the same slice: no need to compare its bytes.
-    if found[1..].iter().any(|&(other, _, _)| !std::ptr::eq(other, token) && other != token) {
-        // Two different tokens: which caller is this? Refuse rather than guess.
-        return failed(JwtError::VerificationFails);
-    }
-    let for_issuer = |issuer: &str| {
-        found.iter().find(|(_, rule, _)| &*rule.issuer == issuer).map(|&(_, rule, location)| (rule, location))
-    };
-
-    let cache_key = TokenKey::new(token);
-    let cached = context.cache.get(&cache_key).and_then(|cached| {
-        // Another rule of the same issuer name but other keys (another namespace's inline
-        // JWKS) must verify the token itself, and a policy set that reads other claims must
-        // read the token again.
-        let (rule, location) = for_issuer(cached.issuer())?;
-        // The key that verified it must still be the issuer's under that `kid`: a key swapped
-        // behind a fixed `kid` (a stolen one replaced) vouches for nothing it signed before.
-        let still_vouched = cached.is_vouched_for_by(&rule.verifier)
-            && key_set(rule, context).is_some_and(|keys| cached.is_vouched_for_by_keys(&keys));
-        still_vouched.then_some((cached, rule, location))
-    });
-    if let Some((cached, rule, location)) = cached {
-        if let Err(error) = cached.check_lifetime(context.now, context.clock_skew_secs) {
-            return failed(error);
-        }
-        if !rule.audiences.is_empty() && !cached.has_audience(&rule.audiences) {
-            return failed(JwtError::AudienceNotAllowed);
-        }
-        return Authentication::Verified { identity: cached, rule: rule.clone(), location: location.clone(), token };
-    }
-
-    // Every rule of a policy set keeps the same claims; a token is read for any of them.
-    let wanted = |name: &str| found.iter().any(|(_, rule, _)| rule.verifier.kept.reads_claim(name));
-    let parsed = match jwt::parse(token, context.max_token_bytes, &wanted) {
-        Ok(parsed) => parsed,
-        Err(error) => return failed(error),
-    };
-    let Some((rule, location)) = parsed.issuer().and_then(for_issuer) else { return failed(JwtError::UnknownIssuer) };
-    let Some(keys) = key_set(rule, context) else { return failed(JwtError::JwksFetchFailed) };
-    let key = match jwt::verify_signature(&parsed, &keys) {
-        Ok(key) => key,
-        Err(error) => {
-            let stale_issuer = (error == JwtError::KeyNotFound && matches!(rule.keys, KeySource::Remote { .. }))
-                .then(|| rule.issuer.clone());
-            return Authentication::Failed { error, stale_issuer };
-        }
-    };
-    let lifetime = match Lifetime::of(&parsed.claims).and_then(|lifetime| {
-        lifetime.check(context.now, context.clock_skew_secs)?;
-        Ok(lifetime)
-    }) {
-        Ok(lifetime) => lifetime,
-        Err(error) => return failed(error),
-    };
-    if !rule.audiences.is_empty() && !jwt::audience_allowed(&parsed.claims, &rule.audiences) {
-        return failed(JwtError::AudienceNotAllowed);
-    }
-    let proof = Proof { lifetime, kid: key.kid.clone(), key: key.fingerprint };
-    let identity = Arc::new(Identity::from_verified_claims(&parsed.claims, &rule.verifier, proof));
-    context.cache.put(&cache_key, identity.clone());
-    Authentication::Verified { identity, rule: rule.clone(), location: location.clone(), token }
 }
 
 /// A rule's keys: its inline set, or its issuer's last good fetched keys (`None` before the
 /// first good fetch).
-fn key_set(rule: &JwtRule, context: &AuthnContext<'_>) -> Option<Arc<KeySet>> {
+fn key_set(rule: &JwtRule, keys: &dyn KeyLookup) -> Option<Arc<KeySet>> {
     match &rule.keys {
-        KeySource::Inline(keys) => Some(keys.clone()),
-        KeySource::Remote { .. } => context.keys.key_set(&rule.issuer),
+        KeySource::Inline(inline) => Some(inline.clone()),
+        KeySource::Remote { .. } => keys.key_set(&rule.issuer),
     }
 }
 

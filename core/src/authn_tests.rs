@@ -8,9 +8,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 
-use super::authn::{
-    self, Authentication, AuthnContext, JwtRule, KeySource, NoRemoteKeys, TokenCache, TokenKey, TokenLocation,
-};
+use super::authn::{self, Authentication, AuthnContext, JwtRule, KeySource, NoRemoteKeys, TokenLocation};
 use super::identity::{ClaimPaths, Identity};
 use super::jwt::{JwtError, KeySet};
 use super::request::HttpRequest;
@@ -35,8 +33,8 @@ fn with_null(name: &str) -> Value {
     claims
 }
 
-fn context<'c>(cache: &'c dyn TokenCache) -> AuthnContext<'c> {
-    AuthnContext { keys: &NoRemoteKeys, cache, now: NOW, clock_skew_secs: 60, max_token_bytes: 8192 }
+fn context() -> AuthnContext<'static> {
+    AuthnContext { keys: &NoRemoteKeys, now: NOW, clock_skew_secs: 60, max_token_bytes: 8192 }
 }
 
 fn outcome(rule: &Arc<JwtRule>, headers: &[(String, String)], path: &str) -> Result<String, JwtError> {
@@ -45,7 +43,7 @@ fn outcome(rule: &Arc<JwtRule>, headers: &[(String, String)], path: &str) -> Res
         headers: headers.iter().map(|(name, value)| (name.as_str(), value.as_str())).collect(),
         ..HttpRequest::default()
     };
-    match authn::authenticate(&[rule], &http, &context(&NoRemoteKeys)) {
+    match authn::authenticate(&[rule], &http, &context()) {
         Authentication::Verified { identity, .. } => Ok(identity.subject().to_string()),
         Authentication::Anonymous => Ok("anonymous".into()),
         Authentication::Failed { error, .. } => Err(error),
@@ -283,7 +281,7 @@ fn outputs_carry_claims_and_strip_the_token_and_smuggled_headers() {
             headers: headers.iter().map(|(name, value)| (name.as_str(), value.as_str())).collect(),
             ..HttpRequest::default()
         };
-        let authentication = authn::authenticate(&[rule], &http, &context(&NoRemoteKeys));
+        let authentication = authn::authenticate(&[rule], &http, &context());
         authn::outputs(&[rule], &authentication)
     };
     let set = |outputs: &authn::Outputs| -> HashMap<String, String> {
@@ -319,16 +317,36 @@ fn outputs_carry_claims_and_strip_the_token_and_smuggled_headers() {
     assert!(!removed(&forwarded).contains(&"authorization".to_string()));
 }
 
-/// A cache that remembers everything, to show hits skip verification.
+/// A cache that remembers every verified token, to show hits skip verification.
 #[derive(Default)]
-struct MemoryCache(Mutex<HashMap<authn::TokenDigest, Arc<Identity>>>);
+struct MemoryCache(Mutex<HashMap<String, Arc<Identity>>>);
 
-impl TokenCache for MemoryCache {
-    fn get(&self, token: &TokenKey<'_>) -> Option<Arc<Identity>> {
-        self.0.lock().expect("lock").get(&token.digest()).cloned()
+impl MemoryCache {
+    fn get(&self, token: &str) -> Option<Arc<Identity>> {
+        self.0.lock().expect("lock").get(token).cloned()
     }
-    fn put(&self, token: &TokenKey<'_>, identity: Arc<Identity>) {
-        self.0.lock().expect("lock").insert(token.digest(), identity);
+
+    /// Authentication as the server resolves a token, without fetching keys: a remembered
+    /// identity when it still counts, else the token verified and remembered.
+    fn authenticate<'r>(
+        &self,
+        rules: &[&'r Arc<JwtRule>],
+        http: &HttpRequest<'r>,
+        context: &AuthnContext<'_>,
+    ) -> Authentication<'r> {
+        let credential = match authn::find_credential(rules, http) {
+            Ok(Some(credential)) => credential,
+            Ok(None) => return Authentication::Anonymous,
+            Err(error) => return Authentication::Failed { error },
+        };
+        if let Some(hit) = self.get(credential.token()).and_then(|cached| credential.recalled(cached, context)) {
+            return hit;
+        }
+        let authentication = credential.authenticate(context);
+        if let Authentication::Verified { identity, .. } = &authentication {
+            self.0.lock().expect("lock").insert(credential.token().into(), identity.clone());
+        }
+        authentication
     }
 }
 
@@ -339,32 +357,32 @@ fn verified_tokens_are_cached_and_still_expire() {
     let token = sign("rsa-2048.pem", Algorithm::RS256, "rsa", &claims());
     let headers = [bearer(&token)];
     let http = request_with(&headers);
-    assert!(matches!(authn::authenticate(&[&rule], &http, &context(&cache)), Authentication::Verified { .. }));
-    let cached = cache.get(&TokenKey::new(&token)).expect("cached after verification");
+    assert!(matches!(cache.authenticate(&[&rule], &http, &context()), Authentication::Verified { .. }));
+    let cached = cache.get(&token).expect("cached after verification");
     assert_eq!(cached.kid(), Some("rsa"));
     assert_eq!(cached.expires_at(), Some((NOW + 300) as f64));
 
     // A hit skips the signature check for the same keys: a cache that answers for the token
     // lets the same rule through even with no key lookup at all...
-    assert!(matches!(authn::authenticate(&[&rule], &http, &context(&cache)), Authentication::Verified { .. }));
+    assert!(matches!(cache.authenticate(&[&rule], &http, &context()), Authentication::Verified { .. }));
     // ...but a rule of the same issuer name with other keys (another namespace's inline JWKS)
     // verifies for itself, and here finds no key.
     let mut other_keys = (*rule).clone();
     other_keys.keys = KeySource::Inline(Arc::new(KeySet::default()));
     let other_keys = Arc::new(other_keys.keeping(&rule.verifier.kept));
     assert!(matches!(
-        authn::authenticate(&[&other_keys], &http, &context(&cache)),
+        cache.authenticate(&[&other_keys], &http, &context()),
         Authentication::Failed { error: JwtError::KeyNotFound, .. }
     ));
     // Nor does a hit count once the token has expired, or for a rule that wants another audience.
-    let later = AuthnContext { now: NOW + 1000, ..context(&cache) };
+    let later = AuthnContext { now: NOW + 1000, ..context() };
     assert!(matches!(
-        authn::authenticate(&[&rule], &http, &later),
+        cache.authenticate(&[&rule], &http, &later),
         Authentication::Failed { error: JwtError::Expired, .. }
     ));
     let strict = rule_with_audience(&rule, "billing");
     assert!(matches!(
-        authn::authenticate(&[&strict], &http, &context(&cache)),
+        cache.authenticate(&[&strict], &http, &context()),
         Authentication::Failed { error: JwtError::AudienceNotAllowed, .. }
     ));
 }
@@ -383,17 +401,17 @@ fn cache_hits_check_audiences_from_the_kept_claims() {
     let headers = [bearer(&token)];
     let http = request_with(&headers);
     let jobs = rule(&["jobs-api"]);
-    assert!(matches!(authn::authenticate(&[&jobs], &http, &context(&cache)), Authentication::Verified { .. }));
-    let cached = cache.get(&TokenKey::new(&token)).expect("cached");
+    assert!(matches!(cache.authenticate(&[&jobs], &http, &context()), Authentication::Verified { .. }));
+    let cached = cache.get(&token).expect("cached");
     assert!(cached.has_audience(&["account".into()]), "`aud` is kept when a rule names audiences");
     // The same kept claims, another audience: decided from the hit.
     let mut billing = (*jobs).clone();
     billing.audiences = Box::new(["billing".into()]);
     assert!(matches!(
-        authn::authenticate(&[&Arc::new(billing)], &http, &context(&cache)),
+        cache.authenticate(&[&Arc::new(billing)], &http, &context()),
         Authentication::Failed { error: JwtError::AudienceNotAllowed, .. }
     ));
-    assert!(matches!(authn::authenticate(&[&jobs], &http, &context(&cache)), Authentication::Verified { .. }));
+    assert!(matches!(cache.authenticate(&[&jobs], &http, &context()), Authentication::Verified { .. }));
 }
 
 #[test]
@@ -403,22 +421,18 @@ fn a_policy_set_that_reads_other_claims_reads_the_token_again() {
     let headers = [bearer(&token)];
     let http = request_with(&headers);
     let first = rule(&[]);
-    assert!(matches!(authn::authenticate(&[&first], &http, &context(&cache)), Authentication::Verified { .. }));
-    assert_eq!(
-        cache.get(&TokenKey::new(&token)).expect("cached").claim_values(&["scope"]).count(),
-        0,
-        "not read by the first set"
-    );
+    assert!(matches!(cache.authenticate(&[&first], &http, &context()), Authentication::Verified { .. }));
+    assert_eq!(cache.get(&token).expect("cached").claim_values(&["scope"]).count(), 0, "not read by the first set");
     // A reload brings a policy on `scope`: the cached identity lacks it, so the token is read again.
     let scope: Box<[Box<str>]> = Box::new(["scope".into()]);
     let kept = Arc::new(ClaimPaths::new(first.claim_paths().chain([scope]).collect::<Vec<_>>(), false));
     let reloaded = Arc::new(first.keeping(&kept));
-    let Authentication::Verified { identity, .. } = authn::authenticate(&[&reloaded], &http, &context(&cache)) else {
+    let Authentication::Verified { identity, .. } = cache.authenticate(&[&reloaded], &http, &context()) else {
         panic!("verifies")
     };
     assert_eq!(identity.claim_values(&["scope"]).collect::<Vec<_>>(), ["openid", "profile"]);
     assert!(
-        cache.get(&TokenKey::new(&token)).expect("cached").is_vouched_for_by(&reloaded.verifier),
+        cache.get(&token).expect("cached").is_vouched_for_by(&reloaded.verifier),
         "the cache holds the new reading"
     );
 }
@@ -431,14 +445,14 @@ fn a_reload_that_swaps_the_inline_key_behind_a_kid_refuses_tokens_of_the_old_key
     let before = rule(&[]);
     let verify = |rule: &Arc<JwtRule>, token: &str| {
         let headers = [bearer(token)];
-        match authn::authenticate(&[rule], &request_with(&headers), &context(&cache)) {
+        match cache.authenticate(&[rule], &request_with(&headers), &context()) {
             Authentication::Verified { identity, .. } => Ok(identity.subject().to_string()),
             Authentication::Anonymous => Ok("anonymous".into()),
             Authentication::Failed { error, .. } => Err(error),
         }
     };
     assert_eq!(verify(&before, &old_token).as_deref(), Ok("alice"));
-    assert!(cache.get(&TokenKey::new(&old_token)).is_some(), "cached");
+    assert!(cache.get(&old_token).is_some(), "cached");
     // The reloaded policy publishes another key under the same `kid`, keeping the same claims.
     let swapped = KeySet::from_jwks_json(&jwks(&[("rsa-2048-other.pem", Algorithm::RS256, "rsa")])).expect("jwks");
     let mut reloaded = (*before).clone();

@@ -1,4 +1,4 @@
-//! The outcome of a check — verdict, reason, the policy that decided, headers to add or strip; pure.
+//! The outcome of a check — verdict, reason, the policy that decided, headers to add or strip, the challenge of a refused token; pure, and in no wire format (each door writes its own).
 
 use std::fmt;
 use std::sync::Arc;
@@ -65,35 +65,43 @@ impl Reason {
         matches!(self, Self::NoPolicies | Self::AllowedByPolicy)
     }
 
-    /// The HTTP status a proxy returns to the client.
-    pub fn http_status(self) -> u16 {
-        match self {
-            Self::NoPolicies | Self::AllowedByPolicy => 200,
-            Self::DeniedByPolicy
-            | Self::NoAllowMatch
-            | Self::MalformedRequest
-            | Self::InternalError
-            | Self::UnknownWorkload => 403,
-            Self::InvalidPath => 400,
-            Self::InvalidToken => 401,
-            Self::AudienceNotAllowed => 403,
-        }
+    /// The reason a refused token gets: its audience, or anything else about it.
+    pub fn for_refused_token(error: JwtError) -> Self {
+        if error == JwtError::AudienceNotAllowed { Self::AudienceNotAllowed } else { Self::InvalidToken }
     }
+}
 
-    /// The response body of a denial, in Envoy's wording.
-    pub fn body(self) -> &'static str {
-        match self {
-            Self::NoPolicies | Self::AllowedByPolicy => "",
-            Self::DeniedByPolicy
-            | Self::NoAllowMatch
-            | Self::MalformedRequest
-            | Self::InternalError
-            | Self::UnknownWorkload => "RBAC: access denied",
-            Self::InvalidPath => "Bad Request",
-            Self::InvalidToken => "Jwt verification fails",
-            Self::AudienceNotAllowed => "Audiences in Jwt are not allowed",
-        }
+/// What a client whose token was refused is asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Challenge {
+    /// A bearer token (RFC 6750): `realm` is the URL the request was for (scheme, host,
+    /// path), `error` the RFC 6750 error code.
+    Bearer { realm: Box<str>, error: &'static str },
+}
+
+impl Challenge {
+    /// The bearer challenge for a request: Envoy's jwt_authn filter sends it for every refused
+    /// token but a missing one. `None` when the URL holds a control character, which no header
+    /// may carry.
+    pub fn bearer(scheme: &str, host: &str, path: &str) -> Option<Self> {
+        let scheme = if scheme.is_empty() { "http" } else { scheme };
+        let path = path.split(['?', '#']).next().unwrap_or_default();
+        let realm = format!("{scheme}://{host}{path}");
+        let is_printable = realm.bytes().all(|byte| byte >= 0x20 && byte != 0x7f);
+        is_printable.then(|| Self::Bearer { realm: realm.into(), error: "invalid_token" })
     }
+}
+
+/// What a decision tells the proxy, in no wire format: each door writes it its own way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict<'d> {
+    /// Let the request through, with the decision's header and query changes.
+    Allow,
+    /// Refuse the request, for this reason.
+    Deny(Reason),
+    /// Refuse the request's token for `error`, challenging the client when the request's URL
+    /// can be written in a header.
+    RefuseToken { error: JwtError, challenge: Option<&'d Challenge> },
 }
 
 /// The policy and rule that decided, shown as Istio names it: `ns[NS]-policy[NAME]-rule[N]`.
@@ -132,12 +140,10 @@ pub struct Decision {
     pub headers_to_remove: Vec<Arc<str>>,
     /// Query parameters to strip (allow only): a token sent as a parameter.
     pub query_parameters_to_remove: Vec<Box<str>>,
-    /// Headers of the denial sent to the client (`www-authenticate` on a 401).
-    pub response_headers: Vec<(Arc<str>, String)>,
     /// Why a token was refused, when one was.
     pub jwt_error: Option<JwtError>,
-    /// An issuer whose keys lack the token's `kid`: worth a prompt refetch and a retry.
-    pub stale_issuer: Option<Arc<str>>,
+    /// What the client whose token was refused is asked for.
+    pub challenge: Option<Challenge>,
     /// The verified caller, for logs and reports.
     pub identity: Option<Arc<Identity>>,
     /// No source named the request's workload, whatever the verdict: counted and logged.
@@ -154,9 +160,8 @@ impl Decision {
             headers_to_set: Vec::new(),
             headers_to_remove: Vec::new(),
             query_parameters_to_remove: Vec::new(),
-            response_headers: Vec::new(),
             jwt_error: None,
-            stale_issuer: None,
+            challenge: None,
             identity: None,
             unidentified_workload: false,
         }
@@ -166,14 +171,23 @@ impl Decision {
         self.reason.is_allow()
     }
 
-    /// The status a proxy returns to the client.
-    pub fn http_status(&self) -> u16 {
-        self.reason.http_status()
+    /// A refused token: 401, or 403 for its audience; the client challenged as `challenge` says.
+    pub fn refused_token(error: JwtError, challenge: Option<Challenge>) -> Self {
+        let mut decision = Self::new(Reason::for_refused_token(error), None);
+        decision.jwt_error = Some(error);
+        decision.challenge = challenge;
+        decision
     }
 
-    /// The body of a denial, in Envoy's wording.
-    pub fn body(&self) -> &'static str {
-        self.jwt_error.map_or_else(|| self.reason.body(), JwtError::message)
+    /// What the decision tells the proxy.
+    pub fn verdict(&self) -> Verdict<'_> {
+        match (self.reason, self.jwt_error) {
+            (reason, _) if reason.is_allow() => Verdict::Allow,
+            (Reason::InvalidToken | Reason::AudienceNotAllowed, Some(error)) => {
+                Verdict::RefuseToken { error, challenge: self.challenge.as_ref() }
+            }
+            (reason, _) => Verdict::Deny(reason),
+        }
     }
 }
 
@@ -188,13 +202,36 @@ mod tests {
     }
 
     #[test]
-    fn reasons_map_to_envoy_statuses_and_bodies() {
-        for reason in Reason::ALL {
-            let (status, body) = (reason.http_status(), reason.body());
-            assert_eq!(reason.is_allow(), status == 200, "{reason:?}");
-            assert_eq!(body.is_empty(), reason.is_allow(), "{reason:?}");
+    fn a_refused_token_is_challenged_whatever_its_error_and_an_audience_is_its_own_reason() {
+        let challenge = Challenge::bearer("https", "jobs.example", "/api/jobs?page=2");
+        let expected = Challenge::Bearer { realm: "https://jobs.example/api/jobs".into(), error: "invalid_token" };
+        assert_eq!(challenge.as_ref(), Some(&expected));
+        for (error, reason) in
+            [(JwtError::AudienceNotAllowed, Reason::AudienceNotAllowed), (JwtError::Expired, Reason::InvalidToken)]
+        {
+            let decision = Decision::refused_token(error, challenge.clone());
+            assert_eq!(decision.reason, reason, "{error:?}");
+            assert_eq!(decision.verdict(), Verdict::RefuseToken { error, challenge: Some(&expected) }, "{error:?}");
         }
-        assert_eq!(Reason::DeniedByPolicy.body(), "RBAC: access denied");
-        assert_eq!(Reason::NoAllowMatch.http_status(), 403);
+    }
+
+    #[test]
+    fn a_url_with_a_control_character_gets_no_challenge() {
+        for (scheme, host, path) in [("https", "jobs\r\n.example", "/"), ("", "jobs", "/a\u{7f}b")] {
+            assert_eq!(Challenge::bearer(scheme, host, path), None, "{host}{path}");
+        }
+        assert_eq!(
+            Challenge::bearer("", "jobs", "/a#frag"),
+            Some(Challenge::Bearer { realm: "http://jobs/a".into(), error: "invalid_token" })
+        );
+    }
+
+    #[test]
+    fn verdicts_follow_the_reason() {
+        for reason in Reason::ALL {
+            let decision = Decision::new(reason, None);
+            assert_eq!(decision.verdict() == Verdict::Allow, reason.is_allow(), "{reason:?}");
+        }
+        assert_eq!(Decision::new(Reason::InvalidPath, None).verdict(), Verdict::Deny(Reason::InvalidPath));
     }
 }

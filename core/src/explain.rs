@@ -16,7 +16,7 @@ use super::index::PolicyKind;
 use super::jwt::JwtError;
 use super::path;
 use super::policy::{Action, Attributes, Conjunction, Policy, PolicyId, Predicate, RequestPrincipalMatch, Test};
-use super::request::{HeaderReading, HeaderView, HttpRequest, Request, SpiffeId};
+use super::request::{HeaderReading, HttpRequest, Request};
 use super::snapshot::Snapshot;
 use super::workload::UnknownWorkload;
 
@@ -67,7 +67,7 @@ impl Snapshot {
             let authentication = authn::authenticate(rules, http, context);
             let outputs = authn::outputs(rules, &authentication);
             match authentication {
-                Authentication::Failed { error, .. } => Err(error),
+                Authentication::Failed { error } => Err(error),
                 Authentication::Anonymous => Ok((None, outputs)),
                 Authentication::Verified { identity, .. } => Ok((Some(identity), outputs)),
             }
@@ -117,25 +117,11 @@ impl Snapshot {
         let (identity, outputs) = match authenticate(&rules, request.http.as_ref()) {
             Ok(outcome) => outcome,
             Err(error) => {
-                let reason = if error == JwtError::AudienceNotAllowed {
-                    Reason::AudienceNotAllowed
-                } else {
-                    Reason::InvalidToken
-                };
+                let reason = Reason::for_refused_token(error);
                 return explanation.decided(reason, format!("the token was refused: {error}"));
             }
         };
-        let mut attributes = Attributes {
-            request,
-            source: SpiffeId::parse(request.source.principal),
-            remote_ip: self.remote_ip(request),
-            path: normalized.as_ref().map_or("", |normalized| &normalized.path),
-            headers: request
-                .http
-                .as_ref()
-                .map(|http| HeaderView::after(http, &outputs.headers_to_set, &outputs.headers_to_remove)),
-            identity: identity.as_deref(),
-        };
+        let mut attributes = self.attributes(request, normalized.as_ref(), identity.as_deref(), &outputs);
         let mut selected = scope.policies(&workload);
         // Stable: mesh-wide first and name order stay within each kind.
         selected.sort_by_key(|policy| PolicyKind::of(policy));
@@ -480,13 +466,7 @@ mod tests {
         };
         let snapshot =
             Snapshot::new(vec![policy], Vec::new(), WorkloadTable::default(), EngineOptions::default(), "istio-system");
-        let context = AuthnContext {
-            keys: &NoRemoteKeys,
-            cache: &NoRemoteKeys,
-            now: 0,
-            clock_skew_secs: 0,
-            max_token_bytes: 8192,
-        };
+        let context = AuthnContext { keys: &NoRemoteKeys, now: 0, clock_skew_secs: 0, max_token_bytes: 8192 };
         snapshot.explain(request, &context)
     }
 

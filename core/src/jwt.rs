@@ -507,6 +507,12 @@ impl<'de> Deserialize<'de> for ClaimName<'de> {
     }
 }
 
+/// Whether `keys` hold a key that fits the token's `kid` and `alg`: without one, verifying it
+/// is refused with [`JwtError::KeyNotFound`].
+pub fn has_key_for(token: &ParsedToken<'_>, keys: &KeySet) -> bool {
+    keys.keys.iter().any(|key| key.for_token(token.algorithm, token.kid.as_deref()).is_some())
+}
+
 /// Checks the signature with the first key of `keys` that fits the token's `kid` and `alg`;
 /// returns the key that verified it.
 pub fn verify_signature<'k>(token: &ParsedToken<'_>, keys: &'k KeySet) -> Result<&'k VerificationKey, JwtError> {

@@ -1,7 +1,9 @@
 //! The decision core: request attributes → identity → decision. Pure and synchronous: no I/O, no async runtime, no clock (the build enforces it: this crate has no such dependency).
 //!
-//! Adapters (gRPC, HTTP, the CLI) build a [`Request`] that borrows from their own message and
-//! call [`Snapshot::check`], which cannot fail: every problem becomes a deny with a [`Reason`].
+//! Adapters (gRPC, HTTP, the CLI) build a [`Request`] that borrows from their own message; a
+//! check is [`Snapshot::plan`], the token it found resolved by the caller (keys and `now` are
+//! inputs), then [`Snapshot::authorize`] ([`Snapshot::check`] runs all three with the keys at
+//! hand). None can fail: every problem becomes a deny with a [`Reason`].
 
 pub mod authn;
 #[cfg(test)]

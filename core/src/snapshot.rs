@@ -1,17 +1,19 @@
-//! A compiled, immutable policy set (indexed by `index`), and `check`: request in, decision out; pure, cannot fail.
+//! A compiled, immutable policy set (indexed by `index`), and the check in three stages: `plan` (the request read, its token found), the token resolved by the caller, `authorize` (decision out); pure, cannot fail.
 
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use super::authn::{self, Authentication, AuthnContext, AuthnPolicy, JwtRule, KeySource, Outputs, RemoteIssuer};
-use super::decision::{Decision, DryRunOutcome, PolicyMatch, Reason};
+use super::authn::{
+    self, Authentication, AuthnContext, AuthnPolicy, Credential, JwtRule, KeySource, Outputs, RemoteIssuer,
+};
+use super::decision::{Challenge, Decision, DryRunOutcome, PolicyMatch, Reason};
 use super::identity::{ClaimPaths, Identity};
 use super::index::{PolicyIndex, PolicyKind, Scope};
 use super::jwt::JwtError;
 use super::path::{self, NormalizedPath, PathOptions};
 use super::policy::{Attributes, Policy};
 use super::redact::LogRedaction;
-use super::request::{HeaderView, HttpRequest, Request, SpiffeId};
+use super::request::{HeaderView, Request, SpiffeId};
 use super::workload::{UnknownWorkload, Workload, WorkloadTable};
 
 /// Options of the engine that come from the server's settings.
@@ -119,67 +121,106 @@ impl Snapshot {
         self.policies.all_authn().count()
     }
 
-    /// Decides one request: its path is normalized, its token (if any) verified, then
-    /// policies apply in Istio's order: DENY, then ALLOW; AUDIT and dry-run policies are
-    /// evaluated alongside and never change the verdict.
+    /// Decides one request with the keys `context` has now, nothing remembered or fetched:
+    /// [`Snapshot::plan`], the token verified, then [`Snapshot::authorize`].
     ///
     /// It cannot fail: a panic inside (a bug) is caught and becomes a deny, `internal_error`.
     pub fn check(&self, request: &Request<'_>, context: &AuthnContext<'_>) -> Decision {
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.check_unguarded(request, context)))
-            .unwrap_or_else(|_| Decision::new(Reason::InternalError, None))
+        self.check_with(request, |credential| credential.authenticate(context))
     }
 
-    fn check_unguarded(&self, request: &Request<'_>, context: &AuthnContext<'_>) -> Decision {
+    /// Decides one request, its token (when it carries one) authenticated by `authenticate`:
+    /// the whole check for a caller whose keys and remembered tokens are at hand.
+    pub fn check_with<'p>(
+        &'p self,
+        request: &'p Request<'p>,
+        authenticate: impl FnOnce(&Credential<'p>) -> Authentication<'p>,
+    ) -> Decision {
+        let plan = self.plan(request);
+        let Some(resolved) = guarded(|| plan.credential().map(authenticate)) else { return internal_error() };
+        self.authorize(plan, resolved)
+    }
+
+    /// The first stage of a check: the request's workload, its normalized path, the JWT rules
+    /// that apply and the token it carries, found but not verified; or the decision, when one
+    /// is reached before any token is read (an unknown workload, an invalid path).
+    ///
+    /// It cannot fail: a panic inside (a bug) is caught and becomes a deny, `internal_error`.
+    pub fn plan<'p>(&'p self, request: &'p Request<'p>) -> Plan<'p> {
+        guarded(|| self.plan_unguarded(request)).unwrap_or_else(|| Plan(Planned::Decided(internal_error())))
+    }
+
+    fn plan_unguarded<'p>(&'p self, request: &'p Request<'p>) -> Plan<'p> {
         let workload = self.workloads.resolve(request);
-        self.marking_unidentified(&workload, || self.check_workload(request, &workload, context))
-    }
-
-    /// The decision `judge` gives, unless no source names the workload and the set has
-    /// namespace-scoped policies it would silently escape: then denied, `unknown_workload`
-    /// (under the default setting). Either way the decision says whether the workload was named.
-    fn marking_unidentified(&self, workload: &Workload<'_>, judge: impl FnOnce() -> Decision) -> Decision {
         let identified = workload.is_identified();
-        let mut decision = if !identified
-            && self.options.unknown_workload == UnknownWorkload::Deny
-            && self.policies.has_namespaced()
-        {
-            Decision::new(Reason::UnknownWorkload, None)
-        } else {
-            judge()
+        let decided = |reason| {
+            let mut decision = Decision::new(reason, None);
+            decision.unidentified_workload = !identified;
+            Plan(Planned::Decided(decision))
         };
-        decision.unidentified_workload = !identified;
-        decision
+        // No source names the workload and the set has namespace-scoped policies it would
+        // silently escape: denied (under the default setting).
+        if !identified && self.options.unknown_workload == UnknownWorkload::Deny && self.policies.has_namespaced() {
+            return decided(Reason::UnknownWorkload);
+        }
+        let scope = self.policies.scope(&workload);
+        let mut rules: ApplicableRules<'p> = Vec::new();
+        let (normalized, credential) = match &request.http {
+            // TCP: no path, no tokens to look for.
+            None => (None, Ok(None)),
+            Some(http) => {
+                let Ok(normalized) = path::normalize(http.path, self.options.path) else {
+                    return decided(Reason::InvalidPath);
+                };
+                // The JWT rules of every RequestAuthentication that selects the workload.
+                scope.authn(&workload, |policy| rules.extend(policy.rules.iter()));
+                (Some(normalized), authn::find_credential(&rules, http))
+            }
+        };
+        Plan(Planned::Judge(Box::new(Judgement { request, workload, scope, normalized, rules, credential })))
     }
 
-    fn check_workload(&self, request: &Request<'_>, workload: &Workload<'_>, context: &AuthnContext<'_>) -> Decision {
-        let scope = self.policies.scope(workload);
-        let Some(http) = &request.http else {
-            // TCP: no tokens to look for.
-            return self.authorize(request, workload, scope, None, None, &Outputs::default());
+    /// The last stage of a check: the decision for a plan, given what became of its credential
+    /// (`resolved`, `None` when the plan has none). Policies apply in Istio's order: DENY, then
+    /// ALLOW; AUDIT and dry-run policies are evaluated alongside and never change the verdict.
+    ///
+    /// It cannot fail: a panic inside (a bug) is caught and becomes a deny, `internal_error`.
+    pub fn authorize<'p>(&'p self, plan: Plan<'p>, resolved: Option<Authentication<'p>>) -> Decision {
+        guarded(|| match plan.0 {
+            Planned::Decided(decision) => decision,
+            Planned::Judge(judgement) => self.judge(*judgement, resolved),
+        })
+        .unwrap_or_else(internal_error)
+    }
+
+    fn judge<'p>(&'p self, judgement: Judgement<'p>, resolved: Option<Authentication<'p>>) -> Decision {
+        let Judgement { request, workload, scope, normalized, rules, credential } = judgement;
+        let authentication = match (credential, resolved) {
+            (Err(error), _) => Authentication::Failed { error },
+            (Ok(None), _) => Authentication::Anonymous,
+            (Ok(Some(_)), Some(resolved)) => resolved,
+            // A credential nobody resolved: never allowed on doubt.
+            (Ok(Some(_)), None) => Authentication::Failed { error: JwtError::VerificationFails },
         };
-        let normalized = match path::normalize(http.path, self.options.path) {
-            Ok(normalized) => normalized,
-            Err(_) => return Decision::new(Reason::InvalidPath, None),
-        };
-        // The JWT rules of every RequestAuthentication that selects the workload.
-        let mut rules: ApplicableRules<'_> = Vec::new();
-        scope.authn(workload, |policy| rules.extend(policy.rules.iter()));
-        let authentication =
-            if rules.is_empty() { Authentication::Anonymous } else { authn::authenticate(&rules, http, context) };
         let outputs = authn::outputs(&rules, &authentication);
         let identity = match &authentication {
-            Authentication::Failed { error, stale_issuer } => {
-                let mut decision = denied_token(http, *error, stale_issuer.clone());
+            Authentication::Failed { error } => {
+                let http = request.http.as_ref();
+                let challenge = http.and_then(|http| Challenge::bearer(http.scheme, http.host, http.path));
+                let mut decision = Decision::refused_token(*error, challenge);
                 // Stripped even so, for a proxy that lets the request pass in a dry run.
                 decision.headers_to_remove = outputs.headers_to_remove;
+                decision.unidentified_workload = !workload.is_identified();
                 return decision;
             }
             Authentication::Anonymous => None,
             Authentication::Verified { identity, .. } => Some(identity.clone()),
         };
         // Policies see the headers as the service will: authentication's outputs applied.
-        let mut decision = self.authorize(request, workload, scope, Some(normalized), identity.as_deref(), &outputs);
+        let attributes = self.attributes(request, normalized.as_ref(), identity.as_deref(), &outputs);
+        let mut decision = self.evaluate_readings(&workload, scope, attributes, normalized.as_ref());
         decision.identity = identity;
+        decision.unidentified_workload = !workload.is_identified();
         decision.headers_to_remove = outputs.headers_to_remove;
         if decision.is_allow() {
             decision.headers_to_set = outputs.headers_to_set;
@@ -201,49 +242,50 @@ impl Snapshot {
     /// Authorizes a request made by `identity` (`None`: no token), as the golden tests drive it.
     #[cfg(any(test, feature = "test-util"))]
     pub fn decide(&self, request: &Request<'_>, identity: Option<&Identity>) -> Decision {
-        let workload = self.workloads.resolve(request);
-        self.marking_unidentified(&workload, || {
-            let normalized = match request.http.as_ref().map(|http| path::normalize(http.path, self.options.path)) {
-                Some(Err(_)) => return Decision::new(Reason::InvalidPath, None),
-                Some(Ok(normalized)) => Some(normalized),
-                None => None,
-            };
-            self.authorize(
-                request,
-                &workload,
-                self.policies.scope(&workload),
-                normalized,
-                identity,
-                &Outputs::default(),
-            )
-        })
+        let plan = self.plan(request);
+        let Planned::Judge(judgement) = plan.0 else { return self.authorize(plan, None) };
+        let Judgement { request, workload, scope, normalized, .. } = *judgement;
+        let no_outputs = Outputs::default();
+        let attributes = self.attributes(request, normalized.as_ref(), identity, &no_outputs);
+        let mut decision = self.evaluate_readings(&workload, scope, attributes, normalized.as_ref());
+        decision.unidentified_workload = !workload.is_identified();
+        decision
     }
 
-    fn authorize(
+    /// What policies read of a request: its peers, the client address, the path as matched,
+    /// the headers as the service will see them (authentication's `outputs` applied), the caller.
+    pub fn attributes<'a>(
         &self,
-        request: &Request<'_>,
-        workload: &Workload<'_>,
-        scope: Scope<'_>,
-        normalized: Option<NormalizedPath<'_>>,
-        identity: Option<&Identity>,
-        outputs: &Outputs,
-    ) -> Decision {
-        let mut attributes = Attributes {
+        request: &'a Request<'a>,
+        normalized: Option<&'a NormalizedPath<'a>>,
+        identity: Option<&'a Identity>,
+        outputs: &'a Outputs,
+    ) -> Attributes<'a> {
+        Attributes {
             request,
             source: SpiffeId::parse(request.source.principal),
             remote_ip: self.remote_ip(request),
-            path: normalized.as_ref().map_or("", |normalized| &normalized.path),
+            path: normalized.map_or("", |normalized| &normalized.path),
             headers: request
                 .http
                 .as_ref()
                 .map(|http| HeaderView::after(http, &outputs.headers_to_set, &outputs.headers_to_remove)),
             identity,
-        };
+        }
+    }
+
+    /// The decision of the policies that select the workload: a path a backend may read
+    /// otherwise (encoded slashes, `;` parameters) must be allowed under every reading.
+    fn evaluate_readings<'a>(
+        &self,
+        workload: &Workload<'_>,
+        scope: Scope<'_>,
+        mut attributes: Attributes<'a>,
+        normalized: Option<&'a NormalizedPath<'a>>,
+    ) -> Decision {
         // The policies that select the workload, found once for every reading of the path.
         let selected = scope.policies(workload);
         let decision = evaluate(&selected, &attributes);
-        // A path a backend may read otherwise (encoded slashes, `;` parameters) must be
-        // allowed under every reading.
         if decision.is_allow() {
             for other_reading in normalized.iter().flat_map(|normalized| &normalized.other_readings) {
                 attributes.path = other_reading;
@@ -303,39 +345,42 @@ fn evaluate(selected: &[&Policy], attributes: &Attributes<'_>) -> Decision {
     decision
 }
 
-/// A refused token: 401, or 403 for an audience, with Envoy's body and, on both, Envoy's
-/// `www-authenticate` (its jwt_authn filter sets it for every refusal but a missing token).
-fn denied_token(http: &HttpRequest<'_>, error: JwtError, stale_issuer: Option<Arc<str>>) -> Decision {
-    let reason = if error == JwtError::AudienceNotAllowed { Reason::AudienceNotAllowed } else { Reason::InvalidToken };
-    let mut decision = Decision::new(reason, None);
-    decision.jwt_error = Some(error);
-    decision.stale_issuer = stale_issuer;
-    let scheme = if http.scheme.is_empty() { "http" } else { http.scheme };
-    let path = http.path.split(['?', '#']).next().unwrap_or_default();
-    let realm = format!("Bearer realm=\"{scheme}://{}{path}\", error=\"invalid_token\"", http.host);
-    if realm.bytes().all(|byte| byte >= 0x20 && byte != 0x7f) {
-        decision.response_headers.push((Arc::from("www-authenticate"), realm));
-    }
-    decision
+/// A request read for its check, its token found but not verified: what
+/// [`Snapshot::authorize`] needs, made by [`Snapshot::plan`].
+pub struct Plan<'p>(Planned<'p>);
+
+enum Planned<'p> {
+    /// Decided before any token is read: an unknown workload, an invalid path, a bug.
+    Decided(Decision),
+    Judge(Box<Judgement<'p>>),
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+struct Judgement<'p> {
+    request: &'p Request<'p>,
+    workload: Workload<'p>,
+    scope: Scope<'p>,
+    normalized: Option<NormalizedPath<'p>>,
+    /// The JWT rules of every RequestAuthentication that selects the workload.
+    rules: ApplicableRules<'p>,
+    /// The token the request carries, if any; refused when it carries two different ones.
+    credential: Result<Option<Credential<'p>>, JwtError>,
+}
 
-    #[test]
-    fn an_audience_refusal_carries_the_same_bearer_challenge_as_a_bad_token() {
-        let http =
-            HttpRequest { scheme: "https", host: "jobs.example", path: "/api/jobs?page=2", ..HttpRequest::default() };
-        let challenge = r#"Bearer realm="https://jobs.example/api/jobs", error="invalid_token""#;
-        for (error, reason) in
-            [(JwtError::AudienceNotAllowed, Reason::AudienceNotAllowed), (JwtError::Expired, Reason::InvalidToken)]
-        {
-            let decision = denied_token(&http, error, None);
-            assert_eq!(decision.reason, reason, "{error:?}");
-            let headers: Vec<(&str, &str)> =
-                decision.response_headers.iter().map(|(name, value)| (&**name, value.as_str())).collect();
-            assert_eq!(headers, [("www-authenticate", challenge)], "{error:?}");
+impl<'p> Plan<'p> {
+    /// The token to resolve: to look up, get the keys of, verify.
+    pub fn credential(&self) -> Option<&Credential<'p>> {
+        match &self.0 {
+            Planned::Judge(judgement) => judgement.credential.as_ref().ok()?.as_ref(),
+            Planned::Decided(_) => None,
         }
     }
+}
+
+/// `f`'s value, or `None` when it panics (a bug): the check fails closed.
+fn guarded<T>(f: impl FnOnce() -> T) -> Option<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).ok()
+}
+
+fn internal_error() -> Decision {
+    Decision::new(Reason::InternalError, None)
 }

@@ -180,7 +180,6 @@ fuzz_target!(|data: &[u8]| {
     let Ok(view) = view else { return };
     let context = AuthnContext {
         keys: &NoRemoteKeys,
-        cache: &NoRemoteKeys,
         now: 1_800_000_000,
         clock_skew_secs: 60,
         max_token_bytes: 8192,

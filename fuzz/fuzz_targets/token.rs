@@ -99,7 +99,6 @@ fuzz_target!(|data: &[u8]| {
         };
         let context = AuthnContext {
             keys: &NoRemoteKeys,
-            cache: &NoRemoteKeys,
             now: NOW,
             clock_skew_secs: 60,
             max_token_bytes: 8192,

@@ -1,15 +1,14 @@
-//! A decision encoded as Envoy's `CheckResponse` protobuf straight from the `Decision`, with no prost message built in between: the one place decisions become gRPC answers.
+//! A decision encoded as Envoy's `CheckResponse` protobuf straight from the `Decision`, with no prost message built in between: the one place decisions become gRPC answers (a denial's status, body and challenge as [`crate::denial`] words them).
 //!
 //! Fields are written in tag order and proto3 defaults (zero, empty) are left out, as prost
 //! writes them; the tests decode every kind of answer with Envoy's prost types.
-
-use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::core::v3::header_value_option::HeaderAppendAction;
 use prost::bytes::BufMut;
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
 
-use crate::core::{Decision, Reason};
+use crate::core::Decision;
+use crate::denial::Denial;
 
 /// gRPC status codes used in `CheckResponse.status`.
 const OK: u64 = 0;
@@ -53,27 +52,31 @@ pub struct CheckAnswer {
 impl CheckAnswer {
     /// The gRPC status code of the answer.
     pub fn code(&self) -> u64 {
-        match (self.allow, self.decision.reason) {
-            (true, _) => OK,
-            (false, Reason::InvalidPath) => INVALID_ARGUMENT,
-            (false, Reason::InvalidToken) => UNAUTHENTICATED,
-            (false, _) => PERMISSION_DENIED,
-        }
+        code_of(self.denial().as_ref())
+    }
+
+    /// How the answer refuses the request; `None` for an allow.
+    fn denial(&self) -> Option<Denial> {
+        (!self.allow).then(|| Denial::refusing(&self.decision))
     }
 
     /// Writes the `CheckResponse`: `status`, the OK or denied HTTP response, and `decision`,
     /// `reason` and `policy` as dynamic metadata for Envoy's access logs
     /// (`%DYNAMIC_METADATA(envoy.filters.http.ext_authz)%`).
     pub fn encode(&self, buf: &mut impl BufMut) {
-        let status = varint_len(tag::CODE, self.code());
-        put_message_header(tag::STATUS, status, buf);
-        put_varint(tag::CODE, self.code(), buf);
-        if self.allow {
-            put_message_header(tag::OK_RESPONSE, self.ok_response_len(), buf);
-            self.put_ok_response(buf);
-        } else {
-            put_message_header(tag::DENIED_RESPONSE, self.denied_response_len(), buf);
-            self.put_denied_response(buf);
+        let denial = self.denial();
+        let code = code_of(denial.as_ref());
+        put_message_header(tag::STATUS, varint_len(tag::CODE, code), buf);
+        put_varint(tag::CODE, code, buf);
+        match &denial {
+            None => {
+                put_message_header(tag::OK_RESPONSE, self.ok_response_len(), buf);
+                self.put_ok_response(buf);
+            }
+            Some(denial) => {
+                put_message_header(tag::DENIED_RESPONSE, denied_response_len(denial), buf);
+                put_denied_response(denial, buf);
+            }
         }
         let metadata = self.metadata();
         put_message_header(tag::DYNAMIC_METADATA, metadata.iter().flatten().map(MetadataEntry::field_len).sum(), buf);
@@ -109,22 +112,6 @@ impl CheckAnswer {
         }
     }
 
-    fn denied_response_len(&self) -> usize {
-        let decision = &self.decision;
-        message_len(tag::DENIED_STATUS, varint_len(tag::CODE, u64::from(decision.http_status())))
-            + header_options_len(&decision.response_headers)
-            + text_len(tag::BODY, decision.body())
-    }
-
-    fn put_denied_response(&self, buf: &mut impl BufMut) {
-        let decision = &self.decision;
-        let code = u64::from(decision.http_status());
-        put_message_header(tag::DENIED_STATUS, varint_len(tag::CODE, code), buf);
-        put_varint(tag::CODE, code, buf);
-        put_header_options(&decision.response_headers, buf);
-        put_text(tag::BODY, decision.body(), buf);
-    }
-
     fn metadata(&self) -> [Option<MetadataEntry<'_>>; 3] {
         let decision = &self.decision;
         let verdict = if decision.is_allow() { "allow" } else { "deny" };
@@ -136,6 +123,30 @@ impl CheckAnswer {
             policy,
         ]
     }
+}
+
+/// The gRPC status of an answer: OK for an allow, else by the HTTP status of its denial.
+fn code_of(denial: Option<&Denial>) -> u64 {
+    match denial.map(|denial| denial.status) {
+        None => OK,
+        Some(400) => INVALID_ARGUMENT,
+        Some(401) => UNAUTHENTICATED,
+        Some(_) => PERMISSION_DENIED,
+    }
+}
+
+fn denied_response_len(denial: &Denial) -> usize {
+    message_len(tag::DENIED_STATUS, varint_len(tag::CODE, u64::from(denial.status)))
+        + header_options_len(denial.challenge.as_slice())
+        + text_len(tag::BODY, denial.body)
+}
+
+fn put_denied_response(denial: &Denial, buf: &mut impl BufMut) {
+    let code = u64::from(denial.status);
+    put_message_header(tag::DENIED_STATUS, varint_len(tag::CODE, code), buf);
+    put_varint(tag::CODE, code, buf);
+    put_header_options(denial.challenge.as_slice(), buf);
+    put_text(tag::BODY, denial.body, buf);
 }
 
 /// One entry of the dynamic metadata `Struct`: a name and a string `Value`.
@@ -178,12 +189,13 @@ fn header_option_lens(name: &str, value: &str) -> (usize, usize) {
 
 const APPEND_ACTION: u64 = HeaderAppendAction::OverwriteIfExistsOrAdd as u64;
 
-fn header_options_len(headers: &[(Arc<str>, String)]) -> usize {
-    headers.iter().map(|(name, value)| message_len(tag::HEADERS, header_option_lens(name, value).1)).sum()
+fn header_options_len(headers: &[(impl AsRef<str>, String)]) -> usize {
+    headers.iter().map(|(name, value)| message_len(tag::HEADERS, header_option_lens(name.as_ref(), value).1)).sum()
 }
 
-fn put_header_options(headers: &[(Arc<str>, String)], buf: &mut impl BufMut) {
+fn put_header_options(headers: &[(impl AsRef<str>, String)], buf: &mut impl BufMut) {
     for (name, value) in headers {
+        let name = name.as_ref();
         let (header, option) = header_option_lens(name, value);
         put_message_header(tag::HEADERS, option, buf);
         put_message_header(tag::HEADER, header, buf);
@@ -249,8 +261,11 @@ mod tests {
     use envoy_types::pb::google::rpc;
     use prost::Message;
 
+    use std::sync::Arc;
+
     use super::*;
-    use crate::core::decision::PolicyMatch;
+    use crate::core::Reason;
+    use crate::core::decision::{Challenge, PolicyMatch};
     use crate::core::jwt::JwtError;
     use crate::core::policy::PolicyId;
 
@@ -283,9 +298,7 @@ mod tests {
         allowed.headers_to_set = vec![("x-user".into(), "alice".into()), ("x-empty".into(), String::new())];
         allowed.headers_to_remove = vec!["authorization".into(), "x-user".into()];
         allowed.query_parameters_to_remove = vec!["access_token".into(), "".into()];
-        let mut refused = Decision::new(Reason::InvalidToken, None);
-        refused.jwt_error = Some(JwtError::Expired);
-        refused.response_headers = vec![("www-authenticate".into(), "Bearer realm=\"jobs\"".into())];
+        let refused = Decision::refused_token(JwtError::Expired, Challenge::bearer("https", "jobs", "/"));
         let denied = |status: u32, body: &str, headers: Vec<HeaderValueOption>| {
             let status = Some(HttpStatus { code: status as i32 });
             Some(HttpResponse::DeniedResponse(DeniedHttpResponse { status, headers, body: body.into() }))
@@ -339,7 +352,7 @@ mod tests {
                     http_response: denied(
                         401,
                         "Jwt is expired",
-                        vec![option("www-authenticate", "Bearer realm=\"jobs\"")],
+                        vec![option("www-authenticate", "Bearer realm=\"https://jobs/\", error=\"invalid_token\"")],
                     ),
                     dynamic_metadata: metadata(&[("decision", "deny"), ("reason", "invalid_token")]),
                 },

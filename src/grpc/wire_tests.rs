@@ -19,6 +19,7 @@ use super::{CheckView, ViewError, decide_view};
 use crate::core::authn::{AuthnContext, NoRemoteKeys};
 use crate::core::workload::WorkloadTable;
 use crate::core::{EngineOptions, Reason, Snapshot};
+use crate::denial::Denial;
 
 /// Reads `bytes` with prost and through the view; `Ok` when both read the same request.
 fn agree(bytes: &[u8]) -> Result<(), String> {
@@ -312,13 +313,7 @@ fn corrupted(encoded: &[u8], marker: &str) -> Bytes {
 #[test]
 fn a_string_the_core_reads_that_is_not_utf8_makes_the_request_malformed() {
     let snapshot = Snapshot::new(Vec::new(), Vec::new(), WorkloadTable::default(), EngineOptions::default(), "root");
-    let context = AuthnContext {
-        keys: &NoRemoteKeys,
-        cache: &NoRemoteKeys,
-        now: 1_800_000_000,
-        clock_skew_secs: 60,
-        max_token_bytes: 8192,
-    };
+    let context = AuthnContext { keys: &NoRemoteKeys, now: 1_800_000_000, clock_skew_secs: 60, max_token_bytes: 8192 };
     let cases = [
         (false, "@method@", "HttpRequest.method"),
         (false, "@path@", "HttpRequest.path"),
@@ -341,7 +336,7 @@ fn a_string_the_core_reads_that_is_not_utf8_makes_the_request_malformed() {
         let view = CheckView::from_wire(bytes).expect("the view decodes it");
         assert_eq!(view.request().err(), Some(ViewError::NotUtf8(field)), "{marker}");
         let decision = decide_view(&snapshot, &view, &context);
-        assert_eq!((decision.reason, decision.http_status()), (Reason::MalformedRequest, 403), "{marker}");
+        assert_eq!((decision.reason, Denial::status_of(&decision)), (Reason::MalformedRequest, 403), "{marker}");
         assert_eq!(super::CheckAnswer { decision: decision.clone(), allow: false }.code(), 7, "{marker}");
     }
     // Strings the core does not read are not looked at: a raw value's shadowed `value`, the id.
