@@ -90,10 +90,12 @@ fn glob_matches(parts: &[Box<str>], value: &str) -> bool {
     let Some(end) = rest.len().checked_sub(last.len()) else {
         return false;
     };
-    if !rest.is_char_boundary(end) || &rest[end..] != &**last {
+    let (Some(mut between), Some(tail)) = (rest.get(..end), rest.get(end..)) else {
+        return false;
+    };
+    if tail != &**last {
         return false;
     }
-    let mut between = &rest[..end];
     for part in middle {
         match between.find(&**part) {
             Some(at) => between = &between[at + part.len()..],
