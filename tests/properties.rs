@@ -105,7 +105,7 @@ metadata: {name: guard, namespace: n}
 spec:
   action: DENY
   rules:
-  - to: [{operation: {paths: ["/admin", "/admin/*", "*/secret", "/api/{*}/internal", "/files/{**}.env"]}}]
+  - to: [{operation: {paths: ["/admin", "/admin/*", "*/secret", "/api/{*}/internal", "/files/{**}/.env"]}}]
 ---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
@@ -345,7 +345,7 @@ spec:
   - from:
     - source: {principals: ["cluster.local/ns/web/sa/web"], notIpBlocks: ["10.0.0.0/8"]}
     to:
-    - operation: {methods: ["GET"], paths: ["/api/jobs", "/api/jobs/{*}", "/files/{**}.json"], ports: ["8080"]}
+    - operation: {methods: ["GET"], paths: ["/api/jobs", "/api/jobs/{*}", "/files/{**}/data.json"], ports: ["8080"]}
     when:
     - key: request.auth.claims[realm_access][roles]
       values: ["admin"]

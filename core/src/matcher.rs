@@ -6,7 +6,8 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 /// One Istio string pattern: `*` alone is presence, a leading `*` a suffix, a trailing `*` a
-/// prefix; anything else, including a `*` in the middle, is exact.
+/// prefix; anything else, including a `*` in the middle, is exact. Namespaces alone read every
+/// `*` as a wildcard ([`StringMatch::parse_glob`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StringMatch {
     Exact(Box<str>),
@@ -14,6 +15,9 @@ pub enum StringMatch {
     Suffix(Box<str>),
     /// Present and non-empty.
     Presence,
+    /// The texts between the `*` of a pattern with a `*` inside it (`team-*-prod`), in order;
+    /// each `*` stands for any run of characters, the empty one included.
+    Glob(Box<[Box<str>]>),
 }
 
 impl StringMatch {
@@ -30,6 +34,16 @@ impl StringMatch {
         }
     }
 
+    /// Reads a namespace pattern as Istio does: every `*`, wherever it stands, matches any run
+    /// of characters (Istio turns each into `.*` of a regular expression).
+    pub fn parse_glob(pattern: &str) -> Self {
+        let parts: Vec<&str> = pattern.split('*').collect();
+        match parts.as_slice() {
+            [_] | ["", ""] | ["", _] | [_, ""] => Self::parse(pattern),
+            _ => Self::Glob(parts.into_iter().map(Into::into).collect()),
+        }
+    }
+
     /// Case-sensitive match.
     pub fn matches(&self, value: &str) -> bool {
         match self {
@@ -37,6 +51,7 @@ impl StringMatch {
             Self::Prefix(prefix) => value.starts_with(&**prefix),
             Self::Suffix(suffix) => value.ends_with(&**suffix),
             Self::Presence => !value.is_empty(),
+            Self::Glob(parts) => glob_matches(parts, value),
         }
     }
 
@@ -54,8 +69,40 @@ impl StringMatch {
                 .and_then(|start| value.get(start..))
                 .is_some_and(|tail| tail.eq_ignore_ascii_case(suffix.as_bytes())),
             Self::Presence => !value.is_empty(),
+            // Only namespaces are globs, and they are not matched this way; lower both sides.
+            Self::Glob(parts) => {
+                let lower: Box<[Box<str>]> = parts.iter().map(|part| part.to_ascii_lowercase().into()).collect();
+                String::from_utf8(value.to_ascii_lowercase()).is_ok_and(|value| glob_matches(&lower, &value))
+            }
         }
     }
+}
+
+/// Whether `value` is the `parts` with any text between them: the first part starts it, the
+/// last ends it, and the others follow in order (the leftmost place of each is the best one).
+fn glob_matches(parts: &[Box<str>], value: &str) -> bool {
+    let [first, middle @ .., last] = parts else {
+        return parts.first().is_some_and(|only| value == &**only);
+    };
+    let Some(rest) = value.strip_prefix(&**first) else {
+        return false;
+    };
+    let Some(end) = rest.len().checked_sub(last.len()) else {
+        return false;
+    };
+    let (Some(mut between), Some(tail)) = (rest.get(..end), rest.get(end..)) else {
+        return false;
+    };
+    if tail != &**last {
+        return false;
+    }
+    for part in middle {
+        match between.find(&**part) {
+            Some(at) => between = &between[at + part.len()..],
+            None => return false,
+        }
+    }
+    true
 }
 
 /// A path pattern: an Istio string pattern or a path template with `{*}` and `{**}`.
@@ -66,10 +113,13 @@ pub enum PathMatch {
 }
 
 impl PathMatch {
-    /// Reads a `paths` entry; templates are checked as Istio's validation checks them.
+    /// Reads a `paths` entry as Istio's validation does: a `{` or `}` is only allowed in the
+    /// `{*}` and `{**}` of a template.
     pub fn parse(pattern: &str) -> Result<Self, String> {
         if PathTemplate::is_template(pattern) {
             PathTemplate::parse(pattern).map(Self::Template)
+        } else if pattern.contains(['{', '}']) {
+            Err(BRACES.into())
         } else {
             Ok(Self::String(StringMatch::parse(pattern)))
         }
@@ -83,23 +133,38 @@ impl PathMatch {
     }
 }
 
-/// A compiled Istio path template: `{*}` matches one non-empty segment, `{**}` zero or more
-/// characters across segments and must be the last operator.
+/// A compiled Istio path template, matched as Envoy's URI template matches it (the whole path):
+/// `/`-separated segments, each a literal, `{*}` (one non-empty segment) or `{**}` (any run of
+/// segments, the empty one included); at most one `{**}`, after which only literals follow.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PathTemplate {
-    tokens: Box<[TemplateToken]>,
+    /// The segments before the `{**}`, or all of them when there is none.
+    head: Box<[TemplateSegment]>,
+    /// The literal segments after the `{**}`, when there is one.
+    after_any: Option<Box<[Box<str>]>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum TemplateToken {
+enum TemplateSegment {
     Literal(Box<str>),
     OneSegment,
-    AnySegments,
 }
 
 const MATCH_ONE: &str = "{*}";
 const MATCH_ANY: &str = "{**}";
-const LAST_OPERATOR: &str = "`{**}` must be the last operator of a path template, in the last segment";
+const BRACES: &str = "`{` and `}` are only allowed in `{*}` and `{**}`, each a whole segment of a path template";
+const LAST_OPERATOR: &str = "`{**}` must be the last operator of a path template";
+
+/// The characters Envoy lets a `{*}` or `{**}` match, besides `/` for `{**}`: RFC 3986's
+/// `pchar` (unreserved, percent-encoded, sub-delimiters, `:` and `@`).
+fn is_path_character(character: char) -> bool {
+    character.is_ascii_alphanumeric() || "-._~%!$&'()*+,;=:@".contains(character)
+}
+
+/// A literal segment of a template as Istio's validation allows it (`pchar` without `*`).
+fn is_template_literal(segment: &str) -> bool {
+    !segment.is_empty() && segment.chars().all(|character| character != '*' && is_path_character(character))
+}
 
 impl PathTemplate {
     /// Whether Istio reads this `paths` entry as a template.
@@ -107,84 +172,84 @@ impl PathTemplate {
         pattern.contains(MATCH_ONE) || pattern.contains(MATCH_ANY)
     }
 
-    /// Compiles a template; refuses what Istio refuses (named variables, empty braces, bare
-    /// `*` or `**` globs beside a slash) and a `{**}` that is not the last operator.
+    /// Compiles a template; refuses what Istio's validation or Envoy's template parser refuses:
+    /// an operator that is not a whole segment (`/{*}.txt`, `/{**}.json`), named variables,
+    /// `*` globs, an operator after `{**}`, and empty segments other than a final `/`.
     pub fn parse(pattern: &str) -> Result<Self, String> {
-        if !pattern.starts_with('/') {
+        let Some(rest) = pattern.strip_prefix('/') else {
             return Err("a path template must start with `/`".into());
-        }
-        let mut tokens = Vec::new();
-        let mut literal = String::new();
-        let mut rest = pattern;
-        while !rest.is_empty() {
-            let operator = if let Some(after) = rest.strip_prefix(MATCH_ANY) {
-                Some((TemplateToken::AnySegments, after))
-            } else {
-                rest.strip_prefix(MATCH_ONE).map(|after| (TemplateToken::OneSegment, after))
-            };
-            if let Some((token, after)) = operator {
-                if matches!(tokens.last(), Some(TemplateToken::AnySegments)) {
-                    return Err(LAST_OPERATOR.into());
-                }
-                if !literal.is_empty() {
-                    tokens.push(TemplateToken::Literal(std::mem::take(&mut literal).into()));
-                }
-                tokens.push(token);
-                rest = after;
-                continue;
-            }
-            let mut chars = rest.chars();
-            let Some(next) = chars.next() else { break };
-            if next == '{' || next == '}' {
-                return Err(
-                    "named variables and empty braces are not supported in path templates; use `{*}` or `{**}`".into(),
-                );
-            }
-            if next == '*' {
-                return Err("a path template cannot mix `{*}`/`{**}` with `*` globs".into());
-            }
-            literal.push(next);
-            rest = chars.as_str();
-        }
-        if !literal.is_empty() {
-            if matches!(tokens.last(), Some(TemplateToken::AnySegments)) && literal.contains('/') {
+        };
+        let segments: Vec<&str> = rest.split('/').collect();
+        let last = segments.len() - 1;
+        let mut head = Vec::new();
+        let mut after_any: Option<Vec<Box<str>>> = None;
+        for (index, segment) in segments.into_iter().enumerate() {
+            let is_operator = segment == MATCH_ONE || segment == MATCH_ANY;
+            if is_operator && after_any.is_some() {
                 return Err(LAST_OPERATOR.into());
             }
-            tokens.push(TemplateToken::Literal(literal.into()));
+            if segment == MATCH_ANY {
+                after_any = Some(Vec::new());
+                continue;
+            }
+            if segment.contains(['{', '}']) && !is_operator {
+                return Err(BRACES.into());
+            }
+            let is_final_slash = segment.is_empty() && index == last;
+            if !(is_operator || is_final_slash || is_template_literal(segment)) {
+                return Err(format!(
+                    "segment `{segment}` of a path template must be `{{*}}`, `{{**}}` or a non-empty literal of path characters other than `*`"
+                ));
+            }
+            match &mut after_any {
+                Some(literals) => literals.push(segment.into()),
+                None if segment == MATCH_ONE => head.push(TemplateSegment::OneSegment),
+                None => head.push(TemplateSegment::Literal(segment.into())),
+            }
         }
-        Ok(Self { tokens: tokens.into() })
+        Ok(Self { head: head.into(), after_any: after_any.map(Into::into) })
     }
 
     pub fn matches(&self, path: &str) -> bool {
-        match_tokens(&self.tokens, path)
+        let Some(mut rest) = path.strip_prefix('/') else {
+            return false;
+        };
+        let Some(after_any) = &self.after_any else {
+            let mut segments = rest.split('/');
+            return self.head.iter().all(|segment| segments.next().is_some_and(|text| segment.matches(text)))
+                && segments.next().is_none();
+        };
+        // Before the `{**}`: each segment and its `/`.
+        for segment in &self.head {
+            let Some((text, after)) = rest.split_once('/') else {
+                return false;
+            };
+            if !segment.matches(text) {
+                return false;
+            }
+            rest = after;
+        }
+        // After it: `/` and each literal, at the end of the path.
+        let tail_length: usize = after_any.iter().map(|literal| 1 + literal.len()).sum();
+        let Some((any, mut tail)) = rest.len().checked_sub(tail_length).and_then(|end| rest.split_at_checked(end))
+        else {
+            return false;
+        };
+        for literal in after_any.iter() {
+            match tail.strip_prefix('/').and_then(|after| after.strip_prefix(&**literal)) {
+                Some(after) => tail = after,
+                None => return false,
+            }
+        }
+        any.chars().all(|character| character == '/' || is_path_character(character))
     }
 }
 
-fn match_tokens(tokens: &[TemplateToken], path: &str) -> bool {
-    let Some((first, rest)) = tokens.split_first() else {
-        return path.is_empty();
-    };
-    match first {
-        TemplateToken::Literal(literal) => {
-            path.strip_prefix(&**literal).is_some_and(|remaining| match_tokens(rest, remaining))
-        }
-        // By construction only a literal suffix can follow `{**}`.
-        TemplateToken::AnySegments => match rest {
-            [] => true,
-            [TemplateToken::Literal(suffix)] => path.ends_with(&**suffix),
-            _ => false,
-        },
-        TemplateToken::OneSegment => {
-            let segment_end = path.find('/').unwrap_or(path.len());
-            let must_take_whole_segment = match rest.first() {
-                None => true,
-                Some(TemplateToken::Literal(next)) => next.starts_with('/'),
-                Some(_) => false,
-            };
-            if must_take_whole_segment {
-                return segment_end > 0 && match_tokens(rest, &path[segment_end..]);
-            }
-            (1..=segment_end).filter(|&end| path.is_char_boundary(end)).any(|end| match_tokens(rest, &path[end..]))
+impl TemplateSegment {
+    fn matches(&self, text: &str) -> bool {
+        match self {
+            Self::Literal(literal) => text == &**literal,
+            Self::OneSegment => !text.is_empty() && text.chars().all(is_path_character),
         }
     }
 }
@@ -223,6 +288,7 @@ impl fmt::Display for StringMatch {
             Self::Prefix(prefix) => write!(f, "{prefix}*"),
             Self::Suffix(suffix) => write!(f, "*{suffix}"),
             Self::Presence => f.write_str("*"),
+            Self::Glob(parts) => f.write_str(&parts.join("*")),
         }
     }
 }
@@ -231,12 +297,27 @@ impl fmt::Display for PathMatch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::String(pattern) => pattern.fmt(f),
-            Self::Template(template) => template.tokens.iter().try_for_each(|token| match token {
-                TemplateToken::Literal(literal) => f.write_str(literal),
-                TemplateToken::OneSegment => f.write_str(MATCH_ONE),
-                TemplateToken::AnySegments => f.write_str(MATCH_ANY),
-            }),
+            Self::Template(template) => template.fmt(f),
         }
+    }
+}
+
+impl fmt::Display for PathTemplate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for segment in self.head.iter() {
+            f.write_str("/")?;
+            match segment {
+                TemplateSegment::Literal(literal) => f.write_str(literal)?,
+                TemplateSegment::OneSegment => f.write_str(MATCH_ONE)?,
+            }
+        }
+        if let Some(after_any) = &self.after_any {
+            write!(f, "/{MATCH_ANY}")?;
+            for literal in after_any.iter() {
+                write!(f, "/{literal}")?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -291,7 +372,7 @@ mod tests {
     }
 
     #[test]
-    fn path_templates_match_segments() {
+    fn path_templates_match_whole_paths_as_envoy_uri_templates_do() {
         let table: &[(&str, &str, bool)] = &[
             ("/api/{*}/jobs", "/api/v1/jobs", true),
             ("/api/{*}/jobs", "/api/v1/v2/jobs", false),
@@ -299,15 +380,28 @@ mod tests {
             ("/api/{*}", "/api/v1", true),
             ("/api/{*}", "/api/v1/", false),
             ("/api/{*}", "/api/", false),
+            ("/api/{*}/", "/api/v1/", true),
+            ("/api/{*}/", "/api/v1", false),
             ("/api/{**}", "/api/", true),
             ("/api/{**}", "/api/a/b/c", true),
             ("/api/{**}", "/api", false),
-            ("/{**}.m3u8", "/a/b/c.m3u8", true),
-            ("/{**}.m3u8", "/a/b/c.mp4", false),
             ("/{*}/{**}", "/a/b/c", true),
-            ("/{*}.txt", "/notes.txt", true),
-            ("/{*}.txt", "/dir/notes.txt", false),
-            ("/{*}.{*}", "/a.b.c", true),
+            ("/{**}", "/", true),
+            ("/{**}/path/template", "/a/b/path/template", true),
+            ("/{**}/path/template", "//path/template", true),
+            ("/{**}/path/template", "/path/template", false),
+            ("/{**}/path/template", "/a/path/template/x", false),
+            ("/foo/{**}/", "/foo/a/b/", true),
+            ("/foo/{**}/", "/foo//", true),
+            ("/foo/{**}/", "/foo/a/b", false),
+            ("/foo/{**}/", "/foo/", false),
+            ("/{*}/foo/{**}/bar", "/x/foo/1/2/bar", true),
+            ("/{*}/foo/{**}/bar", "/x/foo/bar", false),
+            ("/a/{*}", "/a/b=c:d@e*f", true),
+            ("/a/{*}", "/a/b%2Fc", true),
+            ("/a/{*}", "/a/caf\u{e9}", false),
+            ("/a/{**}", "/a/x/\"y\"", false),
+            ("/a/{*}", "/a/x y", false),
         ];
         for &(pattern, path, expected) in table {
             let template = PathTemplate::parse(pattern).expect(pattern);
@@ -316,8 +410,35 @@ mod tests {
     }
 
     #[test]
+    fn namespace_globs_read_every_star_as_a_wildcard() {
+        let table: &[(&str, &str, bool)] = &[
+            ("team-*-prod", "team-pay-prod", true),
+            ("team-*-prod", "team--prod", true),
+            ("team-*-prod", "team-prod", false),
+            ("team-*-prod", "team-pay-prod-2", false),
+            ("*pay*", "team-pay-prod", true),
+            ("*pay*", "team-ops", false),
+            ("a*b*c", "abc", true),
+            ("a*b*c", "axxbyyc", true),
+            ("a*b*c", "acb", false),
+            ("ab*ba", "aba", false),
+            ("team-*", "team-x", true),
+            ("*-prod", "x-prod", true),
+            ("*", "x", true),
+            ("frontend", "frontend", true),
+        ];
+        for &(pattern, value, expected) in table {
+            assert_eq!(StringMatch::parse_glob(pattern).matches(value), expected, "`{pattern}` vs `{value}`");
+        }
+        assert_eq!(StringMatch::parse_glob("team-*"), StringMatch::Prefix("team-".into()));
+        assert_eq!(StringMatch::parse_glob("*pay*").to_string(), "*pay*");
+    }
+
+    #[test]
     fn patterns_display_as_written_in_a_policy() {
-        for pattern in ["/api/jobs", "/api/jobs*", "*.json", "*", "/api/{*}/jobs", "/{**}.m3u8"] {
+        for pattern in
+            ["/api/jobs", "/api/jobs*", "*.json", "*", "/api/{*}/jobs", "/{**}/m3u8", "/a/{**}/b/", "/a/{*}/"]
+        {
             assert_eq!(PathMatch::parse(pattern).expect(pattern).to_string(), pattern);
         }
         assert_eq!(IpMatch::parse("10.1.2.3/8").expect("cidr").to_string(), "10.0.0.0/8");
@@ -325,10 +446,27 @@ mod tests {
 
     #[test]
     fn path_templates_refuse_what_istio_refuses() {
-        for pattern in
-            ["/{**}/a", "/{**}/{*}", "/{name}/x/{*}", "/{}/{*}", "/a/*/{*}", "/{*}/**", "/{name=*}/{*}", "api/{*}"]
-        {
-            assert!(PathTemplate::parse(pattern).is_err(), "`{pattern}` should be refused");
+        for pattern in [
+            "/{**}/{*}",
+            "/{**}/{**}",
+            "/{**}/a/{**}/b",
+            "/{name}/x/{*}",
+            "/{}/{*}",
+            "/a/*/{*}",
+            "/{*}/**",
+            "/{name=*}/{*}",
+            "api/{*}",
+            "/foo/{*}.txt",
+            "/{**}.json",
+            "/foo/{**}buzz/bar",
+            "/{*}/foo/?abc",
+            "/{*}//x",
+            "/{*}/foo/temp}/bar",
+        ] {
+            assert!(PathMatch::parse(pattern).is_err(), "`{pattern}` should be refused");
+        }
+        for pattern in ["/foo/{id}", "/foo/{temp", "/foo}"] {
+            assert!(PathMatch::parse(pattern).is_err(), "`{pattern}` should be refused");
         }
     }
 

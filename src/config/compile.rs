@@ -54,11 +54,11 @@ pub fn compile_authorization_policy(
 ) -> Result<CompiledPolicy, Vec<ConfigError>> {
     let (id, mut compiler) = Compiler::start("authorization policy", &document.api_version, &document.metadata, origin);
     let namespace = id.namespace.clone();
-    let dry_run = compiler.dry_run(&document.metadata.value);
     let (action, selector, rules) = match document.spec {
         Some(spec) => compiler.spec(spec, &namespace),
         None => (Some(Action::Allow), LabelSelector::default(), Box::default()),
     };
+    let dry_run = compiler.dry_run(&document.metadata.value, action);
     if !compiler.errors.is_empty() {
         return Err(compiler.errors);
     }
@@ -78,6 +78,10 @@ pub fn compile_request_authentication(
 ) -> Result<AuthnPolicy, Vec<ConfigError>> {
     let (id, mut compiler) =
         Compiler::start("request authentication", &document.api_version, &document.metadata, origin);
+    if let Some(value) = document.metadata.value.annotations.get(DRY_RUN_ANNOTATION) {
+        let message = "only an AuthorizationPolicy supports this annotation; remove it".into();
+        compiler.report(value.referenced.line(), &format!("metadata.annotations[{DRY_RUN_ANNOTATION}]"), message);
+    }
     let (selector, rules) = match document.spec {
         Some(spec) => {
             let spec = spec.value;
@@ -155,16 +159,30 @@ impl<'a> Compiler<'a> {
         self.errors.push(error);
     }
 
-    fn dry_run(&mut self, metadata: &raw::Metadata) -> bool {
+    /// The `istio.io/dry-run` annotation, read as Istio does: a boolean as Go's
+    /// `strconv.ParseBool` spells it, on an ALLOW or DENY policy only (`action` is `None` for
+    /// CUSTOM).
+    fn dry_run(&mut self, metadata: &raw::Metadata, action: Option<Action>) -> bool {
         let Some(value) = metadata.annotations.get(DRY_RUN_ANNOTATION) else {
             return false;
         };
-        match value.value.as_str() {
-            "true" => true,
-            "false" => false,
+        let field = format!("metadata.annotations[{DRY_RUN_ANNOTATION}]");
+        let (line, text) = (value.referenced.line(), value.value.as_str());
+        let unsupported = match action {
+            Some(Action::Allow | Action::Deny) => None,
+            Some(Action::Audit) => Some("AUDIT"),
+            None => Some("CUSTOM"),
+        };
+        if let Some(action) = unsupported {
+            let message = format!("dry-run is only supported with action ALLOW or DENY, not {action}");
+            self.report(line, &field, message);
+            return false;
+        }
+        match text {
+            "1" | "t" | "T" | "TRUE" | "true" | "True" => true,
+            "0" | "f" | "F" | "FALSE" | "false" | "False" => false,
             other => {
-                let field = format!("metadata.annotations[{DRY_RUN_ANNOTATION}]");
-                self.report(value.referenced.line(), &field, format!("must be `true` or `false`, not `{other}`"));
+                self.report(line, &field, format!("must be a boolean such as `true` or `false`, not `{other}`"));
                 false
             }
         }
@@ -209,6 +227,9 @@ impl<'a> Compiler<'a> {
         if action == Some(Action::Deny) && rules.is_empty() {
             self.report(spec_line, "spec.rules", "a DENY policy needs at least one rule".into());
         }
+        if action.is_none() {
+            self.custom_rules(spec_line, &rules);
+        }
         let selector = spec.selector.map(|selector| self.selector(selector)).unwrap_or_default();
         let rules = rules
             .into_iter()
@@ -218,6 +239,48 @@ impl<'a> Compiler<'a> {
         (action, selector, rules)
     }
 
+    /// What Istio refuses in a CUSTOM policy's rules: none at all (it would never be
+    /// triggered), and any field or condition on the peer's or the token's identity.
+    fn custom_rules(&mut self, spec_line: u64, rules: &[Spanned<raw::Rule>]) {
+        if rules.is_empty() {
+            let message = "a CUSTOM policy without rules is never triggered; add an empty rule `{}` to send every request to the provider";
+            self.report(spec_line, "spec.rules", message.into());
+        }
+        let unsupported = |field: &str| format!("`{field}` is not supported with action CUSTOM");
+        for (index, rule) in rules.iter().enumerate() {
+            for (from_index, from) in rule.value.from.iter().flatten().enumerate() {
+                let Some(source) = &from.value.source else { continue };
+                let fields = [
+                    ("principals", &source.value.principals),
+                    ("notPrincipals", &source.value.not_principals),
+                    ("requestPrincipals", &source.value.request_principals),
+                    ("notRequestPrincipals", &source.value.not_request_principals),
+                    ("namespaces", &source.value.namespaces),
+                    ("notNamespaces", &source.value.not_namespaces),
+                    ("serviceAccounts", &source.value.service_accounts),
+                    ("notServiceAccounts", &source.value.not_service_accounts),
+                ];
+                for (name, values) in fields {
+                    if let Some(values) = values.as_ref().filter(|values| !values.is_empty()) {
+                        let line = values.first().map_or(source.referenced.line(), |value| value.referenced.line());
+                        let field = format!("spec.rules[{index}].from[{from_index}].source.{name}");
+                        self.report(line, &field, unsupported(name));
+                    }
+                }
+            }
+            for (when_index, condition) in rule.value.when.iter().flatten().enumerate() {
+                let Some(key) = &condition.value.key else { continue };
+                let is_identity =
+                    matches!(key.value.as_str(), "source.namespace" | "source.serviceAccount" | "source.principal")
+                        || key.value.starts_with("request.auth.");
+                if is_identity {
+                    let field = format!("spec.rules[{index}].when[{when_index}].key");
+                    self.report(key.referenced.line(), &field, unsupported(&key.value));
+                }
+            }
+        }
+    }
+
     fn jwt_rule(&mut self, field: &str, rule: Spanned<raw::JwtRule>) -> Option<Arc<JwtRule>> {
         let line = rule.referenced.line();
         let rule = rule.value;
@@ -225,10 +288,25 @@ impl<'a> Compiler<'a> {
         let issuer = match &rule.issuer {
             Some(issuer) if !issuer.value.is_empty() => issuer.value.clone(),
             _ => {
-                self.report(line, &format!("{field}.issuer"), "an issuer is required".into());
+                // Istio takes a rule with `jwksUri` and no issuer (Envoy then checks no `iss`);
+                // portcullis picks a token's rule by its `iss`, so it needs the issuer.
+                let message = "an issuer is required (portcullis picks a token's rule by its `iss`)".into();
+                self.report(line, &format!("{field}.issuer"), message);
                 String::new()
             }
         };
+        if let (Some(jwks), Some(_)) = (&rule.jwks, &rule.jwks_uri) {
+            let message = "only one of `jwks` or `jwksUri` can be set".into();
+            self.report(jwks.referenced.line(), &format!("{field}.jwks"), message);
+        }
+        for (list, name) in [(&rule.audiences, "audiences"), (&rule.space_delimited_claims, "spaceDelimitedClaims")] {
+            for (index, value) in list.iter().flatten().enumerate() {
+                if value.value.is_empty() {
+                    let entry_field = format!("{field}.{name}[{index}]");
+                    self.report(value.referenced.line(), &entry_field, "empty value not allowed".into());
+                }
+            }
+        }
         let timeout = rule.timeout.as_ref().and_then(|timeout| {
             let parsed = parse_duration(&timeout.value);
             if parsed.is_none() {
@@ -343,6 +421,12 @@ impl<'a> Compiler<'a> {
     fn selector(&mut self, selector: Spanned<raw::WorkloadSelector>) -> LabelSelector {
         for key in selector.value.match_labels.keys().filter(|key| key.is_empty()) {
             self.report(selector.referenced.line(), "spec.selector.matchLabels", format!("empty label key `{key}`"));
+        }
+        for (key, value) in &selector.value.match_labels {
+            if key.contains('*') || value.contains('*') {
+                let message = format!("wildcard is not supported in selector: `{key}={value}`");
+                self.report(selector.referenced.line(), "spec.selector.matchLabels", message);
+            }
         }
         LabelSelector::new(selector.value.match_labels.into_iter().map(|(key, value)| (key.into(), value.into())))
     }
@@ -514,6 +598,10 @@ impl<'a> Compiler<'a> {
             self.report(line, field, "must not be empty".into());
             return None;
         }
+        if matches!(kind, FieldKind::ServiceAccount) && values.len() > MAX_SERVICE_ACCOUNTS {
+            self.report(line, field, format!("may not have more than {MAX_SERVICE_ACCOUNTS} values"));
+            return None;
+        }
         let before = self.errors.len();
         for (index, value) in values.iter().enumerate() {
             let checked = if value.value.is_empty() {
@@ -534,12 +622,25 @@ impl<'a> Compiler<'a> {
     }
 }
 
+/// A port as Istio reads it: decimal digits only (no sign), at most 65535.
 fn port(value: &str) -> Result<u16, String> {
-    value.parse::<u16>().map_err(|_| format!("invalid port `{value}`"))
+    let is_digits = !value.is_empty() && value.bytes().all(|byte| byte.is_ascii_digit());
+    is_digits.then(|| value.parse::<u16>().ok()).flatten().ok_or_else(|| format!("invalid port `{value}`"))
 }
 
-/// `name` (in the policy's namespace) or `namespace/name`.
+/// The most values a `serviceAccounts` list or `source.serviceAccount` condition may hold, and
+/// the longest value, as Istio's validation says.
+const MAX_SERVICE_ACCOUNTS: usize = 16;
+const MAX_SERVICE_ACCOUNT_LENGTH: usize = 320;
+
+/// `name` (in the policy's namespace) or `namespace/name`; no wildcard.
 fn service_account(value: &str, policy_namespace: &str) -> Result<ServiceAccount, String> {
+    if value.contains('*') {
+        return Err(format!("wildcard not allowed in service account `{value}`"));
+    }
+    if value.len() > MAX_SERVICE_ACCOUNT_LENGTH {
+        return Err(format!("service account longer than {MAX_SERVICE_ACCOUNT_LENGTH} characters"));
+    }
     let (namespace, name) = value.split_once('/').unwrap_or((policy_namespace, value));
     if name.is_empty() || namespace.is_empty() || name.contains('/') {
         return Err(format!("invalid service account `{value}`; expected `name` or `namespace/name`"));
@@ -588,7 +689,9 @@ impl FieldKind {
         let strings = || values.iter().map(|value| StringMatch::parse(value)).collect::<Box<[_]>>();
         match self {
             Self::Principal => Test::SourcePrincipal(strings()),
-            Self::Namespace => Test::SourceNamespace(strings()),
+            Self::Namespace => {
+                Test::SourceNamespace(values.iter().map(|value| StringMatch::parse_glob(value)).collect())
+            }
             Self::Sni => Test::Sni(strings()),
             Self::Host => Test::Host(strings()),
             Self::Method => Test::Method(strings()),

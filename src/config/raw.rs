@@ -147,6 +147,8 @@ pub struct RequestAuthenticationSpec {
 pub struct JwtRule {
     pub issuer: Option<Spanned<String>>,
     pub audiences: Option<Values>,
+    /// Istio's schema also takes the field's protobuf name, `jwks_uri`.
+    #[serde(alias = "jwks_uri")]
     pub jwks_uri: Option<Spanned<String>>,
     pub jwks: Option<Spanned<String>>,
     pub from_headers: Option<Vec<Spanned<JwtHeader>>>,
