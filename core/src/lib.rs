@@ -17,6 +17,7 @@ pub mod matcher;
 pub mod path;
 pub mod policy;
 pub mod redact;
+pub mod redirect;
 pub mod request;
 pub mod snapshot;
 #[cfg(any(test, feature = "test-util"))]
