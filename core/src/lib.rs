@@ -10,6 +10,7 @@ pub mod authn;
 mod authn_tests;
 pub mod decision;
 pub mod explain;
+pub mod id_token;
 pub mod identity;
 mod index;
 pub mod jwt;
