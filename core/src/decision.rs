@@ -77,6 +77,9 @@ pub enum Challenge {
     /// A bearer token (RFC 6750): `realm` is the URL the request was for (scheme, host,
     /// path), `error` the RFC 6750 error code.
     Bearer { realm: Box<str>, error: &'static str },
+    /// A browser login: `url` starts it and brings the browser back to the request's URL. A
+    /// browser navigation (`navigation`) is sent there; anything else is told where it is.
+    Login { url: Box<str>, navigation: bool },
 }
 
 impl Challenge {

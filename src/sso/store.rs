@@ -147,6 +147,13 @@ impl<T> SessionStore<T> {
         Some(entry.value.clone())
     }
 
+    /// Ends the session `id` names and hands back what it held, when it was still open: of two
+    /// callers taking the same session at once, one gets it.
+    pub fn take(&self, id: &SessionId, now: Instant) -> Option<Arc<T>> {
+        let value = self.get(id, now)?;
+        self.lock().end(id).then_some(value)
+    }
+
     /// Ends the session `id` names; false when there was none.
     pub fn end(&self, id: &SessionId) -> bool {
         self.lock().end(id)
@@ -243,6 +250,15 @@ mod tests {
         assert!(store.end(&id));
         assert!(!store.end(&id));
         assert_eq!(store.get(&id, now), None);
+    }
+
+    #[test]
+    fn a_session_is_taken_once() {
+        let store = store(10);
+        let now = Instant::now();
+        let id = store.open("once", now).unwrap();
+        assert_eq!(store.take(&id, now).as_deref(), Some(&"once"));
+        assert_eq!(store.take(&id, now), None);
     }
 
     #[test]
