@@ -34,7 +34,8 @@ pub struct SsoSettings {
     pub cookie_domain: Option<String>,
     /// Mark cookies `Secure` (sent over TLS only).
     pub cookie_secure: bool,
-    /// Where a login may send the browser back to, beside paths on the site itself:
+    /// Where a login may send the browser back to, beside paths on the site itself and the
+    /// `sites` (on any port):
     /// `app.example.com`, `.example.com` (with subdomains), optionally `:8443` or `:*`.
     pub allowed_redirect_domains: Vec<String>,
     /// Allow `http://` redirect targets (tests, plain-text development setups).
@@ -211,13 +212,16 @@ impl SsoSettings {
         {
             problem("cookie_domain", format!("`{domain}` is not a domain name"));
         }
-        let domains: Vec<AllowedDomain> = self
+        let mut domains: Vec<AllowedDomain> = self
             .allowed_redirect_domains
             .iter()
             .filter_map(|entry| {
                 AllowedDomain::parse(entry).map_err(|error| problem("allowed_redirect_domains", error.to_string())).ok()
             })
             .collect();
+        // The sites are where a login comes back to: allowed on any port (a bad one is reported
+        // under `sites` below).
+        domains.extend(self.sites.iter().filter_map(|site| AllowedDomain::parse(&format!("{site}:*")).ok()));
         for (key, value) in [
             ("session_idle_timeout_secs", self.session_idle_timeout_secs),
             ("session_max_lifetime_secs", self.session_max_lifetime_secs),
@@ -321,6 +325,17 @@ mod tests {
         assert_eq!(config.scopes.first().map(|scope| &**scope), Some("openid"));
         assert!(config.is_site("grafana.example.com:443") && config.is_site("example.com"));
         assert!(!config.is_site("evilexample.com") && !config.is_site("example.com.evil.org"));
+    }
+
+    #[test]
+    fn the_sites_are_redirect_targets_on_any_port_without_being_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "s").unwrap();
+        let block = SsoSettings { allowed_redirect_domains: Vec::new(), ..settings(&secret) };
+        let config = block.compile(|_| None).unwrap();
+        assert!(config.redirects.check("https://grafana.example.com:8443/d").is_ok());
+        assert!(config.redirects.check("https://evilexample.com/").is_err());
     }
 
     #[test]

@@ -309,8 +309,9 @@ impl Sso {
     pub fn complete(&self, decision: &mut Decision, http: &HttpRequest<'_>, session: Option<&SessionClaims>) {
         if decision.is_allow() {
             if let Some(session) = session {
-                self.add_identity_headers(decision, http, session);
+                self.add_identity_headers(decision, session);
             }
+            self.strip_session_cookie(decision, http);
             for name in IDENTITY_HEADERS {
                 if !decision.headers_to_set.iter().any(|(set, _)| set.eq_ignore_ascii_case(name)) {
                     decision.headers_to_remove.push(name.into());
@@ -326,7 +327,7 @@ impl Sso {
         }
     }
 
-    fn add_identity_headers(&self, decision: &mut Decision, http: &HttpRequest<'_>, session: &SessionClaims) {
+    fn add_identity_headers(&self, decision: &mut Decision, session: &SessionClaims) {
         let groups = match session.claims().get("groups") {
             Some(serde_json::Value::Array(items)) => {
                 Some(items.iter().filter_map(serde_json::Value::as_str).collect::<Vec<_>>().join(","))
@@ -347,7 +348,13 @@ impl Sso {
                 decision.headers_to_set.push((name.into(), value));
             }
         }
-        // The app never sees the session cookie: the other cookies go on, or none at all.
+    }
+
+    /// The app never sees the session cookie: the other cookies go on, or none at all.
+    fn strip_session_cookie(&self, decision: &mut Decision, http: &HttpRequest<'_>) {
+        if cookie_values_of(http, &self.config.cookie_name).next().is_none() {
+            return;
+        }
         let others: Vec<&str> = http
             .header_values("cookie")
             .flat_map(|header| header.split(';'))
@@ -416,6 +423,13 @@ fn origin_of(url: &str) -> Option<&str> {
 /// The first value of `name` in a query string, decoded.
 fn query_value(query: &str, name: &str) -> Option<String> {
     form_urlencoded::parse(query.as_bytes()).find(|(key, _)| key == name).map(|(_, value)| value.into_owned())
+}
+
+/// The values of every cookie named `name` a checked request carries.
+fn cookie_values_of<'r>(http: &'r HttpRequest<'_>, name: &'r str) -> impl Iterator<Item = &'r str> + 'r {
+    http.header_values("cookie")
+        .flat_map(|header| header.split(';'))
+        .filter_map(move |pair| pair.trim().split_once('=').filter(|(key, _)| *key == name).map(|(_, value)| value))
 }
 
 /// The values of every cookie named `name` in `headers`.

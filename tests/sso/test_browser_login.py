@@ -182,7 +182,6 @@ sso:
   cookie_domain: sso.test
   cookie_secure: false
   allow_http_redirects: true
-  allowed_redirect_domains: [.sso.test]
   sites: [.sso.test]
 """
     server = launch_portcullis(work / "policies", settings=settings)
@@ -201,9 +200,12 @@ def test_a_person_logs_in_once_and_every_subdomain_knows_them_by_their_identity_
     assert headers["X-Auth-Request-Preferred-Username"] == "alice"
     assert headers["X-Auth-User"] == "alice@example.com"
     assert headers["Cookie"] == "theme=dark", "the session cookie is taken out of what the app receives"
-    status, headers, _ = browser.check("http://app2.sso.test/")
+    assert SESSION_COOKIE not in headers.get("X-Envoy-Auth-Headers-To-Remove", "")
+    status, headers, _ = browser.check("http://app2.sso.test/", extra={"X-Auth-Request-User": "admin"})
     assert status == 200, "another subdomain without a new login"
     assert headers["X-Auth-Request-Preferred-Username"] == "alice"
+    assert headers["X-Auth-Request-User"] != "admin", "the client's copy is overwritten"
+    assert "cookie" in headers["X-Envoy-Auth-Headers-To-Remove"].split(","), "only the session cookie: none goes on"
 
 
 def test_claims_of_the_login_decide_as_for_tokens(sso):
@@ -239,7 +241,10 @@ def test_requests_that_are_not_browser_navigations_get_401_with_the_login_url(ss
         status, headers, _ = browser.check("http://app1.sso.test/api", **kwargs)
         assert status == 401, case
         assert headers[LOGIN_URL_HEADER].startswith(f"http://{AUTH_HOST}/oauth2/start?rd="), case
-    assert browser.check("http://app1.sso.test/public")[0] == 200, "a path the policies open needs no login"
+    status, headers, _ = browser.check("http://app1.sso.test/public", extra={"X-Auth-Request-User": "admin"})
+    assert status == 200, "a path the policies open needs no login"
+    removed = headers["X-Envoy-Auth-Headers-To-Remove"].split(",")
+    assert "x-auth-request-user" in removed and "x-auth-user" in removed, "client copies never reach the app"
 
 
 def test_user_info_shows_the_signed_in_person(sso):
