@@ -317,3 +317,20 @@ def test_two_logins_interleaved_in_two_tabs_both_succeed(sso):
         assert status == 302, body
         assert headers["Location"] == target
     assert browser.check("http://app1.sso.test/one")[0] == 200
+
+
+def test_a_planted_session_id_is_replaced_at_login_and_ends(sso):
+    attacker = sso.browser()
+    assert sso.navigate(attacker, "http://app1.sso.test/", user="admin")[0] == 200
+    planted = attacker.value_of(SESSION_COOKIE)
+    victim = sso.browser()
+    victim.cookies.append(Cookie(SESSION_COOKIE, planted, "sso.test", False, "/"))
+    victim.cookies.append(Cookie("x", "1", "app2.sso.test", True, "/"))
+    # The victim is let in as the attacker at first (the cookie is valid), then logs in as alice.
+    status, headers, _ = victim.check("http://app2.sso.test/")
+    assert status == 200 and headers["X-Auth-Request-Preferred-Username"] == "admin"
+    callback = sso.log_in_at_idp(victim, sso.to_idp_url(victim, f"http://{AUTH_HOST}/oauth2/start?rd=%2F"), user="alice")
+    assert victim.get(callback, sso.idp_port)[0] == 302
+    assert victim.value_of(SESSION_COOKIE) not in (None, planted), "a new id at login"
+    assert victim.check("http://app2.sso.test/")[1]["X-Auth-Request-Preferred-Username"] == "alice"
+    assert attacker.check("http://app1.sso.test/")[0] == 302, "the planted session ended"
