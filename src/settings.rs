@@ -246,6 +246,11 @@ impl Settings {
         if !["error", "warn", "info", "debug"].contains(&settings.decision_log_level.as_str()) {
             return Err(SettingsError::Invalid("decision_log_level must be error, warn, info or debug".into()));
         }
+        if settings.sso.is_some() && settings.http_mode.is_none() {
+            return Err(SettingsError::Invalid(
+                "sso: browser logins are served on the HTTP door; set http_mode to the proxy in front".into(),
+            ));
+        }
         if let Some(sso) = &settings.sso {
             sso.compile(|name| std::env::var(name).ok()).map_err(|errors| SettingsError::Sso {
                 file: file.map_or_else(|| "settings".into(), |file| format!("config file `{}`", file.display())),

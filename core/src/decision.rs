@@ -71,7 +71,7 @@ impl Reason {
     }
 }
 
-/// What a client whose token was refused is asked for.
+/// What a refused client is asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Challenge {
     /// A bearer token (RFC 6750): `realm` is the URL the request was for (scheme, host,
@@ -145,7 +145,8 @@ pub struct Decision {
     pub query_parameters_to_remove: Vec<Box<str>>,
     /// Why a token was refused, when one was.
     pub jwt_error: Option<JwtError>,
-    /// What the client whose token was refused is asked for.
+    /// What the client is asked for: a token, when its token was refused; a browser login, when
+    /// it came anonymously to a login site and was refused.
     pub challenge: Option<Challenge>,
     /// The verified caller, for logs and reports.
     pub identity: Option<Arc<Identity>>,

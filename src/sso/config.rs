@@ -393,11 +393,21 @@ mod tests {
     fn a_bad_sso_block_fails_the_settings_naming_the_file_and_the_key() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("portcullis.yaml");
-        std::fs::write(&file, "sso:\n  issuer: https://idp.example.com\n  client_id: portcullis\n").unwrap();
+        std::fs::write(&file, "http_mode: traefik\nsso:\n  issuer: https://idp.example.com\n  client_id: portcullis\n")
+            .unwrap();
         let error = crate::settings::Settings::load(Some(&file), crate::settings::Overrides::default()).unwrap_err();
         let message = error.to_string();
         let expected = format!("config file `{}`: sso.client_secret_file: set exactly one of", file.display());
         assert!(message.contains(&expected), "{message}");
         assert!(message.contains("sso.redirect_url") && message.contains("sso.sites"), "{message}");
+    }
+
+    #[test]
+    fn browser_logins_need_the_http_door() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("portcullis.yaml");
+        std::fs::write(&file, "sso:\n  issuer: https://idp.example.com\n").unwrap();
+        let error = crate::settings::Settings::load(Some(&file), crate::settings::Overrides::default()).unwrap_err();
+        assert!(error.to_string().contains("set http_mode"), "{error}");
     }
 }

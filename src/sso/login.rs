@@ -183,11 +183,12 @@ impl Sso {
         else {
             return refused(400, "the login was refused or is incomplete");
         };
-        let cookie_name = self.login_cookie_name(&state);
+        // Only a well-formed state names a cookie: nothing of the query reaches a header unchecked.
+        let Some(id) = SessionId::from_cookie_value(&state) else { return refused(400, "unknown login") };
+        let cookie_name = self.login_cookie_name(&id.to_cookie_value());
         let clear_login_cookie = self.cookie(&cookie_name, "", &self.config.endpoint_prefix, false, Duration::ZERO);
         let refused_clearing =
             |message| LoginAnswer::Refused { status: 400, message, cookies: vec![clear_login_cookie.clone()] };
-        let Some(id) = SessionId::from_cookie_value(&state) else { return refused_clearing("unknown login") };
         let now = Instant::now();
         let Some(transaction) = self.logins.get(&id, now) else { return refused_clearing("unknown or expired login") };
         let binding = cookie_values(request.cookies, &cookie_name).next().unwrap_or_default();

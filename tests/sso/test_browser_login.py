@@ -276,6 +276,10 @@ def test_a_callback_with_another_state_or_from_another_browser_is_refused(sso):
     tampered = re.sub(r"state=[^&]+", "state=" + "A" * 43, callback)
     status, _, _ = starter.get(tampered, sso.idp_port)
     assert status == 400 and starter.value_of(SESSION_COOKIE) is None
+    # A state that is no state at all never reaches a cookie header.
+    injected = re.sub(r"state=[^&]+", "state=" + urllib.parse.quote("x; Domain=evil.example"), callback)
+    status, headers, _ = starter.get(injected, sso.idp_port)
+    assert status == 400 and headers.get_all("Set-Cookie") is None
 
 
 def test_a_replayed_callback_opens_no_second_session(sso):
