@@ -79,7 +79,12 @@ pub enum Challenge {
     Bearer { realm: Box<str>, error: &'static str },
     /// A browser login: `url` starts it and brings the browser back to the request's URL. A
     /// browser navigation (`navigation`) is sent there; anything else is told where it is.
-    Login { url: Box<str>, navigation: bool },
+    Login {
+        /// The login's start URL.
+        url: Box<str>,
+        /// Whether the request is a browser navigation (sent there) or not (told where it is).
+        navigation: bool,
+    },
 }
 
 impl Challenge {

@@ -27,16 +27,22 @@ pub struct IdTokenExpectations<'e> {
 /// Why an ID token was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum IdTokenError {
+    /// The token itself: its form, signature or lifetime.
     #[error("the token: {0}")]
     Token(JwtError),
+    /// Another issuer.
     #[error("`iss` is not the provider's issuer")]
     WrongIssuer,
+    /// Another client.
     #[error("`aud` does not name the client, or `azp` names another")]
     WrongAudience,
+    /// No expiry.
     #[error("no `exp`")]
     NoExpiry,
+    /// Not this login's nonce.
     #[error("`nonce` is not this login's")]
     NonceMismatch,
+    /// No subject.
     #[error("no `sub`")]
     NoSubject,
 }

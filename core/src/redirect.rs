@@ -27,8 +27,10 @@ enum AllowedPorts {
 /// Why an allowed-domain entry of the settings cannot be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AllowedDomainError {
+    /// The entry is not a host name.
     #[error("`{0}` is not a host name (letters, digits, `-` and `.`, an optional leading `.`)")]
     NotAHost(String),
+    /// The entry's port is not a port.
     #[error("`{0}` has a port that is neither a number from 1 to 65535 nor `*`")]
     BadPort(String),
 }
@@ -99,22 +101,31 @@ impl fmt::Display for RedirectTarget {
 /// Why a redirect target was refused. The set is closed, so it can name a metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum RefusedRedirect {
+    /// No target at all.
     #[error("empty target")]
     Empty,
+    /// A character a browser may drop or read as a slash, or one outside printable ASCII.
     #[error("a control character, whitespace, a backslash or a non-ASCII character")]
     UnsafeCharacter,
+    /// An escape that may be decoded into such a character on the way.
     #[error("an encoded control character, whitespace, slash or backslash")]
     UnsafeEscape,
+    /// Neither a path with one leading `/` nor an absolute URL.
     #[error("a relative target that does not start with a single `/`")]
     NotSingleSlash,
+    /// A `.` or `..` path segment.
     #[error("a `.` or `..` path segment")]
     DotSegment,
+    /// A scheme that is not allowed.
     #[error("a scheme other than https (or http when allowed)")]
     Scheme,
+    /// Userinfo before the host.
     #[error("userinfo (`@`) in the authority")]
     Userinfo,
+    /// A host or port that is not plainly written.
     #[error("a host that is not a plain host name")]
     MalformedHost,
+    /// A host and port no allowed domain admits.
     #[error("a host or port no allowed domain admits")]
     HostNotAllowed,
 }

@@ -56,12 +56,27 @@ pub struct EndpointRequest<'r> {
 /// What a login endpoint answers, for the HTTP door to write.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LoginAnswer {
-    /// 302 to `location`, setting `cookies` (`Set-Cookie` values).
-    Redirect { location: String, cookies: Vec<String> },
+    /// 302 to `location`, setting `cookies`.
+    Redirect {
+        /// Where the browser goes.
+        location: String,
+        /// `Set-Cookie` values.
+        cookies: Vec<String>,
+    },
     /// `status` with a short text; `cookies` set even so.
-    Refused { status: u16, message: &'static str, cookies: Vec<String> },
-    /// 200 with the signed-in person's identity as JSON.
-    UserInfo { json: String },
+    Refused {
+        /// The HTTP status.
+        status: u16,
+        /// The text of the answer.
+        message: &'static str,
+        /// `Set-Cookie` values.
+        cookies: Vec<String>,
+    },
+    /// 200 with the signed-in person's identity.
+    UserInfo {
+        /// The identity as a JSON object.
+        json: String,
+    },
 }
 
 fn refused(status: u16, message: &'static str) -> LoginAnswer {

@@ -26,14 +26,22 @@ pub struct ProviderMetadata {
 /// Why the provider could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum OidcError {
+    /// The discovery document could not be fetched.
     #[error("discovery: {0}")]
     Discovery(OutboundError),
+    /// The discovery document lacks a field.
     #[error("discovery: `{0}` is missing or not text")]
     MissingField(&'static str),
+    /// The discovery document names another issuer.
     #[error("discovery: the provider names itself `{found}`, not the configured issuer")]
-    IssuerMismatch { found: String },
+    IssuerMismatch {
+        /// The issuer the document names.
+        found: String,
+    },
+    /// The token endpoint refused or failed.
     #[error("code exchange: {0}")]
     Exchange(OutboundError),
+    /// The token endpoint's answer has no ID token.
     #[error("code exchange: the answer has no `id_token`")]
     NoIdToken,
 }

@@ -46,6 +46,7 @@ impl fmt::Debug for SessionId {
 /// Why a session could not be opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
+    /// The system's random generator failed.
     #[error("the system's random generator failed")]
     Random,
 }
