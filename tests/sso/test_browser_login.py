@@ -338,3 +338,18 @@ def test_a_planted_session_id_is_replaced_at_login_and_ends(sso):
     assert victim.value_of(SESSION_COOKIE) not in (None, planted), "a new id at login"
     assert victim.check("http://app2.sso.test/")[1]["X-Auth-Request-Preferred-Username"] == "alice"
     assert attacker.check("http://app1.sso.test/")[0] == 302, "the planted session ended"
+
+
+def test_the_session_cookie_holds_only_an_opaque_id_for_the_whole_cookie_domain(sso):
+    browser = sso.browser()
+    callback = sso.log_in_at_idp(browser, sso.to_idp_url(browser, f"http://{AUTH_HOST}/oauth2/start?rd=%2F"))
+    login_cookie = next(c for c in browser.cookies if c.name.startswith(f"{SESSION_COOKIE}_login_"))
+    assert login_cookie.host_only and login_cookie.path == "/oauth2/", "the login's own cookie stays with the endpoints"
+    status, headers, _ = browser.get(callback, sso.idp_port)
+    assert status == 302
+    set_cookies = headers.get_all("Set-Cookie")
+    session = next(line for line in set_cookies if line.startswith(f"{SESSION_COOKIE}="))
+    value, *attributes = [part.strip() for part in session.split(";")]
+    assert re.fullmatch(rf"{SESSION_COOKIE}=[A-Za-z0-9_-]{{43}}", value), "256 random bits, nothing else"
+    assert {"Path=/", "HttpOnly", "SameSite=Lax", "Domain=sso.test"} <= set(attributes), attributes
+    assert any(line.startswith(f"{login_cookie.name}=;") and "Max-Age=0" in line for line in set_cookies), "the login's cookie is cleared"
