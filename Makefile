@@ -73,7 +73,7 @@ $(VENV)/.installed: tests/requirements.txt
 	touch $@
 
 test-python: build python-env
-	PORTCULLIS_BIN=target/debug/portcullis $(VENV)/bin/pytest -q tests/interop tests/e2e tests/jwt tests/proxies tests/bench tests/demo
+	PORTCULLIS_BIN=target/debug/portcullis $(VENV)/bin/pytest -q tests/interop tests/e2e tests/jwt tests/sso tests/proxies tests/bench tests/demo
 
 # The container image (Dockerfile: multi-stage, distroless, non-root). Needs a Docker engine.
 IMAGE ?= portcullis:0.1.0

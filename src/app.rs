@@ -16,10 +16,12 @@ use crate::core::Snapshot;
 use crate::engine::Engine;
 use crate::grpc::{AuthorizationServer, CheckService};
 use crate::jwks::KeyStore;
+use crate::outbound::{Outbound, OutboundLimits};
 use crate::policy_set::{PolicySetError, render_config_errors};
 pub use crate::policy_set::{SetSummary, log_not_evaluated};
 use crate::reload::Reloader;
 use crate::settings::{HttpMode, Settings, SettingsError};
+use crate::sso::Sso;
 use crate::tasks::Tasks;
 use crate::telemetry::Metrics;
 use crate::token_cache::VerifiedTokenCache;
@@ -95,12 +97,21 @@ pub async fn serve(settings: Settings) -> Result<(), AppError> {
     let keys = KeyStore::with_tasks(settings.fetch_limits(), metrics.clone(), token_cache.clone(), tasks.clone())
         .map(Arc::new)
         .map_err(|error| AppError::Serve { door: "jwks", message: error.to_string() })?;
-    let issuers = keys.add_issuers(snapshot.remote_issuers());
+    let sso = sso(&settings, &keys)?;
+    let remote_issuers = snapshot.remote_issuers();
+    let issuers = keys.add_issuers(match &sso {
+        Some(sso) => sso.with_provider_keys(remote_issuers),
+        None => remote_issuers,
+    });
     let trusted_proxies = http::trusted_proxies(&settings.trusted_proxies)
         .map_err(|message| AppError::Settings(SettingsError::TrustedProxies(message)))?;
     // Before any door opens: a token arriving meanwhile waits for these fetches, starts none.
     let first_fetches = keys.begin_fetch(&issuers);
-    let engine = Arc::new(Engine::new(snapshot, settings.clone(), metrics, keys.clone(), token_cache));
+    let engine = Engine::new(snapshot, settings.clone(), metrics, keys.clone(), token_cache);
+    let engine = Arc::new(match sso {
+        Some(sso) => engine.with_sso(sso),
+        None => engine,
+    });
     let ready = Arc::new(AtomicBool::new(false));
 
     let grpc_listener = bind("grpc", settings.grpc_listen).await?;
@@ -193,6 +204,22 @@ pub async fn serve(settings: Settings) -> Result<(), AppError> {
             Ok(())
         }
     }
+}
+
+/// Browser single sign-on, when the settings configure it: its provider's keys come from `keys`.
+fn sso(settings: &Settings, keys: &Arc<KeyStore>) -> Result<Option<Arc<Sso>>, AppError> {
+    let Some(block) = &settings.sso else { return Ok(None) };
+    let config = block
+        .compile(|name| std::env::var(name).ok())
+        .map_err(|errors| AppError::Settings(SettingsError::Sso { file: "settings".into(), errors }))?;
+    let limits = settings.fetch_limits();
+    let outbound = Outbound::new(OutboundLimits {
+        timeout: limits.fetch_timeout,
+        max_bytes: limits.max_bytes,
+        allow_link_local: limits.allow_link_local,
+    })
+    .map_err(|error| AppError::Serve { door: "sso", message: error.to_string() })?;
+    Ok(Some(Arc::new(Sso::new(config, keys.clone(), outbound, settings.clock_skew_secs, settings.max_token_bytes))))
 }
 
 /// Waits for the first fetch of every issuer's keys, then reports ready: once they finished, or

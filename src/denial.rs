@@ -7,6 +7,9 @@ use crate::core::{Decision, Reason};
 /// Envoy's RBAC filter's body for a request its policies refuse.
 const ACCESS_DENIED: &str = "RBAC: access denied";
 
+/// The header that tells a client that is not a browser navigation where to log in.
+pub const LOGIN_URL_HEADER: &str = "x-portcullis-login-url";
+
 /// What the client of a denied request is sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Denial {
@@ -60,6 +63,7 @@ fn www_authenticate(challenge: &Challenge) -> (&'static str, String) {
         Challenge::Bearer { realm, error } => {
             ("www-authenticate", format!("Bearer realm=\"{realm}\", error=\"{error}\""))
         }
+        Challenge::Login { url, .. } => (LOGIN_URL_HEADER, url.to_string()),
     }
 }
 

@@ -10,6 +10,7 @@ use crate::core::jwt::KeySet;
 use crate::core::{Decision, Reason, Request, Snapshot};
 use crate::jwks::KeyStore;
 use crate::settings::Settings;
+use crate::sso::Sso;
 use crate::telemetry::{DecisionLog, DecisionRecord, Door, Metrics, UnidentifiedWorkloadLog};
 use crate::token_cache::{TokenKey, VerifiedTokenCache};
 use crate::traces::{TraceContext, Traces};
@@ -51,6 +52,8 @@ pub struct Engine {
     unidentified_workloads: UnidentifiedWorkloadLog,
     traces: Traces,
     settings: Settings,
+    /// Browser single sign-on, when configured.
+    sso: Option<Arc<Sso>>,
 }
 
 impl Engine {
@@ -71,7 +74,18 @@ impl Engine {
             unidentified_workloads: UnidentifiedWorkloadLog::default(),
             traces: Traces::from_environment(),
             settings,
+            sso: None,
         }
+    }
+
+    /// The same engine, offering browser logins with `sso`.
+    pub fn with_sso(self, sso: Arc<Sso>) -> Self {
+        Self { sso: Some(sso), ..self }
+    }
+
+    /// Browser single sign-on, when configured.
+    pub fn sso(&self) -> Option<&Arc<Sso>> {
+        self.sso.as_ref()
     }
 
     /// Decides one check and accounts for it: metrics, the unidentified-workload record, the
@@ -118,13 +132,26 @@ impl Engine {
         let _in_flight = self.metrics.check_in_flight();
         let context = self.settings.authn_context(&*self.keys);
         let plan = snapshot.plan(request);
-        let decision = match plan.credential() {
+        let sso = self.sso.as_deref().zip(request.http.as_ref());
+        let mut session = None;
+        let mut decision = match plan.credential() {
             Some(credential) => match self.resolve(credential, &context).await {
                 Some(authentication) => snapshot.authorize(plan, Some(authentication)),
                 None => Decision::new(Reason::InternalError, None),
             },
-            None => snapshot.authorize(plan, None),
+            // No token: a browser session, when the request carries one.
+            None => {
+                let found = sso.and_then(|(sso, http)| sso.session_identity(http, snapshot.kept_claims()));
+                let authentication = found.map(|(identity, claims)| {
+                    session = Some(claims);
+                    Authentication::Session { identity }
+                });
+                snapshot.authorize(plan, authentication)
+            }
         };
+        if let Some((sso, http)) = sso {
+            sso.complete(&mut decision, http, session.as_deref());
+        }
         if decision.reason == Reason::InternalError {
             tracing::error!("Check panicked; denied the request");
         }

@@ -9,11 +9,13 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Request as HttpRequestIn, Response, StatusCode, header};
 
+use crate::core::decision::Challenge;
 use crate::core::matcher::IpMatch;
 use crate::core::{Decision, HttpRequest, Peer, Request, StrMap};
-use crate::denial::Denial;
+use crate::denial::{Denial, LOGIN_URL_HEADER};
 use crate::engine::{Engine, Received};
 use crate::settings::HttpMode;
+use crate::sso::{EndpointRequest, LoginAnswer};
 use crate::telemetry;
 
 pub mod listener;
@@ -77,6 +79,15 @@ async fn check(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     incoming: HttpRequestIn<Body>,
 ) -> Response<Body> {
+    if let Some(sso) = door.engine.sso()
+        && let Some(endpoint) = sso.endpoint(incoming.uri().path())
+    {
+        let cookies: Vec<&str> =
+            incoming.headers().get_all(header::COOKIE).iter().filter_map(|value| value.to_str().ok()).collect();
+        let request =
+            EndpointRequest { endpoint, query: incoming.uri().query().unwrap_or_default(), cookies: &cookies };
+        return login_answer(sso.serve(request).await);
+    }
     let trusted = door.trusted_proxies.iter().any(|block| block.matches(peer.ip()));
     let original = OriginalRequest::read(&incoming, peer.ip(), trusted, door.mode, &door.path_prefix);
     let request = original.request();
@@ -267,6 +278,8 @@ fn answer(decision: &Decision, allow: bool) -> Response<Body> {
             insert(response.headers_mut(), HEADERS_TO_REMOVE, &to_remove.join(","));
         }
         response
+    } else if let Some(Challenge::Login { url, navigation }) = &decision.challenge {
+        login_challenge(url, *navigation)
     } else {
         let denial = Denial::refusing(decision);
         let mut response = Response::new(Body::from(denial.body));
@@ -278,6 +291,49 @@ fn answer(decision: &Decision, allow: bool) -> Response<Body> {
         response
     };
     response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// A login offered: a browser navigation is sent to `url` (302), anything else is told where it
+/// is (401 and the login URL in a header), so that a script can react instead of following.
+fn login_challenge(url: &str, navigation: bool) -> Response<Body> {
+    let (status, header_name, body) = if navigation {
+        (StatusCode::FOUND, header::LOCATION.as_str(), "")
+    } else {
+        (StatusCode::UNAUTHORIZED, LOGIN_URL_HEADER, "login required")
+    };
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() = status;
+    insert(response.headers_mut(), header_name, url);
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    response
+}
+
+/// A login endpoint's answer in HTTP.
+fn login_answer(answer: LoginAnswer) -> Response<Body> {
+    let (status, body, content_type, location, cookies) = match answer {
+        LoginAnswer::Redirect { location, cookies } => {
+            (StatusCode::FOUND, String::new(), "text/plain", Some(location), cookies)
+        }
+        LoginAnswer::Refused { status, message, cookies } => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+            (status, message.to_string(), "text/plain", None, cookies)
+        }
+        LoginAnswer::UserInfo { json } => (StatusCode::OK, json, "application/json", None, Vec::new()),
+    };
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let Some(location) = location {
+        insert(headers, header::LOCATION.as_str(), &location);
+    }
+    for cookie in cookies {
+        if let Ok(value) = HeaderValue::try_from(cookie) {
+            headers.append(header::SET_COOKIE, value);
+        }
+    }
     response
 }
 

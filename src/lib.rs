@@ -28,6 +28,7 @@ pub mod policy_set;
 pub mod policy_tests;
 pub mod reload;
 pub mod settings;
+pub mod sso;
 pub mod tasks;
 pub mod telemetry;
 pub mod token_cache;

@@ -35,6 +35,10 @@ pub enum OutboundError {
     NotUtf8 { url: String },
     #[error("`{url}`: not JSON: {message}")]
     NotJson { url: String, message: String },
+    #[error("POST `{url}`: {}", describe_request_error(.source, *.timeout))]
+    PostRequest { url: String, source: reqwest::Error, timeout: Duration },
+    #[error("POST `{url}`: status {status}")]
+    PostStatus { url: String, status: u16 },
 }
 
 /// The HTTP client every outbound fetch goes through.
@@ -90,6 +94,55 @@ impl Outbound {
     pub async fn get_json(&self, url: &str, timeout: Duration) -> Result<serde_json::Value, OutboundError> {
         let text = self.get_text(url, timeout).await?;
         serde_json::from_str(&text)
+            .map_err(|error| OutboundError::NotJson { url: redact_url(url), message: error.to_string() })
+    }
+}
+
+impl Outbound {
+    /// POSTs `form` (`application/x-www-form-urlencoded`) to `url`, authenticated with HTTP Basic
+    /// as `client` when given (the secret never reaches an error), and reads a JSON answer of at
+    /// most `max_bytes`; refused as [`Self::get_text`] refuses, never redirected.
+    pub async fn post_form_json(
+        &self,
+        url: &str,
+        form: &[(&str, &str)],
+        client: Option<(&str, &str)>,
+        timeout: Duration,
+    ) -> Result<serde_json::Value, OutboundError> {
+        let parsed = Url::parse(url).map_err(|_| OutboundError::BadUrl { url: redact_url(url) })?;
+        if !self.limits.allow_link_local && is_link_local_target(&parsed).await {
+            return Err(OutboundError::Refused { url: redact_url(url) });
+        }
+        let request_error = |source: reqwest::Error| OutboundError::PostRequest {
+            url: redact_url(url),
+            source: source.without_url(),
+            timeout,
+        };
+        let body: String = form_urlencoded::Serializer::new(String::new()).extend_pairs(form).finish();
+        let mut request = self
+            .client
+            .post(parsed)
+            .timeout(timeout)
+            .header(reqwest::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(reqwest::header::ACCEPT, "application/json")
+            .body(body);
+        if let Some((id, secret)) = client {
+            // RFC 6749 section 2.3.1: both form-encoded before Basic encoding.
+            let encode = |text: &str| form_urlencoded::byte_serialize(text.as_bytes()).collect::<String>();
+            request = request.basic_auth(encode(id), Some(encode(secret)));
+        }
+        let mut response = request.send().await.map_err(request_error)?;
+        if !response.status().is_success() {
+            return Err(OutboundError::PostStatus { url: redact_url(url), status: response.status().as_u16() });
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(request_error)? {
+            if body.len() + chunk.len() > self.limits.max_bytes {
+                return Err(OutboundError::TooLarge { url: redact_url(url), limit: self.limits.max_bytes });
+            }
+            body.extend_from_slice(&chunk);
+        }
+        serde_json::from_slice(&body)
             .map_err(|error| OutboundError::NotJson { url: redact_url(url), message: error.to_string() })
     }
 }

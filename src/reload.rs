@@ -73,7 +73,10 @@ impl Reloader {
                 return None;
             }
         };
-        let remote_issuers = snapshot.remote_issuers();
+        let mut remote_issuers = snapshot.remote_issuers();
+        if let Some(sso) = self.engine.sso() {
+            remote_issuers = sso.with_provider_keys(remote_issuers);
+        }
         let named: Vec<Arc<str>> = remote_issuers.iter().map(|remote| remote.issuer.clone()).collect();
         let added = self.engine.keys().add_issuers(remote_issuers);
         if !added.is_empty() {

@@ -31,6 +31,8 @@ pub enum SettingsError {
     Environment { name: String, message: String },
     #[error("{0}")]
     Invalid(String),
+    #[error("{}", .errors.iter().map(|error| format!("{file}: {error}")).collect::<Vec<_>>().join("\n"))]
+    Sso { file: String, errors: Vec<crate::sso::config::SsoSettingsError> },
 }
 
 /// `PORTCULLIS_*` variables read by the command line itself rather than as settings.
@@ -114,6 +116,8 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// A `tracing` filter such as `info` or `portcullis=debug`; `RUST_LOG` wins when set.
     pub log_level: String,
+    /// Browser single sign-on (docs/sso.md); unset, no site offers a login.
+    pub sso: Option<crate::sso::config::SsoSettings>,
 }
 
 impl Default for Settings {
@@ -153,6 +157,7 @@ impl Default for Settings {
             drain_timeout_secs: 10,
             log_format: LogFormat::Text,
             log_level: "info".into(),
+            sso: None,
         }
     }
 }
@@ -240,6 +245,17 @@ impl Settings {
         }
         if !["error", "warn", "info", "debug"].contains(&settings.decision_log_level.as_str()) {
             return Err(SettingsError::Invalid("decision_log_level must be error, warn, info or debug".into()));
+        }
+        if settings.sso.is_some() && settings.http_mode.is_none() {
+            return Err(SettingsError::Invalid(
+                "sso: browser logins are served on the HTTP door; set http_mode to the proxy in front".into(),
+            ));
+        }
+        if let Some(sso) = &settings.sso {
+            sso.compile(|name| std::env::var(name).ok()).map_err(|errors| SettingsError::Sso {
+                file: file.map_or_else(|| "settings".into(), |file| format!("config file `{}`", file.display())),
+                errors,
+            })?;
         }
         for (name, value) in [
             ("http_header_read_timeout_ms", settings.http_header_read_timeout_ms),

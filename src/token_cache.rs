@@ -397,7 +397,9 @@ mod tests {
             let http = test_util::request_with(&headers);
             match authn::find_credential(&[&rule], &http) {
                 Ok(Some(credential)) => match cache.authenticate(&credential, &context) {
-                    Authentication::Verified { identity, .. } => Ok(identity.subject().to_string()),
+                    Authentication::Verified { identity, .. } | Authentication::Session { identity } => {
+                        Ok(identity.subject().to_string())
+                    }
                     Authentication::Anonymous => Ok("anonymous".into()),
                     Authentication::Failed { error } => Err(error),
                 },

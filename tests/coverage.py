@@ -25,7 +25,7 @@ WORK = ROOT / "target" / "coverage"
 PROFILES = WORK / "profiles"
 FLOOR_FILE = ROOT / "tests" / "coverage-floor.txt"
 LLVM_BIN = Path(os.environ.get("LLVM_BIN", "/usr/lib/llvm-19/bin"))
-PYTHON_SUITES = ["tests/interop", "tests/e2e", "tests/jwt", "tests/proxies"]
+PYTHON_SUITES = ["tests/interop", "tests/e2e", "tests/jwt", "tests/sso", "tests/proxies"]
 # Only the product's own code counts: not dependencies, not the tests, benches or examples.
 IGNORED = r"(/\.cargo/|/rustc/|/tests/|/benches/|/examples/|_tests\.rs$|/target/)"
 

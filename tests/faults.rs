@@ -249,7 +249,7 @@ fn judge(
         _ => authn::authenticate(&[rule], &http, &context),
     };
     match authentication {
-        Authentication::Verified { .. } => Ok(()),
+        Authentication::Verified { .. } | Authentication::Session { .. } => Ok(()),
         Authentication::Anonymous => Err(JwtError::BadFormat),
         Authentication::Failed { error, .. } => Err(error),
     }

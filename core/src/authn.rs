@@ -175,6 +175,11 @@ pub enum Authentication<'r> {
     Failed {
         error: JwtError,
     },
+    /// No token, but a browser login's session: its identity comes from the ID token verified
+    /// at login ([`crate::id_token`]).
+    Session {
+        identity: Arc<Identity>,
+    },
 }
 
 fn failed(error: JwtError) -> Authentication<'static> {

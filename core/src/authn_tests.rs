@@ -44,7 +44,9 @@ fn outcome(rule: &Arc<JwtRule>, headers: &[(String, String)], path: &str) -> Res
         ..HttpRequest::default()
     };
     match authn::authenticate(&[rule], &http, &context()) {
-        Authentication::Verified { identity, .. } => Ok(identity.subject().to_string()),
+        Authentication::Verified { identity, .. } | Authentication::Session { identity } => {
+            Ok(identity.subject().to_string())
+        }
         Authentication::Anonymous => Ok("anonymous".into()),
         Authentication::Failed { error, .. } => Err(error),
     }
@@ -446,7 +448,9 @@ fn a_reload_that_swaps_the_inline_key_behind_a_kid_refuses_tokens_of_the_old_key
     let verify = |rule: &Arc<JwtRule>, token: &str| {
         let headers = [bearer(token)];
         match cache.authenticate(&[rule], &request_with(&headers), &context()) {
-            Authentication::Verified { identity, .. } => Ok(identity.subject().to_string()),
+            Authentication::Verified { identity, .. } | Authentication::Session { identity } => {
+                Ok(identity.subject().to_string())
+            }
             Authentication::Anonymous => Ok("anonymous".into()),
             Authentication::Failed { error, .. } => Err(error),
         }

@@ -71,12 +71,20 @@ impl Reason {
     }
 }
 
-/// What a client whose token was refused is asked for.
+/// What a refused client is asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Challenge {
     /// A bearer token (RFC 6750): `realm` is the URL the request was for (scheme, host,
     /// path), `error` the RFC 6750 error code.
     Bearer { realm: Box<str>, error: &'static str },
+    /// A browser login: `url` starts it and brings the browser back to the request's URL. A
+    /// browser navigation (`navigation`) is sent there; anything else is told where it is.
+    Login {
+        /// The login's start URL.
+        url: Box<str>,
+        /// Whether the request is a browser navigation (sent there) or not (told where it is).
+        navigation: bool,
+    },
 }
 
 impl Challenge {
@@ -142,7 +150,8 @@ pub struct Decision {
     pub query_parameters_to_remove: Vec<Box<str>>,
     /// Why a token was refused, when one was.
     pub jwt_error: Option<JwtError>,
-    /// What the client whose token was refused is asked for.
+    /// What the client is asked for: a token, when its token was refused; a browser login, when
+    /// it came anonymously to a login site and was refused.
     pub challenge: Option<Challenge>,
     /// The verified caller, for logs and reports.
     pub identity: Option<Arc<Identity>>,

@@ -69,7 +69,9 @@ impl Snapshot {
             match authentication {
                 Authentication::Failed { error } => Err(error),
                 Authentication::Anonymous => Ok((None, outputs)),
-                Authentication::Verified { identity, .. } => Ok((Some(identity), outputs)),
+                Authentication::Verified { identity, .. } | Authentication::Session { identity } => {
+                    Ok((Some(identity), outputs))
+                }
             }
         })
     }

@@ -10,6 +10,7 @@ pub mod authn;
 mod authn_tests;
 pub mod decision;
 pub mod explain;
+pub mod id_token;
 pub mod identity;
 mod index;
 pub mod jwt;
@@ -17,6 +18,7 @@ pub mod matcher;
 pub mod path;
 pub mod policy;
 pub mod redact;
+pub mod redirect;
 pub mod request;
 pub mod snapshot;
 #[cfg(any(test, feature = "test-util"))]

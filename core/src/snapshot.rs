@@ -197,6 +197,7 @@ impl Snapshot {
         let Judgement { request, workload, scope, normalized, rules, credential } = judgement;
         let authentication = match (credential, resolved) {
             (Err(error), _) => Authentication::Failed { error },
+            (Ok(None), Some(session @ Authentication::Session { .. })) => session,
             (Ok(None), _) => Authentication::Anonymous,
             (Ok(Some(_)), Some(resolved)) => resolved,
             // A credential nobody resolved: never allowed on doubt.
@@ -214,7 +215,7 @@ impl Snapshot {
                 return decision;
             }
             Authentication::Anonymous => None,
-            Authentication::Verified { identity, .. } => Some(identity.clone()),
+            Authentication::Verified { identity, .. } | Authentication::Session { identity } => Some(identity.clone()),
         };
         // Policies see the headers as the service will: authentication's outputs applied.
         let attributes = self.attributes(request, normalized.as_ref(), identity.as_deref(), &outputs);

@@ -1,6 +1,6 @@
 // A real OpenID Connect provider for portcullis's JWT tests, in Keycloak's URL layout.
 //
-//   node tests/oidc/idp.mjs [--port P] [--realm jobs] [--ttl SECONDS]
+//   node tests/oidc/idp.mjs [--port P] [--realm jobs] [--ttl SECONDS] [--sso-redirect-uri URL]
 //
 // The provider is `oidc-provider` (panva, OpenID Certified); this file only configures it. It
 // serves one realm on 127.0.0.1:P with the URLs a Keycloak realm has:
@@ -30,6 +30,12 @@
 //            admin/admin  the same and admin
 //   clients: jobs-web   (public) aud ["jobs-api", "account"]
 //            other-app  (public) aud "account" only: for "audience not allowed" tests
+// Browser logins (only with --sso-redirect-uri): a confidential client for the authorization-code
+// flow with PKCE, and oidc-provider's own login form (devInteractions: /interaction/UID, fields
+// `login` and `password`, checked against the users above; consent is granted without asking):
+//   client:  portcullis-sso, secret `sso-secret` (client_secret_basic), redirect_uri URL
+//   ID token claims: sub, email, email_verified, preferred_username, name, groups (the realm
+//            roles beyond the defaults: alice [user], admin [user, admin]), nonce
 // Extra (non-Keycloak) token request parameter: `signing_alg=ES256` signs with the realm's
 // P-256 key instead of the current RS256 key. The ES256 key is always published in the JWKS.
 //
@@ -55,6 +61,7 @@ const { values: args } = parseArgs({
     port: { type: 'string', default: '0' },
     realm: { type: 'string', default: 'jobs' },
     ttl: { type: 'string', default: '300' },
+    'sso-redirect-uri': { type: 'string' },
   },
 });
 
@@ -63,6 +70,8 @@ const REALM = args.realm;
 const PREFIX = `/realms/${REALM}`;
 const ACCESS_TOKEN_TTL = Number(args.ttl);
 const DEFAULT_SCOPE = 'openid profile email';
+const SSO_CLIENT = 'portcullis-sso';
+const SSO_REDIRECT_URI = args['sso-redirect-uri'];
 
 const DEFAULT_ROLES = [`default-roles-${REALM}`, 'offline_access', 'uma_authorization'];
 const ACCOUNT_ROLES = { roles: ['manage-account', 'manage-account-links', 'view-profile'] };
@@ -198,9 +207,59 @@ function customizeJwt(ctx, token, jwt) {
   payload.aud = CLIENT_AUDIENCES[token.clientId];
 }
 
+// The browser-login client and its settings, when --sso-redirect-uri is given.
+const SSO_CLIENTS = SSO_REDIRECT_URI ? [{
+  client_id: SSO_CLIENT,
+  client_secret: 'sso-secret',
+  token_endpoint_auth_method: 'client_secret_basic',
+  grant_types: ['authorization_code'],
+  response_types: ['code'],
+  redirect_uris: [SSO_REDIRECT_URI],
+}] : [];
+
+function userNamed(id) {
+  return Object.entries(USERS).find(([name, u]) => u.sub === id || name === id);
+}
+
+// First-party client: consent is granted without a question (oidc-provider's documented recipe).
+async function loadExistingGrant(ctx) {
+  const grantId = ctx.oidc.result?.consent?.grantId || ctx.oidc.session.grantIdFor(ctx.oidc.client.clientId);
+  if (grantId) return ctx.oidc.provider.Grant.find(grantId);
+  if (ctx.oidc.client.clientId !== SSO_CLIENT) return undefined;
+  const grant = new ctx.oidc.provider.Grant({ clientId: SSO_CLIENT, accountId: ctx.oidc.session.accountId });
+  grant.addOIDCScope(DEFAULT_SCOPE);
+  await grant.save();
+  return grant;
+}
+
+function passwordMatches(user, password) {
+  return Boolean(user && password) && crypto.timingSafeEqual(
+    crypto.createHash('sha256').update(password).digest(),
+    crypto.createHash('sha256').update(user.password).digest(),
+  );
+}
+
+// The login form's submission, checked here (devInteractions only renders it): a known user with
+// the right password logs in as that user's id; anything else gets 401 and the form again.
+async function checkLoginForm(provider, ctx, next) {
+  if (ctx.method !== 'POST' || !/^\/interaction\/[^/]+$/.test(ctx.path)) return next();
+  const chunks = [];
+  for await (const chunk of ctx.req) chunks.push(chunk);
+  const form = new URLSearchParams(Buffer.concat(chunks).toString());
+  const user = Object.hasOwn(USERS, form.get('login') ?? '') ? USERS[form.get('login')] : undefined;
+  if (form.get('prompt') !== 'login' || !passwordMatches(user, form.get('password'))) {
+    ctx.status = 401;
+    ctx.body = 'Invalid username or password';
+    return undefined;
+  }
+  ctx.respond = false;
+  return provider.interactionFinished(ctx.req, ctx.res, { login: { accountId: user.sub } }, { mergeWithLastSubmission: false });
+}
+
 function buildProvider(issuer) {
   const provider = new Provider(issuer, {
     clients: [
+      ...SSO_CLIENTS,
       {
         client_id: 'jobs-web', token_endpoint_auth_method: 'none', grant_types: ['password'], response_types: [], redirect_uris: [],
       },
@@ -219,15 +278,35 @@ function buildProvider(issuer) {
       userinfo: '/protocol/openid-connect/userinfo',
     },
     ttl: { AccessToken: ACCESS_TOKEN_TTL },
-    features: { devInteractions: { enabled: false } },
+    features: { devInteractions: { enabled: Boolean(SSO_REDIRECT_URI) } },
+    conformIdTokenClaims: false,
+    claims: {
+      openid: ['sub'],
+      email: ['email', 'email_verified'],
+      profile: ['preferred_username', 'name', 'groups'],
+    },
+    loadExistingGrant,
     formats: { customizers: { jwt: customizeJwt } },
     cookies: { keys: [crypto.randomBytes(32).toString('base64url')] },
     async findAccount(ctx, id) {
-      const entry = Object.entries(USERS).find(([, u]) => u.sub === id);
+      // A user's id (tokens) or name (the login form's `login`).
+      const entry = userNamed(id);
       if (!entry) return undefined;
-      return { accountId: id, claims: async () => ({ sub: id, preferred_username: entry[0], email: entry[1].email }) };
+      const [name, user] = entry;
+      return {
+        accountId: id,
+        claims: async () => ({
+          sub: user.sub,
+          preferred_username: name,
+          email: user.email,
+          email_verified: true,
+          name: `${user.given_name} ${user.family_name}`,
+          groups: user.realmRoles.filter((role) => !DEFAULT_ROLES.includes(role)),
+        }),
+      };
     },
   });
+  if (SSO_REDIRECT_URI) provider.use((ctx, next) => checkLoginForm(provider, ctx, next));
   provider.registerGrantType('password', passwordGrant, ['username', 'password', 'scope', 'signing_alg']);
   provider.on('server_error', (ctx, err) => console.error('oidc-provider server_error:', err));
   provider.on('grant.error', (ctx, err) => console.error('oidc-provider grant.error:', err.message, err.error_description ?? ''));

@@ -1,0 +1,413 @@
+//! The `sso` block of the server settings (browser single sign-on) and its checked form; reads the client secret from a file or an environment variable, never from the settings themselves, and never shows it.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::core::redirect::{AllowedDomain, RedirectPolicy};
+
+/// The `sso` block as written in the settings file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SsoSettings {
+    /// The OIDC provider's issuer URL; its discovery document is at
+    /// `{issuer}/.well-known/openid-configuration`.
+    pub issuer: String,
+    /// The client portcullis is registered as at the provider.
+    pub client_id: String,
+    /// A file holding the client secret (trailing whitespace ignored).
+    pub client_secret_file: Option<PathBuf>,
+    /// An environment variable holding the client secret.
+    pub client_secret_env: Option<String>,
+    /// The scopes asked for; `openid` is always among them.
+    pub scopes: Vec<String>,
+    /// The callback URL registered at the provider: `https://auth.example.com/oauth2/callback`.
+    pub redirect_url: String,
+    /// Where the login endpoints are served on the HTTP door.
+    pub endpoint_prefix: String,
+    /// The session cookie's name; `__Secure-` is put before it when `cookie_secure` is on.
+    pub cookie_name: String,
+    /// The parent domain the session cookie is sent to (`example.com`: every subdomain);
+    /// unset, only the host that set it.
+    pub cookie_domain: Option<String>,
+    /// Mark cookies `Secure` (sent over TLS only).
+    pub cookie_secure: bool,
+    /// Where a login may send the browser back to, beside paths on the site itself and the
+    /// `sites` (on any port):
+    /// `app.example.com`, `.example.com` (with subdomains), optionally `:8443` or `:*`.
+    pub allowed_redirect_domains: Vec<String>,
+    /// Allow `http://` redirect targets (tests, plain-text development setups).
+    pub allow_http_redirects: bool,
+    /// A session not used this long ends.
+    pub session_idle_timeout_secs: u64,
+    /// A session ends this long after its login, used or not.
+    pub session_max_lifetime_secs: u64,
+    /// Sessions kept in memory; when full, the least recently used one ends.
+    pub max_sessions: usize,
+    /// How long a login may take from its start to its callback.
+    pub login_timeout_secs: u64,
+    /// The hosts whose anonymous visitors are offered a browser login instead of a 403:
+    /// `grafana.example.com`, or `.example.com` for the domain and every subdomain.
+    pub sites: Vec<String>,
+}
+
+impl Default for SsoSettings {
+    fn default() -> Self {
+        Self {
+            issuer: String::new(),
+            client_id: String::new(),
+            client_secret_file: None,
+            client_secret_env: None,
+            scopes: vec!["openid".into(), "email".into(), "profile".into()],
+            redirect_url: String::new(),
+            endpoint_prefix: "/oauth2/".into(),
+            cookie_name: "_portcullis_session".into(),
+            cookie_domain: None,
+            cookie_secure: true,
+            allowed_redirect_domains: Vec::new(),
+            allow_http_redirects: false,
+            session_idle_timeout_secs: 8 * 60 * 60,
+            session_max_lifetime_secs: 24 * 60 * 60,
+            max_sessions: 100_000,
+            login_timeout_secs: 10 * 60,
+            sites: Vec::new(),
+        }
+    }
+}
+
+/// A problem with the `sso` block: the key (under `sso.`) and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("sso.{key}: {message}")]
+pub struct SsoSettingsError {
+    /// The key under `sso.`.
+    pub key: &'static str,
+    /// What is wrong with its value; never the secret itself.
+    pub message: String,
+}
+
+/// The client secret: shown as `[redacted]` in every `Debug` and `Display`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClientSecret(Box<str>);
+
+impl ClientSecret {
+    /// The secret, for the token request only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for ClientSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// One host of `sites`: exact, or a parent domain with its subdomains.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Site {
+    host: Box<str>,
+    with_subdomains: bool,
+}
+
+impl Site {
+    /// Whether `host` (a `Host` header, with or without its port) is this site.
+    pub fn admits(&self, host: &str) -> bool {
+        let name = host.rsplit_once(':').filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()));
+        let name = name.map_or(host, |(name, _)| name).to_ascii_lowercase();
+        name == *self.host
+            || (self.with_subdomains
+                && name.strip_suffix(&*self.host).is_some_and(|label| label.len() > 1 && label.ends_with('.')))
+    }
+}
+
+/// The `sso` block, checked: what the login endpoints and the check need.
+#[derive(Debug, Clone)]
+pub struct SsoConfig {
+    /// The provider's issuer URL, without a trailing slash.
+    pub issuer: Box<str>,
+    /// The client id at the provider.
+    pub client_id: Box<str>,
+    /// The client secret, from its file or variable.
+    pub client_secret: ClientSecret,
+    /// The scopes asked for, `openid` first.
+    pub scopes: Box<[Box<str>]>,
+    /// The callback URL registered at the provider.
+    pub redirect_url: Box<str>,
+    /// Where the login endpoints are served: starts and ends with `/`.
+    pub endpoint_prefix: Box<str>,
+    /// The session cookie's name, `__Secure-` included when secure.
+    pub cookie_name: Box<str>,
+    /// The login-transaction cookies' name prefix, `__Secure-` included when secure.
+    pub state_cookie_prefix: Box<str>,
+    /// The cookies' `Domain`, when set.
+    pub cookie_domain: Option<Box<str>>,
+    /// Whether cookies are `Secure`.
+    pub cookie_secure: bool,
+    /// Where a login may end.
+    pub redirects: RedirectPolicy,
+    /// A session not used this long ends.
+    pub idle_timeout: Duration,
+    /// A session ends this long after its login.
+    pub max_lifetime: Duration,
+    /// Sessions kept in memory.
+    pub max_sessions: usize,
+    /// How long a login may take.
+    pub login_timeout: Duration,
+    /// The hosts that offer a browser login.
+    pub sites: Box<[Site]>,
+}
+
+impl SsoSettings {
+    /// Checks every key and reads the client secret (`variable` looks up the environment);
+    /// every problem is reported, not only the first.
+    pub fn compile(&self, variable: impl Fn(&str) -> Option<String>) -> Result<SsoConfig, Vec<SsoSettingsError>> {
+        let mut errors = Vec::new();
+        let mut problem = |key: &'static str, message: String| errors.push(SsoSettingsError { key, message });
+        let issuer = self.issuer.trim_end_matches('/');
+        if !is_web_url(issuer) {
+            problem("issuer", format!("`{}` is not an http(s) URL", self.issuer));
+        }
+        if self.client_id.is_empty() {
+            problem("client_id", "is required".into());
+        }
+        let secret = match (&self.client_secret_file, &self.client_secret_env) {
+            (Some(file), None) => match std::fs::read_to_string(file) {
+                Ok(text) if !text.trim().is_empty() => Some(text.trim_end().to_string()),
+                Ok(_) => {
+                    problem("client_secret_file", format!("`{}` is empty", file.display()));
+                    None
+                }
+                Err(error) => {
+                    problem("client_secret_file", format!("cannot read `{}`: {error}", file.display()));
+                    None
+                }
+            },
+            (None, Some(name)) => match variable(name).filter(|value| !value.is_empty()) {
+                Some(value) => Some(value),
+                None => {
+                    problem("client_secret_env", format!("environment variable `{name}` is unset or empty"));
+                    None
+                }
+            },
+            _ => {
+                problem("client_secret_file", "set exactly one of `client_secret_file` and `client_secret_env`".into());
+                None
+            }
+        };
+        if !is_web_url(&self.redirect_url) {
+            problem("redirect_url", format!("`{}` is not an http(s) URL", self.redirect_url));
+        }
+        let prefix = &self.endpoint_prefix;
+        if !(prefix.starts_with('/') && prefix.ends_with('/') && prefix.bytes().all(|b| b.is_ascii_graphic())) {
+            problem("endpoint_prefix", format!("`{prefix}` must start and end with `/`"));
+        }
+        if self.cookie_name.is_empty() || !self.cookie_name.bytes().all(is_cookie_name_byte) {
+            problem("cookie_name", format!("`{}` is not a cookie name", self.cookie_name));
+        }
+        let cookie_domain = self.cookie_domain.as_deref().map(|domain| domain.trim_start_matches('.'));
+        if let Some(domain) = cookie_domain
+            && AllowedDomain::parse(domain).is_err()
+        {
+            problem("cookie_domain", format!("`{domain}` is not a domain name"));
+        }
+        let mut domains: Vec<AllowedDomain> = self
+            .allowed_redirect_domains
+            .iter()
+            .filter_map(|entry| {
+                AllowedDomain::parse(entry).map_err(|error| problem("allowed_redirect_domains", error.to_string())).ok()
+            })
+            .collect();
+        // The sites are where a login comes back to: allowed on any port (a bad one is reported
+        // under `sites` below).
+        domains.extend(self.sites.iter().filter_map(|site| AllowedDomain::parse(&format!("{site}:*")).ok()));
+        for (key, value) in [
+            ("session_idle_timeout_secs", self.session_idle_timeout_secs),
+            ("session_max_lifetime_secs", self.session_max_lifetime_secs),
+            ("login_timeout_secs", self.login_timeout_secs),
+        ] {
+            if value == 0 {
+                problem(key, "must be at least 1".into());
+            }
+        }
+        if self.max_sessions == 0 {
+            problem("max_sessions", "must be at least 1".into());
+        }
+        let sites: Vec<Site> = self
+            .sites
+            .iter()
+            .filter_map(|entry| {
+                let (host, with_subdomains) = entry.strip_prefix('.').map_or((entry.as_str(), false), |h| (h, true));
+                match AllowedDomain::parse(host) {
+                    Ok(_) if !host.contains(':') => {
+                        Some(Site { host: host.to_ascii_lowercase().into(), with_subdomains })
+                    }
+                    _ => {
+                        problem("sites", format!("`{entry}` is not a host name or `.parent` domain"));
+                        None
+                    }
+                }
+            })
+            .collect();
+        if self.sites.is_empty() {
+            problem("sites", "name at least one host that offers a browser login".into());
+        }
+        let Some(secret) = secret.filter(|_| errors.is_empty()) else { return Err(errors) };
+        let secure_prefix = if self.cookie_secure { "__Secure-" } else { "" };
+        let mut scopes: Vec<Box<str>> = vec!["openid".into()];
+        scopes.extend(self.scopes.iter().filter(|scope| *scope != "openid").map(|scope| scope.as_str().into()));
+        Ok(SsoConfig {
+            issuer: issuer.into(),
+            client_id: self.client_id.as_str().into(),
+            client_secret: ClientSecret(secret.into()),
+            scopes: scopes.into(),
+            redirect_url: self.redirect_url.as_str().into(),
+            endpoint_prefix: prefix.as_str().into(),
+            cookie_name: format!("{secure_prefix}{}", self.cookie_name).into(),
+            state_cookie_prefix: format!("{secure_prefix}{}_login_", self.cookie_name).into(),
+            cookie_domain: cookie_domain.map(Into::into),
+            cookie_secure: self.cookie_secure,
+            redirects: RedirectPolicy::new(domains, self.allow_http_redirects),
+            idle_timeout: Duration::from_secs(self.session_idle_timeout_secs),
+            max_lifetime: Duration::from_secs(self.session_max_lifetime_secs),
+            max_sessions: self.max_sessions,
+            login_timeout: Duration::from_secs(self.login_timeout_secs),
+            sites: sites.into(),
+        })
+    }
+}
+
+impl SsoConfig {
+    /// Whether `host` offers a browser login to its anonymous visitors.
+    pub fn is_site(&self, host: &str) -> bool {
+        self.sites.iter().any(|site| site.admits(host))
+    }
+}
+
+fn is_web_url(url: &str) -> bool {
+    let rest = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://"));
+    rest.is_some_and(|rest| !rest.is_empty() && !rest.starts_with('/') && url.bytes().all(|b| b.is_ascii_graphic()))
+}
+
+/// RFC 6265's cookie-name token characters.
+fn is_cookie_name_byte(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&byte)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(secret_file: &std::path::Path) -> SsoSettings {
+        SsoSettings {
+            issuer: "https://idp.example.com/realms/jobs/".into(),
+            client_id: "portcullis".into(),
+            client_secret_file: Some(secret_file.into()),
+            redirect_url: "https://auth.example.com/oauth2/callback".into(),
+            cookie_domain: Some(".example.com".into()),
+            allowed_redirect_domains: vec![".example.com".into()],
+            sites: vec![".example.com".into()],
+            ..SsoSettings::default()
+        }
+    }
+
+    #[test]
+    fn a_complete_block_compiles_with_the_secure_cookie_names_and_openid_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "s3cret\n").unwrap();
+        let config = settings(&secret).compile(|_| None).unwrap();
+        assert_eq!(config.client_secret.expose(), "s3cret");
+        assert_eq!(&*config.issuer, "https://idp.example.com/realms/jobs");
+        assert_eq!(&*config.cookie_name, "__Secure-_portcullis_session");
+        assert_eq!(config.cookie_domain.as_deref(), Some("example.com"));
+        assert_eq!(config.scopes.first().map(|scope| &**scope), Some("openid"));
+        assert!(config.is_site("grafana.example.com:443") && config.is_site("example.com"));
+        assert!(!config.is_site("evilexample.com") && !config.is_site("example.com.evil.org"));
+    }
+
+    #[test]
+    fn the_sites_are_redirect_targets_on_any_port_without_being_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "s").unwrap();
+        let block = SsoSettings { allowed_redirect_domains: Vec::new(), ..settings(&secret) };
+        let config = block.compile(|_| None).unwrap();
+        assert!(config.redirects.check("https://grafana.example.com:8443/d").is_ok());
+        assert!(config.redirects.check("https://evilexample.com/").is_err());
+    }
+
+    #[test]
+    fn the_client_secret_never_shows_in_debug_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "hunter2-very-secret").unwrap();
+        let config = settings(&secret).compile(|_| None).unwrap();
+        assert!(!format!("{config:?}").contains("hunter2"), "{config:?}");
+    }
+
+    #[test]
+    fn the_client_secret_comes_from_the_named_variable() {
+        let dir = tempfile::tempdir().unwrap();
+        let block = SsoSettings {
+            client_secret_file: None,
+            client_secret_env: Some("SSO_SECRET".into()),
+            ..settings(&dir.path().join("unused"))
+        };
+        let config = block.compile(|name| (name == "SSO_SECRET").then(|| "from-env".into())).unwrap();
+        assert_eq!(config.client_secret.expose(), "from-env");
+        let errors = block.compile(|_| None).unwrap_err();
+        assert_eq!(errors.iter().map(|error| error.key).collect::<Vec<_>>(), ["client_secret_env"]);
+    }
+
+    #[test]
+    fn every_problem_is_reported_by_its_key() {
+        let block = SsoSettings {
+            endpoint_prefix: "oauth2".into(),
+            allowed_redirect_domains: vec!["evil com".into()],
+            max_sessions: 0,
+            cookie_name: "a;b".into(),
+            ..SsoSettings::default()
+        };
+        let errors = block.compile(|_| None).unwrap_err();
+        let keys: Vec<&str> = errors.iter().map(|error| error.key).collect();
+        assert_eq!(
+            keys,
+            [
+                "issuer",
+                "client_id",
+                "client_secret_file",
+                "redirect_url",
+                "endpoint_prefix",
+                "cookie_name",
+                "allowed_redirect_domains",
+                "max_sessions",
+                "sites"
+            ]
+        );
+        assert!(errors.iter().all(|error| error.to_string().starts_with("sso.")), "{errors:?}");
+    }
+
+    #[test]
+    fn a_bad_sso_block_fails_the_settings_naming_the_file_and_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("portcullis.yaml");
+        std::fs::write(&file, "http_mode: traefik\nsso:\n  issuer: https://idp.example.com\n  client_id: portcullis\n")
+            .unwrap();
+        let error = crate::settings::Settings::load(Some(&file), crate::settings::Overrides::default()).unwrap_err();
+        let message = error.to_string();
+        let expected = format!("config file `{}`: sso.client_secret_file: set exactly one of", file.display());
+        assert!(message.contains(&expected), "{message}");
+        assert!(message.contains("sso.redirect_url") && message.contains("sso.sites"), "{message}");
+    }
+
+    #[test]
+    fn browser_logins_need_the_http_door() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("portcullis.yaml");
+        std::fs::write(&file, "sso:\n  issuer: https://idp.example.com\n").unwrap();
+        let error = crate::settings::Settings::load(Some(&file), crate::settings::Overrides::default()).unwrap_err();
+        assert!(error.to_string().contains("set http_mode"), "{error}");
+    }
+}

@@ -1,0 +1,490 @@
+//! The browser login's endpoints (start, callback, sign-out, user info) and what a check of a login site needs (the session behind a cookie, the login challenge, the identity headers); answers in typed form, never in a wire format, and never logs a cookie, code or token.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use aws_lc_rs::constant_time::verify_slices_are_equal;
+use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+use super::config::SsoConfig;
+use super::oidc::{LoginSecrets, OidcClient, authorization_url};
+use super::store::{SessionId, SessionStore, StoreLimits};
+use crate::core::authn::{KeyLookup, RemoteIssuer};
+use crate::core::decision::Challenge;
+use crate::core::id_token::{self, IdTokenExpectations, SessionClaims};
+use crate::core::identity::ClaimPaths;
+use crate::core::redirect::RedirectTarget;
+use crate::core::{Decision, HttpRequest, Identity, Reason};
+use crate::jwks::KeyStore;
+use crate::outbound::Outbound;
+
+/// Logins under way at once; more end the oldest.
+const MAX_LOGINS_UNDER_WAY: usize = 10_000;
+
+/// The headers that carry a session's identity to the app: set on allow, stripped otherwise.
+pub const IDENTITY_HEADERS: [&str; 5] = [
+    "x-auth-request-user",
+    "x-auth-request-email",
+    "x-auth-request-groups",
+    "x-auth-request-preferred-username",
+    "x-auth-user",
+];
+
+/// One login under way, named by its `state`.
+#[derive(Debug)]
+struct LoginTransaction {
+    /// The value of this login's own cookie: the callback must come from the browser that started it.
+    binding: String,
+    nonce: String,
+    code_verifier: String,
+    return_to: RedirectTarget,
+}
+
+/// A request to one of the login endpoints, as the HTTP door read it.
+#[derive(Debug, Clone, Copy)]
+pub struct EndpointRequest<'r> {
+    /// What follows the endpoint prefix: `start`, `callback`, `sign_out`, `userinfo`.
+    pub endpoint: &'r str,
+    /// The query, undecoded.
+    pub query: &'r str,
+    /// Every `Cookie` header's value.
+    pub cookies: &'r [&'r str],
+}
+
+/// What a login endpoint answers, for the HTTP door to write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LoginAnswer {
+    /// 302 to `location`, setting `cookies`.
+    Redirect {
+        /// Where the browser goes.
+        location: String,
+        /// `Set-Cookie` values.
+        cookies: Vec<String>,
+    },
+    /// `status` with a short text; `cookies` set even so.
+    Refused {
+        /// The HTTP status.
+        status: u16,
+        /// The text of the answer.
+        message: &'static str,
+        /// `Set-Cookie` values.
+        cookies: Vec<String>,
+    },
+    /// 200 with the signed-in person's identity.
+    UserInfo {
+        /// The identity as a JSON object.
+        json: String,
+    },
+}
+
+fn refused(status: u16, message: &'static str) -> LoginAnswer {
+    LoginAnswer::Refused { status, message, cookies: Vec::new() }
+}
+
+/// Browser single sign-on: the login endpoints, the sessions they open, and the login offered to
+/// anonymous visitors of the configured sites.
+#[derive(Debug)]
+pub struct Sso {
+    config: Arc<SsoConfig>,
+    client: OidcClient,
+    keys: Arc<KeyStore>,
+    sessions: SessionStore<SessionClaims>,
+    logins: SessionStore<LoginTransaction>,
+    random: SystemRandom,
+    clock_skew_secs: u64,
+    max_token_bytes: usize,
+}
+
+impl Sso {
+    /// Browser logins at the provider of `config`, its ID tokens verified with its keys from
+    /// `keys` (fetched as every issuer's are), the provider reached through `outbound`.
+    pub fn new(
+        config: SsoConfig,
+        keys: Arc<KeyStore>,
+        outbound: Outbound,
+        clock_skew_secs: u64,
+        max_token_bytes: usize,
+    ) -> Self {
+        let timeout = outbound.limits().timeout;
+        let sessions = SessionStore::new(StoreLimits {
+            idle_timeout: config.idle_timeout,
+            max_lifetime: config.max_lifetime,
+            max_sessions: config.max_sessions,
+        });
+        let logins = SessionStore::new(StoreLimits {
+            idle_timeout: config.login_timeout,
+            max_lifetime: config.login_timeout,
+            max_sessions: MAX_LOGINS_UNDER_WAY,
+        });
+        Self {
+            config: Arc::new(config),
+            client: OidcClient::new(outbound, timeout),
+            keys,
+            sessions,
+            logins,
+            random: SystemRandom::new(),
+            clock_skew_secs,
+            max_token_bytes,
+        }
+    }
+
+    /// `issuers` with the provider's added when no policy names it, so that its keys are fetched
+    /// and kept across reloads.
+    pub fn with_provider_keys(&self, mut issuers: Vec<RemoteIssuer>) -> Vec<RemoteIssuer> {
+        if !issuers.iter().any(|remote| *remote.issuer == *self.config.issuer) {
+            issuers.push(RemoteIssuer { issuer: (&*self.config.issuer).into(), jwks_uri: None, timeout: None });
+        }
+        issuers
+    }
+
+    /// The endpoint a request path names (`start`, ...), when it is under the endpoint prefix.
+    pub fn endpoint<'p>(&self, path: &'p str) -> Option<&'p str> {
+        path.strip_prefix(&*self.config.endpoint_prefix)
+    }
+
+    /// Answers a request to a login endpoint.
+    pub async fn serve(&self, request: EndpointRequest<'_>) -> LoginAnswer {
+        match request.endpoint {
+            "start" => self.start(request).await,
+            "callback" => self.callback(request).await,
+            "sign_out" => self.sign_out(request),
+            "userinfo" => self.user_info(request),
+            _ => refused(404, "Not Found"),
+        }
+    }
+
+    async fn start(&self, request: EndpointRequest<'_>) -> LoginAnswer {
+        let target = query_value(request.query, "rd").unwrap_or_else(|| "/".into());
+        let Ok(return_to) = self.config.redirects.check(&target) else {
+            tracing::info!("Refused a login whose redirect target is not allowed");
+            return refused(400, "redirect target not allowed");
+        };
+        let provider = match self.client.provider(&self.config).await {
+            Ok(provider) => provider,
+            Err(error) => {
+                tracing::warn!(%error, "Cannot start a login: the identity provider is unavailable");
+                return refused(502, "the identity provider is unavailable");
+            }
+        };
+        let (Some(binding), Some(nonce), Some(code_verifier)) = (self.secret(), self.secret(), self.secret()) else {
+            return refused(500, "cannot start a login");
+        };
+        let transaction = LoginTransaction {
+            binding: binding.clone(),
+            nonce: nonce.clone(),
+            code_verifier: code_verifier.clone(),
+            return_to,
+        };
+        let Ok(state) = self.logins.open(transaction, Instant::now()) else {
+            return refused(500, "cannot start a login");
+        };
+        let state = state.to_cookie_value();
+        let secrets = LoginSecrets { state: &state, nonce: &nonce, code_verifier: &code_verifier };
+        let location = authorization_url(&self.config, &provider, secrets);
+        let cookie = self.cookie(
+            &self.login_cookie_name(&state),
+            &binding,
+            &self.config.endpoint_prefix,
+            false,
+            self.config.login_timeout,
+        );
+        LoginAnswer::Redirect { location, cookies: vec![cookie] }
+    }
+
+    async fn callback(&self, request: EndpointRequest<'_>) -> LoginAnswer {
+        let (Some(state), Some(code)) = (query_value(request.query, "state"), query_value(request.query, "code"))
+        else {
+            return refused(400, "the login was refused or is incomplete");
+        };
+        // Only a well-formed state names a cookie: nothing of the query reaches a header unchecked.
+        let Some(id) = SessionId::from_cookie_value(&state) else { return refused(400, "unknown login") };
+        let cookie_name = self.login_cookie_name(&id.to_cookie_value());
+        let clear_login_cookie = self.cookie(&cookie_name, "", &self.config.endpoint_prefix, false, Duration::ZERO);
+        let refused_clearing =
+            |message| LoginAnswer::Refused { status: 400, message, cookies: vec![clear_login_cookie.clone()] };
+        let now = Instant::now();
+        let Some(transaction) = self.logins.get(&id, now) else { return refused_clearing("unknown or expired login") };
+        let binding = cookie_values(request.cookies, &cookie_name).next().unwrap_or_default();
+        if verify_slices_are_equal(binding.as_bytes(), transaction.binding.as_bytes()).is_err() {
+            tracing::info!("Refused a login callback from a browser that did not start that login");
+            return refused_clearing("this login was started elsewhere");
+        }
+        // One callback per login: a repeated one (a browser retry, a replayed code) finds nothing.
+        if self.logins.take(&id, now).is_none() {
+            return refused_clearing("unknown or expired login");
+        }
+        let claims = match self.exchange(&code, &transaction).await {
+            Ok(claims) => claims,
+            Err(answer) => return answer,
+        };
+        // A new id at every login; a session this browser had before ends.
+        for old in cookie_values(request.cookies, &self.config.cookie_name).filter_map(SessionId::from_cookie_value) {
+            self.sessions.end(&old);
+        }
+        let Ok(session) = self.sessions.open(claims, Instant::now()) else {
+            return refused(500, "cannot open a session");
+        };
+        let session_cookie =
+            self.cookie(&self.config.cookie_name, &session.to_cookie_value(), "/", true, self.config.max_lifetime);
+        tracing::info!("Opened a browser session");
+        LoginAnswer::Redirect {
+            location: transaction.return_to.as_str().into(),
+            cookies: vec![clear_login_cookie, session_cookie],
+        }
+    }
+
+    /// The code exchanged and its ID token verified with the provider's keys.
+    async fn exchange(&self, code: &str, transaction: &LoginTransaction) -> Result<SessionClaims, LoginAnswer> {
+        let unavailable = |error: &dyn std::fmt::Display| {
+            tracing::warn!(%error, "A login failed at the identity provider");
+            refused(502, "the identity provider refused the login")
+        };
+        let provider = self.client.provider(&self.config).await.map_err(|error| unavailable(&error))?;
+        let id_token = self
+            .client
+            .exchange(&self.config, &provider, code, &transaction.code_verifier)
+            .await
+            .map_err(|error| unavailable(&error))?;
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_secs());
+        let expected = IdTokenExpectations {
+            issuer: &provider.issuer,
+            client_id: &self.config.client_id,
+            nonce: &transaction.nonce,
+            now,
+            clock_skew_secs: self.clock_skew_secs,
+            max_token_bytes: self.max_token_bytes,
+        };
+        let mut keys = self.keys.key_set(&self.config.issuer);
+        let mut verified = keys.as_deref().map(|keys| id_token::verify(&id_token, keys, &expected));
+        if !matches!(verified, Some(Ok(_))) && self.keys.refetch(&self.config.issuer).await {
+            keys = self.keys.key_set(&self.config.issuer);
+            verified = keys.as_deref().map(|keys| id_token::verify(&id_token, keys, &expected));
+        }
+        match verified {
+            Some(Ok(claims)) => Ok(claims),
+            Some(Err(error)) => {
+                tracing::warn!(%error, "Refused a login's ID token");
+                Err(refused(401, "the login's ID token was refused"))
+            }
+            None => Err(refused(502, "the identity provider's keys are unavailable")),
+        }
+    }
+
+    fn sign_out(&self, request: EndpointRequest<'_>) -> LoginAnswer {
+        for id in cookie_values(request.cookies, &self.config.cookie_name).filter_map(SessionId::from_cookie_value) {
+            if self.sessions.end(&id) {
+                tracing::info!("Ended a browser session at sign-out");
+            }
+        }
+        let cookies = vec![self.cookie(&self.config.cookie_name, "", "/", true, Duration::ZERO)];
+        let target = query_value(request.query, "rd").and_then(|target| self.config.redirects.check(&target).ok());
+        match target {
+            Some(target) => LoginAnswer::Redirect { location: target.as_str().into(), cookies },
+            None => LoginAnswer::Refused { status: 200, message: "signed out", cookies },
+        }
+    }
+
+    fn user_info(&self, request: EndpointRequest<'_>) -> LoginAnswer {
+        let Some(session) = self.session_of(request.cookies) else { return refused(401, "not signed in") };
+        let mut json = serde_json::Map::new();
+        json.insert("issuer".into(), session.issuer().into());
+        json.insert("subject".into(), session.subject().into());
+        for name in ["email", "preferred_username", "groups"] {
+            if let Some(value) = session.claims().get(name) {
+                json.insert(name.into(), value.clone());
+            }
+        }
+        LoginAnswer::UserInfo { json: serde_json::Value::Object(json).to_string() }
+    }
+
+    /// The session a request's cookie names, when it is open.
+    fn session_of(&self, cookies: &[&str]) -> Option<Arc<SessionClaims>> {
+        let now = Instant::now();
+        cookie_values(cookies, &self.config.cookie_name)
+            .filter_map(SessionId::from_cookie_value)
+            .find_map(|id| self.sessions.get(&id, now))
+    }
+
+    /// The identity of the session a checked request carries, as policies reading `kept` see it.
+    pub fn session_identity(
+        &self,
+        http: &HttpRequest<'_>,
+        kept: &Arc<ClaimPaths>,
+    ) -> Option<(Arc<Identity>, Arc<SessionClaims>)> {
+        let cookies: Vec<&str> = http.header_values("cookie").collect();
+        let session = self.session_of(&cookies)?;
+        Some((Arc::new(session.identity(kept)), session))
+    }
+
+    /// What the check of a request adds when single sign-on is on: on allow with a session, the
+    /// identity headers and the session cookie taken out of `Cookie`; on allow, client copies of
+    /// the identity headers stripped; on a deny of an anonymous visitor of a login site, the
+    /// login challenge.
+    pub fn complete(&self, decision: &mut Decision, http: &HttpRequest<'_>, session: Option<&SessionClaims>) {
+        if decision.is_allow() {
+            if let Some(session) = session {
+                self.add_identity_headers(decision, session);
+            }
+            self.strip_session_cookie(decision, http);
+            for name in IDENTITY_HEADERS {
+                if !decision.headers_to_set.iter().any(|(set, _)| set.eq_ignore_ascii_case(name)) {
+                    decision.headers_to_remove.push(name.into());
+                }
+            }
+            return;
+        }
+        let anonymous_refusal = decision.identity.is_none()
+            && decision.jwt_error.is_none()
+            && matches!(decision.reason, Reason::NoAllowMatch | Reason::DeniedByPolicy);
+        if anonymous_refusal && self.config.is_site(http.host) {
+            decision.challenge = self.login_challenge(http);
+        }
+    }
+
+    fn add_identity_headers(&self, decision: &mut Decision, session: &SessionClaims) {
+        let groups = match session.claims().get("groups") {
+            Some(serde_json::Value::Array(items)) => {
+                Some(items.iter().filter_map(serde_json::Value::as_str).collect::<Vec<_>>().join(","))
+            }
+            Some(serde_json::Value::String(group)) => Some(group.clone()),
+            _ => None,
+        };
+        let email = session.claim_text("email");
+        let values = [
+            ("x-auth-request-user", Some(session.subject().to_string())),
+            ("x-auth-request-email", email.map(str::to_string)),
+            ("x-auth-request-groups", groups),
+            ("x-auth-request-preferred-username", session.claim_text("preferred_username").map(str::to_string)),
+            ("x-auth-user", Some(email.unwrap_or(session.subject()).to_string())),
+        ];
+        for (name, value) in values {
+            if let Some(value) = value.filter(|value| is_header_text(value)) {
+                decision.headers_to_set.push((name.into(), value));
+            }
+        }
+    }
+
+    /// The app never sees the session cookie: the other cookies go on, or none at all.
+    fn strip_session_cookie(&self, decision: &mut Decision, http: &HttpRequest<'_>) {
+        if cookie_values_of(http, &self.config.cookie_name).next().is_none() {
+            return;
+        }
+        let others: Vec<&str> = http
+            .header_values("cookie")
+            .flat_map(|header| header.split(';'))
+            .map(str::trim)
+            .filter(|pair| {
+                !pair.is_empty() && pair.split_once('=').is_none_or(|(name, _)| name != &*self.config.cookie_name)
+            })
+            .collect();
+        if others.is_empty() {
+            decision.headers_to_remove.push("cookie".into());
+        } else {
+            decision.headers_to_set.push(("cookie".into(), others.join("; ")));
+        }
+    }
+
+    /// The login challenge for a request: the start endpoint on the callback's host, bringing
+    /// the browser back to the request's URL.
+    fn login_challenge(&self, http: &HttpRequest<'_>) -> Option<Challenge> {
+        let scheme = if http.scheme.is_empty() { "http" } else { http.scheme };
+        let original = format!("{scheme}://{}{}", http.host, http.path);
+        let origin = origin_of(&self.config.redirect_url)?;
+        let rd: String = form_urlencoded::byte_serialize(original.as_bytes()).collect();
+        let url = format!("{origin}{}start?rd={rd}", self.config.endpoint_prefix);
+        is_header_text(&url).then(|| Challenge::Login { url: url.into(), navigation: is_browser_navigation(http) })
+    }
+
+    /// A fresh 256-bit random text, base64url.
+    fn secret(&self) -> Option<String> {
+        let mut bytes = [0u8; 32];
+        self.random.fill(&mut bytes).ok()?;
+        Some(URL_SAFE_NO_PAD.encode(bytes))
+    }
+
+    fn login_cookie_name(&self, state: &str) -> String {
+        format!("{}{state}", self.config.state_cookie_prefix)
+    }
+
+    /// A `Set-Cookie` value: HttpOnly, SameSite=Lax, `Secure` when configured, the configured
+    /// domain for the session cookie only; `max_age` zero removes it.
+    fn cookie(&self, name: &str, value: &str, path: &str, with_domain: bool, max_age: Duration) -> String {
+        let mut cookie = format!("{name}={value}; Path={path}; Max-Age={}; HttpOnly; SameSite=Lax", max_age.as_secs());
+        if let Some(domain) = self.config.cookie_domain.as_deref().filter(|_| with_domain) {
+            cookie.push_str(&format!("; Domain={domain}"));
+        }
+        if self.config.cookie_secure {
+            cookie.push_str("; Secure");
+        }
+        cookie
+    }
+}
+
+/// A browser navigation: GET or HEAD, asking for HTML, not sent by a script (`X-Requested-With`).
+pub fn is_browser_navigation(http: &HttpRequest<'_>) -> bool {
+    let method_fits = http.method.eq_ignore_ascii_case("GET") || http.method.eq_ignore_ascii_case("HEAD");
+    let wants_html = http.header_values("accept").any(|accept| accept.to_ascii_lowercase().contains("text/html"));
+    method_fits && wants_html && http.header_values("x-requested-with").next().is_none()
+}
+
+/// `scheme://authority` of an absolute URL.
+fn origin_of(url: &str) -> Option<&str> {
+    let (_, rest) = url.split_once("://")?;
+    let end = url.len() - rest.len() + rest.find('/').unwrap_or(rest.len());
+    url.get(..end)
+}
+
+/// The first value of `name` in a query string, decoded.
+fn query_value(query: &str, name: &str) -> Option<String> {
+    form_urlencoded::parse(query.as_bytes()).find(|(key, _)| key == name).map(|(_, value)| value.into_owned())
+}
+
+/// The values of every cookie named `name` a checked request carries.
+fn cookie_values_of<'r>(http: &'r HttpRequest<'_>, name: &'r str) -> impl Iterator<Item = &'r str> + 'r {
+    http.header_values("cookie")
+        .flat_map(|header| header.split(';'))
+        .filter_map(move |pair| pair.trim().split_once('=').filter(|(key, _)| *key == name).map(|(_, value)| value))
+}
+
+/// The values of every cookie named `name` in `headers`.
+fn cookie_values<'c>(headers: &'c [&'c str], name: &'c str) -> impl Iterator<Item = &'c str> + 'c {
+    headers
+        .iter()
+        .flat_map(|header| header.split(';'))
+        .filter_map(move |pair| pair.trim().split_once('=').filter(|(key, _)| *key == name).map(|(_, value)| value))
+}
+
+/// Text a header value may carry: printable ASCII and spaces only.
+fn is_header_text(value: &str) -> bool {
+    value.bytes().all(|byte| byte == b' ' || byte.is_ascii_graphic())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn http<'a>(method: &'a str, headers: Vec<(&'a str, &'a str)>) -> HttpRequest<'a> {
+        HttpRequest { method, host: "app.example.com", path: "/x", headers, ..HttpRequest::default() }
+    }
+
+    #[test]
+    fn only_html_navigations_without_a_script_marker_count_as_browser_navigations() {
+        let html = ("accept", "text/html,application/xhtml+xml,*/*;q=0.8");
+        assert!(is_browser_navigation(&http("GET", vec![html])));
+        assert!(is_browser_navigation(&http("HEAD", vec![html])));
+        assert!(!is_browser_navigation(&http("POST", vec![html])), "a form post");
+        assert!(!is_browser_navigation(&http("GET", vec![("accept", "application/json")])), "an API call");
+        assert!(!is_browser_navigation(&http("GET", vec![])), "no Accept");
+        assert!(!is_browser_navigation(&http("GET", vec![html, ("x-requested-with", "XMLHttpRequest")])), "XHR");
+    }
+
+    #[test]
+    fn cookies_are_found_by_their_exact_name_across_headers() {
+        let headers = ["a=1; session=abc", "xsession=no;session=def"];
+        assert_eq!(cookie_values(&headers, "session").collect::<Vec<_>>(), ["abc", "def"]);
+        assert_eq!(origin_of("https://auth.example.com:8443/oauth2/callback"), Some("https://auth.example.com:8443"));
+        assert_eq!(query_value("rd=%2Fa%3Fb%3D1&x=2", "rd").as_deref(), Some("/a?b=1"));
+    }
+}

@@ -1,0 +1,8 @@
+//! Browser single sign-on: its settings, the sessions a login opens, the OpenID Connect client and the login endpoints; never decides a request (the core does) and never writes a wire format (the HTTP door does).
+
+pub mod config;
+pub mod login;
+pub mod oidc;
+pub mod store;
+
+pub use login::{EndpointRequest, LoginAnswer, Sso};

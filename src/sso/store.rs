@@ -1,0 +1,277 @@
+//! The in-memory session store: opaque 256-bit random session ids, idle and absolute lifetimes, a bound on how many are kept (the least recently used ends first); never holds a session id in a log line, and time is an input.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+/// How many random bytes a session id has: 256 bits.
+const ID_BYTES: usize = 32;
+
+/// A session id: 32 random bytes, sent in the session cookie as 43 base64url characters.
+/// `Debug` never shows it.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SessionId([u8; ID_BYTES]);
+
+impl SessionId {
+    /// A fresh id from the system's secure random generator; `None` when it fails.
+    fn generate(random: &SystemRandom) -> Option<Self> {
+        let mut bytes = [0; ID_BYTES];
+        random.fill(&mut bytes).ok()?;
+        Some(Self(bytes))
+    }
+
+    /// The id as the cookie carries it.
+    pub fn to_cookie_value(&self) -> String {
+        URL_SAFE_NO_PAD.encode(self.0)
+    }
+
+    /// The id a cookie value names; `None` for anything but 43 base64url characters.
+    pub fn from_cookie_value(value: &str) -> Option<Self> {
+        let bytes = URL_SAFE_NO_PAD.decode(value).ok()?;
+        Some(Self(bytes.try_into().ok()?))
+    }
+}
+
+impl fmt::Debug for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SessionId([redacted])")
+    }
+}
+
+/// Why a session could not be opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The system's random generator failed.
+    #[error("the system's random generator failed")]
+    Random,
+}
+
+/// How long sessions live and how many are kept.
+#[derive(Debug, Clone, Copy)]
+pub struct StoreLimits {
+    /// A session not used this long ends.
+    pub idle_timeout: Duration,
+    /// A session ends this long after it was opened.
+    pub max_lifetime: Duration,
+    /// Sessions kept; opening one more ends the least recently used.
+    pub max_sessions: usize,
+}
+
+struct Entry<T> {
+    value: Arc<T>,
+    opened: Instant,
+    last_used: Instant,
+    /// This entry's place in the use order.
+    tick: u64,
+}
+
+struct Sessions<T> {
+    by_id: HashMap<SessionId, Entry<T>>,
+    /// Every session by its last use, oldest first.
+    by_use: BTreeMap<u64, SessionId>,
+    next_tick: u64,
+}
+
+/// The sessions of one replica, in memory. A full store ends its least recently used session
+/// to open a new one: a login always succeeds, and the person whose session ended logs in again.
+pub struct SessionStore<T> {
+    sessions: Mutex<Sessions<T>>,
+    limits: StoreLimits,
+    random: SystemRandom,
+}
+
+impl<T> fmt::Debug for SessionStore<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionStore").field("sessions", &self.len()).field("limits", &self.limits).finish()
+    }
+}
+
+impl<T> SessionStore<T> {
+    /// An empty store.
+    pub fn new(limits: StoreLimits) -> Self {
+        let sessions = Sessions { by_id: HashMap::new(), by_use: BTreeMap::new(), next_tick: 0 };
+        Self {
+            sessions: Mutex::new(sessions),
+            limits: StoreLimits { max_sessions: limits.max_sessions.max(1), ..limits },
+            random: SystemRandom::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Sessions<T>> {
+        // A panic while holding the lock leaves consistent maps: every change is one insert or remove pair.
+        self.sessions.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Opens a session holding `value` under a new id (never one in use), ending the least
+    /// recently used session first when the store is full.
+    pub fn open(&self, value: T, now: Instant) -> Result<SessionId, StoreError> {
+        let mut sessions = self.lock();
+        let id = loop {
+            let id = SessionId::generate(&self.random).ok_or(StoreError::Random)?;
+            if !sessions.by_id.contains_key(&id) {
+                break id;
+            }
+        };
+        while sessions.by_id.len() >= self.limits.max_sessions {
+            let Some((_, oldest)) = sessions.by_use.pop_first() else { break };
+            sessions.by_id.remove(&oldest);
+        }
+        let tick = sessions.take_tick();
+        sessions.by_use.insert(tick, id);
+        sessions.by_id.insert(id, Entry { value: Arc::new(value), opened: now, last_used: now, tick });
+        Ok(id)
+    }
+
+    /// The session `id` names, when it is open and within its lifetimes at `now`; its use is
+    /// recorded. An expired session is ended.
+    pub fn get(&self, id: &SessionId, now: Instant) -> Option<Arc<T>> {
+        let mut sessions = self.lock();
+        let entry = sessions.by_id.get(id)?;
+        let idle = now.saturating_duration_since(entry.last_used);
+        let age = now.saturating_duration_since(entry.opened);
+        if idle >= self.limits.idle_timeout || age >= self.limits.max_lifetime {
+            sessions.end(id);
+            return None;
+        }
+        let old_tick = entry.tick;
+        let tick = sessions.take_tick();
+        sessions.by_use.remove(&old_tick);
+        sessions.by_use.insert(tick, *id);
+        let entry = sessions.by_id.get_mut(id)?;
+        entry.tick = tick;
+        entry.last_used = now;
+        Some(entry.value.clone())
+    }
+
+    /// Ends the session `id` names and hands back what it held, when it was still open: of two
+    /// callers taking the same session at once, one gets it.
+    pub fn take(&self, id: &SessionId, now: Instant) -> Option<Arc<T>> {
+        let value = self.get(id, now)?;
+        self.lock().end(id).then_some(value)
+    }
+
+    /// Ends the session `id` names; false when there was none.
+    pub fn end(&self, id: &SessionId) -> bool {
+        self.lock().end(id)
+    }
+
+    /// How many sessions are open (expired ones included until they are next looked up).
+    pub fn len(&self) -> usize {
+        self.lock().by_id.len()
+    }
+
+    /// Whether no session is open.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl<T> Sessions<T> {
+    fn take_tick(&mut self) -> u64 {
+        self.next_tick = self.next_tick.wrapping_add(1);
+        self.next_tick
+    }
+
+    fn end(&mut self, id: &SessionId) -> bool {
+        match self.by_id.remove(id) {
+            Some(entry) => {
+                self.by_use.remove(&entry.tick);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(max_sessions: usize) -> SessionStore<&'static str> {
+        SessionStore::new(StoreLimits {
+            idle_timeout: Duration::from_secs(60),
+            max_lifetime: Duration::from_secs(600),
+            max_sessions,
+        })
+    }
+
+    #[test]
+    fn a_session_is_found_by_its_id_and_by_no_other() {
+        let store = store(10);
+        let now = Instant::now();
+        let alice = store.open("alice", now).unwrap();
+        let bob = store.open("bob", now).unwrap();
+        assert_ne!(alice, bob);
+        assert_eq!(store.get(&alice, now).as_deref(), Some(&"alice"));
+        assert_eq!(store.get(&bob, now).as_deref(), Some(&"bob"));
+        let forged = SessionId::from_cookie_value(&URL_SAFE_NO_PAD.encode([7u8; 32])).unwrap();
+        assert_eq!(store.get(&forged, now), None);
+    }
+
+    #[test]
+    fn a_full_store_ends_the_least_recently_used_session_and_never_hands_out_another() {
+        let store = store(2);
+        let start = Instant::now();
+        let first = store.open("first", start).unwrap();
+        let second = store.open("second", start + Duration::from_secs(1)).unwrap();
+        // `first` is used again, so `second` is now the least recently used.
+        assert!(store.get(&first, start + Duration::from_secs(2)).is_some());
+        let third = store.open("third", start + Duration::from_secs(3)).unwrap();
+        let at = start + Duration::from_secs(4);
+        assert_eq!(store.len(), 2);
+        assert_eq!(store.get(&second, at), None, "the least recently used session ended");
+        assert_eq!(store.get(&first, at).as_deref(), Some(&"first"));
+        assert_eq!(store.get(&third, at).as_deref(), Some(&"third"));
+    }
+
+    #[test]
+    fn a_session_ends_after_its_idle_time_and_after_its_lifetime_however_used() {
+        let store = store(10);
+        let start = Instant::now();
+        let idle = store.open("idle", start).unwrap();
+        assert_eq!(store.get(&idle, start + Duration::from_secs(60)), None, "idle for 60 s");
+        let busy = store.open("busy", start).unwrap();
+        for minute in 1..10 {
+            assert!(store.get(&busy, start + Duration::from_secs(minute * 59)).is_some(), "minute {minute}");
+        }
+        assert_eq!(store.get(&busy, start + Duration::from_secs(600)), None, "600 s after login");
+        assert!(store.is_empty(), "expired sessions are ended when found");
+    }
+
+    #[test]
+    fn an_ended_session_is_gone() {
+        let store = store(10);
+        let now = Instant::now();
+        let id = store.open("gone", now).unwrap();
+        assert!(store.end(&id));
+        assert!(!store.end(&id));
+        assert_eq!(store.get(&id, now), None);
+    }
+
+    #[test]
+    fn a_session_is_taken_once() {
+        let store = store(10);
+        let now = Instant::now();
+        let id = store.open("once", now).unwrap();
+        assert_eq!(store.take(&id, now).as_deref(), Some(&"once"));
+        assert_eq!(store.take(&id, now), None);
+    }
+
+    #[test]
+    fn session_ids_survive_their_cookie_form_and_nothing_else_is_read_as_one() {
+        let store = store(10);
+        let id = store.open("x", Instant::now()).unwrap();
+        let value = id.to_cookie_value();
+        assert_eq!(value.len(), 43);
+        assert_eq!(SessionId::from_cookie_value(&value), Some(id));
+        for bad in ["", "abc", value.get(..42).unwrap(), &format!("{value}A"), &"+".repeat(43)] {
+            assert_eq!(SessionId::from_cookie_value(bad), None, "{bad}");
+        }
+        assert_eq!(format!("{id:?}"), "SessionId([redacted])");
+    }
+}
