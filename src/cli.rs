@@ -9,15 +9,15 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::app::{AppError, SetSummary, build_snapshot};
 use crate::config::load::SkippedDocument;
 use crate::config::{describe_yaml_error, yaml_options};
 use crate::core::{Decision, HttpRequest, Peer, Request, StrMap};
-use crate::denial::Denial;
-use crate::jwks::KeyStore;
+use crate::doors::denial::Denial;
+use crate::identity::jwks::KeyStore;
+use crate::identity::token_cache::VerifiedTokenCache;
+use crate::policy_set::{PolicySetError, SetSummary, build_snapshot};
 use crate::settings::Settings;
 use crate::telemetry::Metrics;
-use crate::token_cache::VerifiedTokenCache;
 
 /// A request described in YAML or JSON for `portcullis check`.
 #[derive(Debug, Default, Deserialize)]
@@ -205,7 +205,7 @@ impl From<&Decision> for DecisionReport {
 }
 
 /// `portcullis validate`: every problem on stderr as `file:line: message`; `Ok(false)` when any.
-pub fn validate(settings: &Settings) -> Result<bool, AppError> {
+pub fn validate(settings: &Settings) -> Result<bool, PolicySetError> {
     match build_snapshot(settings) {
         Ok((snapshot, loaded)) => {
             for SkippedDocument { location, kind, reason } in &loaded.skipped {
@@ -214,7 +214,7 @@ pub fn validate(settings: &Settings) -> Result<bool, AppError> {
             let _ = writeln!(std::io::stdout(), "valid: {}", SetSummary::of(&snapshot, &loaded));
             Ok(true)
         }
-        Err(AppError::Policies(errors)) => {
+        Err(PolicySetError::Policies(errors)) => {
             for error in &errors {
                 eprintln!("{error}");
             }

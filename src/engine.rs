@@ -8,10 +8,10 @@ use arc_swap::ArcSwap;
 use crate::core::authn::{Authentication, AuthnContext, Credential, UnverifiedToken};
 use crate::core::jwt::KeySet;
 use crate::core::{Decision, Reason, Request, Snapshot};
-use crate::jwks::KeyStore;
+use crate::identity::jwks::KeyStore;
+use crate::identity::token_cache::{TokenKey, VerifiedTokenCache};
 use crate::settings::Settings;
 use crate::telemetry::{DecisionLog, DecisionRecord, Door, Metrics, UnidentifiedWorkloadLog};
-use crate::token_cache::{TokenKey, VerifiedTokenCache};
 use crate::traces::{TraceContext, Traces};
 
 /// A compiled policy set and its generation (1 for the first set loaded).

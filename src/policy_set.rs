@@ -15,7 +15,7 @@ pub enum PolicySetError {
 }
 
 /// Every problem of a policy set, one a line, then their count.
-pub fn render_config_errors(errors: &[ConfigError]) -> String {
+fn render_config_errors(errors: &[ConfigError]) -> String {
     let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
     format!("{}\n{} problem(s) in the policy set", lines.join("\n"), errors.len())
 }

@@ -18,13 +18,13 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use serde_saphyr::Spanned;
 
-use crate::app::build_snapshot_with;
 use crate::cli::RequestFile;
 use crate::config::{ConfigError, describe_yaml_error, yaml_options};
 use crate::core::authn::{JwtRule, KeySource, NoRemoteKeys};
 use crate::core::jwt::KeySet;
 use crate::core::{Decision, Reason, Snapshot};
-use crate::denial::Denial;
+use crate::doors::denial::Denial;
+use crate::policy_set::build_snapshot_with;
 use crate::settings::Settings;
 
 /// How long the tokens of a test file are valid from the run's start when their claims set no `exp`.

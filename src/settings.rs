@@ -13,8 +13,8 @@ use crate::core::authn::{AuthnContext, KeyLookup};
 use crate::core::matcher::IpMatch;
 use crate::core::path::PathOptions;
 use crate::core::workload::{UnknownWorkload, WorkloadEntry, WorkloadSelector, WorkloadTable};
-use crate::http::listener::ConnectionLimits;
-use crate::jwks::FetchLimits;
+use crate::doors::listener::ConnectionLimits;
+use crate::identity::jwks::FetchLimits;
 
 /// A problem with the settings; reported before any port is bound.
 #[derive(Debug, thiserror::Error)]
@@ -234,7 +234,7 @@ impl Settings {
         settings.log_format = log_format.unwrap_or(settings.log_format);
         settings.log_level = log_level.unwrap_or(settings.log_level);
         settings.workload_table()?;
-        crate::http::trusted_proxies(&settings.trusted_proxies).map_err(SettingsError::TrustedProxies)?;
+        crate::doors::http::trusted_proxies(&settings.trusted_proxies).map_err(SettingsError::TrustedProxies)?;
         if !(0.0..=1.0).contains(&settings.decision_log_sample_rate) {
             return Err(SettingsError::Invalid("decision_log_sample_rate must be between 0 and 1".into()));
         }

@@ -25,8 +25,8 @@ use portcullis::core::authn::{AuthnContext, NoRemoteKeys};
 use portcullis::core::jwt::{JwtError, KeySet};
 use portcullis::core::workload::WorkloadTable;
 use portcullis::core::{Decision, EngineOptions, HttpRequest, Reason, Request, Snapshot, StrMap};
+use portcullis::identity::token_cache::VerifiedTokenCache;
 use portcullis::telemetry::Metrics;
-use portcullis::token_cache::VerifiedTokenCache;
 use serde_json::{Value, json};
 use support::{
     Server, config_file, envoy_mode_request, header_in, http_get, http_request, metadata_field, policy_dir, raw_http,

@@ -21,9 +21,9 @@ use portcullis::config::load::load_policy_text;
 use portcullis::core::HttpRequest;
 use portcullis::core::authn::{self, Authentication, AuthnContext, JwtRule, NoRemoteKeys};
 use portcullis::core::jwt::JwtError;
-use portcullis::denial::Denial;
+use portcullis::doors::denial::Denial;
+use portcullis::identity::token_cache::{TokenKey, VerifiedTokenCache};
 use portcullis::telemetry::Metrics;
-use portcullis::token_cache::{TokenKey, VerifiedTokenCache};
 use serde_json::{Value, json};
 use support::{Server, config_file, http_get, policy_dir};
 

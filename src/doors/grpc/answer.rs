@@ -1,4 +1,4 @@
-//! A decision encoded as Envoy's `CheckResponse` protobuf straight from the `Decision`, with no prost message built in between: the one place decisions become gRPC answers (a denial's status, body and challenge as [`crate::denial`] words them).
+//! A decision encoded as Envoy's `CheckResponse` protobuf straight from the `Decision`, with no prost message built in between: the one place decisions become gRPC answers (a denial's status, body and challenge as [`crate::doors::denial`] words them).
 //!
 //! Fields are written in tag order and proto3 defaults (zero, empty) are left out, as prost
 //! writes them; the tests decode every kind of answer with Envoy's prost types.
@@ -8,7 +8,7 @@ use prost::bytes::BufMut;
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
 
 use crate::core::Decision;
-use crate::denial::Denial;
+use crate::doors::denial::Denial;
 
 /// gRPC status codes used in `CheckResponse.status`.
 const OK: u64 = 0;

@@ -8,10 +8,10 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 
 use crate::core::authn::{KeyLookup, RemoteIssuer};
 use crate::core::jwt::KeySet;
+use crate::identity::token_cache::VerifiedTokenCache;
 use crate::outbound::{Outbound, OutboundError, OutboundLimits, redact_url};
 use crate::tasks::Tasks;
 use crate::telemetry::Metrics;
-use crate::token_cache::VerifiedTokenCache;
 
 /// The longest wait between attempts while an issuer has no keys.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);

@@ -1,4 +1,4 @@
-//! The HTTP forward-auth door: Traefik, nginx `auth_request`, ingress-nginx and Envoy's HTTP ext_authz. The one place decisions become HTTP answers (a denial's status, body and challenge as [`crate::denial`] words them).
+//! The HTTP forward-auth door: Traefik, nginx `auth_request`, ingress-nginx and Envoy's HTTP ext_authz. The one place decisions become HTTP answers (a denial's status, body and challenge as [`crate::doors::denial`] words them).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -11,12 +11,10 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Request as HttpRequestIn, R
 
 use crate::core::matcher::IpMatch;
 use crate::core::{Decision, HttpRequest, Peer, Request, StrMap};
-use crate::denial::Denial;
+use crate::doors::denial::Denial;
 use crate::engine::{Engine, Received};
 use crate::settings::HttpMode;
 use crate::telemetry;
-
-pub mod listener;
 
 /// The header that lists, for Envoy, the request headers to strip on allow.
 const HEADERS_TO_REMOVE: &str = "x-envoy-auth-headers-to-remove";

@@ -54,8 +54,10 @@ fn malformed(error: &ViewError) -> Decision {
     Decision::new(Reason::MalformedRequest, None)
 }
 
-/// Decides a decoded Check once, with no key refetch; a view the core cannot judge is denied.
-pub fn decide_view(snapshot: &Snapshot, view: &CheckView, context: &AuthnContext<'_>) -> Decision {
+/// Decides a decoded Check with the core alone, for tests, benches and fuzzing: no engine, so no
+/// token cache, no key refetch, no metrics or log; a view the core cannot judge is denied. The
+/// server decides through [`CheckService::check`].
+pub fn decide_view_without_engine(snapshot: &Snapshot, view: &CheckView, context: &AuthnContext<'_>) -> Decision {
     match view.request() {
         Ok(request) => snapshot.check(&request, context),
         Err(error) => malformed(&error),
