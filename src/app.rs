@@ -1,4 +1,4 @@
-//! Composition root: first policy set, listeners, the gRPC, HTTP and admin servers, reload, background tasks, and graceful shutdown; the doors, reload and the adapters never import it.
+//! Composition root: first policy set, listeners, the gRPC, HTTP and admin servers, reload, background tasks, and graceful shutdown; nothing but main.rs imports it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -34,6 +34,7 @@ pub enum Received<'r, 'a> {
 /// The engine's answer to one check, for the door to write in its wire form.
 #[derive(Debug)]
 pub struct Outcome {
+    /// What the policies decided.
     pub decision: Decision,
     /// Whether the answer is an allow: the decision's, or always under the global dry run.
     pub allow: bool,
@@ -185,14 +186,17 @@ impl Engine {
         generation
     }
 
+    /// The metrics every check is counted in.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
     }
 
+    /// The issuers' key store.
     pub fn keys(&self) -> &Arc<KeyStore> {
         &self.keys
     }
 
+    /// The span exporter.
     pub fn traces(&self) -> &Traces {
         &self.traces
     }

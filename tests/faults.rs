@@ -1,6 +1,6 @@
 //! Faults: an IdP down at start, slow or failing later; clock jumps; a panic inside a check; policy files unparsable or emptied at runtime.
 
-#![allow(clippy::expect_used, clippy::panic, reason = "test helpers: a failed step fails the test")]
+#![expect(clippy::expect_used, clippy::indexing_slicing, reason = "test helpers: a failed step fails the test")]
 
 mod forge;
 mod support;
@@ -274,7 +274,12 @@ fn token_lifetimes_are_judged_at_the_given_clock_with_skew() {
         (u64::MAX, 60, Err(JwtError::Expired)),
     ];
     for (now, skew, expected) in cases {
-        assert_eq!(judge(&rule, &token, now, skew, None), expected, "now T{:+}, skew {skew}", now as i128 - T as i128);
+        assert_eq!(
+            judge(&rule, &token, now, skew, None),
+            expected,
+            "now T{:+}, skew {skew}",
+            i128::from(now) - i128::from(T)
+        );
     }
 }
 

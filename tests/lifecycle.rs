@@ -1,6 +1,6 @@
 //! Promises of the README about the server's life, through the real binary: shutdown, start-up readiness, reload with authentication, single-flight key refetch, the decision-log settings and a panic inside a check.
 
-#![allow(clippy::expect_used, clippy::panic, reason = "test helpers: a failed step fails the test")]
+#![expect(clippy::expect_used, reason = "test helpers: a failed step fails the test")]
 
 mod forge;
 mod support;

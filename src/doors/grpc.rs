@@ -1,4 +1,4 @@
-//! The ext_authz gRPC door: Check bytes → zero-copy view → core request → `Decision` → `CheckResponse` bytes.
+//! The ext_authz gRPC door: Check bytes → zero-copy view → core request → `Decision` → `CheckResponse` bytes; never decides (the engine does).
 
 mod answer;
 mod server;
@@ -26,6 +26,7 @@ pub struct CheckService {
 }
 
 impl CheckService {
+    /// Checks decided by `engine`.
     pub fn new(engine: Arc<Engine>) -> Self {
         Self { engine }
     }

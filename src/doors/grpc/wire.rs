@@ -1,4 +1,4 @@
-//! A zero-copy view of Envoy's `CheckRequest`: a protobuf reader that finds, in one pass over the received buffer, the fields the core reads, and the view → core `Request` conversion, which borrows their strings from the buffer.
+//! A zero-copy view of Envoy's `CheckRequest`: a protobuf reader that finds, in one pass over the received buffer, the fields the core reads, and the view → core `Request` conversion, which borrows their strings from the buffer; never copies a string.
 
 use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 use prost::Message;
@@ -28,20 +28,28 @@ pub struct CheckView {
 /// core reads go; the Check is answered with a gRPC error, as tonic-prost answers it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum WireError {
+    /// A varint is cut off or too long.
     #[error("invalid protobuf: a varint is cut off or longer than 64 bits")]
     InvalidVarint,
+    /// A field key is too long.
     #[error("invalid protobuf: a key is longer than 32 bits")]
     InvalidKey,
+    /// A wire type protobuf does not have.
     #[error("invalid protobuf: wire type `{0}`")]
     InvalidWireType(u32),
+    /// A field number 0.
     #[error("invalid protobuf: field number 0")]
     InvalidTag,
+    /// A length runs past its message.
     #[error("invalid protobuf: a value runs past the end of its message")]
     PastEnd,
+    /// A field the view reads, with another wire type than its proto's.
     #[error("invalid protobuf: field {0} has the wrong wire type")]
     WrongWireType(u32),
+    /// An end-group tag with no group open.
     #[error("invalid protobuf: an end-group tag that closes no group")]
     UnexpectedEndGroup,
+    /// Groups nested too deep.
     #[error("invalid protobuf: groups nested past the recursion limit of 100")]
     RecursionLimit,
 }
@@ -49,6 +57,7 @@ pub enum WireError {
 /// Why a decoded view is not a request the core can judge; either way it is denied as malformed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ViewError {
+    /// The request has no `attributes`.
     #[error("the check request has no attributes")]
     NoAttributes,
     /// Envoy's proto declares the field a `string`; prost rejects the whole message for it.
@@ -145,13 +154,13 @@ impl CheckView {
         let is_packed = |&(name, value): &(Span, Span)| name.end + 2 == value.start;
         let mut pairs = Vec::with_capacity(entries.len());
         let mut rest = entries;
-        while let Some(first) = rest.first() {
+        while let Some((first, after_first)) = rest.split_first() {
             if !is_packed(first) {
                 pairs.push((self.text(first.0, field)?, self.text(first.1, field)?));
-                rest = &rest[1..];
+                rest = after_first;
                 continue;
             }
-            let follows = |pair: &[(Span, Span)]| is_packed(&pair[1]) && pair[0].1.end + 4 == pair[1].0.start;
+            let follows = |pair: &[(Span, Span)]| matches!(pair, [earlier, later] if is_packed(later) && earlier.1.end + 4 == later.0.start);
             let (run, later) = rest.split_at(1 + rest.windows(2).take_while(|pair| follows(pair)).count());
             let start = first.0.start;
             let end = run.last().map_or(start, |(_, value)| value.end);
@@ -172,6 +181,7 @@ impl CheckView {
         std::str::from_utf8(self.slice(span)).map_err(|_| ViewError::NotUtf8(field))
     }
 
+    #[expect(clippy::indexing_slicing, reason = "every span was read from `bytes` and lies within it")]
     fn slice(&self, span: Span) -> &[u8] {
         &self.bytes[span.start..span.end]
     }
@@ -483,6 +493,7 @@ impl<'a> Fields<'a> {
 
     /// A `uint32` field's value: the low 32 bits of the varint, as prost reads it.
     #[inline(always)]
+    #[expect(clippy::cast_possible_truncation, reason = "protobuf reads a `uint32` as the varint's low 32 bits")]
     fn uint32(&mut self, key: Key) -> Result<u32, WireError> {
         if key.wire_type != VARINT {
             return Err(WireError::WrongWireType(key.tag));
@@ -548,7 +559,7 @@ fn long_varint(bytes: &[u8]) -> Result<(u64, &[u8]), WireError> {
             if index == 9 && byte > 1 {
                 return Err(WireError::InvalidVarint);
             }
-            return Ok((value, &bytes[index + 1..]));
+            return Ok((value, bytes.get(index + 1..).ok_or(WireError::InvalidVarint)?));
         }
     }
     Err(WireError::InvalidVarint)
