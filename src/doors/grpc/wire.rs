@@ -70,13 +70,10 @@ impl CheckView {
     /// the core reads with a wire type other than its proto's. No string is copied.
     pub fn from_wire(bytes: Bytes) -> Result<Self, WireError> {
         let mut attributes: Option<AttributeContext> = None;
-        let mut fields = Fields::of(&bytes);
-        while let Some(key) = fields.next_key()? {
-            match key.tag {
-                1 => attributes.get_or_insert_default().merge(fields.message(key)?)?,
-                _ => fields.skip(key)?,
-            }
-        }
+        Fields::of(&bytes).each(|fields, key| match key.tag {
+            1 => attributes.get_or_insert_default().merge(fields.message(key)?),
+            _ => fields.skip(key),
+        })?;
         Ok(Self { bytes, attributes })
     }
 
@@ -214,36 +211,26 @@ struct AttributeContext {
 }
 
 impl AttributeContext {
-    fn merge(&mut self, mut fields: Fields<'_>) -> Result<(), WireError> {
-        while let Some(key) = fields.next_key()? {
+    fn merge(&mut self, fields: Fields<'_>) -> Result<(), WireError> {
+        fields.each(|fields, key| {
             match key.tag {
                 1 => self.source.merge(fields.message(key)?)?,
                 2 => self.destination.merge(fields.message(key)?)?,
                 // `request`: of `AttributeContext.Request`, only `http`.
-                4 => {
-                    let mut request = fields.message(key)?;
-                    while let Some(key) = request.next_key()? {
-                        match key.tag {
-                            2 => self.http.get_or_insert_default().merge(request.message(key)?)?,
-                            _ => request.skip(key)?,
-                        }
-                    }
-                }
+                4 => fields.message(key)?.each(|request, key| match key.tag {
+                    2 => self.http.get_or_insert_default().merge(request.message(key)?),
+                    _ => request.skip(key),
+                })?,
                 10 => self.context_extensions.push(map_entry(fields.message(key)?)?),
                 // `tls_session`: of `AttributeContext.TLSSession`, `sni`.
-                12 => {
-                    let mut tls_session = fields.message(key)?;
-                    while let Some(key) = tls_session.next_key()? {
-                        match key.tag {
-                            1 => self.sni = tls_session.string(key)?,
-                            _ => tls_session.skip(key)?,
-                        }
-                    }
-                }
+                12 => fields.message(key)?.each(|tls_session, key| match key.tag {
+                    1 => tls_session.string(key).map(|sni| self.sni = sni),
+                    _ => tls_session.skip(key),
+                })?,
                 _ => fields.skip(key)?,
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 }
 
@@ -258,29 +245,21 @@ struct Peer {
 }
 
 impl Peer {
-    fn merge(&mut self, mut fields: Fields<'_>) -> Result<(), WireError> {
-        while let Some(key) = fields.next_key()? {
+    fn merge(&mut self, fields: Fields<'_>) -> Result<(), WireError> {
+        fields.each(|fields, key| {
             match key.tag {
                 // `address`: an `envoy.config.core.v3.Address`, a oneof.
-                1 => {
-                    let mut address = fields.message(key)?;
-                    while let Some(key) = address.next_key()? {
-                        match key.tag {
-                            1 => self.socket.get_or_insert_default().merge(address.message(key)?)?,
-                            2 | 3 => {
-                                check_message(address.message(key)?)?;
-                                self.socket = None;
-                            }
-                            _ => address.skip(key)?,
-                        }
-                    }
-                }
+                1 => fields.message(key)?.each(|address, key| match key.tag {
+                    1 => self.socket.get_or_insert_default().merge(address.message(key)?),
+                    2 | 3 => check_message(address.message(key)?).map(|()| self.socket = None),
+                    _ => address.skip(key),
+                })?,
                 3 => self.labels.push(map_entry(fields.message(key)?)?),
                 4 => self.principal = fields.string(key)?,
                 _ => fields.skip(key)?,
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 }
 
@@ -293,8 +272,8 @@ struct SocketAddress {
 }
 
 impl SocketAddress {
-    fn merge(&mut self, mut fields: Fields<'_>) -> Result<(), WireError> {
-        while let Some(key) = fields.next_key()? {
+    fn merge(&mut self, fields: Fields<'_>) -> Result<(), WireError> {
+        fields.each(|fields, key| {
             match key.tag {
                 2 => self.address = fields.string(key)?,
                 3 => self.port_value = Some(fields.uint32(key)?),
@@ -304,8 +283,8 @@ impl SocketAddress {
                 }
                 _ => fields.skip(key)?,
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 }
 
@@ -325,8 +304,8 @@ struct HttpRequest {
 }
 
 impl HttpRequest {
-    fn merge(&mut self, mut fields: Fields<'_>) -> Result<(), WireError> {
-        while let Some(key) = fields.next_key()? {
+    fn merge(&mut self, fields: Fields<'_>) -> Result<(), WireError> {
+        fields.each(|fields, key| {
             match key.tag {
                 2 => self.method = fields.string(key)?,
                 3 => {
@@ -339,19 +318,14 @@ impl HttpRequest {
                 5 => self.host = fields.string(key)?,
                 6 => self.scheme = fields.string(key)?,
                 // `header_map`: of `envoy.config.core.v3.HeaderMap`, `headers`.
-                13 => {
-                    let mut header_map = fields.message(key)?;
-                    while let Some(key) = header_map.next_key()? {
-                        match key.tag {
-                            1 => self.header_map.push(HeaderValue::read(header_map.message(key)?)?),
-                            _ => header_map.skip(key)?,
-                        }
-                    }
-                }
+                13 => fields.message(key)?.each(|header_map, key| match key.tag {
+                    1 => HeaderValue::read(header_map.message(key)?).map(|header| self.header_map.push(header)),
+                    _ => header_map.skip(key),
+                })?,
                 _ => fields.skip(key)?,
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 }
 
@@ -364,44 +338,43 @@ struct HeaderValue {
 }
 
 impl HeaderValue {
-    fn read(mut fields: Fields<'_>) -> Result<Self, WireError> {
+    fn read(fields: Fields<'_>) -> Result<Self, WireError> {
         let mut header = Self::default();
-        while let Some(key) = fields.next_key()? {
+        fields.each(|fields, key| {
             match key.tag {
                 1 => header.key = fields.string(key)?,
                 2 => header.value = fields.string(key)?,
                 3 => header.raw_value = fields.string(key)?,
                 _ => fields.skip(key)?,
             }
-        }
+            Ok(())
+        })?;
         Ok(header)
     }
 }
 
 /// One entry of a `map<string, string>`: on the wire, a message with the key as field 1 and
 /// the value as field 2.
-fn map_entry(mut fields: Fields<'_>) -> Result<(Span, Span), WireError> {
+fn map_entry(fields: Fields<'_>) -> Result<(Span, Span), WireError> {
     if let Some(entry) = fields.short_map_entry() {
         return Ok(entry);
     }
     let mut entry = (Span::default(), Span::default());
-    while let Some(key) = fields.next_key()? {
+    fields.each(|fields, key| {
         match key.tag {
             1 => entry.0 = fields.string(key)?,
             2 => entry.1 = fields.string(key)?,
             _ => fields.skip(key)?,
         }
-    }
+        Ok(())
+    })?;
     Ok(entry)
 }
 
 /// A message none of whose fields the core reads (`Pipe`, `EnvoyInternalAddress`): it is
 /// still refused when malformed, as prost refuses it.
-fn check_message(mut fields: Fields<'_>) -> Result<(), WireError> {
-    while let Some(key) = fields.next_key()? {
-        fields.skip(key)?;
-    }
-    Ok(())
+fn check_message(fields: Fields<'_>) -> Result<(), WireError> {
+    fields.each(|fields, key| fields.skip(key))
 }
 
 /// prost's recursion limit: how deep groups and messages may nest below a top-level message.
@@ -456,6 +429,15 @@ impl<'a> Fields<'a> {
             Span { start: key_start, end: key_start + usize::from(*key_len) },
             Span { start: value_start, end: self.end },
         ))
+    }
+
+    /// Hands each field of the message, in order, to `read`, which reads or skips it.
+    #[inline(always)]
+    fn each(mut self, mut read: impl FnMut(&mut Self, Key) -> Result<(), WireError>) -> Result<(), WireError> {
+        while let Some(key) = self.next_key()? {
+            read(&mut self, key)?;
+        }
+        Ok(())
     }
 
     /// The next field's key, refused as prost refuses it; `None` at the end of the message.
