@@ -11,7 +11,7 @@ use criterion::{BenchmarkId, Criterion, SamplingMode, criterion_group, criterion
 use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 use portcullis::core::Request;
 use portcullis::core::path::{self, PathOptions};
-use portcullis::grpc::{CheckAnswer, CheckView, decide_view};
+use portcullis::doors::grpc::{CheckAnswer, CheckView, decide_view_without_engine};
 use portcullis::settings::Settings;
 use prost::Message;
 use prost::bytes::Bytes;
@@ -93,7 +93,7 @@ fn grpc_conversion(c: &mut Criterion) {
     let token = signed(Alg::Rs256, 1, JOB_BOARD_ROLES);
     let bytes = encoded(&check_request(&job_board_call(Some(&token))));
     let decoded = CheckView::from_wire(bytes.clone()).expect("decodes");
-    let decision = decide_view(&engine.snapshot, &decoded, &context);
+    let decision = decide_view_without_engine(&engine.snapshot, &decoded, &context);
 
     let mut group = c.benchmark_group("grpc");
     group.bench_function("decode_prost", |b| b.iter(|| CheckRequest::decode(black_box(&bytes[..]))));

@@ -13,7 +13,7 @@ use jsonwebtoken::jwk::JwkSet;
 use portcullis::core::HttpRequest;
 use portcullis::core::authn::{self, Authentication, AuthnContext, JwtRule};
 use portcullis::core::jwt::{self, KeySet};
-use portcullis::token_cache::VerifiedTokenCache;
+use portcullis::identity::token_cache::VerifiedTokenCache;
 
 use fixtures::engine::Engine;
 use fixtures::requests::JOB_BOARD_ROLES;

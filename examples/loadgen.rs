@@ -296,6 +296,7 @@ async fn wait_until(deadline: Instant) {
 /// unanswered, and its latency counts from that time (no coordinated omission).
 async fn open_loop(clients: &[Grpc<Channel>], run: &Rc<Run>, rate: f64, first: Instant, max_in_flight: usize) {
     let in_flight = Rc::new(Cell::new(0usize));
+    let mut clients_in_turn = clients.iter().cycle();
     for n in 0u64.. {
         let due = first + Duration::from_secs_f64(n as f64 / rate);
         if run.is_over(due) {
@@ -308,7 +309,8 @@ async fn open_loop(clients: &[Grpc<Channel>], run: &Rc<Run>, rate: f64, first: I
             break;
         }
         let Some(body) = run.next_request(due) else { break };
-        let mut client = clients[n as usize % clients.len()].clone();
+        let Some(client) = clients_in_turn.next() else { break };
+        let mut client = client.clone();
         let (run, in_flight) = (run.clone(), in_flight.clone());
         in_flight.set(in_flight.get() + 1);
         tokio::task::spawn_local(async move {

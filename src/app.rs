@@ -1,4 +1,4 @@
-//! Composition root: first policy set, listeners, the gRPC, HTTP and admin servers, reload, background tasks, and graceful shutdown; the doors, reload and the adapters never import it.
+//! Composition root: first policy set, listeners, the gRPC, HTTP and admin servers, reload, background tasks, and graceful shutdown; nothing but main.rs imports it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,23 +9,21 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::transport::server::TcpIncoming;
 
-use crate::admin::AdminState;
-use crate::config::ConfigError;
 use crate::config::load::LoadedPolicies;
 use crate::core::Snapshot;
+use crate::doors::admin::AdminState;
+use crate::doors::grpc::{AuthorizationServer, CheckService};
+use crate::doors::{admin, http, listener};
 use crate::engine::Engine;
-use crate::grpc::{AuthorizationServer, CheckService};
-use crate::jwks::KeyStore;
+use crate::identity::jwks::KeyStore;
+use crate::identity::token_cache::VerifiedTokenCache;
 use crate::outbound::{Outbound, OutboundLimits};
-use crate::policy_set::{PolicySetError, render_config_errors};
-pub use crate::policy_set::{SetSummary, log_not_evaluated};
+use crate::policy_set::{PolicySetError, SetSummary, build_snapshot, log_not_evaluated};
 use crate::reload::Reloader;
 use crate::settings::{HttpMode, Settings, SettingsError};
 use crate::sso::Sso;
 use crate::tasks::Tasks;
 use crate::telemetry::Metrics;
-use crate::token_cache::VerifiedTokenCache;
-use crate::{admin, http, policy_set};
 
 /// How long shutdown waits for the background tasks (reload, key fetches and refresh loops) to
 /// end once cancelled; they end at their next `.await`, so this only bounds a stuck one.
@@ -34,36 +32,30 @@ const TASKS_STOP_BOUND: Duration = Duration::from_secs(5);
 /// Why the server could not start or run.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
-    #[error("{}", render_config_errors(.0))]
-    Policies(Vec<ConfigError>),
+    /// The policy set or the settings it is read with are invalid.
+    #[error(transparent)]
+    PolicySet(#[from] PolicySetError),
+    /// A setting is invalid.
     #[error(transparent)]
     Settings(#[from] SettingsError),
+    /// A door's address cannot be listened on.
     #[error("cannot listen on {address} ({door}): {source}")]
-    Bind { door: &'static str, address: SocketAddr, source: std::io::Error },
+    Bind {
+        /// The door's name.
+        door: &'static str,
+        /// The address asked for.
+        address: SocketAddr,
+        /// Why the bind failed.
+        source: std::io::Error,
+    },
+    /// A door's server, or the key store, failed.
     #[error("{door} server failed: {message}")]
-    Serve { door: &'static str, message: String },
-}
-
-impl From<PolicySetError> for AppError {
-    fn from(error: PolicySetError) -> Self {
-        match error {
-            PolicySetError::Policies(errors) => Self::Policies(errors),
-            PolicySetError::Settings(error) => Self::Settings(error),
-        }
-    }
-}
-
-/// [`policy_set::build_snapshot`], for the offline commands.
-pub fn build_snapshot(settings: &Settings) -> Result<(Snapshot, LoadedPolicies), AppError> {
-    Ok(policy_set::build_snapshot(settings)?)
-}
-
-/// [`policy_set::build_snapshot_with`], for the offline commands.
-pub fn build_snapshot_with(
-    settings: &Settings,
-    prepare: impl FnOnce(&mut LoadedPolicies),
-) -> Result<(Snapshot, LoadedPolicies), AppError> {
-    Ok(policy_set::build_snapshot_with(settings, prepare)?)
+    Serve {
+        /// The door's name.
+        door: &'static str,
+        /// What failed.
+        message: String,
+    },
 }
 
 fn log_load(snapshot: &Snapshot, loaded: &LoadedPolicies) {
@@ -138,14 +130,14 @@ pub async fn serve(settings: Settings) -> Result<(), AppError> {
         );
     let limits = settings.connection_limits();
     let admin_state = Arc::new(AdminState::new(engine.clone(), ready.clone()));
-    let admin = http::listener::serve(admin_listener, admin::router(admin_state), limits, admin_shutdown);
+    let admin = listener::serve(admin_listener, admin::router(admin_state), limits, admin_shutdown);
     let http_door = http_listener.map(|(listener, mode)| {
         if mode == HttpMode::Auto {
             tracing::warn!(
                 "HTTP door in `auto` mode: behind Envoy's HTTP mode a client's X-Original-URL or X-Original-URI chooses the judged path; set http_mode to the proxy in front"
             );
         }
-        http::listener::serve(listener, http::router(engine.clone(), trusted_proxies, mode), limits, shutdown.clone())
+        listener::serve(listener, http::router(engine.clone(), trusted_proxies, mode), limits, shutdown.clone())
     });
     if http_door.is_none() {
         tracing::info!(

@@ -1,4 +1,4 @@
-//! The offline commands: `validate` reports every policy problem, `check` decides (and explains) one request described in a file.
+//! The offline commands: `validate` reports every policy problem, `check` decides (and explains) one request described in a file; never binds a port.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
@@ -9,15 +9,15 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::app::{AppError, SetSummary, build_snapshot};
 use crate::config::load::SkippedDocument;
 use crate::config::{describe_yaml_error, yaml_options};
 use crate::core::{Decision, HttpRequest, Peer, Request, StrMap};
-use crate::denial::Denial;
-use crate::jwks::KeyStore;
+use crate::doors::denial::Denial;
+use crate::identity::jwks::KeyStore;
+use crate::identity::token_cache::VerifiedTokenCache;
+use crate::policy_set::{PolicySetError, SetSummary, build_snapshot};
 use crate::settings::Settings;
 use crate::telemetry::Metrics;
-use crate::token_cache::VerifiedTokenCache;
 
 /// A request described in YAML or JSON for `portcullis check`.
 #[derive(Debug, Default, Deserialize)]
@@ -26,10 +26,13 @@ pub struct RequestFile {
     /// A TCP connection check: no method, path, host or headers.
     #[serde(default)]
     pub tcp: bool,
+    /// The HTTP method; `GET` when absent.
     #[serde(default = "default_method")]
     pub method: String,
+    /// The path as sent, query included; `/` when absent.
     #[serde(default = "default_path")]
     pub path: String,
+    /// The authority (`Host`).
     #[serde(default)]
     pub host: String,
     /// A header's value, or a list of them for a header sent several times.
@@ -39,12 +42,16 @@ pub struct RequestFile {
     /// repeated header's values joined with `,` into one.
     #[serde(default)]
     pub joined_headers: bool,
+    /// The peer that sent the request.
     #[serde(default)]
     pub source: PeerFile,
+    /// The workload the request is for.
     #[serde(default)]
     pub destination: PeerFile,
+    /// Envoy's context extensions (`namespace`, `app`, …), which can name the workload.
     #[serde(default)]
     pub context_extensions: HashMap<String, String>,
+    /// The TLS server name the connection asked for.
     #[serde(default)]
     pub sni: String,
     /// A token, sent as `Authorization: Bearer <token>`.
@@ -56,7 +63,9 @@ pub struct RequestFile {
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
 pub enum HeaderValues {
+    /// A header sent once.
     One(String),
+    /// A header sent several times, its values in order.
     Many(Vec<String>),
 }
 
@@ -68,13 +77,18 @@ fn default_path() -> String {
     "/".into()
 }
 
+/// One end of the connection in a request file.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PeerFile {
+    /// Its IP address.
     pub address: Option<IpAddr>,
+    /// Its port.
     pub port: Option<u16>,
+    /// Its mTLS principal (`spiffe://…`).
     #[serde(default)]
     pub principal: String,
+    /// Its labels, as Envoy's metadata would carry them.
     #[serde(default)]
     pub labels: HashMap<String, String>,
 }
@@ -138,38 +152,38 @@ impl RequestFile {
 
 /// The JSON printed by `check`.
 #[derive(Debug, Serialize)]
-pub struct DecisionReport {
-    pub decision: &'static str,
-    pub status: u16,
-    pub reason: &'static str,
+struct DecisionReport {
+    decision: &'static str,
+    status: u16,
+    reason: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub policy: Option<String>,
+    policy: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub body: Option<&'static str>,
-    pub headers: BTreeMap<String, String>,
-    pub headers_to_remove: Vec<String>,
+    body: Option<&'static str>,
+    headers: BTreeMap<String, String>,
+    headers_to_remove: Vec<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub query_parameters_to_remove: Vec<String>,
+    query_parameters_to_remove: Vec<String>,
     /// Headers of a denial (`www-authenticate`).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub response_headers: BTreeMap<String, String>,
+    response_headers: BTreeMap<String, String>,
     /// The verified caller, `iss/sub`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub principal: Option<String>,
+    principal: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub audit_policy: Option<String>,
+    audit_policy: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub dry_run: Option<DryRunReport>,
+    dry_run: Option<DryRunReport>,
     /// With `--explain`: why, line by line.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub explanation: Option<Vec<String>>,
+    explanation: Option<Vec<String>>,
 }
 
 #[derive(Debug, Serialize)]
-pub struct DryRunReport {
-    pub decision: &'static str,
+struct DryRunReport {
+    decision: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub policy: Option<String>,
+    policy: Option<String>,
 }
 
 fn verdict(allow: bool) -> &'static str {
@@ -205,7 +219,7 @@ impl From<&Decision> for DecisionReport {
 }
 
 /// `portcullis validate`: every problem on stderr as `file:line: message`; `Ok(false)` when any.
-pub fn validate(settings: &Settings) -> Result<bool, AppError> {
+pub fn validate(settings: &Settings) -> Result<bool, PolicySetError> {
     match build_snapshot(settings) {
         Ok((snapshot, loaded)) => {
             for SkippedDocument { location, kind, reason } in &loaded.skipped {
@@ -214,7 +228,7 @@ pub fn validate(settings: &Settings) -> Result<bool, AppError> {
             let _ = writeln!(std::io::stdout(), "valid: {}", SetSummary::of(&snapshot, &loaded));
             Ok(true)
         }
-        Err(AppError::Policies(errors)) => {
+        Err(PolicySetError::Policies(errors)) => {
             for error in &errors {
                 eprintln!("{error}");
             }

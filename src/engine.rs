@@ -8,11 +8,11 @@ use arc_swap::ArcSwap;
 use crate::core::authn::{Authentication, AuthnContext, Credential, UnverifiedToken};
 use crate::core::jwt::KeySet;
 use crate::core::{Decision, Reason, Request, Snapshot};
-use crate::jwks::KeyStore;
+use crate::identity::jwks::KeyStore;
+use crate::identity::token_cache::{TokenKey, VerifiedTokenCache};
 use crate::settings::Settings;
 use crate::sso::Sso;
 use crate::telemetry::{DecisionLog, DecisionRecord, Door, Metrics, UnidentifiedWorkloadLog};
-use crate::token_cache::{TokenKey, VerifiedTokenCache};
 use crate::traces::{TraceContext, Traces};
 
 /// A compiled policy set and its generation (1 for the first set loaded).
@@ -35,6 +35,7 @@ pub enum Received<'r, 'a> {
 /// The engine's answer to one check, for the door to write in its wire form.
 #[derive(Debug)]
 pub struct Outcome {
+    /// What the policies decided.
     pub decision: Decision,
     /// Whether the answer is an allow: the decision's, or always under the global dry run.
     pub allow: bool,
@@ -212,14 +213,17 @@ impl Engine {
         generation
     }
 
+    /// The metrics every check is counted in.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
     }
 
+    /// The issuers' key store.
     pub fn keys(&self) -> &Arc<KeyStore> {
         &self.keys
     }
 
+    /// The span exporter.
     pub fn traces(&self) -> &Traces {
         &self.traces
     }

@@ -23,12 +23,12 @@ use crate::config::load::{load_policies, load_policy_text};
 use crate::core::identity::Identity;
 use crate::core::test_util::{jwks, sign};
 use crate::core::{Decision, Snapshot};
-use crate::denial::Denial;
+use crate::doors::denial::Denial;
 use crate::engine::{Engine, Outcome, Received};
-use crate::jwks::KeyStore;
+use crate::identity::jwks::KeyStore;
+use crate::identity::token_cache::VerifiedTokenCache;
 use crate::settings::Settings;
 use crate::telemetry::{Door, Metrics};
-use crate::token_cache::VerifiedTokenCache;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

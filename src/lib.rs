@@ -1,28 +1,36 @@
 //! portcullis: an Envoy ext_authz server that decides every request with Istio's AuthorizationPolicy semantics.
 //!
-//! The dependency rule: [`core`] (the `portcullis-core` crate in core/, re-exported here) is
-//! pure and synchronous (no I/O, no async, no clock) and depends on nothing in the workspace;
-//! its own dependency list enforces that. Around it: doors → engine → {core, adapters}.
-//! [`grpc`] and [`http`] are the check doors: they read a request, hand it to the [`engine`]
-//! (the one place a check is decided, counted, logged and traced) and write its outcome in
-//! their wire form; [`admin`] serves health and metrics. The adapters: [`config`] reads policy
-//! files into compiled policies and [`policy_set`] builds a whole set from the settings,
-//! [`jwks`] and [`token_cache`] supply keys and verified tokens, [`outbound`] is the one HTTP
-//! client they fetch through, [`tasks`] owns the background work, [`settings`] reads the
-//! server's own configuration, [`telemetry`] and [`traces`] name and emit metrics, logs and
-//! spans, [`reload`] swaps new policy sets in. [`app`] wires them together (reload and the doors
-//! never import it), and [`cli`] and [`policy_tests`] serve the offline commands.
+//! A check flows one way:
+//!
+//! ```text
+//! door reads its wire ─► engine ─► core: plan ─► engine: resolve the token ─► core: authorize
+//!                                                (token cache, key store)            │
+//! door writes its wire form ◄─ denial (status, body, challenge) ◄─ outcome ◄─────────┘
+//! ```
+//!
+//! The dependency rule: doors → engine → {core, adapters}; adapters → core; [`core`] (the
+//! `portcullis-core` crate in core/, re-exported here) is pure (no I/O, no async, no clock) and
+//! depends on nothing in the workspace. The map:
+//!
+//! - [`doors`]: [`doors::grpc`] (Envoy's Check), [`doors::http`] (forward auth),
+//!   [`doors::admin`] (health, metrics), [`doors::denial`] (a refusal's wire form, shared),
+//!   [`doors::listener`] (bounded connections); a door never decides.
+//! - [`engine`]: the one place a check is decided, counted, logged and traced; no wire format.
+//! - [`identity`]: what the core's verifier needs fetched or remembered, [`identity::jwks`]
+//!   and [`identity::token_cache`]; never decides. [`outbound`] is the one HTTP client.
+//! - [`config`] reads and compiles policy files, [`policy_set`] builds a whole set from the
+//!   [`settings`], [`reload`] swaps new sets in; [`tasks`] owns the background work;
+//!   [`telemetry`] and [`traces`] name and emit metrics, logs and spans.
+//! - [`app`], the composition root, wires them for `serve`; only main.rs imports it.
+//!   [`cli`] (`validate`, `check`) and [`policy_tests`] (`test`) are the offline commands.
 
-pub mod admin;
 pub mod app;
 pub mod cli;
 pub mod config;
 pub use portcullis_core as core;
-pub mod denial;
+pub mod doors;
 pub mod engine;
-pub mod grpc;
-pub mod http;
-pub mod jwks;
+pub mod identity;
 pub mod outbound;
 pub mod policy_set;
 pub mod policy_tests;
@@ -31,7 +39,6 @@ pub mod settings;
 pub mod sso;
 pub mod tasks;
 pub mod telemetry;
-pub mod token_cache;
 pub mod traces;
 
 #[cfg(test)]

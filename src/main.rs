@@ -1,4 +1,4 @@
-//! The `portcullis` command line: `serve`, `validate`, `check` and `test`.
+//! The `portcullis` command line: `serve`, `validate`, `check` and `test`; parsing only, the work is in the library.
 
 use std::io::Write;
 use std::net::SocketAddr;

@@ -19,26 +19,81 @@ pub struct OutboundLimits {
 /// Why a fetch failed. Every URL in it went through [`redact_url`]: no userinfo, no query.
 #[derive(Debug, thiserror::Error)]
 pub enum OutboundError {
+    /// The HTTP client cannot be built (no TLS roots, say).
     #[error("cannot build the HTTP client: {0}")]
     Client(reqwest::Error),
+    /// The URL cannot be parsed, or is not `http` or `https`.
     #[error("invalid URL `{url}`")]
-    BadUrl { url: String },
+    BadUrl {
+        /// The URL, redacted.
+        url: String,
+    },
+    /// The URL names a refused address.
     #[error("`{url}` points at a link-local or metadata address; set jwks_allow_link_local to allow it")]
-    Refused { url: String },
+    Refused {
+        /// The URL, redacted.
+        url: String,
+    },
+    /// The request failed before an answer: DNS, connection, TLS, a refused resolved address or
+    /// the timeout.
     #[error("GET `{url}`: {}", describe_request_error(.source, *.timeout))]
-    Request { url: String, source: reqwest::Error, timeout: Duration },
+    Request {
+        /// The URL, redacted.
+        url: String,
+        /// The failure, with its causes.
+        source: reqwest::Error,
+        /// The request's timeout, to say it when it ran out.
+        timeout: Duration,
+    },
+    /// The answer's status is not 200.
     #[error("GET `{url}`: status {status}")]
-    Status { url: String, status: u16 },
+    Status {
+        /// The URL, redacted.
+        url: String,
+        /// The answer's status.
+        status: u16,
+    },
+    /// The body is longer than the cap.
     #[error("GET `{url}`: body over {limit} bytes")]
-    TooLarge { url: String, limit: usize },
+    TooLarge {
+        /// The URL, redacted.
+        url: String,
+        /// The cap, in bytes.
+        limit: usize,
+    },
+    /// The body is not UTF-8.
     #[error("`{url}`: body is not UTF-8")]
-    NotUtf8 { url: String },
+    NotUtf8 {
+        /// The URL, redacted.
+        url: String,
+    },
+    /// The body is not the JSON document asked for.
     #[error("`{url}`: not JSON: {message}")]
-    NotJson { url: String, message: String },
+    NotJson {
+        /// The URL, redacted.
+        url: String,
+        /// What the JSON parser says.
+        message: String,
+    },
+    /// A form POST failed before an answer: DNS, connection, TLS, a refused resolved address or
+    /// the timeout.
     #[error("POST `{url}`: {}", describe_request_error(.source, *.timeout))]
-    PostRequest { url: String, source: reqwest::Error, timeout: Duration },
+    PostRequest {
+        /// The URL, redacted.
+        url: String,
+        /// The failure, with its causes.
+        source: reqwest::Error,
+        /// The request's timeout, to say it when it ran out.
+        timeout: Duration,
+    },
+    /// A form POST's answer is not 200.
     #[error("POST `{url}`: status {status}")]
-    PostStatus { url: String, status: u16 },
+    PostStatus {
+        /// The URL, redacted.
+        url: String,
+        /// The answer's status.
+        status: u16,
+    },
 }
 
 /// The HTTP client every outbound fetch goes through.
@@ -49,6 +104,7 @@ pub struct Outbound {
 }
 
 impl Outbound {
+    /// A client with these bounds, connecting only to addresses they allow.
     pub fn new(limits: OutboundLimits) -> Result<Self, OutboundError> {
         let client = reqwest::Client::builder()
             .timeout(limits.timeout)
@@ -203,7 +259,9 @@ fn describe_request_error(error: &reqwest::Error, timeout: Duration) -> String {
 /// One network an outbound fetch never connects to.
 #[derive(Debug, Clone, Copy)]
 pub struct RefusedNetwork {
+    /// The network's first address.
     pub address: IpAddr,
+    /// The network's prefix length.
     pub prefix_len: u8,
     /// What lives there.
     pub what: &'static str,
@@ -262,7 +320,8 @@ pub fn is_refused_address(address: IpAddr) -> bool {
     let carried_v4 = match address {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().or_else(|| {
             let [a, b, c, d, e, f, ..] = v6.segments();
-            ([a, b, c, d, e, f] == [0x64, 0xff9b, 0, 0, 0, 0]).then(|| Ipv4Addr::from(u128::from(v6) as u32))
+            let [.., w, x, y, z] = v6.octets();
+            ([a, b, c, d, e, f] == [0x64, 0xff9b, 0, 0, 0, 0]).then_some(Ipv4Addr::new(w, x, y, z))
         }),
         IpAddr::V4(_) => None,
     };

@@ -1,4 +1,4 @@
-//! The policy set the settings name: its files loaded and compiled into a snapshot, what it holds but does not evaluate, and its summary; shared by `serve`, reload and the offline commands.
+//! The policy set the settings name: its files loaded and compiled into a snapshot, what it holds but does not evaluate, and its summary; shared by `serve`, reload and the offline commands; never swaps a live set (reload does).
 
 use crate::config::ConfigError;
 use crate::config::load::{LoadedPolicies, SkippedDocument, load_policies};
@@ -8,14 +8,16 @@ use crate::settings::{Settings, SettingsError};
 /// Why a policy set could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum PolicySetError {
+    /// The policy files have problems: every one, located.
     #[error("{}", render_config_errors(.0))]
     Policies(Vec<ConfigError>),
+    /// The settings the set is read with are invalid.
     #[error(transparent)]
     Settings(#[from] SettingsError),
 }
 
 /// Every problem of a policy set, one a line, then their count.
-pub fn render_config_errors(errors: &[ConfigError]) -> String {
+fn render_config_errors(errors: &[ConfigError]) -> String {
     let lines: Vec<String> = errors.iter().map(ToString::to_string).collect();
     format!("{}\n{} problem(s) in the policy set", lines.join("\n"), errors.len())
 }
@@ -60,15 +62,18 @@ pub fn log_not_evaluated(loaded: &LoadedPolicies) {
 /// prints it, `serve` logs it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SetSummary {
+    /// Policy files read.
     pub files: usize,
     /// AuthorizationPolicies evaluated here: ALLOW, DENY and AUDIT ones.
     pub authorization_policies: usize,
     /// CUSTOM AuthorizationPolicies: accepted, not evaluated (they route traffic here).
     pub custom_policies: usize,
+    /// RequestAuthentications.
     pub request_authentications: usize,
 }
 
 impl SetSummary {
+    /// Counts what `loaded` holds, and what of it `snapshot` evaluates.
     pub fn of(snapshot: &Snapshot, loaded: &LoadedPolicies) -> Self {
         Self {
             files: loaded.files,

@@ -1,4 +1,4 @@
-//! `portcullis test`: policy test files — requests, tokens signed with keys the file declares, the decisions expected — run against a policy set, for CI.
+//! `portcullis test`: policy test files — requests, tokens signed with keys the file declares, the decisions expected — run against a policy set, for CI; never fetches keys.
 //!
 //! An issuer a test file declares is trusted through its key for the run: every JWT rule of
 //! that issuer in the policies verifies with the declared key instead of its own `jwks`,
@@ -18,13 +18,13 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use serde_saphyr::Spanned;
 
-use crate::app::build_snapshot_with;
 use crate::cli::RequestFile;
 use crate::config::{ConfigError, describe_yaml_error, yaml_options};
 use crate::core::authn::{JwtRule, KeySource, NoRemoteKeys};
 use crate::core::jwt::KeySet;
 use crate::core::{Decision, Reason, Snapshot};
-use crate::denial::Denial;
+use crate::doors::denial::Denial;
+use crate::policy_set::build_snapshot_with;
 use crate::settings::Settings;
 
 /// How long the tokens of a test file are valid from the run's start when their claims set no `exp`.
@@ -113,7 +113,9 @@ struct Suite {
 /// How a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TestOutcome {
+    /// Every case passed.
     Passed,
+    /// A case failed.
     Failed,
     /// A test file or the policies could not be read; nothing ran.
     Broken,
@@ -404,7 +406,7 @@ fn der(tag: u8, content: &[u8]) -> Vec<u8> {
         Ok(short) if short < 0x80 => out.push(short),
         _ => {
             let length = content.len().to_be_bytes();
-            let significant = &length[length.iter().take_while(|&&byte| byte == 0).count()..];
+            let significant = without_leading_zeros(&length);
             out.push(0x80 | u8::try_from(significant.len()).unwrap_or(0));
             out.extend_from_slice(significant);
         }
@@ -413,10 +415,21 @@ fn der(tag: u8, content: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Big-endian bytes without their leading zero bytes.
+fn without_leading_zeros(mut bytes: &[u8]) -> &[u8] {
+    while let [0, rest @ ..] = bytes {
+        bytes = rest;
+    }
+    bytes
+}
+
 /// A DER INTEGER from unsigned big-endian bytes.
 fn der_integer(unsigned: &[u8]) -> Vec<u8> {
-    let start = unsigned.iter().take_while(|&&byte| byte == 0).count().min(unsigned.len().saturating_sub(1));
-    let digits = &unsigned[start..];
+    // Zero itself keeps one digit.
+    let digits = match without_leading_zeros(unsigned) {
+        [] => unsigned.last().map(std::slice::from_ref).unwrap_or_default(),
+        digits => digits,
+    };
     let sign_pad: &[u8] = if digits.first().is_some_and(|&byte| byte & 0x80 != 0) { &[0] } else { &[] };
     der(0x02, &[sign_pad, digits].concat())
 }

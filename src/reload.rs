@@ -43,6 +43,7 @@ pub struct Reloader {
 }
 
 impl Reloader {
+    /// A reloader that swaps new policy sets into `engine`.
     pub fn new(engine: Arc<Engine>) -> Self {
         Self { engine, reloading: tokio::sync::Mutex::new(()) }
     }

@@ -1,4 +1,4 @@
-//! Server settings: one YAML file, `PORTCULLIS_*` variables and flags, merged with flags > env > file > defaults.
+//! Server settings: one YAML file, `PORTCULLIS_*` variables and flags, merged with flags > env > file > defaults; never reads policies.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -13,26 +13,60 @@ use crate::core::authn::{AuthnContext, KeyLookup};
 use crate::core::matcher::IpMatch;
 use crate::core::path::PathOptions;
 use crate::core::workload::{UnknownWorkload, WorkloadEntry, WorkloadSelector, WorkloadTable};
-use crate::http::listener::ConnectionLimits;
-use crate::jwks::FetchLimits;
+use crate::doors::listener::ConnectionLimits;
+use crate::identity::jwks::FetchLimits;
 
 /// A problem with the settings; reported before any port is bound.
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
+    /// The settings file cannot be read.
     #[error("config file `{file}`: cannot read: {source}")]
-    Read { file: PathBuf, source: std::io::Error },
+    Read {
+        /// The settings file.
+        file: PathBuf,
+        /// Why it cannot be read.
+        source: std::io::Error,
+    },
+    /// The settings file is not valid YAML, or holds a value of the wrong kind.
     #[error("config file `{file}`:{line}: {message}")]
-    Parse { file: PathBuf, line: u64, message: String },
+    Parse {
+        /// The settings file.
+        file: PathBuf,
+        /// The line of the problem, from 1.
+        line: u64,
+        /// What is wrong.
+        message: String,
+    },
+    /// A row of the workloads table is invalid.
     #[error("workloads[{index}]: {message}")]
-    Workload { index: usize, message: String },
+    Workload {
+        /// The row, from 0.
+        index: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// An entry of `trusted_proxies` is no address or CIDR.
     #[error("trusted_proxies: {0}")]
     TrustedProxies(String),
+    /// A `PORTCULLIS_*` variable has a value its setting cannot take.
     #[error("environment variable `{name}`: {message}")]
-    Environment { name: String, message: String },
+    Environment {
+        /// The variable.
+        name: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The merged settings contradict each other.
     #[error("{0}")]
     Invalid(String),
+    /// The `sso` block is wrong, each problem named by its key.
     #[error("{}", .errors.iter().map(|error| format!("{file}: {error}")).collect::<Vec<_>>().join("\n"))]
-    Sso { file: String, errors: Vec<crate::sso::config::SsoSettingsError> },
+    Sso {
+        /// The settings file.
+        file: String,
+        /// Every problem of the block.
+        errors: Vec<crate::sso::config::SsoSettingsError>,
+    },
 }
 
 /// `PORTCULLIS_*` variables read by the command line itself rather than as settings.
@@ -170,8 +204,11 @@ pub enum HttpMode {
     /// Envoy's HTTP mode a client's `X-Original-URL` or `X-Original-URI` chooses the judged
     /// path: name the proxy instead.
     Auto,
+    /// Traefik's ForwardAuth: the `X-Forwarded-Method`, `-Proto`, `-Host` and `-Uri` headers.
     Traefik,
+    /// nginx `auth_request`: `X-Original-URI` and `X-Original-Method`.
     Nginx,
+    /// ingress-nginx's external auth: `X-Original-URL` and `X-Original-Method`.
     IngressNginx,
     /// The request itself (Envoy's HTTP ext_authz service); forwarding headers are ignored.
     Envoy,
@@ -181,15 +218,21 @@ pub enum HttpMode {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DecisionLogMode {
+    /// Every decision.
     All,
+    /// Denials only.
     Deny,
+    /// No decision.
     None,
 }
 
+/// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
+    /// Human-readable lines, in colour on a terminal.
     Text,
+    /// One JSON object a line.
     Json,
 }
 
@@ -197,14 +240,19 @@ pub enum LogFormat {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkloadSetting {
+    /// The destination principal (`spiffe://cluster.local/ns/<ns>/sa/<sa>`), sent with mTLS.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub principal: Option<String>,
+    /// The destination address: an IP or a CIDR.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,
+    /// The request's authority, case-insensitive, with or without its port.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
+    /// The workload's namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
+    /// The workload's labels, for policy selectors.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
 }
@@ -212,11 +260,17 @@ pub struct WorkloadSetting {
 /// Values given as flags or `PORTCULLIS_*` variables; each overrides the file.
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
+    /// `--grpc-listen`.
     pub grpc_listen: Option<SocketAddr>,
+    /// `--http-listen`.
     pub http_listen: Option<SocketAddr>,
+    /// `--admin-listen`.
     pub admin_listen: Option<SocketAddr>,
+    /// `--policies`, each repeated flag a path.
     pub policies: Vec<PathBuf>,
+    /// `--log-format`.
     pub log_format: Option<LogFormat>,
+    /// `--log-level`.
     pub log_level: Option<String>,
 }
 
@@ -239,7 +293,7 @@ impl Settings {
         settings.log_format = log_format.unwrap_or(settings.log_format);
         settings.log_level = log_level.unwrap_or(settings.log_level);
         settings.workload_table()?;
-        crate::http::trusted_proxies(&settings.trusted_proxies).map_err(SettingsError::TrustedProxies)?;
+        crate::doors::http::trusted_proxies(&settings.trusted_proxies).map_err(SettingsError::TrustedProxies)?;
         if !(0.0..=1.0).contains(&settings.decision_log_sample_rate) {
             return Err(SettingsError::Invalid("decision_log_sample_rate must be between 0 and 1".into()));
         }
@@ -299,7 +353,9 @@ impl Settings {
             // Name the variable whose value does not fit: the one that fails on its own.
             let culprit = applied.iter().find(|(_, key, field)| {
                 let mut alone = before.clone();
-                alone[key.as_str()] = field.clone();
+                if let Some(fields) = alone.as_object_mut() {
+                    fields.insert(key.clone(), field.clone());
+                }
                 serde_json::from_value::<Self>(alone).is_err()
             });
             invalid(culprit.map_or("PORTCULLIS_*", |(name, _, _)| name.as_str()), error.to_string())

@@ -25,6 +25,7 @@ struct Running {
 }
 
 impl Tasks {
+    /// No task yet.
     pub fn new() -> Self {
         Self::default()
     }

@@ -1,4 +1,4 @@
-//! Telemetry names and emission: Prometheus metrics (`portcullis_*`), log set-up and the per-check decision log.
+//! Telemetry names and emission: Prometheus metrics (`portcullis_*`), log set-up and the per-check decision log; a metric label never carries a path or a token.
 
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,13 +20,16 @@ use crate::settings::{DecisionLogMode, LogFormat, Settings};
 /// The network door a check came through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Door {
+    /// Envoy's ext_authz Check.
     Grpc,
+    /// The forward-auth door.
     Http,
 }
 
 impl Door {
     const ALL: [Door; 2] = [Door::Grpc, Door::Http];
 
+    /// The door's `door` label.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Grpc => "grpc",
@@ -96,6 +99,7 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Every metric registered, at zero.
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("portcullis");
         let checks = Family::<CheckLabels, Counter>::default();
@@ -201,6 +205,7 @@ impl Metrics {
         self.jwks_age.remove(&labels);
     }
 
+    /// Counts a token cache lookup as a hit or a miss.
     pub fn record_token_cache_lookup(&self, hit: bool) {
         if hit {
             self.token_cache_hits.inc()
@@ -209,6 +214,7 @@ impl Metrics {
         };
     }
 
+    /// Counts a reload, `ok` or `error`.
     pub fn record_reload(&self, ok: bool) {
         self.reloads.get_or_create(&ResultLabels { result: if ok { "ok" } else { "error" } }).inc();
     }
@@ -220,10 +226,16 @@ impl Metrics {
         }
     }
 
+    /// Sets how many tokens the cache holds.
     pub fn record_token_cache_size(&self, entries: usize) {
         self.token_cache_entries.set(i64::try_from(entries).unwrap_or(i64::MAX));
     }
 
+    /// Counts a check by door, decision and reason, and observes how long it took.
+    #[expect(
+        clippy::indexing_slicing,
+        reason = "the series have a row per `Door` and a cell per `Reason`, by discriminant"
+    )]
     pub fn record_check(&self, door: Door, decision: &Decision, elapsed: Duration) {
         let reason = decision.reason;
         let counter = self.check_series[door as usize][reason as usize].get_or_init(|| {
@@ -236,6 +248,7 @@ impl Metrics {
         duration.observe(elapsed.as_secs_f64());
     }
 
+    /// Counts a check whose workload the settings do not name.
     pub fn record_unidentified_workload(&self, door: Door) {
         self.unidentified_workload_checks.get_or_create(&DoorLabels { door: door.as_str() }).inc();
     }
@@ -252,6 +265,7 @@ impl Metrics {
         self.checks_in_flight.get()
     }
 
+    /// Sets the live policy set's generation and its count of policies.
     pub fn record_policy_set(&self, generation: u64, policies: usize) {
         self.policy_generation.set(i64::try_from(generation).unwrap_or(i64::MAX));
         self.policies_loaded.set(i64::try_from(policies).unwrap_or(i64::MAX));
@@ -300,6 +314,7 @@ pub struct RateLimitedLine {
 }
 
 impl RateLimitedLine {
+    /// At most one line per `interval`.
     pub fn new(interval: Duration) -> Self {
         Self {
             interval_ms: u64::try_from(interval.as_millis()).unwrap_or(u64::MAX),
@@ -377,12 +392,19 @@ pub struct DecisionLog {
 /// One decision and the request it was about.
 #[derive(Debug)]
 pub struct DecisionRecord<'a> {
+    /// The door the request came through.
     pub door: Door,
+    /// The request's `x-request-id`, or empty.
     pub request_id: &'a str,
+    /// The request's method.
     pub method: &'a str,
+    /// The request's authority.
     pub host: &'a str,
+    /// The request's path, logged with what `redaction` hides taken out.
     pub path: &'a str,
+    /// What was decided.
     pub decision: &'a Decision,
+    /// How long the check took.
     pub elapsed: Duration,
     /// What the live policy set makes secret in `path`.
     pub redaction: &'a LogRedaction,
@@ -405,13 +427,19 @@ macro_rules! decision_event {
             policy = $policy,
             jwt_error = $decision.jwt_error.map(|error| error.message()).unwrap_or_default(),
             claims = $claims,
-            latency_us = $record.elapsed.as_micros() as u64,
+            latency_us = u64::try_from($record.elapsed.as_micros()).unwrap_or(u64::MAX),
             "Decided"
         )
     };
 }
 
 impl DecisionLog {
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "a positive rate's inverse, rounded and at least 1; `as` saturates a huge one"
+    )]
+    /// The decision log the settings ask for: which decisions, at which level, how sampled.
     pub fn new(settings: &Settings) -> Self {
         let rate = settings.decision_log_sample_rate;
         let every = if rate <= 0.0 { 0 } else { (1.0 / rate).round().max(1.0) as u64 };

@@ -1,4 +1,4 @@
-//! OpenTelemetry traces: off unless the standard `OTEL_*` variables name an OTLP endpoint; one span per check, joined to the caller's trace through its `traceparent`.
+//! OpenTelemetry traces: off unless the standard `OTEL_*` variables name an OTLP endpoint; one span per check, joined to the caller's trace through its `traceparent`; a span never carries a path, a header or a token.
 
 use std::time::SystemTime;
 
@@ -106,7 +106,9 @@ fn method_attribute(method: &str) -> &'static str {
 /// The W3C trace-context headers of the checked request.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TraceContext<'a> {
+    /// The `traceparent` header.
     pub traceparent: Option<&'a str>,
+    /// The `tracestate` header.
     pub tracestate: Option<&'a str>,
 }
 

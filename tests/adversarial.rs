@@ -1,6 +1,6 @@
 //! Adversarial inputs, each with the safe decision it must get: tokens, key sets, paths, hosts, forwarding headers, header limits, output headers, policy YAML.
 
-#![allow(clippy::expect_used, clippy::panic, reason = "test helpers: a failed step fails the test")]
+#![expect(clippy::expect_used, clippy::panic, reason = "test helpers: a failed step fails the test")]
 
 mod forge;
 mod support;
@@ -25,8 +25,8 @@ use portcullis::core::authn::{AuthnContext, NoRemoteKeys};
 use portcullis::core::jwt::{JwtError, KeySet};
 use portcullis::core::workload::WorkloadTable;
 use portcullis::core::{Decision, EngineOptions, HttpRequest, Reason, Request, Snapshot, StrMap};
+use portcullis::identity::token_cache::VerifiedTokenCache;
 use portcullis::telemetry::Metrics;
-use portcullis::token_cache::VerifiedTokenCache;
 use serde_json::{Value, json};
 use support::{
     Server, config_file, envoy_mode_request, header_in, http_get, http_request, metadata_field, policy_dir, raw_http,
@@ -1293,7 +1293,7 @@ fn huge_policy_files_are_refused_or_bounded() {
 
     let paths: Vec<String> = (0..60_000).map(|index| format!("\"/p{index}\"")).collect();
     let big = policy_with_operation(&format!("paths: [{}]", paths.join(", ")));
-    assert!(big.len() < MAX_FILE_BYTES as usize);
+    assert!(u64::try_from(big.len()).expect("a length") < MAX_FILE_BYTES);
     let errors = compile_errors(big).expect("a big policy within the bound");
     assert!(errors.is_empty(), "{errors:?}");
 

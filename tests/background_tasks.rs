@@ -1,6 +1,6 @@
 //! The server's background work through the real binary: one key-refresh loop per issuer, stopped when a reload drops the issuer and replaced when its `jwksUri` moves; start-up fetches shared with the first tokens; shutdown with a fetch pending; `/readyz` naming why keys are missing.
 
-#![allow(clippy::expect_used, clippy::panic, reason = "test helpers: a failed step fails the test")]
+#![expect(clippy::expect_used, reason = "test helpers: a failed step fails the test")]
 
 mod forge;
 mod support;

@@ -1,6 +1,6 @@
 //! Faults: an IdP down at start, slow or failing later; clock jumps; a panic inside a check; policy files unparsable or emptied at runtime.
 
-#![allow(clippy::expect_used, clippy::panic, reason = "test helpers: a failed step fails the test")]
+#![expect(clippy::expect_used, clippy::indexing_slicing, reason = "test helpers: a failed step fails the test")]
 
 mod forge;
 mod support;
@@ -21,9 +21,9 @@ use portcullis::config::load::load_policy_text;
 use portcullis::core::HttpRequest;
 use portcullis::core::authn::{self, Authentication, AuthnContext, JwtRule, NoRemoteKeys};
 use portcullis::core::jwt::JwtError;
-use portcullis::denial::Denial;
+use portcullis::doors::denial::Denial;
+use portcullis::identity::token_cache::{TokenKey, VerifiedTokenCache};
 use portcullis::telemetry::Metrics;
-use portcullis::token_cache::{TokenKey, VerifiedTokenCache};
 use serde_json::{Value, json};
 use support::{Server, config_file, http_get, policy_dir};
 
@@ -274,7 +274,12 @@ fn token_lifetimes_are_judged_at_the_given_clock_with_skew() {
         (u64::MAX, 60, Err(JwtError::Expired)),
     ];
     for (now, skew, expected) in cases {
-        assert_eq!(judge(&rule, &token, now, skew, None), expected, "now T{:+}, skew {skew}", now as i128 - T as i128);
+        assert_eq!(
+            judge(&rule, &token, now, skew, None),
+            expected,
+            "now T{:+}, skew {skew}",
+            i128::from(now) - i128::from(T)
+        );
     }
 }
 

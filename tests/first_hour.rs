@@ -1,6 +1,6 @@
 //! What a new user meets in the first hour: why an issuer has no keys, its metrics from start-up, a token that does not wait for the next retry, settings errors that name their variable, and the README's troubleshooting commands run against the problems they diagnose.
 
-#![allow(clippy::expect_used, clippy::panic, reason = "test helpers: a failed step fails the test")]
+#![expect(clippy::expect_used, clippy::panic, reason = "test helpers: a failed step fails the test")]
 
 mod forge;
 mod support;

@@ -1,6 +1,6 @@
 //! Promises of the README about the server's life, through the real binary: shutdown, start-up readiness, reload with authentication, single-flight key refetch, the decision-log settings and a panic inside a check.
 
-#![allow(clippy::expect_used, clippy::panic, reason = "test helpers: a failed step fails the test")]
+#![expect(clippy::expect_used, reason = "test helpers: a failed step fails the test")]
 
 mod forge;
 mod support;
@@ -331,7 +331,7 @@ async fn decision_log_level_is_the_level_of_each_decision_line() {
 // ---------------------------------------------------------------------------------------------
 
 /// Through the real binary: the debug builds' fault-injection hook (`PORTCULLIS_DEBUG_PANIC_ON_TOKEN`,
-/// see `src/token_cache.rs`) makes the token cache panic on one token; that check is a 403 deny,
+/// see `src/identity/token_cache.rs`) makes the token cache panic on one token; that check is a 403 deny,
 /// `internal_error`, logged and counted, and the server goes on deciding the next checks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panic_inside_a_check_is_a_403_internal_error_and_the_server_keeps_serving() {

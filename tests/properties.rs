@@ -1,6 +1,6 @@
 //! Property tests: path normalization is idempotent, DENY decisions survive every equivalent spelling of a path, matchers and YAML compilation never panic.
 
-#![allow(clippy::expect_used, clippy::panic, reason = "test helpers: a failed step fails the test")]
+#![expect(clippy::expect_used, clippy::indexing_slicing, reason = "test helpers: a failed step fails the test")]
 
 use std::collections::HashMap;
 

@@ -239,8 +239,8 @@ mod tokens {
     }
 
     fn token(exp_offset: i64, username: &str) -> String {
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() as i64;
-        let claims = serde_json::json!({"iss": "https://idp.test/realms/jobs", "sub": username, "exp": now + exp_offset,
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
+        let claims = serde_json::json!({"iss": "https://idp.test/realms/jobs", "sub": username, "exp": i64::try_from(now).expect("a time") + exp_offset,
                                         "preferred_username": username, "realm_access": {"roles": ["user"]}});
         let mut header = Header::new(Algorithm::RS256);
         header.kid = Some("k1".into());

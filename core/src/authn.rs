@@ -212,7 +212,7 @@ pub fn find_credential<'p>(
     }
     let Some(&token) = tokens.first() else { return Ok(None) };
     // The same header read by several rules is the same slice: no need to compare its bytes.
-    if tokens[1..].iter().any(|&other| !std::ptr::eq(other, token) && other != token) {
+    if tokens.iter().skip(1).any(|&other| !std::ptr::eq(other, token) && other != token) {
         return Err(JwtError::VerificationFails);
     }
     Ok(Some(Credential { token, found }))

@@ -33,6 +33,7 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// Every reason, in declaration order.
     pub const ALL: [Reason; 10] = [
         Self::NoPolicies,
         Self::AllowedByPolicy,
@@ -46,6 +47,7 @@ impl Reason {
         Self::UnknownWorkload,
     ];
 
+    /// The reason's name in metrics, logs and `portcullis check`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::NoPolicies => "no_policies",
@@ -61,6 +63,7 @@ impl Reason {
         }
     }
 
+    /// Whether a decision for this reason lets the request through.
     pub fn is_allow(self) -> bool {
         matches!(self, Self::NoPolicies | Self::AllowedByPolicy)
     }
@@ -76,7 +79,12 @@ impl Reason {
 pub enum Challenge {
     /// A bearer token (RFC 6750): `realm` is the URL the request was for (scheme, host,
     /// path), `error` the RFC 6750 error code.
-    Bearer { realm: Box<str>, error: &'static str },
+    Bearer {
+        /// The URL the request was for.
+        realm: Box<str>,
+        /// The RFC 6750 error code.
+        error: &'static str,
+    },
     /// A browser login: `url` starts it and brings the browser back to the request's URL. A
     /// browser navigation (`navigation`) is sent there; anything else is told where it is.
     Login {
@@ -109,13 +117,20 @@ pub enum Verdict<'d> {
     Deny(Reason),
     /// Refuse the request's token for `error`, challenging the client when the request's URL
     /// can be written in a header.
-    RefuseToken { error: JwtError, challenge: Option<&'d Challenge> },
+    RefuseToken {
+        /// Why the token was refused.
+        error: JwtError,
+        /// The challenge, when the URL can be a header.
+        challenge: Option<&'d Challenge>,
+    },
 }
 
 /// The policy and rule that decided, shown as Istio names it: `ns[NS]-policy[NAME]-rule[N]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PolicyMatch {
+    /// The policy.
     pub policy: Arc<PolicyId>,
+    /// The rule, from 0.
     pub rule: usize,
 }
 
@@ -128,13 +143,16 @@ impl fmt::Display for PolicyMatch {
 /// What the dry-run policies would have decided.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DryRunOutcome {
+    /// Whether they would have let the request through.
     pub would_allow: bool,
+    /// The dry-run policy that would have decided, if one would.
     pub policy: Option<PolicyMatch>,
 }
 
 /// The decision for one request.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decision {
+    /// Why the request is allowed or denied.
     pub reason: Reason,
     /// The enforced policy that decided, if one did.
     pub policy: Option<PolicyMatch>,
@@ -160,6 +178,7 @@ pub struct Decision {
 }
 
 impl Decision {
+    /// A decision for `reason`, by `policy`, with nothing else to say.
     pub fn new(reason: Reason, policy: Option<PolicyMatch>) -> Self {
         Self {
             reason,
@@ -176,6 +195,7 @@ impl Decision {
         }
     }
 
+    /// Whether the request is let through (dry runs aside).
     pub fn is_allow(&self) -> bool {
         self.reason.is_allow()
     }

@@ -41,8 +41,11 @@ pub struct Explanation {
 /// One policy that selects the workload, and how each of its rules fared.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PolicyExplanation {
+    /// The policy.
     pub policy: Arc<PolicyId>,
+    /// Its action.
     pub action: Action,
+    /// Whether it is an `istio.io/dry-run` policy.
     pub dry_run: bool,
     /// One outcome per rule, in the policy's order.
     pub rules: Vec<RuleOutcome>,
@@ -51,6 +54,7 @@ pub struct PolicyExplanation {
 /// How one rule fared.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RuleOutcome {
+    /// Every field and condition held.
     Matched,
     /// The first field or condition that did not hold, and why: `to.operation.paths: …`.
     Missed(String),

@@ -1,4 +1,4 @@
-//! Compiled policies indexed by namespace and, within one, by the first label of their selector, so that a check reads only the policies that can select its workload.
+//! Compiled policies indexed by namespace and, within one, by the first label of their selector, so that a check reads only the policies that can select its workload; pure, never decides.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -194,6 +194,7 @@ impl SelectorIndex {
 
     /// Calls `visit` with each item of `items` (the list the index was built from) whose
     /// selector picks the workload, in the list's order.
+    #[expect(clippy::indexing_slicing, reason = "the positions were taken from `items` when the index was built")]
     fn select<'i, T: Selected>(&self, items: &'i [T], workload: &Workload<'_>, mut visit: impl FnMut(&'i T)) {
         let labelled = self
             .by_first_label
@@ -322,7 +323,8 @@ mod tests {
                         let workload = table.resolve(&request);
 
                         let mut expected = applicable(&expected_policies, &workload, |p| (&p.id, &p.selector));
-                        expected.sort_by_key(|policy| !mesh_wide(&policy.id) as u8 * 10 + PolicyKind::of(policy) as u8);
+                        expected
+                            .sort_by_key(|policy| u8::from(!mesh_wide(&policy.id)) * 10 + PolicyKind::of(policy) as u8);
                         let names =
                             |found: &[&Policy]| found.iter().map(|policy| policy.id.to_string()).collect::<Vec<_>>();
                         let scope = index.scope(&workload);

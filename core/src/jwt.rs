@@ -128,7 +128,11 @@ impl KeyFingerprint {
         match material {
             KeyMaterial::Rsa { n, e } => {
                 for number in [n, e] {
-                    push_field(&number[number.iter().take_while(|&&byte| byte == 0).count()..]);
+                    let mut digits: &[u8] = number;
+                    while let [0, rest @ ..] = digits {
+                        digits = rest;
+                    }
+                    push_field(digits);
                 }
             }
             KeyMaterial::Bytes(bytes) => push_field(bytes),

@@ -18,14 +18,19 @@ impl Default for PathOptions {
 /// Why a path cannot be normalized safely; such a request is denied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum PathError {
+    /// Not starting with `/`.
     #[error("path does not start with `/`")]
     NotAbsolute,
+    /// A `%00`.
     #[error("path contains an encoded NUL byte")]
     EncodedNul,
+    /// A `%` without two hex digits.
     #[error("path contains a `%` not followed by two hex digits")]
     BadPercentEncoding,
+    /// A raw control character.
     #[error("path contains a control character")]
     ControlCharacter,
+    /// A `.` or `..` segment with `;` parameters, which some servers read as the dot segment.
     #[error("path contains a dot segment with parameters (`..;`)")]
     DotSegmentWithParameters,
 }

@@ -137,7 +137,7 @@ pub fn without_jwts(text: &str) -> Cow<'_, str> {
 /// Where the JWT starting at `start` ends: a header of at least [`MIN_JWT_HEADER_CHARS`], a
 /// non-empty payload, then every further dotted segment (signature, or JWE parts).
 fn jwt_end(bytes: &[u8], start: usize) -> Option<usize> {
-    let segment_end = |from: usize| from + bytes[from..].iter().take_while(|&&byte| is_base64url(byte)).count();
+    let segment_end = |from: usize| from + bytes.iter().skip(from).take_while(|&&byte| is_base64url(byte)).count();
     let header_end = segment_end(start);
     if header_end - start < MIN_JWT_HEADER_CHARS || bytes.get(header_end) != Some(&b'.') {
         return None;
@@ -162,8 +162,8 @@ fn percent_decoded(text: &str) -> Vec<u8> {
     let bytes = text.as_bytes();
     let mut decoded = Vec::with_capacity(bytes.len());
     let mut at = 0;
-    while at < bytes.len() {
-        let escaped = (bytes[at] == b'%')
+    while let Some(&byte) = bytes.get(at) {
+        let escaped = (byte == b'%')
             .then(|| bytes.get(at + 1..at + 3))
             .flatten()
             .and_then(|hex| std::str::from_utf8(hex).ok())
@@ -174,7 +174,7 @@ fn percent_decoded(text: &str) -> Vec<u8> {
                 at += 3;
             }
             None => {
-                decoded.push(bytes[at]);
+                decoded.push(byte);
                 at += 1;
             }
         }

@@ -22,7 +22,9 @@ pub struct Request<'a> {
 /// One side of the connection.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Peer<'a> {
+    /// The peer's IP address, when known.
     pub address: Option<IpAddr>,
+    /// The peer's port, when known.
     pub port: Option<u16>,
     /// The peer's certificate identity as sent (`spiffe://…`), empty when none.
     pub principal: &'a str,
@@ -56,6 +58,7 @@ impl<'a> StrMap<'a> {
         }
     }
 
+    /// Whether the map has no entry.
     pub fn is_empty(&self) -> bool {
         match &self.0 {
             Entries::List(list) => list.is_empty(),
@@ -95,6 +98,7 @@ impl PartialEq for StrMap<'_> {
 /// The HTTP part of a request.
 #[derive(Debug, Clone, Default)]
 pub struct HttpRequest<'a> {
+    /// The HTTP method, as sent.
     pub method: &'a str,
     /// `http` or `https`, empty when unknown.
     pub scheme: &'a str,
@@ -127,7 +131,7 @@ impl<'a> HttpRequest<'a> {
         } else {
             self.headers.len()
         };
-        self.headers[..end].iter().filter(is_named).map(|&(_, value)| value)
+        self.headers.iter().take(end).filter(is_named).map(|&(_, value)| value)
     }
 }
 
@@ -192,7 +196,9 @@ impl<'r> HeaderView<'r> {
 pub struct SpiffeId<'a> {
     /// The identity without `spiffe://`, as `principals` match it.
     pub principal: &'a str,
+    /// What follows `/ns/`.
     pub namespace: Option<&'a str>,
+    /// What follows `/sa/`.
     pub service_account: Option<&'a str>,
 }
 

@@ -19,6 +19,7 @@ use super::workload::{UnknownWorkload, Workload, WorkloadTable};
 /// Options of the engine that come from the server's settings.
 #[derive(Debug, Clone, Default)]
 pub struct EngineOptions {
+    /// How paths are normalized before they are matched.
     pub path: PathOptions,
     /// How many proxies' entries to skip from the right of `x-forwarded-for` to find the
     /// client address (`remote.ip`); 0 takes the direct peer and never reads the header.

@@ -1,4 +1,4 @@
-//! Test helpers for this crate's tests and the server's (feature `test-util`): the keys of `tests/keys/`, signed tokens, a JWT rule.
+//! Test helpers for this crate's tests and the server's (feature `test-util`): the keys of `tests/keys/`, signed tokens, a JWT rule; never built into the server.
 #![expect(clippy::expect_used, reason = "test helpers: a key or token that cannot be built ends the test")]
 
 use std::sync::Arc;

@@ -29,8 +29,11 @@ pub struct WorkloadTable {
 /// One row of the workloads table: the first row whose selector fits the request applies.
 #[derive(Debug, Clone)]
 pub struct WorkloadEntry {
+    /// What a request must carry for the row to apply.
     pub selector: WorkloadSelector,
+    /// The workload's namespace.
     pub namespace: Option<Box<str>>,
+    /// The workload's labels.
     pub labels: HashMap<String, String>,
 }
 
@@ -61,6 +64,7 @@ impl WorkloadSelector {
 }
 
 impl WorkloadTable {
+    /// The table of these rows, tried in order.
     pub fn new(entries: Vec<WorkloadEntry>) -> Self {
         Self { entries: entries.into() }
     }
@@ -116,6 +120,7 @@ impl LabelSelector {
 /// The workload a request is for.
 #[derive(Debug, Clone)]
 pub struct Workload<'r> {
+    /// The workload's namespace, when a source names it.
     pub namespace: Option<&'r str>,
     context_extensions: &'r StrMap<'r>,
     destination_labels: &'r StrMap<'r>,

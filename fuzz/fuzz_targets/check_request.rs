@@ -15,8 +15,8 @@ use portcullis::config::load::{LoadedPolicies, load_policies, load_policy_text};
 use portcullis::core::authn::{AuthnContext, NoRemoteKeys};
 use portcullis::core::workload::WorkloadTable;
 use portcullis::core::{EngineOptions, Snapshot};
-use portcullis::grpc::oracle::{compare, request_from_check};
-use portcullis::grpc::{CheckView, ViewError, decide_view};
+use portcullis::doors::grpc::oracle::{compare, request_from_check};
+use portcullis::doors::grpc::{CheckView, ViewError, decide_view_without_engine};
 use prost::Message;
 use prost::bytes::Bytes;
 
@@ -184,6 +184,6 @@ fuzz_target!(|data: &[u8]| {
         clock_skew_secs: 60,
         max_token_bytes: 8192,
     };
-    let decision = decide_view(snapshot(), &view, &context);
+    let decision = decide_view_without_engine(snapshot(), &view, &context);
     assert_ne!(decision.reason.as_str(), "internal_error", "a check panicked: {view:?}");
 });

@@ -22,6 +22,7 @@ const DRY_RUN_ANNOTATION: &str = "istio.io/dry-run";
 /// Where a document starts, so that locations inside it can be reported in its file.
 #[derive(Debug, Clone, Copy)]
 pub struct DocumentOrigin<'a> {
+    /// The policy file.
     pub file: &'a str,
     /// The file line (1-based) of the document's first line.
     pub first_line: u64,
@@ -33,6 +34,7 @@ impl DocumentOrigin<'_> {
         self.first_line + document_line.saturating_sub(1)
     }
 
+    /// A problem at a line inside the document.
     pub fn error(&self, document_line: u64, message: String) -> ConfigError {
         ConfigError { file: self.file.into(), line: self.file_line(document_line), message }
     }
@@ -102,7 +104,7 @@ pub fn compile_request_authentication(
         None => (LabelSelector::default(), Vec::new()),
     };
     for (index, rule) in rules.iter().enumerate() {
-        if rules[..index].iter().any(|earlier| earlier.issuer == rule.issuer) {
+        if rules.iter().take(index).any(|earlier| earlier.issuer == rule.issuer) {
             let line = document.metadata.referenced.line();
             compiler.report(line, "spec.jwtRules", format!("issuer `{}` appears in two rules", rule.issuer));
         }

@@ -35,12 +35,15 @@ pub struct SkippedDocument {
 /// The policies found under the configured paths.
 #[derive(Debug, Default)]
 pub struct LoadedPolicies {
+    /// The AuthorizationPolicies evaluated here, compiled.
     pub policies: Vec<Policy>,
+    /// The RequestAuthentications, compiled.
     pub authn: Vec<AuthnPolicy>,
     /// CUSTOM policies: accepted, not evaluated.
     pub custom: Vec<PolicyId>,
     /// Documents of other kinds, skipped.
     pub skipped: Vec<SkippedDocument>,
+    /// Policy files read.
     pub files: usize,
 }
 
@@ -335,6 +338,7 @@ fn closest_kind(kind: &str) -> &'static str {
 }
 
 /// Levenshtein distance in bytes; only short ASCII names (kinds, variables) are compared.
+#[expect(clippy::indexing_slicing, reason = "the rows have `b.len() + 1` cells and `j < b.len()`")]
 pub(crate) fn edit_distance(a: &str, b: &str) -> usize {
     let b = b.as_bytes();
     let mut previous: Vec<usize> = (0..=b.len()).collect();

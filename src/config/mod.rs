@@ -2,16 +2,18 @@
 
 pub mod compile;
 pub mod load;
-pub mod raw;
+pub(crate) mod raw;
 
 use std::fmt;
 
 /// One problem in a policy file, located.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct ConfigError {
+    /// The policy file.
     pub file: Box<str>,
     /// 1-based; 0 when the problem concerns the whole file.
     pub line: u64,
+    /// What is wrong.
     pub message: String,
 }
 

@@ -17,7 +17,7 @@ use crate::core::id_token::{self, IdTokenExpectations, SessionClaims};
 use crate::core::identity::ClaimPaths;
 use crate::core::redirect::RedirectTarget;
 use crate::core::{Decision, HttpRequest, Identity, Reason};
-use crate::jwks::KeyStore;
+use crate::identity::jwks::KeyStore;
 use crate::outbound::Outbound;
 
 /// Logins under way at once; more end the oldest.

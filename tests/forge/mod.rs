@@ -1,7 +1,7 @@
 //! Forged tokens, key sets and a misbehaving JWKS server for the adversarial and fault tests; real signatures with the keys in tests/keys/.
 
 #![allow(dead_code, reason = "each test crate uses a different part of the forge")]
-#![allow(clippy::expect_used, clippy::panic, reason = "test set-up: a failure to forge fails the test")]
+#![expect(clippy::expect_used, clippy::indexing_slicing, reason = "test set-up: a failure to forge fails the test")]
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

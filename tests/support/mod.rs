@@ -2,7 +2,7 @@
 
 #![allow(dead_code, reason = "each test crate uses a different part of the support module")]
 #![expect(clippy::expect_used, reason = "test set-up: a failure to start the server fails the test")]
-#![allow(clippy::panic, reason = "a hang guard fails the test")]
+#![expect(clippy::panic, reason = "a hang guard fails the test")]
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};

@@ -1,4 +1,4 @@
-//! A decision encoded as Envoy's `CheckResponse` protobuf straight from the `Decision`, with no prost message built in between: the one place decisions become gRPC answers (a denial's status, body and challenge as [`crate::denial`] words them).
+//! A decision encoded as Envoy's `CheckResponse` protobuf straight from the `Decision`, with no prost message built in between: the one place decisions become gRPC answers (a denial's status, body and challenge as [`crate::doors::denial`] words them); never decides.
 //!
 //! Fields are written in tag order and proto3 defaults (zero, empty) are left out, as prost
 //! writes them; the tests decode every kind of answer with Envoy's prost types.
@@ -8,7 +8,7 @@ use prost::bytes::BufMut;
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
 
 use crate::core::Decision;
-use crate::denial::Denial;
+use crate::doors::denial::Denial;
 
 /// gRPC status codes used in `CheckResponse.status`.
 const OK: u64 = 0;
@@ -45,7 +45,9 @@ mod tag {
 /// deny that is enforced; the global dry run answers every deny with an allow).
 #[derive(Debug)]
 pub struct CheckAnswer {
+    /// What the policies decided.
     pub decision: Decision,
+    /// Whether it is answered as an allow.
     pub allow: bool,
 }
 
@@ -299,8 +301,8 @@ mod tests {
         allowed.headers_to_remove = vec!["authorization".into(), "x-user".into()];
         allowed.query_parameters_to_remove = vec!["access_token".into(), "".into()];
         let refused = Decision::refused_token(JwtError::Expired, Challenge::bearer("https", "jobs", "/"));
-        let denied = |status: u32, body: &str, headers: Vec<HeaderValueOption>| {
-            let status = Some(HttpStatus { code: status as i32 });
+        let denied = |status: i32, body: &str, headers: Vec<HeaderValueOption>| {
+            let status = Some(HttpStatus { code: status });
             Some(HttpResponse::DeniedResponse(DeniedHttpResponse { status, headers, body: body.into() }))
         };
         vec![
@@ -384,7 +386,11 @@ mod tests {
             let bytes = answer.encode_to_vec();
             let decoded = CheckResponse::decode(&bytes[..]).unwrap_or_else(|error| panic!("{name}: {error}"));
             assert_eq!(decoded, expected, "{name}");
-            assert_eq!(answer.code(), expected.status.map_or(0, |status| status.code) as u64, "{name}");
+            assert_eq!(
+                answer.code(),
+                u64::try_from(expected.status.map_or(0, |status| status.code)).expect("a gRPC code"),
+                "{name}"
+            );
         }
     }
 

@@ -15,11 +15,11 @@ use prost::Message;
 use prost::bytes::Bytes;
 
 use super::oracle::{compare, request_from_check};
-use super::{CheckView, ViewError, decide_view};
+use super::{CheckView, ViewError, decide_view_without_engine};
 use crate::core::authn::{AuthnContext, NoRemoteKeys};
 use crate::core::workload::WorkloadTable;
 use crate::core::{EngineOptions, Reason, Snapshot};
-use crate::denial::Denial;
+use crate::doors::denial::Denial;
 
 /// Reads `bytes` with prost and through the view; `Ok` when both read the same request.
 fn agree(bytes: &[u8]) -> Result<(), String> {
@@ -335,7 +335,7 @@ fn a_string_the_core_reads_that_is_not_utf8_makes_the_request_malformed() {
         assert!(CheckRequest::decode(bytes.clone()).is_err(), "{marker}: prost refuses the whole message");
         let view = CheckView::from_wire(bytes).expect("the view decodes it");
         assert_eq!(view.request().err(), Some(ViewError::NotUtf8(field)), "{marker}");
-        let decision = decide_view(&snapshot, &view, &context);
+        let decision = decide_view_without_engine(&snapshot, &view, &context);
         assert_eq!((decision.reason, Denial::status_of(&decision)), (Reason::MalformedRequest, 403), "{marker}");
         assert_eq!(super::CheckAnswer { decision: decision.clone(), allow: false }.code(), 7, "{marker}");
     }
@@ -346,7 +346,11 @@ fn a_string_the_core_reads_that_is_not_utf8_makes_the_request_malformed() {
         assert!(view.request().is_ok(), "{marker}");
     }
     let view = CheckView::from_check(&marked_request(false)).expect("decodes");
-    assert_ne!(decide_view(&snapshot, &view, &context).reason, Reason::MalformedRequest, "unmarked, it is judged");
+    assert_ne!(
+        decide_view_without_engine(&snapshot, &view, &context).reason,
+        Reason::MalformedRequest,
+        "unmarked, it is judged"
+    );
 }
 
 const WORDS: &[&str] = &[

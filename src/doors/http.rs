@@ -1,4 +1,4 @@
-//! The HTTP forward-auth door: Traefik, nginx `auth_request`, ingress-nginx and Envoy's HTTP ext_authz. The one place decisions become HTTP answers (a denial's status, body and challenge as [`crate::denial`] words them).
+//! The HTTP forward-auth door: Traefik, nginx `auth_request`, ingress-nginx and Envoy's HTTP ext_authz. The one place decisions become HTTP answers (a denial's status, body and challenge as [`crate::doors::denial`] words them); never decides (the engine does).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -12,13 +12,11 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Request as HttpRequestIn, R
 use crate::core::decision::Challenge;
 use crate::core::matcher::IpMatch;
 use crate::core::{Decision, HttpRequest, Peer, Request, StrMap};
-use crate::denial::{Denial, LOGIN_URL_HEADER};
+use crate::doors::denial::{Denial, LOGIN_URL_HEADER};
 use crate::engine::{Engine, Received};
 use crate::settings::HttpMode;
 use crate::sso::{EndpointRequest, LoginAnswer};
 use crate::telemetry;
-
-pub mod listener;
 
 /// The header that lists, for Envoy, the request headers to strip on allow.
 const HEADERS_TO_REMOVE: &str = "x-envoy-auth-headers-to-remove";
@@ -232,8 +230,10 @@ fn readable_headers(headers: &HeaderMap, trusted: bool) -> Vec<(String, String)>
 /// A workload context that cannot be read without guessing.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ContextError {
+    /// A key given twice, whatever its values.
     #[error("context key `{0}` is given more than once")]
     DuplicateKey(String),
+    /// The header's value is not visible ASCII.
     #[error("`x-portcullis-context` is not text")]
     Unreadable,
 }

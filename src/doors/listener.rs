@@ -1,4 +1,4 @@
-//! Serves an axum router's connections with bounds: a connection limit, a header-read timeout and an idle timeout; graceful shutdown lets in-flight requests finish.
+//! Serves an axum router's connections with bounds: a connection limit, a header-read timeout and an idle timeout; graceful shutdown lets in-flight requests finish; knows nothing of checks.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -1,4 +1,4 @@
-//! A zero-copy view of Envoy's `CheckRequest`: a protobuf reader that finds, in one pass over the received buffer, the fields the core reads, and the view → core `Request` conversion, which borrows their strings from the buffer.
+//! A zero-copy view of Envoy's `CheckRequest`: a protobuf reader that finds, in one pass over the received buffer, the fields the core reads, and the view → core `Request` conversion, which borrows their strings from the buffer; never copies a string.
 
 use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 use prost::Message;
@@ -28,20 +28,28 @@ pub struct CheckView {
 /// core reads go; the Check is answered with a gRPC error, as tonic-prost answers it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum WireError {
+    /// A varint is cut off or too long.
     #[error("invalid protobuf: a varint is cut off or longer than 64 bits")]
     InvalidVarint,
+    /// A field key is too long.
     #[error("invalid protobuf: a key is longer than 32 bits")]
     InvalidKey,
+    /// A wire type protobuf does not have.
     #[error("invalid protobuf: wire type `{0}`")]
     InvalidWireType(u32),
+    /// A field number 0.
     #[error("invalid protobuf: field number 0")]
     InvalidTag,
+    /// A length runs past its message.
     #[error("invalid protobuf: a value runs past the end of its message")]
     PastEnd,
+    /// A field the view reads, with another wire type than its proto's.
     #[error("invalid protobuf: field {0} has the wrong wire type")]
     WrongWireType(u32),
+    /// An end-group tag with no group open.
     #[error("invalid protobuf: an end-group tag that closes no group")]
     UnexpectedEndGroup,
+    /// Groups nested too deep.
     #[error("invalid protobuf: groups nested past the recursion limit of 100")]
     RecursionLimit,
 }
@@ -49,6 +57,7 @@ pub enum WireError {
 /// Why a decoded view is not a request the core can judge; either way it is denied as malformed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ViewError {
+    /// The request has no `attributes`.
     #[error("the check request has no attributes")]
     NoAttributes,
     /// Envoy's proto declares the field a `string`; prost rejects the whole message for it.
@@ -61,13 +70,10 @@ impl CheckView {
     /// the core reads with a wire type other than its proto's. No string is copied.
     pub fn from_wire(bytes: Bytes) -> Result<Self, WireError> {
         let mut attributes: Option<AttributeContext> = None;
-        let mut fields = Fields::of(&bytes);
-        while let Some(key) = fields.next_key()? {
-            match key.tag {
-                1 => attributes.get_or_insert_default().merge(fields.message(key)?)?,
-                _ => fields.skip(key)?,
-            }
-        }
+        Fields::of(&bytes).each(|fields, key| match key.tag {
+            1 => attributes.get_or_insert_default().merge(fields.message(key)?),
+            _ => fields.skip(key),
+        })?;
         Ok(Self { bytes, attributes })
     }
 
@@ -145,13 +151,13 @@ impl CheckView {
         let is_packed = |&(name, value): &(Span, Span)| name.end + 2 == value.start;
         let mut pairs = Vec::with_capacity(entries.len());
         let mut rest = entries;
-        while let Some(first) = rest.first() {
+        while let Some((first, after_first)) = rest.split_first() {
             if !is_packed(first) {
                 pairs.push((self.text(first.0, field)?, self.text(first.1, field)?));
-                rest = &rest[1..];
+                rest = after_first;
                 continue;
             }
-            let follows = |pair: &[(Span, Span)]| is_packed(&pair[1]) && pair[0].1.end + 4 == pair[1].0.start;
+            let follows = |pair: &[(Span, Span)]| matches!(pair, [earlier, later] if is_packed(later) && earlier.1.end + 4 == later.0.start);
             let (run, later) = rest.split_at(1 + rest.windows(2).take_while(|pair| follows(pair)).count());
             let start = first.0.start;
             let end = run.last().map_or(start, |(_, value)| value.end);
@@ -172,6 +178,7 @@ impl CheckView {
         std::str::from_utf8(self.slice(span)).map_err(|_| ViewError::NotUtf8(field))
     }
 
+    #[expect(clippy::indexing_slicing, reason = "every span was read from `bytes` and lies within it")]
     fn slice(&self, span: Span) -> &[u8] {
         &self.bytes[span.start..span.end]
     }
@@ -204,36 +211,26 @@ struct AttributeContext {
 }
 
 impl AttributeContext {
-    fn merge(&mut self, mut fields: Fields<'_>) -> Result<(), WireError> {
-        while let Some(key) = fields.next_key()? {
+    fn merge(&mut self, fields: Fields<'_>) -> Result<(), WireError> {
+        fields.each(|fields, key| {
             match key.tag {
                 1 => self.source.merge(fields.message(key)?)?,
                 2 => self.destination.merge(fields.message(key)?)?,
                 // `request`: of `AttributeContext.Request`, only `http`.
-                4 => {
-                    let mut request = fields.message(key)?;
-                    while let Some(key) = request.next_key()? {
-                        match key.tag {
-                            2 => self.http.get_or_insert_default().merge(request.message(key)?)?,
-                            _ => request.skip(key)?,
-                        }
-                    }
-                }
+                4 => fields.message(key)?.each(|request, key| match key.tag {
+                    2 => self.http.get_or_insert_default().merge(request.message(key)?),
+                    _ => request.skip(key),
+                })?,
                 10 => self.context_extensions.push(map_entry(fields.message(key)?)?),
                 // `tls_session`: of `AttributeContext.TLSSession`, `sni`.
-                12 => {
-                    let mut tls_session = fields.message(key)?;
-                    while let Some(key) = tls_session.next_key()? {
-                        match key.tag {
-                            1 => self.sni = tls_session.string(key)?,
-                            _ => tls_session.skip(key)?,
-                        }
-                    }
-                }
+                12 => fields.message(key)?.each(|tls_session, key| match key.tag {
+                    1 => tls_session.string(key).map(|sni| self.sni = sni),
+                    _ => tls_session.skip(key),
+                })?,
                 _ => fields.skip(key)?,
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 }
 
@@ -248,29 +245,21 @@ struct Peer {
 }
 
 impl Peer {
-    fn merge(&mut self, mut fields: Fields<'_>) -> Result<(), WireError> {
-        while let Some(key) = fields.next_key()? {
+    fn merge(&mut self, fields: Fields<'_>) -> Result<(), WireError> {
+        fields.each(|fields, key| {
             match key.tag {
                 // `address`: an `envoy.config.core.v3.Address`, a oneof.
-                1 => {
-                    let mut address = fields.message(key)?;
-                    while let Some(key) = address.next_key()? {
-                        match key.tag {
-                            1 => self.socket.get_or_insert_default().merge(address.message(key)?)?,
-                            2 | 3 => {
-                                check_message(address.message(key)?)?;
-                                self.socket = None;
-                            }
-                            _ => address.skip(key)?,
-                        }
-                    }
-                }
+                1 => fields.message(key)?.each(|address, key| match key.tag {
+                    1 => self.socket.get_or_insert_default().merge(address.message(key)?),
+                    2 | 3 => check_message(address.message(key)?).map(|()| self.socket = None),
+                    _ => address.skip(key),
+                })?,
                 3 => self.labels.push(map_entry(fields.message(key)?)?),
                 4 => self.principal = fields.string(key)?,
                 _ => fields.skip(key)?,
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 }
 
@@ -283,8 +272,8 @@ struct SocketAddress {
 }
 
 impl SocketAddress {
-    fn merge(&mut self, mut fields: Fields<'_>) -> Result<(), WireError> {
-        while let Some(key) = fields.next_key()? {
+    fn merge(&mut self, fields: Fields<'_>) -> Result<(), WireError> {
+        fields.each(|fields, key| {
             match key.tag {
                 2 => self.address = fields.string(key)?,
                 3 => self.port_value = Some(fields.uint32(key)?),
@@ -294,8 +283,8 @@ impl SocketAddress {
                 }
                 _ => fields.skip(key)?,
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 }
 
@@ -315,8 +304,8 @@ struct HttpRequest {
 }
 
 impl HttpRequest {
-    fn merge(&mut self, mut fields: Fields<'_>) -> Result<(), WireError> {
-        while let Some(key) = fields.next_key()? {
+    fn merge(&mut self, fields: Fields<'_>) -> Result<(), WireError> {
+        fields.each(|fields, key| {
             match key.tag {
                 2 => self.method = fields.string(key)?,
                 3 => {
@@ -329,19 +318,14 @@ impl HttpRequest {
                 5 => self.host = fields.string(key)?,
                 6 => self.scheme = fields.string(key)?,
                 // `header_map`: of `envoy.config.core.v3.HeaderMap`, `headers`.
-                13 => {
-                    let mut header_map = fields.message(key)?;
-                    while let Some(key) = header_map.next_key()? {
-                        match key.tag {
-                            1 => self.header_map.push(HeaderValue::read(header_map.message(key)?)?),
-                            _ => header_map.skip(key)?,
-                        }
-                    }
-                }
+                13 => fields.message(key)?.each(|header_map, key| match key.tag {
+                    1 => HeaderValue::read(header_map.message(key)?).map(|header| self.header_map.push(header)),
+                    _ => header_map.skip(key),
+                })?,
                 _ => fields.skip(key)?,
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 }
 
@@ -354,44 +338,43 @@ struct HeaderValue {
 }
 
 impl HeaderValue {
-    fn read(mut fields: Fields<'_>) -> Result<Self, WireError> {
+    fn read(fields: Fields<'_>) -> Result<Self, WireError> {
         let mut header = Self::default();
-        while let Some(key) = fields.next_key()? {
+        fields.each(|fields, key| {
             match key.tag {
                 1 => header.key = fields.string(key)?,
                 2 => header.value = fields.string(key)?,
                 3 => header.raw_value = fields.string(key)?,
                 _ => fields.skip(key)?,
             }
-        }
+            Ok(())
+        })?;
         Ok(header)
     }
 }
 
 /// One entry of a `map<string, string>`: on the wire, a message with the key as field 1 and
 /// the value as field 2.
-fn map_entry(mut fields: Fields<'_>) -> Result<(Span, Span), WireError> {
+fn map_entry(fields: Fields<'_>) -> Result<(Span, Span), WireError> {
     if let Some(entry) = fields.short_map_entry() {
         return Ok(entry);
     }
     let mut entry = (Span::default(), Span::default());
-    while let Some(key) = fields.next_key()? {
+    fields.each(|fields, key| {
         match key.tag {
             1 => entry.0 = fields.string(key)?,
             2 => entry.1 = fields.string(key)?,
             _ => fields.skip(key)?,
         }
-    }
+        Ok(())
+    })?;
     Ok(entry)
 }
 
 /// A message none of whose fields the core reads (`Pipe`, `EnvoyInternalAddress`): it is
 /// still refused when malformed, as prost refuses it.
-fn check_message(mut fields: Fields<'_>) -> Result<(), WireError> {
-    while let Some(key) = fields.next_key()? {
-        fields.skip(key)?;
-    }
-    Ok(())
+fn check_message(fields: Fields<'_>) -> Result<(), WireError> {
+    fields.each(|fields, key| fields.skip(key))
 }
 
 /// prost's recursion limit: how deep groups and messages may nest below a top-level message.
@@ -448,6 +431,15 @@ impl<'a> Fields<'a> {
         ))
     }
 
+    /// Hands each field of the message, in order, to `read`, which reads or skips it.
+    #[inline(always)]
+    fn each(mut self, mut read: impl FnMut(&mut Self, Key) -> Result<(), WireError>) -> Result<(), WireError> {
+        while let Some(key) = self.next_key()? {
+            read(&mut self, key)?;
+        }
+        Ok(())
+    }
+
     /// The next field's key, refused as prost refuses it; `None` at the end of the message.
     #[inline(always)]
     fn next_key(&mut self) -> Result<Option<Key>, WireError> {
@@ -483,6 +475,7 @@ impl<'a> Fields<'a> {
 
     /// A `uint32` field's value: the low 32 bits of the varint, as prost reads it.
     #[inline(always)]
+    #[expect(clippy::cast_possible_truncation, reason = "protobuf reads a `uint32` as the varint's low 32 bits")]
     fn uint32(&mut self, key: Key) -> Result<u32, WireError> {
         if key.wire_type != VARINT {
             return Err(WireError::WrongWireType(key.tag));
@@ -548,7 +541,7 @@ fn long_varint(bytes: &[u8]) -> Result<(u64, &[u8]), WireError> {
             if index == 9 && byte > 1 {
                 return Err(WireError::InvalidVarint);
             }
-            return Ok((value, &bytes[index + 1..]));
+            return Ok((value, bytes.get(index + 1..).ok_or(WireError::InvalidVarint)?));
         }
     }
     Err(WireError::InvalidVarint)

@@ -1,4 +1,4 @@
-//! The ext_authz gRPC door: Check bytes → zero-copy view → core request → `Decision` → `CheckResponse` bytes.
+//! The ext_authz gRPC door: Check bytes → zero-copy view → core request → `Decision` → `CheckResponse` bytes; never decides (the engine does).
 
 mod answer;
 mod server;
@@ -26,6 +26,7 @@ pub struct CheckService {
 }
 
 impl CheckService {
+    /// Checks decided by `engine`.
     pub fn new(engine: Arc<Engine>) -> Self {
         Self { engine }
     }
@@ -54,8 +55,10 @@ fn malformed(error: &ViewError) -> Decision {
     Decision::new(Reason::MalformedRequest, None)
 }
 
-/// Decides a decoded Check once, with no key refetch; a view the core cannot judge is denied.
-pub fn decide_view(snapshot: &Snapshot, view: &CheckView, context: &AuthnContext<'_>) -> Decision {
+/// Decides a decoded Check with the core alone, for tests, benches and fuzzing: no engine, so no
+/// token cache, no key refetch, no metrics or log; a view the core cannot judge is denied. The
+/// server decides through [`CheckService::check`].
+pub fn decide_view_without_engine(snapshot: &Snapshot, view: &CheckView, context: &AuthnContext<'_>) -> Decision {
     match view.request() {
         Ok(request) => snapshot.check(&request, context),
         Err(error) => malformed(&error),

@@ -1,4 +1,4 @@
-//! The admin door: `/healthz` (process up), `/readyz` (policies loaded, not shutting down; names each issuer without keys and why), `/metrics` (Prometheus text).
+//! The admin door: `/healthz` (process up), `/readyz` (policies loaded, not shutting down; names each issuer without keys and why), `/metrics` (Prometheus text); never decides a check.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,11 +21,13 @@ pub struct AdminState {
 }
 
 impl AdminState {
+    /// The state of a server whose readiness `ready` holds.
     pub fn new(engine: Arc<Engine>, ready: Arc<AtomicBool>) -> Self {
         Self { engine, ready }
     }
 }
 
+/// The admin door's routes: `/healthz`, `/readyz`, `/metrics`.
 pub fn router(state: Arc<AdminState>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))

@@ -1,4 +1,4 @@
-//! JWKS for remote issuers: OIDC discovery, fetch at start-up, background refresh, prompt single-flight refetch on an unknown kid, size and time limits; the last good keys stay.
+//! JWKS for remote issuers: OIDC discovery, fetch at start-up, background refresh, prompt single-flight refetch on an unknown kid, size and time limits; the last good keys stay; never verifies a token (the core does).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -8,10 +8,10 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 
 use crate::core::authn::{KeyLookup, RemoteIssuer};
 use crate::core::jwt::KeySet;
+use crate::identity::token_cache::VerifiedTokenCache;
 use crate::outbound::{Outbound, OutboundError, OutboundLimits, redact_url};
 use crate::tasks::Tasks;
 use crate::telemetry::Metrics;
-use crate::token_cache::VerifiedTokenCache;
 
 /// The longest wait between attempts while an issuer has no keys.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
@@ -19,10 +19,13 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// Limits and timings of key fetching.
 #[derive(Debug, Clone)]
 pub struct FetchLimits {
+    /// How often an issuer's keys are fetched again.
     pub refresh_interval: Duration,
     /// A refetch for an unknown `kid` happens at most this often per issuer.
     pub min_refetch_interval: Duration,
+    /// The bound of one fetch.
     pub fetch_timeout: Duration,
+    /// The largest document read.
     pub max_bytes: usize,
     /// Allow link-local and cloud-metadata addresses as fetch targets.
     pub allow_link_local: bool,
@@ -32,14 +35,27 @@ pub struct FetchLimits {
 /// redacted ([`redact_url`]).
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
+    /// The request failed, or its answer was no document.
     #[error(transparent)]
     Outbound(#[from] OutboundError),
+    /// The document is not a usable key set or discovery document.
     #[error("`{url}`: {message}")]
-    Document { url: String, message: String },
+    Document {
+        /// The URL, redacted.
+        url: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The discovery document is for another issuer.
     #[error(
         "`{url}`: the discovery document is for issuer {found:?}, not this one; refused (OpenID Connect Discovery 1.0 section 4.3)"
     )]
-    IssuerMismatch { url: String, found: String },
+    IssuerMismatch {
+        /// The discovery URL, redacted.
+        url: String,
+        /// The issuer the document names.
+        found: String,
+    },
 }
 
 impl FetchError {

@@ -1,4 +1,4 @@
-//! The tonic service for `envoy.service.auth.v3.Authorization`, written by hand after the generated `authorization_server` but with a codec that decodes the zero-copy view instead of Envoy's prost types.
+//! The tonic service for `envoy.service.auth.v3.Authorization`, written by hand after the generated `authorization_server` but with a codec that decodes the zero-copy view instead of Envoy's prost types; no decision logic.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -22,6 +22,7 @@ pub struct AuthorizationServer {
 }
 
 impl AuthorizationServer {
+    /// The tonic service of `service`.
     pub fn new(service: CheckService) -> Self {
         Self { service: Arc::new(service) }
     }

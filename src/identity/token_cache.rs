@@ -1,4 +1,4 @@
-//! The verified-token cache: a token seen again costs a hash and a lookup, not a signature check; a token seen often, a byte comparison. Bounded; entries expire with their token.
+//! The verified-token cache: a token seen again costs a hash and a lookup, not a signature check; a token seen often, a byte comparison. Bounded; entries expire with their token; never decides.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
@@ -68,14 +68,17 @@ pub struct TokenKey<'a> {
 }
 
 impl<'a> TokenKey<'a> {
+    /// The key of `token`; its digest is not computed yet.
     pub fn new(token: &'a str) -> Self {
         Self { token, digest: OnceCell::new() }
     }
 
+    /// The token's text.
     pub fn token(&self) -> &'a str {
         self.token
     }
 
+    /// The token's digest, computed on the first call.
     pub fn digest(&self) -> TokenDigest {
         *self.digest.get_or_init(|| TokenDigest::of(self.token))
     }
@@ -88,6 +91,8 @@ impl<'a> TokenKey<'a> {
 pub struct TokenDigest(pub [u8; 16]);
 
 impl TokenDigest {
+    /// The digest of `token`.
+    #[expect(clippy::indexing_slicing, reason = "a SHA-256 digest has 32 bytes")]
     pub fn of(token: &str) -> Self {
         let mut out = [0; 16];
         let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
@@ -129,9 +134,10 @@ impl VerifiedTokenCache {
     /// A token's hot slot, picked by its last bytes (the end of its signature); a hit still
     /// compares every byte.
     fn hot_slot(&self, token: &str) -> Option<&HotSlot> {
-        let tail = &token.as_bytes()[token.len().saturating_sub(16)..];
-        let index = self.hot_index.hash_one(tail) as usize;
-        self.hot.get(index % self.hot.len().max(1))
+        let bytes = token.as_bytes();
+        let tail = bytes.get(bytes.len().saturating_sub(16)..).unwrap_or(bytes);
+        let slots = u64::try_from(self.hot.len()).ok()?.max(1);
+        self.hot.get(usize::try_from(self.hot_index.hash_one(tail) % slots).ok()?)
     }
 
     fn hot_get(&self, token: &str) -> Option<Arc<Identity>> {
@@ -155,6 +161,7 @@ impl VerifiedTokenCache {
         }
     }
 
+    #[expect(clippy::indexing_slicing, reason = "there are `SHARDS` shards, and the index is taken modulo `SHARDS`")]
     fn shard(&self, key: &TokenDigest) -> &Shard {
         &self.shards[usize::from(key.0[0]) % SHARDS]
     }
@@ -185,6 +192,7 @@ impl VerifiedTokenCache {
         self.len.load(Ordering::Relaxed)
     }
 
+    /// Whether the cache holds no token.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
