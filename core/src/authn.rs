@@ -32,15 +32,31 @@ impl TokenLocation {
     /// Every token the request carries here, one per value of a repeated header: a second
     /// copy must not hide behind the first.
     fn find_all<'r>(&self, http: &HttpRequest<'r>, mut found: impl FnMut(&'r str)) {
-        let keep = |token: &'r str| {
+        let mut keep = |token: &'r str| {
             let token = token.trim();
             if !token.is_empty() {
                 found(token);
             }
         };
         match self {
+            // Different tokens in several values of one header are refused, as Envoy refuses
+            // two `Authorization` headers (joined into one value no token parses as): a later
+            // value is offered whole, prefix and all, which never verifies.
             Self::Header { name, prefix } => {
-                http.header_values(name).filter_map(|value| value.strip_prefix(&**prefix)).for_each(keep);
+                let mut first: Option<&str> = None;
+                for value in http.header_values(name) {
+                    let Some(token) = value.strip_prefix(&**prefix).map(str::trim).filter(|token| !token.is_empty())
+                    else {
+                        continue;
+                    };
+                    match first {
+                        Some(first) if first != token => found(value),
+                        _ => {
+                            first = Some(token);
+                            found(token);
+                        }
+                    }
+                }
             }
             Self::Param(name) => {
                 let query = http.path.split_once('?').map(|(_, query)| query.split('#').next().unwrap_or_default());
