@@ -32,7 +32,7 @@ impl TokenLocation {
     /// Every token the request carries here, one per value of a repeated header: a second
     /// copy must not hide behind the first.
     fn find_all<'r>(&self, http: &HttpRequest<'r>, mut found: impl FnMut(&'r str)) {
-        let mut keep = |token: &'r str| {
+        let keep = |token: &'r str| {
             let token = token.trim();
             if !token.is_empty() {
                 found(token);
