@@ -26,8 +26,10 @@ fn authenticate<'r>(
     context: &AuthnContext<'_>,
     cache: Option<&VerifiedTokenCache>,
 ) -> bool {
-    let authentication = match (cache, authn::find_credential(rules, http)) {
-        (Some(cache), Ok(Some(credential))) => cache.authenticate(&credential, context),
+    let authentication = match (cache, authn::find_credentials(rules, http)) {
+        (Some(cache), Some(credentials)) => {
+            credentials.authenticate_with(|credential| cache.authenticate(credential, context))
+        }
         _ => authn::authenticate(rules, http, context),
     };
     matches!(authentication, Authentication::Verified { .. })

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 
-use crate::core::authn::{Authentication, AuthnContext, Credential, UnverifiedToken};
+use crate::core::authn::{Authentication, AuthnContext, Credential, Credentials, UnverifiedToken};
 use crate::core::jwt::KeySet;
 use crate::core::{Decision, Reason, Request, Snapshot};
 use crate::identity::jwks::KeyStore;
@@ -126,8 +126,8 @@ impl Engine {
         Outcome { decision, allow }
     }
 
-    /// Decides a request in three stages: the core plans it (workload, path, rules, the token
-    /// found), its token is resolved here (remembered, or verified with its issuer's keys,
+    /// Decides a request in three stages: the core plans it (workload, path, rules, the tokens
+    /// found), its tokens are resolved here (remembered, or verified with their issuer's keys,
     /// fetched first when missing), the core authorizes it. The clock is read once.
     async fn decide(&self, snapshot: &Snapshot, request: &Request<'_>) -> Decision {
         let _in_flight = self.metrics.check_in_flight();
@@ -135,8 +135,8 @@ impl Engine {
         let plan = snapshot.plan(request);
         let sso = self.sso.as_deref().zip(request.http.as_ref());
         let mut session = None;
-        let mut decision = match plan.credential() {
-            Some(credential) => match self.resolve(credential, &context).await {
+        let mut decision = match plan.credentials() {
+            Some(credentials) => match self.resolve(credentials, &context).await {
                 Some(authentication) => snapshot.authorize(plan, Some(authentication)),
                 None => Decision::new(Reason::InternalError, None),
             },
@@ -159,10 +159,30 @@ impl Engine {
         decision
     }
 
+    /// A request's tokens authenticated as Istio's requirement asks, each token verified in turn
+    /// (see [`Credentials::resolution`]) until a rule is satisfied or every one has refused. `None`
+    /// when a step panicked (a bug): the check fails closed.
+    async fn resolve<'p>(
+        &self,
+        credentials: &Credentials<'p>,
+        context: &AuthnContext<'_>,
+    ) -> Option<Authentication<'p>> {
+        let mut resolution = credentials.resolution();
+        while let Some(credential) = resolution.pending() {
+            let outcome = self.authenticate(credential, context).await?;
+            resolution.record(outcome);
+        }
+        Some(resolution.finish())
+    }
+
     /// A credential authenticated: the identity the token cache remembers for it when that
     /// still counts, else the token verified with its issuer's keys and remembered. `None`
-    /// when a step panicked (a bug): the check fails closed.
-    async fn resolve<'p>(&self, credential: &Credential<'p>, context: &AuthnContext<'_>) -> Option<Authentication<'p>> {
+    /// when a step panicked (a bug).
+    async fn authenticate<'p>(
+        &self,
+        credential: &Credential<'p>,
+        context: &AuthnContext<'_>,
+    ) -> Option<Authentication<'p>> {
         let key = TokenKey::new(credential.token());
         if let Some(recalled) = guarded(|| self.token_cache.recall(&key, credential, context))? {
             return Some(recalled);

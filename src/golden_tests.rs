@@ -4,7 +4,7 @@
 //! case may override some settings for itself. Remote keys come from a real key store, fetched
 //! over loopback from the JWKS endpoints a document declares.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -75,7 +75,18 @@ struct Case {
     /// Where `token` is sent instead of `Authorization: Bearer`.
     #[serde(default)]
     token_in: Option<TokenPlace>,
+    /// More tokens the request carries, signed as `token` is, each where it says.
+    #[serde(default)]
+    more_tokens: Vec<MoreToken>,
     expect: Expectation,
+}
+
+/// One more token a case sends: its claims, and where.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MoreToken {
+    claims: Map<String, Value>,
+    token_in: TokenPlace,
 }
 
 /// A place a request carries its token: `{header: {name: x-token, prefix: "Token "}}`,
@@ -111,6 +122,12 @@ struct Expectation {
     /// omitted means not checked.
     #[serde(default)]
     jwks_fetches: Option<usize>,
+    /// Every header the answer sets, and its value; omitted means not checked.
+    #[serde(default)]
+    headers_set: Option<BTreeMap<String, String>>,
+    /// Every header the answer removes; omitted means not checked.
+    #[serde(default)]
+    headers_removed: Option<BTreeSet<String>>,
 }
 
 /// A JWKS endpoint on loopback: `{name: idp}` serves the public key of
@@ -294,6 +311,26 @@ fn observed(decision: &Decision, allow: bool, fetches: usize, expect: &Expectati
         status: expect.status.and(Some(status)),
         body: expect.body.as_ref().and(Some(body)),
         jwks_fetches: expect.jwks_fetches.and(Some(fetches)),
+        headers_set: expect
+            .headers_set
+            .as_ref()
+            .map(|_| decision.headers_to_set.iter().map(|(name, value)| (name.to_string(), value.clone())).collect()),
+        headers_removed: expect
+            .headers_removed
+            .as_ref()
+            .map(|_| decision.headers_to_remove.iter().map(ToString::to_string).collect()),
+    }
+}
+
+/// Sends `token` where `place` says: a header, a cookie, or a query parameter of `path`.
+fn place_token(token: &str, place: &TokenPlace, headers: &mut Vec<(String, String)>, path: &mut String) {
+    match place {
+        TokenPlace::Header { name, prefix } => headers.push((name.clone(), format!("{prefix}{token}"))),
+        TokenPlace::Cookie(name) => headers.push(("cookie".into(), format!("{name}={token}"))),
+        TokenPlace::Param(name) => {
+            let separator = if path.contains('?') { '&' } else { '?' };
+            path.push_str(&format!("{separator}{name}={token}"));
+        }
     }
 }
 
@@ -308,22 +345,18 @@ async fn run_case(judge: &Judge, server: Option<&JwksServer>, case: &Case) -> Re
         let allow = decision.is_allow();
         (decision, allow, judge.snapshot.explain_as(&request, Some(&identity)))
     } else {
-        let mut path_with_token = None;
+        let mut path = case.request.path.clone();
         if let Some(claims) = &case.token {
             let token = signed_token(claims, case.token_kid.as_deref().unwrap_or("golden"));
-            match &case.token_in {
-                None => headers.push(("authorization".into(), format!("Bearer {token}"))),
-                Some(TokenPlace::Header { name, prefix }) => headers.push((name.clone(), format!("{prefix}{token}"))),
-                Some(TokenPlace::Cookie(name)) => headers.push(("cookie".into(), format!("{name}={token}"))),
-                Some(TokenPlace::Param(name)) => {
-                    let separator = if case.request.path.contains('?') { '&' } else { '?' };
-                    path_with_token = Some(format!("{}{separator}{name}={token}", case.request.path));
-                }
-            }
+            let bearer = TokenPlace::Header { name: "authorization".into(), prefix: "Bearer ".into() };
+            place_token(&token, case.token_in.as_ref().unwrap_or(&bearer), &mut headers, &mut path);
+        }
+        for more in &case.more_tokens {
+            place_token(&signed_token(&more.claims, "golden"), &more.token_in, &mut headers, &mut path);
         }
         let mut request = case.request.request(&headers);
-        if let (Some(path), Some(http)) = (&path_with_token, request.http.as_mut()) {
-            http.path = path;
+        if let Some(http) = request.http.as_mut() {
+            http.path = &path;
         }
         let Outcome { decision, allow } = judge.engine.check(Door::Grpc, Received::Judgeable(&request)).await;
         // After the engine's refetches, the explanation sees the keys its last decision saw.

@@ -244,8 +244,10 @@ fn judge(
     let http =
         HttpRequest { path: "/", headers: vec![("authorization", authorization.as_str())], ..HttpRequest::default() };
     let context = AuthnContext { keys: &NoRemoteKeys, now, clock_skew_secs: skew, max_token_bytes: 8192 };
-    let authentication = match (cache, authn::find_credential(&[rule], &http)) {
-        (Some(cache), Ok(Some(credential))) => cache.authenticate(&credential, &context),
+    let authentication = match (cache, authn::find_credentials(&[rule], &http)) {
+        (Some(cache), Some(credentials)) => {
+            credentials.authenticate_with(|credential| cache.authenticate(credential, &context))
+        }
         _ => authn::authenticate(&[rule], &http, &context),
     };
     match authentication {

@@ -39,8 +39,24 @@ impl TokenLocation {
             }
         };
         match self {
+            // Different tokens in several values of one header are refused, as Envoy refuses
+            // two `Authorization` headers (joined into one value no token parses as): a later
+            // value is offered whole, prefix and all, which never verifies.
             Self::Header { name, prefix } => {
-                http.header_values(name).filter_map(|value| value.strip_prefix(&**prefix)).for_each(keep);
+                let mut first: Option<&str> = None;
+                for value in http.header_values(name) {
+                    let Some(token) = value.strip_prefix(&**prefix).map(str::trim).filter(|token| !token.is_empty())
+                    else {
+                        continue;
+                    };
+                    match first {
+                        Some(first) if first != token => found(value),
+                        _ => {
+                            first = Some(token);
+                            found(token);
+                        }
+                    }
+                }
             }
             Self::Param(name) => {
                 let query = http.path.split_once('?').map(|(_, query)| query.split('#').next().unwrap_or_default());
@@ -53,6 +69,14 @@ impl TokenLocation {
             }
         }
     }
+}
+
+/// Whether a request is a CORS preflight as Envoy's jwt_authn filter tells one (`OPTIONS` with
+/// `Origin` and `Access-Control-Request-Method`): Istio has the filter bypass it, so no token it
+/// carries is read, verified or removed.
+pub fn is_cors_preflight(http: &HttpRequest<'_>) -> bool {
+    let is_sent = |name: &str| http.header_values(name).any(|value| !value.is_empty());
+    http.method == "OPTIONS" && is_sent("origin") && is_sent("access-control-request-method")
 }
 
 /// Where a rule's keys come from.
@@ -186,36 +210,134 @@ fn failed(error: JwtError) -> Authentication<'static> {
     Authentication::Failed { error }
 }
 
-/// The token a request carries, found in the rules' locations but not verified.
+/// One token a request carries in one rule's location, not verified: what one verification takes.
 #[derive(Debug, Clone)]
 pub struct Credential<'p> {
     token: &'p str,
-    /// Every rule that looks where the token was found, and that place.
-    found: Vec<(&'p Arc<JwtRule>, &'p TokenLocation)>,
+    rule: &'p Arc<JwtRule>,
+    location: &'p TokenLocation,
 }
 
-/// Finds the request's token in the rules' locations: `None` when it carries none, refused
-/// when it carries two different ones (which caller is this? refused rather than guessed).
-pub fn find_credential<'p>(
-    rules: &[&'p Arc<JwtRule>],
-    http: &HttpRequest<'p>,
-) -> Result<Option<Credential<'p>>, JwtError> {
-    let mut tokens: Vec<&'p str> = Vec::new();
+/// Every token a request carries in the applicable rules' locations, found but not verified.
+/// Grouped by rule in Istio's order (by issuer; rules of one issuer in the order given), each
+/// rule's tokens in the order Envoy verifies them (the last found first).
+#[derive(Debug, Clone)]
+pub struct Credentials<'p> {
+    found: Vec<Credential<'p>>,
+}
+
+/// Finds the request's tokens in the rules' locations: `None` when it carries none.
+pub fn find_credentials<'p>(rules: &[&'p Arc<JwtRule>], http: &HttpRequest<'p>) -> Option<Credentials<'p>> {
     let mut found = Vec::new();
     for &rule in rules {
+        let first_of_rule = found.len();
         for location in rule.locations.iter() {
-            location.find_all(http, |token| {
-                tokens.push(token);
-                found.push((rule, location));
-            });
+            location.find_all(http, |token| found.push(Credential { token, rule, location }));
+        }
+        if let Some(of_rule) = found.get_mut(first_of_rule..) {
+            of_rule.reverse();
         }
     }
-    let Some(&token) = tokens.first() else { return Ok(None) };
-    // The same header read by several rules is the same slice: no need to compare its bytes.
-    if tokens.iter().skip(1).any(|&other| !std::ptr::eq(other, token) && other != token) {
-        return Err(JwtError::VerificationFails);
+    // Stable: a rule's tokens stay together, and rules of one issuer keep their order.
+    found.sort_by(|a, b| a.rule.issuer.cmp(&b.rule.issuer));
+    (!found.is_empty()).then_some(Credentials { found })
+}
+
+impl<'p> Credentials<'p> {
+    /// The verification of these tokens, to be driven by the caller.
+    pub fn resolution(&self) -> Resolution<'_, 'p> {
+        Resolution { found: &self.found, next: 0, verified: None, first_refusal: None, last_refusal: None }
     }
-    Ok(Some(Credential { token, found }))
+
+    /// The authentication these tokens give, each verified by `verify` when Istio's requirement asks.
+    pub fn authenticate_with(
+        &self,
+        mut verify: impl FnMut(&Credential<'p>) -> Authentication<'p>,
+    ) -> Authentication<'p> {
+        let mut resolution = self.resolution();
+        while let Some(credential) = resolution.pending() {
+            resolution.record(verify(credential));
+        }
+        resolution.finish()
+    }
+
+    /// Verifies the tokens with the keys `context` has now; nothing remembered, nothing fetched.
+    pub fn authenticate(&self, context: &AuthnContext<'_>) -> Authentication<'p> {
+        self.authenticate_with(|credential| credential.authenticate(context))
+    }
+}
+
+/// Istio's requirement over a request's tokens, verified one at a time. Istio asks Envoy for
+/// "any one rule verifies, or else every rule's tokens are missing or verify": a rule verifies
+/// when it finds tokens in its locations and every one of them verifies under it. The first rule
+/// that verifies is the caller; when none does and a token was found, the request is refused
+/// with Envoy's error: the first rule's refusal, unless that is `UnknownIssuer` and another
+/// rule refused for another reason (the last such one then).
+#[derive(Debug)]
+pub struct Resolution<'c, 'p> {
+    found: &'c [Credential<'p>],
+    /// The next token to verify; `found.len()` once decided.
+    next: usize,
+    /// The latest token verified under the rule being verified, while every one so far has.
+    verified: Option<Authentication<'p>>,
+    first_refusal: Option<JwtError>,
+    /// The last refusal for another reason than `UnknownIssuer`.
+    last_refusal: Option<JwtError>,
+}
+
+impl<'c, 'p> Resolution<'c, 'p> {
+    /// The token to verify next; `None` once decided.
+    pub fn pending(&self) -> Option<&'c Credential<'p>> {
+        self.found.get(self.next)
+    }
+
+    /// What became of the pending token.
+    pub fn record(&mut self, outcome: Authentication<'p>) {
+        let Some(current) = self.found.get(self.next) else { return };
+        let rule_end = self
+            .found
+            .iter()
+            .skip(self.next)
+            .position(|other| !Arc::ptr_eq(other.rule, current.rule))
+            .map_or(self.found.len(), |offset| self.next + offset);
+        match outcome {
+            Authentication::Verified { .. } => {
+                self.verified = Some(outcome);
+                self.next += 1;
+                // Every token of the rule verified: the rule is satisfied, and with it Istio's requirement.
+                if self.next == rule_end {
+                    self.next = self.found.len();
+                }
+            }
+            // Anonymous or a session is no outcome of a token's verification: never allowed on doubt.
+            Authentication::Anonymous | Authentication::Session { .. } | Authentication::Failed { .. } => {
+                let error = match outcome {
+                    Authentication::Failed { error } => error,
+                    _ => JwtError::VerificationFails,
+                };
+                self.first_refusal.get_or_insert(error);
+                if error != JwtError::UnknownIssuer {
+                    self.last_refusal = Some(error);
+                }
+                self.verified = None;
+                self.next = rule_end;
+            }
+        }
+    }
+
+    /// The authentication: the caller of the first rule whose tokens all verified, else the refusal.
+    pub fn finish(self) -> Authentication<'p> {
+        if self.next < self.found.len() {
+            // Not driven to its end: never allowed on doubt.
+            return failed(JwtError::VerificationFails);
+        }
+        match (self.verified, self.first_refusal) {
+            (Some(verified), _) => verified,
+            (None, None) => Authentication::Anonymous,
+            (None, Some(JwtError::UnknownIssuer)) => failed(self.last_refusal.unwrap_or(JwtError::UnknownIssuer)),
+            (None, Some(error)) => failed(error),
+        }
+    }
 }
 
 impl<'p> Credential<'p> {
@@ -224,18 +346,17 @@ impl<'p> Credential<'p> {
         self.token
     }
 
-    /// The first rule of `issuer` that looks where the token was found, and that place.
-    fn for_issuer(&self, issuer: &str) -> Option<(&'p Arc<JwtRule>, &'p TokenLocation)> {
-        self.found.iter().find(|(rule, _)| &*rule.issuer == issuer).copied()
-    }
-
-    /// The authentication an identity remembered for this token gives, its lifetime and
-    /// audience judged again; `None` when it does not count and the token must be verified:
-    /// another rule of the same issuer name but other keys (another namespace's inline JWKS)
-    /// verifies the token itself, a policy set that reads other claims reads it again, and a
-    /// key swapped behind its `kid` (a stolen one replaced) vouches for nothing it signed before.
+    /// The authentication an identity remembered for this token gives under this credential's
+    /// rule, its lifetime and audience judged again; `None` when it does not count and the
+    /// token must be verified: a rule of the same issuer name but other keys (another
+    /// namespace's inline JWKS) verifies the token itself, a policy set that reads other claims
+    /// reads it again, and a key swapped behind its `kid` (a stolen one replaced) vouches for
+    /// nothing it signed before.
     pub fn recalled(&self, cached: Arc<Identity>, context: &AuthnContext<'_>) -> Option<Authentication<'p>> {
-        let (rule, location) = self.for_issuer(cached.issuer())?;
+        let rule = self.rule;
+        if cached.issuer() != &*rule.issuer {
+            return Some(failed(JwtError::UnknownIssuer));
+        }
         let still_vouched = cached.is_vouched_for_by(&rule.verifier)
             && key_set(rule, context.keys).is_some_and(|keys| cached.is_vouched_for_by_keys(&keys));
         if !still_vouched {
@@ -250,19 +371,20 @@ impl<'p> Credential<'p> {
         Some(Authentication::Verified {
             identity: cached,
             rule: rule.clone(),
-            location: location.clone(),
+            location: self.location.clone(),
             token: self.token,
         })
     }
 
-    /// Reads the token without verifying it: its header and claims, and the rule of its issuer.
+    /// Reads the token without verifying it: its header and claims; refused when its issuer is
+    /// not the rule's.
     pub fn read(&self, max_token_bytes: usize) -> Result<UnverifiedToken<'p>, JwtError> {
-        // Every rule of a policy set keeps the same claims; a token is read for any of them.
-        let wanted = |name: &str| self.found.iter().any(|(rule, _)| rule.verifier.kept.reads_claim(name));
-        let parsed = jwt::parse(self.token, max_token_bytes, &wanted)?;
-        let (rule, location) =
-            parsed.issuer().and_then(|issuer| self.for_issuer(issuer)).ok_or(JwtError::UnknownIssuer)?;
-        Ok(UnverifiedToken { parsed, rule, location, token: self.token })
+        let kept = &self.rule.verifier.kept;
+        let parsed = jwt::parse(self.token, max_token_bytes, &|name: &str| kept.reads_claim(name))?;
+        if parsed.issuer() != Some(&*self.rule.issuer) {
+            return Err(JwtError::UnknownIssuer);
+        }
+        Ok(UnverifiedToken { parsed, rule: self.rule, location: self.location, token: self.token })
     }
 
     /// Reads and verifies the token with the keys `context` has now; nothing remembered, nothing fetched.
@@ -335,18 +457,14 @@ impl<'p> UnverifiedToken<'p> {
     }
 }
 
-/// Finds the request's token in the rules' locations and verifies it with the keys `context`
+/// Finds the request's tokens in the rules' locations and verifies them with the keys `context`
 /// has now: the whole of authentication for callers with inline or pre-fetched keys.
 pub fn authenticate<'r>(
     rules: &[&'r Arc<JwtRule>],
     http: &HttpRequest<'r>,
     context: &AuthnContext<'_>,
 ) -> Authentication<'r> {
-    match find_credential(rules, http) {
-        Ok(Some(credential)) => credential.authenticate(context),
-        Ok(None) => Authentication::Anonymous,
-        Err(error) => failed(error),
-    }
+    find_credentials(rules, http).map_or(Authentication::Anonymous, |credentials| credentials.authenticate(context))
 }
 
 /// A rule's keys: its inline set, or its issuer's last good fetched keys (`None` before the
@@ -383,7 +501,9 @@ pub fn outputs(rules: &[&Arc<JwtRule>], authentication: &Authentication<'_>) -> 
             outputs.headers_to_set.push((header.clone(), payload.to_string()));
         }
         for ClaimHeader { header, claim } in rule.output_claim_to_headers.iter() {
-            if let Some(value) = identity.header_value(claim).filter(|value| is_safe_header_value(value)) {
+            // An empty value makes no header, as in Envoy.
+            let value = identity.header_value(claim).filter(|value| !value.is_empty() && is_safe_header_value(value));
+            if let Some(value) = value {
                 outputs.headers_to_set.push((header.clone(), value.to_string()));
             }
         }

@@ -209,9 +209,13 @@ fn tokens_are_found_in_the_configured_locations() {
         outcome(&default_rule, &[("authorization".into(), format!("Basic {token}"))], "/").as_deref(),
         Ok("anonymous")
     );
-    let other = sign("ec-p256.pem", Algorithm::ES256, "ec", &claims());
-    let two = outcome(&default_rule, &[bearer(&token)], &format!("/?access_token={other}"));
-    assert_eq!(two, Err(JwtError::VerificationFails), "two different tokens are refused");
+    // Every token in the rule's locations must verify, as in Envoy; the first found is the caller.
+    let bob = sign("ec-p256.pem", Algorithm::ES256, "ec", &with(json!({"sub": "bob"})));
+    let two = outcome(&default_rule, &[bearer(&token)], &format!("/?access_token={bob}"));
+    assert_eq!(two.as_deref(), Ok("alice"), "two tokens that both verify");
+    let forged = sign("rsa-2048-other.pem", Algorithm::RS256, "rsa", &claims());
+    let one_fails = outcome(&default_rule, &[bearer(&token)], &format!("/?access_token={forged}"));
+    assert_eq!(one_fails, Err(JwtError::VerificationFails), "a failing token must not hide behind a good one");
     let same_twice = outcome(&default_rule, &[bearer(&token)], &format!("/?access_token={token}"));
     assert_eq!(same_twice.as_deref(), Ok("alice"));
 
@@ -229,10 +233,13 @@ fn tokens_are_found_in_the_configured_locations() {
 #[test]
 fn a_repeated_token_header_is_read_value_by_value() {
     let token = sign("rsa-2048.pem", Algorithm::RS256, "rsa", &claims());
-    let other = sign("ec-p256.pem", Algorithm::ES256, "ec", &claims());
+    let other = sign("rsa-2048-other.pem", Algorithm::RS256, "rsa", &claims());
     let default_rule = rule(&[]);
     let two = outcome(&default_rule, &[bearer(&token), bearer(&other)], "/");
     assert_eq!(two, Err(JwtError::VerificationFails), "a second token must not hide behind the first");
+    let bob = sign("ec-p256.pem", Algorithm::ES256, "ec", &with(json!({"sub": "bob"})));
+    let both_verify = outcome(&default_rule, &[bearer(&token), bearer(&bob)], "/");
+    assert_eq!(both_verify, Err(JwtError::VerificationFails), "as Envoy, which joins two `Authorization` headers");
     let second_only_bearer = [("authorization".into(), "Basic x".into()), bearer(&token)];
     assert_eq!(outcome(&default_rule, &second_only_bearer, "/").as_deref(), Ok("alice"));
     assert_eq!(outcome(&default_rule, &[bearer(&token), bearer(&token)], "/").as_deref(), Ok("alice"));
@@ -336,19 +343,17 @@ impl MemoryCache {
         http: &HttpRequest<'r>,
         context: &AuthnContext<'_>,
     ) -> Authentication<'r> {
-        let credential = match authn::find_credential(rules, http) {
-            Ok(Some(credential)) => credential,
-            Ok(None) => return Authentication::Anonymous,
-            Err(error) => return Authentication::Failed { error },
-        };
-        if let Some(hit) = self.get(credential.token()).and_then(|cached| credential.recalled(cached, context)) {
-            return hit;
-        }
-        let authentication = credential.authenticate(context);
-        if let Authentication::Verified { identity, .. } = &authentication {
-            self.0.lock().expect("lock").insert(credential.token().into(), identity.clone());
-        }
-        authentication
+        let Some(credentials) = authn::find_credentials(rules, http) else { return Authentication::Anonymous };
+        credentials.authenticate_with(|credential| {
+            if let Some(hit) = self.get(credential.token()).and_then(|cached| credential.recalled(cached, context)) {
+                return hit;
+            }
+            let authentication = credential.authenticate(context);
+            if let Authentication::Verified { identity, .. } = &authentication {
+                self.0.lock().expect("lock").insert(credential.token().into(), identity.clone());
+            }
+            authentication
+        })
     }
 }
 
@@ -464,4 +469,67 @@ fn a_reload_that_swaps_the_inline_key_behind_a_kid_refuses_tokens_of_the_old_key
     let reloaded = Arc::new(reloaded.keeping(&before.verifier.kept));
     assert_eq!(verify(&reloaded, &old_token), Err(JwtError::VerificationFails), "the old key's token");
     assert_eq!(verify(&reloaded, &new_token).as_deref(), Ok("alice"), "the new key's token");
+}
+
+/// A rule of `issuer` with `keys` (files of `tests/keys/` and their kid), reading `x-token`
+/// tokens alone when `own_header`, else the default locations.
+fn rule_of(issuer: &str, keys: &[(&str, Algorithm, &str)], own_header: bool) -> Arc<JwtRule> {
+    let mut other = (*rule(&[])).clone();
+    other.issuer = issuer.into();
+    other.keys = KeySource::Inline(Arc::new(KeySet::from_jwks_json(&jwks(keys)).expect("jwks")));
+    if own_header {
+        other.locations = Box::new([TokenLocation::Header { name: "x-token".into(), prefix: String::new().into() }]);
+    }
+    Arc::new(other.keeping(&rule(&[]).verifier.kept))
+}
+
+fn outcome_of(rules: &[&Arc<JwtRule>], headers: &[(String, String)]) -> Result<(String, String), JwtError> {
+    let http = request_with(headers);
+    match authn::authenticate(rules, &http, &context()) {
+        Authentication::Verified { identity, .. } | Authentication::Session { identity } => {
+            Ok((identity.issuer().into(), identity.subject().into()))
+        }
+        Authentication::Anonymous => Ok(("".into(), "anonymous".into())),
+        Authentication::Failed { error, .. } => Err(error),
+    }
+}
+
+#[test]
+fn any_one_rule_whose_tokens_all_verify_satisfies_the_request_as_in_istio() {
+    const OTHER: &str = "https://other.example";
+    let (jobs, other) = (rule(&[]), rule_of(OTHER, &[("ec-p256.pem", Algorithm::ES256, "ec")], true));
+    let alice = sign("rsa-2048.pem", Algorithm::RS256, "rsa", &claims());
+    let bob = sign("ec-p256.pem", Algorithm::ES256, "ec", &with(json!({"iss": OTHER, "sub": "bob"})));
+    let forged = sign("rsa-2048-other.pem", Algorithm::RS256, "rsa", &claims());
+    let x_token = |token: &str| ("x-token".to_string(), token.to_string());
+    let both = [&jobs, &other];
+    let caller = |issuer: &str, subject: &str| Ok((issuer.to_string(), subject.to_string()));
+
+    // A valid token in one rule's location next to garbage in another's: the valid one satisfies.
+    assert_eq!(outcome_of(&both, &[bearer(&alice), x_token("garbage")]), caller(ISSUER, "alice"));
+    assert_eq!(outcome_of(&both, &[bearer(&forged), x_token(&bob)]), caller(OTHER, "bob"));
+    // Two different tokens that both verify: the first rule in issuer order that verifies is
+    // the caller (`https://idp...` before `https://other...`), whatever order the rules came in.
+    assert_eq!(outcome_of(&both, &[bearer(&alice), x_token(&bob)]), caller(ISSUER, "alice"));
+    assert_eq!(outcome_of(&[&other, &jobs], &[bearer(&alice), x_token(&bob)]), caller(ISSUER, "alice"));
+    // None verifies: Envoy's error, the first rule's unless it is an unknown issuer.
+    assert_eq!(outcome_of(&both, &[bearer(&forged), x_token("garbage")]), Err(JwtError::VerificationFails));
+    assert_eq!(outcome_of(&both, &[bearer(&bob)]), Err(JwtError::UnknownIssuer));
+    let bob_expired = with(json!({"iss": OTHER, "sub": "bob", "exp": NOW - 1000}));
+    let bob_expired = sign("ec-p256.pem", Algorithm::ES256, "ec", &bob_expired);
+    assert_eq!(outcome_of(&both, &[bearer(&bob), x_token(&bob_expired)]), Err(JwtError::Expired));
+    // No token anywhere: anonymous.
+    assert_eq!(outcome_of(&both, &[]), caller("", "anonymous"));
+}
+
+#[test]
+fn a_token_refused_by_one_rule_of_its_issuer_is_verified_by_another() {
+    // Two RequestAuthentications trust the same issuer with different keys, or audiences.
+    let first = rule_of(ISSUER, &[("ec-p256.pem", Algorithm::ES256, "ec")], false);
+    let second = rule(&[]);
+    let alice = sign("rsa-2048.pem", Algorithm::RS256, "rsa", &claims());
+    assert_eq!(outcome_of(&[&first, &second], &[bearer(&alice)]).map(|(_, sub)| sub).as_deref(), Ok("alice"));
+    let billing = rule_with_audience(&second, "billing");
+    assert_eq!(outcome_of(&[&billing, &second], &[bearer(&alice)]).map(|(_, sub)| sub).as_deref(), Ok("alice"));
+    assert_eq!(outcome_of(&[&billing], &[bearer(&alice)]), Err(JwtError::AudienceNotAllowed));
 }

@@ -68,7 +68,11 @@ impl Snapshot {
     pub fn explain(&self, request: &Request<'_>, context: &AuthnContext<'_>) -> Explanation {
         self.explain_with(request, |rules, http| {
             let Some(http) = http.filter(|_| !rules.is_empty()) else { return Ok((None, Outputs::default())) };
-            let authentication = authn::authenticate(rules, http, context);
+            let authentication = if authn::is_cors_preflight(http) {
+                Authentication::Anonymous
+            } else {
+                authn::authenticate(rules, http, context)
+            };
             let outputs = authn::outputs(rules, &authentication);
             match authentication {
                 Authentication::Failed { error } => Err(error),

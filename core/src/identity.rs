@@ -156,7 +156,7 @@ impl Identity {
                 Some(Value::Array(items)) => {
                     (ValueKind::Items, items.iter().filter_map(Value::as_str).map(&mut push).collect())
                 }
-                Some(Value::Number(number)) => (ValueKind::Scalar, vec![push(&number.to_string())]),
+                Some(Value::Number(number)) => (ValueKind::Scalar, vec![push(&envoy_number_text(number))]),
                 Some(Value::Bool(flag)) => (ValueKind::Scalar, vec![push(if *flag { "true" } else { "false" })]),
                 Some(Value::Null | Value::Object(_)) | None => (ValueKind::Text, Vec::new()),
             };
@@ -308,6 +308,19 @@ impl Identity {
 /// The low 30 bits of a path's index entry: how many values were kept up to that path.
 const COUNT_MASK: u32 = (1 << KIND_SHIFT) - 1;
 
+/// A number as Envoy writes a claim into a header (`convertClaimDoubleToString`): read as a
+/// double, an integer from 0 to under 2^64 as one (`7`, `7.0` alike), any other as C's `%f`
+/// (`2.500000`, `-3.000000`).
+fn envoy_number_text(number: &serde_json::Number) -> String {
+    let value = number.as_f64().unwrap_or_default();
+    #[expect(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "a whole number in u64's range")]
+    if (0.0..u64::MAX as f64).contains(&value) && value.fract() == 0.0 {
+        (value as u64).to_string()
+    } else {
+        format!("{value:.6}")
+    }
+}
+
 fn offset_count(count: usize) -> u32 {
     u32::try_from(count).unwrap_or(COUNT_MASK).min(COUNT_MASK)
 }
@@ -361,7 +374,7 @@ mod tests {
             (json!("a"), vec!["a"], Some("a")),
             (json!(["a", 1, true, "b", ["c"]]), vec!["a", "b"], None),
             (json!(7), vec![], Some("7")),
-            (json!(2.5), vec![], Some("2.5")),
+            (json!(2.5), vec![], Some("2.500000")),
             (json!(true), vec![], Some("true")),
             (json!({"a": "b"}), vec![], None),
             (json!(null), vec![], None),
@@ -371,6 +384,28 @@ mod tests {
             let id = identity(json!({ "c": value.clone() }), &["c"]);
             assert_eq!(id.claim_values(&["c"]).collect::<Vec<_>>(), matched, "{value}");
             assert_eq!(id.header_value(&["c"]), header, "{value}");
+        }
+    }
+
+    #[test]
+    fn numbers_reach_headers_as_envoy_prints_them() {
+        let table = [
+            ("7", "7"),
+            ("7.0", "7"),
+            ("0", "0"),
+            ("-0.0", "0"),
+            ("18446744073709549568", "18446744073709549568"),
+            ("18446744073709551616", "18446744073709551616.000000"),
+            ("2.5", "2.500000"),
+            ("-3", "-3.000000"),
+            ("0.0078125", "0.007812"),
+            ("1e-7", "0.000000"),
+            ("1e20", "100000000000000000000.000000"),
+        ];
+        for (json, header) in table {
+            let value: Value = serde_json::from_str(json).expect("a JSON number");
+            let id = identity(json!({ "n": value }), &["n"]);
+            assert_eq!(id.header_value(&["n"]), Some(header), "{json}");
         }
     }
 

@@ -4,7 +4,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use super::authn::{
-    self, Authentication, AuthnContext, AuthnPolicy, Credential, JwtRule, KeySource, Outputs, RemoteIssuer,
+    self, Authentication, AuthnContext, AuthnPolicy, Credential, Credentials, JwtRule, KeySource, Outputs, RemoteIssuer,
 };
 use super::decision::{Challenge, Decision, DryRunOutcome, PolicyMatch, Reason};
 use super::identity::{ClaimPaths, Identity};
@@ -130,21 +130,23 @@ impl Snapshot {
         self.check_with(request, |credential| credential.authenticate(context))
     }
 
-    /// Decides one request, its token (when it carries one) authenticated by `authenticate`:
-    /// the whole check for a caller whose keys and remembered tokens are at hand.
+    /// Decides one request, each token it carries authenticated by `authenticate` when Istio's
+    /// requirement asks: the whole check for a caller whose keys and remembered tokens are at hand.
     pub fn check_with<'p>(
         &'p self,
         request: &'p Request<'p>,
-        authenticate: impl FnOnce(&Credential<'p>) -> Authentication<'p>,
+        authenticate: impl FnMut(&Credential<'p>) -> Authentication<'p>,
     ) -> Decision {
         let plan = self.plan(request);
-        let Some(resolved) = guarded(|| plan.credential().map(authenticate)) else { return internal_error() };
+        let resolve = || plan.credentials().map(|credentials| credentials.authenticate_with(authenticate));
+        let Some(resolved) = guarded(resolve) else { return internal_error() };
         self.authorize(plan, resolved)
     }
 
     /// The first stage of a check: the request's workload, its normalized path, the JWT rules
-    /// that apply and the token it carries, found but not verified; or the decision, when one
-    /// is reached before any token is read (an unknown workload, an invalid path).
+    /// that apply and the tokens it carries, found but not verified; or the decision, when one
+    /// is reached before any token is read (an unknown workload, an invalid path). A CORS
+    /// preflight carries no token to read, whatever it sends: Istio has Envoy bypass it.
     ///
     /// It cannot fail: a panic inside (a bug) is caught and becomes a deny, `internal_error`.
     pub fn plan<'p>(&'p self, request: &'p Request<'p>) -> Plan<'p> {
@@ -166,22 +168,24 @@ impl Snapshot {
         }
         let scope = self.policies.scope(&workload);
         let mut rules: ApplicableRules<'p> = Vec::new();
-        let (normalized, credential) = match &request.http {
+        let (normalized, credentials) = match &request.http {
             // TCP: no path, no tokens to look for.
-            None => (None, Ok(None)),
+            None => (None, None),
             Some(http) => {
                 let Ok(normalized) = path::normalize(http.path, self.options.path) else {
                     return decided(Reason::InvalidPath);
                 };
                 // The JWT rules of every RequestAuthentication that selects the workload.
                 scope.authn(&workload, |policy| rules.extend(policy.rules.iter()));
-                (Some(normalized), authn::find_credential(&rules, http))
+                let credentials =
+                    if authn::is_cors_preflight(http) { None } else { authn::find_credentials(&rules, http) };
+                (Some(normalized), credentials)
             }
         };
-        Plan(Planned::Judge(Box::new(Judgement { request, workload, scope, normalized, rules, credential })))
+        Plan(Planned::Judge(Box::new(Judgement { request, workload, scope, normalized, rules, credentials })))
     }
 
-    /// The last stage of a check: the decision for a plan, given what became of its credential
+    /// The last stage of a check: the decision for a plan, given what became of its credentials
     /// (`resolved`, `None` when the plan has none). Policies apply in Istio's order: DENY, then
     /// ALLOW; AUDIT and dry-run policies are evaluated alongside and never change the verdict.
     ///
@@ -195,14 +199,13 @@ impl Snapshot {
     }
 
     fn judge<'p>(&'p self, judgement: Judgement<'p>, resolved: Option<Authentication<'p>>) -> Decision {
-        let Judgement { request, workload, scope, normalized, rules, credential } = judgement;
-        let authentication = match (credential, resolved) {
-            (Err(error), _) => Authentication::Failed { error },
-            (Ok(None), Some(session @ Authentication::Session { .. })) => session,
-            (Ok(None), _) => Authentication::Anonymous,
-            (Ok(Some(_)), Some(resolved)) => resolved,
-            // A credential nobody resolved: never allowed on doubt.
-            (Ok(Some(_)), None) => Authentication::Failed { error: JwtError::VerificationFails },
+        let Judgement { request, workload, scope, normalized, rules, credentials } = judgement;
+        let authentication = match (credentials, resolved) {
+            (None, Some(session @ Authentication::Session { .. })) => session,
+            (None, _) => Authentication::Anonymous,
+            (Some(_), Some(resolved)) => resolved,
+            // Credentials nobody resolved: never allowed on doubt.
+            (Some(_), None) => Authentication::Failed { error: JwtError::VerificationFails },
         };
         let outputs = authn::outputs(&rules, &authentication);
         let identity = match &authentication {
@@ -364,15 +367,15 @@ struct Judgement<'p> {
     normalized: Option<NormalizedPath<'p>>,
     /// The JWT rules of every RequestAuthentication that selects the workload.
     rules: ApplicableRules<'p>,
-    /// The token the request carries, if any; refused when it carries two different ones.
-    credential: Result<Option<Credential<'p>>, JwtError>,
+    /// The tokens the request carries, if any.
+    credentials: Option<Credentials<'p>>,
 }
 
 impl<'p> Plan<'p> {
-    /// The token to resolve: to look up, get the keys of, verify.
-    pub fn credential(&self) -> Option<&Credential<'p>> {
+    /// The tokens to resolve: to look up, get the keys of, verify.
+    pub fn credentials(&self) -> Option<&Credentials<'p>> {
         match &self.0 {
-            Planned::Judge(judgement) => judgement.credential.as_ref().ok()?.as_ref(),
+            Planned::Judge(judgement) => judgement.credentials.as_ref(),
             Planned::Decided(_) => None,
         }
     }

@@ -403,16 +403,16 @@ mod tests {
         let verify = |token: &str| {
             let headers = [test_util::bearer(token)];
             let http = test_util::request_with(&headers);
-            match authn::find_credential(&[&rule], &http) {
-                Ok(Some(credential)) => match cache.authenticate(&credential, &context) {
-                    Authentication::Verified { identity, .. } | Authentication::Session { identity } => {
-                        Ok(identity.subject().to_string())
-                    }
-                    Authentication::Anonymous => Ok("anonymous".into()),
-                    Authentication::Failed { error } => Err(error),
-                },
-                Ok(None) => Ok("anonymous".into()),
-                Err(error) => Err(error),
+            let credentials = authn::find_credentials(&[&rule], &http);
+            let authentication = credentials.map_or(Authentication::Anonymous, |credentials| {
+                credentials.authenticate_with(|credential| cache.authenticate(credential, &context))
+            });
+            match authentication {
+                Authentication::Verified { identity, .. } | Authentication::Session { identity } => {
+                    Ok(identity.subject().to_string())
+                }
+                Authentication::Anonymous => Ok("anonymous".into()),
+                Authentication::Failed { error } => Err(error),
             }
         };
         let claims = test_util::claims();
