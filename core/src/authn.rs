@@ -12,8 +12,13 @@ use super::workload::LabelSelector;
 /// Where a rule looks for tokens.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TokenLocation {
-    /// A header (lower-case name) whose value starts with `prefix`.
-    Header { name: Box<str>, prefix: Box<str> },
+    /// A header whose value starts with `prefix`.
+    Header {
+        /// The header's name, lower-case (`fromHeaders[].name`).
+        name: Box<str>,
+        /// What precedes the token in the value (`fromHeaders[].prefix`; empty when not given).
+        prefix: Box<str>,
+    },
     /// A query parameter.
     Param(Box<str>),
     /// A cookie.
@@ -84,7 +89,12 @@ pub fn is_cors_preflight(http: &HttpRequest<'_>) -> bool {
 pub enum KeySource {
     /// Fetched from `jwks_uri`, or found by OIDC discovery from the issuer when absent;
     /// `timeout` bounds each fetch when the rule sets one.
-    Remote { jwks_uri: Option<Box<str>>, timeout: Option<Duration> },
+    Remote {
+        /// The rule's `jwksUri`; `None` means OIDC discovery from the issuer.
+        jwks_uri: Option<Box<str>>,
+        /// The rule's `timeout` for a fetch; `None` leaves the server's default.
+        timeout: Option<Duration>,
+    },
     /// `jwks` written in the policy.
     Inline(Arc<KeySet>),
 }
@@ -92,14 +102,18 @@ pub enum KeySource {
 /// An issuer whose keys are fetched, as the key fetcher needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RemoteIssuer {
+    /// The issuer the fetched keys are filed under and looked up by.
     pub issuer: Arc<str>,
+    /// Where the JWKS is; `None` means OIDC discovery from the issuer.
     pub jwks_uri: Option<Box<str>>,
+    /// The bound on each fetch; `None` leaves the server's default.
     pub timeout: Option<Duration>,
 }
 
 /// One header filled from a claim.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClaimHeader {
+    /// The header the claim's value is written to.
     pub header: Arc<str>,
     /// The claim's path; `a.b` in the policy reaches nested objects.
     pub claim: Box<[Box<str>]>,
@@ -108,13 +122,20 @@ pub struct ClaimHeader {
 /// One compiled `jwtRules` entry.
 #[derive(Debug, Clone)]
 pub struct JwtRule {
+    /// `issuer`: the `iss` a token must carry for this rule to verify it.
     pub issuer: Arc<str>,
     /// Empty: any audience.
     pub audiences: Box<[Box<str>]>,
+    /// Where the keys that verify the rule's tokens come from.
     pub keys: KeySource,
+    /// `fromHeaders`, `fromParams` and `fromCookies`, or [`TokenLocation::defaults`] when none is given.
     pub locations: Box<[TokenLocation]>,
+    /// `outputPayloadToHeader`: the header that receives the verified token's payload, base64url as sent.
     pub output_payload_to_header: Option<Arc<str>>,
+    /// `outputClaimToHeaders`: headers filled from the verified token's claims.
     pub output_claim_to_headers: Box<[ClaimHeader]>,
+    /// `forwardOriginalToken`: when false, the token's header or query parameter is removed
+    /// before the request reaches the service.
     pub forward_original_token: bool,
     /// Claims matched word by word: `scope`, `permission` and the rule's `spaceDelimitedClaims`.
     pub space_delimited_claims: Arc<[Box<str>]>,
@@ -146,8 +167,11 @@ impl JwtRule {
 /// One compiled RequestAuthentication.
 #[derive(Debug, Clone)]
 pub struct AuthnPolicy {
+    /// Which RequestAuthentication this is.
     pub id: Arc<PolicyId>,
+    /// `spec.selector`: the workloads of the namespace it applies to.
     pub selector: LabelSelector,
+    /// `spec.jwtRules`: a token is verified by the rule of its issuer.
     pub rules: Box<[Arc<JwtRule>]>,
 }
 
@@ -168,10 +192,13 @@ impl KeyOrigin {
 
 /// Everything authentication needs from outside the policy set: fetched keys, the time and limits.
 pub struct AuthnContext<'c> {
+    /// The remote issuers' keys as last fetched.
     pub keys: &'c dyn KeyLookup,
     /// Seconds since the epoch.
     pub now: u64,
+    /// The tolerance, in seconds, on a token's `exp` and `nbf`.
     pub clock_skew_secs: u64,
+    /// Longer tokens are refused unread.
     pub max_token_bytes: usize,
 }
 
@@ -189,19 +216,26 @@ impl KeyLookup for NoRemoteKeys {
 pub enum Authentication<'r> {
     /// No token: not an error; policies decide.
     Anonymous,
+    /// A token verified: policies read its identity, and the rule's outputs apply.
     Verified {
+        /// Who the token says the caller is, proven by its signature.
         identity: Arc<Identity>,
+        /// The rule that verified the token.
         rule: Arc<JwtRule>,
+        /// Where the token was found, so that it can be removed when not forwarded.
         location: TokenLocation,
+        /// The token as sent.
         token: &'r str,
     },
     /// The token was refused.
     Failed {
+        /// Why it was refused.
         error: JwtError,
     },
     /// No token, but a browser login's session: its identity comes from the ID token verified
     /// at login ([`crate::id_token`]).
     Session {
+        /// Who logged in, as the ID token said.
         identity: Arc<Identity>,
     },
 }
@@ -479,8 +513,11 @@ fn key_set(rule: &JwtRule, keys: &dyn KeyLookup) -> Option<Arc<KeySet>> {
 /// What authentication adds to an allowed request.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Outputs {
+    /// Headers to set on the request, name and value, replacing any the client sent.
     pub headers_to_set: Vec<(Arc<str>, String)>,
+    /// Headers to strip from the request: a token not forwarded, and output headers left unset.
     pub headers_to_remove: Vec<Arc<str>>,
+    /// Query parameters to strip from the request: a token not forwarded.
     pub query_parameters_to_remove: Vec<Box<str>>,
 }
 

@@ -38,10 +38,12 @@ impl ClaimPaths {
         self.keep_all_as_json || self.paths.iter().any(|path| path.first().is_some_and(|first| **first == *name))
     }
 
+    /// How many claim paths an identity keeps.
     pub fn len(&self) -> usize {
         self.paths.len()
     }
 
+    /// Whether an identity keeps no claim path (the whole set may still be kept as JSON).
     pub fn is_empty(&self) -> bool {
         self.paths.is_empty()
     }
@@ -50,7 +52,9 @@ impl ClaimPaths {
 /// Which keys verified a token: an inline set (by identity) or the issuer's fetched keys.
 #[derive(Debug, Clone, Default)]
 pub enum KeyOrigin {
+    /// The rule's own `jwks`; two rules' inline sets are the same only when they are one set.
     Inline(Arc<KeySet>),
+    /// The keys fetched for the issuer, whichever rule named them.
     #[default]
     Remote,
 }
@@ -69,8 +73,11 @@ impl PartialEq for KeyOrigin {
 /// which of them split into words. One per rule, so that an identity points to it.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Verifier {
+    /// The rule's issuer: every identity it verifies has this `iss`.
     pub issuer: Arc<str>,
+    /// Where the keys that verify the rule's tokens come from.
     pub keys: KeyOrigin,
+    /// The claims the live policy set reads, and so the only ones an identity keeps.
     pub kept: Arc<ClaimPaths>,
     /// Top-level claims whose string value is a space-separated list (`scope`, ...).
     pub space_delimited: Arc<[Box<str>]>,
@@ -126,8 +133,12 @@ pub struct Identity {
 /// What one verification found, beyond the claims.
 #[derive(Debug, Clone)]
 pub struct Proof {
+    /// The token's `exp` and `nbf`, judged again each time the identity is recalled.
     pub lifetime: Lifetime,
+    /// The `kid` of the key that verified the token.
     pub kid: Option<Arc<str>>,
+    /// The fingerprint of the key that verified the token: a key swapped behind the same `kid`
+    /// vouches for nothing it signed before.
     pub key: KeyFingerprint,
 }
 
@@ -209,10 +220,12 @@ impl Identity {
         Self { kid: key.kid.clone(), key: key.fingerprint, ..self }
     }
 
+    /// The token's `iss`, the issuer of the rule that verified it.
     pub fn issuer(&self) -> &str {
         &self.verifier.issuer
     }
 
+    /// The token's `sub`; empty when it has none or it is not a string.
     pub fn subject(&self) -> &str {
         self.text_between(0, self.subject_end)
     }

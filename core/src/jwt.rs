@@ -18,13 +18,22 @@ pub const MIN_RSA_BITS: usize = 2048;
 /// Why a token was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum JwtError {
+    /// Not three non-empty parts separated by dots.
     BadFormat,
+    /// Anything else wrong with the token: too long, undecodable, a refused algorithm or header,
+    /// claims of the wrong type, or a signature no fitting key verifies.
     VerificationFails,
+    /// `exp` is past, clock skew allowed.
     Expired,
+    /// `nbf` is still ahead, clock skew allowed.
     NotYetValid,
+    /// No rule that applies to the workload names the token's `iss`.
     UnknownIssuer,
+    /// The issuer's keys hold none that fits the token's `kid` and `alg`.
     KeyNotFound,
+    /// The issuer's keys are not at hand: its JWKS has not been fetched.
     JwksFetchFailed,
+    /// The token's `aud` names none of the audiences the rule accepts.
     AudienceNotAllowed,
 }
 
@@ -150,6 +159,7 @@ impl KeyFingerprint {
 /// signature check then costs the signature arithmetic, not a key parse.
 #[derive(Clone)]
 pub struct VerificationKey {
+    /// The JWK's `kid`; a key without one fits only tokens whose header names none.
     pub kid: Option<Arc<str>>,
     /// Computed once, when the key set is read.
     pub fingerprint: KeyFingerprint,
@@ -180,6 +190,7 @@ impl VerificationKey {
 /// The usable keys of one JWKS, and how many were left out and why.
 #[derive(Debug, Clone, Default)]
 pub struct KeySet {
+    /// The keys a token may be verified with, in the JWKS's order.
     pub keys: Arc<[VerificationKey]>,
     /// Keys skipped: encryption keys, symmetric keys, short RSA keys, unknown types.
     pub skipped: Vec<String>,
@@ -204,10 +215,12 @@ impl KeySet {
         Ok(Self { keys: keys.into(), skipped })
     }
 
+    /// How many usable keys the set holds.
     pub fn len(&self) -> usize {
         self.keys.len()
     }
 
+    /// Whether the set holds no usable key: every token of its issuer is refused.
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
     }
@@ -312,7 +325,9 @@ fn public_key_material(parameters: &AlgorithmParameters) -> Result<KeyMaterial, 
 /// A token split into its parts, before any check of its signature.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ParsedToken<'t> {
+    /// The header's `alg`, one of the accepted signing algorithms.
     pub algorithm: Algorithm,
+    /// The header's `kid`, naming the key that signed the token.
     pub kid: Option<String>,
     /// The payload segment, base64url as in the token.
     pub payload_segment: &'t str,

@@ -5,22 +5,17 @@
 //! inputs), then [`Snapshot::authorize`] ([`Snapshot::check`] runs all three with the keys at
 //! hand). None can fail: every problem becomes a deny with a [`Reason`].
 
-#[expect(missing_docs, reason = "its fields and variants are documented once the work under way on this module lands")]
 pub mod authn;
 #[cfg(test)]
 mod authn_tests;
 pub mod decision;
 pub mod explain;
 pub mod id_token;
-#[expect(missing_docs, reason = "its fields and variants are documented once the work under way on this module lands")]
 pub mod identity;
 mod index;
-#[expect(missing_docs, reason = "its fields and variants are documented once the work under way on this module lands")]
 pub mod jwt;
-#[expect(missing_docs, reason = "its fields and variants are documented once the work under way on this module lands")]
 pub mod matcher;
 pub mod path;
-#[expect(missing_docs, reason = "its fields and variants are documented once the work under way on this module lands")]
 pub mod policy;
 pub mod redact;
 pub mod redirect;

@@ -10,8 +10,11 @@ use ipnet::IpNet;
 /// `*` as a wildcard ([`StringMatch::parse_glob`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StringMatch {
+    /// The value equals the text.
     Exact(Box<str>),
+    /// The value starts with the text (`abc*`).
     Prefix(Box<str>),
+    /// The value ends with the text (`*abc`).
     Suffix(Box<str>),
     /// Present and non-empty.
     Presence,
@@ -108,7 +111,9 @@ fn glob_matches(parts: &[Box<str>], value: &str) -> bool {
 /// A path pattern: an Istio string pattern or a path template with `{*}` and `{**}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PathMatch {
+    /// An exact, prefix, suffix or presence pattern, as on any other string.
     String(StringMatch),
+    /// A template whose `{*}` matches one segment and `{**}` any number of them.
     Template(PathTemplate),
 }
 
@@ -125,6 +130,7 @@ impl PathMatch {
         }
     }
 
+    /// Whether the normalized path matches the pattern.
     pub fn matches(&self, path: &str) -> bool {
         match self {
             Self::String(pattern) => pattern.matches(path),
@@ -210,6 +216,7 @@ impl PathTemplate {
         Ok(Self { head: head.into(), after_any: after_any.map(Into::into) })
     }
 
+    /// Whether the path, which must start with `/`, matches the template segment by segment.
     pub fn matches(&self, path: &str) -> bool {
         let Some(mut rest) = path.strip_prefix('/') else {
             return false;
@@ -271,6 +278,7 @@ impl IpMatch {
         }
     }
 
+    /// Whether the address lies in the block; an IPv4-mapped IPv6 address is read as IPv4.
     pub fn matches(&self, address: IpAddr) -> bool {
         let address = match address {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(address, IpAddr::V4),

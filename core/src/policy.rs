@@ -13,15 +13,20 @@ use super::workload::LabelSelector;
 /// server and are not part of a compiled set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
+    /// `ALLOW`: a request on a workload with ALLOW policies passes only if one of their rules matches.
     Allow,
+    /// `DENY`: a request that matches one of its rules is denied, whatever ALLOW policies say.
     Deny,
+    /// `AUDIT`: a match is recorded; the decision is unchanged.
     Audit,
 }
 
 /// A policy's `namespace/name`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PolicyId {
+    /// `metadata.namespace`; empty for a policy that has none.
     pub namespace: Box<str>,
+    /// `metadata.name`.
     pub name: Box<str>,
 }
 
@@ -38,11 +43,15 @@ impl fmt::Display for PolicyId {
 /// One compiled AuthorizationPolicy.
 #[derive(Debug, Clone)]
 pub struct Policy {
+    /// Which policy this is, as decisions and logs name it.
     pub id: Arc<PolicyId>,
+    /// `spec.action`: what a matching rule does.
     pub action: Action,
     /// `istio.io/dry-run: "true"`: evaluated and logged, never enforced.
     pub dry_run: bool,
+    /// `spec.selector`: the workloads of the namespace the policy applies to.
     pub selector: LabelSelector,
+    /// `spec.rules`: the policy matches when any rule does; none never matches.
     pub rules: Box<[Rule]>,
 }
 
@@ -72,6 +81,8 @@ pub struct Rule {
 }
 
 impl Rule {
+    /// Whether the request matches: some `from` and some `to` entry (or none given) and the
+    /// whole `when` hold, each read as a rule of `action` reads it.
     pub fn matches(&self, attributes: &Attributes<'_>, action: Action) -> bool {
         let any_of = |alternatives: &[Conjunction]| {
             alternatives.is_empty() || alternatives.iter().any(|all| all.holds(attributes, action))
@@ -85,6 +96,7 @@ impl Rule {
 pub struct Conjunction(pub Box<[Predicate]>);
 
 impl Conjunction {
+    /// Whether every predicate holds in a rule of `action`; true when there are none.
     pub fn holds(&self, attributes: &Attributes<'_>, action: Action) -> bool {
         self.0.iter().all(|predicate| predicate.holds(attributes, action))
     }
@@ -93,6 +105,7 @@ impl Conjunction {
 /// One field of a rule (`paths`, `notPrincipals`, a `when` key with `values` or `notValues`).
 #[derive(Debug, Clone)]
 pub struct Predicate {
+    /// The attribute read and the values accepted.
     pub test: Test,
     /// `notX` / `notValues`: holds when no value matches.
     pub negated: bool,
@@ -119,11 +132,16 @@ impl Predicate {
 /// `requestPrincipals` entries split at the last `/` into issuer and subject, as Istio does.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestPrincipalMatch {
+    /// What the token's `iss` must match.
     pub issuer: StringMatch,
+    /// What the token's `sub` must match.
     pub subject: StringMatch,
 }
 
 impl RequestPrincipalMatch {
+    /// Splits one `requestPrincipals` value: a leading or trailing `*` becomes a suffix, prefix
+    /// or presence match on the side it stands on, and a value without `/` is an issuer whose
+    /// subject is empty.
     pub fn parse(value: &str) -> Self {
         let split = value.rfind('/').map(|at| (&value[..at], &value[at + 1..]));
         let exact = |text: &str| StringMatch::Exact(text.into());
@@ -160,35 +178,65 @@ impl RequestPrincipalMatch {
 /// A service account as `serviceAccounts` names it: namespace (the policy's when elided) and name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceAccount {
+    /// The namespace of the account, matched against the peer's `/ns/` segment.
     pub namespace: Box<str>,
+    /// The account's name, matched against the peer's `/sa/` segment.
     pub name: Box<str>,
 }
 
 /// What a predicate looks at, and the values it accepts (any of them).
 #[derive(Debug, Clone)]
 pub enum Test {
+    /// `principals` / `source.principal`: the peer certificate's SPIFFE ID, `spiffe://` dropped.
     SourcePrincipal(Box<[StringMatch]>),
+    /// `namespaces` / `source.namespace`: the namespace in the peer's SPIFFE ID.
     SourceNamespace(Box<[StringMatch]>),
+    /// `serviceAccounts`: the namespace and service account in the peer's SPIFFE ID, both equal.
     SourceServiceAccount(Box<[ServiceAccount]>),
+    /// `ipBlocks` / `source.ip`: the address of the direct peer.
     SourceIp(Box<[IpMatch]>),
+    /// `remoteIpBlocks` / `remote.ip`: the client address after trusted proxies.
     RemoteIp(Box<[IpMatch]>),
+    /// `destination.ip`: the address the connection was made to.
     DestinationIp(Box<[IpMatch]>),
+    /// `ports` / `destination.port`: the port the connection was made to.
     DestinationPort(Box<[u16]>),
+    /// `connection.sni`: the server name the client asked for in its TLS handshake.
     Sni(Box<[StringMatch]>),
+    /// `hosts`: the request's host, compared without regard to case; HTTP only.
     Host(Box<[StringMatch]>),
+    /// `methods`: the request's method; HTTP only.
     Method(Box<[StringMatch]>),
+    /// `paths`: the normalized path; HTTP only.
     Path(Box<[PathMatch]>),
-    Header { name: Box<str>, values: Box<[StringMatch]> },
+    /// `request.headers[name]`: any value of the header; HTTP only.
+    Header {
+        /// The header's name, lowercase.
+        name: Box<str>,
+        /// The patterns one of its values must match; `*` also matches an empty value.
+        values: Box<[StringMatch]>,
+    },
+    /// `requestPrincipals` / `request.auth.principal`: the verified token's `iss/sub`; HTTP only.
     RequestPrincipal(Box<[RequestPrincipalMatch]>),
+    /// `request.auth.audiences`: any value of the verified token's `aud`; HTTP only.
     Audience(Box<[StringMatch]>),
+    /// `request.auth.presenter`: the verified token's `azp`; HTTP only.
     Presenter(Box<[StringMatch]>),
-    Claim { path: Box<[Box<str>]>, values: Box<[StringMatch]> },
+    /// `request.auth.claims[...]`: any value of a claim of the verified token; HTTP only.
+    Claim {
+        /// The claim's path, one name per level of nesting.
+        path: Box<[Box<str>]>,
+        /// The patterns one of the claim's values must match.
+        values: Box<[StringMatch]>,
+    },
 }
 
 /// Everything a predicate may read, computed once per check.
 #[derive(Debug, Clone)]
 pub struct Attributes<'r> {
+    /// The request as the door received it.
     pub request: &'r Request<'r>,
+    /// The peer certificate's SPIFFE ID; `None` without mutual TLS.
     pub source: Option<SpiffeId<'r>>,
     /// The client address after trusted proxies (`remote.ip`).
     pub remote_ip: Option<IpAddr>,
@@ -196,6 +244,7 @@ pub struct Attributes<'r> {
     pub path: &'r str,
     /// The headers as the service will receive them; `None` on a TCP check.
     pub headers: Option<HeaderView<'r>>,
+    /// The verified token's identity; `None` when the request carried none.
     pub identity: Option<&'r Identity>,
 }
 
