@@ -13,8 +13,6 @@ use crate::core::authn::{AuthnContext, KeyLookup};
 use crate::core::matcher::IpMatch;
 use crate::core::path::PathOptions;
 use crate::core::workload::{UnknownWorkload, WorkloadEntry, WorkloadSelector, WorkloadTable};
-use crate::doors::listener::ConnectionLimits;
-use crate::identity::jwks::FetchLimits;
 
 /// A problem with the settings; reported before any port is bound.
 #[derive(Debug, thiserror::Error)]
@@ -234,6 +232,33 @@ pub enum LogFormat {
     Text,
     /// One JSON object a line.
     Json,
+}
+
+/// How long, and how many, connections a door serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// A connection must send a whole request head this long after it opens; on HTTP/1.1 the
+    /// same bound applies to the next request head after each answer.
+    pub header_read_timeout: Duration,
+    /// A connection with no request in flight this long is closed.
+    pub idle_timeout: Duration,
+    /// Connections served at once; the next one is accepted when one of them closes.
+    pub max_connections: u32,
+}
+
+/// Limits and timings of key fetching.
+#[derive(Debug, Clone)]
+pub struct FetchLimits {
+    /// How often an issuer's keys are fetched again.
+    pub refresh_interval: Duration,
+    /// A refetch for an unknown `kid` happens at most this often per issuer.
+    pub min_refetch_interval: Duration,
+    /// The bound of one fetch.
+    pub fetch_timeout: Duration,
+    /// The largest document read.
+    pub max_bytes: usize,
+    /// Allow link-local and cloud-metadata addresses as fetch targets.
+    pub allow_link_local: bool,
 }
 
 /// One row of the workloads table: exactly one of `principal`, `address`, `host`.

@@ -15,17 +15,7 @@ use tokio::sync::{Notify, Semaphore, watch};
 use tokio::time::Instant;
 use tower_service::Service;
 
-/// How long, and how many, connections a door serves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ConnectionLimits {
-    /// A connection must send a whole request head this long after it opens; on HTTP/1.1 the
-    /// same bound applies to the next request head after each answer.
-    pub header_read_timeout: Duration,
-    /// A connection with no request in flight this long is closed.
-    pub idle_timeout: Duration,
-    /// Connections served at once; the next one is accepted when one of them closes.
-    pub max_connections: u32,
-}
+use crate::settings::ConnectionLimits;
 
 /// Pause after a failed `accept` (out of file descriptors, say), so the loop does not spin.
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);

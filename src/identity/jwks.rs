@@ -10,26 +10,12 @@ use crate::core::authn::{KeyLookup, RemoteIssuer};
 use crate::core::jwt::KeySet;
 use crate::identity::token_cache::VerifiedTokenCache;
 use crate::outbound::{Outbound, OutboundError, OutboundLimits, redact_url};
+use crate::settings::FetchLimits;
 use crate::tasks::Tasks;
 use crate::telemetry::Metrics;
 
 /// The longest wait between attempts while an issuer has no keys.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
-
-/// Limits and timings of key fetching.
-#[derive(Debug, Clone)]
-pub struct FetchLimits {
-    /// How often an issuer's keys are fetched again.
-    pub refresh_interval: Duration,
-    /// A refetch for an unknown `kid` happens at most this often per issuer.
-    pub min_refetch_interval: Duration,
-    /// The bound of one fetch.
-    pub fetch_timeout: Duration,
-    /// The largest document read.
-    pub max_bytes: usize,
-    /// Allow link-local and cloud-metadata addresses as fetch targets.
-    pub allow_link_local: bool,
-}
 
 /// Why a fetch failed; logged and named by `/readyz`, never shown to clients. URLs in it are
 /// redacted ([`redact_url`]).
