@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::identity::{ClaimPaths, Identity, KeyOrigin, Proof, Verifier};
+use super::identity::{ClaimPaths, Identity, IdentitySource, KeyOrigin, Proof, Verifier};
 use super::jwt::{self, JwtError, KeySet, Lifetime, ParsedToken};
 use super::policy::PolicyId;
 use super::request::HttpRequest;
@@ -485,7 +485,7 @@ impl<'p> UnverifiedToken<'p> {
         if !rule.audiences.is_empty() && !jwt::audience_allowed(claims, &rule.audiences) {
             return failed(JwtError::AudienceNotAllowed);
         }
-        let proof = Proof { lifetime, kid: key.kid.clone(), key: key.fingerprint };
+        let proof = Proof { lifetime, kid: key.kid.clone(), key: key.fingerprint, source: IdentitySource::Jwt };
         let identity = Arc::new(Identity::from_verified_claims(claims, &rule.verifier, proof));
         Authentication::Verified { identity, rule: rule.clone(), location: self.location.clone(), token: self.token }
     }

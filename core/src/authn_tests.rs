@@ -9,7 +9,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 
 use super::authn::{self, Authentication, AuthnContext, JwtRule, KeySource, NoRemoteKeys, TokenLocation};
-use super::identity::{ClaimPaths, Identity};
+use super::identity::{ClaimPaths, Identity, IdentitySource};
 use super::jwt::{JwtError, KeySet};
 use super::request::HttpRequest;
 use super::test_util::{ISSUER, NOW, bearer, claims, jwks, request_with, rule, sign};
@@ -196,6 +196,18 @@ fn audiences_must_match_when_the_rule_names_them() {
     // An `aud` that is neither a string nor a list of strings is malformed, as in Envoy.
     assert_eq!(outcome(&rule(&["7"]), &[bearer(&numeric)], "/"), Err(JwtError::VerificationFails));
     assert_eq!(outcome(&rule(&["jobs-api"]), &[bearer(&nested)], "/"), Err(JwtError::VerificationFails));
+}
+
+#[test]
+fn an_identity_verified_from_a_token_says_it_came_from_a_jwt() {
+    let token = sign("rsa-2048.pem", Algorithm::RS256, "rsa", &claims());
+    let (name, value) = bearer(&token);
+    let http = HttpRequest { headers: vec![(name.as_str(), value.as_str())], ..HttpRequest::default() };
+    let rule = rule(&[]);
+    let Authentication::Verified { identity, .. } = authn::authenticate(&[&rule], &http, &context()) else {
+        unreachable!("the token verifies")
+    };
+    assert_eq!(identity.source(), IdentitySource::Jwt);
 }
 
 #[test]

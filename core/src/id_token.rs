@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use super::identity::{ClaimPaths, Identity, KeyOrigin, Proof, Verifier};
+use super::identity::{ClaimPaths, Identity, IdentitySource, KeyOrigin, Proof, Verifier};
 use super::jwt::{self, JwtError, KeySet, Lifetime};
 
 /// What the ID token of one login must say.
@@ -99,7 +99,7 @@ pub fn verify(token: &str, keys: &KeySet, expected: &IdTokenExpectations<'_>) ->
     if claims.get("sub").and_then(Value::as_str).is_none_or(str::is_empty) {
         return Err(IdTokenError::NoSubject);
     }
-    let proof = Proof { lifetime, kid: key.kid.clone(), key: key.fingerprint };
+    let proof = Proof { lifetime, kid: key.kid.clone(), key: key.fingerprint, source: IdentitySource::Session };
     Ok(SessionClaims { issuer: expected.issuer.into(), claims, proof })
 }
 
@@ -182,6 +182,13 @@ mod tests {
         let identity = session.identity(&kept);
         assert_eq!((identity.issuer(), identity.subject()), (ISSUER, "alice"));
         assert_eq!(identity.claim_values(&["groups"]).collect::<Vec<_>>(), ["admins", "dev"]);
+    }
+
+    #[test]
+    fn a_session_identity_says_it_came_from_a_session() {
+        let session = verify(&with(|_| {}), &keys(), &expected()).unwrap();
+        let identity = session.identity(&Arc::new(ClaimPaths::default()));
+        assert_eq!(identity.source(), IdentitySource::Session);
     }
 
     #[test]

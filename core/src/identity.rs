@@ -109,6 +109,15 @@ impl ValueKind {
     }
 }
 
+/// What the caller presented to be known: the credential its [`Identity`] was verified from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdentitySource {
+    /// A JWT a `RequestAuthentication` rule found in the request and verified.
+    Jwt,
+    /// A browser session cookie, whose login's ID token was verified at sign-in.
+    Session,
+}
+
 /// A caller proven by a verified token. Only token verification in the core constructs one, so
 /// policies can never be handed an unverified principal.
 #[derive(Debug, Clone, PartialEq)]
@@ -128,6 +137,7 @@ pub struct Identity {
     kid: Option<Arc<str>>,
     /// The fingerprint of the key that verified the token.
     key: KeyFingerprint,
+    source: IdentitySource,
 }
 
 /// What one verification found, beyond the claims.
@@ -140,6 +150,8 @@ pub struct Proof {
     /// The fingerprint of the key that verified the token: a key swapped behind the same `kid`
     /// vouches for nothing it signed before.
     pub key: KeyFingerprint,
+    /// The credential the token came in.
+    pub source: IdentitySource,
 }
 
 fn offset(text: &str) -> u32 {
@@ -188,6 +200,7 @@ impl Identity {
             lifetime: proof.lifetime,
             kid: proof.kid,
             key: proof.key,
+            source: proof.source,
         }
     }
 
@@ -204,6 +217,7 @@ impl Identity {
             lifetime: Lifetime::of(claims).unwrap_or(Lifetime::UNBOUNDED),
             kid: None,
             key: KeyFingerprint::default(),
+            source: IdentitySource::Jwt,
         };
         Self::from_verified_claims(claims, &verifier, proof)
     }
@@ -218,6 +232,11 @@ impl Identity {
     #[cfg(any(test, feature = "test-util"))]
     pub fn signed_with(self, key: &super::jwt::VerificationKey) -> Self {
         Self { kid: key.kid.clone(), key: key.fingerprint, ..self }
+    }
+
+    /// The credential this identity was verified from: a request's JWT or a login's session.
+    pub fn source(&self) -> IdentitySource {
+        self.source
     }
 
     /// The token's `iss`, the issuer of the rule that verified it.
