@@ -123,10 +123,11 @@ async fn stream_checks(
     }
 }
 
-/// Polls `holds` until it is true; fails the test with `why` after 10 s, a hang guard, so a
-/// reload stuck reading a file or a change never picked up fails the test instead of hanging it.
+/// Polls `holds` until it is true; fails the test with `why` after 60 s, a hang guard (generous:
+/// a shared machine may be slow), so a reload stuck reading a file or a change never picked up
+/// fails the test instead of hanging it.
 async fn eventually(why: &str, mut holds: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(60);
     while !holds().await {
         assert!(Instant::now() < deadline, "{why}");
         tokio::time::sleep(Duration::from_millis(20)).await;
