@@ -9,7 +9,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::sync::{Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress, address, socket_address};
@@ -47,6 +47,8 @@ pub struct Server {
     log: mpsc::Receiver<String>,
     /// Lines read while waiting for the listeners.
     early_log: Vec<String>,
+    /// Lines [`Self::log_lines`] has read since, kept so that every call returns them all.
+    read_log: Mutex<Vec<String>>,
     /// The settings file the server was started with, when the server made it.
     settings: Option<tempfile::NamedTempFile>,
 }
@@ -115,7 +117,7 @@ impl Server {
             early_log.push(line);
         }
         let (grpc, http, admin) = (grpc.expect("grpc"), http.expect("http"), admin.expect("admin"));
-        Self { child, grpc, http, admin, log, early_log, settings: None }
+        Self { child, grpc, http, admin, log, early_log, read_log: Mutex::default(), settings: None }
     }
 
     /// Waits until `/readyz` answers 200 (hang guard: 10 s).
@@ -174,9 +176,12 @@ impl Server {
         }
     }
 
-    /// Log lines received so far.
+    /// Every log line received so far, in order (but those [`Self::wait_for_log_line`] read):
+    /// each call returns the lines of the call before and the ones that came since.
     pub fn log_lines(&self) -> Vec<String> {
-        self.early_log.iter().cloned().chain(self.log.try_iter()).collect()
+        let mut read = self.read_log.lock().expect("the log buffer's lock");
+        read.extend(self.log.try_iter());
+        self.early_log.iter().chain(read.iter()).cloned().collect()
     }
 
     /// Waits for the first new log line that contains every one of `parts` and returns it;
