@@ -207,7 +207,7 @@ impl Engine {
         let wait = Duration::from_millis(self.settings.jwks_refetch_wait_ms);
         let refetch = async {
             match &keys {
-                Some(_) => self.keys.refetch(token.issuer()).await,
+                Some(_) => self.keys.refetch(token.keys_name()).await,
                 None => self.keys.refetch_missing().await,
             }
         };

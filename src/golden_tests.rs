@@ -72,6 +72,9 @@ struct Case {
     /// The `kid` the token names instead of `golden`.
     #[serde(default)]
     token_kid: Option<String>,
+    /// The key of `tests/keys/` the token is signed with (RS256) instead of `rsa-2048.pem`.
+    #[serde(default)]
+    token_key: Option<String>,
     /// Where `token` is sent instead of `Authorization: Bearer`.
     #[serde(default)]
     token_in: Option<TokenPlace>,
@@ -131,7 +134,8 @@ struct Expectation {
 }
 
 /// A JWKS endpoint on loopback: `{name: idp}` serves the public key of
-/// `tests/keys/rsa-2048.pem` under kid `golden`; `{name: down, status: 503}` answers that
+/// `tests/keys/rsa-2048.pem` under kid `golden`; `{name: partner, key: rsa-2048-other.pem}`
+/// another RSA key of `tests/keys/` under that kid; `{name: down, status: 503}` answers that
 /// status with an empty body.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -139,13 +143,23 @@ struct JwksEndpoint {
     name: String,
     #[serde(default = "JwksEndpoint::ok")]
     status: u16,
+    #[serde(default = "JwksEndpoint::golden_key")]
+    key: String,
 }
 
 impl JwksEndpoint {
     fn ok() -> u16 {
         200
     }
+
+    fn golden_key() -> String {
+        GOLDEN_KEY.into()
+    }
 }
+
+/// The key of `tests/keys/` that signs the cases' tokens and that JWKS endpoints serve, unless
+/// they name another.
+const GOLDEN_KEY: &str = "rsa-2048.pem";
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -181,18 +195,28 @@ impl JwksServer {
     async fn start(endpoints: &[JwksEndpoint]) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("binds loopback");
         let address = listener.local_addr().expect("a bound address");
-        let statuses: Arc<HashMap<String, u16>> =
-            Arc::new(endpoints.iter().map(|endpoint| (format!("/{}", endpoint.name), endpoint.status)).collect());
-        let keys: Arc<str> = jwks(&[("rsa-2048.pem", Algorithm::RS256, "golden")]).into();
+        let answers: Arc<HashMap<String, (u16, String)>> = Arc::new(
+            endpoints
+                .iter()
+                .map(|endpoint| {
+                    let body = if endpoint.status == 200 {
+                        jwks(&[(endpoint.key.as_str(), Algorithm::RS256, "golden")])
+                    } else {
+                        String::new()
+                    };
+                    (format!("/{}", endpoint.name), (endpoint.status, body))
+                })
+                .collect(),
+        );
         let fetches = Arc::new(AtomicUsize::new(0));
         let counter = fetches.clone();
         let task = tokio::spawn(async move {
             while let Ok((mut stream, _)) = listener.accept().await {
-                let (statuses, keys, counter) = (statuses.clone(), keys.clone(), counter.clone());
+                let (answers, counter) = (answers.clone(), counter.clone());
                 tokio::spawn(async move {
                     let path = read_request_path(&mut stream).await;
-                    let status = statuses.get(&path).copied().unwrap_or(404);
-                    let body = if status == 200 { &*keys } else { "" };
+                    let (status, body) =
+                        answers.get(&path).map_or((404, ""), |(status, body)| (*status, body.as_str()));
                     // Counted before the answer leaves, so a caller that has it sees the count.
                     counter.fetch_add(1, Ordering::SeqCst);
                     let answer = format!(
@@ -284,12 +308,12 @@ async fn judge_for(
     Ok(Judge { engine: Engine::new(snapshot, settings, metrics, keys, cache), snapshot: twin })
 }
 
-fn signed_token(claims: &Map<String, Value>, kid: &str) -> String {
+fn signed_token(claims: &Map<String, Value>, key: &str, kid: &str) -> String {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_secs());
     let mut claims = claims.clone();
     claims.entry("iat").or_insert(now.into());
     claims.entry("exp").or_insert((now + 300).into());
-    sign("rsa-2048.pem", Algorithm::RS256, kid, &Value::Object(claims))
+    sign(key, Algorithm::RS256, kid, &Value::Object(claims))
 }
 
 /// The status and body the client gets for `decision`, as the gRPC door writes them.
@@ -347,12 +371,13 @@ async fn run_case(judge: &Judge, server: Option<&JwksServer>, case: &Case) -> Re
     } else {
         let mut path = case.request.path.clone();
         if let Some(claims) = &case.token {
-            let token = signed_token(claims, case.token_kid.as_deref().unwrap_or("golden"));
+            let key = case.token_key.as_deref().unwrap_or(GOLDEN_KEY);
+            let token = signed_token(claims, key, case.token_kid.as_deref().unwrap_or("golden"));
             let bearer = TokenPlace::Header { name: "authorization".into(), prefix: "Bearer ".into() };
             place_token(&token, case.token_in.as_ref().unwrap_or(&bearer), &mut headers, &mut path);
         }
         for more in &case.more_tokens {
-            place_token(&signed_token(&more.claims, "golden"), &more.token_in, &mut headers, &mut path);
+            place_token(&signed_token(&more.claims, GOLDEN_KEY, "golden"), &more.token_in, &mut headers, &mut path);
         }
         let mut request = case.request.request(&headers);
         if let Some(http) = request.http.as_mut() {

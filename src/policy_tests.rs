@@ -208,7 +208,7 @@ fn snapshot_for(settings: &Settings, suite: &Suite) -> Result<Snapshot, Vec<Conf
             policy.rules = policy
                 .rules
                 .iter()
-                .map(|rule| match suite.keys.iter().find(|key| *key.issuer == *rule.issuer) {
+                .map(|rule| match suite.keys.iter().find(|key| rule.issuer.as_deref() == Some(key.issuer.as_str())) {
                     Some(key) => {
                         trusted.insert(&key.issuer);
                         Arc::new(JwtRule { keys: KeySource::Inline(key.public.clone()), ..(**rule).clone() })

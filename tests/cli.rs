@@ -62,6 +62,14 @@ fn validate_reports_every_problem_with_file_and_line() {
 }
 
 #[test]
+fn validate_accepts_a_jwt_rule_with_a_jwks_uri_and_no_issuer_as_istio_does() {
+    let policy = "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: any, namespace: n}\nspec:\n  jwtRules:\n  - jwksUri: https://idp.example/keys\n  - issuer: https://partner.example\n    jwksUri: https://partner.example/keys\n";
+    let (_, output) = validate_one_file("authn.yaml", policy);
+    assert_eq!(output.status.code(), Some(0), "stderr: {}", text(&output.stderr));
+    assert!(text(&output.stdout).contains("1 RequestAuthentications"), "{}", text(&output.stdout));
+}
+
+#[test]
 fn validate_reports_a_missing_path() {
     let output = run(&["validate", "--policies", "/nonexistent/policies"], &[]);
     assert_eq!(output.status.code(), Some(1));

@@ -90,6 +90,10 @@ pub enum KeySource {
     /// Fetched from `jwks_uri`, or found by OIDC discovery from the issuer when absent;
     /// `timeout` bounds each fetch when the rule sets one.
     Remote {
+        /// The name the key store files the fetched keys under, which `/readyz`, logs and
+        /// metrics show: the issuer, or for a rule without one `* (jwksUri URL)`, the URL
+        /// without userinfo or query.
+        filed_under: Arc<str>,
         /// The rule's `jwksUri`; `None` means OIDC discovery from the issuer.
         jwks_uri: Option<Box<str>>,
         /// The rule's `timeout` for a fetch; `None` leaves the server's default.
@@ -102,7 +106,8 @@ pub enum KeySource {
 /// An issuer whose keys are fetched, as the key fetcher needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RemoteIssuer {
-    /// The issuer the fetched keys are filed under and looked up by.
+    /// The name the fetched keys are filed under and looked up by: the issuer, or for a rule
+    /// without one the name [`KeySource::Remote`] gives.
     pub issuer: Arc<str>,
     /// Where the JWKS is; `None` means OIDC discovery from the issuer.
     pub jwks_uri: Option<Box<str>>,
@@ -122,8 +127,10 @@ pub struct ClaimHeader {
 /// One compiled `jwtRules` entry.
 #[derive(Debug, Clone)]
 pub struct JwtRule {
-    /// `issuer`: the `iss` a token must carry for this rule to verify it.
-    pub issuer: Arc<str>,
+    /// `issuer`: the `iss` a token must carry for this rule to verify it. `None` (a rule with
+    /// `jwksUri` and no issuer, as Istio allows): a token of any `iss` signed by the rule's
+    /// keys, as Envoy's provider without issuer checks none.
+    pub issuer: Option<Arc<str>>,
     /// Empty: any audience.
     pub audiences: Box<[Box<str>]>,
     /// Where the keys that verify the rule's tokens come from.
@@ -171,13 +178,14 @@ pub struct AuthnPolicy {
     pub id: Arc<PolicyId>,
     /// `spec.selector`: the workloads of the namespace it applies to.
     pub selector: LabelSelector,
-    /// `spec.jwtRules`: a token is verified by the rule of its issuer.
+    /// `spec.jwtRules`: a token is verified by the rule of its issuer, or by a rule without issuer.
     pub rules: Box<[Arc<JwtRule>]>,
 }
 
 /// The keys fetched for remote issuers, as the check sees them now.
 pub trait KeyLookup: Sync {
-    /// The issuer's last good keys; `None` when they were never fetched.
+    /// The last good keys filed under `issuer` ([`RemoteIssuer::issuer`]); `None` when they
+    /// were never fetched.
     fn key_set(&self, issuer: &str) -> Option<Arc<KeySet>>;
 }
 
@@ -253,8 +261,8 @@ pub struct Credential<'p> {
 }
 
 /// Every token a request carries in the applicable rules' locations, found but not verified.
-/// Grouped by rule in Istio's order (by issuer; rules of one issuer in the order given), each
-/// rule's tokens in the order Envoy verifies them (the last found first).
+/// Grouped by rule in Istio's order (by issuer, rules without one first; rules of one issuer in
+/// the order given), each rule's tokens in the order Envoy verifies them (the last found first).
 #[derive(Debug, Clone)]
 pub struct Credentials<'p> {
     found: Vec<Credential<'p>>,
@@ -388,7 +396,7 @@ impl<'p> Credential<'p> {
     /// nothing it signed before.
     pub fn recalled(&self, cached: Arc<Identity>, context: &AuthnContext<'_>) -> Option<Authentication<'p>> {
         let rule = self.rule;
-        if cached.issuer() != &*rule.issuer {
+        if rule.issuer.as_deref().is_some_and(|issuer| cached.issuer() != issuer) {
             return Some(failed(JwtError::UnknownIssuer));
         }
         let still_vouched = cached.is_vouched_for_by(&rule.verifier)
@@ -410,12 +418,14 @@ impl<'p> Credential<'p> {
         })
     }
 
-    /// Reads the token without verifying it: its header and claims; refused when its issuer is
-    /// not the rule's.
+    /// Reads the token without verifying it: its header and claims; refused when the rule has
+    /// an issuer and the token's is another.
     pub fn read(&self, max_token_bytes: usize) -> Result<UnverifiedToken<'p>, JwtError> {
         let kept = &self.rule.verifier.kept;
         let parsed = jwt::parse(self.token, max_token_bytes, &|name: &str| kept.reads_claim(name))?;
-        if parsed.issuer() != Some(&*self.rule.issuer) {
+        if let Some(issuer) = &self.rule.issuer
+            && parsed.issuer() != Some(&**issuer)
+        {
             return Err(JwtError::UnknownIssuer);
         }
         Ok(UnverifiedToken { parsed, rule: self.rule, location: self.location, token: self.token })
@@ -440,9 +450,13 @@ pub struct UnverifiedToken<'p> {
 }
 
 impl<'p> UnverifiedToken<'p> {
-    /// The issuer the token names, as its rule spells it.
-    pub fn issuer(&self) -> &Arc<str> {
-        &self.rule.issuer
+    /// The name the key store files the rule's fetched keys under (its issuer, or for a rule
+    /// without one `* (jwksUri URL)`); empty for inline keys, which are never fetched.
+    pub fn keys_name(&self) -> &str {
+        match &self.rule.keys {
+            KeySource::Remote { filed_under, .. } => filed_under,
+            KeySource::Inline(_) => "",
+        }
     }
 
     /// The `kid` of the token's header.
@@ -455,7 +469,7 @@ impl<'p> UnverifiedToken<'p> {
         matches!(self.rule.keys, KeySource::Remote { .. })
     }
 
-    /// The rule's keys: its inline set, or its issuer's last good fetched keys from `keys`.
+    /// The rule's keys: its inline set, or its last good fetched keys from `keys`.
     pub fn key_set(&self, keys: &dyn KeyLookup) -> Option<Arc<KeySet>> {
         key_set(self.rule, keys)
     }
@@ -501,12 +515,12 @@ pub fn authenticate<'r>(
     find_credentials(rules, http).map_or(Authentication::Anonymous, |credentials| credentials.authenticate(context))
 }
 
-/// A rule's keys: its inline set, or its issuer's last good fetched keys (`None` before the
-/// first good fetch).
+/// A rule's keys: its inline set, or its last good fetched keys (`None` before the first good
+/// fetch).
 fn key_set(rule: &JwtRule, keys: &dyn KeyLookup) -> Option<Arc<KeySet>> {
     match &rule.keys {
         KeySource::Inline(inline) => Some(inline.clone()),
-        KeySource::Remote { .. } => keys.key_set(&rule.issuer),
+        KeySource::Remote { filed_under, .. } => keys.key_set(filed_under),
     }
 }
 

@@ -483,11 +483,11 @@ fn a_reload_that_swaps_the_inline_key_behind_a_kid_refuses_tokens_of_the_old_key
     assert_eq!(verify(&reloaded, &new_token).as_deref(), Ok("alice"), "the new key's token");
 }
 
-/// A rule of `issuer` with `keys` (files of `tests/keys/` and their kid), reading `x-token`
-/// tokens alone when `own_header`, else the default locations.
+/// A rule of `issuer` (none when empty) with `keys` (files of `tests/keys/` and their kid),
+/// reading `x-token` tokens alone when `own_header`, else the default locations.
 fn rule_of(issuer: &str, keys: &[(&str, Algorithm, &str)], own_header: bool) -> Arc<JwtRule> {
     let mut other = (*rule(&[])).clone();
-    other.issuer = issuer.into();
+    other.issuer = (!issuer.is_empty()).then(|| issuer.into());
     other.keys = KeySource::Inline(Arc::new(KeySet::from_jwks_json(&jwks(keys)).expect("jwks")));
     if own_header {
         other.locations = Box::new([TokenLocation::Header { name: "x-token".into(), prefix: String::new().into() }]);
@@ -544,4 +544,63 @@ fn a_token_refused_by_one_rule_of_its_issuer_is_verified_by_another() {
     let billing = rule_with_audience(&second, "billing");
     assert_eq!(outcome_of(&[&billing, &second], &[bearer(&alice)]).map(|(_, sub)| sub).as_deref(), Ok("alice"));
     assert_eq!(outcome_of(&[&billing], &[bearer(&alice)]), Err(JwtError::AudienceNotAllowed));
+}
+
+#[test]
+fn a_rule_without_issuer_verifies_a_token_of_any_issuer_signed_by_its_keys_as_envoy_does() {
+    const ANYONE: &str = "https://anyone.example";
+    let any_issuer = rule_of("", &[("ec-p256.pem", Algorithm::ES256, "ec")], false);
+    let carol = sign("ec-p256.pem", Algorithm::ES256, "ec", &with(json!({"iss": ANYONE, "sub": "carol"})));
+    let caller = |issuer: &str, subject: &str| Ok((issuer.to_string(), subject.to_string()));
+    // The principal is the token's own `iss`/`sub`.
+    assert_eq!(outcome_of(&[&any_issuer], &[bearer(&carol)]), caller(ANYONE, "carol"));
+    let no_iss = sign("ec-p256.pem", Algorithm::ES256, "ec", &with(json!({"iss": null, "sub": "dan"})));
+    assert_eq!(outcome_of(&[&any_issuer], &[bearer(&no_iss)]), caller("", "dan"));
+    // Another key's token is refused, whatever its issuer.
+    let forged = sign("rsa-2048-other.pem", Algorithm::RS256, "ec", &with(json!({"iss": ANYONE, "sub": "carol"})));
+    assert_eq!(outcome_of(&[&any_issuer], &[bearer(&forged)]), Err(JwtError::KeyNotFound));
+}
+
+#[test]
+fn a_rule_without_issuer_stands_beside_rules_with_one_and_is_tried_first_as_in_istio() {
+    const ANYONE: &str = "https://anyone.example";
+    let any_issuer = rule_of("", &[("rsa-2048-other.pem", Algorithm::RS256, "other")], false);
+    let jobs = rule(&[]);
+    let rules = [&jobs, &any_issuer];
+    let caller = |issuer: &str, subject: &str| Ok((issuer.to_string(), subject.to_string()));
+    // The jobs issuer's token signed by its key: refused by the rule without issuer, verified by its own.
+    let alice = sign("rsa-2048.pem", Algorithm::RS256, "rsa", &claims());
+    assert_eq!(outcome_of(&rules, &[bearer(&alice)]), caller(ISSUER, "alice"));
+    // Any other issuer's token signed by the key of the rule without issuer.
+    let carol = with(json!({"iss": ANYONE, "sub": "carol"}));
+    assert_eq!(
+        outcome_of(&rules, &[bearer(&sign("rsa-2048-other.pem", Algorithm::RS256, "other", &carol))]),
+        caller(ANYONE, "carol")
+    );
+    // A token naming the jobs issuer signed by the other rule's key: verified by the rule
+    // without issuer, which checks no `iss`, as Envoy's provider without issuer does.
+    let claims_jobs = sign("rsa-2048-other.pem", Algorithm::RS256, "other", &claims());
+    assert_eq!(outcome_of(&rules, &[bearer(&claims_jobs)]), caller(ISSUER, "alice"));
+    // Signed by neither rule's key: the first rule's refusal, the one without issuer's.
+    let forged = sign("rsa-2048.pem", Algorithm::RS256, "other", &carol);
+    assert_eq!(outcome_of(&rules, &[bearer(&forged)]), Err(JwtError::VerificationFails));
+}
+
+#[test]
+fn an_identity_remembered_under_a_rule_without_issuer_is_recalled_under_it_with_its_own_issuer() {
+    const ANYONE: &str = "https://anyone.example";
+    let any_issuer = rule_of("", &[("ec-p256.pem", Algorithm::ES256, "ec")], false);
+    let carol = sign("ec-p256.pem", Algorithm::ES256, "ec", &with(json!({"iss": ANYONE, "sub": "carol"})));
+    let headers = [bearer(&carol)];
+    let http = request_with(&headers);
+    let rules = [&any_issuer];
+    let credentials = authn::find_credentials(&rules, &http).expect("a token");
+    let Authentication::Verified { identity, .. } = credentials.authenticate(&context()) else {
+        unreachable!("verified")
+    };
+    let recalled = credentials.authenticate_with(|credential| {
+        credential.recalled(identity.clone(), &context()).expect("the identity still counts")
+    });
+    let Authentication::Verified { identity, .. } = recalled else { unreachable!("recalled as verified") };
+    assert_eq!((identity.issuer(), identity.subject()), (ANYONE, "carol"));
 }

@@ -128,7 +128,7 @@ impl SessionClaims {
     /// names (the policy set's), exactly as for a bearer token with these claims.
     pub fn identity(&self, kept: &Arc<ClaimPaths>) -> Identity {
         let verifier = Arc::new(Verifier {
-            issuer: self.issuer.clone(),
+            issuer: Some(self.issuer.clone()),
             keys: KeyOrigin::Remote,
             kept: kept.clone(),
             space_delimited: SPACE_DELIMITED.iter().map(|name| Box::from(*name)).collect(),

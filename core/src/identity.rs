@@ -73,8 +73,9 @@ impl PartialEq for KeyOrigin {
 /// which of them split into words. One per rule, so that an identity points to it.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Verifier {
-    /// The rule's issuer: every identity it verifies has this `iss`.
-    pub issuer: Arc<str>,
+    /// The rule's issuer: every identity it verifies has this `iss`; `None` for a rule without
+    /// issuer, whose identities each keep their token's own.
+    pub issuer: Option<Arc<str>>,
     /// Where the keys that verify the rule's tokens come from.
     pub keys: KeyOrigin,
     /// The claims the live policy set reads, and so the only ones an identity keeps.
@@ -123,12 +124,16 @@ pub enum IdentitySource {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Identity {
     verifier: Arc<Verifier>,
-    /// The subject, the kept values back to back, then (when kept) every claim as JSON.
+    /// The token's `iss` when the verifier has no issuer, the subject, the kept values back to
+    /// back, then (when kept) every claim as JSON.
     text: Box<str>,
     /// First, one entry per kept path: the number of values kept up to and including that
     /// path, with the path's [`ValueKind`] in the top two bits. Then one entry per value: where
     /// its text ends (it starts where the one before ends; the first where the subject ends).
     index: Box<[u32]>,
+    /// Where the token's own `iss` ends in `text` and the subject starts: 0 when the verifier's
+    /// issuer is every identity's.
+    issuer_end: u32,
     subject_end: u32,
     /// Where the claims' JSON starts in `text`; its length when they are not kept.
     json_start: u32,
@@ -163,7 +168,10 @@ impl Identity {
     /// Keeps, of the claims of a token whose signature, issuer and lifetime were checked, the
     /// subject and the claims the verifier's policy set reads.
     pub(crate) fn from_verified_claims(claims: &Map<String, Value>, verifier: &Arc<Verifier>, proof: Proof) -> Self {
-        let mut text = String::from(claims.get("sub").and_then(Value::as_str).unwrap_or_default());
+        let claim_text = |name: &str| claims.get(name).and_then(Value::as_str).unwrap_or_default();
+        let mut text = String::from(if verifier.issuer.is_none() { claim_text("iss") } else { "" });
+        let issuer_end = offset(&text);
+        text.push_str(claim_text("sub"));
         let subject_end = offset(&text);
         let paths = &verifier.kept.paths;
         let mut index = vec![0; paths.len()];
@@ -195,6 +203,7 @@ impl Identity {
             verifier: verifier.clone(),
             text: text.into_boxed_str(),
             index: index.into_boxed_slice(),
+            issuer_end,
             subject_end,
             json_start,
             lifetime: proof.lifetime,
@@ -208,7 +217,7 @@ impl Identity {
     #[cfg(any(test, feature = "test-util"))]
     pub fn for_tests(claims: &Map<String, Value>, kept: &Arc<ClaimPaths>, space_delimited: Arc<[Box<str>]>) -> Self {
         let verifier = Arc::new(Verifier {
-            issuer: claims.get("iss").and_then(Value::as_str).unwrap_or_default().into(),
+            issuer: Some(claims.get("iss").and_then(Value::as_str).unwrap_or_default().into()),
             keys: KeyOrigin::Remote,
             kept: kept.clone(),
             space_delimited,
@@ -239,14 +248,18 @@ impl Identity {
         self.source
     }
 
-    /// The token's `iss`, the issuer of the rule that verified it.
+    /// The token's `iss`: the issuer of the rule that verified it, or the token's own when that
+    /// rule has none (empty when the token has none).
     pub fn issuer(&self) -> &str {
-        &self.verifier.issuer
+        match &self.verifier.issuer {
+            Some(issuer) => issuer,
+            None => self.text_between(0, self.issuer_end),
+        }
     }
 
     /// The token's `sub`; empty when it has none or it is not a string.
     pub fn subject(&self) -> &str {
-        self.text_between(0, self.subject_end)
+        self.text_between(self.issuer_end, self.subject_end)
     }
 
     fn text_between(&self, start: u32, end: u32) -> &str {

@@ -71,15 +71,16 @@ impl Snapshot {
         Self { policies, kept_claims: kept, workloads, options, log_redaction }
     }
 
-    /// Every remote issuer of the set's JWT rules, once, with its `jwksUri` if it has one.
+    /// Every remote issuer of the set's JWT rules, once, with its `jwksUri` if it has one; a
+    /// rule without issuer's keys count as one more, under the name its rule files them.
     pub fn remote_issuers(&self) -> Vec<RemoteIssuer> {
         let mut issuers: Vec<RemoteIssuer> = Vec::new();
         for rule in self.policies.all_authn().flat_map(|policy| policy.rules.iter()) {
-            if let KeySource::Remote { jwks_uri, timeout } = &rule.keys
-                && !issuers.iter().any(|known| known.issuer == rule.issuer)
+            if let KeySource::Remote { filed_under, jwks_uri, timeout } = &rule.keys
+                && !issuers.iter().any(|known| known.issuer == *filed_under)
             {
                 issuers.push(RemoteIssuer {
-                    issuer: rule.issuer.clone(),
+                    issuer: filed_under.clone(),
                     jwks_uri: jwks_uri.clone(),
                     timeout: *timeout,
                 });
@@ -93,19 +94,18 @@ impl Snapshot {
     pub fn conflicting_key_sources(&self) -> Option<String> {
         let mut seen: Vec<(&Arc<str>, &Option<Box<str>>)> = Vec::new();
         for rule in self.policies.all_authn().flat_map(|policy| policy.rules.iter()) {
-            if let KeySource::Remote { jwks_uri, .. } = &rule.keys {
-                match seen.iter().find(|(issuer, _)| **issuer == rule.issuer) {
+            if let KeySource::Remote { filed_under, jwks_uri, .. } = &rule.keys {
+                match seen.iter().find(|(issuer, _)| *issuer == filed_under) {
                     Some((_, other)) if *other != jwks_uri => {
                         let show = |uri: &Option<Box<str>>| uri.as_deref().unwrap_or("(discovery)").to_string();
                         return Some(format!(
-                            "issuer `{}` has keys at two places: `{}` and `{}`; give every rule of an issuer the same `jwksUri`",
-                            rule.issuer,
+                            "issuer `{filed_under}` has keys at two places: `{}` and `{}`; give every rule of an issuer the same `jwksUri`",
                             show(other),
                             show(jwks_uri)
                         ));
                     }
                     Some(_) => {}
-                    None => seen.push((&rule.issuer, jwks_uri)),
+                    None => seen.push((filed_under, jwks_uri)),
                 }
             }
         }

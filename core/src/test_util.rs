@@ -80,7 +80,7 @@ pub fn rule(audiences: &[&str]) -> Arc<JwtRule> {
     .expect("jwks");
     assert_eq!(keys.len(), 3, "skipped: {:?}", keys.skipped);
     let rule = JwtRule {
-        issuer: ISSUER.into(),
+        issuer: Some(ISSUER.into()),
         audiences: audiences.iter().map(|audience| (*audience).into()).collect(),
         keys: KeySource::Inline(Arc::new(keys)),
         locations: TokenLocation::defaults(),

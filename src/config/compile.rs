@@ -13,6 +13,7 @@ use crate::core::policy::{
     Action, Conjunction, Policy, PolicyId, Predicate, RequestPrincipalMatch, Rule, ServiceAccount, Test,
 };
 use crate::core::workload::LabelSelector;
+use crate::outbound::redact_url;
 
 /// API versions whose AuthorizationPolicy schema this compiler reads.
 pub const API_VERSIONS: [&str; 2] = ["security.istio.io/v1", "security.istio.io/v1beta1"];
@@ -104,9 +105,11 @@ pub fn compile_request_authentication(
         None => (LabelSelector::default(), Vec::new()),
     };
     for (index, rule) in rules.iter().enumerate() {
-        if rules.iter().take(index).any(|earlier| earlier.issuer == rule.issuer) {
+        if let Some(issuer) = &rule.issuer
+            && rules.iter().take(index).any(|earlier| earlier.issuer.as_ref() == Some(issuer))
+        {
             let line = document.metadata.referenced.line();
-            compiler.report(line, "spec.jwtRules", format!("issuer `{}` appears in two rules", rule.issuer));
+            compiler.report(line, "spec.jwtRules", format!("issuer `{issuer}` appears in two rules"));
         }
     }
     if compiler.errors.is_empty() {
@@ -287,16 +290,14 @@ impl<'a> Compiler<'a> {
         let line = rule.referenced.line();
         let rule = rule.value;
         let before = self.errors.len();
-        let issuer = match &rule.issuer {
-            Some(issuer) if !issuer.value.is_empty() => issuer.value.clone(),
-            _ => {
-                // Istio takes a rule with `jwksUri` and no issuer (Envoy then checks no `iss`);
-                // portcullis picks a token's rule by its `iss`, so it needs the issuer.
-                let message = "an issuer is required (portcullis picks a token's rule by its `iss`)".into();
-                self.report(line, &format!("{field}.issuer"), message);
-                String::new()
-            }
-        };
+        let issuer = rule.issuer.as_ref().map(|issuer| issuer.value.clone()).filter(|issuer| !issuer.is_empty());
+        // Istio's webhook (`validateJwtRule`) takes a rule with `jwksUri` and no issuer, whose
+        // tokens may name any `iss`; without both it refuses the rule.
+        if issuer.is_none() && rule.jwks_uri.is_none() {
+            let message =
+                "an issuer or a `jwksUri` is required, as in Istio (\"issuer or jwksUri must be non-empty string\")";
+            self.report(line, &format!("{field}.issuer"), message.into());
+        }
         if let (Some(jwks), Some(_)) = (&rule.jwks, &rule.jwks_uri) {
             let message = "only one of `jwks` or `jwksUri` can be set".into();
             self.report(jwks.referenced.line(), &format!("{field}.jwks"), message);
@@ -341,16 +342,21 @@ impl<'a> Compiler<'a> {
                         format!("`{}` is not an http(s) URL", uri.value),
                     );
                 }
-                KeySource::Remote { jwks_uri: Some(uri.value.as_str().into()), timeout }
+                let filed_under = match &issuer {
+                    Some(issuer) => issuer.as_str().into(),
+                    None => format!("* (jwksUri {})", redact_url(&uri.value)).into(),
+                };
+                KeySource::Remote { filed_under, jwks_uri: Some(uri.value.as_str().into()), timeout }
             }
             (None, None) => {
+                let issuer = issuer.as_deref().unwrap_or_default();
                 if !(issuer.is_empty() || issuer.starts_with("https://") || issuer.starts_with("http://")) {
                     let message = format!(
                         "issuer `{issuer}` is not a URL, so its keys cannot be discovered; set `jwksUri` or `jwks`"
                     );
                     self.report(line, &format!("{field}.jwksUri"), message);
                 }
-                KeySource::Remote { jwks_uri: None, timeout }
+                KeySource::Remote { filed_under: issuer.into(), jwks_uri: None, timeout }
             }
         };
         let mut locations = Vec::new();
@@ -405,7 +411,7 @@ impl<'a> Compiler<'a> {
         let audiences = rule.audiences.unwrap_or_default().into_iter().map(|audience| audience.value.into()).collect();
         (self.errors.len() == before).then(|| {
             let rule = JwtRule {
-                issuer: issuer.into(),
+                issuer: issuer.map(Into::into),
                 audiences,
                 keys,
                 locations,

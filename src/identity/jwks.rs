@@ -507,6 +507,43 @@ mod tests {
         assert_eq!(hits.load(Ordering::SeqCst), 1);
     }
 
+    /// A rule without issuer (Istio's `jwksUri` alone) has its keys fetched like an issuer's,
+    /// filed and shown (`/readyz`, logs, metrics) as `* (jwksUri URL)`, the URL without its query.
+    #[tokio::test]
+    async fn a_rule_without_issuer_has_its_keys_fetched_under_its_jwks_uri_without_query() {
+        let (base, hits) = serve(|path| {
+            if path.starts_with("/certs?") {
+                (200, JWKS.to_string(), Duration::ZERO)
+            } else {
+                (404, String::new(), Duration::ZERO)
+            }
+        })
+        .await;
+        let policy = format!(
+            "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{name: any, namespace: jobs}}\nspec:\n  jwtRules:\n  - jwksUri: {base}/certs?key=secret\n"
+        );
+        let loaded = crate::config::load::load_policy_text("any.yaml", &policy).expect("a rule without issuer loads");
+        let settings = crate::settings::Settings::default();
+        let workloads = settings.workload_table().expect("no workloads");
+        let snapshot = crate::core::Snapshot::new(
+            loaded.policies,
+            loaded.authn,
+            workloads,
+            settings.engine_options(),
+            &settings.root_namespace,
+        );
+        let metrics = Arc::new(Metrics::new());
+        let cache = Arc::new(VerifiedTokenCache::new(10, metrics.clone()));
+        let store = Arc::new(KeyStore::new(limits(), metrics, cache).expect("client"));
+        let added = store.add_issuers(snapshot.remote_issuers());
+        let name: Arc<str> = Arc::from(format!("* (jwksUri {base}/certs)"));
+        assert_eq!(added, std::slice::from_ref(&name));
+        assert_eq!(store.missing(), std::slice::from_ref(&name), "named while it has no keys");
+        store.fetch(&added).await;
+        assert!(store.key_set(&name).is_some_and(|keys| keys.has_kid("k1")));
+        assert_eq!(hits.load(Ordering::SeqCst), 1);
+    }
+
     /// Polls `condition` until it holds; fails the test after a generous deadline (a hang guard).
     async fn eventually(what: &str, condition: impl Fn() -> bool) {
         let deadline = Instant::now() + Duration::from_secs(30);

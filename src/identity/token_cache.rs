@@ -397,7 +397,7 @@ mod tests {
         let fetched = FetchedKeys::default();
         *fetched.0.lock().expect("lock") = Some(Arc::new(keys_of("rsa-2048.pem")));
         let mut remote = (*test_util::rule(&[])).clone();
-        remote.keys = KeySource::Remote { jwks_uri: None, timeout: None };
+        remote.keys = KeySource::Remote { filed_under: test_util::ISSUER.into(), jwks_uri: None, timeout: None };
         let rule = Arc::new(remote.keeping(&test_util::rule(&[]).verifier.kept));
         let context = AuthnContext { keys: &fetched, now: test_util::NOW, clock_skew_secs: 0, max_token_bytes: 8192 };
         let verify = |token: &str| {
