@@ -10,6 +10,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 use super::config::SsoConfig;
 use super::oidc::{LoginSecrets, OidcClient, authorization_url};
+use super::session::Session;
 use super::store::{SessionId, SessionStore, StoreLimits};
 use crate::core::authn::{KeyLookup, RemoteIssuer};
 use crate::core::decision::Challenge;
@@ -90,7 +91,7 @@ pub struct Sso {
     config: Arc<SsoConfig>,
     client: OidcClient,
     keys: Arc<KeyStore>,
-    sessions: SessionStore<SessionClaims>,
+    sessions: SessionStore<Session>,
     logins: SessionStore<LoginTransaction>,
     random: SystemRandom,
     clock_skew_secs: u64,
@@ -223,7 +224,7 @@ impl Sso {
         for old in cookie_values(request.cookies, &self.config.cookie_name).filter_map(SessionId::from_cookie_value) {
             self.sessions.end(&old);
         }
-        let Ok(session) = self.sessions.open(claims, Instant::now()) else {
+        let Ok(session) = self.sessions.open(Session::new(claims), Instant::now()) else {
             return refused(500, "cannot open a session");
         };
         let session_cookie =
@@ -288,6 +289,7 @@ impl Sso {
 
     fn user_info(&self, request: EndpointRequest<'_>) -> LoginAnswer {
         let Some(session) = self.session_of(request.cookies) else { return refused(401, "not signed in") };
+        let session = session.claims();
         let mut json = serde_json::Map::new();
         json.insert("issuer".into(), session.issuer().into());
         json.insert("subject".into(), session.subject().into());
@@ -300,7 +302,7 @@ impl Sso {
     }
 
     /// The session a request's cookie names, when it is open.
-    fn session_of(&self, cookies: &[&str]) -> Option<Arc<SessionClaims>> {
+    fn session_of(&self, cookies: &[&str]) -> Option<Arc<Session>> {
         let now = Instant::now();
         cookie_values(cookies, &self.config.cookie_name)
             .filter_map(SessionId::from_cookie_value)
@@ -312,20 +314,20 @@ impl Sso {
         &self,
         http: &HttpRequest<'_>,
         kept: &Arc<ClaimPaths>,
-    ) -> Option<(Arc<Identity>, Arc<SessionClaims>)> {
+    ) -> Option<(Arc<Identity>, Arc<Session>)> {
         let cookies: Vec<&str> = http.header_values("cookie").collect();
         let session = self.session_of(&cookies)?;
-        Some((Arc::new(session.identity(kept)), session))
+        Some((session.identity(kept), session))
     }
 
     /// What the check of a request adds when single sign-on is on: on allow with a session, the
     /// identity headers and the session cookie taken out of `Cookie`; on allow, client copies of
     /// the identity headers stripped; on a deny of an anonymous visitor of a login site, the
     /// login challenge.
-    pub fn complete(&self, decision: &mut Decision, http: &HttpRequest<'_>, session: Option<&SessionClaims>) {
+    pub fn complete(&self, decision: &mut Decision, http: &HttpRequest<'_>, session: Option<&Session>) {
         if decision.is_allow() {
             if let Some(session) = session {
-                self.add_identity_headers(decision, session);
+                self.add_identity_headers(decision, session.claims());
             }
             self.strip_session_cookie(decision, http);
             for name in IDENTITY_HEADERS {

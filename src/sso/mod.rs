@@ -3,6 +3,7 @@
 pub mod config;
 pub mod login;
 pub mod oidc;
+pub mod session;
 pub mod store;
 
 pub use login::{EndpointRequest, LoginAnswer, Sso};
