@@ -1,6 +1,7 @@
 //! Browser single sign-on: its settings, the sessions a login opens, the OpenID Connect client and the login endpoints; never decides a request (the core does) and never writes a wire format (the HTTP door does).
 
 pub mod config;
+pub mod envelope;
 pub mod login;
 pub mod oidc;
 pub mod session;
