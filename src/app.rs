@@ -89,7 +89,10 @@ pub async fn serve(settings: Settings) -> Result<(), AppError> {
     let keys = KeyStore::with_tasks(settings.fetch_limits(), metrics.clone(), token_cache.clone(), tasks.clone())
         .map(Arc::new)
         .map_err(|error| AppError::Serve { door: "jwks", message: error.to_string() })?;
-    let sso = sso(&settings, &keys)?;
+    let sso = sso(&settings, &keys, &metrics)?;
+    if let Some(sso) = &sso {
+        sso.spawn_tasks(&tasks);
+    }
     let remote_issuers = snapshot.remote_issuers();
     let issuers = keys.add_issuers(match &sso {
         Some(sso) => sso.with_provider_keys(remote_issuers),
@@ -198,8 +201,9 @@ pub async fn serve(settings: Settings) -> Result<(), AppError> {
     }
 }
 
-/// Browser single sign-on, when the settings configure it: its provider's keys come from `keys`.
-fn sso(settings: &Settings, keys: &Arc<KeyStore>) -> Result<Option<Arc<Sso>>, AppError> {
+/// Browser single sign-on, when the settings configure it: its provider's keys come from `keys`,
+/// its session store's failures are counted in `metrics`.
+fn sso(settings: &Settings, keys: &Arc<KeyStore>, metrics: &Arc<Metrics>) -> Result<Option<Arc<Sso>>, AppError> {
     let Some(block) = &settings.sso else { return Ok(None) };
     let config = block
         .compile(|name| std::env::var(name).ok())
@@ -211,7 +215,10 @@ fn sso(settings: &Settings, keys: &Arc<KeyStore>) -> Result<Option<Arc<Sso>>, Ap
         allow_link_local: limits.allow_link_local,
     })
     .map_err(|error| AppError::Serve { door: "sso", message: error.to_string() })?;
-    Ok(Some(Arc::new(Sso::new(config, keys.clone(), outbound, settings.clock_skew_secs, settings.max_token_bytes))))
+    let sso =
+        Sso::new(config, keys.clone(), outbound, settings.clock_skew_secs, settings.max_token_bytes, metrics.clone())
+            .map_err(|message| AppError::Serve { door: "sso", message })?;
+    Ok(Some(Arc::new(sso)))
 }
 
 /// Waits for the first fetch of every issuer's keys, then reports ready: once they finished, or

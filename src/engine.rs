@@ -142,7 +142,10 @@ impl Engine {
             },
             // No token: a browser session, when the request carries one.
             None => {
-                let found = sso.and_then(|(sso, http)| sso.session_identity(http, snapshot.kept_claims()));
+                let found = match sso {
+                    Some((sso, http)) => sso.session_identity(http, snapshot.kept_claims()).await,
+                    None => None,
+                };
                 let authentication = found.map(|(identity, claims)| {
                     session = Some(claims);
                     Authentication::Session { identity }

@@ -86,6 +86,7 @@ pub struct Metrics {
     jwks_age: Family<IssuerLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     unidentified_workload_checks: Family<DoorLabels, Counter>,
     checks_in_flight: Gauge,
+    session_store_errors: Counter,
     /// The series of `checks` and `check_duration_seconds` a check writes, by door and reason,
     /// found in their families once: a check then neither hashes labels nor takes a lock.
     check_series: [[OnceLock<Counter>; Reason::ALL.len()]; Door::ALL.len()],
@@ -149,6 +150,12 @@ impl Metrics {
             "Checks whose workload no source named (no namespace), by door",
             unidentified_workload_checks.clone(),
         );
+        let session_store_errors = Counter::default();
+        registry.register(
+            "session_store_errors",
+            "Failed session store (Redis) commands, lost listeners and stored sessions that did not open",
+            session_store_errors.clone(),
+        );
         // Exported at 0 from start-up, so that an alert on it has a series before the first one.
         for door in Door::ALL {
             unidentified_workload_checks.get_or_create(&DoorLabels { door: door.as_str() }).inc_by(0);
@@ -168,6 +175,7 @@ impl Metrics {
             token_cache_hits,
             token_cache_misses,
             token_cache_entries,
+            session_store_errors,
             check_series: Default::default(),
             duration_series: Default::default(),
         }
@@ -224,6 +232,11 @@ impl Metrics {
         for (issuer, seconds) in ages {
             self.jwks_age.get_or_create(&IssuerLabels { issuer: issuer.to_string() }).set(*seconds);
         }
+    }
+
+    /// A session store command that failed, a lost listener, or a stored session that did not open.
+    pub fn record_session_store_error(&self) {
+        self.session_store_errors.inc();
     }
 
     /// Sets how many tokens the cache holds.

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 
 use super::identity::{ClaimPaths, Identity, IdentitySource, KeyOrigin, Proof, Verifier};
-use super::jwt::{self, JwtError, KeySet, Lifetime};
+use super::jwt::{self, JwtError, KeyFingerprint, KeySet, Lifetime};
 
 /// What the ID token of one login must say.
 #[derive(Debug, Clone, Copy)]
@@ -103,7 +103,48 @@ pub fn verify(token: &str, keys: &KeySet, expected: &IdTokenExpectations<'_>) ->
     Ok(SessionClaims { issuer: expected.issuer.into(), claims, proof })
 }
 
+/// What a session store keeps of a login to restore its [`SessionClaims`] on another replica or
+/// after a restart: the verified claims, the issuer, and the key that verified the ID token.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct StoredLogin {
+    /// The provider's issuer.
+    pub issuer: String,
+    /// Every claim of the ID token.
+    pub claims: Map<String, Value>,
+    /// The `kid` of the key that verified the ID token.
+    pub kid: Option<String>,
+    /// The fingerprint of that key.
+    pub key: [u8; 32],
+}
+
 impl SessionClaims {
+    /// What a session store keeps of this login.
+    pub fn to_stored(&self) -> StoredLogin {
+        StoredLogin {
+            issuer: self.issuer.to_string(),
+            claims: self.claims.clone(),
+            kid: self.proof.kid.as_deref().map(str::to_string),
+            key: self.proof.key.0,
+        }
+    }
+
+    /// The claims a session store kept with [`Self::to_stored`]. Only for storage that
+    /// authenticates what it hands back (the session store's AEAD, sealed with its own key):
+    /// then only what [`verify`] once accepted comes back, and its proof carries over.
+    pub fn from_stored(stored: StoredLogin) -> Result<Self, IdTokenError> {
+        let StoredLogin { issuer, claims, kid, key } = stored;
+        if claims.get("iss").and_then(Value::as_str) != Some(issuer.as_str()) {
+            return Err(IdTokenError::WrongIssuer);
+        }
+        if claims.get("sub").and_then(Value::as_str).is_none_or(str::is_empty) {
+            return Err(IdTokenError::NoSubject);
+        }
+        let lifetime = Lifetime::of(&claims)?;
+        let proof =
+            Proof { lifetime, kid: kid.map(Into::into), key: KeyFingerprint(key), source: IdentitySource::Session };
+        Ok(Self { issuer: issuer.into(), claims, proof })
+    }
+
     /// The provider's issuer.
     pub fn issuer(&self) -> &str {
         &self.issuer
@@ -189,6 +230,17 @@ mod tests {
         let session = verify(&with(|_| {}), &keys(), &expected()).unwrap();
         let identity = session.identity(&Arc::new(ClaimPaths::default()));
         assert_eq!(identity.source(), IdentitySource::Session);
+    }
+
+    #[test]
+    fn a_stored_login_restores_the_same_identity() {
+        let session = verify(&with(|_| {}), &keys(), &expected()).unwrap();
+        let restored = SessionClaims::from_stored(session.to_stored()).unwrap();
+        let kept = Arc::new(ClaimPaths::new(vec![Box::from([Box::from("groups")])], true));
+        assert_eq!(restored.identity(&kept), session.identity(&kept));
+        let mut foreign = session.to_stored();
+        foreign.issuer = "https://evil.example".into();
+        assert_eq!(SessionClaims::from_stored(foreign).err(), Some(IdTokenError::WrongIssuer));
     }
 
     #[test]

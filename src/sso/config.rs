@@ -1,11 +1,13 @@
-//! The `sso` block of the server settings (browser single sign-on) and its checked form; reads the client secret from a file or an environment variable, never from the settings themselves, and never shows it.
+//! The `sso` block of the server settings (browser single sign-on) and its checked form; reads the client secret, the Redis password and the session keys from files or environment variables, never from the settings themselves, and never shows them.
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::envelope::{KeyRing, SessionKey};
 use crate::core::redirect::{AllowedDomain, RedirectPolicy};
 
 /// The `sso` block as written in the settings file.
@@ -51,6 +53,63 @@ pub struct SsoSettings {
     /// The hosts whose anonymous visitors are offered a browser login instead of a 403:
     /// `grafana.example.com`, or `.example.com` for the domain and every subdomain.
     pub sites: Vec<String>,
+    /// Sessions shared by every replica through Redis; unset, each replica keeps its own in memory.
+    pub redis: Option<RedisSettings>,
+}
+
+/// The `sso.redis` block: the shared session store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisSettings {
+    /// `redis://host:6379/0`, or `rediss://` for TLS; a password goes in `password_file` or
+    /// `password_env`, never in the URL.
+    pub url: String,
+    /// A file holding the password (trailing whitespace ignored).
+    pub password_file: Option<PathBuf>,
+    /// An environment variable holding the password.
+    pub password_env: Option<String>,
+    /// The keys sessions are encrypted with, each from a file or an environment variable: the
+    /// first encrypts, every one decrypts.
+    pub encryption_keys: Vec<KeySource>,
+    /// What every session's Redis key starts with.
+    pub key_prefix: String,
+    /// The channel ended sessions are announced on.
+    pub channel: String,
+    /// How long a replica lets a session in from its local copy before asking Redis again.
+    pub local_copy_secs: u64,
+    /// While Redis cannot be reached, how long after its last read a local copy still lets its
+    /// session in.
+    pub outage_grace_secs: u64,
+    /// The bound on one Redis command, connecting included.
+    pub timeout_ms: u64,
+}
+
+impl Default for RedisSettings {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            password_file: None,
+            password_env: None,
+            encryption_keys: Vec::new(),
+            key_prefix: "portcullis:session:".into(),
+            channel: "portcullis:sessions-ended".into(),
+            local_copy_secs: 5,
+            outage_grace_secs: 300,
+            timeout_ms: 500,
+        }
+    }
+}
+
+/// Where one secret is read from: exactly one of a file and an environment variable.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeySource {
+    /// A file holding the key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
+    /// An environment variable holding the key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<String>,
 }
 
 impl Default for SsoSettings {
@@ -73,6 +132,7 @@ impl Default for SsoSettings {
             max_sessions: 100_000,
             login_timeout_secs: 10 * 60,
             sites: Vec::new(),
+            redis: None,
         }
     }
 }
@@ -102,6 +162,44 @@ impl fmt::Debug for ClientSecret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("[redacted]")
     }
+}
+
+/// The Redis password: shown as `[redacted]` in every `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisPassword(Box<str>);
+
+impl RedisPassword {
+    /// The password, for the connection only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for RedisPassword {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// The `sso.redis` block, checked.
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    /// The server's URL, without a password.
+    pub url: Box<str>,
+    /// The password, from its file or variable.
+    pub password: Option<RedisPassword>,
+    /// The session keys.
+    pub keys: Arc<KeyRing>,
+    /// What every session's key starts with.
+    pub key_prefix: Box<str>,
+    /// The channel ended sessions are announced on.
+    pub channel: Box<str>,
+    /// How long a local copy lets its session in before Redis is asked again.
+    pub local_copy: Duration,
+    /// How long a local copy still counts while Redis cannot be reached.
+    pub outage_grace: Duration,
+    /// The bound on one Redis command.
+    pub timeout: Duration,
 }
 
 /// One host of `sites`: exact, or a parent domain with its subdomains.
@@ -157,6 +255,8 @@ pub struct SsoConfig {
     pub login_timeout: Duration,
     /// The hosts that offer a browser login.
     pub sites: Box<[Site]>,
+    /// The shared session store, when configured.
+    pub redis: Option<RedisConfig>,
 }
 
 impl SsoSettings {
@@ -173,17 +273,7 @@ impl SsoSettings {
             problem("client_id", "is required".into());
         }
         let secret = match (&self.client_secret_file, &self.client_secret_env) {
-            (Some(file), None) => match std::fs::read_to_string(file) {
-                Ok(text) if !text.trim().is_empty() => Some(text.trim_end().to_string()),
-                Ok(_) => {
-                    problem("client_secret_file", format!("`{}` is empty", file.display()));
-                    None
-                }
-                Err(error) => {
-                    problem("client_secret_file", format!("cannot read `{}`: {error}", file.display()));
-                    None
-                }
-            },
+            (Some(file), None) => read_secret_file(file).map_err(|message| problem("client_secret_file", message)).ok(),
             (None, Some(name)) => match variable(name).filter(|value| !value.is_empty()) {
                 Some(value) => Some(value),
                 None => {
@@ -253,6 +343,7 @@ impl SsoSettings {
         if self.sites.is_empty() {
             problem("sites", "name at least one host that offers a browser login".into());
         }
+        let redis = self.redis.as_ref().and_then(|redis| redis.compile(&variable, &mut problem));
         let Some(secret) = secret.filter(|_| errors.is_empty()) else { return Err(errors) };
         let secure_prefix = if self.cookie_secure { "__Secure-" } else { "" };
         let mut scopes: Vec<Box<str>> = vec!["openid".into()];
@@ -274,7 +365,114 @@ impl SsoSettings {
             max_sessions: self.max_sessions,
             login_timeout: Duration::from_secs(self.login_timeout_secs),
             sites: sites.into(),
+            redis,
         })
+    }
+}
+
+impl RedisSettings {
+    /// Checks every key of `sso.redis` and reads its secrets, reporting each problem to `problem`.
+    fn compile(
+        &self,
+        variable: &impl Fn(&str) -> Option<String>,
+        problem: &mut impl FnMut(&'static str, String),
+    ) -> Option<RedisConfig> {
+        let mut complete = true;
+        let mut fail = |key: &'static str, message: String| {
+            complete = false;
+            problem(key, message);
+        };
+        match redis::Client::open(self.url.as_str()) {
+            Ok(client) if client.get_connection_info().redis_settings().password().is_some() => fail(
+                "redis.url",
+                "holds a password: put it in `password_file` or `password_env`, never in the settings".into(),
+            ),
+            Ok(_) => {}
+            Err(error) => fail(
+                "redis.url",
+                format!("`{}` is not a redis:// or rediss:// URL: {error}", without_userinfo(&self.url)),
+            ),
+        }
+        let password = match (&self.password_file, &self.password_env) {
+            (None, None) => None,
+            (Some(file), None) => read_secret_file(file).map_err(|message| fail("redis.password_file", message)).ok(),
+            (None, Some(name)) => match variable(name).filter(|value| !value.is_empty()) {
+                Some(value) => Some(value),
+                None => {
+                    fail("redis.password_env", format!("environment variable `{name}` is unset or empty"));
+                    None
+                }
+            },
+            (Some(_), Some(_)) => {
+                fail("redis.password_file", "set at most one of `password_file` and `password_env`".into());
+                None
+            }
+        };
+        let mut keys = Vec::new();
+        for (index, source) in self.encryption_keys.iter().enumerate() {
+            let text = match (&source.file, &source.env) {
+                (Some(file), None) => read_secret_file(file),
+                (None, Some(name)) => variable(name).ok_or_else(|| format!("environment variable `{name}` is unset")),
+                _ => Err("set exactly one of `file` and `env`".into()),
+            };
+            match text.and_then(|text| SessionKey::from_text(&text).map_err(|error| error.to_string())) {
+                Ok(key) => keys.push(key),
+                Err(message) => fail("redis.encryption_keys", format!("entry {}: {message}", index + 1)),
+            }
+        }
+        let ring = KeyRing::new(keys);
+        if self.encryption_keys.is_empty() {
+            fail("redis.encryption_keys", "name at least one key, from a `file` or an `env` variable".into());
+        }
+        for (key, value) in [
+            ("redis.local_copy_secs", self.local_copy_secs),
+            ("redis.outage_grace_secs", self.outage_grace_secs),
+            ("redis.timeout_ms", self.timeout_ms),
+        ] {
+            if value == 0 {
+                fail(key, "must be at least 1".into());
+            }
+        }
+        if self.key_prefix.is_empty() {
+            fail("redis.key_prefix", "must not be empty".into());
+        }
+        if self.channel.is_empty() {
+            fail("redis.channel", "must not be empty".into());
+        }
+        let ring = ring.filter(|_| complete)?;
+        Some(RedisConfig {
+            url: self.url.as_str().into(),
+            password: password.map(|password| RedisPassword(password.into())),
+            keys: Arc::new(ring),
+            key_prefix: self.key_prefix.as_str().into(),
+            channel: self.channel.as_str().into(),
+            local_copy: Duration::from_secs(self.local_copy_secs),
+            outage_grace: Duration::from_secs(self.outage_grace_secs),
+            timeout: Duration::from_millis(self.timeout_ms),
+        })
+    }
+}
+
+/// A secret file's text without its trailing whitespace; a message naming the file when it
+/// cannot be read or is empty.
+fn read_secret_file(file: &Path) -> Result<String, String> {
+    match std::fs::read_to_string(file) {
+        Ok(text) if !text.trim().is_empty() => Ok(text.trim_end().to_string()),
+        Ok(_) => Err(format!("`{}` is empty", file.display())),
+        Err(error) => Err(format!("cannot read `{}`: {error}", file.display())),
+    }
+}
+
+/// A URL as it may be shown: without what comes before an `@` in its authority.
+fn without_userinfo(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let authority_end = rest.find('/').unwrap_or(rest.len());
+            let (authority, path) = rest.split_at(authority_end);
+            let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+            format!("{scheme}://{host}{path}")
+        }
+        None => url.to_string(),
     }
 }
 
@@ -400,6 +598,79 @@ mod tests {
         let expected = format!("config file `{}`: sso.client_secret_file: set exactly one of", file.display());
         assert!(message.contains(&expected), "{message}");
         assert!(message.contains("sso.redirect_url") && message.contains("sso.sites"), "{message}");
+    }
+
+    const KEY_HEX: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+
+    #[test]
+    fn a_redis_block_reads_its_password_and_keys_from_files_and_variables_and_never_shows_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let key_file = dir.path().join("session-key");
+        std::fs::write(&key_file, format!("{KEY_HEX}\n")).unwrap();
+        let redis = RedisSettings {
+            url: "redis://redis.example.com:6379/2".into(),
+            password_env: Some("REDIS_PASSWORD".into()),
+            encryption_keys: vec![
+                KeySource { file: None, env: Some("SESSION_KEY".into()) },
+                KeySource { file: Some(key_file), env: None },
+            ],
+            ..RedisSettings::default()
+        };
+        let block = SsoSettings { redis: Some(redis), ..settings(&dir.path().join("secret")) };
+        std::fs::write(dir.path().join("secret"), "s").unwrap();
+        let variables = |name: &str| match name {
+            "REDIS_PASSWORD" => Some("hunter2-redis".to_string()),
+            "SESSION_KEY" => Some("IBOhMNYXtIP4NtEZm-Svx3nAH4yXVVxjf3HCPpVCzV0".to_string()),
+            _ => None,
+        };
+        let config = block.compile(variables).unwrap();
+        let redis = config.redis.as_ref().unwrap();
+        assert_eq!(redis.password.as_ref().map(RedisPassword::expose), Some("hunter2-redis"));
+        assert_eq!(format!("{:?}", redis.keys), "KeyRing { keys: 2 }");
+        assert_eq!((redis.local_copy.as_secs(), redis.outage_grace.as_secs()), (5, 300), "the defaults");
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("hunter2") && !shown.contains(KEY_HEX), "{shown}");
+    }
+
+    #[test]
+    fn every_problem_of_the_redis_block_is_reported_by_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("secret"), "s").unwrap();
+        std::fs::write(dir.path().join("short-key"), "c2hvcnQ=").unwrap();
+        let redis = RedisSettings {
+            url: "redis://:hunter2@redis.example.com:6379".into(),
+            encryption_keys: vec![
+                KeySource { file: Some(dir.path().join("short-key")), env: None },
+                KeySource { file: Some(dir.path().join("missing")), env: None },
+                KeySource { file: None, env: Some("UNSET".into()) },
+                KeySource { file: None, env: None },
+            ],
+            local_copy_secs: 0,
+            ..RedisSettings::default()
+        };
+        let block = SsoSettings { redis: Some(redis), ..settings(&dir.path().join("secret")) };
+        let errors = block.compile(|_| None).unwrap_err();
+        let messages: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            messages.iter().map(|message| message.split(':').next().unwrap_or_default()).collect::<Vec<_>>(),
+            [
+                "sso.redis.url",
+                "sso.redis.encryption_keys",
+                "sso.redis.encryption_keys",
+                "sso.redis.encryption_keys",
+                "sso.redis.encryption_keys",
+                "sso.redis.local_copy_secs"
+            ],
+            "{messages:?}"
+        );
+        assert!(messages.iter().all(|message| !message.contains("hunter2")), "{messages:?}");
+        assert!(messages.get(1).is_some_and(|message| message.contains("entry 1: a session key is 32 bytes")));
+        let no_keys = SsoSettings {
+            redis: Some(RedisSettings { url: "redis://localhost".into(), ..RedisSettings::default() }),
+            ..settings(&dir.path().join("secret"))
+        };
+        let errors = no_keys.compile(|_| None).unwrap_err();
+        assert_eq!(errors.iter().map(|error| error.key).collect::<Vec<_>>(), ["redis.encryption_keys"]);
     }
 
     #[test]

@@ -10,7 +10,10 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 use super::config::SsoConfig;
 use super::oidc::{LoginSecrets, OidcClient, authorization_url};
-use super::store::{SessionId, SessionStore, StoreLimits};
+use super::redis_store::{Lifetimes, RedisSessions, StoredLoginTransaction};
+use super::session::Session;
+use super::sessions::Sessions;
+use super::store::{SessionId, SessionStore, StoreError, StoreLimits};
 use crate::core::authn::{KeyLookup, RemoteIssuer};
 use crate::core::decision::Challenge;
 use crate::core::id_token::{self, IdTokenExpectations, SessionClaims};
@@ -19,9 +22,14 @@ use crate::core::redirect::RedirectTarget;
 use crate::core::{Decision, HttpRequest, Identity, Reason};
 use crate::identity::jwks::KeyStore;
 use crate::outbound::Outbound;
+use crate::tasks::Tasks;
+use crate::telemetry::Metrics;
 
 /// Logins under way at once; more end the oldest.
 const MAX_LOGINS_UNDER_WAY: usize = 10_000;
+
+/// The answer to a login while the shared session store cannot be reached.
+const SIGN_IN_UNAVAILABLE: &str = "sign-in is unavailable: sessions cannot be stored right now; try again shortly";
 
 /// The headers that carry a session's identity to the app: set on allow, stripped otherwise.
 pub const IDENTITY_HEADERS: [&str; 5] = [
@@ -40,6 +48,17 @@ struct LoginTransaction {
     nonce: String,
     code_verifier: String,
     return_to: RedirectTarget,
+}
+
+impl LoginTransaction {
+    fn to_stored(&self) -> StoredLoginTransaction {
+        StoredLoginTransaction {
+            binding: self.binding.clone(),
+            nonce: self.nonce.clone(),
+            code_verifier: self.code_verifier.clone(),
+            return_to: self.return_to.as_str().into(),
+        }
+    }
 }
 
 /// A request to one of the login endpoints, as the HTTP door read it.
@@ -90,7 +109,7 @@ pub struct Sso {
     config: Arc<SsoConfig>,
     client: OidcClient,
     keys: Arc<KeyStore>,
-    sessions: SessionStore<SessionClaims>,
+    sessions: Sessions,
     logins: SessionStore<LoginTransaction>,
     random: SystemRandom,
     clock_skew_secs: u64,
@@ -99,26 +118,36 @@ pub struct Sso {
 
 impl Sso {
     /// Browser logins at the provider of `config`, its ID tokens verified with its keys from
-    /// `keys` (fetched as every issuer's are), the provider reached through `outbound`.
+    /// `keys` (fetched as every issuer's are), the provider reached through `outbound`; the
+    /// session store's failures are counted in `metrics`. An error says why the configured
+    /// Redis store cannot be used.
     pub fn new(
         config: SsoConfig,
         keys: Arc<KeyStore>,
         outbound: Outbound,
         clock_skew_secs: u64,
         max_token_bytes: usize,
-    ) -> Self {
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, String> {
         let timeout = outbound.limits().timeout;
-        let sessions = SessionStore::new(StoreLimits {
-            idle_timeout: config.idle_timeout,
-            max_lifetime: config.max_lifetime,
-            max_sessions: config.max_sessions,
-        });
+        let sessions = match &config.redis {
+            Some(redis) => {
+                let lifetimes =
+                    Lifetimes { idle_secs: config.idle_timeout.as_secs(), max_secs: config.max_lifetime.as_secs() };
+                Sessions::Redis(Arc::new(RedisSessions::new(redis, lifetimes, config.max_sessions, metrics)?))
+            }
+            None => Sessions::Memory(SessionStore::new(StoreLimits {
+                idle_timeout: config.idle_timeout,
+                max_lifetime: config.max_lifetime,
+                max_sessions: config.max_sessions,
+            })),
+        };
         let logins = SessionStore::new(StoreLimits {
             idle_timeout: config.login_timeout,
             max_lifetime: config.login_timeout,
             max_sessions: MAX_LOGINS_UNDER_WAY,
         });
-        Self {
+        Ok(Self {
             config: Arc::new(config),
             client: OidcClient::new(outbound, timeout),
             keys,
@@ -127,7 +156,20 @@ impl Sso {
             random: SystemRandom::new(),
             clock_skew_secs,
             max_token_bytes,
+        })
+    }
+
+    /// Starts what the session store runs in the background: with Redis, the listener for
+    /// sessions other replicas end.
+    pub fn spawn_tasks(&self, tasks: &Tasks) {
+        if let Sessions::Redis(store) = &self.sessions {
+            drop(tasks.spawn("session listener", store.clone().listen_for_ended_sessions()));
         }
+    }
+
+    /// What is wrong with the session store now, when something is: for `/readyz`.
+    pub fn session_store_problem(&self) -> Option<String> {
+        self.sessions.problem()
     }
 
     /// `issuers` with the provider's added when no policy names it, so that its keys are fetched
@@ -149,8 +191,8 @@ impl Sso {
         match request.endpoint {
             "start" => self.start(request).await,
             "callback" => self.callback(request).await,
-            "sign_out" => self.sign_out(request),
-            "userinfo" => self.user_info(request),
+            "sign_out" => self.sign_out(request).await,
+            "userinfo" => self.user_info(request).await,
             _ => refused(404, "Not Found"),
         }
     }
@@ -177,8 +219,10 @@ impl Sso {
             code_verifier: code_verifier.clone(),
             return_to,
         };
-        let Ok(state) = self.logins.open(transaction, Instant::now()) else {
-            return refused(500, "cannot start a login");
+        let state = match self.open_login(transaction).await {
+            Ok(state) => state,
+            Err(StoreError::Unavailable) => return refused(503, SIGN_IN_UNAVAILABLE),
+            Err(StoreError::Random) => return refused(500, "cannot start a login"),
         };
         let state = state.to_cookie_value();
         let secrets = LoginSecrets { state: &state, nonce: &nonce, code_verifier: &code_verifier };
@@ -204,16 +248,21 @@ impl Sso {
         let clear_login_cookie = self.cookie(&cookie_name, "", &self.config.endpoint_prefix, false, Duration::ZERO);
         let refused_clearing =
             |message| LoginAnswer::Refused { status: 400, message, cookies: vec![clear_login_cookie.clone()] };
-        let now = Instant::now();
-        let Some(transaction) = self.logins.get(&id, now) else { return refused_clearing("unknown or expired login") };
+        let transaction = match self.login(&id).await {
+            Ok(Some(transaction)) => transaction,
+            Ok(None) => return refused_clearing("unknown or expired login"),
+            Err(_) => return refused(503, SIGN_IN_UNAVAILABLE),
+        };
         let binding = cookie_values(request.cookies, &cookie_name).next().unwrap_or_default();
         if verify_slices_are_equal(binding.as_bytes(), transaction.binding.as_bytes()).is_err() {
             tracing::info!("Refused a login callback from a browser that did not start that login");
             return refused_clearing("this login was started elsewhere");
         }
         // One callback per login: a repeated one (a browser retry, a replayed code) finds nothing.
-        if self.logins.take(&id, now).is_none() {
-            return refused_clearing("unknown or expired login");
+        match self.take_login(&id).await {
+            Ok(true) => {}
+            Ok(false) => return refused_clearing("unknown or expired login"),
+            Err(_) => return refused(503, SIGN_IN_UNAVAILABLE),
         }
         let claims = match self.exchange(&code, &transaction).await {
             Ok(claims) => claims,
@@ -221,10 +270,13 @@ impl Sso {
         };
         // A new id at every login; a session this browser had before ends.
         for old in cookie_values(request.cookies, &self.config.cookie_name).filter_map(SessionId::from_cookie_value) {
-            self.sessions.end(&old);
+            // Not ended when the store is down: the new id replaces it in this browser even so.
+            let _ = self.sessions.end(&old).await;
         }
-        let Ok(session) = self.sessions.open(claims, Instant::now()) else {
-            return refused(500, "cannot open a session");
+        let session = match self.sessions.open(claims).await {
+            Ok(session) => session,
+            Err(StoreError::Unavailable) => return refused(503, SIGN_IN_UNAVAILABLE),
+            Err(StoreError::Random) => return refused(500, "cannot open a session"),
         };
         let session_cookie =
             self.cookie(&self.config.cookie_name, &session.to_cookie_value(), "/", true, self.config.max_lifetime);
@@ -272,10 +324,15 @@ impl Sso {
         }
     }
 
-    fn sign_out(&self, request: EndpointRequest<'_>) -> LoginAnswer {
+    async fn sign_out(&self, request: EndpointRequest<'_>) -> LoginAnswer {
         for id in cookie_values(request.cookies, &self.config.cookie_name).filter_map(SessionId::from_cookie_value) {
-            if self.sessions.end(&id) {
-                tracing::info!("Ended a browser session at sign-out");
+            match self.sessions.end(&id).await {
+                Ok(true) => tracing::info!("Ended a browser session at sign-out"),
+                Ok(false) => {}
+                // The cookie stays, so that signing out again ends the session once the store is back.
+                Err(_) => {
+                    return refused(503, "sign-out is unavailable: the session store cannot be reached; try again");
+                }
             }
         }
         let cookies = vec![self.cookie(&self.config.cookie_name, "", "/", true, Duration::ZERO)];
@@ -286,8 +343,9 @@ impl Sso {
         }
     }
 
-    fn user_info(&self, request: EndpointRequest<'_>) -> LoginAnswer {
-        let Some(session) = self.session_of(request.cookies) else { return refused(401, "not signed in") };
+    async fn user_info(&self, request: EndpointRequest<'_>) -> LoginAnswer {
+        let Some(session) = self.session_of(request.cookies).await else { return refused(401, "not signed in") };
+        let session = session.claims();
         let mut json = serde_json::Map::new();
         json.insert("issuer".into(), session.issuer().into());
         json.insert("subject".into(), session.subject().into());
@@ -300,32 +358,34 @@ impl Sso {
     }
 
     /// The session a request's cookie names, when it is open.
-    fn session_of(&self, cookies: &[&str]) -> Option<Arc<SessionClaims>> {
-        let now = Instant::now();
-        cookie_values(cookies, &self.config.cookie_name)
-            .filter_map(SessionId::from_cookie_value)
-            .find_map(|id| self.sessions.get(&id, now))
+    async fn session_of(&self, cookies: &[&str]) -> Option<Arc<Session>> {
+        for id in cookie_values(cookies, &self.config.cookie_name).filter_map(SessionId::from_cookie_value) {
+            if let Some(session) = self.sessions.get(&id).await {
+                return Some(session);
+            }
+        }
+        None
     }
 
     /// The identity of the session a checked request carries, as policies reading `kept` see it.
-    pub fn session_identity(
+    pub async fn session_identity(
         &self,
         http: &HttpRequest<'_>,
         kept: &Arc<ClaimPaths>,
-    ) -> Option<(Arc<Identity>, Arc<SessionClaims>)> {
+    ) -> Option<(Arc<Identity>, Arc<Session>)> {
         let cookies: Vec<&str> = http.header_values("cookie").collect();
-        let session = self.session_of(&cookies)?;
-        Some((Arc::new(session.identity(kept)), session))
+        let session = self.session_of(&cookies).await?;
+        Some((session.identity(kept), session))
     }
 
     /// What the check of a request adds when single sign-on is on: on allow with a session, the
     /// identity headers and the session cookie taken out of `Cookie`; on allow, client copies of
     /// the identity headers stripped; on a deny of an anonymous visitor of a login site, the
     /// login challenge.
-    pub fn complete(&self, decision: &mut Decision, http: &HttpRequest<'_>, session: Option<&SessionClaims>) {
+    pub fn complete(&self, decision: &mut Decision, http: &HttpRequest<'_>, session: Option<&Session>) {
         if decision.is_allow() {
             if let Some(session) = session {
-                self.add_identity_headers(decision, session);
+                self.add_identity_headers(decision, session.claims());
             }
             self.strip_session_cookie(decision, http);
             for name in IDENTITY_HEADERS {
@@ -395,6 +455,40 @@ impl Sso {
         let rd: String = form_urlencoded::byte_serialize(original.as_bytes()).collect();
         let url = format!("{origin}{}start?rd={rd}", self.config.endpoint_prefix);
         is_header_text(&url).then(|| Challenge::Login { url: url.into(), navigation: is_browser_navigation(http) })
+    }
+
+    /// Keeps a login under way under a new `state`: in Redis when sessions are there, so that
+    /// its callback may reach any replica.
+    async fn open_login(&self, transaction: LoginTransaction) -> Result<SessionId, StoreError> {
+        match &self.sessions {
+            Sessions::Redis(store) => store.open_login(&transaction.to_stored(), self.config.login_timeout).await,
+            Sessions::Memory(_) => self.logins.open(transaction, Instant::now()),
+        }
+    }
+
+    /// The login under way `state` names, when there is one (its target checked again).
+    async fn login(&self, state: &SessionId) -> Result<Option<Arc<LoginTransaction>>, StoreError> {
+        match &self.sessions {
+            Sessions::Redis(store) => {
+                let stored = store.login(state).await?;
+                Ok(stored.and_then(|stored| self.restore_login(stored)).map(Arc::new))
+            }
+            Sessions::Memory(_) => Ok(self.logins.get(state, Instant::now())),
+        }
+    }
+
+    /// Ends the login `state` names: true for the one caller that ended it.
+    async fn take_login(&self, state: &SessionId) -> Result<bool, StoreError> {
+        match &self.sessions {
+            Sessions::Redis(store) => store.take_login(state).await,
+            Sessions::Memory(_) => Ok(self.logins.take(state, Instant::now()).is_some()),
+        }
+    }
+
+    fn restore_login(&self, stored: StoredLoginTransaction) -> Option<LoginTransaction> {
+        let StoredLoginTransaction { binding, nonce, code_verifier, return_to } = stored;
+        let return_to = self.config.redirects.check(&return_to).ok()?;
+        Some(LoginTransaction { binding, nonce, code_verifier, return_to })
     }
 
     /// A fresh 256-bit random text, base64url.

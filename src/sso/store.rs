@@ -2,9 +2,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::hash::Hash;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+use aws_lc_rs::digest::{SHA256, digest};
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -19,7 +21,7 @@ pub struct SessionId([u8; ID_BYTES]);
 
 impl SessionId {
     /// A fresh id from the system's secure random generator; `None` when it fails.
-    fn generate(random: &SystemRandom) -> Option<Self> {
+    pub(super) fn generate(random: &SystemRandom) -> Option<Self> {
         let mut bytes = [0; ID_BYTES];
         random.fill(&mut bytes).ok()?;
         Some(Self(bytes))
@@ -43,12 +45,54 @@ impl fmt::Debug for SessionId {
     }
 }
 
+/// The SHA-256 of a session id: what a shared store knows a session by, so that reading the
+/// store yields no id a cookie could carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct HashedId([u8; 32]);
+
+impl HashedId {
+    /// The hash of `id`.
+    pub fn of(id: &SessionId) -> Self {
+        let mut bytes = [0; 32];
+        for (slot, byte) in bytes.iter_mut().zip(digest(&SHA256, &id.0).as_ref()) {
+            *slot = *byte;
+        }
+        Self(bytes)
+    }
+
+    /// The hash's bytes.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// The hash as 64 lowercase hex digits.
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|byte| format!("{byte:02x}")).collect()
+    }
+
+    /// The hash 64 hex digits spell; `None` for anything else.
+    pub fn from_hex(text: &str) -> Option<Self> {
+        let digits = text.as_bytes();
+        if digits.len() != 64 {
+            return None;
+        }
+        let mut bytes = [0; 32];
+        for (byte, pair) in bytes.iter_mut().zip(digits.chunks_exact(2)) {
+            *byte = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
+        }
+        Some(Self(bytes))
+    }
+}
+
 /// Why a session could not be opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
     /// The system's random generator failed.
     #[error("the system's random generator failed")]
     Random,
+    /// The shared session store cannot be reached, or refused.
+    #[error("the session store is unavailable")]
+    Unavailable,
 }
 
 /// How long sessions live and how many are kept.
@@ -70,28 +114,29 @@ struct Entry<T> {
     tick: u64,
 }
 
-struct Sessions<T> {
-    by_id: HashMap<SessionId, Entry<T>>,
+struct Sessions<T, K> {
+    by_id: HashMap<K, Entry<T>>,
     /// Every session by its last use, oldest first.
-    by_use: BTreeMap<u64, SessionId>,
+    by_use: BTreeMap<u64, K>,
     next_tick: u64,
 }
 
-/// The sessions of one replica, in memory. A full store ends its least recently used session
-/// to open a new one: a login always succeeds, and the person whose session ended logs in again.
-pub struct SessionStore<T> {
-    sessions: Mutex<Sessions<T>>,
+/// The sessions of one replica, in memory, by their id (or by what a shared store knows them
+/// by, for its local copies). A full store ends its least recently used session to open a new
+/// one: a login always succeeds, and the person whose session ended logs in again.
+pub struct SessionStore<T, K = SessionId> {
+    sessions: Mutex<Sessions<T, K>>,
     limits: StoreLimits,
     random: SystemRandom,
 }
 
-impl<T> fmt::Debug for SessionStore<T> {
+impl<T, K: Copy + Eq + Hash> fmt::Debug for SessionStore<T, K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SessionStore").field("sessions", &self.len()).field("limits", &self.limits).finish()
     }
 }
 
-impl<T> SessionStore<T> {
+impl<T, K: Copy + Eq + Hash> SessionStore<T, K> {
     /// An empty store.
     pub fn new(limits: StoreLimits) -> Self {
         let sessions = Sessions { by_id: HashMap::new(), by_use: BTreeMap::new(), next_tick: 0 };
@@ -102,34 +147,22 @@ impl<T> SessionStore<T> {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Sessions<T>> {
+    fn lock(&self) -> MutexGuard<'_, Sessions<T, K>> {
         // A panic while holding the lock leaves consistent maps: every change is one insert or remove pair.
         self.sessions.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Opens a session holding `value` under a new id (never one in use), ending the least
+    /// Keeps `value` under `id` from `now` on, in place of what `id` held, ending the least
     /// recently used session first when the store is full.
-    pub fn open(&self, value: T, now: Instant) -> Result<SessionId, StoreError> {
+    pub fn put(&self, id: K, value: Arc<T>, now: Instant) {
         let mut sessions = self.lock();
-        let id = loop {
-            let id = SessionId::generate(&self.random).ok_or(StoreError::Random)?;
-            if !sessions.by_id.contains_key(&id) {
-                break id;
-            }
-        };
-        while sessions.by_id.len() >= self.limits.max_sessions {
-            let Some((_, oldest)) = sessions.by_use.pop_first() else { break };
-            sessions.by_id.remove(&oldest);
-        }
-        let tick = sessions.take_tick();
-        sessions.by_use.insert(tick, id);
-        sessions.by_id.insert(id, Entry { value: Arc::new(value), opened: now, last_used: now, tick });
-        Ok(id)
+        sessions.end(&id);
+        sessions.insert(id, value, now, self.limits.max_sessions);
     }
 
     /// The session `id` names, when it is open and within its lifetimes at `now`; its use is
     /// recorded. An expired session is ended.
-    pub fn get(&self, id: &SessionId, now: Instant) -> Option<Arc<T>> {
+    pub fn get(&self, id: &K, now: Instant) -> Option<Arc<T>> {
         let mut sessions = self.lock();
         let entry = sessions.by_id.get(id)?;
         let idle = now.saturating_duration_since(entry.last_used);
@@ -150,14 +183,21 @@ impl<T> SessionStore<T> {
 
     /// Ends the session `id` names and hands back what it held, when it was still open: of two
     /// callers taking the same session at once, one gets it.
-    pub fn take(&self, id: &SessionId, now: Instant) -> Option<Arc<T>> {
+    pub fn take(&self, id: &K, now: Instant) -> Option<Arc<T>> {
         let value = self.get(id, now)?;
         self.lock().end(id).then_some(value)
     }
 
     /// Ends the session `id` names; false when there was none.
-    pub fn end(&self, id: &SessionId) -> bool {
+    pub fn end(&self, id: &K) -> bool {
         self.lock().end(id)
+    }
+
+    /// Ends every session.
+    pub fn clear(&self) {
+        let mut sessions = self.lock();
+        sessions.by_id.clear();
+        sessions.by_use.clear();
     }
 
     /// How many sessions are open (expired ones included until they are next looked up).
@@ -171,13 +211,41 @@ impl<T> SessionStore<T> {
     }
 }
 
-impl<T> Sessions<T> {
+impl<T> SessionStore<T, SessionId> {
+    /// Opens a session holding `value` under a new id (never one in use), ending the least
+    /// recently used session first when the store is full.
+    pub fn open(&self, value: T, now: Instant) -> Result<SessionId, StoreError> {
+        let mut sessions = self.lock();
+        let id = loop {
+            let id = SessionId::generate(&self.random).ok_or(StoreError::Random)?;
+            if !sessions.by_id.contains_key(&id) {
+                break id;
+            }
+        };
+        sessions.insert(id, Arc::new(value), now, self.limits.max_sessions);
+        Ok(id)
+    }
+}
+
+impl<T, K: Copy + Eq + Hash> Sessions<T, K> {
     fn take_tick(&mut self) -> u64 {
         self.next_tick = self.next_tick.wrapping_add(1);
         self.next_tick
     }
 
-    fn end(&mut self, id: &SessionId) -> bool {
+    /// Keeps `value` under `id`, which holds nothing, after ending the least recently used
+    /// sessions beyond `max_sessions - 1`.
+    fn insert(&mut self, id: K, value: Arc<T>, now: Instant, max_sessions: usize) {
+        while self.by_id.len() >= max_sessions {
+            let Some((_, oldest)) = self.by_use.pop_first() else { break };
+            self.by_id.remove(&oldest);
+        }
+        let tick = self.take_tick();
+        self.by_use.insert(tick, id);
+        self.by_id.insert(id, Entry { value, opened: now, last_used: now, tick });
+    }
+
+    fn end(&mut self, id: &K) -> bool {
         match self.by_id.remove(id) {
             Some(entry) => {
                 self.by_use.remove(&entry.tick);
@@ -260,6 +328,35 @@ mod tests {
         let id = store.open("once", now).unwrap();
         assert_eq!(store.take(&id, now).as_deref(), Some(&"once"));
         assert_eq!(store.take(&id, now), None);
+    }
+
+    #[test]
+    fn a_shared_store_knows_a_session_by_the_sha256_of_its_id_only() {
+        let id = SessionId::from_cookie_value(&URL_SAFE_NO_PAD.encode([7u8; 32])).unwrap();
+        let hashed = HashedId::of(&id);
+        // sha256 of 32 bytes of 7, computed independently (Python's hashlib).
+        assert_eq!(hashed.to_hex(), "4bb06f8e4e3a7715d201d573d0aa423762e55dabd61a2c02278fa56cc6d294e0");
+        assert_eq!(HashedId::from_hex(&hashed.to_hex()), Some(hashed));
+        assert!(!hashed.to_hex().contains(&id.to_cookie_value()));
+        for bad in ["", "00", &"g".repeat(64), &"0".repeat(63)] {
+            assert_eq!(HashedId::from_hex(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn local_copies_are_kept_under_the_key_given_and_replaced_in_place() {
+        let copies: SessionStore<&str, HashedId> = SessionStore::new(StoreLimits {
+            idle_timeout: Duration::from_secs(60),
+            max_lifetime: Duration::from_secs(60),
+            max_sessions: 10,
+        });
+        let now = Instant::now();
+        let key = HashedId::of(&SessionId([1; 32]));
+        copies.put(key, Arc::new("first read"), now);
+        copies.put(key, Arc::new("second read"), now);
+        assert_eq!((copies.len(), copies.get(&key, now).as_deref()), (1, Some(&"second read")));
+        copies.clear();
+        assert!(copies.is_empty());
     }
 
     #[test]

@@ -1,0 +1,467 @@
+//! The Redis session store, shared by every replica: sessions and logins under way sealed under the SHA-256 of their id, a short-lived local copy per replica, ended sessions announced on a pub/sub channel, and a bounded grace for local copies while Redis cannot be reached; never writes a session id, key or password to Redis, a log line or a metric.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use aws_lc_rs::rand::SystemRandom;
+use futures_util::StreamExt as _;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands as _, IntoConnectionInfo as _, RedisResult};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::config::RedisConfig;
+use super::envelope::KeyRing;
+use super::session::Session;
+use super::store::{HashedId, SessionId, SessionStore, StoreError, StoreLimits};
+use crate::core::id_token::{SessionClaims, StoredLogin};
+use crate::telemetry::Metrics;
+
+/// Fresh ids tried when one is taken already (256 random bits: never, in practice).
+const ID_ATTEMPTS: usize = 3;
+/// The listener's first wait before subscribing again; it doubles up to the next bound.
+const LISTEN_RETRY_MIN: Duration = Duration::from_millis(250);
+/// The listener's longest wait before subscribing again.
+const LISTEN_RETRY_MAX: Duration = Duration::from_secs(5);
+/// The stored last use is rewritten at most this often per session and replica, so that
+/// sessions in use cost no Redis write per check.
+const IDLE_REFRESH_MAX: Duration = Duration::from_secs(60);
+
+/// What Redis holds of a session, sealed.
+#[derive(Debug, Deserialize)]
+struct StoredSession {
+    login: StoredLogin,
+    /// Seconds since the epoch.
+    opened: u64,
+    /// Seconds since the epoch, rewritten at most every [`IDLE_REFRESH_MAX`].
+    last_used: u64,
+}
+
+/// A login under way, as Redis holds it (sealed as a session is, under the hash of its `state`),
+/// so that its callback may reach any replica.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredLoginTransaction {
+    /// The value of the login's own cookie.
+    pub binding: String,
+    /// The nonce its ID token must carry.
+    pub nonce: String,
+    /// Its PKCE verifier.
+    pub code_verifier: String,
+    /// Where it ends, as checked at its start (checked again when read back).
+    pub return_to: String,
+}
+
+/// A replica's copy of a session it read from Redis.
+#[derive(Debug)]
+struct LocalCopy {
+    session: Arc<Session>,
+    read_at: Instant,
+    opened: u64,
+    last_used: u64,
+}
+
+/// A session's idle and absolute lifetimes, in seconds.
+#[derive(Debug, Clone, Copy)]
+pub struct Lifetimes {
+    /// A session not used this long ends.
+    pub idle_secs: u64,
+    /// A session ends this long after it was opened.
+    pub max_secs: u64,
+}
+
+impl Lifetimes {
+    /// Seconds the session opened at `opened` and last used at `last_used` has left at `now`:
+    /// the earlier of its two ends; zero once it ended.
+    fn remaining(&self, opened: u64, last_used: u64, now: u64) -> u64 {
+        let end = opened.saturating_add(self.max_secs).min(last_used.saturating_add(self.idle_secs));
+        end.saturating_sub(now)
+    }
+
+    /// How stale the stored last use may get before a read rewrites it.
+    fn refresh_after_secs(&self) -> u64 {
+        (self.idle_secs / 4).clamp(1, IDLE_REFRESH_MAX.as_secs())
+    }
+}
+
+/// What is wrong with the store now, for `/readyz`: the last command's failure, the listener's.
+#[derive(Debug, Default)]
+struct Health {
+    command: Option<String>,
+    listener: Option<String>,
+}
+
+/// What a health report is about.
+#[derive(Debug, Clone, Copy)]
+enum Part {
+    /// The commands: reads, writes, deletes.
+    Command,
+    /// The pub/sub listener.
+    Listener,
+}
+
+/// The sessions of every replica, in Redis.
+pub struct RedisSessions {
+    connection: ConnectionManager,
+    client: redis::Client,
+    keys: Arc<KeyRing>,
+    key_prefix: Box<str>,
+    channel: Box<str>,
+    local_copy: Duration,
+    timeout: Duration,
+    lifetimes: Lifetimes,
+    copies: SessionStore<LocalCopy, HashedId>,
+    health: Mutex<Health>,
+    metrics: Arc<Metrics>,
+    random: SystemRandom,
+}
+
+impl std::fmt::Debug for RedisSessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisSessions").field("copies", &self.copies.len()).finish_non_exhaustive()
+    }
+}
+
+/// Seconds since the epoch.
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_secs())
+}
+
+impl RedisSessions {
+    /// A store on the server `config` names (connected on first use, and again after every
+    /// failure), keeping at most `max_copies` local copies; store failures are counted in `metrics`.
+    pub fn new(
+        config: &RedisConfig,
+        lifetimes: Lifetimes,
+        max_copies: usize,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, String> {
+        let info = config.url.to_string().into_connection_info().map_err(|error| error.to_string())?;
+        let info = match &config.password {
+            Some(password) => {
+                let settings = info.redis_settings().clone().set_password(password.expose());
+                info.set_redis_settings(settings)
+            }
+            None => info,
+        };
+        let client = redis::Client::open(info).map_err(|error| error.to_string())?;
+        let manager = ConnectionManagerConfig::new()
+            .set_number_of_retries(0)
+            .set_connection_timeout(Some(config.timeout))
+            .set_response_timeout(Some(config.timeout));
+        let connection =
+            ConnectionManager::new_lazy_with_config(client.clone(), manager).map_err(|error| error.to_string())?;
+        // A copy is kept through the outage grace after its last read; within `local_copy` it
+        // is used without asking Redis.
+        let kept = config.outage_grace.max(config.local_copy);
+        let copies =
+            SessionStore::new(StoreLimits { idle_timeout: kept, max_lifetime: kept, max_sessions: max_copies });
+        Ok(Self {
+            connection,
+            client,
+            keys: config.keys.clone(),
+            key_prefix: config.key_prefix.clone(),
+            channel: config.channel.clone(),
+            local_copy: config.local_copy,
+            timeout: config.timeout,
+            lifetimes,
+            copies,
+            health: Mutex::new(Health::default()),
+            metrics,
+            random: SystemRandom::new(),
+        })
+    }
+
+    fn key(&self, hashed: &HashedId) -> String {
+        format!("{}{}", self.key_prefix, hashed.to_hex())
+    }
+
+    fn login_key(&self, hashed: &HashedId) -> String {
+        format!("{}login:{}", self.key_prefix, hashed.to_hex())
+    }
+
+    /// Keeps a login under way for `ttl` under a new `state`, which it returns.
+    pub async fn open_login(
+        &self,
+        transaction: &StoredLoginTransaction,
+        ttl: Duration,
+    ) -> Result<SessionId, StoreError> {
+        for _ in 0..ID_ATTEMPTS {
+            let state = SessionId::generate(&self.random).ok_or(StoreError::Random)?;
+            let hashed = HashedId::of(&state);
+            let sealed = self.seal(transaction, &hashed)?;
+            let mut connection = self.connection.clone();
+            let command = redis::cmd("SET")
+                .arg(self.login_key(&hashed))
+                .arg(sealed)
+                .arg("NX")
+                .arg("EX")
+                .arg(ttl.as_secs().max(1))
+                .clone();
+            let created: Option<String> = self.bounded("open login", command.query_async(&mut connection)).await?;
+            if created.is_some() {
+                return Ok(state);
+            }
+        }
+        Err(StoreError::Random)
+    }
+
+    /// The login under way `state` names, when there is one.
+    pub async fn login(&self, state: &SessionId) -> Result<Option<StoredLoginTransaction>, StoreError> {
+        let hashed = HashedId::of(state);
+        let mut connection = self.connection.clone();
+        let sealed: Option<Vec<u8>> = self.bounded("read login", connection.get(self.login_key(&hashed))).await?;
+        Ok(sealed.and_then(|sealed| self.unseal(&sealed, &hashed)))
+    }
+
+    /// Ends the login `state` names: true for the one caller that ended it.
+    pub async fn take_login(&self, state: &SessionId) -> Result<bool, StoreError> {
+        let mut connection = self.connection.clone();
+        let key = self.login_key(&HashedId::of(state));
+        let deleted: u64 = self.bounded("end login", connection.del(key)).await?;
+        Ok(deleted == 1)
+    }
+
+    /// Opens a session for `claims` under a new id; `Unavailable` when Redis cannot store it.
+    pub async fn open(&self, claims: SessionClaims) -> Result<SessionId, StoreError> {
+        let now = unix_now();
+        let login = claims.to_stored();
+        let session = Arc::new(Session::new(claims));
+        let ttl = self.lifetimes.remaining(now, now, now).max(1);
+        for _ in 0..ID_ATTEMPTS {
+            let id = SessionId::generate(&self.random).ok_or(StoreError::Random)?;
+            let hashed = HashedId::of(&id);
+            let sealed = self.seal(&StoredSessionRef { login: &login, opened: now, last_used: now }, &hashed)?;
+            let mut connection = self.connection.clone();
+            let command = redis::cmd("SET").arg(self.key(&hashed)).arg(sealed).arg("NX").arg("EX").arg(ttl).clone();
+            let created: Option<String> = self.bounded("open", command.query_async(&mut connection)).await?;
+            if created.is_some() {
+                let copy = LocalCopy { session, read_at: Instant::now(), opened: now, last_used: now };
+                self.copies.put(hashed, Arc::new(copy), Instant::now());
+                return Ok(id);
+            }
+        }
+        Err(StoreError::Random)
+    }
+
+    /// The session `id` names, when it is open: from the local copy read less than
+    /// `local_copy` ago, else from Redis; while Redis cannot be reached, from a local copy read
+    /// less than the outage grace ago.
+    pub async fn get(&self, id: &SessionId) -> Option<Arc<Session>> {
+        let hashed = HashedId::of(id);
+        let now = unix_now();
+        let copy = self.copies.get(&hashed, Instant::now());
+        if let Some(copy) = &copy
+            && copy.read_at.elapsed() < self.local_copy
+        {
+            return self.live(copy, now);
+        }
+        match self.read(&hashed).await {
+            Ok(Some(stored)) => self.keep(hashed, stored, copy.as_deref(), now).await,
+            Ok(None) => {
+                self.copies.end(&hashed);
+                None
+            }
+            Err(StoreError::Unavailable) => copy.and_then(|copy| self.live(&copy, now)),
+            Err(_) => None,
+        }
+    }
+
+    fn live(&self, copy: &LocalCopy, now: u64) -> Option<Arc<Session>> {
+        (self.lifetimes.remaining(copy.opened, copy.last_used, now) > 0).then(|| copy.session.clone())
+    }
+
+    /// Ends the session `id` names in Redis and tells every replica; `Unavailable` when Redis
+    /// cannot be reached (the session may then still be open).
+    pub async fn end(&self, id: &SessionId) -> Result<bool, StoreError> {
+        let hashed = HashedId::of(id);
+        self.copies.end(&hashed);
+        let mut connection = self.connection.clone();
+        let mut pipeline = redis::pipe();
+        pipeline.atomic().del(self.key(&hashed)).publish(&*self.channel, hashed.to_hex());
+        let (deleted, _listeners): (u64, u64) = self.bounded("end", pipeline.query_async(&mut connection)).await?;
+        Ok(deleted > 0)
+    }
+
+    /// What is wrong with the store now, when something is.
+    pub fn problem(&self) -> Option<String> {
+        let health = self.health.lock().unwrap_or_else(PoisonError::into_inner);
+        match (&health.command, &health.listener) {
+            (None, None) => None,
+            (Some(command), None) => Some(command.clone()),
+            (None, Some(listener)) => Some(listener.clone()),
+            (Some(command), Some(listener)) => Some(format!("{command}; {listener}")),
+        }
+    }
+
+    /// Listens for the sessions other replicas end and drops their local copies; subscribes
+    /// again after every loss, dropping every local copy then (an announcement may have been
+    /// missed). Runs until cancelled.
+    pub async fn listen_for_ended_sessions(self: Arc<Self>) {
+        let mut retry = LISTEN_RETRY_MIN;
+        loop {
+            let cause = match tokio::time::timeout(self.timeout, self.subscribe()).await {
+                Ok(Ok(mut pubsub)) => {
+                    self.copies.clear();
+                    self.set_health(Part::Listener, None);
+                    tracing::info!("Listening for sessions ended on other replicas");
+                    retry = LISTEN_RETRY_MIN;
+                    let mut messages = pubsub.on_message();
+                    while let Some(message) = messages.next().await {
+                        let payload = message.get_payload::<String>().ok();
+                        if let Some(hashed) = payload.as_deref().and_then(HashedId::from_hex) {
+                            self.copies.end(&hashed);
+                        }
+                    }
+                    "the connection closed".to_string()
+                }
+                Ok(Err(error)) => error.to_string(),
+                Err(_) => format!("no answer within {} ms", self.timeout.as_millis()),
+            };
+            self.metrics.record_session_store_error();
+            self.set_health(Part::Listener, Some(format!("listening for ended sessions: {cause}")));
+            tokio::time::sleep(retry).await;
+            retry = (retry * 2).min(LISTEN_RETRY_MAX);
+        }
+    }
+
+    async fn subscribe(&self) -> RedisResult<redis::aio::PubSub> {
+        let mut pubsub = self.client.get_async_pubsub().await?;
+        pubsub.subscribe(&*self.channel).await?;
+        Ok(pubsub)
+    }
+
+    /// The stored session `hashed` names: `None` when there is none, or it does not open
+    /// (changed, sealed for another id, or with a key no longer configured: logged, counted).
+    async fn read(&self, hashed: &HashedId) -> Result<Option<StoredSession>, StoreError> {
+        let mut connection = self.connection.clone();
+        let sealed: Option<Vec<u8>> = self.bounded("read", connection.get(self.key(hashed))).await?;
+        Ok(sealed.and_then(|sealed| self.unseal(&sealed, hashed)))
+    }
+
+    /// What `sealed` holds, when it opens for `hashed`; else logged (without its content),
+    /// counted, and `None`.
+    fn unseal<T: DeserializeOwned>(&self, sealed: &[u8], hashed: &HashedId) -> Option<T> {
+        let opened = self.keys.open(sealed, hashed.as_bytes()).map_err(|error| error.to_string());
+        match opened.and_then(|plain| serde_json::from_slice(&plain).map_err(|error| error.to_string())) {
+            Ok(value) => Some(value),
+            Err(error) => {
+                self.metrics.record_session_store_error();
+                tracing::warn!(%error, "Refused a stored session or login that does not open");
+                None
+            }
+        }
+    }
+
+    /// A session read from Redis kept as the local copy, when it is still within its
+    /// lifetimes; its last use is written back when it is older than the refresh bound.
+    async fn keep(
+        &self,
+        hashed: HashedId,
+        stored: StoredSession,
+        previous: Option<&LocalCopy>,
+        now: u64,
+    ) -> Option<Arc<Session>> {
+        let StoredSession { login, opened, last_used } = stored;
+        if self.lifetimes.remaining(opened, last_used, now) == 0 {
+            self.copies.end(&hashed);
+            return None;
+        }
+        let last_used = if now.saturating_sub(last_used) >= self.lifetimes.refresh_after_secs() {
+            match self.refresh(&hashed, &login, opened, now).await {
+                Ok(true) => now,
+                Ok(false) => {
+                    self.copies.end(&hashed);
+                    return None;
+                }
+                Err(_) => last_used,
+            }
+        } else {
+            last_used
+        };
+        // A session's login never changes: the copy before keeps its built identity.
+        let session = match previous.filter(|copy| copy.opened == opened) {
+            Some(copy) => copy.session.clone(),
+            None => Arc::new(Session::new(SessionClaims::from_stored(login).ok()?)),
+        };
+        let copy = LocalCopy { session: session.clone(), read_at: Instant::now(), opened, last_used };
+        self.copies.put(hashed, Arc::new(copy), Instant::now());
+        Some(session)
+    }
+
+    /// Writes the session's last use as `now`, only while it exists (an ended session is never
+    /// brought back); false when it no longer does.
+    async fn refresh(&self, hashed: &HashedId, login: &StoredLogin, opened: u64, now: u64) -> Result<bool, StoreError> {
+        let sealed = self.seal(&StoredSessionRef { login, opened, last_used: now }, hashed)?;
+        let ttl = self.lifetimes.remaining(opened, now, now).max(1);
+        let mut connection = self.connection.clone();
+        let command = redis::cmd("SET").arg(self.key(hashed)).arg(sealed).arg("XX").arg("EX").arg(ttl).clone();
+        let written: Option<String> = self.bounded("refresh", command.query_async(&mut connection)).await?;
+        Ok(written.is_some())
+    }
+
+    /// `value` as JSON, sealed for `hashed`.
+    fn seal(&self, value: &impl Serialize, hashed: &HashedId) -> Result<Vec<u8>, StoreError> {
+        let plain = serde_json::to_vec(value).map_err(|_| StoreError::Unavailable)?;
+        self.keys.seal(&plain, hashed.as_bytes()).map_err(|_| StoreError::Random)
+    }
+
+    /// `command` within the timeout; a failure is counted, noted for `/readyz` and logged
+    /// when the store was healthy before.
+    async fn bounded<T>(
+        &self,
+        operation: &'static str,
+        command: impl Future<Output = RedisResult<T>>,
+    ) -> Result<T, StoreError> {
+        let cause = match tokio::time::timeout(self.timeout, command).await {
+            Ok(Ok(value)) => {
+                self.set_health(Part::Command, None);
+                return Ok(value);
+            }
+            Ok(Err(error)) => error.to_string(),
+            Err(_) => format!("no answer within {} ms", self.timeout.as_millis()),
+        };
+        self.metrics.record_session_store_error();
+        self.set_health(Part::Command, Some(format!("{operation}: {cause}")));
+        Err(StoreError::Unavailable)
+    }
+
+    /// Sets one part of the health; logs when it turns bad or good again.
+    fn set_health(&self, part: Part, problem: Option<String>) {
+        let mut health = self.health.lock().unwrap_or_else(PoisonError::into_inner);
+        let slot = match part {
+            Part::Command => &mut health.command,
+            Part::Listener => &mut health.listener,
+        };
+        match (slot.is_some(), &problem) {
+            (false, Some(problem)) => tracing::warn!(%problem, "The session store (Redis) is unavailable"),
+            (true, None) => tracing::info!("The session store (Redis) is available again"),
+            _ => {}
+        }
+        *slot = problem;
+    }
+}
+
+/// [`StoredSession`] for sealing, borrowing the login.
+#[derive(Serialize)]
+struct StoredSessionRef<'s> {
+    login: &'s StoredLogin,
+    opened: u64,
+    last_used: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_session_lives_until_the_earlier_of_its_idle_and_absolute_ends() {
+        let lifetimes = Lifetimes { idle_secs: 100, max_secs: 1000 };
+        assert_eq!(lifetimes.remaining(0, 0, 0), 100);
+        assert_eq!(lifetimes.remaining(0, 950, 960), 40, "the absolute end comes first");
+        assert_eq!(lifetimes.remaining(0, 10, 110), 0, "idle for 100 s");
+        assert_eq!(lifetimes.remaining(0, 990, 1000), 0, "1000 s after the login");
+        assert_eq!(lifetimes.refresh_after_secs(), 25);
+        assert_eq!(Lifetimes { idle_secs: 8 * 3600, max_secs: 86400 }.refresh_after_secs(), 60);
+    }
+}

@@ -1,0 +1,97 @@
+//! One signed-in person's session: the claims its login's ID token gave, and the identity the live policy set sees, built once per policy set instead of at every check.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwapOption;
+
+use crate::core::Identity;
+use crate::core::id_token::SessionClaims;
+use crate::core::identity::ClaimPaths;
+
+/// An identity built for the claims one policy set keeps.
+#[derive(Debug)]
+struct BuiltIdentity {
+    kept: Arc<ClaimPaths>,
+    identity: Arc<Identity>,
+}
+
+/// A session's login, and its identity as last built.
+#[derive(Debug)]
+pub struct Session {
+    claims: SessionClaims,
+    identity: ArcSwapOption<BuiltIdentity>,
+}
+
+impl Session {
+    /// The session of a login whose ID token gave `claims`.
+    pub fn new(claims: SessionClaims) -> Self {
+        Self { claims, identity: ArcSwapOption::empty() }
+    }
+
+    /// What the login's ID token said.
+    pub fn claims(&self) -> &SessionClaims {
+        &self.claims
+    }
+
+    /// The session's identity as the policy set keeping `kept` sees it: the one built before for
+    /// the same policy set, else (at the first check, and once after each reload) built now by
+    /// the core and kept.
+    pub fn identity(&self, kept: &Arc<ClaimPaths>) -> Arc<Identity> {
+        if let Some(built) = self.identity.load().as_ref()
+            && Arc::ptr_eq(&built.kept, kept)
+        {
+            return built.identity.clone();
+        }
+        let identity = Arc::new(self.claims.identity(kept));
+        self.identity.store(Some(Arc::new(BuiltIdentity { kept: kept.clone(), identity: identity.clone() })));
+        identity
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use jsonwebtoken::Algorithm;
+    use serde_json::json;
+
+    use super::*;
+    use crate::core::id_token::{self, IdTokenExpectations};
+    use crate::core::jwt::KeySet;
+    use crate::core::test_util::{ISSUER, NOW, jwks, sign};
+
+    /// The session of alice's login, her ID token in the groups `admins` and `dev`.
+    fn alice() -> Session {
+        let keys = KeySet::from_jwks_json(&jwks(&[("rsa-2048.pem", Algorithm::RS256, "k1")])).unwrap();
+        let claims = json!({"iss": ISSUER, "sub": "alice", "aud": "portcullis", "exp": NOW + 300, "iat": NOW,
+                            "nonce": "n", "email": "alice@example.com", "groups": ["admins", "dev"]});
+        let token = sign("rsa-2048.pem", Algorithm::RS256, "k1", &claims);
+        let expected = IdTokenExpectations {
+            issuer: ISSUER,
+            client_id: "portcullis",
+            nonce: "n",
+            now: NOW,
+            clock_skew_secs: 60,
+            max_token_bytes: 8192,
+        };
+        Session::new(id_token::verify(&token, &keys, &expected).unwrap())
+    }
+
+    fn keeping(claims: &[&str]) -> Arc<ClaimPaths> {
+        Arc::new(ClaimPaths::new(claims.iter().map(|claim| Box::from([Box::from(*claim)])), false))
+    }
+
+    #[test]
+    fn a_session_builds_its_identity_once_per_policy_set() {
+        let session = alice();
+        let groups = keeping(&["groups"]);
+        let first = session.identity(&groups);
+        assert!(Arc::ptr_eq(&first, &session.identity(&groups)), "the same identity, not a new one");
+        let reloaded = keeping(&["groups"]);
+        let after_reload = session.identity(&reloaded);
+        assert!(Arc::ptr_eq(&after_reload, &session.identity(&reloaded)), "built once for the new policy set");
+        assert_eq!(first.claim_values(&["groups"]).collect::<Vec<_>>(), ["admins", "dev"]);
+        let email = keeping(&["email"]);
+        let rebuilt = session.identity(&email);
+        assert_eq!(rebuilt.claim_values(&["email"]).collect::<Vec<_>>(), ["alice@example.com"]);
+        assert_eq!(rebuilt.claim_values(&["groups"]).count(), 0);
+    }
+}
