@@ -1422,8 +1422,9 @@ fn api_keys_that_resemble_a_real_one_or_come_oddly_are_never_let_in_as_the_bot()
         (format!("APIKey {KEY}"), format!("apikey {KEY}"), format!("Bearer {KEY}"));
     let (blanks, other_scheme) = (format!(" \t{KEY} "), format!("Basic {KEY}"));
     let unknown = Some(JwtError::ApiKeyUnknown);
-    // (case, headers, allowed, refusal, headers stripped)
-    let rows: Vec<(&str, Vec<(&str, &str)>, bool, Option<JwtError>, &[&str])> = vec![
+    /// The case, the request's headers, whether it is allowed, its refusal, the key headers stripped.
+    type Row<'r> = (&'r str, Vec<(&'r str, &'r str)>, bool, Option<JwtError>, &'r [&'r str]);
+    let rows: Vec<Row<'_>> = vec![
         ("the key", vec![("x-api-key", KEY)], true, None, &["x-api-key"]),
         ("the key under its scheme", vec![("authorization", &scheme)], true, None, &["authorization"]),
         ("the scheme in another case", vec![("authorization", &lower_scheme)], true, None, &["authorization"]),

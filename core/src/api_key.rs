@@ -217,6 +217,9 @@ mod tests {
 
     const NOW: u64 = 1_800_000_000;
 
+    /// A request's headers, as a table row gives them.
+    type Headers = &'static [(&'static str, &'static str)];
+
     fn locations() -> Vec<ApiKeyLocation> {
         vec![
             ApiKeyLocation { header: "authorization".into(), prefix: "APIKey ".into() },
@@ -259,7 +262,7 @@ mod tests {
 
     #[test]
     fn keys_are_found_in_their_headers_and_prefixes() {
-        let rows: &[(&str, &[(&str, &str)], Option<Option<&str>>)] = &[
+        let rows: &[(&str, Headers, Option<Option<&str>>)] = &[
             ("the authorization scheme", &[("authorization", "APIKey k1")], Some(Some("k1"))),
             ("the scheme in another case", &[("authorization", "apikey k1")], Some(Some("k1"))),
             ("blanks around the key", &[("x-api-key", " \tk1 ")], Some(Some("k1"))),
@@ -289,7 +292,7 @@ mod tests {
     #[test]
     fn a_key_is_known_by_its_digest_until_it_expires() {
         let table = table();
-        let rows: &[(&str, &[(&str, &str)], Result<&str, JwtError>)] = &[
+        let rows: &[(&str, Headers, Result<&str, JwtError>)] = &[
             ("a key", &[("x-api-key", "key-ci-1")], Ok("apikeys/ci-bot")),
             ("the principal's second key", &[("authorization", "APIKey key-ci-2")], Ok("apikeys/ci-bot")),
             ("a key at its expiry", &[("x-api-key", "key-old")], Err(JwtError::ApiKeyExpired)),
