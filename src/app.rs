@@ -15,6 +15,7 @@ use crate::doors::admin::AdminState;
 use crate::doors::grpc::{AuthorizationServer, CheckService};
 use crate::doors::{admin, http, listener};
 use crate::engine::Engine;
+use crate::identity::api_keys::{ApiKeys, KeyFileErrors};
 use crate::identity::jwks::KeyStore;
 use crate::identity::token_cache::VerifiedTokenCache;
 use crate::outbound::{Outbound, OutboundLimits};
@@ -38,6 +39,9 @@ pub enum AppError {
     /// A setting is invalid.
     #[error(transparent)]
     Settings(#[from] SettingsError),
+    /// An API key file is invalid.
+    #[error(transparent)]
+    ApiKeys(#[from] KeyFileErrors),
     /// A door's address cannot be listened on.
     #[error("cannot listen on {address} ({door}): {source}")]
     Bind {
@@ -102,7 +106,11 @@ pub async fn serve(settings: Settings) -> Result<(), AppError> {
         .map_err(|message| AppError::Settings(SettingsError::TrustedProxies(message)))?;
     // Before any door opens: a token arriving meanwhile waits for these fetches, starts none.
     let first_fetches = keys.begin_fetch(&issuers);
-    let engine = Engine::new(snapshot, settings.clone(), metrics, keys.clone(), token_cache);
+    let api_keys = match &settings.api_keys {
+        Some(block) => Some(Arc::new(ApiKeys::load(block.clone(), metrics.clone())?)),
+        None => None,
+    };
+    let engine = Engine::new(snapshot, settings.clone(), metrics, keys.clone(), token_cache).with_api_keys(api_keys);
     let engine = Arc::new(match sso {
         Some(sso) => engine.with_sso(sso),
         None => engine,

@@ -6,8 +6,9 @@ use std::time::{Duration, Instant, SystemTime};
 use arc_swap::ArcSwap;
 
 use crate::core::authn::{Authentication, AuthnContext, Credential, Credentials, UnverifiedToken};
-use crate::core::jwt::KeySet;
+use crate::core::jwt::{JwtError, KeySet};
 use crate::core::{Decision, Reason, Request, Snapshot};
+use crate::identity::api_keys::ApiKeys;
 use crate::identity::jwks::KeyStore;
 use crate::identity::token_cache::{TokenKey, VerifiedTokenCache};
 use crate::settings::Settings;
@@ -55,6 +56,8 @@ pub struct Engine {
     settings: Settings,
     /// Browser single sign-on, when configured.
     sso: Option<Arc<Sso>>,
+    /// API keys of bot accounts, when key files are configured.
+    api_keys: Option<Arc<ApiKeys>>,
 }
 
 impl Engine {
@@ -76,7 +79,18 @@ impl Engine {
             traces: Traces::from_environment(),
             settings,
             sso: None,
+            api_keys: None,
         }
+    }
+
+    /// The same engine, looking up the API keys requests present in `api_keys`, when given.
+    pub fn with_api_keys(self, api_keys: Option<Arc<ApiKeys>>) -> Self {
+        Self { api_keys, ..self }
+    }
+
+    /// The API keys of bot accounts, when key files are configured.
+    pub fn api_keys(&self) -> Option<&Arc<ApiKeys>> {
+        self.api_keys.as_ref()
     }
 
     /// The same engine, offering browser logins with `sso`.
@@ -107,9 +121,14 @@ impl Engine {
         let http = request.and_then(|request| request.http.as_ref());
         let (method, host, path) = http.map_or(("", "", ""), |http| (http.method, http.host, http.path));
         let header = |name: &str| http.and_then(|http| http.header(name));
+        let request_id = header("x-request-id").unwrap_or_default();
+        let request_id = match (&self.api_keys, http) {
+            (Some(api_keys), Some(http)) => api_keys.redacted(http, request_id),
+            _ => std::borrow::Cow::Borrowed(request_id),
+        };
         let record = DecisionRecord {
             door,
-            request_id: header("x-request-id").unwrap_or_default(),
+            request_id: &request_id,
             method,
             host,
             path,
@@ -135,8 +154,18 @@ impl Engine {
         let plan = snapshot.plan(request);
         let sso = self.sso.as_deref().zip(request.http.as_ref());
         let mut session = None;
+        // An API key, looked up in the key table (`Some(None)`: the lookup panicked, a bug).
+        let api_key = plan.api_key().map(|key| {
+            let unknown = || Authentication::Failed { error: JwtError::ApiKeyUnknown };
+            let kept = snapshot.kept_claims();
+            guarded(|| self.api_keys.as_ref().map_or_else(unknown, |keys| keys.authenticate(key, kept, context.now)))
+        });
         let mut decision = match plan.credentials() {
             Some(credentials) => match self.resolve(credentials, &context).await {
+                Some(authentication) => snapshot.authorize(plan, Some(authentication)),
+                None => Decision::new(Reason::InternalError, None),
+            },
+            None if api_key.is_some() => match api_key.flatten() {
                 Some(authentication) => snapshot.authorize(plan, Some(authentication)),
                 None => Decision::new(Reason::InternalError, None),
             },

@@ -1,4 +1,4 @@
-//! Policy reload: SIGHUP, or a change of the policy files (ConfigMap symlink swaps included), builds and checks the whole new set, fetches new issuers' keys, then swaps and drops the issuers it no longer names; a bad set is logged and counted, and the last good one stays.
+//! Policy reload: SIGHUP, or a change of the policy files (ConfigMap symlink swaps included), builds and checks the whole new set, fetches new issuers' keys, then swaps and drops the issuers it no longer names; a bad set is logged and counted, and the last good one stays. The API key files are watched and reloaded the same way.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -106,8 +106,17 @@ impl Reloader {
         Some(generation)
     }
 
-    /// Reloads on SIGHUP, and when the policy files change (checked every
-    /// `reload_poll_interval_ms`), until shutdown.
+    /// Reads the API key files again and swaps the new table in; a broken file keeps the last
+    /// good table (and is logged `file:line`).
+    async fn reload_api_keys(&self) {
+        let Some(api_keys) = self.engine.api_keys().cloned() else { return };
+        if let Err(error) = run_blocking_within(FILE_READ_TIMEOUT, move || api_keys.reload()).await {
+            tracing::error!(%error, "API key reload failed; the last good keys stay");
+        }
+    }
+
+    /// Reloads on SIGHUP, and when the policy files or the API key files change (checked
+    /// every `reload_poll_interval_ms`), until shutdown.
     pub async fn watch(&self, mut shutdown: watch::Receiver<bool>) {
         let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
             Ok(signal) => Some(signal),
@@ -118,6 +127,7 @@ impl Reloader {
         };
         let interval = Duration::from_millis(self.engine.settings().reload_poll_interval_ms);
         let mut last = current_fingerprint(&self.engine).await;
+        let mut last_keys = api_key_fingerprint(&self.engine).await;
         loop {
             let sighup = async {
                 match hangup.as_mut() {
@@ -134,6 +144,8 @@ impl Reloader {
                     tracing::info!("SIGHUP: reloading the policy set");
                     last = current_fingerprint(&self.engine).await;
                     self.reload().await;
+                    last_keys = api_key_fingerprint(&self.engine).await;
+                    self.reload_api_keys().await;
                 }
                 () = poll => {
                     let now = current_fingerprint(&self.engine).await;
@@ -141,6 +153,12 @@ impl Reloader {
                         last = now;
                         tracing::info!("Policy files changed: reloading the policy set");
                         self.reload().await;
+                    }
+                    let keys_now = api_key_fingerprint(&self.engine).await;
+                    if keys_now != last_keys {
+                        last_keys = keys_now;
+                        tracing::info!("API key files changed: reloading the API keys");
+                        self.reload_api_keys().await;
                     }
                 }
             }
@@ -150,6 +168,12 @@ impl Reloader {
 
 async fn current_fingerprint(engine: &Engine) -> Option<[u8; 32]> {
     let paths = engine.settings().policies.clone();
+    run_blocking_within(FILE_READ_TIMEOUT, move || fingerprint(&paths)).await.ok()
+}
+
+/// The digest of the API key files, as of the policy files; `None` without API keys.
+async fn api_key_fingerprint(engine: &Engine) -> Option<[u8; 32]> {
+    let paths = engine.api_keys()?.paths().to_vec();
     run_blocking_within(FILE_READ_TIMEOUT, move || fingerprint(&paths)).await.ok()
 }
 

@@ -65,6 +65,9 @@ pub enum SettingsError {
         /// Every problem of the block.
         errors: Vec<crate::sso::config::SsoSettingsError>,
     },
+    /// The `api_keys` block is wrong, each problem named by its key.
+    #[error("{}", .0.join("\n"))]
+    ApiKeys(Vec<String>),
 }
 
 /// `PORTCULLIS_*` variables read by the command line itself rather than as settings.
@@ -150,6 +153,8 @@ pub struct Settings {
     pub log_level: String,
     /// Browser single sign-on (docs/sso.md); unset, no site offers a login.
     pub sso: Option<crate::sso::config::SsoSettings>,
+    /// API keys of bot accounts (docs/credentials.md); unset, no request is read for a key.
+    pub api_keys: Option<crate::identity::api_keys::ApiKeySettings>,
 }
 
 impl Default for Settings {
@@ -190,6 +195,7 @@ impl Default for Settings {
             log_format: LogFormat::Text,
             log_level: "info".into(),
             sso: None,
+            api_keys: None,
         }
     }
 }
@@ -336,6 +342,9 @@ impl Settings {
                 errors,
             })?;
         }
+        if let Some(problems) = settings.api_keys.as_ref().map(|block| block.problems()).filter(|p| !p.is_empty()) {
+            return Err(SettingsError::ApiKeys(problems));
+        }
         for (name, value) in [
             ("http_header_read_timeout_ms", settings.http_header_read_timeout_ms),
             ("http_idle_timeout_secs", settings.http_idle_timeout_secs),
@@ -431,6 +440,7 @@ impl Settings {
             trusted_proxy_hops: self.trusted_proxy_hops,
             keep_claims_json: self.decision_log_claims,
             unknown_workload: self.unknown_workload,
+            api_key_locations: self.api_keys.as_ref().map(|block| block.locations()).unwrap_or_default(),
         }
     }
 

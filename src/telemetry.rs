@@ -87,6 +87,9 @@ pub struct Metrics {
     unidentified_workload_checks: Family<DoorLabels, Counter>,
     checks_in_flight: Gauge,
     session_store_errors: Counter,
+    api_key_checks: Family<ResultLabels, Counter>,
+    api_key_reloads: Family<ResultLabels, Counter>,
+    api_keys_loaded: Gauge,
     /// The series of `checks` and `check_duration_seconds` a check writes, by door and reason,
     /// found in their families once: a check then neither hashes labels nor takes a lock.
     check_series: [[OnceLock<Counter>; Reason::ALL.len()]; Door::ALL.len()],
@@ -156,6 +159,20 @@ impl Metrics {
             "Failed session store (Redis) commands, lost listeners and stored sessions that did not open",
             session_store_errors.clone(),
         );
+        let api_key_checks = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "api_key_checks",
+            "Checks that presented an API key, by result (`known`, `unknown`, `expired`)",
+            api_key_checks.clone(),
+        );
+        let api_key_reloads = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "api_key_reloads",
+            "API key file reloads, by result (`ok`, `error`)",
+            api_key_reloads.clone(),
+        );
+        let api_keys_loaded = Gauge::default();
+        registry.register("api_keys_loaded", "API keys in the live key table", api_keys_loaded.clone());
         // Exported at 0 from start-up, so that an alert on it has a series before the first one.
         for door in Door::ALL {
             unidentified_workload_checks.get_or_create(&DoorLabels { door: door.as_str() }).inc_by(0);
@@ -176,6 +193,9 @@ impl Metrics {
             token_cache_misses,
             token_cache_entries,
             session_store_errors,
+            api_key_checks,
+            api_key_reloads,
+            api_keys_loaded,
             check_series: Default::default(),
             duration_series: Default::default(),
         }
@@ -225,6 +245,22 @@ impl Metrics {
     /// Counts a reload, `ok` or `error`.
     pub fn record_reload(&self, ok: bool) {
         self.reloads.get_or_create(&ResultLabels { result: if ok { "ok" } else { "error" } }).inc();
+    }
+
+    /// Counts a check that presented an API key, by result: `known`, `unknown` or `expired`.
+    pub fn record_api_key_check(&self, result: &'static str) {
+        self.api_key_checks.get_or_create(&ResultLabels { result }).inc();
+    }
+
+    /// Counts a reload of the API key files, `ok` or `error`, and sets how many keys are live.
+    pub fn record_api_key_reload(&self, ok: bool, keys: usize) {
+        self.api_key_reloads.get_or_create(&ResultLabels { result: if ok { "ok" } else { "error" } }).inc();
+        self.record_api_keys_loaded(keys);
+    }
+
+    /// Sets how many API keys the live key table holds.
+    pub fn record_api_keys_loaded(&self, keys: usize) {
+        self.api_keys_loaded.set(i64::try_from(keys).unwrap_or(i64::MAX));
     }
 
     /// Sets the age of each issuer's keys; called right before a scrape.

@@ -21,6 +21,7 @@ use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest, 
 use forge::{Behavior, EC, ED, FakeIdp, OTHER_RSA, RSA, jwks, public_jwk, sign, sign_raw, unix_now};
 use jsonwebtoken::Algorithm;
 use portcullis::config::load::{MAX_FILE_BYTES, load_policies, load_policy_text};
+use portcullis::core::api_key::{ApiKeyEntry, ApiKeyLocation, ApiKeyTable, KeyDigest};
 use portcullis::core::authn::{AuthnContext, NoRemoteKeys};
 use portcullis::core::jwt::{JwtError, KeySet};
 use portcullis::core::workload::WorkloadTable;
@@ -1383,6 +1384,115 @@ fn wrong_types_are_located_errors() {
         let errors = compile_errors(text).unwrap_or_else(|problem| vec![(0, problem)]);
         if !errors.iter().any(|(at, _)| *at == line) {
             failures.push(format!("{name}: expected an error at line {line}, got {errors:?}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// API keys
+// ---------------------------------------------------------------------------------------------
+
+/// A key that resembles the real one, or a key presented in an odd way, is never let in as the
+/// bot: its digest finds nothing, two credentials are refused, and the key's header is stripped
+/// from every answer. Decided in-process with the core's plan, key table and authorize.
+#[test]
+fn api_keys_that_resemble_a_real_one_or_come_oddly_are_never_let_in_as_the_bot() {
+    const KEY: &str = "pk_live_4f9a2c7e1b8d";
+    let locations = [
+        ApiKeyLocation { header: "authorization".into(), prefix: "APIKey ".into() },
+        ApiKeyLocation { header: "x-api-key".into(), prefix: "".into() },
+    ];
+    let options = EngineOptions { api_key_locations: locations.into(), ..EngineOptions::default() };
+    let mut yaml = request_authentication("adv", &[(ISSUER, rsa_keys())]);
+    yaml.push_str(
+        "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: the-bot, namespace: adv}\nspec:\n  rules:\n  - from: [{source: {requestPrincipals: [apikeys/ci-bot]}}]\n",
+    );
+    let loaded = load_policy_text("adversarial.yaml", &yaml).unwrap_or_else(|errors| panic!("policies: {errors:?}"));
+    let snapshot = Snapshot::new(loaded.policies, loaded.authn, WorkloadTable::default(), options, "istio-system");
+    let mut table = ApiKeyTable::new("apikeys");
+    table.insert(
+        KeyDigest::of(KEY),
+        ApiKeyEntry { principal: "ci-bot".into(), claims: Default::default(), expires_at: None },
+    );
+    let token = bearer(&sign(RSA, Algorithm::RS256, Some("rsa"), &claims("alice")));
+    let upper = KEY.to_ascii_uppercase();
+    let (start, longer, nul) = (&KEY[..KEY.len() - 1], format!("{KEY}0"), format!("{KEY}\0"));
+    let (scheme, lower_scheme, bearer_scheme) =
+        (format!("APIKey {KEY}"), format!("apikey {KEY}"), format!("Bearer {KEY}"));
+    let (blanks, other_scheme) = (format!(" \t{KEY} "), format!("Basic {KEY}"));
+    let unknown = Some(JwtError::ApiKeyUnknown);
+    /// The case, the request's headers, whether it is allowed, its refusal, the key headers stripped.
+    type Row<'r> = (&'r str, Vec<(&'r str, &'r str)>, bool, Option<JwtError>, &'r [&'r str]);
+    let rows: Vec<Row<'_>> = vec![
+        ("the key", vec![("x-api-key", KEY)], true, None, &["x-api-key"]),
+        ("the key under its scheme", vec![("authorization", &scheme)], true, None, &["authorization"]),
+        ("the scheme in another case", vec![("authorization", &lower_scheme)], true, None, &["authorization"]),
+        ("blanks around the key", vec![("x-api-key", &blanks)], true, None, &["x-api-key"]),
+        ("the key but its last character", vec![("x-api-key", start)], false, unknown, &["x-api-key"]),
+        ("the key and one more character", vec![("x-api-key", &longer)], false, unknown, &["x-api-key"]),
+        ("the key in upper case", vec![("x-api-key", &upper)], false, unknown, &["x-api-key"]),
+        ("the key and a NUL", vec![("x-api-key", &nul)], false, unknown, &["x-api-key"]),
+        ("an empty key", vec![("x-api-key", "")], false, unknown, &["x-api-key"]),
+        ("a key of blanks", vec![("x-api-key", "  ")], false, unknown, &["x-api-key"]),
+        ("the scheme and no key", vec![("authorization", "APIKey ")], false, unknown, &["authorization"]),
+        ("the header repeated", vec![("x-api-key", KEY), ("x-api-key", KEY)], false, unknown, &["x-api-key"]),
+        ("another key after it", vec![("x-api-key", KEY), ("x-api-key", "x")], false, unknown, &["x-api-key"]),
+        (
+            "the key in both headers",
+            vec![("authorization", &scheme), ("x-api-key", KEY)],
+            false,
+            unknown,
+            &["authorization", "x-api-key"],
+        ),
+        (
+            "the key beside a bearer token",
+            vec![("authorization", &token), ("x-api-key", KEY)],
+            false,
+            Some(JwtError::SeveralCredentials),
+            &["x-api-key"],
+        ),
+        (
+            "the key beside a token that is not one",
+            vec![("authorization", "Bearer a.b.c"), ("x-api-key", KEY)],
+            false,
+            Some(JwtError::SeveralCredentials),
+            &["x-api-key"],
+        ),
+        ("the key as a bearer token", vec![("authorization", &bearer_scheme)], false, Some(JwtError::BadFormat), &[]),
+        ("the key under another scheme", vec![("authorization", &other_scheme)], false, None, &[]),
+        ("no key", vec![], false, None, &[]),
+    ];
+    let mut failures = Vec::new();
+    for (case, headers, allowed, refusal, stripped) in rows {
+        let extensions = HashMap::from([("namespace".to_string(), "adv".to_string())]);
+        let request = Request {
+            http: Some(HttpRequest {
+                method: "GET",
+                scheme: "https",
+                host: "app.test",
+                path: "/",
+                headers,
+                joined_headers: false,
+            }),
+            context_extensions: StrMap::from(&extensions),
+            ..Request::default()
+        };
+        let plan = snapshot.plan(&request);
+        let presented = plan.api_key().map(|key| table.authenticate(key, snapshot.kept_claims(), unix_now()));
+        let decision = match plan.credentials() {
+            Some(credentials) => {
+                let resolved = credentials.authenticate(&context());
+                snapshot.authorize(plan, Some(resolved))
+            }
+            None => snapshot.authorize(plan, presented),
+        };
+        // The token rule's output headers are stripped from every answer too; only the key's are looked at.
+        let key_headers = decision.headers_to_remove.iter().map(|name| &**name);
+        let key_headers: Vec<&str> = key_headers.filter(|name| ["authorization", "x-api-key"].contains(name)).collect();
+        let seen = (decision.is_allow(), decision.jwt_error, key_headers);
+        if seen != (allowed, refusal, stripped.to_vec()) {
+            failures.push(format!("{case}: got {seen:?}"));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));

@@ -251,7 +251,7 @@ fn judge(
         _ => authn::authenticate(&[rule], &http, &context),
     };
     match authentication {
-        Authentication::Verified { .. } | Authentication::Session { .. } => Ok(()),
+        Authentication::Verified { .. } | Authentication::Session { .. } | Authentication::ApiKey { .. } => Ok(()),
         Authentication::Anonymous => Err(JwtError::BadFormat),
         Authentication::Failed { error, .. } => Err(error),
     }

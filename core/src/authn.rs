@@ -246,6 +246,11 @@ pub enum Authentication<'r> {
         /// Who logged in, as the ID token said.
         identity: Arc<Identity>,
     },
+    /// An API key found in the configured key files ([`crate::api_key`]).
+    ApiKey {
+        /// The bot account the key stands for.
+        identity: Arc<Identity>,
+    },
 }
 
 fn failed(error: JwtError) -> Authentication<'static> {
@@ -352,7 +357,10 @@ impl<'c, 'p> Resolution<'c, 'p> {
                 }
             }
             // Anonymous or a session is no outcome of a token's verification: never allowed on doubt.
-            Authentication::Anonymous | Authentication::Session { .. } | Authentication::Failed { .. } => {
+            Authentication::Anonymous
+            | Authentication::Session { .. }
+            | Authentication::ApiKey { .. }
+            | Authentication::Failed { .. } => {
                 let error = match outcome {
                     Authentication::Failed { error } => error,
                     _ => JwtError::VerificationFails,

@@ -44,9 +44,9 @@ fn outcome(rule: &Arc<JwtRule>, headers: &[(String, String)], path: &str) -> Res
         ..HttpRequest::default()
     };
     match authn::authenticate(&[rule], &http, &context()) {
-        Authentication::Verified { identity, .. } | Authentication::Session { identity } => {
-            Ok(identity.subject().to_string())
-        }
+        Authentication::Verified { identity, .. }
+        | Authentication::Session { identity }
+        | Authentication::ApiKey { identity } => Ok(identity.subject().to_string()),
         Authentication::Anonymous => Ok("anonymous".into()),
         Authentication::Failed { error, .. } => Err(error),
     }
@@ -465,9 +465,9 @@ fn a_reload_that_swaps_the_inline_key_behind_a_kid_refuses_tokens_of_the_old_key
     let verify = |rule: &Arc<JwtRule>, token: &str| {
         let headers = [bearer(token)];
         match cache.authenticate(&[rule], &request_with(&headers), &context()) {
-            Authentication::Verified { identity, .. } | Authentication::Session { identity } => {
-                Ok(identity.subject().to_string())
-            }
+            Authentication::Verified { identity, .. }
+            | Authentication::Session { identity }
+            | Authentication::ApiKey { identity } => Ok(identity.subject().to_string()),
             Authentication::Anonymous => Ok("anonymous".into()),
             Authentication::Failed { error, .. } => Err(error),
         }
@@ -498,9 +498,9 @@ fn rule_of(issuer: &str, keys: &[(&str, Algorithm, &str)], own_header: bool) -> 
 fn outcome_of(rules: &[&Arc<JwtRule>], headers: &[(String, String)]) -> Result<(String, String), JwtError> {
     let http = request_with(headers);
     match authn::authenticate(rules, &http, &context()) {
-        Authentication::Verified { identity, .. } | Authentication::Session { identity } => {
-            Ok((identity.issuer().into(), identity.subject().into()))
-        }
+        Authentication::Verified { identity, .. }
+        | Authentication::Session { identity }
+        | Authentication::ApiKey { identity } => Ok((identity.issuer().into(), identity.subject().into())),
         Authentication::Anonymous => Ok(("".into(), "anonymous".into())),
         Authentication::Failed { error, .. } => Err(error),
     }

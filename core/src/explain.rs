@@ -77,9 +77,9 @@ impl Snapshot {
             match authentication {
                 Authentication::Failed { error } => Err(error),
                 Authentication::Anonymous => Ok((None, outputs)),
-                Authentication::Verified { identity, .. } | Authentication::Session { identity } => {
-                    Ok((Some(identity), outputs))
-                }
+                Authentication::Verified { identity, .. }
+                | Authentication::Session { identity }
+                | Authentication::ApiKey { identity } => Ok((Some(identity), outputs)),
             }
         })
     }

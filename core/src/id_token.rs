@@ -63,7 +63,7 @@ pub struct SessionClaims {
 }
 
 /// The claims split into words when given as one string, as for tokens.
-const SPACE_DELIMITED: [&str; 2] = ["scope", "permission"];
+pub(crate) const SPACE_DELIMITED: [&str; 2] = ["scope", "permission"];
 
 /// Verifies the ID token of a login (OpenID Connect Core 3.1.3.7) with the provider's `keys`:
 /// its signature, `iss`, `aud` (and `azp`), `exp` (which it must have), `nbf`, and the login's

@@ -117,6 +117,8 @@ pub enum IdentitySource {
     Jwt,
     /// A browser session cookie, whose login's ID token was verified at sign-in.
     Session,
+    /// An API key of a bot account, found by its digest in the configured key files.
+    ApiKey,
 }
 
 /// A caller proven by a verified token. Only token verification in the core constructs one, so

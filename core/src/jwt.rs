@@ -35,6 +35,12 @@ pub enum JwtError {
     JwksFetchFailed,
     /// The token's `aud` names none of the audiences the rule accepts.
     AudienceNotAllowed,
+    /// The API key presented is none of the configured keys, is empty, or came more than once.
+    ApiKeyUnknown,
+    /// The API key presented is past its expiry.
+    ApiKeyExpired,
+    /// The request presents an API key and a bearer token: neither speaks for the caller.
+    SeveralCredentials,
 }
 
 impl JwtError {
@@ -49,6 +55,9 @@ impl JwtError {
             Self::KeyNotFound => "Jwks doesn't have key to match kid or alg from Jwt",
             Self::JwksFetchFailed => "Jwks remote fetch is failed",
             Self::AudienceNotAllowed => "Audiences in Jwt are not allowed",
+            Self::ApiKeyUnknown => "API key is not valid",
+            Self::ApiKeyExpired => "API key is expired",
+            Self::SeveralCredentials => "Request carries more than one credential",
         }
     }
 }

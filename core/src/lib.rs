@@ -5,6 +5,7 @@
 //! inputs), then [`Snapshot::authorize`] ([`Snapshot::check`] runs all three with the keys at
 //! hand). None can fail: every problem becomes a deny with a [`Reason`].
 
+pub mod api_key;
 pub mod authn;
 #[cfg(test)]
 mod authn_tests;

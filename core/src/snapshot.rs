@@ -3,6 +3,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use super::api_key::{self, ApiKeyLocation, PresentedKey};
 use super::authn::{
     self, Authentication, AuthnContext, AuthnPolicy, Credential, Credentials, JwtRule, KeySource, Outputs, RemoteIssuer,
 };
@@ -29,6 +30,8 @@ pub struct EngineOptions {
     pub keep_claims_json: bool,
     /// What a request whose workload no source names gets.
     pub unknown_workload: UnknownWorkload,
+    /// Where requests present API keys; empty when no key files are configured.
+    pub api_key_locations: Arc<[ApiKeyLocation]>,
 }
 
 /// The JWT rules that apply to one request's workload.
@@ -168,21 +171,33 @@ impl Snapshot {
         }
         let scope = self.policies.scope(&workload);
         let mut rules: ApplicableRules<'p> = Vec::new();
-        let (normalized, credentials) = match &request.http {
+        let (normalized, credentials, api_key) = match &request.http {
             // TCP: no path, no tokens to look for.
-            None => (None, None),
+            None => (None, None, None),
             Some(http) => {
                 let Ok(normalized) = path::normalize(http.path, self.options.path) else {
                     return decided(Reason::InvalidPath);
                 };
                 // The JWT rules of every RequestAuthentication that selects the workload.
                 scope.authn(&workload, |policy| rules.extend(policy.rules.iter()));
-                let credentials =
-                    if authn::is_cors_preflight(http) { None } else { authn::find_credentials(&rules, http) };
-                (Some(normalized), credentials)
+                let (credentials, api_key) = if authn::is_cors_preflight(http) {
+                    (None, None)
+                } else {
+                    let api_key = api_key::find_api_key(&self.options.api_key_locations, http);
+                    (authn::find_credentials(&rules, http), api_key)
+                };
+                if let (Some(_), Some(api_key)) = (&credentials, &api_key) {
+                    // Never guess which of two credentials speaks for the caller.
+                    let failed = Authentication::Failed { error: JwtError::SeveralCredentials };
+                    let mut remove = authn::outputs(&rules, &failed).headers_to_remove;
+                    api_key.strip_into(&mut remove);
+                    return Plan(Planned::Decided(refusal(request, &workload, JwtError::SeveralCredentials, remove)));
+                }
+                (Some(normalized), credentials, api_key)
             }
         };
-        Plan(Planned::Judge(Box::new(Judgement { request, workload, scope, normalized, rules, credentials })))
+        let judgement = Judgement { request, workload, scope, normalized, rules, credentials, api_key };
+        Plan(Planned::Judge(Box::new(judgement)))
     }
 
     /// The last stage of a check: the decision for a plan, given what became of its credentials
@@ -199,27 +214,26 @@ impl Snapshot {
     }
 
     fn judge<'p>(&'p self, judgement: Judgement<'p>, resolved: Option<Authentication<'p>>) -> Decision {
-        let Judgement { request, workload, scope, normalized, rules, credentials } = judgement;
-        let authentication = match (credentials, resolved) {
-            (None, Some(session @ Authentication::Session { .. })) => session,
-            (None, _) => Authentication::Anonymous,
-            (Some(_), Some(resolved)) => resolved,
+        let Judgement { request, workload, scope, normalized, rules, credentials, api_key } = judgement;
+        let authentication = match (credentials.is_some() || api_key.is_some(), resolved) {
+            (false, Some(session @ Authentication::Session { .. })) => session,
+            (false, _) => Authentication::Anonymous,
+            (true, Some(resolved)) => resolved,
             // Credentials nobody resolved: never allowed on doubt.
-            (Some(_), None) => Authentication::Failed { error: JwtError::VerificationFails },
+            (true, None) => Authentication::Failed { error: JwtError::VerificationFails },
         };
-        let outputs = authn::outputs(&rules, &authentication);
+        let mut outputs = authn::outputs(&rules, &authentication);
+        if let Some(api_key) = &api_key {
+            api_key.strip_into(&mut outputs.headers_to_remove);
+        }
         let identity = match &authentication {
             Authentication::Failed { error } => {
-                let http = request.http.as_ref();
-                let challenge = http.and_then(|http| Challenge::bearer(http.scheme, http.host, http.path));
-                let mut decision = Decision::refused_token(*error, challenge);
-                // Stripped even so, for a proxy that lets the request pass in a dry run.
-                decision.headers_to_remove = outputs.headers_to_remove;
-                decision.unidentified_workload = !workload.is_identified();
-                return decision;
+                return refusal(request, &workload, *error, outputs.headers_to_remove);
             }
             Authentication::Anonymous => None,
-            Authentication::Verified { identity, .. } | Authentication::Session { identity } => Some(identity.clone()),
+            Authentication::Verified { identity, .. }
+            | Authentication::Session { identity }
+            | Authentication::ApiKey { identity } => Some(identity.clone()),
         };
         // Policies see the headers as the service will: authentication's outputs applied.
         let attributes = self.attributes(request, normalized.as_ref(), identity.as_deref(), &outputs);
@@ -369,6 +383,8 @@ struct Judgement<'p> {
     rules: ApplicableRules<'p>,
     /// The tokens the request carries, if any.
     credentials: Option<Credentials<'p>>,
+    /// The API key the request presents, if any (never with tokens: that is refused).
+    api_key: Option<PresentedKey<'p>>,
 }
 
 impl<'p> Plan<'p> {
@@ -379,6 +395,26 @@ impl<'p> Plan<'p> {
             Planned::Decided(_) => None,
         }
     }
+
+    /// The API key to look up in the key table; a request that also carries a token is
+    /// refused by the plan itself.
+    pub fn api_key(&self) -> Option<&PresentedKey<'p>> {
+        match &self.0 {
+            Planned::Judge(judgement) => judgement.api_key.as_ref(),
+            Planned::Decided(_) => None,
+        }
+    }
+}
+
+/// A refused credential's decision, with the bearer challenge of the request's URL; the headers
+/// in `remove` are stripped even so, for a proxy that lets the request pass in a dry run.
+fn refusal(request: &Request<'_>, workload: &Workload<'_>, error: JwtError, remove: Vec<Arc<str>>) -> Decision {
+    let http = request.http.as_ref();
+    let challenge = http.and_then(|http| Challenge::bearer(http.scheme, http.host, http.path));
+    let mut decision = Decision::refused_token(error, challenge);
+    decision.headers_to_remove = remove;
+    decision.unidentified_workload = !workload.is_identified();
+    decision
 }
 
 /// `f`'s value, or `None` when it panics (a bug): the check fails closed.

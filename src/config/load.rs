@@ -160,7 +160,7 @@ enum Loaded {
     Empty,
 }
 
-fn read_text(file: &Path) -> Result<String, String> {
+pub(crate) fn read_text(file: &Path) -> Result<String, String> {
     let bytes = read_regular_file(file)?;
     String::from_utf8(bytes).map_err(|_| "file is not UTF-8".into())
 }
@@ -206,7 +206,7 @@ fn refuse_non_regular(file_type: FileType) -> Result<(), String> {
 
 /// A file, or the YAML files under a directory in name order. Entries whose names start with
 /// `.` are skipped: Kubernetes keeps a ConfigMap's real files under `..data` and `..TIMESTAMP`.
-fn collect_files(path: &Path, files: &mut Vec<PathBuf>, errors: &mut Vec<ConfigError>) {
+pub(crate) fn collect_files(path: &Path, files: &mut Vec<PathBuf>, errors: &mut Vec<ConfigError>) {
     let error = |message: String| ConfigError { file: path.display().to_string().into(), line: 0, message };
     let metadata = match std::fs::metadata(path) {
         Ok(metadata) => metadata,

@@ -408,9 +408,9 @@ mod tests {
                 credentials.authenticate_with(|credential| cache.authenticate(credential, &context))
             });
             match authentication {
-                Authentication::Verified { identity, .. } | Authentication::Session { identity } => {
-                    Ok(identity.subject().to_string())
-                }
+                Authentication::Verified { identity, .. }
+                | Authentication::Session { identity }
+                | Authentication::ApiKey { identity } => Ok(identity.subject().to_string()),
                 Authentication::Anonymous => Ok("anonymous".into()),
                 Authentication::Failed { error } => Err(error),
             }
