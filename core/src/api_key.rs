@@ -194,7 +194,7 @@ impl ApiKeyTable {
             return Authentication::Failed { error: JwtError::ApiKeyExpired };
         }
         let verifier = Arc::new(Verifier {
-            issuer: self.issuer.clone(),
+            issuer: Some(self.issuer.clone()),
             keys: KeyOrigin::Remote,
             kept: kept.clone(),
             space_delimited: self.space_delimited.clone(),
