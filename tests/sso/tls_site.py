@@ -160,7 +160,12 @@ def _fill(template: str, values: dict[str, str]) -> str:
 def start_tls_caddy(workdir: Path, certificate: Certificate, port: int, portcullis: int, apps: dict[str, int]) -> CaddyProxy:
     """Caddy on 127.0.0.1:port serving `https://auth.sso.test:port` (the login endpoints) and
     `https://NAME.sso.test:port` for each app name, each app behind portcullis's forward auth."""
-    common = {"PORTCULLIS": f"127.0.0.1:{portcullis}", "PORT": str(port), "CHAIN": str(certificate.chain), "KEY": str(certificate.key)}
+    common = {
+        "PORTCULLIS": f"127.0.0.1:{portcullis}",
+        "PORT": str(port),
+        "CHAIN": str(certificate.chain),
+        "KEY": str(certificate.key),
+    }
     config = _fill(CADDYFILE, common)
     config += _fill(LOGIN_SITE, {**common, "HOST": f"auth.{DOMAIN}"})
     for name, upstream in apps.items():
