@@ -3,7 +3,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
-use reqwest::Url;
+use reqwest::{Method, Url};
 
 /// The bounds of every outbound request.
 #[derive(Debug, Clone, Copy)]
@@ -28,16 +28,20 @@ pub enum OutboundError {
         /// The URL, redacted.
         url: String,
     },
-    /// The URL names a refused address.
-    #[error("`{url}` points at a link-local or metadata address; set jwks_allow_link_local to allow it")]
+    /// The URL names a link-local or metadata target, and the client does not allow those.
+    #[error("`{url}` refused: {target}; link-local and metadata targets are not allowed")]
     Refused {
         /// The URL, redacted.
         url: String,
+        /// What is refused: the address, the host name, or what the host resolves to.
+        target: String,
     },
     /// The request failed before an answer: DNS, connection, TLS, a refused resolved address or
     /// the timeout.
-    #[error("GET `{url}`: {}", describe_request_error(.source, *.timeout))]
+    #[error("{method} `{url}`: {}", describe_request_error(.source, *.timeout))]
     Request {
+        /// The request's method.
+        method: Method,
         /// The URL, redacted.
         url: String,
         /// The failure, with its causes.
@@ -45,17 +49,21 @@ pub enum OutboundError {
         /// The request's timeout, to say it when it ran out.
         timeout: Duration,
     },
-    /// The answer's status is not 200.
-    #[error("GET `{url}`: status {status}")]
+    /// The answer's status is not 2xx.
+    #[error("{method} `{url}`: status {status}")]
     Status {
+        /// The request's method.
+        method: Method,
         /// The URL, redacted.
         url: String,
         /// The answer's status.
         status: u16,
     },
     /// The body is longer than the cap.
-    #[error("GET `{url}`: body over {limit} bytes")]
+    #[error("{method} `{url}`: body over {limit} bytes")]
     TooLarge {
+        /// The request's method.
+        method: Method,
         /// The URL, redacted.
         url: String,
         /// The cap, in bytes.
@@ -74,25 +82,6 @@ pub enum OutboundError {
         url: String,
         /// What the JSON parser says.
         message: String,
-    },
-    /// A form POST failed before an answer: DNS, connection, TLS, a refused resolved address or
-    /// the timeout.
-    #[error("POST `{url}`: {}", describe_request_error(.source, *.timeout))]
-    PostRequest {
-        /// The URL, redacted.
-        url: String,
-        /// The failure, with its causes.
-        source: reqwest::Error,
-        /// The request's timeout, to say it when it ran out.
-        timeout: Duration,
-    },
-    /// A form POST's answer is not 200.
-    #[error("POST `{url}`: status {status}")]
-    PostStatus {
-        /// The URL, redacted.
-        url: String,
-        /// The answer's status.
-        status: u16,
     },
 }
 
@@ -123,26 +112,7 @@ impl Outbound {
     /// GET `url` as UTF-8 text of at most `max_bytes`, within `timeout`; a redirect is an
     /// error status, not followed.
     pub async fn get_text(&self, url: &str, timeout: Duration) -> Result<String, OutboundError> {
-        let parsed = Url::parse(url).map_err(|_| OutboundError::BadUrl { url: redact_url(url) })?;
-        if !self.limits.allow_link_local && is_link_local_target(&parsed).await {
-            return Err(OutboundError::Refused { url: redact_url(url) });
-        }
-        let request_error = |source: reqwest::Error| OutboundError::Request {
-            url: redact_url(url),
-            source: source.without_url(),
-            timeout,
-        };
-        let mut response = self.client.get(parsed).timeout(timeout).send().await.map_err(request_error)?;
-        if !response.status().is_success() {
-            return Err(OutboundError::Status { url: redact_url(url), status: response.status().as_u16() });
-        }
-        let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(request_error)? {
-            if body.len() + chunk.len() > self.limits.max_bytes {
-                return Err(OutboundError::TooLarge { url: redact_url(url), limit: self.limits.max_bytes });
-            }
-            body.extend_from_slice(&chunk);
-        }
+        let body = self.send(Method::GET, url, timeout, |request| request).await?;
         String::from_utf8(body).map_err(|_| OutboundError::NotUtf8 { url: redact_url(url) })
     }
 
@@ -152,9 +122,7 @@ impl Outbound {
         serde_json::from_str(&text)
             .map_err(|error| OutboundError::NotJson { url: redact_url(url), message: error.to_string() })
     }
-}
 
-impl Outbound {
     /// POSTs `form` (`application/x-www-form-urlencoded`) to `url`, authenticated with HTTP Basic
     /// as `client` when given (the secret never reaches an error), and reads a JSON answer of at
     /// most `max_bytes`; refused as [`Self::get_text`] refuses, never redirected.
@@ -165,42 +133,70 @@ impl Outbound {
         client: Option<(&str, &str)>,
         timeout: Duration,
     ) -> Result<serde_json::Value, OutboundError> {
+        let body: String = form_urlencoded::Serializer::new(String::new()).extend_pairs(form).finish();
+        let body = self
+            .send(Method::POST, url, timeout, |request| {
+                let request = request
+                    .header(reqwest::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                    .header(reqwest::header::ACCEPT, "application/json")
+                    .body(body);
+                match client {
+                    // RFC 6749 section 2.3.1: both form-encoded before Basic encoding.
+                    Some((id, secret)) => request.basic_auth(form_encoded(id), Some(form_encoded(secret))),
+                    None => request,
+                }
+            })
+            .await?;
+        serde_json::from_slice(&body)
+            .map_err(|error| OutboundError::NotJson { url: redact_url(url), message: error.to_string() })
+    }
+
+    /// Sends one request to `url`, shaped by `prepare`, and reads its body: refuses a
+    /// link-local or metadata target unless allowed, bounds it by `timeout`, and refuses an
+    /// answer that is not 2xx (a redirect included) or whose body is over `max_bytes`.
+    async fn send(
+        &self,
+        method: Method,
+        url: &str,
+        timeout: Duration,
+        prepare: impl FnOnce(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
+    ) -> Result<Vec<u8>, OutboundError> {
         let parsed = Url::parse(url).map_err(|_| OutboundError::BadUrl { url: redact_url(url) })?;
-        if !self.limits.allow_link_local && is_link_local_target(&parsed).await {
-            return Err(OutboundError::Refused { url: redact_url(url) });
+        if !self.limits.allow_link_local
+            && let Some(target) = refused_target(&parsed).await
+        {
+            return Err(OutboundError::Refused { url: redact_url(url), target });
         }
-        let request_error = |source: reqwest::Error| OutboundError::PostRequest {
+        let request_error = |source: reqwest::Error| OutboundError::Request {
+            method: method.clone(),
             url: redact_url(url),
             source: source.without_url(),
             timeout,
         };
-        let body: String = form_urlencoded::Serializer::new(String::new()).extend_pairs(form).finish();
-        let mut request = self
-            .client
-            .post(parsed)
-            .timeout(timeout)
-            .header(reqwest::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .header(reqwest::header::ACCEPT, "application/json")
-            .body(body);
-        if let Some((id, secret)) = client {
-            // RFC 6749 section 2.3.1: both form-encoded before Basic encoding.
-            let encode = |text: &str| form_urlencoded::byte_serialize(text.as_bytes()).collect::<String>();
-            request = request.basic_auth(encode(id), Some(encode(secret)));
-        }
+        let request = prepare(self.client.request(method.clone(), parsed).timeout(timeout));
         let mut response = request.send().await.map_err(request_error)?;
         if !response.status().is_success() {
-            return Err(OutboundError::PostStatus { url: redact_url(url), status: response.status().as_u16() });
+            let status = response.status().as_u16();
+            return Err(OutboundError::Status { method: method.clone(), url: redact_url(url), status });
         }
         let mut body = Vec::new();
         while let Some(chunk) = response.chunk().await.map_err(request_error)? {
             if body.len() + chunk.len() > self.limits.max_bytes {
-                return Err(OutboundError::TooLarge { url: redact_url(url), limit: self.limits.max_bytes });
+                return Err(OutboundError::TooLarge {
+                    method: method.clone(),
+                    url: redact_url(url),
+                    limit: self.limits.max_bytes,
+                });
             }
             body.extend_from_slice(&chunk);
         }
-        serde_json::from_slice(&body)
-            .map_err(|error| OutboundError::NotJson { url: redact_url(url), message: error.to_string() })
+        Ok(body)
     }
+}
+
+/// `text` form-encoded (`application/x-www-form-urlencoded`).
+fn form_encoded(text: &str) -> String {
+    form_urlencoded::byte_serialize(text.as_bytes()).collect()
 }
 
 /// `url` fit for a log line, an error or a probe's answer: without userinfo (`user:password@`),
@@ -314,9 +310,10 @@ pub const REFUSED_NETWORKS: [RefusedNetwork; 7] = [
 /// Host names of metadata services, refused whatever they resolve to.
 pub const REFUSED_HOST_NAMES: [&str; 2] = ["metadata.google.internal", "metadata"];
 
-/// Whether a fetch must not connect to `address`. An IPv4-mapped (`::ffff:a.b.c.d`) or NAT64
-/// (`64:ff9b::a.b.c.d`) IPv6 address counts as the IPv4 address it carries.
-pub fn is_refused_address(address: IpAddr) -> bool {
+/// The refused network `address` lies in, if any: a fetch must not connect to it. An
+/// IPv4-mapped (`::ffff:a.b.c.d`) or NAT64 (`64:ff9b::a.b.c.d`) IPv6 address counts as the IPv4
+/// address it carries.
+fn refused_network(address: IpAddr) -> Option<&'static RefusedNetwork> {
     let carried_v4 = match address {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().or_else(|| {
             let [a, b, c, d, e, f, ..] = v6.segments();
@@ -326,25 +323,31 @@ pub fn is_refused_address(address: IpAddr) -> bool {
         IpAddr::V4(_) => None,
     };
     let address = carried_v4.map_or(address, IpAddr::V4);
-    REFUSED_NETWORKS.iter().any(|network| network.contains(address))
+    REFUSED_NETWORKS.iter().find(|network| network.contains(address))
 }
 
-/// A refused literal address or metadata host name, or a name resolving to a refused address now.
-async fn is_link_local_target(url: &Url) -> bool {
-    let Some(host) = url.host_str() else { return true };
+/// What of `url` is refused, if anything: a missing host, a metadata host name, a refused
+/// literal address, or a name resolving to a refused address now.
+async fn refused_target(url: &Url) -> Option<String> {
+    let Some(host) = url.host_str() else { return Some("the URL names no host".to_string()) };
     let host = host.trim_start_matches('[').trim_end_matches(']');
     if REFUSED_HOST_NAMES.contains(&host.to_ascii_lowercase().trim_end_matches('.')) {
-        return true;
+        return Some(format!("`{host}` is a metadata host name"));
     }
     if let Ok(address) = host.parse::<IpAddr>() {
-        return is_refused_address(address);
+        return refused_network(address).map(|network| format!("{address} is {}", describe_refused(network)));
     }
     let port = url.port_or_known_default().unwrap_or(443);
     match tokio::net::lookup_host((host, port)).await {
-        Ok(addresses) => refuse_metadata_addresses(host, addresses).is_err(),
+        Ok(addresses) => refuse_metadata_addresses(host, addresses).err(),
         // Unresolvable: the fetch itself will fail and say so.
-        Err(_) => false,
+        Err(_) => None,
     }
+}
+
+/// A refused network in words: `a link-local or metadata address (what lives there)`.
+fn describe_refused(network: &RefusedNetwork) -> String {
+    format!("a link-local or metadata address ({})", network.what)
 }
 
 /// The addresses a name resolved to, or why none may be used: one refused address refuses the
@@ -354,8 +357,9 @@ fn refuse_metadata_addresses(
     addresses: impl IntoIterator<Item = SocketAddr>,
 ) -> Result<Vec<SocketAddr>, String> {
     let addresses: Vec<SocketAddr> = addresses.into_iter().collect();
-    match addresses.iter().find(|address| is_refused_address(address.ip())) {
-        Some(refused) => Err(format!("`{host}` resolves to the link-local or metadata address {}", refused.ip())),
+    let refused = addresses.iter().find_map(|address| Some((address.ip(), refused_network(address.ip())?)));
+    match refused {
+        Some((address, network)) => Err(format!("`{host}` resolves to {address}, {}", describe_refused(network))),
         None => Ok(addresses),
     }
 }
@@ -426,14 +430,30 @@ pub(crate) mod tests {
         (200, BODY.to_string(), Duration::ZERO)
     }
 
-    /// The text a GET of `url` gives, or its error; a 500 ms timeout and a 64 KiB cap.
-    async fn get(url: &str, allow_link_local: bool) -> String {
+    /// A client with a 500 ms timeout and a 64 KiB cap.
+    fn client(allow_link_local: bool) -> Outbound {
         let limits = OutboundLimits { timeout: Duration::from_millis(500), max_bytes: 64 * 1024, allow_link_local };
-        let outbound = Outbound::new(limits).expect("client");
-        match outbound.get_text(url, limits.timeout).await {
-            Ok(text) => format!("ok: {text}"),
-            Err(error) => error.to_string(),
-        }
+        Outbound::new(limits).expect("client")
+    }
+
+    /// `ok: ` and the answer, or the error's text.
+    fn answer_or_error(result: Result<String, OutboundError>) -> String {
+        result.map_or_else(|error| error.to_string(), |text| format!("ok: {text}"))
+    }
+
+    /// The text a GET of `url` gives, or its error.
+    async fn get(url: &str, allow_link_local: bool) -> String {
+        let outbound = client(allow_link_local);
+        answer_or_error(outbound.get_text(url, outbound.limits().timeout).await)
+    }
+
+    /// The JSON a form POST to `url` with client credentials gives, or its error.
+    async fn post(url: &str) -> String {
+        let outbound = client(false);
+        let form = [("grant_type", "authorization_code"), ("code", "s3cret-code")];
+        let credentials = Some(("client", "s3cret-password"));
+        let answer = outbound.post_form_json(url, &form, credentials, outbound.limits().timeout).await;
+        answer_or_error(answer.map(|document| document.to_string()))
     }
 
     /// What a GET from the test server answering with `route` gives.
@@ -570,7 +590,7 @@ pub(crate) mod tests {
         for neighbour in
             ["100.100.100.201", "192.0.0.193", "168.63.129.17", "fd00:ec2::253", "169.255.0.1", "127.0.0.1"]
         {
-            assert!(!is_refused_address(neighbour.parse().expect("an address")), "{neighbour}");
+            assert!(refused_network(neighbour.parse().expect("an address")).is_none(), "{neighbour}");
         }
         assert!(refuse_metadata_addresses("idp.example", [public]).is_ok());
     }
@@ -583,12 +603,54 @@ pub(crate) mod tests {
     }
 
     #[tokio::test]
+    async fn a_form_post_is_bounded_and_refused_as_a_get_is_and_its_errors_say_post() {
+        let (base, _) = serve(|path| match path {
+            "/token" => ok(path),
+            "/large" => (200, " ".repeat(100 * 1024), Duration::ZERO),
+            _ => (500, String::new(), Duration::ZERO),
+        })
+        .await;
+        assert_eq!(post(&format!("{base}/token")).await, r#"ok: {"answer":42}"#);
+        let cases = [
+            (format!("{base}/failing"), format!("POST `{base}/failing`: status 500")),
+            (format!("{base}/large"), format!("POST `{base}/large`: body over 65536 bytes")),
+            ("http://169.254.169.254/token".to_string(), "`http://169.254.169.254/token` refused: ".to_string()),
+        ];
+        for (url, expected) in cases {
+            let got = post(&url).await;
+            assert!(got.starts_with(&expected), "{url}: expected `{expected}` in `{got}`");
+            assert!(!got.contains("s3cret"), "{url}: {got}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refusal_says_what_it_refuses_and_names_no_setting_of_one_caller() {
+        let cases = [
+            ("http://169.254.169.254/keys", "169.254.169.254 is a link-local or metadata address (IPv4 link-local"),
+            ("http://[fd00:ec2::254]/keys", "fd00:ec2::254 is a link-local or metadata address (AWS EC2"),
+            ("http://Metadata.Google.Internal./x", "`metadata.google.internal.` is a metadata host name"),
+        ];
+        for (url, expected) in cases {
+            let got = get(url, false).await;
+            assert!(got.contains(expected), "{url}: expected `{expected}` in `{got}`");
+            assert!(got.ends_with("; link-local and metadata targets are not allowed"), "{url}: {got}");
+            assert!(!got.contains("jwks"), "{url}: {got}");
+        }
+        let resolved = SocketAddr::new("169.254.170.2".parse().expect("an address"), 443);
+        let refusal = refuse_metadata_addresses("idp.example", [resolved]).err().unwrap_or_default();
+        assert!(
+            refusal.starts_with("`idp.example` resolves to 169.254.170.2, a link-local or metadata address (IPv4"),
+            "{refusal}"
+        );
+    }
+
+    #[tokio::test]
     async fn link_local_and_metadata_targets_are_refused_unless_allowed() {
         for uri in
             ["http://169.254.169.254/latest/meta-data", "http://[fe80::1]/keys", "http://metadata.google.internal/x"]
         {
             let got = get(uri, false).await;
-            assert!(got.contains("link-local or metadata"), "{uri}: {got}");
+            assert!(got.ends_with("link-local and metadata targets are not allowed"), "{uri}: {got}");
         }
         let allowed = get("http://169.254.169.254:1/keys", true).await;
         assert!(!allowed.contains("link-local"), "allowed by config: {allowed}");

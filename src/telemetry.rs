@@ -10,7 +10,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 use tracing_subscriber::EnvFilter;
 
 use crate::core::redact::{self, LogRedaction};
@@ -96,6 +96,23 @@ pub struct Metrics {
     duration_series: [OnceLock<Histogram>; Door::ALL.len()],
 }
 
+/// Registers each metric under its name and help, in the order the exposition lists them, and
+/// hands back the handle that records into it.
+struct Registrar<'r>(&'r mut Registry);
+
+impl Registrar<'_> {
+    /// Registers `metric` and returns it.
+    fn metric<M: Metric + Clone>(&mut self, name: &str, help: &str, metric: M) -> M {
+        self.0.register(name, help, metric.clone());
+        metric
+    }
+
+    /// Registers a new metric of its type's default (a counter or gauge at 0, an empty family).
+    fn new_metric<M: Metric + Clone + Default>(&mut self, name: &str, help: &str) -> M {
+        self.metric(name, help, M::default())
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
@@ -106,99 +123,50 @@ impl Metrics {
     /// Every metric registered, at zero.
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("portcullis");
-        let checks = Family::<CheckLabels, Counter>::default();
-        registry.register("checks", "Checks decided, by door, decision and reason", checks.clone());
-        let check_duration: Family<DoorLabels, Histogram, fn() -> Histogram> =
-            Family::new_with_constructor(|| Histogram::new(LATENCY_BUCKETS));
-        registry.register("check_duration_seconds", "Time to decide one check", check_duration.clone());
-        let policies_loaded = Gauge::default();
-        registry.register("policies_loaded", "AuthorizationPolicies in the live set", policies_loaded.clone());
-        let policy_generation = Gauge::default();
-        registry.register(
-            "policy_generation",
-            "Generation of the live policy set, 1 for the first",
-            policy_generation.clone(),
-        );
-        let jwks_fetches = Family::<FetchLabels, Counter>::default();
-        registry.register("jwks_fetches", "JWKS fetches, by issuer and result", jwks_fetches.clone());
-        let jwks_keys = Family::<IssuerLabels, Gauge>::default();
-        registry.register("jwks_keys", "Usable keys of each issuer's last good JWKS", jwks_keys.clone());
-        let token_cache_hits = Counter::default();
-        registry.register("token_cache_hits", "Tokens found in the verified-token cache", token_cache_hits.clone());
-        let token_cache_misses = Counter::default();
-        registry.register(
-            "token_cache_misses",
-            "Tokens not found in the verified-token cache",
-            token_cache_misses.clone(),
-        );
-        let token_cache_entries = Gauge::default();
-        registry.register(
-            "token_cache_entries",
-            "Tokens held by the verified-token cache",
-            token_cache_entries.clone(),
-        );
-        let checks_in_flight = Gauge::default();
-        registry.register("checks_in_flight", "Checks being decided now, by either door", checks_in_flight.clone());
-        let reloads = Family::<ResultLabels, Counter>::default();
-        registry.register("reloads", "Policy reloads, by result (`ok`, `error`)", reloads.clone());
-        let jwks_age = Family::<IssuerLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
-        registry.register(
-            "jwks_seconds_since_success",
-            "Seconds since each issuer's last good JWKS fetch",
-            jwks_age.clone(),
-        );
-        let unidentified_workload_checks = Family::<DoorLabels, Counter>::default();
-        registry.register(
-            "unidentified_workload_checks",
-            "Checks whose workload no source named (no namespace), by door",
-            unidentified_workload_checks.clone(),
-        );
-        let session_store_errors = Counter::default();
-        registry.register(
-            "session_store_errors",
-            "Failed session store (Redis) commands, lost listeners and stored sessions that did not open",
-            session_store_errors.clone(),
-        );
-        let api_key_checks = Family::<ResultLabels, Counter>::default();
-        registry.register(
-            "api_key_checks",
-            "Checks that presented an API key, by result (`known`, `unknown`, `expired`)",
-            api_key_checks.clone(),
-        );
-        let api_key_reloads = Family::<ResultLabels, Counter>::default();
-        registry.register(
-            "api_key_reloads",
-            "API key file reloads, by result (`ok`, `error`)",
-            api_key_reloads.clone(),
-        );
-        let api_keys_loaded = Gauge::default();
-        registry.register("api_keys_loaded", "API keys in the live key table", api_keys_loaded.clone());
-        // Exported at 0 from start-up, so that an alert on it has a series before the first one.
-        for door in Door::ALL {
-            unidentified_workload_checks.get_or_create(&DoorLabels { door: door.as_str() }).inc_by(0);
-        }
-        Self {
-            registry,
-            reloads,
-            unidentified_workload_checks,
-            checks_in_flight,
-            jwks_age,
-            checks,
-            check_duration,
-            policies_loaded,
-            policy_generation,
-            jwks_fetches,
-            jwks_keys,
-            token_cache_hits,
-            token_cache_misses,
-            token_cache_entries,
-            session_store_errors,
-            api_key_checks,
-            api_key_reloads,
-            api_keys_loaded,
+        let mut register = Registrar(&mut registry);
+        let metrics = Self {
+            checks: register.new_metric("checks", "Checks decided, by door, decision and reason"),
+            check_duration: register.metric(
+                "check_duration_seconds",
+                "Time to decide one check",
+                Family::new_with_constructor(|| Histogram::new(LATENCY_BUCKETS)),
+            ),
+            policies_loaded: register.new_metric("policies_loaded", "AuthorizationPolicies in the live set"),
+            policy_generation: register
+                .new_metric("policy_generation", "Generation of the live policy set, 1 for the first"),
+            jwks_fetches: register.new_metric("jwks_fetches", "JWKS fetches, by issuer and result"),
+            jwks_keys: register.new_metric("jwks_keys", "Usable keys of each issuer's last good JWKS"),
+            token_cache_hits: register.new_metric("token_cache_hits", "Tokens found in the verified-token cache"),
+            token_cache_misses: register
+                .new_metric("token_cache_misses", "Tokens not found in the verified-token cache"),
+            token_cache_entries: register.new_metric("token_cache_entries", "Tokens held by the verified-token cache"),
+            checks_in_flight: register.new_metric("checks_in_flight", "Checks being decided now, by either door"),
+            reloads: register.new_metric("reloads", "Policy reloads, by result (`ok`, `error`)"),
+            jwks_age: register
+                .new_metric("jwks_seconds_since_success", "Seconds since each issuer's last good JWKS fetch"),
+            unidentified_workload_checks: register.new_metric(
+                "unidentified_workload_checks",
+                "Checks whose workload no source named (no namespace), by door",
+            ),
+            session_store_errors: register.new_metric(
+                "session_store_errors",
+                "Failed session store (Redis) commands, lost listeners and stored sessions that did not open",
+            ),
+            api_key_checks: register.new_metric(
+                "api_key_checks",
+                "Checks that presented an API key, by result (`known`, `unknown`, `expired`)",
+            ),
+            api_key_reloads: register.new_metric("api_key_reloads", "API key file reloads, by result (`ok`, `error`)"),
+            api_keys_loaded: register.new_metric("api_keys_loaded", "API keys in the live key table"),
             check_series: Default::default(),
             duration_series: Default::default(),
+            registry,
+        };
+        // Exported at 0 from start-up, so that an alert on it has a series before the first one.
+        for door in Door::ALL {
+            metrics.unidentified_workload_checks.get_or_create(&DoorLabels { door: door.as_str() }).inc_by(0);
         }
+        metrics
     }
 
     /// A fetch of an issuer's keys; `result` is `ok`, `error` or `issuer_mismatch` (a discovery

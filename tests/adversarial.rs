@@ -9,15 +9,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use envoy_types::pb::envoy::config::core::v3::{
-    Address, HeaderMap, HeaderValue, SocketAddress, address, socket_address,
-};
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
-    HttpRequest as ProtoHttp, Peer, Request as ProtoRequest,
-};
-use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use envoy_types::pb::envoy::config::core::v3::{HeaderMap, HeaderValue};
+use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
-use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest, CheckResponse};
 use forge::{Behavior, EC, ED, FakeIdp, OTHER_RSA, RSA, jwks, public_jwk, sign, sign_raw, unix_now};
 use jsonwebtoken::Algorithm;
 use portcullis::config::load::{MAX_FILE_BYTES, load_policies, load_policy_text};
@@ -30,7 +24,8 @@ use portcullis::identity::token_cache::VerifiedTokenCache;
 use portcullis::telemetry::Metrics;
 use serde_json::{Value, json};
 use support::{
-    Server, config_file, envoy_mode_request, header_in, http_get, http_request, metadata_field, policy_dir, raw_http,
+    CheckBuilder, Server, authorization_policy, config_file, envoy_mode_request, header_in, http_get, http_request,
+    metadata_field, paths_policy, policy_dir, proxy_answer, raw_http,
 };
 
 const ISSUER: &str = "https://issuer.adversarial.test";
@@ -118,79 +113,20 @@ fn rsa_keys() -> String {
 /// The policies the binary tests run on: namespace `adv` has a token rule, a DENY on `/admin`
 /// and an ALLOW list that would admit `/admin` if the DENY missed; `denyonly` has the DENY alone.
 fn door_policies() -> String {
-    let mut yaml = request_authentication("adv", &[(ISSUER, rsa_keys())]);
-    yaml.push_str(
-        r#"---
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: deny-admin, namespace: adv}
-spec:
-  action: DENY
-  rules:
-  - to: [{operation: {paths: ["/admin", "/admin/*"]}}]
----
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: allow-listed, namespace: adv}
-spec:
-  action: ALLOW
-  rules:
-  - to: [{operation: {paths: ["/public/*", "/admin", "/admin/*"]}}]
----
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: deny-admin, namespace: denyonly}
-spec:
-  action: DENY
-  rules:
-  - to: [{operation: {paths: ["/admin", "/admin/*"]}}]
-"#,
-    );
-    yaml
+    const ADMIN: &[&str] = &["/admin", "/admin/*"];
+    [
+        request_authentication("adv", &[(ISSUER, rsa_keys())]),
+        paths_policy("adv", "deny-admin", "DENY", ADMIN),
+        paths_policy("adv", "allow-listed", "ALLOW", &["/public/*", "/admin", "/admin/*"]),
+        paths_policy("denyonly", "deny-admin", "DENY", ADMIN),
+    ]
+    .join("---\n")
 }
 
+/// A GET of `path` over HTTPS from 203.0.113.7, for the workload in `namespace`.
 fn grpc_check_request(namespace: &str, path: &str, headers: HashMap<String, String>) -> CheckRequest {
-    let socket = SocketAddress {
-        address: "203.0.113.7".into(),
-        port_specifier: Some(socket_address::PortSpecifier::PortValue(40000)),
-        ..SocketAddress::default()
-    };
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            source: Some(Peer {
-                address: Some(Address { address: Some(address::Address::SocketAddress(socket)) }),
-                ..Peer::default()
-            }),
-            request: Some(ProtoRequest {
-                http: Some(ProtoHttp {
-                    method: "GET".into(),
-                    path: path.into(),
-                    host: "app.test".into(),
-                    scheme: "https".into(),
-                    headers,
-                    ..ProtoHttp::default()
-                }),
-                ..ProtoRequest::default()
-            }),
-            context_extensions: HashMap::from([("namespace".to_string(), namespace.to_string())]),
-            ..AttributeContext::default()
-        }),
-    }
-}
-
-async fn grpc_client(server: &Server) -> AuthorizationClient<tonic::transport::Channel> {
-    AuthorizationClient::connect(format!("http://{}", server.grpc)).await.expect("connects")
-}
-
-/// The HTTP status a proxy would return for a `CheckResponse`: 200 on allow.
-fn grpc_status(response: &CheckResponse) -> u16 {
-    match &response.http_response {
-        Some(HttpResponse::OkResponse(_)) => 200,
-        Some(HttpResponse::DeniedResponse(denied)) => {
-            denied.status.as_ref().map_or(0, |status| u16::try_from(status.code).unwrap_or(0))
-        }
-        _ => 0,
-    }
+    let check = CheckBuilder::new("GET", path).scheme("https").source_address("203.0.113.7");
+    check.namespace(namespace).headers(headers).build()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -296,19 +232,19 @@ async fn key_headers_and_kid_text_never_make_the_server_fetch_elsewhere() {
         ("kid with traversal", sign(RSA, Algorithm::RS256, Some("../../jku"), &claims("alice"))),
         ("kid that is a URL", sign(RSA, Algorithm::RS256, Some(&idp.url("/kid")), &claims("alice"))),
     ];
-    let mut client = grpc_client(&server).await;
+    let mut client = server.grpc_client().await;
     let mut failures = Vec::new();
     for (name, token) in &tokens {
         let headers = HashMap::from([("authorization".to_string(), bearer(token))]);
         let response = client.check(grpc_check_request("adv", "/", headers)).await.expect("Check answers").into_inner();
-        if grpc_status(&response) != 401 {
-            failures.push(format!("{name}: status {}", grpc_status(&response)));
+        if proxy_answer(&response).0 != 401 {
+            failures.push(format!("{name}: status {}", proxy_answer(&response).0));
         }
     }
     let control = sign(RSA, Algorithm::RS256, Some("rsa"), &claims("alice"));
     let headers = HashMap::from([("authorization".to_string(), bearer(&control))]);
     let allowed = client.check(grpc_check_request("adv", "/", headers)).await.expect("Check answers").into_inner();
-    assert_eq!(grpc_status(&allowed), 200, "the control token verifies");
+    assert_eq!(proxy_answer(&allowed).0, 200, "the control token verifies");
     let paths = idp.paths();
     assert!(paths.iter().all(|path| path == "/certs"), "fetched something besides the JWKS: {paths:?}");
     assert!(paths.len() <= 2, "one fetch at start and at most one refetch per interval: {paths:?}");
@@ -614,7 +550,7 @@ async fn trickling_and_50_mb_key_sets_give_no_keys_within_the_bound() {
         redirect.paths()
     );
 
-    let mut client = grpc_client(&server).await;
+    let mut client = server.grpc_client().await;
     let mut as_trickle = claims("alice");
     as_trickle["iss"] = json!("https://trickle.test");
     let token = sign(RSA, Algorithm::RS256, Some("rsa"), &as_trickle);
@@ -626,7 +562,7 @@ async fn trickling_and_50_mb_key_sets_give_no_keys_within_the_bound() {
         .expect("the Check answers while the IdP trickles")
         .expect("Check answers")
         .into_inner();
-    assert_eq!(grpc_status(&response), 401);
+    assert_eq!(proxy_answer(&response).0, 401);
     let Some(HttpResponse::DeniedResponse(denied)) = &response.http_response else { panic!("denied") };
     assert_eq!(denied.body, "Jwks remote fetch is failed");
 }
@@ -779,7 +715,7 @@ fn path_tricks_through_the_http_door_never_reach_a_denied_resource() {
 async fn path_tricks_through_grpc_never_reach_a_denied_resource() {
     let policies = policy_dir(&door_policies());
     let server = Server::start(&[policies.path()]);
-    let mut client = grpc_client(&server).await;
+    let mut client = server.grpc_client().await;
     let mut failures = Vec::new();
     for (namespace, path, refusal) in path_trick_cases() {
         let response = client
@@ -787,7 +723,7 @@ async fn path_tricks_through_grpc_never_reach_a_denied_resource() {
             .await
             .expect("Check answers")
             .into_inner();
-        let got = (grpc_status(&response), metadata_field(&response, "reason").unwrap_or_default());
+        let got = (proxy_answer(&response).0, metadata_field(&response, "reason").unwrap_or_default());
         let expected = refusal.map_or((200, "allowed_by_policy"), |refusal| (refusal.status(), refusal.reason()));
         if (got.0, got.1.as_str()) != expected {
             failures.push(format!("{namespace} {path}: {got:?}, not {expected:?}"));
@@ -816,7 +752,7 @@ async fn non_utf8_and_overlong_path_bytes_are_never_allowed() {
             failures.push(format!("HTTP door {}: {status}, not 400", String::from_utf8_lossy(target)));
         }
     }
-    let mut client = grpc_client(&server).await;
+    let mut client = server.grpc_client().await;
     for target in raw_targets {
         let mut check = grpc_check_request("adv", "", HashMap::new());
         if let Some(http) = check.attributes.as_mut().and_then(|a| a.request.as_mut()).and_then(|r| r.http.as_mut()) {
@@ -828,8 +764,8 @@ async fn non_utf8_and_overlong_path_bytes_are_never_allowed() {
             });
         }
         let response = client.check(check).await.expect("Check answers").into_inner();
-        if grpc_status(&response) != 400 {
-            let status = grpc_status(&response);
+        if proxy_answer(&response).0 != 400 {
+            let status = proxy_answer(&response).0;
             failures.push(format!("gRPC raw :path {}: {status}, not 400", String::from_utf8_lossy(target)));
         }
     }
@@ -924,7 +860,7 @@ fn client_copies_of_forwarding_headers_do_not_choose_the_judged_path() {
 async fn path_parameters_on_a_denied_segment_stay_denied() {
     let policies = policy_dir(&door_policies());
     let server = Server::with_http_door(policies.path(), "envoy", "");
-    let mut client = grpc_client(&server).await;
+    let mut client = server.grpc_client().await;
     let mut failures = Vec::new();
     // (`/ad;min` is not here: Tomcat and Spring read it as `/ad`, which no DENY rule guards.)
     // Denied by the DENY rule (403), or refused as a dot segment with parameters (400).
@@ -937,8 +873,8 @@ async fn path_parameters_on_a_denied_segment_stay_denied() {
         }
         let response =
             client.check(grpc_check_request("denyonly", path, HashMap::new())).await.expect("decided").into_inner();
-        if grpc_status(&response) != expected {
-            failures.push(format!("gRPC {path}: {}, not {expected}", grpc_status(&response)));
+        if proxy_answer(&response).0 != expected {
+            failures.push(format!("gRPC {path}: {}, not {expected}", proxy_answer(&response).0));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
@@ -953,30 +889,15 @@ async fn path_parameters_on_a_denied_segment_stay_denied() {
 /// how SECURITY.md says to write one.
 #[test]
 fn hosts_differing_in_case_trailing_dot_or_port() {
+    let hosts_rule = |hosts: &str| format!("  - to: [{{operation: {{hosts: [{hosts}]}}}}]\n");
+    let every_spelling = r#""admin.example.com", "admin.example.com:*", "admin.example.com.", "admin.example.com.:*""#;
     let policies = snapshot(
-        r#"apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: only-api, namespace: allow}
-spec:
-  rules:
-  - to: [{operation: {hosts: ["api.example.com"]}}]
----
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: no-admin, namespace: deny}
-spec:
-  action: DENY
-  rules:
-  - to: [{operation: {hosts: ["admin.example.com"]}}]
----
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: no-admin, namespace: deny-all-spellings}
-spec:
-  action: DENY
-  rules:
-  - to: [{operation: {hosts: ["admin.example.com", "admin.example.com:*", "admin.example.com.", "admin.example.com.:*"]}}]
-"#,
+        &[
+            authorization_policy("allow", "only-api", "ALLOW", &hosts_rule(r#""api.example.com""#)),
+            authorization_policy("deny", "no-admin", "DENY", &hosts_rule(r#""admin.example.com""#)),
+            authorization_policy("deny-all-spellings", "no-admin", "DENY", &hosts_rule(every_spelling)),
+        ]
+        .join("---\n"),
     );
     let decide = |namespace: &str, host: &str| decide_in(&policies, None, namespace, "/", host, &[]).reason;
     let spellings = [
@@ -1015,7 +936,7 @@ spec:
 async fn spoofed_forwarded_for_entries_from_the_client_are_ignored() {
     let policies = policy_dir(INTERNAL_ONLY);
     let server = Server::with_http_door(policies.path(), "envoy", "trusted_proxy_hops: 1\n");
-    let mut client = grpc_client(&server).await;
+    let mut client = server.grpc_client().await;
     let cases = [
         ("10.0.0.1, 203.0.113.7", 403),
         ("10.0.0.1,203.0.113.7", 403),
@@ -1028,8 +949,8 @@ async fn spoofed_forwarded_for_entries_from_the_client_are_ignored() {
     for (chain, expected) in cases {
         let headers = HashMap::from([("x-forwarded-for".to_string(), chain.to_string())]);
         let response = client.check(grpc_check_request("", "/", headers)).await.expect("Check answers").into_inner();
-        if grpc_status(&response) != expected {
-            failures.push(format!("gRPC x-forwarded-for {chain:?}: {} not {expected}", grpc_status(&response)));
+        if proxy_answer(&response).0 != expected {
+            failures.push(format!("gRPC x-forwarded-for {chain:?}: {} not {expected}", proxy_answer(&response).0));
         }
         let (status, _, _) = http_request(server.http, "GET", "/", &[("X-Forwarded-For", chain)]);
         if status != expected {
@@ -1101,25 +1022,25 @@ async fn oversized_and_numerous_headers_get_a_clean_answer() {
         }
     }
     // The gRPC door: thousands of headers are decided; a message over the size limit is refused.
-    let mut client = grpc_client(&server).await;
+    let mut client = server.grpc_client().await;
     let headers: HashMap<String, String> = (0..10_000).map(|index| (format!("x-h{index}"), "v".repeat(20))).collect();
     let response = client.check(grpc_check_request("adv", "/public/x", headers)).await.expect("decided").into_inner();
-    if grpc_status(&response) != 200 {
-        failures.push(format!("gRPC with 10 000 headers: {}", grpc_status(&response)));
+    if proxy_answer(&response).0 != 200 {
+        failures.push(format!("gRPC with 10 000 headers: {}", proxy_answer(&response).0));
     }
     let headers = HashMap::from([("authorization".to_string(), token_over_limit)]);
     let response = client.check(grpc_check_request("adv", "/public/x", headers)).await.expect("decided").into_inner();
-    if grpc_status(&response) != 401 {
-        failures.push(format!("gRPC with a token over max_token_bytes: {}, not 401", grpc_status(&response)));
+    if proxy_answer(&response).0 != 401 {
+        failures.push(format!("gRPC with a token over max_token_bytes: {}, not 401", proxy_answer(&response).0));
     }
     let huge = HashMap::from([("x-big".to_string(), "v".repeat(5 * 1024 * 1024))]);
     if client.check(grpc_check_request("adv", "/public/x", huge)).await.is_ok() {
         failures.push("gRPC message of 5 MiB: accepted".into());
     }
-    let mut client = grpc_client(&server).await;
+    let mut client = server.grpc_client().await;
     let response = client.check(grpc_check_request("adv", "/admin", HashMap::new())).await.expect("alive").into_inner();
-    if grpc_status(&response) != 403 {
-        failures.push(format!("gRPC after the big message: {}", grpc_status(&response)));
+    if proxy_answer(&response).0 != 403 {
+        failures.push(format!("gRPC after the big message: {}", proxy_answer(&response).0));
     }
     assert_eq!(http_get(server.admin, "/healthz").0, 200);
     assert!(failures.is_empty(), "{}", failures.join("\n"));
@@ -1131,7 +1052,7 @@ async fn oversized_and_numerous_headers_get_a_clean_answer() {
 async fn claims_with_control_characters_never_reach_output_headers() {
     let policies = policy_dir(&door_policies());
     let server = Server::with_http_door(policies.path(), "envoy", "");
-    let mut client = grpc_client(&server).await;
+    let mut client = server.grpc_client().await;
     let mut failures = Vec::new();
     for evil in [
         "alice\r\nx-admin: true",

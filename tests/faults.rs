@@ -9,13 +9,10 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest as ProtoHttp, Request as ProtoRequest};
-use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
-use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
-use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest, CheckResponse};
-use forge::{Behavior, FakeIdp, RSA, jwks, public_jwk, sign, unix_now};
+use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
+use forge::{Behavior, FakeIdp, RSA, claims_of, jwks, public_jwk, remote_issuers_in, sign};
 use jsonwebtoken::Algorithm;
 use portcullis::config::load::load_policy_text;
 use portcullis::core::HttpRequest;
@@ -24,82 +21,36 @@ use portcullis::core::jwt::JwtError;
 use portcullis::doors::denial::Denial;
 use portcullis::identity::token_cache::{TokenKey, VerifiedTokenCache};
 use portcullis::telemetry::Metrics;
-use serde_json::{Value, json};
-use support::{Server, config_file, http_get, policy_dir};
+use serde_json::json;
+use support::{
+    CheckBuilder, Server, check_at, config_file, eventually, http_get, paths_policy, policy_dir, proxy_answer,
+};
 
-fn claims(issuer: &str) -> Value {
-    json!({"iss": issuer, "sub": "alice", "exp": unix_now() + 600, "iat": unix_now()})
-}
-
-/// A RequestAuthentication in namespace `faults` with one remote rule per `(issuer, jwksUri)`,
-/// and an ALLOW policy that admits verified callers only.
-fn remote_issuers(rules: &[(&str, String)]) -> String {
-    let mut yaml = String::from(
-        "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: tokens, namespace: faults}\nspec:\n  jwtRules:\n",
-    );
-    for (issuer, uri) in rules {
-        yaml.push_str(&format!("  - issuer: {issuer}\n    jwksUri: {uri}\n"));
-    }
-    yaml.push_str(
-        "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: verified-only, namespace: faults}\nspec:\n  rules:\n  - from: [{source: {requestPrincipals: [\"*\"]}}]\n",
-    );
-    yaml
-}
-
+/// A GET of `path` for the workload in namespace `faults`, with `token` as its bearer.
 fn check_request(path: &str, token: Option<&str>) -> CheckRequest {
-    let headers: HashMap<String, String> =
-        token.map(|token| ("authorization".to_string(), format!("Bearer {token}"))).into_iter().collect();
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            request: Some(ProtoRequest {
-                http: Some(ProtoHttp {
-                    method: "GET".into(),
-                    path: path.into(),
-                    host: "app.test".into(),
-                    headers,
-                    ..ProtoHttp::default()
-                }),
-                ..ProtoRequest::default()
-            }),
-            context_extensions: HashMap::from([("namespace".to_string(), "faults".to_string())]),
-            ..AttributeContext::default()
-        }),
+    let check = CheckBuilder::new("GET", path).namespace("faults");
+    match token {
+        Some(token) => check.bearer(token),
+        None => check,
     }
-}
-
-/// The status and body a proxy would send: 200 and nothing on allow.
-fn outcome(response: &CheckResponse) -> (u16, String) {
-    match &response.http_response {
-        Some(HttpResponse::OkResponse(_)) => (200, String::new()),
-        Some(HttpResponse::DeniedResponse(denied)) => {
-            (denied.status.as_ref().map_or(0, |status| u16::try_from(status.code).unwrap_or(0)), denied.body.clone())
-        }
-        _ => (0, String::new()),
-    }
+    .build()
 }
 
 async fn ask(server: &Server, path: &str, token: Option<&str>) -> (u16, String) {
     ask_at(server.grpc, path, token).await
 }
 
-/// Waits until `count` fetches of `issuer`'s keys ended with `result`; fails the test after a
-/// generous deadline (a hang guard).
+/// Waits until `count` fetches of `issuer`'s keys ended with `result`.
 async fn wait_for_jwks_fetches(server: &Server, issuer: &str, result: &str, count: f64) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while jwks_fetches(server, issuer, result) < count {
-        assert!(Instant::now() < deadline, "fetch {count} of {issuer} never ended `{result}`");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let why = format!("fetch {count} of {issuer} never ended `{result}`");
+    eventually(&why, async || jwks_fetches(server, issuer, result) >= count).await;
 }
 
 /// One Check; a generous deadline guards against a hang (it fails the test, it measures nothing).
 async fn ask_at(grpc: SocketAddr, path: &str, token: Option<&str>) -> (u16, String) {
-    let check = async {
-        let mut client = AuthorizationClient::connect(format!("http://{grpc}")).await.expect("connects");
-        client.check(check_request(path, token)).await.expect("Check answers").into_inner()
-    };
+    let check = check_at(grpc, check_request(path, token));
     let response = tokio::time::timeout(Duration::from_secs(30), check).await.expect("the Check answers within 30 s");
-    outcome(&response)
+    proxy_answer(&response)
 }
 
 /// `portcullis_jwks_fetches_total` for `issuer` and `result`: how many fetches ended so (0 when
@@ -124,8 +75,10 @@ const NO_KEY: &str = "Jwks doesn't have key to match kid or alg from Jwt";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idp_down_at_start_degrades_only_its_own_issuer() {
     let up = FakeIdp::start(Behavior::Serve(jwks(&[public_jwk(RSA, Algorithm::RS256, Some("rsa"))])));
-    let policies =
-        policy_dir(&remote_issuers(&[("https://up.test", up.url("/certs")), ("https://down.test", closed_port_url())]));
+    let policies = policy_dir(&remote_issuers_in(
+        "faults",
+        &[("https://up.test", up.url("/certs")), ("https://down.test", closed_port_url())],
+    ));
     // Readiness may wait an hour for keys: the server is ready at once only because the down
     // IdP's first fetch failed (Server::start gives up after seconds).
     let config = config_file("jwks_ready_timeout_secs: 3600\n");
@@ -136,8 +89,8 @@ async fn an_idp_down_at_start_degrades_only_its_own_issuer() {
     assert!(body.contains("no keys for issuer https://down.test"), "{body}");
     assert!(!body.contains("https://up.test"), "{body}");
 
-    let down_token = sign(RSA, Algorithm::RS256, Some("rsa"), &claims("https://down.test"));
-    let up_token = sign(RSA, Algorithm::RS256, Some("rsa"), &claims("https://up.test"));
+    let down_token = sign(RSA, Algorithm::RS256, Some("rsa"), &claims_of("https://down.test"));
+    let up_token = sign(RSA, Algorithm::RS256, Some("rsa"), &claims_of("https://up.test"));
     let (status, body) = ask(&server, "/", Some(&down_token)).await;
     assert_eq!((status, body.as_str()), (401, JWKS_FETCH_FAILED));
     assert_eq!(ask(&server, "/", Some(&up_token)).await, (200, String::new()));
@@ -152,12 +105,12 @@ async fn an_idp_down_at_start_degrades_only_its_own_issuer() {
 async fn a_slow_or_failing_idp_never_holds_a_check_past_the_bound() {
     const ISSUER: &str = "https://idp.test";
     let idp = FakeIdp::start(Behavior::Serve(jwks(&[public_jwk(RSA, Algorithm::RS256, Some("rsa"))])));
-    let policies = policy_dir(&remote_issuers(&[(ISSUER, idp.url("/certs"))]));
+    let policies = policy_dir(&remote_issuers_in("faults", &[(ISSUER, idp.url("/certs"))]));
     let config =
         config_file("jwks_refetch_wait_ms: 300\njwks_min_refetch_interval_secs: 0\njwks_fetch_timeout_ms: 60000\n");
     let server = Server::start_with(&[policies.path()], Some(config.path()));
-    let known = sign(RSA, Algorithm::RS256, Some("rsa"), &claims(ISSUER));
-    let unknown = sign(RSA, Algorithm::RS256, Some("rotated"), &claims(ISSUER));
+    let known = sign(RSA, Algorithm::RS256, Some("rsa"), &claims_of(ISSUER));
+    let unknown = sign(RSA, Algorithm::RS256, Some("rotated"), &claims_of(ISSUER));
     assert_eq!(ask(&server, "/", Some(&known)).await, (200, String::new()));
     assert_eq!(jwks_fetches(&server, ISSUER, "ok"), 1.0, "the start-up fetch");
 
@@ -200,10 +153,10 @@ async fn an_idp_slow_at_start_holds_neither_readiness_nor_checks() {
         jwks(&[public_jwk(RSA, Algorithm::RS256, Some("rsa"))]),
         Duration::from_secs(30),
     ));
-    let policies = policy_dir(&remote_issuers(&[("https://idp.test", idp.url("/certs"))]));
+    let policies = policy_dir(&remote_issuers_in("faults", &[("https://idp.test", idp.url("/certs"))]));
     let config = config_file("jwks_ready_timeout_secs: 1\njwks_fetch_timeout_ms: 60000\njwks_refetch_wait_ms: 100\n");
     let server = Server::start_with(&[policies.path()], Some(config.path()));
-    let token = sign(RSA, Algorithm::RS256, Some("rsa"), &claims("https://idp.test"));
+    let token = sign(RSA, Algorithm::RS256, Some("rsa"), &claims_of("https://idp.test"));
     let (status, body) = ask(&server, "/", Some(&token)).await;
     assert_eq!((status, body.as_str()), (401, JWKS_FETCH_FAILED));
     // Readiness and the Check came while the IdP's answers were still pending: the start-up
@@ -342,35 +295,24 @@ fn a_panic_inside_a_check_is_a_deny() {
 // The policy directory at runtime.
 // ---------------------------------------------------------------------------------------------
 
-const DENY_ADMIN: &str = r#"apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: deny-admin, namespace: faults}
-spec:
-  action: DENY
-  rules:
-  - to: [{operation: {paths: ["/admin", "/admin/*"]}}]
-"#;
-
-/// Waits until the server has tried `attempts` reloads in all (ok or error), at most 10 s.
-fn wait_for_reloads(server: &Server, attempts: f64) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let ok = server.metric("portcullis_reloads_total{result=\"ok\"}").unwrap_or(0.0);
-        let error = server.metric("portcullis_reloads_total{result=\"error\"}").unwrap_or(0.0);
-        if ok + error >= attempts {
-            return;
-        }
-        assert!(Instant::now() < deadline, "no reload attempt {attempts} (ok {ok}, error {error})");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+/// A DENY of `/admin` and below in namespace `faults`.
+fn deny_admin() -> String {
+    paths_policy("faults", "deny-admin", "DENY", &["/admin", "/admin/*"])
 }
 
-/// Starts a server on a policy directory holding `DENY_ADMIN`, polling it every 200 ms.
+/// Waits until the server has tried `attempts` reloads in all (ok or error).
+async fn wait_for_reloads(server: &Server, attempts: f64) {
+    let reloads = |result: &str| server.metric(&format!("portcullis_reloads_total{{result=\"{result}\"}}"));
+    let why = format!("no reload attempt {attempts}");
+    eventually(&why, async || reloads("ok").unwrap_or(0.0) + reloads("error").unwrap_or(0.0) >= attempts).await;
+}
+
+/// Starts a server on a policy directory holding [`deny_admin`], polling it every 200 ms.
 fn server_on_policy_directory() -> (tempfile::TempDir, std::path::PathBuf, Server, tempfile::NamedTempFile) {
     let root = tempfile::tempdir().expect("temp dir");
     let dir = root.path().join("policies");
     std::fs::create_dir(&dir).expect("mkdir");
-    std::fs::write(dir.join("policies.yaml"), DENY_ADMIN).expect("write");
+    std::fs::write(dir.join("policies.yaml"), deny_admin()).expect("write");
     let config = config_file("reload_poll_interval_ms: 200\n");
     let server = Server::start_with(&[Path::new(&dir)], Some(config.path()));
     (root, dir, server, config)
@@ -391,7 +333,7 @@ async fn unparsable_policy_files_at_runtime_keep_the_last_good_set() {
         (
             "a wrong type",
             Box::new(|| {
-                std::fs::write(dir.join("policies.yaml"), DENY_ADMIN.replace("action: DENY", "action: [DENY]"))
+                std::fs::write(dir.join("policies.yaml"), deny_admin().replace("action: DENY", "action: [DENY]"))
                     .expect("write")
             }),
         ),
@@ -401,7 +343,7 @@ async fn unparsable_policy_files_at_runtime_keep_the_last_good_set() {
     for (name, break_it) in &steps {
         break_it();
         attempts += 1.0;
-        wait_for_reloads(&server, attempts);
+        wait_for_reloads(&server, attempts).await;
         if ask(&server, "/admin", None).await.0 != 403 {
             failures.push(format!("{name}: /admin is no longer denied"));
         }
@@ -411,9 +353,9 @@ async fn unparsable_policy_files_at_runtime_keep_the_last_good_set() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     assert_eq!(server.metric("portcullis_reloads_total{result=\"error\"}"), Some(attempts), "each refusal is counted");
-    std::fs::write(dir.join("policies.yaml"), DENY_ADMIN.replace("\"/admin/*\"", "\"/admin/*\", \"/secret\""))
+    std::fs::write(dir.join("policies.yaml"), deny_admin().replace("\"/admin/*\"", "\"/admin/*\", \"/secret\""))
         .expect("write");
-    wait_for_reloads(&server, attempts + 1.0);
+    wait_for_reloads(&server, attempts + 1.0).await;
     assert_eq!(ask(&server, "/secret", None).await.0, 403, "the valid set went live");
     assert_eq!(server.metric("portcullis_policy_generation"), Some(2.0));
 }
@@ -426,7 +368,7 @@ async fn an_emptied_policy_directory_keeps_the_last_good_set() {
     let (_root, dir, server, _config) = server_on_policy_directory();
     assert_eq!(ask(&server, "/admin", None).await.0, 403);
     std::fs::remove_file(dir.join("policies.yaml")).expect("rm");
-    wait_for_reloads(&server, 1.0);
+    wait_for_reloads(&server, 1.0).await;
     assert_eq!(ask(&server, "/admin", None).await.0, 403, "/admin is no longer denied");
     assert_eq!(server.metric("portcullis_policy_generation"), Some(1.0), "an empty set went live");
 }

@@ -8,7 +8,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use support::{HTTP_DOOR_OFF, Server, http_get, http_request, repo_path, status_in};
+use support::{HTTP_DOOR_OFF, Server, http_get, http_request, paths_policy, policy_dir, repo_path, status_in};
 
 const CONTEXT: &str = "?namespace=job-service&app=job-service";
 
@@ -204,26 +204,14 @@ fn each_value_of_a_repeated_header_is_judged_on_its_own() {
 }
 
 /// Namespace `adv` denies `/admin/*` and allows `/public/*`; namespace `open` has no policy.
-const STEERING_POLICIES: &str = r#"apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: deny-admin, namespace: adv}
-spec:
-  action: DENY
-  rules:
-  - to: [{operation: {paths: ["/admin", "/admin/*"]}}]
----
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: allow-public, namespace: adv}
-spec:
-  rules:
-  - to: [{operation: {paths: ["/public/*"]}}]
-"#;
-
 fn steering_policies() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().expect("temp dir");
-    std::fs::write(dir.path().join("policies.yaml"), STEERING_POLICIES).expect("write policies");
-    dir
+    policy_dir(
+        &[
+            paths_policy("adv", "deny-admin", "DENY", &["/admin", "/admin/*"]),
+            paths_policy("adv", "allow-public", "ALLOW", &["/public/*"]),
+        ]
+        .join("---\n"),
+    )
 }
 
 /// Each proxy's auth request for `GET /admin/users` in namespace `adv`, with a client's copies

@@ -6,11 +6,13 @@ mod forge;
 mod support;
 
 use std::net::{SocketAddr, TcpStream};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use forge::{Behavior, FakeIdp, OTHER_RSA, RSA, claims_of, jwks, public_jwk, remote_issuers_in, sign};
 use jsonwebtoken::Algorithm;
-use support::{CheckBuilder, Server, config_file, http_get, metadata_field, policy_dir, proxy_answer};
+use support::{
+    CheckBuilder, Server, config_file, eventually, http_get, metadata_field, paths_policy, policy_dir, proxy_answer,
+};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -40,15 +42,6 @@ fn check_with(token: &str) -> envoy_types::pb::envoy::service::auth::v3::CheckRe
 
 fn is_refused(address: SocketAddr) -> bool {
     TcpStream::connect_timeout(&address, Duration::from_secs(2)).is_err()
-}
-
-/// Polls `condition` until it holds; fails the test after a generous deadline (a hang guard).
-async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !condition() {
-        assert!(Instant::now() < deadline, "never: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -87,7 +80,7 @@ async fn sigterm_turns_probes_down_at_once_and_lets_the_check_in_flight_finish_w
     let line = server.wait_for_log_line(&["Shutting down"]);
     assert!(line.contains("checks_in_flight=1"), "the shutdown line counts the check in flight: {line}");
     let grpc = server.grpc;
-    eventually("the gRPC door stops accepting connections", || is_refused(grpc)).await;
+    eventually("the gRPC door stops accepting connections", async || is_refused(grpc)).await;
     assert_eq!(http_get(server.admin, "/readyz").0, 503, "probes still get an answer while the check is in flight");
     let update = watch.message().await.expect("health watch answers").expect("a status");
     assert_eq!(update.status, ServingStatus::NotServing as i32);
@@ -121,11 +114,11 @@ async fn readyz_is_503_until_the_first_key_fetch_of_every_issuer_has_finished() 
     prompt.wait_for_requests(1);
     held.wait_for_requests(1);
     let prompt_keys_in = format!("portcullis_jwks_keys{{issuer=\"{ISSUER}\"}}");
-    eventually("the prompt issuer's keys are in", || server.metric(&prompt_keys_in) == Some(1.0)).await;
+    eventually("the prompt issuer's keys are in", async || server.metric(&prompt_keys_in) == Some(1.0)).await;
     assert_eq!(http_get(server.admin, "/readyz").0, 503, "one issuer's first fetch is still held");
 
     held.release();
-    eventually("ready after the held fetch finished", || http_get(server.admin, "/readyz").0 == 200).await;
+    eventually("ready after the held fetch finished", async || http_get(server.admin, "/readyz").0 == 200).await;
     let answered = server.check(check_with(&token_of_new_key(slow_issuer))).await;
     assert_eq!(proxy_answer(&answered).0, 200, "{answered:?}");
     assert_eq!(server.terminate().code(), Some(0));
@@ -134,17 +127,6 @@ async fn readyz_is_503_until_the_first_key_fetch_of_every_issuer_has_finished() 
 // ---------------------------------------------------------------------------------------------
 // Reload with authentication.
 // ---------------------------------------------------------------------------------------------
-
-/// A DENY of `/x` in [`NAMESPACE`], added by a reload.
-const DENY_X: &str = r#"---
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: deny-x, namespace: life}
-spec:
-  action: DENY
-  rules:
-  - to: [{operation: {paths: ["/x"]}}]
-"#;
 
 /// A reload that adds an issuer swaps only after that issuer's keys are in: while its fetch is
 /// held the old set answers, and the first check that sees the new generation accepts its token.
@@ -209,9 +191,13 @@ async fn a_check_in_flight_during_a_reload_is_decided_by_the_set_it_started_with
         client.check(check_with(&token_of_new_key(ISSUER))).await
     });
     idp.wait_for_requests(fetches_before + 1);
-    std::fs::write(policies.path().join("policies.yaml"), format!("{allowing}{DENY_X}")).expect("write policies");
+    std::fs::write(
+        policies.path().join("policies.yaml"),
+        format!("{allowing}---\n{}", paths_policy(NAMESPACE, "deny-x", "DENY", &["/x"])),
+    )
+    .expect("write policies");
     server.signal("-HUP");
-    eventually("the DENY set is live", || server.metric("portcullis_policy_generation") >= Some(2.0)).await;
+    eventually("the DENY set is live", async || server.metric("portcullis_policy_generation") >= Some(2.0)).await;
 
     idp.release();
     let answered = in_flight.await.expect("joins").expect("Check answers").into_inner();
@@ -250,8 +236,10 @@ async fn concurrent_checks_with_an_unknown_kid_share_one_refetch() {
         }));
     }
     // Every check is waiting on the held fetch before it is answered.
-    eventually("every check is in flight", || server.metric("portcullis_checks_in_flight") == Some(CHECKS as f64))
-        .await;
+    eventually("every check is in flight", async || {
+        server.metric("portcullis_checks_in_flight") == Some(CHECKS as f64)
+    })
+    .await;
     idp.release();
     for check in checks {
         let answered = check.await.expect("joins").expect("Check answers").into_inner();

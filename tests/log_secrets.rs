@@ -6,17 +6,13 @@ mod forge;
 mod otlp;
 mod support;
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
-use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
-use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
-use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest, CheckResponse};
+use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 use forge::{OTHER_RSA, RSA, jwks, public_jwk, sign, unix_now};
 use jsonwebtoken::Algorithm;
 use serde_json::json;
-use support::{Server, http_request};
+use support::{CheckBuilder, Server, http_request, proxy_answer};
 
 const NAMESPACE: &str = "secrets";
 /// Its rule reads Istio's default locations: `Authorization: Bearer` and `?access_token=`.
@@ -167,46 +163,21 @@ impl Case {
     }
 }
 
+/// The case as a Check over HTTPS for the workload in `NAMESPACE`.
 fn grpc_check(case: &Case) -> CheckRequest {
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            request: Some(Request {
-                http: Some(HttpRequest {
-                    method: "GET".into(),
-                    path: case.target.clone(),
-                    host: "app.test".into(),
-                    scheme: "https".into(),
-                    headers: case.location.headers(&case.token).into_iter().collect(),
-                    ..HttpRequest::default()
-                }),
-                ..Request::default()
-            }),
-            context_extensions: HashMap::from([("namespace".to_string(), NAMESPACE.to_string())]),
-            ..AttributeContext::default()
-        }),
-    }
-}
-
-/// The HTTP status a proxy would return for a `CheckResponse`.
-fn proxy_status(response: &CheckResponse) -> u16 {
-    match &response.http_response {
-        Some(HttpResponse::OkResponse(_)) => 200,
-        Some(HttpResponse::DeniedResponse(denied)) => {
-            denied.status.as_ref().map_or(0, |status| u16::try_from(status.code).unwrap_or(0))
-        }
-        _ => 0,
-    }
+    let check = CheckBuilder::new("GET", &case.target).scheme("https").namespace(NAMESPACE);
+    check.headers(case.location.headers(&case.token).into_iter().collect()).build()
 }
 
 /// Sends every case through both doors and checks the answers; returns the cases.
 async fn send_every_case(server: &Server) -> Vec<Case> {
-    let mut client = AuthorizationClient::connect(format!("http://{}", server.grpc)).await.expect("connects");
+    let mut client = server.grpc_client().await;
     let mut cases = Vec::new();
     for location in Location::ALL {
         for outcome in Outcome::ALL {
             let case = Case::new("grpc", location, outcome);
             let response = client.check(grpc_check(&case)).await.expect("Check answers").into_inner();
-            assert_eq!(proxy_status(&response), outcome.status(), "{}", case.name);
+            assert_eq!(proxy_answer(&response).0, outcome.status(), "{}", case.name);
             cases.push(case);
 
             let case = Case::new("http", location, outcome);

@@ -9,14 +9,13 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
+use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
-use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
 use forge::{Behavior, FakeIdp, RSA, jwks, public_jwk, sign, unix_now};
 use jsonwebtoken::Algorithm;
-use support::{Server, http_get, make_fifo};
+use support::{CheckBuilder, Server, eventually, grpc_client_at, http_get, make_fifo};
 use tokio::sync::Mutex;
 
 const ALLOW_X: &str = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: ns}\nspec:\n  rules: [{to: [{operation: {paths: [/x]}}]}]\n";
@@ -65,23 +64,9 @@ fn check_x() -> CheckRequest {
     check_x_with(HashMap::new())
 }
 
+/// A GET of `/x` for the workload in namespace `ns`, with `headers`.
 fn check_x_with(headers: HashMap<String, String>) -> CheckRequest {
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            request: Some(Request {
-                http: Some(HttpRequest {
-                    method: "GET".into(),
-                    path: "/x".into(),
-                    host: "h".into(),
-                    headers,
-                    ..HttpRequest::default()
-                }),
-                ..Request::default()
-            }),
-            context_extensions: HashMap::from([("namespace".to_string(), "ns".to_string())]),
-            ..AttributeContext::default()
-        }),
-    }
+    CheckBuilder::new("GET", "/x").host("h").namespace("ns").headers(headers).build()
 }
 
 fn settings_file(poll_ms: u64) -> tempfile::NamedTempFile {
@@ -107,7 +92,7 @@ async fn stream_checks(
     signalled: Arc<AtomicBool>,
     observed: Arc<Mutex<Observed>>,
 ) {
-    let mut client = AuthorizationClient::connect(format!("http://{address}")).await.expect("connects");
+    let mut client = grpc_client_at(address).await;
     while !stop.load(Ordering::Relaxed) {
         let after_signal = signalled.load(Ordering::SeqCst);
         let outcome = client.check(check_x()).await;
@@ -120,17 +105,6 @@ async fn stream_checks(
             Err(status) if after_signal => observed.failures_after_signal.push(status.to_string()),
             Err(status) => observed.failures.push(status.to_string()),
         }
-    }
-}
-
-/// Polls `holds` until it is true; fails the test with `why` after 60 s, a hang guard (generous:
-/// a shared machine may be slow), so a reload stuck reading a file or a change never picked up
-/// fails the test instead of hanging it.
-async fn eventually(why: &str, mut holds: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !holds().await {
-        assert!(Instant::now() < deadline, "{why}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -193,8 +167,8 @@ async fn sighup_reloads_and_a_removed_directory_keeps_the_last_good_set() {
     // first, so a server that ignored `0` would have reloaded by then.
     let witness_settings = settings_file(DEFAULT_POLL_MS + DEFAULT_POLL_MS / 4);
     let witness = Server::start_with(&[&policies], Some(witness_settings.path()));
-    let mut client = AuthorizationClient::connect(format!("http://{}", server.grpc)).await.expect("connects");
-    let mut witness_client = AuthorizationClient::connect(format!("http://{}", witness.grpc)).await.expect("connects");
+    let mut client = server.grpc_client().await;
+    let mut witness_client = witness.grpc_client().await;
     assert_eq!(verdict(&mut client).await, 0);
 
     std::fs::write(policies.join("p.yaml"), DENY_X).expect("write");
@@ -244,7 +218,7 @@ async fn sigterm_under_load_loses_no_check_and_exits_cleanly() {
     let fetches_before = idp.paths().len();
     let claims = serde_json::json!({"iss": "https://idp.test", "sub": "a", "exp": unix_now() + 600});
     let token = sign(RSA, Algorithm::RS256, Some("rotated"), &claims);
-    let mut held_client = AuthorizationClient::connect(format!("http://{}", server.grpc)).await.expect("connects");
+    let mut held_client = server.grpc_client().await;
     let headers = HashMap::from([("authorization".to_string(), format!("Bearer {token}"))]);
     let held = tokio::spawn(async move { held_client.check(check_x_with(headers)).await });
     eventually("the held Check never asked the IdP", async || idp.paths().len() > fetches_before).await;
@@ -271,6 +245,19 @@ async fn sigterm_under_load_loses_no_check_and_exits_cleanly() {
     }
 }
 
+/// A server on a policy directory holding [`ALLOW_X`] as `p.yaml`, polled every `poll_ms` (0:
+/// reloaded on SIGHUP only); its settings file; and a client of its gRPC door.
+async fn server_on_allow_x(
+    poll_ms: u64,
+) -> (tempfile::TempDir, tempfile::NamedTempFile, Server, AuthorizationClient<tonic::transport::Channel>) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("p.yaml"), ALLOW_X).expect("write");
+    let settings = settings_file(poll_ms);
+    let server = Server::start_with(&[dir.path()], Some(settings.path()));
+    let client = server.grpc_client().await;
+    (dir, settings, server, client)
+}
+
 async fn verdict(client: &mut AuthorizationClient<tonic::transport::Channel>) -> i32 {
     client.check(check_x()).await.expect("check").into_inner().status.map_or(-1, |status| status.code)
 }
@@ -289,11 +276,7 @@ async fn wait_for_verdict_code(client: &mut AuthorizationClient<tonic::transport
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_misspelled_kind_added_to_a_valid_set_is_refused_on_reload_and_the_old_decisions_stay() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    std::fs::write(dir.path().join("p.yaml"), ALLOW_X).expect("write");
-    let settings = settings_file(100);
-    let server = Server::start_with(&[dir.path()], Some(settings.path()));
-    let mut client = AuthorizationClient::connect(format!("http://{}", server.grpc)).await.expect("connects");
+    let (dir, _settings, server, mut client) = server_on_allow_x(100).await;
     assert_eq!(verdict(&mut client).await, 0);
 
     std::fs::write(dir.path().join("guard.yaml"), GUARD_MISSPELLED).expect("write");
@@ -315,11 +298,7 @@ async fn a_misspelled_kind_added_to_a_valid_set_is_refused_on_reload_and_the_old
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fifo_or_a_symlink_to_dev_zero_is_refused_by_the_poller_and_a_later_good_change_reloads() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    std::fs::write(dir.path().join("p.yaml"), ALLOW_X).expect("write");
-    let settings = settings_file(100);
-    let server = Server::start_with(&[dir.path()], Some(settings.path()));
-    let mut client = AuthorizationClient::connect(format!("http://{}", server.grpc)).await.expect("connects");
+    let (dir, _settings, server, mut client) = server_on_allow_x(100).await;
     assert_eq!(verdict(&mut client).await, 0);
 
     let fifo = dir.path().join("pipe.yaml");
@@ -344,11 +323,7 @@ async fn a_fifo_or_a_symlink_to_dev_zero_is_refused_by_the_poller_and_a_later_go
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fifo_never_blocks_sighup_reloads() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    std::fs::write(dir.path().join("p.yaml"), ALLOW_X).expect("write");
-    let settings = settings_file(0);
-    let server = Server::start_with(&[dir.path()], Some(settings.path()));
-    let mut client = AuthorizationClient::connect(format!("http://{}", server.grpc)).await.expect("connects");
+    let (dir, _settings, server, mut client) = server_on_allow_x(0).await;
 
     let fifo = dir.path().join("pipe.yaml");
     make_fifo(&fifo);

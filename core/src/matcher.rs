@@ -339,6 +339,13 @@ impl fmt::Display for IpMatch {
 mod tests {
     use super::*;
 
+    /// Checks every `(pattern, value, expected)` row of `table` with `matches`.
+    fn assert_rows(table: &[(&str, &str, bool)], matches: impl Fn(&str, &str) -> bool) {
+        for &(pattern, value, expected) in table {
+            assert_eq!(matches(pattern, value), expected, "`{pattern}` vs `{value}`");
+        }
+    }
+
     #[test]
     fn string_patterns_follow_istio_forms() {
         let table: &[(&str, &str, bool)] = &[
@@ -357,9 +364,7 @@ mod tests {
             ("*abc*", "xabc*", true),
             ("*abc*", "xabcx", false),
         ];
-        for &(pattern, value, expected) in table {
-            assert_eq!(StringMatch::parse(pattern).matches(value), expected, "`{pattern}` vs `{value}`");
-        }
+        assert_rows(table, |pattern, value| StringMatch::parse(pattern).matches(value));
     }
 
     #[test]
@@ -374,9 +379,7 @@ mod tests {
             ("api.*", "API.example.com", true),
             ("é.com", "É.com", false),
         ];
-        for &(pattern, value, expected) in table {
-            assert_eq!(StringMatch::parse(pattern).matches_ignore_case(value), expected, "`{pattern}` vs `{value}`");
-        }
+        assert_rows(table, |pattern, value| StringMatch::parse(pattern).matches_ignore_case(value));
     }
 
     #[test]
@@ -411,10 +414,7 @@ mod tests {
             ("/a/{**}", "/a/x/\"y\"", false),
             ("/a/{*}", "/a/x y", false),
         ];
-        for &(pattern, path, expected) in table {
-            let template = PathTemplate::parse(pattern).expect(pattern);
-            assert_eq!(template.matches(path), expected, "`{pattern}` vs `{path}`");
-        }
+        assert_rows(table, |pattern, path| PathTemplate::parse(pattern).expect(pattern).matches(path));
     }
 
     #[test]
@@ -435,9 +435,7 @@ mod tests {
             ("*", "x", true),
             ("frontend", "frontend", true),
         ];
-        for &(pattern, value, expected) in table {
-            assert_eq!(StringMatch::parse_glob(pattern).matches(value), expected, "`{pattern}` vs `{value}`");
-        }
+        assert_rows(table, |pattern, value| StringMatch::parse_glob(pattern).matches(value));
         assert_eq!(StringMatch::parse_glob("team-*"), StringMatch::Prefix("team-".into()));
         assert_eq!(StringMatch::parse_glob("*pay*").to_string(), "*pay*");
     }
@@ -470,10 +468,10 @@ mod tests {
             "/{*}/foo/?abc",
             "/{*}//x",
             "/{*}/foo/temp}/bar",
+            "/foo/{id}",
+            "/foo/{temp",
+            "/foo}",
         ] {
-            assert!(PathMatch::parse(pattern).is_err(), "`{pattern}` should be refused");
-        }
-        for pattern in ["/foo/{id}", "/foo/{temp", "/foo}"] {
             assert!(PathMatch::parse(pattern).is_err(), "`{pattern}` should be refused");
         }
     }
@@ -490,11 +488,9 @@ mod tests {
             ("2001:db8::/32", "10.0.0.1", false),
             ("10.1.2.3/8", "10.200.0.1", true),
         ];
-        for &(block, address, expected) in table {
-            let matcher = IpMatch::parse(block).expect(block);
-            let address: IpAddr = address.parse().expect(address);
-            assert_eq!(matcher.matches(address), expected, "`{block}` vs `{address}`");
-        }
+        assert_rows(table, |block, address| {
+            IpMatch::parse(block).expect(block).matches(address.parse::<IpAddr>().expect(address))
+        });
         for bad in ["10.0.0/8", "10.0.0.0/33", "abc", "", "1.2.3.4/"] {
             assert!(IpMatch::parse(bad).is_err(), "`{bad}` should be refused");
         }

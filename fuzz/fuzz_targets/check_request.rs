@@ -21,48 +21,16 @@ use prost::Message;
 use prost::bytes::Bytes;
 
 /// Policies that use every rule field and condition kind, beside the shipped examples.
-const ADVERSARIAL_POLICIES: &str = r#"
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: deny-admin, namespace: job-service}
-spec:
-  action: DENY
-  rules:
-  - to: [{operation: {paths: ["/admin", "/admin/*", "/files/{*}/secret", "/api/{**}/internal"], notHosts: ["*.internal"]}}]
-  - from: [{source: {notIpBlocks: ["10.0.0.0/8", "::1/128"], remoteIpBlocks: ["203.0.113.0/24"]}}]
-    when: [{key: "request.headers[x-debug]", values: ["*"]}]
----
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: audit-all, namespace: job-service}
-spec:
-  action: AUDIT
-  rules:
-  - from: [{source: {principals: ["cluster.local/ns/*"], notNamespaces: ["kube-system"]}}]
-    to: [{operation: {methods: ["GET"], ports: ["8080"], notPaths: ["*.json"]}}]
-    when:
-    - {key: source.namespace, values: ["a*"]}
-    - {key: destination.port, notValues: ["9"]}
-    - {key: connection.sni, values: ["*.example.com"]}
-    - {key: request.auth.claims[groups], values: ["admin"]}
----
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata:
-  name: dry
-  namespace: job-service
-  annotations: {istio.io/dry-run: "true"}
-spec:
-  rules:
-  - from: [{source: {serviceAccounts: ["web"]}}]
-"#;
+const ADVERSARIAL_POLICIES: &str = include_str!("../adversarial-policies.yaml");
 
 fn snapshot() -> &'static Snapshot {
     static SNAPSHOT: OnceLock<Snapshot> = OnceLock::new();
     SNAPSHOT.get_or_init(|| {
         let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
-        let mut loaded = load_policies(&[shipped]).unwrap_or_default();
-        let extra: LoadedPolicies = load_policy_text("adversarial.yaml", ADVERSARIAL_POLICIES).unwrap_or_default();
+        // A policy set that does not load would leave the fuzzer deciding with none: fail loudly.
+        let mut loaded = load_policies(&[shipped]).unwrap_or_else(|errors| panic!("policies/: {errors:?}"));
+        let extra: LoadedPolicies = load_policy_text("adversarial-policies.yaml", ADVERSARIAL_POLICIES)
+            .unwrap_or_else(|errors| panic!("adversarial-policies.yaml: {errors:?}"));
         loaded.policies.extend(extra.policies);
         Snapshot::new(
             loaded.policies,
@@ -178,12 +146,7 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     let Ok(view) = view else { return };
-    let context = AuthnContext {
-        keys: &NoRemoteKeys,
-        now: 1_800_000_000,
-        clock_skew_secs: 60,
-        max_token_bytes: 8192,
-    };
+    let context = AuthnContext { keys: &NoRemoteKeys, now: 1_800_000_000, clock_skew_secs: 60, max_token_bytes: 8192 };
     let decision = decide_view_without_engine(snapshot(), &view, &context);
     assert_ne!(decision.reason.as_str(), "internal_error", "a check panicked: {view:?}");
 });

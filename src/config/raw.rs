@@ -27,17 +27,20 @@ pub struct Metadata {
     pub annotations: BTreeMap<String, Spanned<String>>,
 }
 
-/// `security.istio.io/v1` (or `v1beta1`) `AuthorizationPolicy`.
+/// One Istio resource: its kind's header and `metadata`, and its `spec`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct AuthorizationPolicy {
+pub struct Resource<Spec> {
     pub api_version: Spanned<String>,
     pub kind: String,
     pub metadata: Spanned<Metadata>,
-    pub spec: Option<Spanned<AuthorizationPolicySpec>>,
+    pub spec: Option<Spanned<Spec>>,
     /// Written by the cluster, ignored here.
     pub status: Option<IgnoredAny>,
 }
+
+/// `security.istio.io/v1` (or `v1beta1`) `AuthorizationPolicy`.
+pub type AuthorizationPolicy = Resource<AuthorizationPolicySpec>;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -122,16 +125,7 @@ pub struct Condition {
 }
 
 /// `security.istio.io/v1` (or `v1beta1`) `RequestAuthentication`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct RequestAuthentication {
-    pub api_version: Spanned<String>,
-    pub kind: String,
-    pub metadata: Spanned<Metadata>,
-    pub spec: Option<Spanned<RequestAuthenticationSpec>>,
-    /// Written by the cluster, ignored here.
-    pub status: Option<IgnoredAny>,
-}
+pub type RequestAuthentication = Resource<RequestAuthenticationSpec>;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import yaml
-from envoy_harness import SHIPPED_ENVOY_CONFIG, render_envoy_config, start_envoy
-from harness import RecordingUpstream, free_port, serving, stop_process
+from envoy_harness import SHIPPED_ENVOY_CONFIG, running_envoy
+from harness import RecordingUpstream, free_port, serving
 
 
 @pytest.fixture(scope="session")
@@ -28,24 +26,15 @@ def fresh_upstream(upstream) -> RecordingUpstream:
     return upstream
 
 
-def _envoy_fixture(shipped, upstream, portcullis_port: int, workdir: Path, name: str):
-    config = render_envoy_config(
-        shipped, listener=free_port(), admin=free_port(), portcullis=portcullis_port, upstream=upstream.port
-    )
-    proxy = start_envoy(config, workdir, name)
-    yield proxy
-    stop_process(proxy.process)
-
-
 @pytest.fixture(scope="session")
 def envoy(shipped_envoy_config, upstream, portcullis, tmp_path_factory):
     """Envoy with the shipped config, asking the portcullis under test."""
     workdir = tmp_path_factory.mktemp("envoy")
-    yield from _envoy_fixture(shipped_envoy_config, upstream, portcullis.grpc_port, workdir, "envoy")
+    yield from running_envoy(shipped_envoy_config, portcullis=portcullis.grpc_port, upstream=upstream.port, workdir=workdir, name="envoy")
 
 
 @pytest.fixture(scope="session")
 def envoy_without_portcullis(shipped_envoy_config, upstream, tmp_path_factory):
     """Envoy with the shipped config whose portcullis address has nothing listening."""
     workdir = tmp_path_factory.mktemp("envoy-no-authz")
-    yield from _envoy_fixture(shipped_envoy_config, upstream, free_port(), workdir, "envoy-no-authz")
+    yield from running_envoy(shipped_envoy_config, portcullis=free_port(), upstream=upstream.port, workdir=workdir, name="envoy-no-authz")

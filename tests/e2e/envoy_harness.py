@@ -6,11 +6,12 @@ import copy
 import os
 import random
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-from harness import PROCESS_LOGS, REPO_ROOT, answers_200, stop_process, wait_until
+from harness import PROCESS_LOGS, REPO_ROOT, answers_200, free_port, stop_process, wait_until
 
 SHIPPED_ENVOY_CONFIG = REPO_ROOT / "deploy/envoy/envoy-grpc.yaml"
 ENVOY_READY_TIMEOUT_S = 20.0
@@ -81,3 +82,12 @@ def start_envoy(config: dict, workdir: Path, name: str) -> EnvoyProxy:
         stop_process(process)
         raise
     return proxy
+
+
+def running_envoy(shipped: dict, *, portcullis: int, upstream: int, workdir: Path, name: str) -> Iterator[EnvoyProxy]:
+    """A fixture's body: Envoy on `shipped` moved to loopback, asking portcullis at port `portcullis`
+    and forwarding to `upstream`; stopped when the fixture ends."""
+    config = render_envoy_config(shipped, listener=free_port(), admin=free_port(), portcullis=portcullis, upstream=upstream)
+    proxy = start_envoy(config, workdir, name)
+    yield proxy
+    stop_process(proxy.process)

@@ -2,58 +2,38 @@
 
 from __future__ import annotations
 
-import http.client
 import json
 import subprocess
 
 import pytest
 from envoy_harness import SHIPPED_ENVOY_CONFIG, envoy_binary
+from harness import send
 
 RBAC_DENIED_BODY = b"RBAC: access denied"
-REQUEST_TIMEOUT_S = 5
-
-
-def send(proxy, method: str, raw_path: str) -> tuple[int, bytes]:
-    """Send one request with the path exactly as given (no client-side normalization)."""
-    connection = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=REQUEST_TIMEOUT_S)
-    try:
-        body = b"{}" if method in ("POST", "PUT", "PATCH") else None
-        headers = {"content-type": "application/json"} if body else {}
-        connection.request(method, raw_path, body=body, headers=headers)
-        response = connection.getresponse()
-        return response.status, response.read()
-    finally:
-        connection.close()
-
-
-ALLOWED = {
-    "GET /api/jobs": ("GET", "/api/jobs"),
-    "query string": ("GET", "/api/jobs?x=1"),
-    "job categories": ("GET", "/api/jobcategories/3"),
-}
-
-
-@pytest.mark.parametrize(("method", "path"), ALLOWED.values(), ids=ALLOWED.keys())
-def test_allowed_requests_reach_upstream(envoy, fresh_upstream, method, path):
-    status, body = send(envoy, method, path)
-    assert status == 200
-    assert fresh_upstream.paths_seen() == [path]
-    assert json.loads(body)["method"] == method
 
 
 # POST /api/jobs is denied only when the route's context_extensions reach
 # portcullis (without them no policy would apply and it would be allowed).
-DENIED = {
-    "anonymous POST /api/jobs": ("POST", "/api/jobs"),
-    "debug endpoint": ("GET", "/debug/x"),
-    "outside allowed paths": ("GET", "/"),
+REQUESTS = {
+    "GET /api/jobs": ("GET", "/api/jobs", 200),
+    "query string": ("GET", "/api/jobs?x=1", 200),
+    "job categories": ("GET", "/api/jobcategories/3", 200),
+    "anonymous POST /api/jobs": ("POST", "/api/jobs", 403),
+    "debug endpoint": ("GET", "/debug/x", 403),
+    "outside allowed paths": ("GET", "/", 403),
 }
 
 
-@pytest.mark.parametrize(("method", "path"), DENIED.values(), ids=DENIED.keys())
-def test_denied_requests_get_portcullis_403(envoy, fresh_upstream, method, path):
-    assert send(envoy, method, path) == (403, RBAC_DENIED_BODY)
-    assert fresh_upstream.seen == []
+@pytest.mark.parametrize(("method", "path", "status"), REQUESTS.values(), ids=REQUESTS.keys())
+def test_allowed_requests_reach_upstream_and_denied_ones_get_portcullis_403(envoy, fresh_upstream, method, path, status):
+    answer = send(envoy.port, method, path)
+    assert answer.status == status
+    if status == 200:
+        assert fresh_upstream.paths_seen() == [path]
+        assert json.loads(answer.body)["method"] == method
+    else:
+        assert answer.body == RBAC_DENIED_BODY
+        assert fresh_upstream.seen == []
 
 
 # Raw paths as an attacker sends them. With normalize_path and merge_slashes
@@ -73,19 +53,20 @@ PATH_TRICKS = {
 
 @pytest.mark.parametrize(("raw_path", "status", "body"), PATH_TRICKS.values(), ids=PATH_TRICKS.keys())
 def test_path_tricks_never_reach_upstream(envoy, fresh_upstream, raw_path, status, body):
-    assert send(envoy, "GET", raw_path) == (status, body)
+    answer = send(envoy.port, "GET", raw_path)
+    assert (answer.status, answer.body) == (status, body)
     assert fresh_upstream.seen == []
 
 
 def test_upstream_gets_the_normalized_path_that_was_judged(envoy, fresh_upstream):
-    assert send(envoy, "GET", "/api/x/../%6aobs?page=2")[0] == 200
+    assert send(envoy.port, "GET", "/api/x/../%6aobs?page=2").status == 200
     assert fresh_upstream.paths_seen() == ["/api/jobs?page=2"]
 
 
 def test_fails_closed_without_portcullis(envoy_without_portcullis, fresh_upstream):
-    status, body = send(envoy_without_portcullis, "GET", "/api/jobs")
-    assert status == 403
-    assert body != RBAC_DENIED_BODY  # Envoy's own refusal, not a policy decision
+    answer = send(envoy_without_portcullis.port, "GET", "/api/jobs")
+    assert answer.status == 403
+    assert answer.body != RBAC_DENIED_BODY  # Envoy's own refusal, not a policy decision
     assert fresh_upstream.seen == []
 
 

@@ -7,21 +7,19 @@ signed here and verified for real.
 
 from __future__ import annotations
 
-import http.client
 import json
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from envoy_harness import render_envoy_config, start_envoy
-from harness import REPO_ROOT, free_port, stop_process
+from envoy_harness import running_envoy
+from harness import REPO_ROOT, send
 
 sys.path.insert(0, str(REPO_ROOT / "tests" / "jwt"))
 from jwt_tokens import TEST_ISSUER, SigningKey, claims, jwks, with_payload  # noqa: E402
 
 SHIPPED_POLICIES = REPO_ROOT / "policies"
-REQUEST_TIMEOUT_S = 5
 IDENTITY_HEADERS = {"x-user", "x-user-id", "x-jwt-payload"}
 
 
@@ -45,21 +43,14 @@ def token_policies(owned_key, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def envoy_with_tokens(launch_portcullis, token_policies, shipped_envoy_config, upstream, tmp_path_factory):
     server = launch_portcullis(token_policies)
-    config = render_envoy_config(shipped_envoy_config, listener=free_port(), admin=free_port(), portcullis=server.grpc_port, upstream=upstream.port)
-    proxy = start_envoy(config, tmp_path_factory.mktemp("envoy-tokens"), "envoy-tokens")
-    yield proxy
-    stop_process(proxy.process)
+    workdir = tmp_path_factory.mktemp("envoy-tokens")
+    yield from running_envoy(shipped_envoy_config, portcullis=server.grpc_port, upstream=upstream.port, workdir=workdir, name="envoy-tokens")
 
 
-def send(proxy, method: str, target: str, headers: dict[str, str]) -> tuple[int, bytes, dict[str, str]]:
-    connection = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=REQUEST_TIMEOUT_S)
-    try:
-        body = b"{}" if method in ("POST", "PUT", "PATCH") else None
-        connection.request(method, target, body=body, headers={"host": "jobs.example.com", **headers})
-        response = connection.getresponse()
-        return response.status, response.read(), {name.lower(): value for name, value in response.getheaders()}
-    finally:
-        connection.close()
+def send_to(proxy, method: str, target: str, headers: dict[str, str]) -> tuple[int, bytes, dict[str, str]]:
+    """One request to the app's host through `proxy`: status, body and lower-cased headers."""
+    answer = send(proxy.port, method, target, {"host": "jobs.example.com", **headers})
+    return answer.status, answer.body, answer.headers
 
 
 def received(upstream) -> dict[str, str]:
@@ -69,7 +60,7 @@ def received(upstream) -> dict[str, str]:
 
 def test_an_allowed_token_is_stripped_and_its_claims_arrive_as_headers(envoy_with_tokens, fresh_upstream, owned_key):
     token = owned_key.token(claims(preferred_username="alice"))
-    status, _, _ = send(envoy_with_tokens, "POST", "/api/jobs", {"authorization": f"Bearer {token}"})
+    status, _, _ = send_to(envoy_with_tokens, "POST", "/api/jobs", {"authorization": f"Bearer {token}"})
     assert status == 200
     headers = received(fresh_upstream)
     assert "authorization" not in headers
@@ -80,7 +71,7 @@ def test_an_allowed_token_is_stripped_and_its_claims_arrive_as_headers(envoy_wit
 
 def test_a_query_parameter_token_is_removed_from_the_forwarded_path(envoy_with_tokens, fresh_upstream, owned_key):
     token = owned_key.token(claims(preferred_username="alice"))
-    status, _, _ = send(envoy_with_tokens, "POST", f"/api/jobs?page=2&access_token={token}&sort=asc", {})
+    status, _, _ = send_to(envoy_with_tokens, "POST", f"/api/jobs?page=2&access_token={token}&sort=asc", {})
     assert status == 200
     assert fresh_upstream.paths_seen() == ["/api/jobs?page=2&sort=asc"]
     assert received(fresh_upstream)["x-user"] == "alice"
@@ -89,7 +80,7 @@ def test_a_query_parameter_token_is_removed_from_the_forwarded_path(envoy_with_t
 def test_forged_identity_headers_are_replaced_by_the_verified_ones(envoy_with_tokens, fresh_upstream, owned_key):
     token = owned_key.token(claims(preferred_username="alice"))
     forged = {"x-user": "admin", "x-user-id": "0", "x-jwt-payload": "eyJzdWIiOiJhZG1pbiJ9"}
-    status, _, _ = send(envoy_with_tokens, "POST", "/api/jobs", {"authorization": f"Bearer {token}", **forged})
+    status, _, _ = send_to(envoy_with_tokens, "POST", "/api/jobs", {"authorization": f"Bearer {token}", **forged})
     assert status == 200
     headers = received(fresh_upstream)
     assert (headers["x-user"], headers["x-user-id"]) == ("alice", claims()["sub"])
@@ -98,14 +89,14 @@ def test_forged_identity_headers_are_replaced_by_the_verified_ones(envoy_with_to
 
 def test_forged_identity_headers_never_arrive_without_a_token(envoy_with_tokens, fresh_upstream):
     forged = {"x-user": "admin", "x-user-id": "0", "x-jwt-payload": "eyJzdWIiOiJhZG1pbiJ9"}
-    status, _, _ = send(envoy_with_tokens, "GET", "/api/jobs", forged)
+    status, _, _ = send_to(envoy_with_tokens, "GET", "/api/jobs", forged)
     assert status == 200
     assert not IDENTITY_HEADERS & set(received(fresh_upstream))
 
 
 def test_a_forged_token_gets_envoys_401_and_never_reaches_the_upstream(envoy_with_tokens, fresh_upstream, owned_key):
     forged = with_payload(owned_key.token(claims()), preferred_username="admin")
-    status, body, headers = send(envoy_with_tokens, "POST", "/api/jobs", {"authorization": f"Bearer {forged}"})
+    status, body, headers = send_to(envoy_with_tokens, "POST", "/api/jobs", {"authorization": f"Bearer {forged}"})
     assert (status, body) == (401, b"Jwt verification fails")
     assert headers["www-authenticate"] == 'Bearer realm="http://jobs.example.com/api/jobs", error="invalid_token"'
     assert fresh_upstream.seen == []
@@ -113,6 +104,6 @@ def test_a_forged_token_gets_envoys_401_and_never_reaches_the_upstream(envoy_wit
 
 def test_a_token_denied_by_policy_gets_403_and_never_reaches_the_upstream(envoy_with_tokens, fresh_upstream, owned_key):
     token = owned_key.token(claims(preferred_username="alice"))
-    status, body, _ = send(envoy_with_tokens, "POST", "/api/jobcategories", {"authorization": f"Bearer {token}"})
+    status, body, _ = send_to(envoy_with_tokens, "POST", "/api/jobcategories", {"authorization": f"Bearer {token}"})
     assert (status, body) == (403, b"RBAC: access denied")
     assert fresh_upstream.seen == []

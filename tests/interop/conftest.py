@@ -4,23 +4,15 @@ from __future__ import annotations
 
 import shutil
 
-import grpc
 import pytest
 from envoy.service.auth.v3 import external_auth_pb2_grpc
 from grpc_health.v1 import health_pb2_grpc
-
-CHANNEL_READY_TIMEOUT_S = 5
-
-
-def _open_channel(target: str) -> grpc.Channel:
-    channel = grpc.insecure_channel(target)
-    grpc.channel_ready_future(channel).result(timeout=CHANNEL_READY_TIMEOUT_S)
-    return channel
+from harness import open_grpc_channel
 
 
 @pytest.fixture(scope="session")
 def grpc_channel(portcullis):
-    channel = _open_channel(portcullis.grpc_target)
+    channel = open_grpc_channel(portcullis.grpc_target)
     yield channel
     channel.close()
 
@@ -46,6 +38,6 @@ def portcullis_without_mesh_policies(launch_portcullis, shipped_policies, tmp_pa
 
 @pytest.fixture(scope="session")
 def authz_without_mesh_policies(portcullis_without_mesh_policies):
-    channel = _open_channel(portcullis_without_mesh_policies.grpc_target)
+    channel = open_grpc_channel(portcullis_without_mesh_policies.grpc_target)
     yield external_auth_pb2_grpc.AuthorizationStub(channel)
     channel.close()

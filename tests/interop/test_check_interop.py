@@ -137,34 +137,26 @@ def test_request_shaped_like_envoy(authz, protocol):
 
 # TCP checks carry no request.http. The shipped mesh-wide DENY rule has only
 # `paths` (an HTTP-only field), which counts as matching for TCP: like Istio,
-# portcullis then denies every TCP connection, whatever the caller.
-TCP_WITH_MESH_POLICIES = {
-    "notification, right caller": (JOB_SERVICE_ID, NOTIFICATION_ID, NOTIFICATION_LABELS, DEBUG_DENIED),
-    "unprotected workload": (STRANGER_ID, OTHER_ID, OTHER_LABELS, DEBUG_DENIED),
+# portcullis then denies every TCP connection, whatever the caller. Against a
+# server without the mesh-wide policy, ALLOW rules that need HTTP fields never
+# match, rules on peers alone do.
+TCP_CASES = {
+    "mesh policies, notification, right caller": ("authz", JOB_SERVICE_ID, NOTIFICATION_ID, NOTIFICATION_LABELS, DEBUG_DENIED),
+    "mesh policies, unprotected workload": ("authz", STRANGER_ID, OTHER_ID, OTHER_LABELS, DEBUG_DENIED),
+    "notification, right caller": ("authz_without_mesh_policies", JOB_SERVICE_ID, NOTIFICATION_ID, NOTIFICATION_LABELS, CALLER_ALLOWED),
+    "notification, other caller": ("authz_without_mesh_policies", STRANGER_ID, NOTIFICATION_ID, NOTIFICATION_LABELS, NO_ALLOW_MATCH),
+    "notification, no caller": ("authz_without_mesh_policies", "", NOTIFICATION_ID, NOTIFICATION_LABELS, NO_ALLOW_MATCH),
+    "job-service, HTTP-only allow rules": ("authz_without_mesh_policies", STRANGER_ID, JOB_SERVICE_ID, JOB_SERVICE_LABELS, NO_ALLOW_MATCH),
+    "unprotected workload": ("authz_without_mesh_policies", STRANGER_ID, OTHER_ID, OTHER_LABELS, NO_POLICIES),
 }
 
 
-@pytest.mark.parametrize(("source", "destination", "labels", "expected"), table(TCP_WITH_MESH_POLICIES))
-def test_tcp_checks_hit_http_only_deny_rule(authz, source, destination, labels, expected):
-    request = tcp_check(source_principal=source, destination_principal=destination, destination_labels=labels)
-    assert_verdict(check(authz, request), expected)
-
-
-# The same against a server without the mesh-wide policy: ALLOW rules that
-# need HTTP fields never match, rules on peers alone do.
-TCP_WITHOUT_MESH_POLICIES = {
-    "notification, right caller": (JOB_SERVICE_ID, NOTIFICATION_ID, NOTIFICATION_LABELS, CALLER_ALLOWED),
-    "notification, other caller": (STRANGER_ID, NOTIFICATION_ID, NOTIFICATION_LABELS, NO_ALLOW_MATCH),
-    "notification, no caller": ("", NOTIFICATION_ID, NOTIFICATION_LABELS, NO_ALLOW_MATCH),
-    "job-service, HTTP-only allow rules": (STRANGER_ID, JOB_SERVICE_ID, JOB_SERVICE_LABELS, NO_ALLOW_MATCH),
-    "unprotected workload": (STRANGER_ID, OTHER_ID, OTHER_LABELS, NO_POLICIES),
-}
-
-
-@pytest.mark.parametrize(("source", "destination", "labels", "expected"), table(TCP_WITHOUT_MESH_POLICIES))
-def test_tcp_checks_on_peers(authz_without_mesh_policies, source, destination, labels, expected):
-    request = tcp_check(source_principal=source, destination_principal=destination, destination_labels=labels)
-    assert_verdict(check(authz_without_mesh_policies, request), expected)
+@pytest.mark.parametrize(("server", "source", "destination", "labels", "expected"), table(TCP_CASES))
+def test_tcp_checks_on_peers(request, server, source, destination, labels, expected):
+    """`server`: the stub of the server with the shipped policies, or of the one without mesh-wide.yaml."""
+    stub = request.getfixturevalue(server)
+    tcp = tcp_check(source_principal=source, destination_principal=destination, destination_labels=labels)
+    assert_verdict(check(stub, tcp), expected)
 
 
 def test_tcp_check_with_context_extensions(authz_without_mesh_policies):

@@ -13,16 +13,13 @@ from pathlib import Path
 import grpc
 import pytest
 from envoy.service.auth.v3 import external_auth_pb2_grpc
-from harness import REPO_ROOT, free_port
+from harness import REPO_ROOT, free_port, open_grpc_channel
 from jwt_policies import idp_rule, inline_rule, request_authentication, write_policy_dir
 from jwt_tokens import TEST_ISSUER, SigningKey
 from oidc_idp import Idp, start_idp
 
 # Envoy-shaped CheckRequests are built by the interop suite's helpers (tests/interop/check_requests.py).
 sys.path.insert(0, str(REPO_ROOT / "tests" / "interop"))
-
-CHANNEL_READY_TIMEOUT_S = 5
-
 
 # ---------------------------------------------------------------- processes
 
@@ -89,8 +86,7 @@ def launch_jwt_server(launch_portcullis, tmp_path_factory):
     def launch(name: str, idp: Idp | None, *documents: dict, **options) -> JwtServer:
         policies = write_policy_dir(tmp_path_factory.mktemp(f"policies-{name}"), *documents)
         server = launch_portcullis(policies, **options)
-        channel = grpc.insecure_channel(server.grpc_target)
-        grpc.channel_ready_future(channel).result(timeout=CHANNEL_READY_TIMEOUT_S)
+        channel = open_grpc_channel(server.grpc_target)
         channels.append(channel)
         return JwtServer(server, external_auth_pb2_grpc.AuthorizationStub(channel), idp, policies)
 

@@ -14,10 +14,9 @@ import json
 import sys
 from pathlib import Path
 
-import grpc
 import pytest
 import yaml
-from harness import REPO_ROOT, free_port, serving, stop_process
+from harness import REPO_ROOT, free_port, open_grpc_channel, serving, stop_process
 
 # The e2e suite's Envoy helpers, the JWT suite's IdP and token helpers, the interop suite's
 # CheckRequest builder.
@@ -25,7 +24,7 @@ for suite in ("e2e", "jwt", "interop"):
     sys.path.insert(0, str(REPO_ROOT / "tests" / suite))
 
 from envoy.service.auth.v3 import external_auth_pb2_grpc  # noqa: E402
-from envoy_harness import render_envoy_config, start_envoy  # noqa: E402
+from envoy_harness import running_envoy  # noqa: E402
 from jwt_policies import request_authentication  # noqa: E402
 from jwt_tokens import TEST_ISSUER, UNCONFIGURED_ISSUER, SigningKey, claims, jwks, with_payload  # noqa: E402
 from oidc_idp import start_idp  # noqa: E402
@@ -44,7 +43,6 @@ from request_table import HOST, PATH_PREFIX, SOURCE_ADDRESS_POLICY, SOURCE_CHECK
 
 SHIPPED_POLICIES = REPO_ROOT / "policies"
 SHIPPED_ISSUER = "http://127.0.0.1:8180/realms/jobs"  # the issuer policies/keycloak.yaml trusts
-CHANNEL_READY_TIMEOUT_S = 5
 
 
 @pytest.fixture(scope="session")
@@ -86,25 +84,27 @@ def proxy_policies(proxies_idp, owned_key, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def door(launch_portcullis, proxy_policies):
+def door(door_in):
     """The server the door tests ask directly in every dialect: gRPC, HTTP and admin ports on loopback.
 
     Its HTTP door is in the explicit `auto` mode, so that one server answers each proxy's way of
     asking; the proxies themselves each get a server pinned to their dialect.
     """
-    return launch_portcullis(proxy_policies, settings="http_mode: auto\n")
+    return door_in("auto")
 
 
 @pytest.fixture(scope="session")
-def nginx_door(launch_portcullis, proxy_policies):
-    """The server behind the nginx fixtures, pinned to nginx's dialect as deploy/ recommends."""
-    return launch_portcullis(proxy_policies, settings="http_mode: nginx\n")
+def door_in(launch_portcullis, proxy_policies):
+    """Factory: door_in(mode) is the server whose HTTP door reads `mode`'s dialect only (`http_mode`),
+    started on first use: each proxy fixture asks its own, pinned to its dialect as deploy/ recommends."""
+    doors = {}
 
+    def door(mode: str):
+        if mode not in doors:
+            doors[mode] = launch_portcullis(proxy_policies, settings=f"http_mode: {mode}\n")
+        return doors[mode]
 
-@pytest.fixture(scope="session")
-def envoy_http_door(launch_portcullis, proxy_policies):
-    """The server behind the Envoy HTTP-mode fixtures, pinned to Envoy's dialect."""
-    return launch_portcullis(proxy_policies, settings="http_mode: envoy\n")
+    return door
 
 
 @pytest.fixture(scope="session")
@@ -139,8 +139,7 @@ def tokens(proxies_idp, owned_key) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def authz(door):
     """envoy.service.auth.v3.Authorization client of the door fixture's gRPC port."""
-    channel = grpc.insecure_channel(door.grpc_target)
-    grpc.channel_ready_future(channel).result(timeout=CHANNEL_READY_TIMEOUT_S)
+    channel = open_grpc_channel(door.grpc_target)
     yield external_auth_pb2_grpc.AuthorizationStub(channel)
     channel.close()
 
@@ -170,9 +169,9 @@ def _nginx(door_http_port: int, upstream_port: int, workdir: Path, name: str):
 
 
 @pytest.fixture(scope="session")
-def nginx(nginx_door, recording_upstream, tmp_path_factory):
+def nginx(door_in, recording_upstream, tmp_path_factory):
     """nginx with the shipped deploy/nginx/nginx.conf, auth_request to its door's HTTP port."""
-    yield from _nginx(nginx_door.http_port, recording_upstream.port, tmp_path_factory.mktemp("nginx"), "nginx")
+    yield from _nginx(door_in("nginx").http_port, recording_upstream.port, tmp_path_factory.mktemp("nginx"), "nginx")
 
 
 @pytest.fixture(scope="session")
@@ -189,55 +188,42 @@ def shipped_envoy_http_config() -> dict:
     return yaml.safe_load(SHIPPED_ENVOY_HTTP_CONFIG.read_text())
 
 
-def _envoy_http(shipped: dict, door_http_port: int, upstream_port: int, workdir: Path, name: str):
-    config = render_envoy_config(shipped, listener=free_port(), admin=free_port(), portcullis=door_http_port, upstream=upstream_port)
-    proxy = start_envoy(config, workdir, name)
-    yield proxy
-    stop_process(proxy.process)
-
-
 @pytest.fixture(scope="session")
-def envoy_http(shipped_envoy_http_config, envoy_http_door, recording_upstream, tmp_path_factory):
+def envoy_http(shipped_envoy_http_config, door_in, recording_upstream, tmp_path_factory):
     """Envoy with the shipped deploy/envoy/envoy-http.yaml, ext_authz to its door's HTTP port."""
-    yield from _envoy_http(shipped_envoy_http_config, envoy_http_door.http_port, recording_upstream.port, tmp_path_factory.mktemp("envoy-http"), "envoy-http")
+    workdir = tmp_path_factory.mktemp("envoy-http")
+    yield from running_envoy(
+        shipped_envoy_http_config, portcullis=door_in("envoy").http_port, upstream=recording_upstream.port, workdir=workdir, name="envoy-http"
+    )
 
 
 @pytest.fixture(scope="session")
 def envoy_http_without_portcullis(shipped_envoy_http_config, recording_upstream, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("envoy-http-no-authz")
-    yield from _envoy_http(shipped_envoy_http_config, free_port(), recording_upstream.port, workdir, "envoy-http-no-authz")
+    yield from running_envoy(
+        shipped_envoy_http_config, portcullis=free_port(), upstream=recording_upstream.port, workdir=workdir, name="envoy-http-no-authz"
+    )
 
 
 # ---------------------------------------------------------------- Caddy and ingress-nginx
 
 
 @pytest.fixture(scope="session")
-def traefik_door(launch_portcullis, proxy_policies):
-    """A server whose HTTP door reads Traefik's dialect only, as Caddy's forward_auth speaks it."""
-    return launch_portcullis(proxy_policies, settings="http_mode: traefik\n")
-
-
-@pytest.fixture(scope="session")
-def ingress_nginx_door(launch_portcullis, proxy_policies):
-    """A server whose HTTP door reads ingress-nginx's dialect only."""
-    return launch_portcullis(proxy_policies, settings="http_mode: ingress-nginx\n")
-
-
-@pytest.fixture(scope="session")
-def caddy(traefik_door, recording_upstream, tmp_path_factory):
-    """Caddy with the shipped deploy/caddy/Caddyfile, forward_auth to the Traefik-dialect door."""
+def caddy(door_in, recording_upstream, tmp_path_factory):
+    """Caddy with the shipped deploy/caddy/Caddyfile, forward_auth to a door reading Traefik's dialect,
+    as Caddy's forward_auth speaks it."""
     port = free_port()
-    config = render_caddyfile(SHIPPED_CADDYFILE.read_text(), listen=port, portcullis=traefik_door.http_port, upstream=recording_upstream.port)
+    config = render_caddyfile(SHIPPED_CADDYFILE.read_text(), listen=port, portcullis=door_in("traefik").http_port, upstream=recording_upstream.port)
     proxy = start_caddy(config, port, tmp_path_factory.mktemp("caddy"), "caddy")
     yield proxy
     stop_process(proxy.process)
 
 
 @pytest.fixture(scope="session")
-def ingress_nginx(ingress_nginx_door, recording_upstream, tmp_path_factory):
+def ingress_nginx(door_in, recording_upstream, tmp_path_factory):
     """Debian's nginx configured as ingress-nginx renders deploy/ingress-nginx/ingress.yaml."""
     workdir, port = tmp_path_factory.mktemp("ingress-nginx"), free_port()
-    config = render_ingress_nginx_config(shipped_ingress(), listen=port, portcullis=ingress_nginx_door.http_port, upstream=recording_upstream.port, workdir=workdir)
+    config = render_ingress_nginx_config(shipped_ingress(), listen=port, portcullis=door_in("ingress-nginx").http_port, upstream=recording_upstream.port, workdir=workdir)
     proxy = start_nginx(config, port, workdir, "ingress-nginx", flavor="ingress-nginx")
     yield proxy
     assert stop_process(proxy.process) == 0, "ingress-nginx did not stop cleanly"

@@ -1,64 +1,22 @@
-"""The pieces of the proxy tests: a recording upstream, raw HTTP requests, and nginx and Caddy running the shipped configs."""
+"""The pieces of the proxy tests: nginx and Caddy running the shipped configs."""
 
 from __future__ import annotations
 
-import http.client
 import os
 import shutil
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from harness import PROCESS_LOGS, REPO_ROOT, RecordingUpstream, Seen, stop_process, wait_until  # noqa: F401 (re-exported)
+from harness import PROCESS_LOGS, REPO_ROOT, RecordingUpstream, Seen, send, stop_process, wait_until  # noqa: F401 (RecordingUpstream, Seen re-exported)
 
 SHIPPED_NGINX_CONFIG = REPO_ROOT / "deploy/nginx/nginx.conf"
 SHIPPED_ENVOY_HTTP_CONFIG = REPO_ROOT / "deploy/envoy/envoy-http.yaml"
 SHIPPED_CADDYFILE = REPO_ROOT / "deploy/caddy/Caddyfile"
 CADDY_INSTALL_HINT = "apt-get install -y --no-install-recommends caddy"
 NGINX_READY_TIMEOUT_S = 10.0
-REQUEST_TIMEOUT_S = 5.0
 NGINX_INSTALL_HINT = "apt-get install -y --no-install-recommends nginx-light"
-
-
-# ---------------------------------------------------------------- the protected workload
-
-
-# ---------------------------------------------------------------- raw HTTP
-
-
-@dataclass
-class Answer:
-    status: int
-    body: bytes
-    headers: dict[str, str] = field(default_factory=dict)  # lower-cased names; repeated ones joined by ", "
-
-    @property
-    def text(self) -> str:
-        return self.body.decode(errors="replace")
-
-
-def send(port: int, method: str, target: str, headers: dict[str, str] | None = None) -> Answer:
-    """One request with the target exactly as given (no client-side normalization)."""
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=REQUEST_TIMEOUT_S)
-    try:
-        body = b"{}" if method in ("POST", "PUT", "PATCH") else None
-        all_headers = {"content-type": "application/json"} if body else {}
-        all_headers.update(headers or {})
-        connection.putrequest(method, target, skip_host="host" in {name.lower() for name in all_headers})
-        for name, value in all_headers.items():
-            connection.putheader(name, value)
-        if body is not None:
-            connection.putheader("content-length", str(len(body)))
-        connection.endheaders(body)
-        response = connection.getresponse()
-        collected: dict[str, str] = {}
-        for name, value in response.getheaders():
-            key = name.lower()
-            collected[key] = f"{collected[key]}, {value}" if key in collected else value
-        return Answer(response.status, response.read(), collected)
-    finally:
-        connection.close()
 
 
 def answers_http(port: int) -> bool:

@@ -13,8 +13,7 @@ from dataclasses import dataclass
 
 import pytest
 from check_requests import JOB_SERVICE, http_check
-from harness import http_get
-from proxy_harness import send
+from harness import http_get, send
 from request_table import BLOCKED_SOURCE, CASES, HOST, PATH_PREFIX, RBAC_DENIED, SOURCE_CHECK_HOST, Case, ids
 
 CONTEXT_QUERY = "/?namespace=job-service&app=job-service"

@@ -13,8 +13,8 @@ upstream; every request of the shared table (request_table.py) goes through each
 from __future__ import annotations
 
 import pytest
+from harness import send
 from jwt_tokens import decode_part
-from proxy_harness import send
 from request_table import ALLOWED, BAD_REQUEST, DENIED, HOST, IDENTITY_HEADERS, RBAC_DENIED, Case, ids
 
 # Where a proxy's own parsing changes the outcome: (status, body), body None for the proxy's

@@ -17,17 +17,13 @@ import base64
 import json
 import os
 import random
-import selectors
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +32,11 @@ import grpc
 from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2, external_auth_pb2_grpc
 
 REPO = Path(__file__).resolve().parents[2]
+# The Python suites' harness (process start, ports) and the JWT suite's IdP.
+sys.path[:0] = [str(REPO / "tests"), str(REPO / "tests" / "jwt")]
+from harness import http_get, start_portcullis, stop_process  # noqa: E402
+from oidc_idp import Idp, start_idp  # noqa: E402
+
 SECONDS = float(os.environ.get("SOAK_SECONDS", "600"))
 RELOAD_SECONDS = float(os.environ.get("SOAK_RELOAD_SECONDS", "10"))
 FLAP_SECONDS = float(os.environ.get("SOAK_FLAP_SECONDS", "30"))
@@ -56,60 +57,11 @@ def log(message: str) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def start_idp(log_path: Path) -> tuple[subprocess.Popen, dict]:
-    node = os.environ.get("NODE_BIN") or shutil.which("node") or "node"
-    command = [node, str(REPO / "tests/oidc/idp.mjs"), "--port", "0", "--realm", "jobs", "--ttl", "300"]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log_path.open("wb"), cwd=REPO)
-    line = b""
-    deadline = time.monotonic() + 20
-    with selectors.DefaultSelector() as selector:
-        selector.register(process.stdout, selectors.EVENT_READ)
-        while not line.endswith(b"\n"):
-            if time.monotonic() > deadline or process.poll() is not None:
-                raise SystemExit(f"the IdP did not start; see {log_path}")
-            if selector.select(timeout=0.2):
-                line += os.read(process.stdout.fileno(), 4096)
-    return process, json.loads(line.split(b"\n", 1)[0])
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_ready(admin: str, process: subprocess.Popen, log_path: Path) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"portcullis exited with {process.returncode}; see {log_path}")
-        try:
-            with urllib.request.urlopen(f"http://{admin}/readyz", timeout=1) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise SystemExit(f"portcullis not ready; see {log_path}")
-
-
 def rss_kb(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     return 0
-
-
-def http(method: str, url: str, form: dict | None = None, headers: dict | None = None) -> tuple[int, dict, bytes]:
-    data = urllib.parse.urlencode(form).encode() if form is not None else None
-    request = urllib.request.Request(url, data=data, method=method, headers=headers or {})
-    try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            return response.status, dict(response.headers), response.read()
-    except urllib.error.HTTPError as error:
-        return error.code, dict(error.headers), error.read()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -174,16 +126,8 @@ class Tokens:
     other_issuer: str
 
 
-def fetch_tokens(idp: dict) -> Tokens:
-    token_url = f"{idp['issuer']}/protocol/openid-connect/token"
-
-    def token(user: str) -> str:
-        status, _, body = http("POST", token_url, {"grant_type": "password", "client_id": "jobs-web", "username": user, "password": user})
-        if status != 200:
-            raise RuntimeError(f"token endpoint answered {status}: {body[:200]!r}")
-        return json.loads(body)["access_token"]
-
-    alice, admin = token("alice"), token("admin")
+def fetch_tokens(idp: Idp) -> Tokens:
+    alice, admin = idp.token("alice"), idp.token("admin")
     header, payload, signature = alice.split(".")
     claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
     claims["preferred_username"] = "admin"
@@ -203,17 +147,19 @@ def fetch_tokens(idp: dict) -> Tokens:
 
 # (name, method, path, token attribute or None, expected HTTP status)
 KINDS = [
+    # anonymous
     ("anonymous read", "GET", "/api/jobs?page=2", None, 200),
     ("anonymous write", "POST", "/api/jobs", None, 403),
+    ("backslash traversal", "GET", "/api\\..\\debug\\vars", None, 403),
+    ("encoded slash traversal", "GET", "/api/..%2Fdebug/vars", None, 403),
+    ("tomcat dot-semicolon", "GET", "/api/..;/debug/vars", None, 400),
+    ("encoded NUL", "GET", "/api/jobs%00.json", None, 400),
+    # with a token, good or bad
     ("alice write", "POST", "/api/jobs", "alice", 200),
     ("alice admin page", "GET", "/admin/users", "alice", 403),
     ("admin admin page", "GET", "/admin/users", "admin", 200),
     ("admin secret", "GET", "/admin/secret", "admin", 403),
     ("traversal to debug", "GET", "/api/%2e%2e/debug/vars", "admin", 403),
-    ("backslash traversal", "GET", "/api\\..\\debug\\vars", None, 403),
-    ("encoded slash traversal", "GET", "/api/..%2Fdebug/vars", None, 403),
-    ("tomcat dot-semicolon", "GET", "/api/..;/debug/vars", None, 400),
-    ("encoded NUL", "GET", "/api/jobs%00.json", None, 400),
     ("tampered token", "GET", "/api/jobs", "tampered", 401),
     ("alg none", "POST", "/api/jobs", "alg_none", 401),
     ("unknown kid", "POST", "/api/jobs", "unknown_kid", 401),
@@ -278,7 +224,7 @@ def worker(grpc_address: str, http_address: str, tokens: list[Tokens], stop: thr
                 if token is not None:
                     headers["Authorization"] = f"Bearer {token}"
                 query = urllib.parse.urlencode({"namespace": NAMESPACE, "app": "jobs"})
-                status, response_headers, _ = http("GET", f"http://{http_address}/_auth?{query}", headers=headers)
+                status, _, response_headers = http_get(f"http://{http_address}/_auth?{query}", timeout=5, headers=headers)
                 lowered = {key.lower(): value for key, value in response_headers.items()}
                 removed = [name.strip() for name in lowered.get("x-envoy-auth-headers-to-remove", "").split(",")]
                 smuggled = status == 200 and "x-user" not in lowered and "x-user" not in removed
@@ -296,30 +242,26 @@ def worker(grpc_address: str, http_address: str, tokens: list[Tokens], stop: thr
 
 
 def main() -> int:
-    binary = Path(os.environ.get("PORTCULLIS_BIN", REPO / "target/release/portcullis"))
+    os.environ.setdefault("PORTCULLIS_BIN", str(REPO / "target/release/portcullis"))
     work = Path(tempfile.mkdtemp(prefix="portcullis-soak-"))
-    idp_log, server_log = work / "idp.log", work / "portcullis.log"
-    idp_process, idp = start_idp(idp_log)
-    issuer = idp["issuer"]
+    idp = start_idp(work / "idp.log")
+    issuer = idp.issuer
     policy_dir = work / "policies"
     policy_dir.mkdir()
     policy_file = policy_dir / "policies.yaml"
     policy_file.write_text(policies(issuer, 0))
-    grpc_port, http_port, admin_port = free_port(), free_port(), free_port()
-    config = work / "config.yaml"
-    config.write_text(
+    settings = (
         "jwks_refresh_interval_secs: 5\njwks_min_refetch_interval_secs: 2\njwks_refetch_wait_ms: 200\n"
-        "jwks_fetch_timeout_ms: 1000\ntoken_cache_entries: 1000\n"
+        "jwks_fetch_timeout_ms: 1000\ntoken_cache_entries: 1000\nlog_level: warn\n"
         # Its HTTP requests are nginx auth_request's (X-Original-URI).
         "http_mode: nginx\n"
     )
-    command = [
-        str(binary), "serve", "--config", str(config), "--policies", str(policy_dir),
-        "--grpc-listen", f"127.0.0.1:{grpc_port}", "--http-listen", f"127.0.0.1:{http_port}",
-        "--admin-listen", f"127.0.0.1:{admin_port}", "--log-level", "warn",
-    ]
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=server_log.open("wb"))
-    admin = f"127.0.0.1:{admin_port}"
+    try:
+        portcullis = start_portcullis(policy_dir, work / "portcullis.log", ready_timeout=30, settings=settings)
+    except BaseException:
+        idp.stop()
+        raise
+    server = portcullis.process
     failures: list[str] = []
     tally = Tally()
     stop = threading.Event()
@@ -327,12 +269,11 @@ def main() -> int:
     reloads = Counter()
     flaps = 0
     try:
-        wait_ready(admin, server, server_log)
         tokens = [fetch_tokens(idp)]
         log(f"server pid {server.pid}, IdP {issuer}, {SECONDS:.0f} s, {WORKERS} workers at {RATE:.0f} req/s, logs in {work}")
         for index in range(WORKERS):
             thread = threading.Thread(
-                target=worker, args=(f"127.0.0.1:{grpc_port}", f"127.0.0.1:{http_port}", tokens, stop, tally, index), daemon=True
+                target=worker, args=(portcullis.grpc_target, f"127.0.0.1:{portcullis.http_port}", tokens, stop, tally, index), daemon=True
             )
             thread.start()
             threads.append(thread)
@@ -364,12 +305,12 @@ def main() -> int:
                 server.send_signal(signal.SIGHUP)
                 next_reload = now + RELOAD_SECONDS
             if now >= next_flap:
-                http("POST", f"http://127.0.0.1:{idp['port']}/admin/jwks-status?code=503", {})
+                idp.set_jwks_status(503)
                 flaps += 1
                 flap_until = now + FLAP_SECONDS / 3
                 next_flap = now + FLAP_SECONDS
             if flap_until and now >= flap_until:
-                http("POST", f"http://127.0.0.1:{idp['port']}/admin/jwks-status?code=200", {})
+                idp.set_jwks_status(200)
                 flap_until = 0.0
             if now >= next_tokens:
                 tokens[0] = fetch_tokens(idp)
@@ -379,8 +320,7 @@ def main() -> int:
         for thread in threads:
             thread.join(timeout=10)
         rss_end = rss_kb(server.pid) if server.poll() is None else 0
-        with urllib.request.urlopen(f"http://{admin}/metrics", timeout=5) as response:
-            metrics = response.read().decode()
+        metrics = http_get(portcullis.admin_url("/metrics"), timeout=5)[1].decode()
         generation = next((line.split()[-1] for line in metrics.splitlines() if line.startswith("portcullis_policy_generation ")), "?")
         total = sum(tally.requests.values())
         log(f"{total} requests in {SECONDS:.0f} s; {reloads['valid']} reloads (+{reloads['broken']} broken sets), policy generation {generation}; {flaps} IdP flaps")
@@ -403,13 +343,8 @@ def main() -> int:
             failures.append(f"RSS grew from {rss_start} kB to {rss_end} kB")
     finally:
         stop.set()
-        for process in (server, idp_process):
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    process.kill()
+        stop_process(server)
+        idp.stop()
     if server.returncode not in (0, None) and not failures:
         failures.append(f"portcullis stopped with {server.returncode}")
     if failures:

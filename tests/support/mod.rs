@@ -199,6 +199,17 @@ impl Server {
     }
 }
 
+/// Polls `holds` until it is true; fails the test with `why` after 60 s, a hang guard (generous:
+/// a shared machine may be slow), so that a change never picked up fails the test instead of
+/// hanging it.
+pub async fn eventually(why: &str, mut holds: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !holds().await {
+        assert!(Instant::now() < deadline, "not within 60 s: {why}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Creates a FIFO (named pipe) at `path`.
 pub fn make_fifo(path: &Path) {
     let made = Command::new("mkfifo").arg(path).status().expect("mkfifo runs");
@@ -312,6 +323,26 @@ pub fn header_in<'h>(head: &'h str, name: &str) -> Option<&'h str> {
 // Files the server reads, metrics it exports, and Checks over gRPC.
 // ---------------------------------------------------------------------------------------------
 
+/// An AuthorizationPolicy document `namespace/name` with `action` (`ALLOW`, `DENY`) and `rules`,
+/// the YAML lines of its rule list.
+pub fn authorization_policy(namespace: &str, name: &str, action: &str, rules: &str) -> String {
+    format!(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec:\n  action: {action}\n  rules:\n{rules}"
+    )
+}
+
+/// An AuthorizationPolicy document `namespace/name` with `action` (`ALLOW`, `DENY`) and one rule
+/// matching `paths`.
+pub fn paths_policy(namespace: &str, name: &str, action: &str, paths: &[&str]) -> String {
+    let paths: Vec<String> = paths.iter().map(|path| format!("{path:?}")).collect();
+    authorization_policy(
+        namespace,
+        name,
+        action,
+        &format!("  - to: [{{operation: {{paths: [{}]}}}}]\n", paths.join(", ")),
+    )
+}
+
 /// A temporary policy directory holding `yaml` as `policies.yaml`; removed when dropped.
 pub fn policy_dir(yaml: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -343,13 +374,23 @@ impl Server {
 
     /// A tonic client of the gRPC door on a fresh connection.
     pub async fn grpc_client(&self) -> AuthorizationClient<tonic::transport::Channel> {
-        AuthorizationClient::connect(format!("http://{}", self.grpc)).await.expect("connects to the gRPC door")
+        grpc_client_at(self.grpc).await
     }
 
     /// Sends one Check on a fresh connection and returns the answer.
     pub async fn check(&self, request: CheckRequest) -> CheckResponse {
-        self.grpc_client().await.check(request).await.expect("Check answers").into_inner()
+        check_at(self.grpc, request).await
     }
+}
+
+/// A tonic client of the gRPC door at `grpc` on a fresh connection.
+pub async fn grpc_client_at(grpc: SocketAddr) -> AuthorizationClient<tonic::transport::Channel> {
+    AuthorizationClient::connect(format!("http://{grpc}")).await.expect("connects to the gRPC door")
+}
+
+/// Sends one Check to the gRPC door at `grpc` on a fresh connection and returns the answer.
+pub async fn check_at(grpc: SocketAddr, request: CheckRequest) -> CheckResponse {
+    grpc_client_at(grpc).await.check(request).await.expect("Check answers").into_inner()
 }
 
 /// Builds an Envoy `CheckRequest`: `CheckBuilder::new("GET", "/x").namespace("ns").build()`.
@@ -394,6 +435,12 @@ impl CheckBuilder {
     /// Adds a header (`:authority`, `:method` and `:path` included, as Envoy sends them).
     pub fn header(mut self, name: &str, value: &str) -> Self {
         self.headers.insert(name.into(), value.into());
+        self
+    }
+
+    /// Adds every header of `headers`.
+    pub fn headers(mut self, headers: HashMap<String, String>) -> Self {
+        self.headers.extend(headers);
         self
     }
 

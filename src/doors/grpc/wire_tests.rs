@@ -421,13 +421,13 @@ fn any_http() -> BoxedStrategy<HttpRequest> {
     let header_map = prop::option::of(prop::collection::vec(header, 0..5).prop_map(|headers| HeaderMap { headers }));
     ((text(), text(), text(), text()), pairs(), header_map, (text(), any::<i64>()))
         .prop_map(|((method, path, host, scheme), headers, header_map, (id, size))| HttpRequest {
-            id,
             method,
-            headers,
-            header_map,
             path,
             host,
             scheme,
+            headers,
+            header_map,
+            id,
             size,
             ..HttpRequest::default()
         })
