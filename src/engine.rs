@@ -158,7 +158,11 @@ impl Engine {
         let api_key = plan.api_key().map(|key| {
             let unknown = || Authentication::Failed { error: JwtError::ApiKeyUnknown };
             let kept = snapshot.kept_claims();
-            guarded(|| self.api_keys.as_ref().map_or_else(unknown, |keys| keys.authenticate(key, kept, context.now)))
+            guarded(|| {
+                self.api_keys
+                    .as_ref()
+                    .map_or_else(unknown, |keys| keys.counted(keys.table().authenticate(key, kept, context.now)))
+            })
         });
         let mut decision = match plan.credentials() {
             Some(credentials) => match self.resolve(credentials, &context).await {

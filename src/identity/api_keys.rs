@@ -13,9 +13,8 @@ use serde_saphyr::Spanned;
 use crate::config::load::{collect_files, read_text};
 use crate::config::{ConfigError, describe_yaml_error, yaml_options};
 use crate::core::HttpRequest;
-use crate::core::api_key::{ApiKeyEntry, ApiKeyLocation, ApiKeyTable, KeyDigest, PresentedKey, RESERVED_CLAIMS};
+use crate::core::api_key::{ApiKeyEntry, ApiKeyLocation, ApiKeyTable, KeyDigest, RESERVED_CLAIMS};
 use crate::core::authn::Authentication;
-use crate::core::identity::ClaimPaths;
 use crate::core::jwt::JwtError;
 use crate::core::redact::MARKER;
 use crate::telemetry::Metrics;
@@ -378,14 +377,13 @@ impl ApiKeys {
         &self.settings.files
     }
 
-    /// The caller a presented key stands for at `now`, or its refusal; counted by outcome.
-    pub fn authenticate(
-        &self,
-        presented: &PresentedKey<'_>,
-        kept: &Arc<ClaimPaths>,
-        now: u64,
-    ) -> Authentication<'static> {
-        let authentication = self.table.load().authenticate(presented, kept, now);
+    /// The live key table, to look a presented key up in (see [`ApiKeys::counted`]).
+    pub fn table(&self) -> Arc<ApiKeyTable> {
+        self.table.load_full()
+    }
+
+    /// A key's lookup, counted by its outcome.
+    pub fn counted(&self, authentication: Authentication<'static>) -> Authentication<'static> {
         let result = match &authentication {
             Authentication::ApiKey { .. } => "known",
             Authentication::Failed { error: JwtError::ApiKeyExpired } => "expired",

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
+from conftest import LOGIN_URL_HEADER, POLICY
 from harness import REPO_ROOT, free_port, serving, stop_process
 from playwright.sync_api import sync_playwright
 from tls_site import DOMAIN, IdentityApp, make_certificate, start_tls_caddy
@@ -25,7 +26,6 @@ sys.path.insert(0, str(REPO_ROOT / "tests" / "jwt"))
 from oidc_idp import start_idp  # noqa: E402
 
 SESSION_COOKIE = "__Secure-_portcullis_session"
-LOGIN_URL_HEADER = "x-portcullis-login-url"
 CHROMIUM_INSTALL_HINT = "apt-get install -y --no-install-recommends chromium"
 NAVIGATION_TIMEOUT_MS = 30_000  # a hang guard: a login takes well under a second
 
@@ -36,16 +36,6 @@ def chromium_binary() -> str:
     if not os.access(binary, os.X_OK):
         pytest.fail(f"chromium not found (set CHROMIUM_BIN, or install Debian's package: {CHROMIUM_INSTALL_HINT})")
     return binary
-
-
-POLICY = """apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {{name: people, namespace: istio-system}}
-spec:
-  action: ALLOW
-  rules:
-  - from: [{{source: {{requestPrincipals: ["{issuer}/*"]}}}}]
-"""
 
 
 @dataclass
