@@ -113,6 +113,11 @@ pub fn verify(
         return Err(LogoutTokenError::NoSessionOrSubject);
     }
     let jti = text_claim(&claims, "jti").ok_or(LogoutTokenError::NoTokenId)?;
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "positive and at most `max_age_secs` plus twice the skew, by the `iat` check above"
+    )]
     let replay_window_secs = ((refused_from - now).ceil() as u64).max(1);
     Ok(LogoutClaims { sid, sub, jti, replay_window_secs })
 }
