@@ -15,6 +15,7 @@ pub mod id_token;
 pub mod identity;
 mod index;
 pub mod jwt;
+pub mod logout_token;
 pub mod matcher;
 pub mod path;
 pub mod policy;

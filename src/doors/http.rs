@@ -6,8 +6,9 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
+use axum::body::Bytes;
 use axum::extract::{ConnectInfo, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Request as HttpRequestIn, Response, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request as HttpRequestIn, Response, StatusCode, header};
 
 use crate::core::decision::Challenge;
 use crate::core::matcher::IpMatch;
@@ -25,6 +26,8 @@ const CONTEXT_HEADER: &str = "x-portcullis-context";
 const FORWARDED_URI: &str = "x-forwarded-uri";
 const ORIGINAL_URL: &str = "x-original-url";
 const ORIGINAL_URI: &str = "x-original-uri";
+/// The longest body a login endpoint reads (a back-channel logout's form with its token).
+const MAX_ENDPOINT_BODY_BYTES: usize = 64 * 1024;
 
 impl HttpMode {
     /// The dialect to read, given which headers are present; `None` when `auto` finds more
@@ -78,12 +81,25 @@ async fn check(
     incoming: HttpRequestIn<Body>,
 ) -> Response<Body> {
     if let Some(sso) = door.engine.sso()
-        && let Some(endpoint) = sso.endpoint(incoming.uri().path())
+        && let Some(endpoint) = sso.endpoint(incoming.uri().path()).map(str::to_string)
     {
+        let (parts, body) = incoming.into_parts();
+        // Only a POST has a body worth reading (a back-channel logout's token); one too long is
+        // read as none, and refused.
+        let body = match parts.method {
+            Method::POST => axum::body::to_bytes(body, MAX_ENDPOINT_BODY_BYTES).await.unwrap_or_default(),
+            _ => Bytes::new(),
+        };
         let cookies: Vec<&str> =
-            incoming.headers().get_all(header::COOKIE).iter().filter_map(|value| value.to_str().ok()).collect();
-        let request =
-            EndpointRequest { endpoint, query: incoming.uri().query().unwrap_or_default(), cookies: &cookies };
+            parts.headers.get_all(header::COOKIE).iter().filter_map(|value| value.to_str().ok()).collect();
+        let request = EndpointRequest {
+            endpoint: &endpoint,
+            method: parts.method.as_str(),
+            query: parts.uri.query().unwrap_or_default(),
+            cookies: &cookies,
+            content_type: parts.headers.get(header::CONTENT_TYPE).and_then(|value| value.to_str().ok()),
+            body: &body,
+        };
         return login_answer(sso.serve(request).await);
     }
     let trusted = door.trusted_proxies.iter().any(|block| block.matches(peer.ip()));
@@ -320,6 +336,10 @@ fn login_answer(answer: LoginAnswer) -> Response<Body> {
             (status, message.to_string(), "text/plain", None, cookies)
         }
         LoginAnswer::UserInfo { json } => (StatusCode::OK, json, "application/json", None, Vec::new()),
+        LoginAnswer::Json { status, json } => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+            (status, json.to_string(), "application/json", None, Vec::new())
+        }
     };
     let mut response = Response::new(Body::from(body));
     *response.status_mut() = status;

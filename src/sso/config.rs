@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::envelope::{KeyRing, SessionKey};
-use crate::core::redirect::{AllowedDomain, RedirectPolicy};
+use crate::core::redirect::{AllowedDomain, RedirectPolicy, RedirectTarget};
 
 /// The `sso` block as written in the settings file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -55,6 +55,16 @@ pub struct SsoSettings {
     pub sites: Vec<String>,
     /// Sessions shared by every replica through Redis; unset, each replica keeps its own in memory.
     pub redis: Option<RedisSettings>,
+    /// At sign-out, also end the person's session at the provider (RP-initiated logout), when
+    /// its discovery document names an `end_session_endpoint`.
+    pub sign_out_at_provider: bool,
+    /// Where the provider sends the browser after its sign-out, when the sign-out's `rd` is no
+    /// absolute URL (registered at the provider as a post-logout redirect URI; checked like
+    /// every redirect target); unset, the provider shows its own page.
+    pub post_logout_redirect_url: Option<String>,
+    /// A back-channel logout token issued longer ago than this is refused (clock skew added);
+    /// its `jti` is remembered as long, so that a replay is refused.
+    pub logout_token_max_age_secs: u64,
 }
 
 /// The `sso.redis` block: the shared session store.
@@ -133,6 +143,9 @@ impl Default for SsoSettings {
             login_timeout_secs: 10 * 60,
             sites: Vec::new(),
             redis: None,
+            sign_out_at_provider: false,
+            post_logout_redirect_url: None,
+            logout_token_max_age_secs: 300,
         }
     }
 }
@@ -257,6 +270,12 @@ pub struct SsoConfig {
     pub sites: Box<[Site]>,
     /// The shared session store, when configured.
     pub redis: Option<RedisConfig>,
+    /// Whether sign-out also ends the session at the provider.
+    pub sign_out_at_provider: bool,
+    /// Where the provider sends the browser after its sign-out, when set.
+    pub post_logout_redirect: Option<RedirectTarget>,
+    /// How old a back-channel logout token may be.
+    pub logout_token_max_age_secs: u64,
 }
 
 impl SsoSettings {
@@ -316,6 +335,7 @@ impl SsoSettings {
             ("session_idle_timeout_secs", self.session_idle_timeout_secs),
             ("session_max_lifetime_secs", self.session_max_lifetime_secs),
             ("login_timeout_secs", self.login_timeout_secs),
+            ("logout_token_max_age_secs", self.logout_token_max_age_secs),
         ] {
             if value == 0 {
                 problem(key, "must be at least 1".into());
@@ -343,6 +363,18 @@ impl SsoSettings {
         if self.sites.is_empty() {
             problem("sites", "name at least one host that offers a browser login".into());
         }
+        let redirects = RedirectPolicy::new(domains, self.allow_http_redirects);
+        let post_logout_redirect =
+            self.post_logout_redirect_url.as_deref().and_then(|url| match redirects.check(url) {
+                Ok(target) if is_web_url(url) => Some(target),
+                _ => {
+                    problem(
+                        "post_logout_redirect_url",
+                        format!("`{url}` is not an absolute URL to an allowed redirect domain"),
+                    );
+                    None
+                }
+            });
         let redis = self.redis.as_ref().and_then(|redis| redis.compile(&variable, &mut problem));
         let Some(secret) = secret.filter(|_| errors.is_empty()) else { return Err(errors) };
         let secure_prefix = if self.cookie_secure { "__Secure-" } else { "" };
@@ -359,13 +391,16 @@ impl SsoSettings {
             state_cookie_prefix: format!("{secure_prefix}{}_login_", self.cookie_name).into(),
             cookie_domain: cookie_domain.map(Into::into),
             cookie_secure: self.cookie_secure,
-            redirects: RedirectPolicy::new(domains, self.allow_http_redirects),
+            redirects,
             idle_timeout: Duration::from_secs(self.session_idle_timeout_secs),
             max_lifetime: Duration::from_secs(self.session_max_lifetime_secs),
             max_sessions: self.max_sessions,
             login_timeout: Duration::from_secs(self.login_timeout_secs),
             sites: sites.into(),
             redis,
+            sign_out_at_provider: self.sign_out_at_provider,
+            post_logout_redirect,
+            logout_token_max_age_secs: self.logout_token_max_age_secs,
         })
     }
 }
@@ -534,6 +569,32 @@ mod tests {
         let config = block.compile(|_| None).unwrap();
         assert!(config.redirects.check("https://grafana.example.com:8443/d").is_ok());
         assert!(config.redirects.check("https://evilexample.com/").is_err());
+    }
+
+    #[test]
+    fn the_post_logout_redirect_is_an_absolute_url_to_an_allowed_domain() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "s").unwrap();
+        let defaults = settings(&secret).compile(|_| None).unwrap();
+        assert!(!defaults.sign_out_at_provider, "off unless asked for");
+        assert_eq!((defaults.post_logout_redirect, defaults.logout_token_max_age_secs), (None, 300));
+        let good =
+            SsoSettings { post_logout_redirect_url: Some("https://www.example.com/bye".into()), ..settings(&secret) };
+        let config = good.compile(|_| None).unwrap();
+        assert_eq!(
+            config.post_logout_redirect.map(|target| target.as_str().to_string()).as_deref(),
+            Some("https://www.example.com/bye")
+        );
+        for bad in ["https://evil.example.org/", "/bye", "//evil.example.org/"] {
+            let block = SsoSettings {
+                post_logout_redirect_url: Some(bad.into()),
+                logout_token_max_age_secs: 0,
+                ..settings(&secret)
+            };
+            let keys: Vec<&str> = block.compile(|_| None).unwrap_err().iter().map(|error| error.key).collect();
+            assert_eq!(keys, ["logout_token_max_age_secs", "post_logout_redirect_url"], "{bad}");
+        }
     }
 
     #[test]

@@ -1,7 +1,7 @@
-//! The browser login's endpoints (start, callback, sign-out, user info) and what a check of a login site needs (the session behind a cookie, the login challenge, the identity headers); answers in typed form, never in a wire format, and never logs a cookie, code or token.
+//! The browser login's endpoints (start, callback, sign-out, user info, back-channel logout) and what a check of a login site needs (the session behind a cookie, the login challenge, the identity headers); answers in typed form, never in a wire format, and never logs a cookie, code or token.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use aws_lc_rs::constant_time::verify_slices_are_equal;
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
@@ -9,15 +9,18 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 use super::config::SsoConfig;
-use super::oidc::{LoginSecrets, OidcClient, authorization_url};
-use super::redis_store::{Lifetimes, RedisSessions, StoredLoginTransaction};
-use super::session::Session;
-use super::sessions::Sessions;
+use super::oidc::{LoginSecrets, OidcClient, SignOutAtProvider, authorization_url, end_session_url};
+use super::redis_store::{Lifetimes, RedisSessions, StoredLoginTransaction, unix_now};
+use super::replay::SeenTokenIds;
+use super::session::{IdTokenHint, Session};
+use super::sessions::{ProviderNames, Sessions};
 use super::store::{SessionId, SessionStore, StoreError, StoreLimits};
 use crate::core::authn::{KeyLookup, RemoteIssuer};
 use crate::core::decision::Challenge;
 use crate::core::id_token::{self, IdTokenExpectations, SessionClaims};
 use crate::core::identity::ClaimPaths;
+use crate::core::jwt::KeySet;
+use crate::core::logout_token::{self, LogoutTokenExpectations};
 use crate::core::redirect::RedirectTarget;
 use crate::core::{Decision, HttpRequest, Identity, Reason};
 use crate::identity::jwks::KeyStore;
@@ -27,6 +30,13 @@ use crate::telemetry::Metrics;
 
 /// Logins under way at once; more end the oldest.
 const MAX_LOGINS_UNDER_WAY: usize = 10_000;
+
+/// Back-channel logout token ids one replica remembers (without Redis); more forget the one
+/// whose window ends first.
+const MAX_LOGOUT_TOKENS_REMEMBERED: usize = 10_000;
+
+/// The answer to a back-channel logout whose token is refused (Back-Channel Logout 1.0, 2.8).
+const INVALID_LOGOUT_REQUEST: &str = r#"{"error":"invalid_request"}"#;
 
 /// The answer to a login while the shared session store cannot be reached.
 const SIGN_IN_UNAVAILABLE: &str = "sign-in is unavailable: sessions cannot be stored right now; try again shortly";
@@ -64,12 +74,19 @@ impl LoginTransaction {
 /// A request to one of the login endpoints, as the HTTP door read it.
 #[derive(Debug, Clone, Copy)]
 pub struct EndpointRequest<'r> {
-    /// What follows the endpoint prefix: `start`, `callback`, `sign_out`, `userinfo`.
+    /// What follows the endpoint prefix: `start`, `callback`, `sign_out`, `userinfo`,
+    /// `backchannel_logout`.
     pub endpoint: &'r str,
+    /// The request method.
+    pub method: &'r str,
     /// The query, undecoded.
     pub query: &'r str,
     /// Every `Cookie` header's value.
     pub cookies: &'r [&'r str],
+    /// The `Content-Type` header, when there is one.
+    pub content_type: Option<&'r str>,
+    /// The body (empty unless the method is POST, or when it was too long to read).
+    pub body: &'r [u8],
 }
 
 /// What a login endpoint answers, for the HTTP door to write.
@@ -95,6 +112,13 @@ pub enum LoginAnswer {
     UserInfo {
         /// The identity as a JSON object.
         json: String,
+    },
+    /// `status` with a JSON body, for a machine (the provider's back-channel logout).
+    Json {
+        /// The HTTP status.
+        status: u16,
+        /// The body.
+        json: &'static str,
     },
 }
 
@@ -136,11 +160,14 @@ impl Sso {
                     Lifetimes { idle_secs: config.idle_timeout.as_secs(), max_secs: config.max_lifetime.as_secs() };
                 Sessions::Redis(Arc::new(RedisSessions::new(redis, lifetimes, config.max_sessions, metrics)?))
             }
-            None => Sessions::Memory(SessionStore::new(StoreLimits {
-                idle_timeout: config.idle_timeout,
-                max_lifetime: config.max_lifetime,
-                max_sessions: config.max_sessions,
-            })),
+            None => Sessions::Memory {
+                sessions: SessionStore::new(StoreLimits {
+                    idle_timeout: config.idle_timeout,
+                    max_lifetime: config.max_lifetime,
+                    max_sessions: config.max_sessions,
+                }),
+                seen_logout_tokens: SeenTokenIds::new(MAX_LOGOUT_TOKENS_REMEMBERED),
+            },
         };
         let logins = SessionStore::new(StoreLimits {
             idle_timeout: config.login_timeout,
@@ -193,6 +220,7 @@ impl Sso {
             "callback" => self.callback(request).await,
             "sign_out" => self.sign_out(request).await,
             "userinfo" => self.user_info(request).await,
+            "backchannel_logout" => self.back_channel_logout(request).await,
             _ => refused(404, "Not Found"),
         }
     }
@@ -264,8 +292,8 @@ impl Sso {
             Ok(false) => return refused_clearing("unknown or expired login"),
             Err(_) => return refused(503, SIGN_IN_UNAVAILABLE),
         }
-        let claims = match self.exchange(&code, &transaction).await {
-            Ok(claims) => claims,
+        let (claims, id_token) = match self.exchange(&code, &transaction).await {
+            Ok(login) => login,
             Err(answer) => return answer,
         };
         // A new id at every login; a session this browser had before ends.
@@ -273,7 +301,7 @@ impl Sso {
             // Not ended when the store is down: the new id replaces it in this browser even so.
             let _ = self.sessions.end(&old).await;
         }
-        let session = match self.sessions.open(claims).await {
+        let session = match self.sessions.open(claims, id_token).await {
             Ok(session) => session,
             Err(StoreError::Unavailable) => return refused(503, SIGN_IN_UNAVAILABLE),
             Err(StoreError::Random) => return refused(500, "cannot open a session"),
@@ -288,7 +316,11 @@ impl Sso {
     }
 
     /// The code exchanged and its ID token verified with the provider's keys.
-    async fn exchange(&self, code: &str, transaction: &LoginTransaction) -> Result<SessionClaims, LoginAnswer> {
+    async fn exchange(
+        &self,
+        code: &str,
+        transaction: &LoginTransaction,
+    ) -> Result<(SessionClaims, IdTokenHint), LoginAnswer> {
         let unavailable = |error: &dyn std::fmt::Display| {
             tracing::warn!(%error, "A login failed at the identity provider");
             refused(502, "the identity provider refused the login")
@@ -299,23 +331,16 @@ impl Sso {
             .exchange(&self.config, &provider, code, &transaction.code_verifier)
             .await
             .map_err(|error| unavailable(&error))?;
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_secs());
         let expected = IdTokenExpectations {
             issuer: &provider.issuer,
             client_id: &self.config.client_id,
             nonce: &transaction.nonce,
-            now,
+            now: unix_now(),
             clock_skew_secs: self.clock_skew_secs,
             max_token_bytes: self.max_token_bytes,
         };
-        let mut keys = self.keys.key_set(&self.config.issuer);
-        let mut verified = keys.as_deref().map(|keys| id_token::verify(&id_token, keys, &expected));
-        if !matches!(verified, Some(Ok(_))) && self.keys.refetch(&self.config.issuer).await {
-            keys = self.keys.key_set(&self.config.issuer);
-            verified = keys.as_deref().map(|keys| id_token::verify(&id_token, keys, &expected));
-        }
-        match verified {
-            Some(Ok(claims)) => Ok(claims),
+        match self.verify_with_provider_keys(|keys| id_token::verify(&id_token, keys, &expected)).await {
+            Some(Ok(claims)) => Ok((claims, IdTokenHint::new(&id_token))),
             Some(Err(error)) => {
                 tracing::warn!(%error, "Refused a login's ID token");
                 Err(refused(401, "the login's ID token was refused"))
@@ -324,8 +349,24 @@ impl Sso {
         }
     }
 
+    /// `verify` with the provider's keys; when that fails, once more with its keys fetched
+    /// again (it may have rotated them); `None` when its keys are not at hand.
+    async fn verify_with_provider_keys<T, E>(&self, verify: impl Fn(&KeySet) -> Result<T, E>) -> Option<Result<T, E>> {
+        let mut keys = self.keys.key_set(&self.config.issuer);
+        let mut verified = keys.as_deref().map(&verify);
+        if !matches!(verified, Some(Ok(_))) && self.keys.refetch(&self.config.issuer).await {
+            keys = self.keys.key_set(&self.config.issuer);
+            verified = keys.as_deref().map(&verify);
+        }
+        verified
+    }
+
     async fn sign_out(&self, request: EndpointRequest<'_>) -> LoginAnswer {
+        let mut id_token = None;
         for id in cookie_values(request.cookies, &self.config.cookie_name).filter_map(SessionId::from_cookie_value) {
+            if id_token.is_none() && self.config.sign_out_at_provider {
+                id_token = self.sessions.get(&id).await.and_then(|session| session.id_token().cloned());
+            }
             match self.sessions.end(&id).await {
                 Ok(true) => tracing::info!("Ended a browser session at sign-out"),
                 Ok(false) => {}
@@ -337,9 +378,106 @@ impl Sso {
         }
         let cookies = vec![self.cookie(&self.config.cookie_name, "", "/", true, Duration::ZERO)];
         let target = query_value(request.query, "rd").and_then(|target| self.config.redirects.check(&target).ok());
+        if let Some(location) = self.sign_out_at_provider(id_token.as_ref(), target.as_ref()).await {
+            return LoginAnswer::Redirect { location, cookies };
+        }
         match target {
             Some(target) => LoginAnswer::Redirect { location: target.as_str().into(), cookies },
             None => LoginAnswer::Refused { status: 200, message: "signed out", cookies },
+        }
+    }
+
+    /// Where the browser ends the person's session at the provider, when sign-out is to go
+    /// there and the provider offers it: the session's ID token as the hint, and `target` (when
+    /// absolute) or the configured post-logout redirect as where it comes back.
+    async fn sign_out_at_provider(
+        &self,
+        id_token: Option<&IdTokenHint>,
+        target: Option<&RedirectTarget>,
+    ) -> Option<String> {
+        if !self.config.sign_out_at_provider {
+            return None;
+        }
+        let provider = match self.client.provider(&self.config).await {
+            Ok(provider) => provider,
+            Err(error) => {
+                tracing::warn!(%error, "Signed out here only: the identity provider is unavailable");
+                return None;
+            }
+        };
+        let Some(end_session_endpoint) = provider.end_session_endpoint.as_deref() else {
+            tracing::debug!("Signed out here only: the identity provider names no end_session_endpoint");
+            return None;
+        };
+        let absolute_target = target.filter(|target| !target.as_str().starts_with('/'));
+        let come_back = absolute_target.or(self.config.post_logout_redirect.as_ref());
+        let sign_out = SignOutAtProvider {
+            end_session_endpoint,
+            id_token_hint: id_token.map(IdTokenHint::expose),
+            post_logout_redirect_uri: come_back.map(RedirectTarget::as_str),
+        };
+        tracing::info!("Sending a signed-out browser to the identity provider's sign-out");
+        Some(end_session_url(&self.config, sign_out))
+    }
+
+    /// OpenID Connect Back-Channel Logout 1.0: the provider POSTs a signed logout token; every
+    /// session it names ends, on every replica.
+    async fn back_channel_logout(&self, request: EndpointRequest<'_>) -> LoginAnswer {
+        let invalid = LoginAnswer::Json { status: 400, json: INVALID_LOGOUT_REQUEST };
+        let is_form = request
+            .content_type
+            .and_then(|value| value.split(';').next())
+            .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"));
+        if !request.method.eq_ignore_ascii_case("POST") || !is_form {
+            tracing::info!("Refused a back-channel logout that is not a form POST");
+            return invalid;
+        }
+        let tokens: Vec<_> =
+            form_urlencoded::parse(request.body).filter(|(name, _)| name == "logout_token").map(|(_, v)| v).collect();
+        let [token] = tokens.as_slice() else {
+            tracing::info!("Refused a back-channel logout without exactly one logout_token");
+            return invalid;
+        };
+        let unavailable = LoginAnswer::Json { status: 503, json: r#"{"error":"temporarily_unavailable"}"# };
+        let provider = match self.client.provider(&self.config).await {
+            Ok(provider) => provider,
+            Err(error) => {
+                tracing::warn!(%error, "Cannot take a back-channel logout: the identity provider is unavailable");
+                return unavailable;
+            }
+        };
+        let expected = LogoutTokenExpectations {
+            issuer: &provider.issuer,
+            client_id: &self.config.client_id,
+            now: unix_now(),
+            clock_skew_secs: self.clock_skew_secs,
+            max_age_secs: self.config.logout_token_max_age_secs,
+            max_token_bytes: self.max_token_bytes,
+        };
+        let claims = match self.verify_with_provider_keys(|keys| logout_token::verify(token, keys, &expected)).await {
+            Some(Ok(claims)) => claims,
+            Some(Err(error)) => {
+                tracing::warn!(%error, "Refused a back-channel logout token");
+                return invalid;
+            }
+            None => return unavailable,
+        };
+        let window = Duration::from_secs(claims.replay_window_secs);
+        match self.sessions.first_use_of_logout_token(&provider.issuer, &claims.jti, window).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!("Refused a back-channel logout token used before (its jti)");
+                return invalid;
+            }
+            Err(_) => return unavailable,
+        }
+        let names = ProviderNames { issuer: &provider.issuer, sid: claims.sid.as_deref(), sub: claims.sub.as_deref() };
+        match self.sessions.end_named(names).await {
+            Ok(ended) => {
+                tracing::info!(sessions = ended, "Ended the sessions a back-channel logout named");
+                LoginAnswer::Json { status: 200, json: "{}" }
+            }
+            Err(_) => unavailable,
         }
     }
 
@@ -462,7 +600,7 @@ impl Sso {
     async fn open_login(&self, transaction: LoginTransaction) -> Result<SessionId, StoreError> {
         match &self.sessions {
             Sessions::Redis(store) => store.open_login(&transaction.to_stored(), self.config.login_timeout).await,
-            Sessions::Memory(_) => self.logins.open(transaction, Instant::now()),
+            Sessions::Memory { .. } => self.logins.open(transaction, Instant::now()),
         }
     }
 
@@ -473,7 +611,7 @@ impl Sso {
                 let stored = store.login(state).await?;
                 Ok(stored.and_then(|stored| self.restore_login(stored)).map(Arc::new))
             }
-            Sessions::Memory(_) => Ok(self.logins.get(state, Instant::now())),
+            Sessions::Memory { .. } => Ok(self.logins.get(state, Instant::now())),
         }
     }
 
@@ -481,7 +619,7 @@ impl Sso {
     async fn take_login(&self, state: &SessionId) -> Result<bool, StoreError> {
         match &self.sessions {
             Sessions::Redis(store) => store.take_login(state).await,
-            Sessions::Memory(_) => Ok(self.logins.take(state, Instant::now()).is_some()),
+            Sessions::Memory { .. } => Ok(self.logins.take(state, Instant::now()).is_some()),
         }
     }
 

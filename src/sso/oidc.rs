@@ -1,4 +1,4 @@
-//! The OpenID Connect client of the browser login: the provider's discovery document, the authorization URL (code flow, PKCE S256, `state`, `nonce`), and the code exchanged at the token endpoint; fetches through [`crate::outbound`], never logs a code, token or secret.
+//! The OpenID Connect client of the browser login: the provider's discovery document, the authorization URL (code flow, PKCE S256, `state`, `nonce`), the code exchanged at the token endpoint, and the provider's sign-out URL (RP-initiated logout); fetches through [`crate::outbound`], never logs a code, token or secret.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +21,8 @@ pub struct ProviderMetadata {
     pub authorization_endpoint: Box<str>,
     /// Where a code is exchanged for tokens.
     pub token_endpoint: Box<str>,
+    /// Where the browser is sent to end its session at the provider, when it offers that.
+    pub end_session_endpoint: Option<Box<str>>,
 }
 
 /// Why the provider could not be used.
@@ -75,6 +77,7 @@ impl OidcClient {
             issuer: text("issuer")?,
             authorization_endpoint: text("authorization_endpoint")?,
             token_endpoint: text("token_endpoint")?,
+            end_session_endpoint: text("end_session_endpoint").ok(),
         };
         if metadata.issuer.trim_end_matches('/') != &*config.issuer {
             return Err(OidcError::IssuerMismatch { found: metadata.issuer.into() });
@@ -144,6 +147,31 @@ pub fn authorization_url(config: &SsoConfig, provider: &ProviderMetadata, secret
     format!("{}{separator}{query}", provider.authorization_endpoint)
 }
 
+/// What the provider's sign-out is told: the session's ID token, where to send the browser after.
+#[derive(Debug, Clone, Copy)]
+pub struct SignOutAtProvider<'s> {
+    /// The provider's `end_session_endpoint`.
+    pub end_session_endpoint: &'s str,
+    /// The session's ID token (`id_token_hint`), when kept.
+    pub id_token_hint: Option<&'s str>,
+    /// Where the provider sends the browser after (`post_logout_redirect_uri`), already checked.
+    pub post_logout_redirect_uri: Option<&'s str>,
+}
+
+/// The URL that sends the browser to the provider's sign-out (RP-initiated logout 1.0).
+pub fn end_session_url(config: &SsoConfig, sign_out: SignOutAtProvider<'_>) -> String {
+    let mut query = form_urlencoded::Serializer::new(String::new());
+    if let Some(hint) = sign_out.id_token_hint {
+        query.append_pair("id_token_hint", hint);
+    }
+    if let Some(target) = sign_out.post_logout_redirect_uri {
+        query.append_pair("post_logout_redirect_uri", target);
+    }
+    query.append_pair("client_id", &config.client_id);
+    let separator = if sign_out.end_session_endpoint.contains('?') { '&' } else { '?' };
+    format!("{}{separator}{}", sign_out.end_session_endpoint, query.finish())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,8 +183,7 @@ mod tests {
         assert_eq!(pkce_challenge(verifier), "W6sW9C8A5hrhGZuemd0hex4ogmWFU39zh0gzOjvZo7s");
     }
 
-    #[test]
-    fn the_authorization_url_asks_for_a_code_with_pkce_state_and_nonce() {
+    fn config() -> SsoConfig {
         let dir = tempfile::tempdir().unwrap();
         let secret = dir.path().join("secret");
         std::fs::write(&secret, "s").unwrap();
@@ -168,11 +195,37 @@ mod tests {
             sites: vec![".example.com".into()],
             ..Default::default()
         };
-        let config = settings.compile(|_| None).unwrap();
+        settings.compile(|_| None).unwrap()
+    }
+
+    #[test]
+    fn the_sign_out_url_names_the_session_the_client_and_where_to_come_back() {
+        let sign_out = SignOutAtProvider {
+            end_session_endpoint: "https://idp.example.com/logout?realm=a",
+            id_token_hint: Some("h.p.s"),
+            post_logout_redirect_uri: Some("https://www.example.com/bye?x=1"),
+        };
+        assert_eq!(
+            end_session_url(&config(), sign_out),
+            "https://idp.example.com/logout?realm=a&id_token_hint=h.p.s\
+             &post_logout_redirect_uri=https%3A%2F%2Fwww.example.com%2Fbye%3Fx%3D1&client_id=portcullis"
+        );
+        let bare = SignOutAtProvider {
+            end_session_endpoint: "https://idp.example.com/logout",
+            id_token_hint: None,
+            post_logout_redirect_uri: None,
+        };
+        assert_eq!(end_session_url(&config(), bare), "https://idp.example.com/logout?client_id=portcullis");
+    }
+
+    #[test]
+    fn the_authorization_url_asks_for_a_code_with_pkce_state_and_nonce() {
+        let config = config();
         let provider = ProviderMetadata {
             issuer: "https://idp.example.com".into(),
             authorization_endpoint: "https://idp.example.com/auth".into(),
             token_endpoint: "https://idp.example.com/token".into(),
+            end_session_endpoint: None,
         };
         let secrets =
             LoginSecrets { state: "st", nonce: "no", code_verifier: "dBjftJeZ4CVP-mJ92K27uTMVZpL1ckl1hhkvIr9SpJs" };

@@ -1,4 +1,4 @@
-//! The Redis session store, shared by every replica: sessions and logins under way sealed under the SHA-256 of their id, a short-lived local copy per replica, ended sessions announced on a pub/sub channel, and a bounded grace for local copies while Redis cannot be reached; never writes a session id, key or password to Redis, a log line or a metric.
+//! The Redis session store, shared by every replica: sessions and logins under way sealed under the SHA-256 of their id, an index from the provider's hashed session ids and subjects to the sessions (for back-channel logout), the logout tokens already used, a short-lived local copy per replica, ended sessions announced on a pub/sub channel, and a bounded grace for local copies while Redis cannot be reached; never writes a session id, token, key or password to Redis in clear, nor to a log line or a metric.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -13,7 +13,9 @@ use serde::{Deserialize, Serialize};
 
 use super::config::RedisConfig;
 use super::envelope::KeyRing;
-use super::session::Session;
+use super::replay::HashedName;
+use super::session::{IdTokenHint, Session};
+use super::sessions::ProviderNames;
 use super::store::{HashedId, SessionId, SessionStore, StoreError, StoreLimits};
 use crate::core::id_token::{SessionClaims, StoredLogin};
 use crate::telemetry::Metrics;
@@ -36,6 +38,9 @@ struct StoredSession {
     opened: u64,
     /// Seconds since the epoch, rewritten at most every [`IDLE_REFRESH_MAX`].
     last_used: u64,
+    /// The login's ID token (absent in sessions stored before it was kept).
+    #[serde(default)]
+    id_token: Option<String>,
 }
 
 /// A login under way, as Redis holds it (sealed as a session is, under the hash of its `state`),
@@ -123,7 +128,7 @@ impl std::fmt::Debug for RedisSessions {
 }
 
 /// Seconds since the epoch.
-fn unix_now() -> u64 {
+pub(super) fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_secs())
 }
 
@@ -180,6 +185,19 @@ impl RedisSessions {
         format!("{}login:{}", self.key_prefix, hashed.to_hex())
     }
 
+    /// The set of the sessions (their hashed ids) the provider names by `kind` (`sid`, `sub`).
+    fn index_key(&self, kind: &str, name: &HashedName) -> String {
+        format!("{}{kind}:{}", self.key_prefix, name.to_hex())
+    }
+
+    /// The index sets a session of `claims` belongs to: its provider session id, its subject.
+    fn index_keys(&self, claims: &SessionClaims) -> Vec<String> {
+        [("sid", claims.claim_text("sid")), ("sub", Some(claims.subject()))]
+            .into_iter()
+            .filter_map(|(kind, value)| Some(self.index_key(kind, &HashedName::of(claims.issuer(), kind, value?))))
+            .collect()
+    }
+
     /// Keeps a login under way for `ttl` under a new `state`, which it returns.
     pub async fn open_login(
         &self,
@@ -222,19 +240,27 @@ impl RedisSessions {
         Ok(deleted == 1)
     }
 
-    /// Opens a session for `claims` under a new id; `Unavailable` when Redis cannot store it.
-    pub async fn open(&self, claims: SessionClaims) -> Result<SessionId, StoreError> {
+    /// Opens a session for `claims` under a new id, in the index of the provider's names for
+    /// as long as a session may live; `Unavailable` when Redis cannot store it.
+    pub async fn open(&self, claims: SessionClaims, id_token: IdTokenHint) -> Result<SessionId, StoreError> {
         let now = unix_now();
         let login = claims.to_stored();
-        let session = Arc::new(Session::new(claims));
+        let index_keys = self.index_keys(&claims);
+        let session = Arc::new(Session::new(claims, Some(id_token.clone())));
         let ttl = self.lifetimes.remaining(now, now, now).max(1);
         for _ in 0..ID_ATTEMPTS {
             let id = SessionId::generate(&self.random).ok_or(StoreError::Random)?;
             let hashed = HashedId::of(&id);
-            let sealed = self.seal(&StoredSessionRef { login: &login, opened: now, last_used: now }, &hashed)?;
+            let stored =
+                StoredSessionRef { login: &login, opened: now, last_used: now, id_token: Some(id_token.expose()) };
+            let sealed = self.seal(&stored, &hashed)?;
             let mut connection = self.connection.clone();
-            let command = redis::cmd("SET").arg(self.key(&hashed)).arg(sealed).arg("NX").arg("EX").arg(ttl).clone();
-            let created: Option<String> = self.bounded("open", command.query_async(&mut connection)).await?;
+            let mut pipeline = redis::pipe();
+            pipeline.atomic().cmd("SET").arg(self.key(&hashed)).arg(sealed).arg("NX").arg("EX").arg(ttl);
+            for index in &index_keys {
+                pipeline.sadd(index, hashed.to_hex()).ignore().expire(index, self.index_ttl_secs()).ignore();
+            }
+            let (created,): (Option<String>,) = self.bounded("open", pipeline.query_async(&mut connection)).await?;
             if created.is_some() {
                 let copy = LocalCopy { session, read_at: Instant::now(), opened: now, last_used: now };
                 self.copies.put(hashed, Arc::new(copy), Instant::now());
@@ -265,6 +291,44 @@ impl RedisSessions {
             Err(StoreError::Unavailable) => copy.and_then(|copy| self.live(&copy, now)),
             Err(_) => None,
         }
+    }
+
+    /// How long an index set lives after a session joins it: as long as that session may.
+    fn index_ttl_secs(&self) -> i64 {
+        i64::try_from(self.lifetimes.max_secs.max(1)).unwrap_or(i64::MAX)
+    }
+
+    /// Ends every session the provider's `names` pick (by `sid` when given, else by `sub`) and
+    /// tells every replica; how many ended.
+    pub async fn end_named(&self, names: ProviderNames<'_>) -> Result<usize, StoreError> {
+        let index = match (names.sid, names.sub) {
+            (Some(sid), _) => self.index_key("sid", &HashedName::of(names.issuer, "sid", sid)),
+            (None, Some(sub)) => self.index_key("sub", &HashedName::of(names.issuer, "sub", sub)),
+            (None, None) => return Ok(0),
+        };
+        let mut connection = self.connection.clone();
+        let members: Vec<String> = self.bounded("read index", connection.smembers(&index)).await?;
+        let hashed: Vec<HashedId> = members.iter().filter_map(|member| HashedId::from_hex(member)).collect();
+        let mut pipeline = redis::pipe();
+        pipeline.atomic();
+        for session in &hashed {
+            self.copies.end(session);
+            pipeline.del(self.key(session)).publish(&*self.channel, session.to_hex()).ignore();
+        }
+        pipeline.del(&index).ignore();
+        let deleted: Vec<u64> = self.bounded("end named", pipeline.query_async(&mut connection)).await?;
+        Ok(deleted.into_iter().filter(|deleted| *deleted > 0).count())
+    }
+
+    /// True the first time the logout token `id` is offered within `window` (on any replica);
+    /// false for a replay.
+    pub async fn first_use_of_logout_token(&self, id: &HashedName, window: Duration) -> Result<bool, StoreError> {
+        let mut connection = self.connection.clone();
+        let key = format!("{}logout-jti:{}", self.key_prefix, id.to_hex());
+        let command = redis::cmd("SET").arg(key).arg(1).arg("NX").arg("EX").arg(window.as_secs().max(1)).clone();
+        let created: Option<String> =
+            self.bounded("remember logout token", command.query_async(&mut connection)).await?;
+        Ok(created.is_some())
     }
 
     fn live(&self, copy: &LocalCopy, now: u64) -> Option<Arc<Session>> {
@@ -362,13 +426,13 @@ impl RedisSessions {
         previous: Option<&LocalCopy>,
         now: u64,
     ) -> Option<Arc<Session>> {
-        let StoredSession { login, opened, last_used } = stored;
+        let StoredSession { login, opened, last_used, id_token } = stored;
         if self.lifetimes.remaining(opened, last_used, now) == 0 {
             self.copies.end(&hashed);
             return None;
         }
         let last_used = if now.saturating_sub(last_used) >= self.lifetimes.refresh_after_secs() {
-            match self.refresh(&hashed, &login, opened, now).await {
+            match self.refresh(&hashed, &login, id_token.as_deref(), opened, now).await {
                 Ok(true) => now,
                 Ok(false) => {
                     self.copies.end(&hashed);
@@ -382,7 +446,10 @@ impl RedisSessions {
         // A session's login never changes: the copy before keeps its built identity.
         let session = match previous.filter(|copy| copy.opened == opened) {
             Some(copy) => copy.session.clone(),
-            None => Arc::new(Session::new(SessionClaims::from_stored(login).ok()?)),
+            None => Arc::new(Session::new(
+                SessionClaims::from_stored(login).ok()?,
+                id_token.as_deref().map(IdTokenHint::new),
+            )),
         };
         let copy = LocalCopy { session: session.clone(), read_at: Instant::now(), opened, last_used };
         self.copies.put(hashed, Arc::new(copy), Instant::now());
@@ -391,8 +458,15 @@ impl RedisSessions {
 
     /// Writes the session's last use as `now`, only while it exists (an ended session is never
     /// brought back); false when it no longer does.
-    async fn refresh(&self, hashed: &HashedId, login: &StoredLogin, opened: u64, now: u64) -> Result<bool, StoreError> {
-        let sealed = self.seal(&StoredSessionRef { login, opened, last_used: now }, hashed)?;
+    async fn refresh(
+        &self,
+        hashed: &HashedId,
+        login: &StoredLogin,
+        id_token: Option<&str>,
+        opened: u64,
+        now: u64,
+    ) -> Result<bool, StoreError> {
+        let sealed = self.seal(&StoredSessionRef { login, opened, last_used: now, id_token }, hashed)?;
         let ttl = self.lifetimes.remaining(opened, now, now).max(1);
         let mut connection = self.connection.clone();
         let command = redis::cmd("SET").arg(self.key(hashed)).arg(sealed).arg("XX").arg("EX").arg(ttl).clone();
@@ -448,6 +522,7 @@ struct StoredSessionRef<'s> {
     login: &'s StoredLogin,
     opened: u64,
     last_used: u64,
+    id_token: Option<&'s str>,
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
-//! One signed-in person's session: the claims its login's ID token gave, and the identity the live policy set sees, built once per policy set instead of at every check.
+//! One signed-in person's session: the claims its login's ID token gave, the ID token itself (sent back to the provider at sign-out, never shown), and the identity the live policy set sees, built once per policy set instead of at every check.
 
+use std::fmt;
 use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
@@ -15,22 +16,62 @@ struct BuiltIdentity {
     identity: Arc<Identity>,
 }
 
+/// The ID token of a login, kept to name the session to the provider at sign-out
+/// (`id_token_hint`); `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct IdTokenHint(Box<str>);
+
+impl IdTokenHint {
+    /// The token as the provider issued it.
+    pub fn new(token: &str) -> Self {
+        Self(token.into())
+    }
+
+    /// The token, for the sign-out redirect and the sealed store only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for IdTokenHint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("IdTokenHint([redacted])")
+    }
+}
+
 /// A session's login, and its identity as last built.
 #[derive(Debug)]
 pub struct Session {
     claims: SessionClaims,
+    id_token: Option<IdTokenHint>,
     identity: ArcSwapOption<BuiltIdentity>,
 }
 
 impl Session {
-    /// The session of a login whose ID token gave `claims`.
-    pub fn new(claims: SessionClaims) -> Self {
-        Self { claims, identity: ArcSwapOption::empty() }
+    /// The session of a login whose ID token `id_token` gave `claims` (`None`: a session stored
+    /// before ID tokens were kept).
+    pub fn new(claims: SessionClaims, id_token: Option<IdTokenHint>) -> Self {
+        Self { claims, id_token, identity: ArcSwapOption::empty() }
     }
 
     /// What the login's ID token said.
     pub fn claims(&self) -> &SessionClaims {
         &self.claims
+    }
+
+    /// The login's ID token, when kept.
+    pub fn id_token(&self) -> Option<&IdTokenHint> {
+        self.id_token.as_ref()
+    }
+
+    /// Whether the provider names this session by `sid` (its session id) or, when no `sid` is
+    /// given, by `sub`: what a back-channel logout ends.
+    pub fn is_named_by(&self, sid: Option<&str>, sub: Option<&str>) -> bool {
+        match (sid, sub) {
+            (Some(sid), _) => self.claims.claim_text("sid") == Some(sid),
+            (None, Some(sub)) => self.claims.subject() == sub,
+            (None, None) => false,
+        }
     }
 
     /// The session's identity as the policy set keeping `kept` sees it: the one built before for
@@ -62,7 +103,7 @@ mod tests {
     fn alice() -> Session {
         let keys = KeySet::from_jwks_json(&jwks(&[("rsa-2048.pem", Algorithm::RS256, "k1")])).unwrap();
         let claims = json!({"iss": ISSUER, "sub": "alice", "aud": "portcullis", "exp": NOW + 300, "iat": NOW,
-                            "nonce": "n", "email": "alice@example.com", "groups": ["admins", "dev"]});
+                            "nonce": "n", "sid": "s-1", "email": "alice@example.com", "groups": ["admins", "dev"]});
         let token = sign("rsa-2048.pem", Algorithm::RS256, "k1", &claims);
         let expected = IdTokenExpectations {
             issuer: ISSUER,
@@ -72,11 +113,25 @@ mod tests {
             clock_skew_secs: 60,
             max_token_bytes: 8192,
         };
-        Session::new(id_token::verify(&token, &keys, &expected).unwrap())
+        Session::new(id_token::verify(&token, &keys, &expected).unwrap(), Some(IdTokenHint::new(&token)))
     }
 
     fn keeping(claims: &[&str]) -> Arc<ClaimPaths> {
         Arc::new(ClaimPaths::new(claims.iter().map(|claim| Box::from([Box::from(*claim)])), false))
+    }
+
+    #[test]
+    fn a_session_is_named_by_its_provider_session_else_by_its_subject_and_never_shows_its_id_token() {
+        let session = alice();
+        assert!(session.is_named_by(Some("s-1"), None));
+        assert!(session.is_named_by(Some("s-1"), Some("someone-else")), "a sid given decides alone");
+        assert!(!session.is_named_by(Some("other-sid"), Some("alice")), "a sid given decides alone");
+        assert!(session.is_named_by(None, Some("alice")));
+        assert!(!session.is_named_by(None, Some("bob")));
+        assert!(!session.is_named_by(None, None));
+        let hint = session.id_token().unwrap();
+        assert_eq!(format!("{hint:?}"), "IdTokenHint([redacted])");
+        assert!(!format!("{session:?}").contains(hint.expose()));
     }
 
     #[test]

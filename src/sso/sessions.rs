@@ -1,10 +1,11 @@
-//! Where sessions live: in this replica's memory (the default), or in Redis shared by every replica; one interface for the login endpoints and the check, whichever it is.
+//! Where sessions live: in this replica's memory (the default), or in Redis shared by every replica; one interface for the login endpoints, the back-channel logout and the check, whichever it is.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::redis_store::RedisSessions;
-use super::session::Session;
+use super::replay::{HashedName, SeenTokenIds};
+use super::session::{IdTokenHint, Session};
 use super::store::{SessionId, SessionStore, StoreError};
 use crate::core::id_token::SessionClaims;
 
@@ -12,24 +13,40 @@ use crate::core::id_token::SessionClaims;
 #[derive(Debug)]
 pub enum Sessions {
     /// This replica's memory: one replica, and a restart ends every session.
-    Memory(SessionStore<Session>),
+    Memory {
+        /// The sessions.
+        sessions: SessionStore<Session>,
+        /// The logout tokens accepted.
+        seen_logout_tokens: SeenTokenIds,
+    },
     /// Redis, shared by every replica.
     Redis(Arc<RedisSessions>),
 }
 
+/// What a back-channel logout names, as the provider gave it.
+#[derive(Debug, Clone, Copy)]
+pub struct ProviderNames<'n> {
+    /// The provider's issuer.
+    pub issuer: &'n str,
+    /// The provider's session id: when given, it alone picks the sessions.
+    pub sid: Option<&'n str>,
+    /// The person's subject: picks every session of theirs when no `sid` is given.
+    pub sub: Option<&'n str>,
+}
+
 impl Sessions {
-    /// Opens a session for the login whose ID token gave `claims`.
-    pub async fn open(&self, claims: SessionClaims) -> Result<SessionId, StoreError> {
+    /// Opens a session for the login whose ID token `id_token` gave `claims`.
+    pub async fn open(&self, claims: SessionClaims, id_token: IdTokenHint) -> Result<SessionId, StoreError> {
         match self {
-            Self::Memory(store) => store.open(Session::new(claims), Instant::now()),
-            Self::Redis(store) => store.open(claims).await,
+            Self::Memory { sessions, .. } => sessions.open(Session::new(claims, Some(id_token)), Instant::now()),
+            Self::Redis(store) => store.open(claims, id_token).await,
         }
     }
 
     /// The session `id` names, when it is open.
     pub async fn get(&self, id: &SessionId) -> Option<Arc<Session>> {
         match self {
-            Self::Memory(store) => store.get(id, Instant::now()),
+            Self::Memory { sessions, .. } => sessions.get(id, Instant::now()),
             Self::Redis(store) => store.get(id).await,
         }
     }
@@ -38,15 +55,40 @@ impl Sessions {
     /// store cannot be reached.
     pub async fn end(&self, id: &SessionId) -> Result<bool, StoreError> {
         match self {
-            Self::Memory(store) => Ok(store.end(id)),
+            Self::Memory { sessions, .. } => Ok(sessions.end(id)),
             Self::Redis(store) => store.end(id).await,
+        }
+    }
+
+    /// Ends every session the provider's `names` pick (every replica is told); how many ended.
+    pub async fn end_named(&self, names: ProviderNames<'_>) -> Result<usize, StoreError> {
+        match self {
+            Self::Memory { sessions, .. } => Ok(sessions.end_where(|session| {
+                session.claims().issuer() == names.issuer && session.is_named_by(names.sid, names.sub)
+            })),
+            Self::Redis(store) => store.end_named(names).await,
+        }
+    }
+
+    /// True the first time the logout token `jti` of `issuer` is offered within `window`
+    /// (across replicas with Redis); false for a replay.
+    pub async fn first_use_of_logout_token(
+        &self,
+        issuer: &str,
+        jti: &str,
+        window: Duration,
+    ) -> Result<bool, StoreError> {
+        let id = HashedName::of(issuer, "jti", jti);
+        match self {
+            Self::Memory { seen_logout_tokens, .. } => Ok(seen_logout_tokens.first_use(id, window, Instant::now())),
+            Self::Redis(store) => store.first_use_of_logout_token(&id, window).await,
         }
     }
 
     /// What is wrong with the store now, when something is (Redis only).
     pub fn problem(&self) -> Option<String> {
         match self {
-            Self::Memory(_) => None,
+            Self::Memory { .. } => None,
             Self::Redis(store) => store.problem(),
         }
     }

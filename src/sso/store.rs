@@ -193,6 +193,14 @@ impl<T, K: Copy + Eq + Hash> SessionStore<T, K> {
         self.lock().end(id)
     }
 
+    /// Ends every session whose value `ends` picks; how many ended. Looks at every session: for
+    /// rare events (a back-channel logout), not for checks.
+    pub fn end_where(&self, ends: impl Fn(&T) -> bool) -> usize {
+        let mut sessions = self.lock();
+        let picked: Vec<K> = sessions.by_id.iter().filter(|(_, entry)| ends(&entry.value)).map(|(id, _)| *id).collect();
+        picked.iter().filter(|id| sessions.end(id)).count()
+    }
+
     /// Ends every session.
     pub fn clear(&self) {
         let mut sessions = self.lock();
@@ -319,6 +327,19 @@ mod tests {
         assert!(store.end(&id));
         assert!(!store.end(&id));
         assert_eq!(store.get(&id, now), None);
+    }
+
+    #[test]
+    fn the_sessions_picked_end_and_the_others_stay() {
+        let store = store(10);
+        let now = Instant::now();
+        let alice_1 = store.open("alice", now).unwrap();
+        let alice_2 = store.open("alice", now).unwrap();
+        let bob = store.open("bob", now).unwrap();
+        assert_eq!(store.end_where(|name| *name == "alice"), 2);
+        assert_eq!((store.get(&alice_1, now), store.get(&alice_2, now)), (None, None));
+        assert_eq!(store.get(&bob, now).as_deref(), Some(&"bob"));
+        assert_eq!(store.end_where(|name| *name == "alice"), 0);
     }
 
     #[test]

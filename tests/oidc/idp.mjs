@@ -35,7 +35,14 @@
 // `login` and `password`, checked against the users above; consent is granted without asking):
 //   client:  portcullis-sso, secret `sso-secret` (client_secret_basic), redirect_uri URL
 //   ID token claims: sub, email, email_verified, preferred_username, name, groups (the realm
-//            roles beyond the defaults: alice [user], admin [user, admin]), nonce
+//            roles beyond the defaults: alice [user], admin [user, admin]), nonce; and sid
+//            once a back-channel logout URI is set (below)
+// Sign-out (only with --sso-redirect-uri): RP-initiated logout at
+//   /realms/REALM/protocol/openid-connect/logout (its confirmation page posts `xsrf` and
+//   `logout=yes`); portcullis-sso's post_logout_redirect_uri is `/signed-out` on the origin of
+//   URL. Back-Channel Logout is on: once a URI is set with /admin/backchannel-logout, signing out
+//   at the provider POSTs a logout token (with sid and sub) there. Loopback addresses are allowed
+//   as its target (oidc-provider refuses them by default).
 // Extra (non-Keycloak) token request parameter: `signing_alg=ES256` signs with the realm's
 // P-256 key instead of the current RS256 key. The ES256 key is always published in the JWKS.
 //
@@ -48,6 +55,12 @@
 //                                    requested, and when the JWKS last was (ms since the epoch):
 //                                    {"discovery": n, "jwks": n, "token": n, "last_jwks_ms": t}
 //   POST /admin/jwks-status?code=503 make the JWKS endpoint answer that status (code=200: normal)
+//   POST /admin/backchannel-logout?uri=URL  portcullis-sso's backchannel_logout_uri (uri empty:
+//                                    none); the provider is rebuilt, its sessions are kept
+//   POST /admin/sign[?foreign=1]     the JSON body (claims) signed as the realm signs its tokens
+//                                    (RS256, the current kid, typ logout+jwt); foreign=1: by a
+//                                    key the JWKS does not hold, under the same kid.
+//                                    Answers {"token": "..."}.
 // One line per request goes to stderr.
 
 import * as crypto from 'node:crypto';
@@ -121,6 +134,10 @@ const keys = {
   rsa: [newRsaKey()], // newest first; rsa[0] signs
   ec: newEcKey(),
 };
+// The provider's cookie keys: kept when it is rebuilt, so that its browser sessions survive.
+const COOKIE_KEYS = [crypto.randomBytes(32).toString('base64url')];
+// portcullis-sso's backchannel_logout_uri, set with /admin/backchannel-logout.
+let ssoBackchannelLogoutUri;
 
 // ---------------------------------------------------------------- the provider
 
@@ -208,14 +225,22 @@ function customizeJwt(ctx, token, jwt) {
 }
 
 // The browser-login client and its settings, when --sso-redirect-uri is given.
-const SSO_CLIENTS = SSO_REDIRECT_URI ? [{
-  client_id: SSO_CLIENT,
-  client_secret: 'sso-secret',
-  token_endpoint_auth_method: 'client_secret_basic',
-  grant_types: ['authorization_code'],
-  response_types: ['code'],
-  redirect_uris: [SSO_REDIRECT_URI],
-}] : [];
+function ssoClients() {
+  if (!SSO_REDIRECT_URI) return [];
+  return [{
+    client_id: SSO_CLIENT,
+    client_secret: 'sso-secret',
+    token_endpoint_auth_method: 'client_secret_basic',
+    grant_types: ['authorization_code'],
+    response_types: ['code'],
+    redirect_uris: [SSO_REDIRECT_URI],
+    post_logout_redirect_uris: [new URL('/signed-out', SSO_REDIRECT_URI).href],
+    ...(ssoBackchannelLogoutUri ? {
+      backchannel_logout_uri: ssoBackchannelLogoutUri,
+      backchannel_logout_session_required: true,
+    } : {}),
+  }];
+}
 
 function userNamed(id) {
   return Object.entries(USERS).find(([name, u]) => u.sub === id || name === id);
@@ -259,7 +284,7 @@ async function checkLoginForm(provider, ctx, next) {
 function buildProvider(issuer) {
   const provider = new Provider(issuer, {
     clients: [
-      ...SSO_CLIENTS,
+      ...ssoClients(),
       {
         client_id: 'jobs-web', token_endpoint_auth_method: 'none', grant_types: ['password'], response_types: [], redirect_uris: [],
       },
@@ -278,7 +303,14 @@ function buildProvider(issuer) {
       userinfo: '/protocol/openid-connect/userinfo',
     },
     ttl: { AccessToken: ACCESS_TOKEN_TTL },
-    features: { devInteractions: { enabled: Boolean(SSO_REDIRECT_URI) } },
+    features: {
+      devInteractions: { enabled: Boolean(SSO_REDIRECT_URI) },
+      rpInitiatedLogout: { enabled: true },
+      backchannelLogout: { enabled: Boolean(SSO_REDIRECT_URI) },
+    },
+    // Back-channel logout tokens go to portcullis on loopback: without oidc-provider's guard
+    // against special-use addresses (a test provider only).
+    fetch: (url, options) => globalThis.fetch(url, { ...options, dispatcher: undefined }),
     conformIdTokenClaims: false,
     claims: {
       openid: ['sub'],
@@ -287,7 +319,7 @@ function buildProvider(issuer) {
     },
     loadExistingGrant,
     formats: { customizers: { jwt: customizeJwt } },
-    cookies: { keys: [crypto.randomBytes(32).toString('base64url')] },
+    cookies: { keys: COOKIE_KEYS },
     async findAccount(ctx, id) {
       // A user's id (tokens) or name (the login form's `login`).
       const entry = userNamed(id);
@@ -310,6 +342,7 @@ function buildProvider(issuer) {
   provider.registerGrantType('password', passwordGrant, ['username', 'password', 'scope', 'signing_alg']);
   provider.on('server_error', (ctx, err) => console.error('oidc-provider server_error:', err));
   provider.on('grant.error', (ctx, err) => console.error('oidc-provider grant.error:', err.message, err.error_description ?? ''));
+  provider.on('backchannel.error', (ctx, err) => console.error('oidc-provider backchannel.error:', err.message));
   return { provider, handle: provider.callback() };
 }
 
@@ -330,8 +363,41 @@ function keyInfo() {
   return { kid: keys.rsa[0].kid, kids: [...keys.rsa.map((k) => k.kid), keys.ec.kid], es256_kid: keys.ec.kid };
 }
 
-function admin(req, res, url) {
+function base64url(value) {
+  return Buffer.from(typeof value === 'string' ? value : JSON.stringify(value)).toString('base64url');
+}
+
+// `claims` as a compact JWS, RS256, under the current kid; with `foreign`, by a key not published.
+function signClaims(claims, foreign) {
+  const jwk = foreign ? newRsaKey() : keys.rsa[0];
+  const header = { alg: 'RS256', typ: 'logout+jwt', kid: keys.rsa[0].kid };
+  const input = `${base64url(header)}.${base64url(claims)}`;
+  const key = crypto.createPrivateKey({ key: jwk, format: 'jwk' });
+  return `${input}.${crypto.sign('sha256', Buffer.from(input), key).toString('base64url')}`;
+}
+
+async function readBody(req) {
+  const chunks = [];
+  for await (const chunk of req) chunks.push(chunk);
+  return Buffer.concat(chunks).toString();
+}
+
+async function admin(req, res, url) {
   const route = `${req.method} ${url.pathname}`;
+  if (route === 'POST /admin/backchannel-logout') {
+    ssoBackchannelLogoutUri = url.searchParams.get('uri') || undefined;
+    current = buildProvider(issuer);
+    return sendJson(res, 200, { backchannel_logout_uri: ssoBackchannelLogoutUri ?? null });
+  }
+  if (route === 'POST /admin/sign') {
+    let claims;
+    try {
+      claims = JSON.parse(await readBody(req));
+    } catch {
+      return sendJson(res, 400, { error: 'the body must be JSON claims' });
+    }
+    return sendJson(res, 200, { token: signClaims(claims, url.searchParams.get('foreign') === '1') });
+  }
   if (route === 'POST /admin/rotate') {
     const fresh = newRsaKey();
     keys.rsa = url.searchParams.get('drop_old') === '1' ? [fresh] : [fresh, ...keys.rsa];
