@@ -142,7 +142,8 @@ mod tests {
 
     fn login(navigation: bool) -> Decision {
         let mut decision = Decision::new(Reason::NoAllowMatch, None);
-        decision.challenge = Some(Challenge::Login { url: "https://auth.example/oauth2/start?rd=x".into(), navigation });
+        decision.challenge =
+            Some(Challenge::Login { url: "https://auth.example/oauth2/start?rd=x".into(), navigation });
         decision
     }
 
