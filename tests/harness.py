@@ -275,3 +275,17 @@ def serving(server: ThreadingHTTPServer) -> Iterator[ThreadingHTTPServer]:
         server.shutdown()
         server.server_close()
         thread.join(timeout=STOP_TIMEOUT_S)
+
+
+def sso_helpers():
+    """tests/sso/conftest.py (the OIDC provider fixture, the sso settings, the cookie-keeping
+    client) as a module named `sso_helpers`, for suites with a conftest of their own; loaded once."""
+    import importlib.util  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    if "sso_helpers" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("sso_helpers", REPO_ROOT / "tests/sso/conftest.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["sso_helpers"] = module  # before running it: its dataclasses look it up
+        spec.loader.exec_module(module)
+    return sys.modules["sso_helpers"]

@@ -10,10 +10,9 @@ use axum::body::Bytes;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request as HttpRequestIn, Response, StatusCode, header};
 
-use crate::core::decision::Challenge;
 use crate::core::matcher::IpMatch;
 use crate::core::{Decision, HttpRequest, Peer, Request, StrMap};
-use crate::doors::denial::{Denial, LOGIN_URL_HEADER};
+use crate::doors::denial::{Denial, Redirects};
 use crate::engine::{Engine, Received};
 use crate::settings::HttpMode;
 use crate::sso::{EndpointRequest, LoginAnswer};
@@ -113,7 +112,7 @@ async fn check(
         }
     };
     let outcome = door.engine.check(telemetry::Door::Http, received).await;
-    answer(&outcome.decision, outcome.allow)
+    answer(&outcome.decision, outcome.allow, original.redirects)
 }
 
 /// The request being authorized, as read from the forward-auth request.
@@ -127,6 +126,8 @@ struct OriginalRequest {
     source: Option<IpAddr>,
     /// The workload's context: from the auth request's query, or `x-portcullis-context`.
     context: Result<HashMap<String, String>, ContextError>,
+    /// Whether the proxy that asked passes a redirect on to the browser.
+    redirects: Redirects,
 }
 
 impl Default for OriginalRequest {
@@ -139,6 +140,7 @@ impl Default for OriginalRequest {
             headers: Vec::new(),
             source: None,
             context: Ok(HashMap::new()),
+            redirects: Redirects::Passed,
         }
     }
 }
@@ -166,6 +168,11 @@ impl OriginalRequest {
             original.source = Some(client);
         }
         let dialect = if trusted { mode.dialect(|name| headers.contains_key(name)) } else { Some(HttpMode::Envoy) };
+        // nginx is told 401 in its mode whoever asks: a redirect would be its own 500.
+        let is_nginx = |mode| matches!(mode, Some(HttpMode::Nginx | HttpMode::IngressNginx));
+        if is_nginx(Some(mode)) || is_nginx(dialect) {
+            original.redirects = Redirects::Refused;
+        }
         // A present but unreadable forwarded target becomes an empty path: denied as invalid.
         let target =
             |name: &str| if headers.contains_key(name) { get(name).unwrap_or_default() } else { String::new() };
@@ -279,8 +286,9 @@ fn context_header(headers: &HeaderMap) -> Result<HashMap<String, String>, Contex
     parse_context(&copies.collect::<Result<Vec<_>, _>>()?.join(","), ',')
 }
 
-/// The one place a decision becomes an HTTP answer; `allow` is false for an enforced deny.
-fn answer(decision: &Decision, allow: bool) -> Response<Body> {
+/// The one place a decision becomes an HTTP answer; `allow` is false for an enforced deny;
+/// `redirects` says whether a login may be offered with a redirect.
+fn answer(decision: &Decision, allow: bool, redirects: Redirects) -> Response<Body> {
     let mut response = if allow {
         let mut response = Response::new(Body::empty());
         let mut to_remove: Vec<&str> = decision.headers_to_remove.iter().map(|name| &**name).collect();
@@ -294,10 +302,8 @@ fn answer(decision: &Decision, allow: bool) -> Response<Body> {
             insert(response.headers_mut(), HEADERS_TO_REMOVE, &to_remove.join(","));
         }
         response
-    } else if let Some(Challenge::Login { url, navigation }) = &decision.challenge {
-        login_challenge(url, *navigation)
     } else {
-        let denial = Denial::refusing(decision);
+        let denial = Denial::refusing(decision).behind(redirects);
         let mut response = Response::new(Body::from(denial.body));
         *response.status_mut() = StatusCode::from_u16(denial.status).unwrap_or(StatusCode::FORBIDDEN);
         response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
@@ -307,21 +313,6 @@ fn answer(decision: &Decision, allow: bool) -> Response<Body> {
         response
     };
     response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
-}
-
-/// A login offered: a browser navigation is sent to `url` (302), anything else is told where it
-/// is (401 and the login URL in a header), so that a script can react instead of following.
-fn login_challenge(url: &str, navigation: bool) -> Response<Body> {
-    let (status, header_name, body) = if navigation {
-        (StatusCode::FOUND, header::LOCATION.as_str(), "")
-    } else {
-        (StatusCode::UNAUTHORIZED, LOGIN_URL_HEADER, "login required")
-    };
-    let mut response = Response::new(Body::from(body));
-    *response.status_mut() = status;
-    insert(response.headers_mut(), header_name, url);
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     response
 }
 

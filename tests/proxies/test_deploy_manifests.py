@@ -279,14 +279,21 @@ def test_dockerfile_exposes_the_default_ports_and_runs_as_nonroot(ports):
 # ---------------------------------------------------------------- Istio
 
 
+# A browser login's identity headers (oauth2-proxy's names) and the cookies left to the app.
+SSO_UPSTREAM_HEADERS = {"x-auth-request-user", "x-auth-request-email", "x-auth-request-groups",
+                        "x-auth-request-preferred-username", "x-auth-user", "cookie"}
+
+
 def test_istio_providers_name_the_service_and_the_doors(ports, identity_headers):
     providers = {p["name"]: p for p in the(DEPLOY / "istio/extension-providers.yaml", "IstioOperator")["spec"]["meshConfig"]["extensionProviders"]}
     grpc, http = providers["portcullis"]["envoyExtAuthzGrpc"], providers["portcullis-http"]["envoyExtAuthzHttp"]
     assert (grpc["service"], grpc["port"], grpc["timeout"], grpc["failOpen"]) == (SERVICE_HOST, ports["grpc"], "0.5s", False)
     assert (http["service"], http["port"], http["timeout"], http["failOpen"]) == (SERVICE_HOST, ports["http"], "0.5s", False)
-    assert sorted(http["headersToUpstreamOnAllow"]) == identity_headers
-    assert {"authorization", "cookie", "x-forwarded-for"} <= set(http["includeRequestHeadersInCheck"])
-    assert "www-authenticate" in http["headersToDownstreamOnDeny"]
+    assert sorted(set(http["headersToUpstreamOnAllow"]) - SSO_UPSTREAM_HEADERS) == identity_headers
+    assert SSO_UPSTREAM_HEADERS <= set(http["headersToUpstreamOnAllow"])
+    assert {"authorization", "cookie", "x-forwarded-for", "accept", "x-requested-with"} <= set(http["includeRequestHeadersInCheck"])
+    assert {"www-authenticate", "location", "set-cookie", "x-portcullis-login-url"} <= set(http["headersToDownstreamOnDeny"])
+    assert http["headersToDownstreamOnAllow"] == ["set-cookie"]
 
 
 def test_istio_custom_policy_is_a_valid_policy_naming_a_provider():

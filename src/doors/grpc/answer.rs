@@ -127,12 +127,13 @@ impl CheckAnswer {
     }
 }
 
-/// The gRPC status of an answer: OK for an allow, else by the HTTP status of its denial.
+/// The gRPC status of an answer: OK for an allow, else by the HTTP status of its denial (a
+/// login redirect is unauthenticated).
 fn code_of(denial: Option<&Denial>) -> u64 {
     match denial.map(|denial| denial.status) {
         None => OK,
         Some(400) => INVALID_ARGUMENT,
-        Some(401) => UNAUTHENTICATED,
+        Some(401 | 302) => UNAUTHENTICATED,
         Some(_) => PERMISSION_DENIED,
     }
 }
@@ -301,6 +302,12 @@ mod tests {
         allowed.headers_to_remove = vec!["authorization".into(), "x-user".into()];
         allowed.query_parameters_to_remove = vec!["access_token".into(), "".into()];
         let refused = Decision::refused_token(JwtError::Expired, Challenge::bearer("https", "jobs", "/"));
+        let login_url = "https://auth.example/oauth2/start?rd=https%3A%2F%2Fjobs%2F";
+        let login = |navigation: bool| {
+            let mut decision = Decision::new(Reason::NoAllowMatch, None);
+            decision.challenge = Some(Challenge::Login { url: login_url.into(), navigation });
+            decision
+        };
         let denied = |status: i32, body: &str, headers: Vec<HeaderValueOption>| {
             let status = Some(HttpStatus { code: status });
             Some(HttpResponse::DeniedResponse(DeniedHttpResponse { status, headers, body: body.into() }))
@@ -357,6 +364,24 @@ mod tests {
                         vec![option("www-authenticate", "Bearer realm=\"https://jobs/\", error=\"invalid_token\"")],
                     ),
                     dynamic_metadata: metadata(&[("decision", "deny"), ("reason", "invalid_token")]),
+                },
+            ),
+            (
+                "a browser navigation sent to log in",
+                CheckAnswer { decision: login(true), allow: false },
+                CheckResponse {
+                    status: status(16),
+                    http_response: denied(302, "", vec![option("location", login_url)]),
+                    dynamic_metadata: metadata(&[("decision", "deny"), ("reason", "no_allow_match")]),
+                },
+            ),
+            (
+                "a script told where to log in",
+                CheckAnswer { decision: login(false), allow: false },
+                CheckResponse {
+                    status: status(16),
+                    http_response: denied(401, "login required", vec![option("x-portcullis-login-url", login_url)]),
+                    dynamic_metadata: metadata(&[("decision", "deny"), ("reason", "no_allow_match")]),
                 },
             ),
             (
