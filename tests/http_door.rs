@@ -267,8 +267,7 @@ fn client_copies_of_other_dialects_headers_do_not_steer_any_explicit_mode() {
 fn explicit_auto_mode_is_served_with_a_warning_that_it_can_be_steered() {
     let policies = steering_policies();
     let server = Server::with_http_door(policies.path(), "auto", "");
-    let log = server.log_lines();
-    assert!(log.iter().any(|line| line.contains("WARN") && line.contains("`auto`")), "{log:?}");
+    server.wait_until_logged(&["WARN", "`auto`"]);
     let (status, _, _) = http_request(server.http, "GET", "/public/x", &[("x-portcullis-context", "namespace=adv")]);
     assert_eq!(status, 200);
 }

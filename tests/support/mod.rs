@@ -184,6 +184,16 @@ impl Server {
         self.early_log.iter().chain(read.iter()).cloned().collect()
     }
 
+    /// Waits until a line logged so far, start-up included, contains every one of `parts`
+    /// ([`Self::log_lines`], polled). Fails the test after a generous deadline (a hang guard).
+    pub fn wait_until_logged(&self, parts: &[&str]) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.log_lines().iter().any(|line| parts.iter().all(|part| line.contains(part))) {
+            assert!(Instant::now() < deadline, "no line with {parts:?} in {:?}", self.log_lines());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Waits for the first new log line that contains every one of `parts` and returns it;
     /// the lines read on the way are no longer in [`Self::log_lines`]. Fails the test after a
     /// generous deadline (a hang guard, not a timing assertion).
