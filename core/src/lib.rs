@@ -13,6 +13,7 @@ pub mod decision;
 pub mod explain;
 pub mod id_token;
 pub mod identity;
+pub mod introspection;
 mod index;
 pub mod jwt;
 pub mod matcher;
