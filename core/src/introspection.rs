@@ -38,23 +38,26 @@ pub fn is_jws_shaped(token: &str) -> bool {
 
 /// The opaque token a request presents in `Authorization: Bearer`, and its provider: the first
 /// of `issuers` (the configured providers, in order) that an applicable JWT rule names, else the
-/// first one. `None` when no provider is configured, the request sends no bearer token, or its
-/// token is shaped as a JWS. A header sent twice is read as one value, which no provider knows.
+/// first one. `None` when no provider is configured, the request sends no bearer token, or every
+/// one it sends is shaped as a JWS. Several tokens, one of them opaque, give an empty token,
+/// which no provider is asked about.
 pub fn find_opaque_token<'r>(
     issuers: &[Arc<str>],
     rules: &[&Arc<JwtRule>],
     http: &HttpRequest<'r>,
 ) -> Option<OpaqueToken<'r>> {
     let first = issuers.first()?;
-    let mut values = http.header_values(HEADER).filter_map(|value| value.strip_prefix(SCHEME));
-    let token = values.next()?.trim_matches([' ', '\t']);
-    if values.next().is_some() {
-        // Two bearer tokens: the provider is given neither, and the request is refused.
-        return Some(OpaqueToken { token: "", issuer: first.clone() });
-    }
-    if is_jws_shaped(token) {
+    let values = http.header_values(HEADER).filter_map(|value| value.strip_prefix(SCHEME));
+    let tokens: Vec<&str> = values.map(|token| token.trim_matches([' ', '\t'])).collect();
+    if tokens.iter().all(|token| is_jws_shaped(token)) {
         return None;
     }
+    // Several bearer tokens, one of them opaque: the provider is given none, and the request is
+    // refused.
+    let token = match tokens.as_slice() {
+        [token] => *token,
+        _ => "",
+    };
     let named = issuers.iter().find(|issuer| rules.iter().any(|rule| rule.issuer.as_deref() == Some(&***issuer)));
     Some(OpaqueToken { token, issuer: named.unwrap_or(first).clone() })
 }
@@ -192,6 +195,8 @@ mod tests {
             ("another scheme", &[("authorization", "APIKey k")], None),
             ("no header", &[], None),
             ("two bearer tokens", &[("authorization", "Bearer a"), ("authorization", "Bearer b")], Some("")),
+            ("a JWS and an opaque token", &[("authorization", "Bearer a.b.c"), ("authorization", "Bearer b")], Some("")),
+            ("two JWS", &[("authorization", "Bearer a.b.c"), ("authorization", "Bearer a.b.c")], None),
         ];
         for (case, headers, expected) in rows {
             let found = find_opaque_token(&issuers, &[], &http(headers));
