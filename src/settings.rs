@@ -352,7 +352,9 @@ impl Settings {
         if let Some(problems) = settings.api_keys.as_ref().map(|block| block.problems()).filter(|p| !p.is_empty()) {
             return Err(SettingsError::ApiKeys(problems));
         }
-        if let Some(Err(problems)) = settings.introspection.as_ref().map(|block| block.compile(|name| std::env::var(name).ok())) {
+        if let Some(Err(problems)) =
+            settings.introspection.as_ref().map(|block| block.compile(|name| std::env::var(name).ok()))
+        {
             return Err(SettingsError::Introspection(problems));
         }
         for (name, value) in [

@@ -1450,16 +1450,51 @@ fn opaque_tokens_are_told_from_jwts_and_never_stand_beside_another_credential() 
     let rows: Vec<Row<'_>> = vec![
         ("an opaque token", "/", vec![("authorization", "Bearer opaque-1")], Some(("opaque-1", ISSUER)), true, None),
         ("a JWT", "/", vec![("authorization", &jwt)], None, false, None),
-        ("an opaque token and an API key", "/", vec![("authorization", "Bearer o"), ("x-api-key", "k")], None, false, several),
-        ("an opaque token and a JWT in the query", &query_jwt, vec![("authorization", "Bearer o")], None, false, several),
-        ("two opaque tokens", "/", vec![("authorization", "Bearer a"), ("authorization", "Bearer b")], None, false, several),
-        ("an opaque token and a JWT", "/", vec![("authorization", "Bearer a"), ("authorization", &jwt)], None, false, several),
+        (
+            "an opaque token and an API key",
+            "/",
+            vec![("authorization", "Bearer o"), ("x-api-key", "k")],
+            None,
+            false,
+            several,
+        ),
+        (
+            "an opaque token and a JWT in the query",
+            &query_jwt,
+            vec![("authorization", "Bearer o")],
+            None,
+            false,
+            several,
+        ),
+        (
+            "two opaque tokens",
+            "/",
+            vec![("authorization", "Bearer a"), ("authorization", "Bearer b")],
+            None,
+            false,
+            several,
+        ),
+        (
+            "an opaque token and a JWT",
+            "/",
+            vec![("authorization", "Bearer a"), ("authorization", &jwt)],
+            None,
+            false,
+            several,
+        ),
     ];
     let mut failures = Vec::new();
     for (case, path, headers, introspected, allowed, refusal) in rows {
         let extensions = HashMap::from([("namespace".to_string(), "adv".to_string())]);
         let request = Request {
-            http: Some(HttpRequest { method: "GET", scheme: "https", host: "app.test", path, headers, joined_headers: false }),
+            http: Some(HttpRequest {
+                method: "GET",
+                scheme: "https",
+                host: "app.test",
+                path,
+                headers,
+                joined_headers: false,
+            }),
             context_extensions: StrMap::from(&extensions),
             ..Request::default()
         };
@@ -1467,7 +1502,9 @@ fn opaque_tokens_are_told_from_jwts_and_never_stand_beside_another_credential() 
         let opaque = plan.opaque_token().map(|opaque| (opaque.token.to_string(), opaque.issuer.to_string()));
         let answer = json!({"active": true, "sub": "bot", "iss": ISSUER});
         let resolved = match (plan.opaque_token(), plan.credentials()) {
-            (Some(opaque), _) => Some(identity_from_answer(&answer, &opaque.issuer, snapshot.kept_claims(), unix_now())),
+            (Some(opaque), _) => {
+                Some(identity_from_answer(&answer, &opaque.issuer, snapshot.kept_claims(), unix_now()))
+            }
             (None, Some(credentials)) => Some(credentials.authenticate(&context())),
             (None, None) => None,
         };

@@ -469,7 +469,7 @@ fn a_reload_that_swaps_the_inline_key_behind_a_kid_refuses_tokens_of_the_old_key
             Authentication::Verified { identity, .. }
             | Authentication::Session { identity }
             | Authentication::ApiKey { identity }
-        | Authentication::Introspected { identity } => Ok(identity.subject().to_string()),
+            | Authentication::Introspected { identity } => Ok(identity.subject().to_string()),
             Authentication::Anonymous => Ok("anonymous".into()),
             Authentication::Failed { error, .. } => Err(error),
         }

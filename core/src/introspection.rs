@@ -140,17 +140,29 @@ mod tests {
             ("active with a subject", json!({"active": true, "sub": "alice"}), Ok("https://idp.example/alice")),
             ("its issuer said", json!({"active": true, "sub": "a", "iss": ISSUER}), Ok("https://idp.example/a")),
             ("a client's own token", json!({"active": true, "client_id": "ci"}), Ok("https://idp.example/ci")),
-            ("the subject before the client", json!({"active": true, "sub": "a", "client_id": "c"}), Ok("https://idp.example/a")),
+            (
+                "the subject before the client",
+                json!({"active": true, "sub": "a", "client_id": "c"}),
+                Ok("https://idp.example/a"),
+            ),
             ("an exp ahead", json!({"active": true, "sub": "a", "exp": NOW + 1}), Ok("https://idp.example/a")),
             ("inactive", json!({"active": false}), Err(JwtError::TokenInactive)),
             ("inactive with claims", json!({"active": false, "sub": "a"}), Err(JwtError::TokenInactive)),
             ("an exp reached", json!({"active": true, "sub": "a", "exp": NOW}), Err(JwtError::TokenInactive)),
             ("an nbf ahead", json!({"active": true, "sub": "a", "nbf": NOW + 10}), Err(JwtError::NotYetValid)),
-            ("another issuer", json!({"active": true, "sub": "a", "iss": "https://evil"}), Err(JwtError::IntrospectionFailed)),
+            (
+                "another issuer",
+                json!({"active": true, "sub": "a", "iss": "https://evil"}),
+                Err(JwtError::IntrospectionFailed),
+            ),
             ("active as text", json!({"active": "true", "sub": "a"}), Err(JwtError::IntrospectionFailed)),
             ("no active member", json!({"sub": "a"}), Err(JwtError::IntrospectionFailed)),
             ("a subject not text", json!({"active": true, "sub": 7}), Err(JwtError::IntrospectionFailed)),
-            ("an exp not a number", json!({"active": true, "sub": "a", "exp": "soon"}), Err(JwtError::IntrospectionFailed)),
+            (
+                "an exp not a number",
+                json!({"active": true, "sub": "a", "exp": "soon"}),
+                Err(JwtError::IntrospectionFailed),
+            ),
             ("not an object", json!(["active", true]), Err(JwtError::IntrospectionFailed)),
             ("null", Value::Null, Err(JwtError::IntrospectionFailed)),
         ];
@@ -179,14 +191,17 @@ mod tests {
         assert_eq!(identity.expires_at(), Some((NOW + 60) as f64));
     }
 
-    fn http(headers: &[(&'static str, &'static str)]) -> HttpRequest<'static> {
+    /// A request's headers, as a table row gives them.
+    type Headers = &'static [(&'static str, &'static str)];
+
+    fn http(headers: Headers) -> HttpRequest<'static> {
         HttpRequest { headers: headers.to_vec(), ..HttpRequest::default() }
     }
 
     #[test]
     fn only_a_bearer_token_not_shaped_as_a_jws_goes_to_introspection() {
         let issuers: Vec<Arc<str>> = vec![ISSUER.into()];
-        let rows: &[(&str, &[(&str, &str)], Option<&str>)] = &[
+        let rows: &[(&str, Headers, Option<&str>)] = &[
             ("an opaque token", &[("authorization", "Bearer 2YotnFZFEjr1zCsicMWpAA")], Some("2YotnFZFEjr1zCsicMWpAA")),
             ("a token with one dot", &[("authorization", "Bearer abc.def")], Some("abc.def")),
             ("a JWS", &[("authorization", "Bearer eyJh.eyJz.c2ln")], None),
@@ -195,7 +210,11 @@ mod tests {
             ("another scheme", &[("authorization", "APIKey k")], None),
             ("no header", &[], None),
             ("two bearer tokens", &[("authorization", "Bearer a"), ("authorization", "Bearer b")], Some("")),
-            ("a JWS and an opaque token", &[("authorization", "Bearer a.b.c"), ("authorization", "Bearer b")], Some("")),
+            (
+                "a JWS and an opaque token",
+                &[("authorization", "Bearer a.b.c"), ("authorization", "Bearer b")],
+                Some(""),
+            ),
             ("two JWS", &[("authorization", "Bearer a.b.c"), ("authorization", "Bearer a.b.c")], None),
         ];
         for (case, headers, expected) in rows {

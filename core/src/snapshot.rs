@@ -201,7 +201,12 @@ impl Snapshot {
                             api_key.strip_into(&mut remove);
                         }
                         strip_opaque_token(&mut remove);
-                        return Plan(Planned::Decided(refusal(request, &workload, JwtError::SeveralCredentials, remove)));
+                        return Plan(Planned::Decided(refusal(
+                            request,
+                            &workload,
+                            JwtError::SeveralCredentials,
+                            remove,
+                        )));
                     }
                 }
                 if let (Some(_), Some(api_key)) = (&credentials, &api_key) {

@@ -151,7 +151,10 @@ impl IntrospectionSettings {
                     value
                 }
                 _ => {
-                    problem("client_secret_file", "set exactly one of `client_secret_file` and `client_secret_env`".into());
+                    problem(
+                        "client_secret_file",
+                        "set exactly one of `client_secret_file` and `client_secret_env`".into(),
+                    );
                     None
                 }
             };
@@ -318,7 +321,11 @@ impl Provider {
         let bound = now.saturating_add(self.config.cache_max_secs);
         let until = match answer.get("exp") {
             Some(exp) => match exp.as_f64() {
-                #[expect(clippy::cast_possible_truncation, clippy::cast_sign_loss, reason = "a non-negative time in seconds, rounded down")]
+                #[expect(
+                    clippy::cast_possible_truncation,
+                    clippy::cast_sign_loss,
+                    reason = "a non-negative time in seconds, rounded down"
+                )]
                 Some(exp) if exp >= 0.0 => bound.min(exp as u64),
                 _ => return,
             },
@@ -465,7 +472,9 @@ mod tests {
             if let Some((head, body)) = text.split_once("\r\n\r\n") {
                 let length = head
                     .lines()
-                    .find_map(|line| line.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string()))
+                    .find_map(|line| {
+                        line.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string())
+                    })
                     .and_then(|value| value.parse::<usize>().ok())
                     .unwrap_or(0);
                 if body.len() >= length || read == 0 {
@@ -580,7 +589,9 @@ mod tests {
         let (url, seen) = endpoint(Duration::from_millis(50), active).await;
         let introspection = introspection(&url, |config| config.max_concurrent_calls = 2);
         let tokens: Vec<String> = (0..8).map(|index| format!("made-up-{index}")).collect();
-        let outcomes = futures_util::future::join_all(tokens.iter().map(|token| principal_or_error(&introspection, token, NOW))).await;
+        let outcomes =
+            futures_util::future::join_all(tokens.iter().map(|token| principal_or_error(&introspection, token, NOW)))
+                .await;
         assert!(outcomes.iter().all(Result::is_ok), "each waited for a free call: {outcomes:?}");
         assert_eq!(seen.calls.load(Ordering::SeqCst), 8);
         assert!(seen.most.load(Ordering::SeqCst) <= 2, "{} calls at once", seen.most.load(Ordering::SeqCst));
@@ -612,7 +623,10 @@ mod tests {
         assert!(principal_or_error(&post, "t2", NOW).await.is_ok());
         let request = seen.last_request.lock().unwrap().clone();
         assert!(!request.to_ascii_lowercase().contains("authorization:"), "{request}");
-        assert!(request.ends_with("token=t2&token_type_hint=access_token&client_id=portcullis&client_secret=s3cret"), "{request}");
+        assert!(
+            request.ends_with("token=t2&token_type_hint=access_token&client_id=portcullis&client_secret=s3cret"),
+            "{request}"
+        );
     }
 
     #[tokio::test]
@@ -648,7 +662,8 @@ mod tests {
             max_concurrent_calls: 0,
             ..ProviderSettings::default()
         };
-        let problems = IntrospectionSettings { providers: vec![good.clone(), good, bad] }.compile(|_| None).unwrap_err();
+        let problems =
+            IntrospectionSettings { providers: vec![good.clone(), good, bad] }.compile(|_| None).unwrap_err();
         let keys: Vec<&str> = problems.iter().filter_map(|problem| problem.split(':').next()).collect();
         assert_eq!(
             keys,
