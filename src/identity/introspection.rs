@@ -243,11 +243,6 @@ impl Introspection {
         })
     }
 
-    /// The issuers of the providers, in no particular order.
-    pub fn issuers(&self) -> impl Iterator<Item = &Arc<str>> {
-        self.providers.keys()
-    }
-
     /// The caller an opaque token stands for at `now` (seconds since the epoch), keeping the
     /// claims `kept` names: the answer remembered for it, else its provider's answer. Refused
     /// when inactive, and when no answer could be had.
