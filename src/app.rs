@@ -16,6 +16,7 @@ use crate::doors::grpc::{AuthorizationServer, CheckService};
 use crate::doors::{admin, http, listener};
 use crate::engine::Engine;
 use crate::identity::api_keys::{ApiKeys, KeyFileErrors};
+use crate::identity::introspection::{Introspection, IntrospectionLimits};
 use crate::identity::jwks::KeyStore;
 use crate::identity::token_cache::VerifiedTokenCache;
 use crate::outbound::{Outbound, OutboundLimits};
@@ -110,7 +111,10 @@ pub async fn serve(settings: Settings) -> Result<(), AppError> {
         Some(block) => Some(Arc::new(ApiKeys::load(block.clone(), metrics.clone())?)),
         None => None,
     };
-    let engine = Engine::new(snapshot, settings.clone(), metrics, keys.clone(), token_cache).with_api_keys(api_keys);
+    let introspection = introspection(&settings, &metrics)?;
+    let engine = Engine::new(snapshot, settings.clone(), metrics, keys.clone(), token_cache)
+        .with_api_keys(api_keys)
+        .with_introspection(introspection);
     let engine = Arc::new(match sso {
         Some(sso) => engine.with_sso(sso),
         None => engine,
@@ -227,6 +231,26 @@ fn sso(settings: &Settings, keys: &Arc<KeyStore>, metrics: &Arc<Metrics>) -> Res
         Sso::new(config, keys.clone(), outbound, settings.clock_skew_secs, settings.max_token_bytes, metrics.clone())
             .map_err(|message| AppError::Serve { door: "sso", message })?;
     Ok(Some(Arc::new(sso)))
+}
+
+/// The introspection providers for opaque tokens, when the settings name any; their secrets are
+/// read here, before any port is bound.
+fn introspection(settings: &Settings, metrics: &Arc<Metrics>) -> Result<Option<Arc<Introspection>>, AppError> {
+    let Some(block) = &settings.introspection else { return Ok(None) };
+    let configs = block.compile(|name| std::env::var(name).ok()).map_err(SettingsError::Introspection)?;
+    let limits = settings.fetch_limits();
+    let limits = IntrospectionLimits {
+        outbound: OutboundLimits {
+            timeout: limits.fetch_timeout,
+            max_bytes: limits.max_bytes,
+            allow_link_local: limits.allow_link_local,
+        },
+        max_token_bytes: settings.max_token_bytes,
+        max_remembered: settings.token_cache_entries,
+    };
+    let introspection = Introspection::new(configs, limits, metrics.clone())
+        .map_err(|error| AppError::Serve { door: "introspection", message: error.to_string() })?;
+    Ok(Some(Arc::new(introspection)))
 }
 
 /// Waits for the first fetch of every issuer's keys, then reports ready: once they finished, or

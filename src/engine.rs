@@ -9,6 +9,7 @@ use crate::core::authn::{Authentication, AuthnContext, Credential, Credentials, 
 use crate::core::jwt::{JwtError, KeySet};
 use crate::core::{Decision, Reason, Request, Snapshot};
 use crate::identity::api_keys::ApiKeys;
+use crate::identity::introspection::Introspection;
 use crate::identity::jwks::KeyStore;
 use crate::identity::token_cache::{TokenKey, VerifiedTokenCache};
 use crate::settings::Settings;
@@ -58,6 +59,8 @@ pub struct Engine {
     sso: Option<Arc<Sso>>,
     /// API keys of bot accounts, when key files are configured.
     api_keys: Option<Arc<ApiKeys>>,
+    /// Introspection providers for opaque tokens, when configured.
+    introspection: Option<Arc<Introspection>>,
 }
 
 impl Engine {
@@ -80,7 +83,13 @@ impl Engine {
             settings,
             sso: None,
             api_keys: None,
+            introspection: None,
         }
+    }
+
+    /// The same engine, introspecting opaque bearer tokens with `introspection`, when given.
+    pub fn with_introspection(self, introspection: Option<Arc<Introspection>>) -> Self {
+        Self { introspection, ..self }
     }
 
     /// The same engine, looking up the API keys requests present in `api_keys`, when given.
@@ -173,6 +182,15 @@ impl Engine {
                 Some(authentication) => snapshot.authorize(plan, Some(authentication)),
                 None => Decision::new(Reason::InternalError, None),
             },
+            None if plan.opaque_token().is_some() => {
+                let authentication = match (plan.opaque_token(), &self.introspection) {
+                    (Some(token), Some(introspection)) => {
+                        introspection.authenticate(token, snapshot.kept_claims(), context.now).await
+                    }
+                    _ => Authentication::Failed { error: JwtError::IntrospectionFailed },
+                };
+                snapshot.authorize(plan, Some(authentication))
+            }
             // No token: a browser session, when the request carries one.
             None => {
                 let found = match sso {

@@ -68,6 +68,9 @@ pub enum SettingsError {
     /// The `api_keys` block is wrong, each problem named by its key.
     #[error("{}", .0.join("\n"))]
     ApiKeys(Vec<String>),
+    /// The `introspection` block is wrong, each problem named by its key.
+    #[error("{}", .0.join("\n"))]
+    Introspection(Vec<String>),
 }
 
 /// `PORTCULLIS_*` variables read by the command line itself rather than as settings.
@@ -155,6 +158,9 @@ pub struct Settings {
     pub sso: Option<crate::sso::config::SsoSettings>,
     /// API keys of bot accounts (docs/credentials.md); unset, no request is read for a key.
     pub api_keys: Option<crate::identity::api_keys::ApiKeySettings>,
+    /// Opaque tokens checked by introspection (docs/credentials.md); unset, a bearer token is
+    /// always a JWT.
+    pub introspection: Option<crate::identity::introspection::IntrospectionSettings>,
 }
 
 impl Default for Settings {
@@ -196,6 +202,7 @@ impl Default for Settings {
             log_level: "info".into(),
             sso: None,
             api_keys: None,
+            introspection: None,
         }
     }
 }
@@ -345,6 +352,11 @@ impl Settings {
         if let Some(problems) = settings.api_keys.as_ref().map(|block| block.problems()).filter(|p| !p.is_empty()) {
             return Err(SettingsError::ApiKeys(problems));
         }
+        if let Some(Err(problems)) =
+            settings.introspection.as_ref().map(|block| block.compile(|name| std::env::var(name).ok()))
+        {
+            return Err(SettingsError::Introspection(problems));
+        }
         for (name, value) in [
             ("http_header_read_timeout_ms", settings.http_header_read_timeout_ms),
             ("http_idle_timeout_secs", settings.http_idle_timeout_secs),
@@ -441,6 +453,12 @@ impl Settings {
             keep_claims_json: self.decision_log_claims,
             unknown_workload: self.unknown_workload,
             api_key_locations: self.api_keys.as_ref().map(|block| block.locations()).unwrap_or_default(),
+            introspection_issuers: self
+                .introspection
+                .iter()
+                .flat_map(|block| &block.providers)
+                .map(|provider| std::sync::Arc::from(provider.issuer.trim_end_matches('/')))
+                .collect(),
         }
     }
 

@@ -90,6 +90,8 @@ pub struct Metrics {
     api_key_checks: Family<ResultLabels, Counter>,
     api_key_reloads: Family<ResultLabels, Counter>,
     api_keys_loaded: Gauge,
+    introspection_calls: Family<ResultLabels, Counter>,
+    introspection_cache_hits: Counter,
     /// The series of `checks` and `check_duration_seconds` a check writes, by door and reason,
     /// found in their families once: a check then neither hashes labels nor takes a lock.
     check_series: [[OnceLock<Counter>; Reason::ALL.len()]; Door::ALL.len()],
@@ -158,6 +160,12 @@ impl Metrics {
             ),
             api_key_reloads: register.new_metric("api_key_reloads", "API key file reloads, by result (`ok`, `error`)"),
             api_keys_loaded: register.new_metric("api_keys_loaded", "API keys in the live key table"),
+            introspection_calls: register.new_metric(
+                "introspection_calls",
+                "Calls to introspection endpoints, by result (`active`, `inactive`, `error`, `busy`)",
+            ),
+            introspection_cache_hits: register
+                .new_metric("introspection_cache_hits", "Opaque tokens answered from remembered introspection answers"),
             check_series: Default::default(),
             duration_series: Default::default(),
             registry,
@@ -224,6 +232,17 @@ impl Metrics {
     pub fn record_api_key_reload(&self, ok: bool, keys: usize) {
         self.api_key_reloads.get_or_create(&ResultLabels { result: if ok { "ok" } else { "error" } }).inc();
         self.record_api_keys_loaded(keys);
+    }
+
+    /// Counts a call to an introspection endpoint, by result: `active`, `inactive`, `error`
+    /// (down, slow, an error status, no answer) or `busy` (no call slot freed in time).
+    pub fn record_introspection_call(&self, result: &'static str) {
+        self.introspection_calls.get_or_create(&ResultLabels { result }).inc();
+    }
+
+    /// Counts an opaque token answered from a remembered introspection answer.
+    pub fn record_introspection_cache_hit(&self) {
+        self.introspection_cache_hits.inc();
     }
 
     /// Sets how many API keys the live key table holds.

@@ -17,6 +17,7 @@ use jsonwebtoken::Algorithm;
 use portcullis::config::load::{MAX_FILE_BYTES, load_policies, load_policy_text};
 use portcullis::core::api_key::{ApiKeyEntry, ApiKeyLocation, ApiKeyTable, KeyDigest};
 use portcullis::core::authn::{AuthnContext, NoRemoteKeys};
+use portcullis::core::introspection::identity_from_answer;
 use portcullis::core::jwt::{JwtError, KeySet};
 use portcullis::core::workload::WorkloadTable;
 use portcullis::core::{Decision, EngineOptions, HttpRequest, Reason, Request, Snapshot, StrMap};
@@ -1413,6 +1414,105 @@ fn api_keys_that_resemble_a_real_one_or_come_oddly_are_never_let_in_as_the_bot()
         let key_headers: Vec<&str> = key_headers.filter(|name| ["authorization", "x-api-key"].contains(name)).collect();
         let seen = (decision.is_allow(), decision.jwt_error, key_headers);
         if seen != (allowed, refusal, stripped.to_vec()) {
+            failures.push(format!("{case}: got {seen:?}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Opaque tokens (introspection)
+// ---------------------------------------------------------------------------------------------
+
+/// An opaque bearer token goes to introspection and a JWT to its rule, never both; an opaque
+/// token beside another credential is refused before either is read, and the token's header is
+/// stripped from every answer. Decided in-process with the core's plan, the identity an active
+/// answer gives, and authorize.
+#[test]
+fn opaque_tokens_are_told_from_jwts_and_never_stand_beside_another_credential() {
+    let locations = [ApiKeyLocation { header: "x-api-key".into(), prefix: "".into() }];
+    let options = EngineOptions {
+        api_key_locations: locations.into(),
+        introspection_issuers: [Arc::from(OTHER_ISSUER), Arc::from(ISSUER)].into(),
+        ..EngineOptions::default()
+    };
+    let mut yaml = request_authentication("adv", &[(ISSUER, rsa_keys())]);
+    yaml.push_str(&format!(
+        "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: the-bot, namespace: adv}}\nspec:\n  rules:\n  - from: [{{source: {{requestPrincipals: [\"{ISSUER}/bot\"]}}}}]\n"
+    ));
+    let loaded = load_policy_text("adversarial.yaml", &yaml).unwrap_or_else(|errors| panic!("policies: {errors:?}"));
+    let snapshot = Snapshot::new(loaded.policies, loaded.authn, WorkloadTable::default(), options, "istio-system");
+    let jwt = bearer(&sign(RSA, Algorithm::RS256, Some("rsa"), &claims("alice")));
+    let query_jwt = format!("/?access_token={}", sign(RSA, Algorithm::RS256, Some("rsa"), &claims("alice")));
+    let several = Some(JwtError::SeveralCredentials);
+    /// The case, the path, the headers, the token introspected (and its provider), allowed, refusal.
+    type Row<'r> = (&'r str, &'r str, Vec<(&'r str, &'r str)>, Option<(&'r str, &'r str)>, bool, Option<JwtError>);
+    let rows: Vec<Row<'_>> = vec![
+        ("an opaque token", "/", vec![("authorization", "Bearer opaque-1")], Some(("opaque-1", ISSUER)), true, None),
+        ("a JWT", "/", vec![("authorization", &jwt)], None, false, None),
+        (
+            "an opaque token and an API key",
+            "/",
+            vec![("authorization", "Bearer o"), ("x-api-key", "k")],
+            None,
+            false,
+            several,
+        ),
+        (
+            "an opaque token and a JWT in the query",
+            &query_jwt,
+            vec![("authorization", "Bearer o")],
+            None,
+            false,
+            several,
+        ),
+        (
+            "two opaque tokens",
+            "/",
+            vec![("authorization", "Bearer a"), ("authorization", "Bearer b")],
+            None,
+            false,
+            several,
+        ),
+        (
+            "an opaque token and a JWT",
+            "/",
+            vec![("authorization", "Bearer a"), ("authorization", &jwt)],
+            None,
+            false,
+            several,
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (case, path, headers, introspected, allowed, refusal) in rows {
+        let extensions = HashMap::from([("namespace".to_string(), "adv".to_string())]);
+        let request = Request {
+            http: Some(HttpRequest {
+                method: "GET",
+                scheme: "https",
+                host: "app.test",
+                path,
+                headers,
+                joined_headers: false,
+            }),
+            context_extensions: StrMap::from(&extensions),
+            ..Request::default()
+        };
+        let plan = snapshot.plan(&request);
+        let opaque = plan.opaque_token().map(|opaque| (opaque.token.to_string(), opaque.issuer.to_string()));
+        let answer = json!({"active": true, "sub": "bot", "iss": ISSUER});
+        let resolved = match (plan.opaque_token(), plan.credentials()) {
+            (Some(opaque), _) => {
+                Some(identity_from_answer(&answer, &opaque.issuer, snapshot.kept_claims(), unix_now()))
+            }
+            (None, Some(credentials)) => Some(credentials.authenticate(&context())),
+            (None, None) => None,
+        };
+        let decision = snapshot.authorize(plan, resolved);
+        let stripped = decision.headers_to_remove.iter().any(|name| &**name == "authorization");
+        let seen = (opaque, decision.is_allow(), decision.jwt_error, stripped);
+        let expected = (introspected.map(|(token, issuer)| (token.into(), issuer.into())), allowed, refusal, true);
+        if seen != expected {
             failures.push(format!("{case}: got {seen:?}"));
         }
     }

@@ -204,7 +204,10 @@ fn judge(
         _ => authn::authenticate(&[rule], &http, &context),
     };
     match authentication {
-        Authentication::Verified { .. } | Authentication::Session { .. } | Authentication::ApiKey { .. } => Ok(()),
+        Authentication::Verified { .. }
+        | Authentication::Session { .. }
+        | Authentication::ApiKey { .. }
+        | Authentication::Introspected { .. } => Ok(()),
         Authentication::Anonymous => Err(JwtError::BadFormat),
         Authentication::Failed { error, .. } => Err(error),
     }

@@ -251,6 +251,12 @@ pub enum Authentication<'r> {
         /// The bot account the key stands for.
         identity: Arc<Identity>,
     },
+    /// An opaque token its provider's introspection endpoint answered active
+    /// ([`crate::introspection`]).
+    Introspected {
+        /// The caller the answer names.
+        identity: Arc<Identity>,
+    },
 }
 
 fn failed(error: JwtError) -> Authentication<'static> {
@@ -291,6 +297,12 @@ pub fn find_credentials<'p>(rules: &[&'p Arc<JwtRule>], http: &HttpRequest<'p>) 
 }
 
 impl<'p> Credentials<'p> {
+    /// These tokens but `token`, which is read as another credential; `None` when none is left.
+    pub fn without(mut self, token: &str) -> Option<Self> {
+        self.found.retain(|credential| credential.token != token);
+        (!self.found.is_empty()).then_some(self)
+    }
+
     /// The verification of these tokens, to be driven by the caller.
     pub fn resolution(&self) -> Resolution<'_, 'p> {
         Resolution { found: &self.found, next: 0, verified: None, first_refusal: None, last_refusal: None }
@@ -360,6 +372,7 @@ impl<'c, 'p> Resolution<'c, 'p> {
             Authentication::Anonymous
             | Authentication::Session { .. }
             | Authentication::ApiKey { .. }
+            | Authentication::Introspected { .. }
             | Authentication::Failed { .. } => {
                 let error = match outcome {
                     Authentication::Failed { error } => error,

@@ -46,7 +46,8 @@ fn outcome(rule: &Arc<JwtRule>, headers: &[(String, String)], path: &str) -> Res
     match authn::authenticate(&[rule], &http, &context()) {
         Authentication::Verified { identity, .. }
         | Authentication::Session { identity }
-        | Authentication::ApiKey { identity } => Ok(identity.subject().to_string()),
+        | Authentication::ApiKey { identity }
+        | Authentication::Introspected { identity } => Ok(identity.subject().to_string()),
         Authentication::Anonymous => Ok("anonymous".into()),
         Authentication::Failed { error, .. } => Err(error),
     }
@@ -467,7 +468,8 @@ fn a_reload_that_swaps_the_inline_key_behind_a_kid_refuses_tokens_of_the_old_key
         match cache.authenticate(&[rule], &request_with(&headers), &context()) {
             Authentication::Verified { identity, .. }
             | Authentication::Session { identity }
-            | Authentication::ApiKey { identity } => Ok(identity.subject().to_string()),
+            | Authentication::ApiKey { identity }
+            | Authentication::Introspected { identity } => Ok(identity.subject().to_string()),
             Authentication::Anonymous => Ok("anonymous".into()),
             Authentication::Failed { error, .. } => Err(error),
         }
@@ -500,7 +502,8 @@ fn outcome_of(rules: &[&Arc<JwtRule>], headers: &[(String, String)]) -> Result<(
     match authn::authenticate(rules, &http, &context()) {
         Authentication::Verified { identity, .. }
         | Authentication::Session { identity }
-        | Authentication::ApiKey { identity } => Ok((identity.issuer().into(), identity.subject().into())),
+        | Authentication::ApiKey { identity }
+        | Authentication::Introspected { identity } => Ok((identity.issuer().into(), identity.subject().into())),
         Authentication::Anonymous => Ok(("".into(), "anonymous".into())),
         Authentication::Failed { error, .. } => Err(error),
     }

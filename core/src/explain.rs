@@ -79,7 +79,8 @@ impl Snapshot {
                 Authentication::Anonymous => Ok((None, outputs)),
                 Authentication::Verified { identity, .. }
                 | Authentication::Session { identity }
-                | Authentication::ApiKey { identity } => Ok((Some(identity), outputs)),
+                | Authentication::ApiKey { identity }
+                | Authentication::Introspected { identity } => Ok((Some(identity), outputs)),
             }
         })
     }

@@ -119,6 +119,8 @@ pub enum IdentitySource {
     Session,
     /// An API key of a bot account, found by its digest in the configured key files.
     ApiKey,
+    /// An opaque token its authorization server's introspection endpoint answered active.
+    Introspection,
 }
 
 /// A caller proven by a verified token. Only token verification in the core constructs one, so

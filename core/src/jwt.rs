@@ -41,6 +41,11 @@ pub enum JwtError {
     ApiKeyExpired,
     /// The request presents an API key and a bearer token: neither speaks for the caller.
     SeveralCredentials,
+    /// The introspection endpoint answered that the opaque token is not active (or it expired).
+    TokenInactive,
+    /// The opaque token could not be introspected: the endpoint down, slow, busy, answering an
+    /// error or something that is no introspection answer. Never taken for an answer.
+    IntrospectionFailed,
 }
 
 impl JwtError {
@@ -58,6 +63,8 @@ impl JwtError {
             Self::ApiKeyUnknown => "API key is not valid",
             Self::ApiKeyExpired => "API key is expired",
             Self::SeveralCredentials => "Request carries more than one credential",
+            Self::TokenInactive => "Token is not active",
+            Self::IntrospectionFailed => "Token introspection failed",
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod explain;
 pub mod id_token;
 pub mod identity;
 mod index;
+pub mod introspection;
 pub mod jwt;
 pub mod logout_token;
 pub mod matcher;

@@ -10,6 +10,7 @@ use super::authn::{
 use super::decision::{Challenge, Decision, DryRunOutcome, PolicyMatch, Reason};
 use super::identity::{ClaimPaths, Identity};
 use super::index::{PolicyIndex, PolicyKind, Scope};
+use super::introspection::{self, OpaqueToken};
 use super::jwt::JwtError;
 use super::path::{self, NormalizedPath, PathOptions};
 use super::policy::{Attributes, Policy};
@@ -32,6 +33,9 @@ pub struct EngineOptions {
     pub unknown_workload: UnknownWorkload,
     /// Where requests present API keys; empty when no key files are configured.
     pub api_key_locations: Arc<[ApiKeyLocation]>,
+    /// The issuers whose introspection endpoints check opaque bearer tokens, in the order
+    /// configured; empty when none is.
+    pub introspection_issuers: Arc<[Arc<str>]>,
 }
 
 /// The JWT rules that apply to one request's workload.
@@ -171,21 +175,40 @@ impl Snapshot {
         }
         let scope = self.policies.scope(&workload);
         let mut rules: ApplicableRules<'p> = Vec::new();
-        let (normalized, credentials, api_key) = match &request.http {
+        let (normalized, credentials, api_key, opaque) = match &request.http {
             // TCP: no path, no tokens to look for.
-            None => (None, None, None),
+            None => (None, None, None, None),
             Some(http) => {
                 let Ok(normalized) = path::normalize(http.path, self.options.path) else {
                     return decided(Reason::InvalidPath);
                 };
                 // The JWT rules of every RequestAuthentication that selects the workload.
                 scope.authn(&workload, |policy| rules.extend(policy.rules.iter()));
-                let (credentials, api_key) = if authn::is_cors_preflight(http) {
-                    (None, None)
+                let (mut credentials, api_key, opaque) = if authn::is_cors_preflight(http) {
+                    (None, None, None)
                 } else {
                     let api_key = api_key::find_api_key(&self.options.api_key_locations, http);
-                    (authn::find_credentials(&rules, http), api_key)
+                    let opaque = introspection::find_opaque_token(&self.options.introspection_issuers, &rules, http);
+                    (authn::find_credentials(&rules, http), api_key, opaque)
                 };
+                if let Some(opaque) = &opaque {
+                    // The opaque token is not a JWT for the rules that found it too.
+                    credentials = credentials.and_then(|found| found.without(opaque.token));
+                    if credentials.is_some() || api_key.is_some() {
+                        let failed = Authentication::Failed { error: JwtError::SeveralCredentials };
+                        let mut remove = authn::outputs(&rules, &failed).headers_to_remove;
+                        if let Some(api_key) = &api_key {
+                            api_key.strip_into(&mut remove);
+                        }
+                        strip_opaque_token(&mut remove);
+                        return Plan(Planned::Decided(refusal(
+                            request,
+                            &workload,
+                            JwtError::SeveralCredentials,
+                            remove,
+                        )));
+                    }
+                }
                 if let (Some(_), Some(api_key)) = (&credentials, &api_key) {
                     // Never guess which of two credentials speaks for the caller.
                     let failed = Authentication::Failed { error: JwtError::SeveralCredentials };
@@ -193,10 +216,10 @@ impl Snapshot {
                     api_key.strip_into(&mut remove);
                     return Plan(Planned::Decided(refusal(request, &workload, JwtError::SeveralCredentials, remove)));
                 }
-                (Some(normalized), credentials, api_key)
+                (Some(normalized), credentials, api_key, opaque)
             }
         };
-        let judgement = Judgement { request, workload, scope, normalized, rules, credentials, api_key };
+        let judgement = Judgement { request, workload, scope, normalized, rules, credentials, api_key, opaque };
         Plan(Planned::Judge(Box::new(judgement)))
     }
 
@@ -214,8 +237,8 @@ impl Snapshot {
     }
 
     fn judge<'p>(&'p self, judgement: Judgement<'p>, resolved: Option<Authentication<'p>>) -> Decision {
-        let Judgement { request, workload, scope, normalized, rules, credentials, api_key } = judgement;
-        let authentication = match (credentials.is_some() || api_key.is_some(), resolved) {
+        let Judgement { request, workload, scope, normalized, rules, credentials, api_key, opaque } = judgement;
+        let authentication = match (credentials.is_some() || api_key.is_some() || opaque.is_some(), resolved) {
             (false, Some(session @ Authentication::Session { .. })) => session,
             (false, _) => Authentication::Anonymous,
             (true, Some(resolved)) => resolved,
@@ -226,6 +249,9 @@ impl Snapshot {
         if let Some(api_key) = &api_key {
             api_key.strip_into(&mut outputs.headers_to_remove);
         }
+        if opaque.is_some() {
+            strip_opaque_token(&mut outputs.headers_to_remove);
+        }
         let identity = match &authentication {
             Authentication::Failed { error } => {
                 return refusal(request, &workload, *error, outputs.headers_to_remove);
@@ -233,7 +259,8 @@ impl Snapshot {
             Authentication::Anonymous => None,
             Authentication::Verified { identity, .. }
             | Authentication::Session { identity }
-            | Authentication::ApiKey { identity } => Some(identity.clone()),
+            | Authentication::ApiKey { identity }
+            | Authentication::Introspected { identity } => Some(identity.clone()),
         };
         // Policies see the headers as the service will: authentication's outputs applied.
         let attributes = self.attributes(request, normalized.as_ref(), identity.as_deref(), &outputs);
@@ -385,6 +412,8 @@ struct Judgement<'p> {
     credentials: Option<Credentials<'p>>,
     /// The API key the request presents, if any (never with tokens: that is refused).
     api_key: Option<PresentedKey<'p>>,
+    /// The opaque bearer token the request presents, if any (never with another credential).
+    opaque: Option<OpaqueToken<'p>>,
 }
 
 impl<'p> Plan<'p> {
@@ -403,6 +432,23 @@ impl<'p> Plan<'p> {
             Planned::Judge(judgement) => judgement.api_key.as_ref(),
             Planned::Decided(_) => None,
         }
+    }
+
+    /// The opaque bearer token to introspect; a request that also carries a JWT or an API key
+    /// is refused by the plan itself.
+    pub fn opaque_token(&self) -> Option<&OpaqueToken<'p>> {
+        match &self.0 {
+            Planned::Judge(judgement) => judgement.opaque.as_ref(),
+            Planned::Decided(_) => None,
+        }
+    }
+}
+
+/// Adds the header an opaque token comes in to `remove`, once: the token never reaches the
+/// service, as a JWT's does not by default.
+fn strip_opaque_token(remove: &mut Vec<Arc<str>>) {
+    if !remove.iter().any(|name| name.eq_ignore_ascii_case("authorization")) {
+        remove.push("authorization".into());
     }
 }
 

@@ -410,7 +410,8 @@ mod tests {
             match authentication {
                 Authentication::Verified { identity, .. }
                 | Authentication::Session { identity }
-                | Authentication::ApiKey { identity } => Ok(identity.subject().to_string()),
+                | Authentication::ApiKey { identity }
+                | Authentication::Introspected { identity } => Ok(identity.subject().to_string()),
                 Authentication::Anonymous => Ok("anonymous".into()),
                 Authentication::Failed { error } => Err(error),
             }

@@ -490,7 +490,7 @@ impl RedisSettings {
 
 /// A secret file's text without its trailing whitespace; a message naming the file when it
 /// cannot be read or is empty.
-fn read_secret_file(file: &Path) -> Result<String, String> {
+pub(crate) fn read_secret_file(file: &Path) -> Result<String, String> {
     match std::fs::read_to_string(file) {
         Ok(text) if !text.trim().is_empty() => Ok(text.trim_end().to_string()),
         Ok(_) => Err(format!("`{}` is empty", file.display())),

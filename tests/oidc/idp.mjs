@@ -43,6 +43,16 @@
 //   URL. Back-Channel Logout is on: once a URI is set with /admin/backchannel-logout, signing out
 //   at the provider POSTs a logout token (with sid and sub) there. Loopback addresses are allowed
 //   as its target (oidc-provider refuses them by default).
+// Opaque tokens (introspection and revocation, always on):
+//   client:  jobs-bot, secret `bot-secret` (client_secret_basic), grant client_credentials, scopes
+//            `jobs:read jobs:write`: its access tokens are opaque (oidc-provider's default for
+//            this grant), e.g.
+//              curl -s -u jobs-bot:bot-secret -d grant_type=client_credentials -d scope=jobs:read \
+//                   http://127.0.0.1:P/realms/jobs/protocol/openid-connect/token
+//            and it revokes them at /realms/REALM/protocol/openid-connect/revoke (token=...)
+//   client:  portcullis-introspect, secret `introspect-secret` (client_secret_basic and
+//            client_secret_post both accepted): may introspect any token at
+//            /realms/REALM/protocol/openid-connect/token/introspect (RFC 7662)
 // Extra (non-Keycloak) token request parameter: `signing_alg=ES256` signs with the realm's
 // P-256 key instead of the current RS256 key. The ES256 key is always published in the JWKS.
 //
@@ -51,9 +61,10 @@
 //                                    Old RSA keys stay published unless drop_old=1.
 //                                    Answers {"kid": new kid, "kids": [every published kid]}.
 //   GET  /admin/keys                 {"kid": current RS256 kid, "kids": [...], "es256_kid": ...}
-//   GET  /admin/stats                how often discovery, the JWKS and the token endpoint were
-//                                    requested, and when the JWKS last was (ms since the epoch):
-//                                    {"discovery": n, "jwks": n, "token": n, "last_jwks_ms": t}
+//   GET  /admin/stats                how often discovery, the JWKS, the token and the
+//                                    introspection endpoints were requested, and when the JWKS
+//                                    last was (ms since the epoch): {"discovery": n, "jwks": n,
+//                                    "token": n, "introspection": n, "last_jwks_ms": t}
 //   POST /admin/jwks-status?code=503 make the JWKS endpoint answer that status (code=200: normal)
 //   POST /admin/backchannel-logout?uri=URL  portcullis-sso's backchannel_logout_uri (uri empty:
 //                                    none); the provider is rebuilt, its sessions are kept
@@ -85,6 +96,8 @@ const ACCESS_TOKEN_TTL = Number(args.ttl);
 const DEFAULT_SCOPE = 'openid profile email';
 const SSO_CLIENT = 'portcullis-sso';
 const SSO_REDIRECT_URI = args['sso-redirect-uri'];
+const INTROSPECTION_CLIENT = 'portcullis-introspect';
+const INTROSPECTION_SCOPES = ['jobs:read', 'jobs:write'];
 
 const DEFAULT_ROLES = [`default-roles-${REALM}`, 'offline_access', 'uma_authorization'];
 const ACCOUNT_ROLES = { roles: ['manage-account', 'manage-account-links', 'view-profile'] };
@@ -291,7 +304,25 @@ function buildProvider(issuer) {
       {
         client_id: 'other-app', token_endpoint_auth_method: 'none', grant_types: ['password'], response_types: [], redirect_uris: [],
       },
+      {
+        client_id: 'jobs-bot',
+        client_secret: 'bot-secret',
+        token_endpoint_auth_method: 'client_secret_basic',
+        grant_types: ['client_credentials'],
+        response_types: [],
+        redirect_uris: [],
+        scope: INTROSPECTION_SCOPES.join(' '),
+      },
+      ...['client_secret_basic', 'client_secret_post'].map((method) => ({
+        client_id: method === 'client_secret_basic' ? INTROSPECTION_CLIENT : `${INTROSPECTION_CLIENT}-post`,
+        client_secret: 'introspect-secret',
+        token_endpoint_auth_method: method,
+        grant_types: [],
+        response_types: [],
+        redirect_uris: [],
+      })),
     ],
+    scopes: ['openid', 'offline_access', ...INTROSPECTION_SCOPES],
     jwks: { keys: [...keys.rsa, keys.ec] },
     routes: {
       authorization: '/protocol/openid-connect/auth',
@@ -307,6 +338,9 @@ function buildProvider(issuer) {
       devInteractions: { enabled: Boolean(SSO_REDIRECT_URI) },
       rpInitiatedLogout: { enabled: true },
       backchannelLogout: { enabled: Boolean(SSO_REDIRECT_URI) },
+      clientCredentials: { enabled: true },
+      introspection: { enabled: true },
+      revocation: { enabled: true },
     },
     // Back-channel logout tokens go to portcullis on loopback: without oidc-provider's guard
     // against special-use addresses (a test provider only).
@@ -348,7 +382,7 @@ function buildProvider(issuer) {
 
 // ---------------------------------------------------------------- HTTP
 
-const stats = { discovery: 0, jwks: 0, token: 0, last_jwks_ms: null };
+const stats = { discovery: 0, jwks: 0, token: 0, introspection: 0, last_jwks_ms: null };
 let jwksStatus = 200;
 let issuer;
 let current; // { provider, handle }: rebuilt when the keys change
@@ -430,6 +464,7 @@ const server = http.createServer((req, res) => {
     if (jwksStatus !== 200) return sendJson(res, jwksStatus, { error: 'unavailable' });
   }
   if (inner === '/protocol/openid-connect/token') stats.token += 1;
+  if (inner === '/protocol/openid-connect/token/introspect') stats.introspection += 1;
   // Mount the provider under PREFIX, as Express does: oidc-provider reads the mount path from
   // req.originalUrl minus req.url.
   req.originalUrl = req.url;
