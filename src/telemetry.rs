@@ -170,9 +170,19 @@ impl Metrics {
             duration_series: Default::default(),
             registry,
         };
-        // Exported at 0 from start-up, so that an alert on it has a series before the first one.
+        // Exported at 0 from start-up, so that an alert on each of these has a series before the first one.
         for door in Door::ALL {
             metrics.unidentified_workload_checks.get_or_create(&DoorLabels { door: door.as_str() }).inc_by(0);
+        }
+        let results: [(&Family<ResultLabels, Counter>, &[&'static str]); 3] = [
+            (&metrics.api_key_checks, &["known", "unknown", "expired"]),
+            (&metrics.api_key_reloads, &["ok", "error"]),
+            (&metrics.introspection_calls, &["active", "inactive", "error", "busy"]),
+        ];
+        for (family, labels) in results {
+            for &result in labels {
+                family.get_or_create(&ResultLabels { result }).inc_by(0);
+            }
         }
         metrics
     }
