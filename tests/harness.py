@@ -284,6 +284,7 @@ def sso_helpers():
     import sys  # noqa: PLC0415
 
     if "sso_helpers" not in sys.modules:
+        sys.path.insert(0, str(REPO_ROOT / "tests" / "sso"))  # its `sso_shared`
         spec = importlib.util.spec_from_file_location("sso_helpers", REPO_ROOT / "tests/sso/conftest.py")
         module = importlib.util.module_from_spec(spec)
         sys.modules["sso_helpers"] = module  # before running it: its dataclasses look it up

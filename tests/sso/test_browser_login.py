@@ -9,7 +9,7 @@ import re
 import urllib.parse
 
 import pytest
-from conftest import AUTH_HOST, LOGIN_URL_HEADER, SESSION_COOKIE, Cookie, Provider, Sso
+from sso_shared import AUTH_HOST, LOGIN_URL_HEADER, SESSION_COOKIE, Cookie, Provider, Sso
 
 
 @pytest.fixture(scope="module")

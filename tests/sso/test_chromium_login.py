@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-from conftest import LOGIN_URL_HEADER, POLICY
+from sso_shared import LOGIN_URL_HEADER, POLICY
 from harness import REPO_ROOT, free_port, serving, stop_process
 from playwright.sync_api import sync_playwright
 from tls_site import DOMAIN, IdentityApp, make_certificate, start_tls_caddy

@@ -17,7 +17,7 @@ import uuid
 from contextlib import contextmanager
 
 import pytest
-from conftest import AUTH_HOST, CALLBACK, SESSION_COOKIE, Browser, Provider, Sso
+from sso_shared import AUTH_HOST, CALLBACK, SESSION_COOKIE, Browser, Provider, Sso
 from test_redis_sessions import Keys, RedisServer, eventually, keys, redis, redis_block, through  # noqa: F401
 
 URL = "http://app1.sso.test/"

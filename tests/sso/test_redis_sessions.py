@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import AUTH_HOST, SESSION_COOKIE, Browser, Cookie, Provider, Sso
+from sso_shared import AUTH_HOST, SESSION_COOKIE, Browser, Cookie, Provider, Sso
 from harness import PROCESS_LOGS, free_port, stop_process, wait_until
 
 URL = "http://app1.sso.test/"
