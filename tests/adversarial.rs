@@ -47,6 +47,20 @@ fn context() -> AuthnContext<'static> {
 
 /// Decides a GET for a workload in `namespace`, in-process, remembering verified tokens in
 /// `cache` when given.
+/// A GET of `path` at `host` with `headers`, in the namespace `extensions` name.
+fn get_request<'r>(
+    extensions: &'r HashMap<String, String>,
+    host: &'r str,
+    path: &'r str,
+    headers: Vec<(&'r str, &'r str)>,
+) -> Request<'r> {
+    Request {
+        http: Some(HttpRequest { method: "GET", scheme: "https", host, path, headers, joined_headers: false }),
+        context_extensions: StrMap::from(extensions),
+        ..Request::default()
+    }
+}
+
 fn decide_in(
     snapshot: &Snapshot,
     cache: Option<&VerifiedTokenCache>,
@@ -56,18 +70,7 @@ fn decide_in(
     headers: &[(&str, &str)],
 ) -> Decision {
     let extensions = HashMap::from([("namespace".to_string(), namespace.to_string())]);
-    let request = Request {
-        http: Some(HttpRequest {
-            method: "GET",
-            scheme: "https",
-            host,
-            path,
-            headers: headers.to_vec(),
-            joined_headers: false,
-        }),
-        context_extensions: StrMap::from(&extensions),
-        ..Request::default()
-    };
+    let request = get_request(&extensions, host, path, headers.to_vec());
     match cache {
         Some(cache) => snapshot.check_with(&request, |credential| cache.authenticate(credential, &context())),
         None => snapshot.check(&request, &context()),
@@ -1388,18 +1391,7 @@ fn api_keys_that_resemble_a_real_one_or_come_oddly_are_never_let_in_as_the_bot()
     let mut failures = Vec::new();
     for (case, headers, allowed, refusal, stripped) in rows {
         let extensions = HashMap::from([("namespace".to_string(), "adv".to_string())]);
-        let request = Request {
-            http: Some(HttpRequest {
-                method: "GET",
-                scheme: "https",
-                host: "app.test",
-                path: "/",
-                headers,
-                joined_headers: false,
-            }),
-            context_extensions: StrMap::from(&extensions),
-            ..Request::default()
-        };
+        let request = get_request(&extensions, "app.test", "/", headers);
         let plan = snapshot.plan(&request);
         let presented = plan.api_key().map(|key| table.authenticate(key, snapshot.kept_claims(), unix_now()));
         let decision = match plan.credentials() {
@@ -1486,18 +1478,7 @@ fn opaque_tokens_are_told_from_jwts_and_never_stand_beside_another_credential() 
     let mut failures = Vec::new();
     for (case, path, headers, introspected, allowed, refusal) in rows {
         let extensions = HashMap::from([("namespace".to_string(), "adv".to_string())]);
-        let request = Request {
-            http: Some(HttpRequest {
-                method: "GET",
-                scheme: "https",
-                host: "app.test",
-                path,
-                headers,
-                joined_headers: false,
-            }),
-            context_extensions: StrMap::from(&extensions),
-            ..Request::default()
-        };
+        let request = get_request(&extensions, "app.test", path, headers);
         let plan = snapshot.plan(&request);
         let opaque = plan.opaque_token().map(|opaque| (opaque.token.to_string(), opaque.issuer.to_string()));
         let answer = json!({"active": true, "sub": "bot", "iss": ISSUER});

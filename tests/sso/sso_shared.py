@@ -119,17 +119,26 @@ class Sso:
     def browser(self) -> Browser:
         return Browser(self.door)
 
-    def log_in_at_idp(self, browser: Browser, url: str, user: str = "alice") -> str:
+    def page_at_idp(self, browser: Browser, url: str) -> tuple[str, bytes | None]:
+        """Follows the provider's redirects from `url`: the callback URL and None once there, else
+        the URL and body of the page the provider shows."""
         for _ in range(MAX_HOPS):
             if url.startswith(CALLBACK):
-                return url
+                return url, None
             status, msg, body = browser.get(url, self.idp_port)
-            if status in (302, 303):
-                url = urllib.parse.urljoin(url, msg["Location"])
-                continue
-            assert status == 200, (status, body[:500])
-            action = re.search(rb'action="([^"]+)"', body)
-            assert action, body[:500]
+            if status not in (302, 303):
+                assert status == 200, (status, body[:500])
+                return url, body
+            url = urllib.parse.urljoin(url, msg["Location"])
+        raise AssertionError(f"neither a page nor the callback after {MAX_HOPS} hops")
+
+    def log_in_at_idp(self, browser: Browser, url: str, user: str = "alice") -> str:
+        for _ in range(MAX_HOPS):
+            url, page = self.page_at_idp(browser, url)
+            if page is None:
+                return url
+            action = re.search(rb'action="([^"]+)"', page)
+            assert action, page[:500]
             form = urllib.parse.urlencode({"prompt": "login", "login": user, "password": user})
             status, msg, body = browser.get(urllib.parse.urljoin(url, action.group(1).decode()), self.idp_port, method="POST", body=form)
             assert status in (302, 303), (status, body[:500])
