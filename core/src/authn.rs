@@ -259,6 +259,20 @@ pub enum Authentication<'r> {
     },
 }
 
+impl Authentication<'_> {
+    /// The caller, whatever the credential: `Ok(None)` without one, `Err` when it was refused.
+    pub fn caller(&self) -> Result<Option<&Arc<Identity>>, JwtError> {
+        match self {
+            Authentication::Failed { error } => Err(*error),
+            Authentication::Anonymous => Ok(None),
+            Authentication::Verified { identity, .. }
+            | Authentication::Session { identity }
+            | Authentication::ApiKey { identity }
+            | Authentication::Introspected { identity } => Ok(Some(identity)),
+        }
+    }
+}
+
 fn failed(error: JwtError) -> Authentication<'static> {
     Authentication::Failed { error }
 }

@@ -43,14 +43,12 @@ fn outcome(rule: &Arc<JwtRule>, headers: &[(String, String)], path: &str) -> Res
         headers: headers.iter().map(|(name, value)| (name.as_str(), value.as_str())).collect(),
         ..HttpRequest::default()
     };
-    match authn::authenticate(&[rule], &http, &context()) {
-        Authentication::Verified { identity, .. }
-        | Authentication::Session { identity }
-        | Authentication::ApiKey { identity }
-        | Authentication::Introspected { identity } => Ok(identity.subject().to_string()),
-        Authentication::Anonymous => Ok("anonymous".into()),
-        Authentication::Failed { error, .. } => Err(error),
-    }
+    subject_of(&authn::authenticate(&[rule], &http, &context()))
+}
+
+/// The caller's subject, "anonymous" without a token, or the refusal.
+fn subject_of(authentication: &Authentication<'_>) -> Result<String, JwtError> {
+    Ok(authentication.caller()?.map_or_else(|| "anonymous".into(), |identity| identity.subject().to_string()))
 }
 
 fn alg_none_token() -> String {
@@ -465,14 +463,7 @@ fn a_reload_that_swaps_the_inline_key_behind_a_kid_refuses_tokens_of_the_old_key
     let before = rule(&[]);
     let verify = |rule: &Arc<JwtRule>, token: &str| {
         let headers = [bearer(token)];
-        match cache.authenticate(&[rule], &request_with(&headers), &context()) {
-            Authentication::Verified { identity, .. }
-            | Authentication::Session { identity }
-            | Authentication::ApiKey { identity }
-            | Authentication::Introspected { identity } => Ok(identity.subject().to_string()),
-            Authentication::Anonymous => Ok("anonymous".into()),
-            Authentication::Failed { error, .. } => Err(error),
-        }
+        subject_of(&cache.authenticate(&[rule], &request_with(&headers), &context()))
     };
     assert_eq!(verify(&before, &old_token).as_deref(), Ok("alice"));
     assert!(cache.get(&old_token).is_some(), "cached");
@@ -499,14 +490,8 @@ fn rule_of(issuer: &str, keys: &[(&str, Algorithm, &str)], own_header: bool) -> 
 
 fn outcome_of(rules: &[&Arc<JwtRule>], headers: &[(String, String)]) -> Result<(String, String), JwtError> {
     let http = request_with(headers);
-    match authn::authenticate(rules, &http, &context()) {
-        Authentication::Verified { identity, .. }
-        | Authentication::Session { identity }
-        | Authentication::ApiKey { identity }
-        | Authentication::Introspected { identity } => Ok((identity.issuer().into(), identity.subject().into())),
-        Authentication::Anonymous => Ok(("".into(), "anonymous".into())),
-        Authentication::Failed { error, .. } => Err(error),
-    }
+    let caller = authn::authenticate(rules, &http, &context()).caller()?.cloned();
+    Ok(caller.map_or_else(|| ("".into(), "anonymous".into()), |id| (id.issuer().into(), id.subject().into())))
 }
 
 #[test]

@@ -74,14 +74,8 @@ impl Snapshot {
                 authn::authenticate(rules, http, context)
             };
             let outputs = authn::outputs(rules, &authentication);
-            match authentication {
-                Authentication::Failed { error } => Err(error),
-                Authentication::Anonymous => Ok((None, outputs)),
-                Authentication::Verified { identity, .. }
-                | Authentication::Session { identity }
-                | Authentication::ApiKey { identity }
-                | Authentication::Introspected { identity } => Ok((Some(identity), outputs)),
-            }
+            let identity = authentication.caller()?.cloned();
+            Ok((identity, outputs))
         })
     }
 

@@ -252,15 +252,9 @@ impl Snapshot {
         if opaque.is_some() {
             strip_opaque_token(&mut outputs.headers_to_remove);
         }
-        let identity = match &authentication {
-            Authentication::Failed { error } => {
-                return refusal(request, &workload, *error, outputs.headers_to_remove);
-            }
-            Authentication::Anonymous => None,
-            Authentication::Verified { identity, .. }
-            | Authentication::Session { identity }
-            | Authentication::ApiKey { identity }
-            | Authentication::Introspected { identity } => Some(identity.clone()),
+        let identity = match authentication.caller() {
+            Err(error) => return refusal(request, &workload, error, outputs.headers_to_remove),
+            Ok(identity) => identity.cloned(),
         };
         // Policies see the headers as the service will: authentication's outputs applied.
         let attributes = self.attributes(request, normalized.as_ref(), identity.as_deref(), &outputs);

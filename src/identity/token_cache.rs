@@ -407,14 +407,7 @@ mod tests {
             let authentication = credentials.map_or(Authentication::Anonymous, |credentials| {
                 credentials.authenticate_with(|credential| cache.authenticate(credential, &context))
             });
-            match authentication {
-                Authentication::Verified { identity, .. }
-                | Authentication::Session { identity }
-                | Authentication::ApiKey { identity }
-                | Authentication::Introspected { identity } => Ok(identity.subject().to_string()),
-                Authentication::Anonymous => Ok("anonymous".into()),
-                Authentication::Failed { error } => Err(error),
-            }
+            Ok(authentication.caller()?.map_or_else(|| "anonymous".into(), |identity| identity.subject().to_string()))
         };
         let claims = test_util::claims();
         let stolen = test_util::sign("rsa-2048.pem", Algorithm::RS256, "rsa", &claims);
