@@ -10,8 +10,6 @@ it launches /usr/bin/chromium (Debian's `chromium`), or $CHROMIUM_BIN.
 
 from __future__ import annotations
 
-import os
-import shutil
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,23 +17,12 @@ from dataclasses import dataclass
 import pytest
 from sso_shared import LOGIN_URL_HEADER, POLICY
 from harness import REPO_ROOT, free_port, serving, stop_process
-from playwright.sync_api import sync_playwright
-from tls_site import DOMAIN, IdentityApp, make_certificate, start_tls_caddy
+from tls_site import DOMAIN, IdentityApp, start_tls_caddy
 
 sys.path.insert(0, str(REPO_ROOT / "tests" / "jwt"))
 from oidc_idp import start_idp  # noqa: E402
 
 SESSION_COOKIE = "__Secure-_portcullis_session"
-CHROMIUM_INSTALL_HINT = "apt-get install -y --no-install-recommends chromium"
-NAVIGATION_TIMEOUT_MS = 30_000  # a hang guard: a login takes well under a second
-
-
-def chromium_binary() -> str:
-    """$CHROMIUM_BIN, else Debian's chromium; a clear failure when it is missing."""
-    binary = os.environ.get("CHROMIUM_BIN") or shutil.which("chromium") or "/usr/bin/chromium"
-    if not os.access(binary, os.X_OK):
-        pytest.fail(f"chromium not found (set CHROMIUM_BIN, or install Debian's package: {CHROMIUM_INSTALL_HINT})")
-    return binary
 
 
 @dataclass
@@ -45,16 +32,14 @@ class Site:
     port: int
     idp_base: str
     apps: dict[str, IdentityApp]
-    certificate_spki_sha256: str
 
     def url(self, host: str, path: str = "/") -> str:
         return f"https://{host}.{DOMAIN}:{self.port}{path}"
 
 
 @pytest.fixture(scope="module")
-def site(launch_portcullis, tmp_path_factory) -> Iterator[Site]:
+def site(launch_portcullis, tmp_path_factory, test_certificate) -> Iterator[Site]:
     work = tmp_path_factory.mktemp("chromium-sso")
-    certificate = make_certificate(work)
     port = free_port()
     callback = f"https://auth.{DOMAIN}:{port}/oauth2/callback"
     idp = start_idp(work / "idp-chromium.log", sso_redirect_uri=callback)
@@ -74,37 +59,12 @@ sso:
     server = launch_portcullis(work / "policies", settings=settings)
     apps = {name: IdentityApp(name) for name in ("app1", "app2")}
     with serving(apps["app1"]), serving(apps["app2"]):
-        caddy = start_tls_caddy(work, certificate, port, server.http_port, {name: app.port for name, app in apps.items()})
+        caddy = start_tls_caddy(work, test_certificate, port, server.http_port, {name: app.port for name, app in apps.items()})
         try:
-            yield Site(port, idp.base, apps, certificate.spki_sha256)
+            yield Site(port, idp.base, apps)
         finally:
             exits = {"caddy": stop_process(caddy.process), "idp": idp.stop()}
             assert exits == {"caddy": 0, "idp": 0}
-
-
-@pytest.fixture(scope="module")
-def chromium(site):
-    """One Chromium for the module; it trusts the test certificate by its key and resolves only `*.sso.test`."""
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=chromium_binary(),
-            headless=True,
-            args=[
-                f"--host-resolver-rules=MAP *.{DOMAIN} 127.0.0.1, MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
-                f"--ignore-certificate-errors-spki-list={site.certificate_spki_sha256}",
-            ],
-        )
-        yield browser
-        browser.close()
-
-
-@pytest.fixture
-def context(chromium):
-    """A fresh browser profile (no cookies) for one test."""
-    context = chromium.new_context()
-    context.set_default_timeout(NAVIGATION_TIMEOUT_MS)
-    yield context
-    context.close()
 
 
 def requested_urls(context) -> list[str]:
