@@ -79,6 +79,14 @@ LONE_P50_RATIO = 1.2  # (b) lone p50 ≤ 1.2 × (a) lone p50
 HALF_LOAD_P99_US = 1000.0  # p99 at half of (b)'s maximum rate ≤ 1 ms
 COLD_THROUGHPUT_SHARE = 0.70  # (c) ≥ 70% of min((a), RS256 verifications/s on one core)
 POLICY_SCALING = 2.0  # 10,000 policies ≤ 2 × 10 policies per Check
+OTHER_CREDENTIAL_RATIO = 1.1  # a check with a session, API key, ... ≤ 1.1 × a warm-token check
+# The criterion benchmarks of checks with other credentials, compared with `check/job_board_warm_token`.
+OTHER_CREDENTIALS = {
+    "check/job_board_session": "a browser session (in-memory store)",
+    "check/job_board_api_key": "an API key",
+    "check/job_board_opaque_cached": "an opaque token whose introspection answer is cached",
+    "check/job_board_revocation_100k": "a warm token with 100,000 entries in the revocation list",
+}
 LOAD_SECONDS = 2.0  # loading 10,000 policies
 RSS_MIB = 64.0  # with 10,000 policies and 100,000 cached tokens
 
@@ -605,6 +613,17 @@ class Report:
             f"one core: a cold Check costs at least a warm Check ({cpu_b:.1f} µs in (b)) plus a signature, so "
             f"(c) cannot pass {1e6 / (cpu_b + self.crit('signature/rs256') / 1e3):,.0f}/s, a share of "
             f"{1e6 / (cpu_b + self.crit('signature/rs256') / 1e3) / ceiling:.2f} of this ceiling." + self.observed("c")))
+
+        warm = self.crit("check/job_board_warm_token")
+        for full_id, what in OTHER_CREDENTIALS.items():
+            ratio = self.crit(full_id) / warm
+            rows.append((
+                f"A check with {what}: ≤ {OTHER_CREDENTIAL_RATIO:g}× a warm-token check",
+                f"{duration(self.crit(full_id))} / {duration(warm)} = {ratio:.2f}× (criterion `{full_id}` against "
+                "`check/job_board_warm_token`)",
+                verdict(ratio, OTHER_CREDENTIAL_RATIO, False, "×"),
+                "The same job-board policy set and request, only the credential differs; the decision alone, "
+                "without the gRPC stack, which costs the same for every credential."))
 
         pairs = [(round_.get("check_policies/10", float("nan")), round_.get("check_policies/10000", float("nan")))
                  for round_ in self.policy_rounds]
