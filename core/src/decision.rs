@@ -90,7 +90,8 @@ pub enum Challenge {
     Login {
         /// The login's start URL.
         url: Box<str>,
-        /// Whether the request is a browser navigation (sent there) or not (told where it is).
+        /// Whether the request is sent there (a browser navigation, or any request of a site set to
+        /// `redirect_always`) or told where it is.
         navigation: bool,
     },
 }

@@ -201,6 +201,8 @@ impl OriginalRequest {
             }
             Some(HttpMode::Nginx) => {
                 original.method = get("x-original-method").unwrap_or_else(|| "GET".into());
+                // nginx's own `$scheme`: a login over TLS comes back to the `https://` URL.
+                original.scheme = get("x-forwarded-proto").unwrap_or(original.scheme);
                 original.path = target(ORIGINAL_URI);
                 original.context = parse_context(own_query, '&');
             }

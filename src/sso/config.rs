@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::envelope::{KeyRing, SessionKey};
+use super::site::{AnonymousAnswer, SiteEntry};
 use crate::core::redirect::{AllowedDomain, RedirectPolicy, RedirectTarget};
 
 /// The `sso` block as written in the settings file.
@@ -51,8 +52,9 @@ pub struct SsoSettings {
     /// How long a login may take from its start to its callback.
     pub login_timeout_secs: u64,
     /// The hosts whose anonymous visitors are offered a browser login instead of a 403:
-    /// `grafana.example.com`, or `.example.com` for the domain and every subdomain.
-    pub sites: Vec<String>,
+    /// `grafana.example.com`, or `.example.com` for the domain and every subdomain; or
+    /// `{host: ..., anonymous: ...}` to choose how such a site asks for the login.
+    pub sites: Vec<SiteEntry>,
     /// Sessions shared by every replica through Redis; unset, each replica keeps its own in memory.
     pub redis: Option<RedisSettings>,
     /// At sign-out, also end the person's session at the provider (RP-initiated logout), when
@@ -220,6 +222,8 @@ pub struct RedisConfig {
 pub struct Site {
     host: Box<str>,
     with_subdomains: bool,
+    /// How its anonymous visitors are asked to log in.
+    pub anonymous: AnonymousAnswer,
 }
 
 impl Site {
@@ -266,7 +270,7 @@ pub struct SsoConfig {
     pub max_sessions: usize,
     /// How long a login may take.
     pub login_timeout: Duration,
-    /// The hosts that offer a browser login.
+    /// The hosts that offer a browser login, in the order of the settings.
     pub sites: Box<[Site]>,
     /// The shared session store, when configured.
     pub redis: Option<RedisConfig>,
@@ -330,7 +334,7 @@ impl SsoSettings {
             .collect();
         // The sites are where a login comes back to: allowed on any port (a bad one is reported
         // under `sites` below).
-        domains.extend(self.sites.iter().filter_map(|site| AllowedDomain::parse(&format!("{site}:*")).ok()));
+        domains.extend(self.sites.iter().filter_map(|site| AllowedDomain::parse(&format!("{}:*", site.host())).ok()));
         for (key, value) in [
             ("session_idle_timeout_secs", self.session_idle_timeout_secs),
             ("session_max_lifetime_secs", self.session_max_lifetime_secs),
@@ -348,13 +352,16 @@ impl SsoSettings {
             .sites
             .iter()
             .filter_map(|entry| {
-                let (host, with_subdomains) = entry.strip_prefix('.').map_or((entry.as_str(), false), |h| (h, true));
+                let entry_host = entry.host();
+                let (host, with_subdomains) = entry_host.strip_prefix('.').map_or((entry_host, false), |h| (h, true));
                 match AllowedDomain::parse(host) {
-                    Ok(_) if !host.contains(':') => {
-                        Some(Site { host: host.to_ascii_lowercase().into(), with_subdomains })
-                    }
+                    Ok(_) if !host.contains(':') => Some(Site {
+                        host: host.to_ascii_lowercase().into(),
+                        with_subdomains,
+                        anonymous: entry.anonymous(),
+                    }),
                     _ => {
-                        problem("sites", format!("`{entry}` is not a host name or `.parent` domain"));
+                        problem("sites", format!("`{entry_host}` is not a host name or `.parent` domain"));
                         None
                     }
                 }
@@ -514,7 +521,12 @@ fn without_userinfo(url: &str) -> String {
 impl SsoConfig {
     /// Whether `host` offers a browser login to its anonymous visitors.
     pub fn is_site(&self, host: &str) -> bool {
-        self.sites.iter().any(|site| site.admits(host))
+        self.site(host).is_some()
+    }
+
+    /// The first of the `sites` that `host` is, when there is one.
+    pub fn site(&self, host: &str) -> Option<&Site> {
+        self.sites.iter().find(|site| site.admits(host))
     }
 }
 
@@ -732,6 +744,48 @@ mod tests {
         };
         let errors = no_keys.compile(|_| None).unwrap_err();
         assert_eq!(errors.iter().map(|error| error.key).collect::<Vec<_>>(), ["redis.encryption_keys"]);
+    }
+
+    #[test]
+    fn a_site_with_options_chooses_its_anonymous_answer_and_the_others_keep_the_login_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "s").unwrap();
+        let api = SiteEntry::WithOptions(super::super::site::SiteOptions {
+            host: "api.example.com".into(),
+            anonymous: AnonymousAnswer::Unauthorized,
+        });
+        let block = SsoSettings { sites: vec![api, ".example.com".into()], ..settings(&secret) };
+        let config = block.compile(|_| None).unwrap();
+        let answer = |host: &str| config.site(host).map(|site| site.anonymous);
+        assert_eq!(answer("api.example.com:443"), Some(AnonymousAnswer::Unauthorized), "the first entry that fits");
+        assert_eq!(answer("grafana.example.com"), Some(AnonymousAnswer::Login));
+        assert_eq!(answer("evil.org"), None);
+        assert!(
+            config.redirects.check("https://api.example.com/x").is_ok(),
+            "a site with options is a redirect target"
+        );
+    }
+
+    #[test]
+    fn a_bad_site_entry_is_reported_with_its_file_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("portcullis.yaml");
+        let head = "http_mode: traefik\nsso:\n  issuer: https://idp.example.com\n  sites:\n  - .example.com\n";
+        for (entry, expected) in [
+            ("  - {host: api.example.com, anonymous: redirect}\n", "redirect"),
+            ("  - {host: api.example.com, answer: unauthorized}\n", "answer"),
+        ] {
+            std::fs::write(&file, format!("{head}{entry}")).unwrap();
+            let error =
+                crate::settings::Settings::load(Some(&file), crate::settings::Overrides::default()).unwrap_err();
+            let message = error.to_string();
+            assert!(message.starts_with(&format!("config file `{}`:6:", file.display())), "{message}");
+            assert!(message.contains(expected), "{message}");
+        }
+        std::fs::write(&file, format!("{head}  - {{host: \"evil com\", anonymous: unauthorized}}\n")).unwrap();
+        let error = crate::settings::Settings::load(Some(&file), crate::settings::Overrides::default()).unwrap_err();
+        assert!(error.to_string().contains("sso.sites: `evil com` is not a host name"), "{error}");
     }
 
     #[test]

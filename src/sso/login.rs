@@ -536,8 +536,8 @@ impl Sso {
         let anonymous_refusal = decision.identity.is_none()
             && decision.jwt_error.is_none()
             && matches!(decision.reason, Reason::NoAllowMatch | Reason::DeniedByPolicy);
-        if anonymous_refusal && self.config.is_site(http.host) {
-            decision.challenge = self.login_challenge(http);
+        if let Some(site) = self.config.site(http.host).filter(|_| anonymous_refusal) {
+            decision.challenge = self.login_challenge(http, site.anonymous.redirects(is_browser_navigation(http)));
         }
     }
 
@@ -585,14 +585,15 @@ impl Sso {
     }
 
     /// The login challenge for a request: the start endpoint on the callback's host, bringing
-    /// the browser back to the request's URL.
-    fn login_challenge(&self, http: &HttpRequest<'_>) -> Option<Challenge> {
+    /// the browser back to the request's URL; a redirect to it when `redirects`, else a 401
+    /// naming it.
+    fn login_challenge(&self, http: &HttpRequest<'_>, redirects: bool) -> Option<Challenge> {
         let scheme = if http.scheme.is_empty() { "http" } else { http.scheme };
         let original = format!("{scheme}://{}{}", http.host, http.path);
         let origin = origin_of(&self.config.redirect_url)?;
         let rd: String = form_urlencoded::byte_serialize(original.as_bytes()).collect();
         let url = format!("{origin}{}start?rd={rd}", self.config.endpoint_prefix);
-        is_header_text(&url).then(|| Challenge::Login { url: url.into(), navigation: is_browser_navigation(http) })
+        is_header_text(&url).then(|| Challenge::Login { url: url.into(), navigation: redirects })
     }
 
     /// Keeps a login under way under a new `state`: in Redis when sessions are there, so that

@@ -8,6 +8,7 @@ pub mod redis_store;
 pub mod replay;
 pub mod session;
 pub mod sessions;
+pub mod site;
 pub mod store;
 
 pub use login::{EndpointRequest, LoginAnswer, Sso};

@@ -47,6 +47,63 @@ def render_envoy_config(shipped: dict, *, listener: int, admin: int, portcullis:
     return config
 
 
+SSO_DOCS = REPO_ROOT / "docs/sso.md"
+PORTCULLIS_HTTP_CLUSTER = "portcullis_http"
+
+
+def documented_login_virtual_host() -> dict:
+    """The login endpoints' virtual host as docs/sso.md's Envoy recipe writes it (the yaml block
+    that turns ext_authz off with ExtAuthzPerRoute)."""
+    blocks = [block.split("\n", 1)[1] for block in SSO_DOCS.read_text().split("```yaml")[1:]]
+    (recipe,) = [block.split("```", 1)[0] for block in blocks if "ExtAuthzPerRoute" in block.split("```", 1)[0]]
+    (login,) = yaml.safe_load(recipe)["virtual_hosts"]
+    return login
+
+
+def with_login_route(config: dict, *, login_host: str, portcullis_http: int) -> dict:
+    """The config plus docs/sso.md's login virtual host (its domain replaced by `login_host`, with
+    and without a port) and the cluster of portcullis's HTTP door it routes to."""
+    config = copy.deepcopy(config)
+    login = documented_login_virtual_host()
+    (route,) = login["routes"]
+    assert route["route"]["cluster"] == PORTCULLIS_HTTP_CLUSTER, route
+    login["domains"] = [login_host, login_host.split(":")[0]]
+    (ingress,) = config["static_resources"]["listeners"]
+    (chain,) = ingress["filter_chains"]
+    (manager,) = [f for f in chain["filters"] if f["name"] == "envoy.filters.network.http_connection_manager"]
+    manager["typed_config"]["route_config"]["virtual_hosts"].insert(0, login)
+    config["static_resources"]["clusters"].append(
+        {
+            "name": PORTCULLIS_HTTP_CLUSTER,
+            "type": "STATIC",
+            "connect_timeout": "1s",
+            "load_assignment": {
+                "cluster_name": PORTCULLIS_HTTP_CLUSTER,
+                "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {}}}]}],
+            },
+        }
+    )
+    _set_socket(_endpoint_address(config["static_resources"]["clusters"][-1]), portcullis_http)
+    return config
+
+
+def with_tls(config: dict, *, chain: Path, key: Path) -> dict:
+    """The config with its listener terminating TLS with the given certificate chain and key."""
+    config = copy.deepcopy(config)
+    (ingress,) = config["static_resources"]["listeners"]
+    (filter_chain,) = ingress["filter_chains"]
+    filter_chain["transport_socket"] = {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+            "common_tls_context": {
+                "tls_certificates": [{"certificate_chain": {"filename": str(chain)}, "private_key": {"filename": str(key)}}]
+            },
+        },
+    }
+    return config
+
+
 @dataclass
 class EnvoyProxy:
     process: subprocess.Popen
@@ -84,10 +141,14 @@ def start_envoy(config: dict, workdir: Path, name: str) -> EnvoyProxy:
     return proxy
 
 
-def running_envoy(shipped: dict, *, portcullis: int, upstream: int, workdir: Path, name: str) -> Iterator[EnvoyProxy]:
-    """A fixture's body: Envoy on `shipped` moved to loopback, asking portcullis at port `portcullis`
-    and forwarding to `upstream`; stopped when the fixture ends."""
-    config = render_envoy_config(shipped, listener=free_port(), admin=free_port(), portcullis=portcullis, upstream=upstream)
-    proxy = start_envoy(config, workdir, name)
+def running_envoy(
+    shipped: dict, *, portcullis: int, upstream: int, workdir: Path, name: str, listener: int | None = None, extend=None
+) -> Iterator[EnvoyProxy]:
+    """A fixture's body: Envoy on `shipped` moved to loopback (its listener on `listener`, else a
+    free port), asking portcullis at port `portcullis` and forwarding to `upstream`, the config
+    passed through `extend` when given; stopped when the fixture ends."""
+    listener = listener or free_port()
+    config = render_envoy_config(shipped, listener=listener, admin=free_port(), portcullis=portcullis, upstream=upstream)
+    proxy = start_envoy(extend(config) if extend else config, workdir, name)
     yield proxy
     stop_process(proxy.process)

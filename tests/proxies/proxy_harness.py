@@ -12,6 +12,7 @@ import pytest
 from harness import PROCESS_LOGS, REPO_ROOT, RecordingUpstream, Seen, send, stop_process, wait_until  # noqa: F401 (RecordingUpstream, Seen re-exported)
 
 SHIPPED_NGINX_CONFIG = REPO_ROOT / "deploy/nginx/nginx.conf"
+SHIPPED_NGINX_SSO_CONFIG = REPO_ROOT / "deploy/nginx/nginx-sso.conf"
 SHIPPED_ENVOY_HTTP_CONFIG = REPO_ROOT / "deploy/envoy/envoy-http.yaml"
 SHIPPED_CADDYFILE = REPO_ROOT / "deploy/caddy/Caddyfile"
 CADDY_INSTALL_HINT = "apt-get install -y --no-install-recommends caddy"
@@ -54,6 +55,24 @@ def render_nginx_config(shipped: str, *, listen: int, portcullis: int, upstream:
     # may write: give this instance its own, so the test runs as any user.
     scratch = "".join(f"    {kind}_temp_path {workdir / kind};\n" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
     return _replace_once(config, "http {\n", "http {\n" + scratch)
+
+
+def render_nginx_sso_config(
+    shipped: str, *, listen: int, portcullis: int, upstream: int, workdir: Path, tls: tuple[Path, Path] | None = None
+) -> str:
+    """deploy/nginx/nginx-sso.conf moved to loopback ports as render_nginx_config does, its login
+    endpoints' address too; with `tls` (certificate chain, key) the server speaks HTTPS."""
+    login = "proxy_pass http://portcullis:8000;"
+    config = _replace_once(shipped, login, f"proxy_pass http://127.0.0.1:{portcullis};", "deploy/nginx/nginx-sso.conf")
+    config = render_nginx_config(config, listen=listen, portcullis=portcullis, upstream=upstream, workdir=workdir)
+    if tls:
+        chain, key = tls
+        config = _replace_once(
+            config,
+            f"listen 127.0.0.1:{listen};",
+            f"listen 127.0.0.1:{listen} ssl;\n        ssl_certificate {chain};\n        ssl_certificate_key {key};",
+        )
+    return config
 
 
 @dataclass

@@ -13,13 +13,12 @@ from __future__ import annotations
 import urllib.parse
 
 import pytest
-from harness import REPO_ROOT, free_port, serving, stop_process
+from harness import free_port, serving, stop_process
 from harness import sso_helpers as load_sso_helpers
-from proxy_harness import RecordingUpstream, render_nginx_config, start_nginx
+from proxy_harness import SHIPPED_NGINX_SSO_CONFIG, RecordingUpstream, render_nginx_sso_config, start_nginx
 
 sso_helpers = load_sso_helpers()
 provider = sso_helpers.provider  # the fixture: the OIDC provider and the policies naming it
-SHIPPED_NGINX_SSO_CONFIG = REPO_ROOT / "deploy/nginx/nginx-sso.conf"
 APP_URL = "http://app1.sso.test/dashboard?tab=2"
 
 
@@ -40,12 +39,10 @@ def app():
 @pytest.fixture(scope="module")
 def nginx_sso(signing_on, app, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("nginx-sso")
-    shipped = SHIPPED_NGINX_SSO_CONFIG.read_text()
-    # The check's address (with its query) is moved by the shared renderer, the login endpoints' here.
-    assert shipped.count("proxy_pass http://portcullis:8000;") == 1
-    shipped = shipped.replace("proxy_pass http://portcullis:8000;", f"proxy_pass http://127.0.0.1:{signing_on.http_port};")
     port = free_port()
-    config = render_nginx_config(shipped, listen=port, portcullis=signing_on.http_port, upstream=app.port, workdir=workdir)
+    config = render_nginx_sso_config(
+        SHIPPED_NGINX_SSO_CONFIG.read_text(), listen=port, portcullis=signing_on.http_port, upstream=app.port, workdir=workdir
+    )
     proxy = start_nginx(config, port, workdir, "nginx-sso")
     yield proxy
     stop_process(proxy.process)
@@ -91,6 +88,11 @@ def test_portcullis_in_nginx_mode_answers_a_navigation_with_401_naming_the_login
     status, answer, _ = browser.send(signing_on.http_port, "GET", "/?namespace=job-service", "app1.sso.test", headers)
     assert status == 401, "auth_request would turn a 302 into a 500"
     assert answer["Location"] == f"http://{sso_helpers.AUTH_HOST}/oauth2/start?rd=http%3A%2F%2Fapp1.sso.test%2Fdashboard"
+    # Over TLS, nginx names its own scheme: the login comes back to the https:// URL.
+    headers["X-Forwarded-Proto"] = "https"
+    status, answer, _ = browser.send(signing_on.http_port, "GET", "/?namespace=job-service", "app1.sso.test", headers)
+    assert status == 401
+    assert answer["Location"].endswith("rd=https%3A%2F%2Fapp1.sso.test%2Fdashboard")
 
 
 def test_a_script_through_nginx_gets_401_naming_the_login_url(nginx_sso, provider, app):

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import pytest
 from sso_shared import LOGIN_URL_HEADER, POLICY
 from harness import REPO_ROOT, free_port, serving, stop_process
-from tls_site import DOMAIN, IdentityApp, start_tls_caddy
+from tls_site import DOMAIN, IdentityApp, is_login_form, log_in_on_form, requested_urls, start_tls_caddy
 
 sys.path.insert(0, str(REPO_ROOT / "tests" / "jwt"))
 from oidc_idp import start_idp  # noqa: E402
@@ -65,24 +65,6 @@ sso:
         finally:
             exits = {"caddy": stop_process(caddy.process), "idp": idp.stop()}
             assert exits == {"caddy": 0, "idp": 0}
-
-
-def requested_urls(context) -> list[str]:
-    """Every URL the context requests from now on."""
-    urls: list[str] = []
-    context.on("request", lambda request: urls.append(request.url))
-    return urls
-
-
-def log_in_on_form(page, user: str = "alice") -> None:
-    """Fill and submit the IdP's login form the page shows (the IdP asks no consent of this client)."""
-    page.fill("input[name=login]", user)
-    page.fill("input[name=password]", user)
-    page.click("button[type=submit]")
-
-
-def is_login_form(page) -> bool:
-    return "/interaction/" in page.url and page.locator("input[name=password]").count() == 1
 
 
 def open_and_log_in(site: Site, context, app: str = "app1", path: str = "/"):

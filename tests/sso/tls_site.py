@@ -1,6 +1,6 @@
-"""The pieces of the Chromium login test: a throw-away CA and `*.sso.test` certificate, the Caddyfile
-that terminates TLS for the apps and the login endpoints, and apps that show who they were told the
-visitor is."""
+"""The pieces of the Chromium login tests: a throw-away CA and `*.sso.test` certificate, the Caddyfile
+that terminates TLS for the apps and the login endpoints, apps that show who they were told the
+visitor is, and the steps of a login in the browser."""
 
 from __future__ import annotations
 
@@ -204,3 +204,21 @@ class IdentityApp(RecordingUpstream):
     def last(self, path: str) -> Seen:
         """The last request for `path` that reached the app (the browser asks for /favicon.ico too)."""
         return next(request for request in reversed(self.seen) if request.path == path)
+
+
+def requested_urls(context) -> list[str]:
+    """Every URL the context requests from now on."""
+    urls: list[str] = []
+    context.on("request", lambda request: urls.append(request.url))
+    return urls
+
+
+def log_in_on_form(page, user: str = "alice") -> None:
+    """Fill and submit the IdP's login form the page shows (the IdP asks no consent of this client)."""
+    page.fill("input[name=login]", user)
+    page.fill("input[name=password]", user)
+    page.click("button[type=submit]")
+
+
+def is_login_form(page) -> bool:
+    return "/interaction/" in page.url and page.locator("input[name=password]").count() == 1
