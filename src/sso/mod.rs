@@ -2,8 +2,11 @@
 
 pub mod config;
 pub mod envelope;
+pub mod github;
 pub mod login;
 pub mod oidc;
+pub mod pages;
+pub mod providers;
 pub mod redis_store;
 pub mod replay;
 pub mod session;
