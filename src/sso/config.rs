@@ -571,11 +571,13 @@ mod tests {
         let secret = dir.path().join("secret");
         std::fs::write(&secret, "s3cret\n").unwrap();
         let config = settings(&secret).compile(|_| None).unwrap();
-        assert_eq!(config.client_secret.expose(), "s3cret");
-        assert_eq!(&*config.issuer, "https://idp.example.com/realms/jobs");
+        let [provider] = config.providers.all() else { panic!("one provider") };
+        assert_eq!(provider.client_secret.expose(), "s3cret");
+        assert_eq!(provider.issuer(), "https://idp.example.com/realms/jobs");
+        assert_eq!(&*provider.name, "default", "the single-provider form is a provider named `default`");
         assert_eq!(&*config.cookie_name, "__Secure-_portcullis_session");
         assert_eq!(config.cookie_domain.as_deref(), Some("example.com"));
-        assert_eq!(config.scopes.first().map(|scope| &**scope), Some("openid"));
+        assert_eq!(provider.scopes.first().map(|scope| &**scope), Some("openid"));
         assert!(config.is_site("grafana.example.com:443") && config.is_site("example.com"));
         assert!(!config.is_site("evilexample.com") && !config.is_site("example.com.evil.org"));
     }
@@ -635,7 +637,7 @@ mod tests {
             ..settings(&dir.path().join("unused"))
         };
         let config = block.compile(|name| (name == "SSO_SECRET").then(|| "from-env".into())).unwrap();
-        assert_eq!(config.client_secret.expose(), "from-env");
+        assert_eq!(config.providers.all().first().unwrap().client_secret.expose(), "from-env");
         let errors = block.compile(|_| None).unwrap_err();
         assert_eq!(errors.iter().map(|error| error.key).collect::<Vec<_>>(), ["client_secret_env"]);
     }

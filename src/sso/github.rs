@@ -221,3 +221,121 @@ pub fn session_claims(
     claims.insert("teams".into(), teams.into());
     SessionClaims::from_user_api(&github.base_url, &id.to_string(), claims).map(Ok).map_err(|_| GithubError::NoUser)
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn github(allowed_orgs: &[&str], allowed_teams: &[&str]) -> GithubConfig {
+        GithubConfig {
+            base_url: "https://github.com".into(),
+            api_url: "https://api.github.com".into(),
+            allowed_orgs: allowed_orgs.iter().map(|org| Box::from(*org)).collect(),
+            allowed_teams: allowed_teams.iter().map(|team| Box::from(*team)).collect(),
+        }
+    }
+
+    /// Octocat as GitHub's API documentation shows the four answers.
+    fn octocat() -> GithubProfile {
+        GithubProfile {
+            user: json!({"login": "Octocat", "id": 583231, "name": "The Octocat", "email": "public@example.com"}),
+            emails: json!([
+                {"email": "old@example.com", "primary": false, "verified": true, "visibility": null},
+                {"email": "octocat@github.com", "primary": true, "verified": true, "visibility": "private"}
+            ]),
+            orgs: json!([{"login": "GitHub", "id": 1}, {"login": "octo-org", "id": 2}]),
+            teams: json!([{"slug": "Justice-League", "organization": {"login": "GitHub"}}]),
+        }
+    }
+
+    #[test]
+    fn a_github_identity_is_its_numeric_id_with_login_name_primary_verified_email_orgs_and_teams() {
+        let claims = session_claims(&github(&[], &[]), &octocat()).unwrap().unwrap();
+        assert_eq!((claims.issuer(), claims.subject()), ("https://github.com", "583231"));
+        assert_eq!(
+            serde_json::Value::Object(claims.claims().clone()),
+            json!({
+                "iss": "https://github.com", "sub": "583231", "login": "Octocat", "preferred_username": "Octocat",
+                "name": "The Octocat", "email": "octocat@github.com", "email_verified": true,
+                "orgs": ["github", "octo-org"], "teams": ["github/justice-league"]
+            })
+        );
+    }
+
+    #[test]
+    fn an_unverified_primary_email_is_no_email_and_an_answer_without_id_is_no_user() {
+        let mut profile = octocat();
+        profile.emails = json!([{"email": "octocat@github.com", "primary": true, "verified": false}]);
+        let claims = session_claims(&github(&[], &[]), &profile).unwrap().unwrap();
+        assert!(claims.claim_text("email").is_none() && claims.claims().get("email_verified").is_none());
+        profile.user = json!({"login": "Octocat", "id": "583231"});
+        assert!(matches!(session_claims(&github(&[], &[]), &profile), Err(GithubError::NoUser)));
+        profile.user = json!({"id": 1, "login": ""});
+        assert!(matches!(session_claims(&github(&[], &[]), &profile), Err(GithubError::NoUser)));
+    }
+
+    #[test]
+    fn allowed_orgs_and_teams_each_must_be_met_case_insensitively() {
+        let profile = octocat();
+        for (orgs, teams, expected) in [
+            (&["octo-org"][..], &[][..], Ok(())),
+            (&["other"], &[], Err(GithubRefusal::NotInAllowedOrg)),
+            (&[], &["github/justice-league"], Ok(())),
+            (&[], &["octo-org/justice-league"], Err(GithubRefusal::NotInAllowedTeam)),
+            (&["github"], &["github/other"], Err(GithubRefusal::NotInAllowedTeam)),
+            (&["other"], &["github/justice-league"], Err(GithubRefusal::NotInAllowedOrg)),
+        ] {
+            let admitted = session_claims(&github(orgs, teams), &profile).unwrap().map(|_| ());
+            assert_eq!(admitted, expected, "{orgs:?} {teams:?}");
+        }
+        let mut no_orgs = profile.clone();
+        no_orgs.orgs = json!({"message": "Not Found"});
+        assert_eq!(
+            session_claims(&github(&["github"], &[]), &no_orgs).unwrap().map(|_| ()),
+            Err(GithubRefusal::NotInAllowedOrg),
+            "an answer that is no list holds no organization"
+        );
+    }
+
+    #[test]
+    fn the_authorization_url_asks_github_with_state_and_pkce_and_no_nonce() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "s").unwrap();
+        let settings = crate::sso::providers::ProviderSettings {
+            name: "github".into(),
+            kind: crate::sso::providers::ProviderKind::Github,
+            client_id: "Iv1.abc".into(),
+            client_secret_file: Some(secret.clone()),
+            ..Default::default()
+        };
+        let block = crate::sso::config::SsoSettings {
+            providers: vec![settings],
+            redirect_url: "https://auth.example.com/oauth2/callback".into(),
+            sites: vec![".example.com".into()],
+            ..Default::default()
+        };
+        let config = block.compile(|_| None).unwrap();
+        let provider = config.providers.all().first().unwrap();
+        let url = authorization_url(
+            provider,
+            &github(&[], &[]),
+            &config.redirect_url,
+            "st",
+            "dBjftJeZ4CVP-mJ92K27uTMVZpL1ckl1hhkvIr9SpJs",
+        );
+        assert_eq!(
+            url,
+            "https://github.com/login/oauth/authorize?client_id=Iv1.abc\
+             &redirect_uri=https%3A%2F%2Fauth.example.com%2Foauth2%2Fcallback&scope=read%3Auser+user%3Aemail+read%3Aorg\
+             &state=st&code_challenge=W6sW9C8A5hrhGZuemd0hex4ogmWFU39zh0gzOjvZo7s&code_challenge_method=S256&allow_signup=false"
+        );
+    }
+
+    #[test]
+    fn the_access_token_never_shows_in_debug_output() {
+        assert_eq!(format!("{:?}", AccessToken("gho_secret".into())), "AccessToken([redacted])");
+    }
+}

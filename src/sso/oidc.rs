@@ -237,7 +237,7 @@ mod tests {
         };
         let secrets =
             LoginSecrets { state: "st", nonce: "no", code_verifier: "dBjftJeZ4CVP-mJ92K27uTMVZpL1ckl1hhkvIr9SpJs" };
-        let url = authorization_url(&config.providers.all()[0], &config.redirect_url, &provider, secrets);
+        let url = authorization_url(config.providers.all().first().unwrap(), &config.redirect_url, &provider, secrets);
         assert_eq!(
             url,
             "https://idp.example.com/auth?response_type=code&client_id=portcullis\

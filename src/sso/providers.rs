@@ -350,7 +350,7 @@ pub fn compile_providers(
             complete = false;
             problem(ProviderProblem { index, key, message });
         };
-        if entries[..index.unwrap_or(0)].iter().any(|earlier| earlier.name == entry.name) {
+        if entries.iter().take(index.unwrap_or(0)).any(|earlier| earlier.name == entry.name) {
             report("name", format!("`{}` names another provider too", entry.name));
         }
         if let Some(provider) = entry.compile(variable, &mut report) {
@@ -368,4 +368,125 @@ fn is_provider_name(name: &str) -> bool {
 
 fn lower_case(entries: &[String]) -> Box<[Box<str>]> {
     entries.iter().map(|entry| entry.trim().to_ascii_lowercase().into()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sso::config::{SsoSettings, SsoSettingsError};
+
+    /// An `sso` block with `providers` (YAML) and a client secret file every entry may name.
+    fn compile(providers: &str) -> Result<crate::sso::config::SsoConfig, Vec<SsoSettingsError>> {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "s3cret\n").unwrap();
+        let yaml = format!(
+            "redirect_url: https://auth.example.com/oauth2/callback\nsites: [.example.com]\nproviders:\n{}",
+            providers.replace("SECRET_FILE", &secret.display().to_string())
+        );
+        let block: SsoSettings = serde_saphyr::from_str(&yaml).unwrap();
+        block.compile(|name| (name == "GOOGLE_SECRET").then(|| "from-env".into()))
+    }
+
+    fn keys(errors: &[SsoSettingsError]) -> Vec<String> {
+        errors.iter().map(|error| format!("{}{}", error.within, error.key)).collect()
+    }
+
+    #[test]
+    fn every_kind_of_provider_compiles_with_its_defaults() {
+        let config = compile(
+            "- {name: staff, issuer: https://kc.example.com/realms/staff/, client_id: p, client_secret_file: SECRET_FILE}\n\
+             - {name: google, kind: google, client_id: g, client_secret_env: GOOGLE_SECRET, hosted_domains: [Corp.Example]}\n\
+             - {name: github, kind: github, display_name: GitHub, client_id: h, client_secret_file: SECRET_FILE,\n   \
+                allowed_orgs: [ACME], allowed_teams: [acme/Platform], sites: [wiki.example.com]}\n",
+        )
+        .unwrap();
+        let [staff, google, github] = config.providers.all() else { panic!("three providers") };
+        assert_eq!((staff.issuer(), &*staff.display_name), ("https://kc.example.com/realms/staff", "staff"));
+        assert_eq!(staff.scopes.iter().map(|scope| &**scope).collect::<Vec<_>>(), ["openid", "email", "profile"]);
+        assert!(staff.applies_to("anything.example.com"), "no sites: every site");
+        let Protocol::Oidc(rules) = &google.protocol else { panic!("google speaks OIDC") };
+        assert_eq!(&*rules.issuer, GOOGLE_ISSUER);
+        assert_eq!(&*rules.hosted_domains, [Box::from("corp.example")]);
+        assert!(rules.require_verified_email && !staff.oidc().unwrap().require_verified_email);
+        assert_eq!(google.client_secret.expose(), "from-env");
+        let Protocol::Github(settings) = &github.protocol else { panic!("github") };
+        assert_eq!((github.issuer(), &*settings.api_url), (GITHUB_BASE_URL, GITHUB_API_URL));
+        assert_eq!(&*settings.allowed_teams, [Box::from("acme/platform")]);
+        assert_eq!(github.scopes.join(" "), "read:user user:email read:org");
+        assert!(github.applies_to("wiki.example.com:443") && !github.applies_to("grafana.example.com"));
+        let issuers: Vec<&str> = config.providers.oidc_issuers().collect();
+        assert_eq!(issuers, ["https://kc.example.com/realms/staff", GOOGLE_ISSUER], "GitHub has no keys to fetch");
+    }
+
+    #[test]
+    fn the_single_provider_form_and_providers_at_once_is_an_error_naming_providers() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "s").unwrap();
+        let both = SsoSettings {
+            issuer: "https://idp.example.com".into(),
+            redirect_url: "https://auth.example.com/oauth2/callback".into(),
+            sites: vec![".example.com".into()],
+            providers: vec![ProviderSettings {
+                name: "github".into(),
+                kind: ProviderKind::Github,
+                client_id: "h".into(),
+                client_secret_file: Some(secret),
+                ..ProviderSettings::default()
+            }],
+            ..SsoSettings::default()
+        };
+        let errors = both.compile(|_| None).unwrap_err();
+        assert_eq!(keys(&errors), ["providers"]);
+        assert!(errors[0].to_string().starts_with("sso.providers: set either `providers` or"), "{errors:?}");
+    }
+
+    #[test]
+    fn every_problem_of_every_provider_is_reported_by_its_entry_and_key() {
+        let errors = compile(
+            "- {name: Bad Name, client_id: '', client_secret_file: SECRET_FILE, issuer: ftp://x}\n\
+             - {name: gh, kind: github, client_id: h, client_secret_file: SECRET_FILE, hosted_domains: [a.example],\n   \
+                allowed_teams: [no-slash], github: {base_url: 'github.example.com'}}\n\
+             - {name: gh, client_id: o, client_secret_file: SECRET_FILE, issuer: https://o.example, allowed_orgs: [acme],\n   \
+                sites: ['bad site']}\n\
+             - {name: google, kind: google, client_id: g, client_secret_env: UNSET}\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            keys(&errors),
+            [
+                "providers[0].name",
+                "providers[0].issuer",
+                "providers[0].client_id",
+                "providers[1].github.base_url",
+                "providers[1].hosted_domains",
+                "providers[1].allowed_teams",
+                "providers[2].name",
+                "providers[2].sites",
+                "providers[2].allowed_orgs",
+                "providers[3].client_secret_env",
+            ],
+            "{errors:#?}"
+        );
+        let shown = errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n");
+        assert!(shown.contains("sso.providers[2].name: `gh` names another provider too"), "{shown}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+    }
+
+    #[test]
+    fn a_bad_provider_fails_the_settings_naming_the_file_and_the_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("portcullis.yaml");
+        std::fs::write(
+            &file,
+            "http_mode: traefik\nsso:\n  redirect_url: https://auth.example.com/oauth2/callback\n  sites: [a.example.com]\n  \
+             providers:\n  - {name: github, kind: github, client_id: h}\n",
+        )
+        .unwrap();
+        let error = crate::settings::Settings::load(Some(&file), crate::settings::Overrides::default()).unwrap_err();
+        let expected =
+            format!("config file `{}`: sso.providers[0].client_secret_file: set exactly one of", file.display());
+        assert!(error.to_string().contains(&expected), "{error}");
+    }
 }
