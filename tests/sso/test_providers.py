@@ -16,7 +16,8 @@ import pytest
 from github_server import GithubServer, GithubUser
 from google_server import GoogleServer, GoogleUser
 from harness import serving
-from sso_shared import AUTH_HOST, CALLBACK, SESSION_COOKIE, Browser, start_idp
+from sso_shared import AUTH_HOST, CALLBACK, SESSION_COOKIE, Browser, Idp, start_idp
+from test_logout import logout_claims, post_logout_token, signed
 
 GITHUB_CLIENT = ("gh-client", "gh-secret")
 GOOGLE_CLIENT = ("google-client.apps.googleusercontent.com", "google-secret")
@@ -80,7 +81,12 @@ class World:
     door: int
     github: GithubServer
     google: GoogleServer
-    keycloak_port: int
+    keycloak: Idp
+
+    @property
+    def idp(self) -> Idp:
+        """The Keycloak-shaped provider, under the name tests/sso/test_logout.py's helpers read."""
+        return self.keycloak
 
     def browser(self) -> Browser:
         return Browser(self.door)
@@ -91,7 +97,7 @@ class World:
             parts = urllib.parse.urlsplit(url)
             if parts.hostname not in (AUTH_HOST, "127.0.0.1"):
                 return url, None
-            status, msg, body = browser.get(url, parts.port or self.keycloak_port)
+            status, msg, body = browser.get(url, parts.port or self.keycloak.port)
             if status not in (302, 303):
                 return url, (status, msg, body)
             url = urllib.parse.urljoin(url, msg["Location"])
@@ -119,6 +125,7 @@ sso:
   cookie_secure: false
   allow_http_redirects: true
   sites: [.sso.test]
+  sign_out_at_provider: true
   providers:
   - name: keycloak
     display_name: Staff (Keycloak)
@@ -161,7 +168,7 @@ def world(launch_portcullis, tmp_path_factory, monkeypatch_module):
         (policies / "people.yaml").write_text(policy)
         monkeypatch_module.setenv("GOOGLE_SECRET_FOR_TESTS", GOOGLE_CLIENT[1])
         server = launch_portcullis(policies, settings=settings(secrets, github, google, idp.issuer))
-        yield World(server.http_port, github, google, idp.port)
+        yield World(server.http_port, github, google, idp)
 
 
 @pytest.fixture(scope="module")
@@ -308,7 +315,7 @@ def log_in_at_keycloak(world: World, browser: Browser, url: str, user: str) -> N
         assert status == 200, page[:300]
         action = re.search(rb'action="([^"]+)"', page)
         form = urllib.parse.urlencode({"prompt": "login", "login": user, "password": user})
-        status, msg, body = browser.get(urllib.parse.urljoin(page_url, action.group(1).decode()), world.keycloak_port,
+        status, msg, body = browser.get(urllib.parse.urljoin(page_url, action.group(1).decode()), world.keycloak.port,
                                         method="POST", body=form)
         assert status in (302, 303), body[:300]
         page_url, answer = world.follow(browser, urllib.parse.urljoin(page_url, msg["Location"]))
@@ -352,3 +359,32 @@ sso:
     assert status == 302, "app2 is not among the provider's sites: the session does not count there"
     status, _, body = browser.get(msg["Location"], server.http_port)
     assert status == 400 and b"no sign-in provider" in body
+
+
+def test_sign_out_goes_on_to_the_provider_of_the_session_and_github_has_none(world):
+    world.github.user = ALICE_GH.login
+    github_browser, keycloak_browser = world.browser(), world.browser()
+    world.log_in_with(github_browser, f"{APP}/home", "github")
+    log_in_at_keycloak(world, keycloak_browser, f"{APP}/home", "alice")
+    status, _, body = github_browser.get(f"http://{AUTH_HOST}/oauth2/sign_out", world.door)
+    assert (status, body) == (200, b"signed out"), "a GitHub session has no sign-out at the provider"
+    status, msg, _ = keycloak_browser.get(f"http://{AUTH_HOST}/oauth2/sign_out", world.door)
+    assert status == 302
+    assert msg["Location"].startswith(f"{world.keycloak.issuer}/protocol/openid-connect/logout?id_token_hint=")
+    assert "client_id=portcullis-sso" in msg["Location"]
+
+
+def test_a_back_channel_logout_ends_the_sessions_of_its_provider_only(world):
+    world.github.user = ALICE_GH.login
+    github_browser, keycloak_browser = world.browser(), world.browser()
+    world.log_in_with(github_browser, f"{APP}/home", "github")
+    log_in_at_keycloak(world, keycloak_browser, f"{APP}/home", "alice")
+    token = signed(world, logout_claims(world, sub=KEYCLOAK_ALICE_SUB))
+    status, _, body = post_logout_token(world.door, token)
+    assert status == 200, body
+    assert keycloak_browser.check(f"{APP}/home")[0] == 302, "the Keycloak session ended"
+    assert github_browser.check(f"{APP}/home")[0] == 200, "the GitHub session did not"
+    # A token of another issuer (GitHub issues none) is refused: no provider vouches for it.
+    forged = signed(world, logout_claims(world, iss=world.github.base_url, sub="583231"))
+    assert post_logout_token(world.door, forged)[0] == 400
+    assert github_browser.check(f"{APP}/home")[0] == 200
