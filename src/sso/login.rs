@@ -12,7 +12,7 @@ use super::config::SsoConfig;
 use super::github::{self, GithubClient};
 use super::oidc::{LoginSecrets, OidcClient, SignOutAtProvider, authorization_url, end_session_url};
 use super::pages::{self, Choice};
-use super::providers::{OidcRules, Protocol, ProviderConfig};
+use super::providers::{GithubConfig, OidcRules, Protocol, ProviderConfig};
 use super::redis_store::{Lifetimes, RedisSessions, StoredLoginTransaction, unix_now};
 use super::replay::SeenTokenIds;
 use super::session::{IdTokenHint, Session};
@@ -160,13 +160,13 @@ struct Provider {
     client: ProviderClient,
 }
 
-/// The client of one provider.
+/// The client of one provider, with the settings of its protocol.
 #[derive(Debug)]
 enum ProviderClient {
-    /// OpenID Connect: its discovery document, its token endpoint.
-    Oidc(OidcClient),
-    /// GitHub: its token endpoint, its REST API.
-    Github(GithubClient),
+    /// OpenID Connect: its discovery document, its token endpoint, the rules its ID tokens meet.
+    Oidc(OidcClient, OidcRules),
+    /// GitHub: its token endpoint, its REST API, who may log in.
+    Github(GithubClient, GithubConfig),
 }
 
 /// A login the provider vouched for: the claims of its session and the ID token, when any.
@@ -212,9 +212,13 @@ impl Sso {
             .iter()
             .map(|provider| Provider {
                 config: provider.clone(),
-                client: match provider.protocol {
-                    Protocol::Oidc(_) => ProviderClient::Oidc(OidcClient::new(outbound.clone(), timeout)),
-                    Protocol::Github(_) => ProviderClient::Github(GithubClient::new(outbound.clone(), timeout)),
+                client: match &provider.protocol {
+                    Protocol::Oidc(rules) => {
+                        ProviderClient::Oidc(OidcClient::new(outbound.clone(), timeout), rules.clone())
+                    }
+                    Protocol::Github(github) => {
+                        ProviderClient::Github(GithubClient::new(outbound.clone(), timeout), github.clone())
+                    }
                 },
             })
             .collect();
@@ -302,14 +306,14 @@ impl Sso {
             return refused(500, "cannot start a login");
         };
         let discovered = match &provider.client {
-            ProviderClient::Oidc(client) => match client.provider(provider.config.issuer()).await {
+            ProviderClient::Oidc(client, rules) => match client.provider(&rules.issuer).await {
                 Ok(discovered) => Some(discovered),
                 Err(error) => {
                     tracing::warn!(%error, provider = %provider.config.name, "Cannot start a login: the identity provider is unavailable");
                     return refused(502, "the identity provider is unavailable");
                 }
             },
-            ProviderClient::Github(_) => None,
+            ProviderClient::Github(..) => None,
         };
         let transaction = LoginTransaction {
             provider: provider.config.name.clone(),
@@ -325,15 +329,15 @@ impl Sso {
         };
         let state = state.to_cookie_value();
         let redirect_url = &self.config.redirect_url;
-        let location = match (&provider.config.protocol, discovered) {
-            (Protocol::Github(github), _) => {
+        let location = match (&provider.client, discovered) {
+            (ProviderClient::Github(_, github), _) => {
                 github::authorization_url(&provider.config, github, redirect_url, &state, &code_verifier)
             }
-            (Protocol::Oidc(_), Some(discovered)) => {
+            (ProviderClient::Oidc(..), Some(discovered)) => {
                 let secrets = LoginSecrets { state: &state, nonce: &nonce, code_verifier: &code_verifier };
                 authorization_url(&provider.config, redirect_url, &discovered, secrets)
             }
-            (Protocol::Oidc(_), None) => return refused(502, "the identity provider is unavailable"),
+            (ProviderClient::Oidc(..), None) => return refused(502, "the identity provider is unavailable"),
         };
         let cookie = self.cookie(
             &self.login_cookie_name(&state),
@@ -427,14 +431,12 @@ impl Sso {
             refused(502, "the identity provider refused the login")
         };
         let redirect_url = &self.config.redirect_url;
-        let github = match (&provider.client, &provider.config.protocol) {
-            (ProviderClient::Oidc(client), Protocol::Oidc(rules)) => {
+        let (client, github) = match &provider.client {
+            ProviderClient::Oidc(client, rules) => {
                 return self.exchange_oidc(provider, client, rules, code, transaction).await;
             }
-            (ProviderClient::Github(client), Protocol::Github(github)) => (client, github),
-            _ => return Err(refused(500, "cannot complete the login")),
+            ProviderClient::Github(client, github) => (client, github),
         };
-        let (client, github) = github;
         let token = client
             .exchange(&provider.config, github, redirect_url, code, &transaction.code_verifier)
             .await
@@ -553,8 +555,8 @@ impl Sso {
         target: Option<&RedirectTarget>,
     ) -> Option<String> {
         // GitHub has no sign-out to send the browser to.
-        let ProviderClient::Oidc(client) = &provider.client else { return None };
-        let discovered = match client.provider(provider.config.issuer()).await {
+        let ProviderClient::Oidc(client, rules) = &provider.client else { return None };
+        let discovered = match client.provider(&rules.issuer).await {
             Ok(provider) => provider,
             Err(error) => {
                 tracing::warn!(%error, "Signed out here only: the identity provider is unavailable");
@@ -601,14 +603,14 @@ impl Sso {
             .ok()
             .and_then(|parsed| parsed.claims.get("iss").and_then(serde_json::Value::as_str).map(str::to_string));
         let candidates = self.providers.iter().filter_map(|provider| match &provider.client {
-            ProviderClient::Oidc(client) if named_issuer.as_deref() == Some(provider.config.issuer()) => {
-                Some((provider, client))
+            ProviderClient::Oidc(client, rules) if named_issuer.as_deref() == Some(&*rules.issuer) => {
+                Some((provider, client, rules))
             }
             _ => None,
         });
         let mut verified = None;
-        for (provider, client) in candidates {
-            let discovered = match client.provider(provider.config.issuer()).await {
+        for (provider, client, rules) in candidates {
+            let discovered = match client.provider(&rules.issuer).await {
                 Ok(discovered) => discovered,
                 Err(error) => {
                     tracing::warn!(%error, "Cannot take a back-channel logout: the identity provider is unavailable");
@@ -624,9 +626,7 @@ impl Sso {
                 max_token_bytes: self.max_token_bytes,
             };
             match self
-                .verify_with_provider_keys(provider.config.issuer(), |keys| {
-                    logout_token::verify(token, keys, &expected)
-                })
+                .verify_with_provider_keys(&rules.issuer, |keys| logout_token::verify(token, keys, &expected))
                 .await
             {
                 Some(Ok(claims)) => {
