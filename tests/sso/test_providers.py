@@ -18,6 +18,7 @@ from google_server import GoogleServer, GoogleUser
 from harness import serving
 from sso_shared import AUTH_HOST, CALLBACK, SESSION_COOKIE, Browser, Idp, start_idp
 from test_logout import logout_claims, post_logout_token, signed
+from test_redis_sessions import Keys, RedisServer, keys, redis, redis_block  # noqa: F401 (fixtures)
 
 GITHUB_CLIENT = ("gh-client", "gh-secret")
 GOOGLE_CLIENT = ("google-client.apps.googleusercontent.com", "google-secret")
@@ -388,3 +389,50 @@ def test_a_back_channel_logout_ends_the_sessions_of_its_provider_only(world):
     forged = signed(world, logout_claims(world, iss=world.github.base_url, sub="583231"))
     assert post_logout_token(world.door, forged)[0] == 400
     assert github_browser.check(f"{APP}/home")[0] == 200
+
+
+def test_a_session_counts_only_while_its_provider_is_configured(launch_portcullis, world, tmp_path, redis, keys: Keys):
+    """Two replicas share Redis; the second no longer has the GitHub provider: a GitHub session is
+    no session there, while the first still lets it in."""
+    (tmp_path / "github-secret").write_text(GITHUB_CLIENT[1])
+    (tmp_path / "google-secret").write_text(GOOGLE_CLIENT[1])
+    github_entry = f"""  - name: github
+    kind: github
+    client_id: {GITHUB_CLIENT[0]}
+    client_secret_file: {tmp_path / "github-secret"}
+    github: {{base_url: "{world.github.base_url}", api_url: "{world.github.api_url}"}}
+"""
+    google_entry = f"""  - name: google
+    kind: google
+    issuer: {world.google.issuer}
+    client_id: {GOOGLE_CLIENT[0]}
+    client_secret_file: {tmp_path / "google-secret"}
+"""
+    common = f"""http_mode: traefik
+sso:
+  redirect_url: {CALLBACK}
+  cookie_domain: sso.test
+  cookie_secure: false
+  allow_http_redirects: true
+  sites: [.sso.test]
+{redis_block(redis, [keys.old])}  providers:
+"""
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "p.yaml").write_text(POLICY.format(keycloak="https://unused", google=world.google.issuer)
+                                     .replace("https://github.example", world.github.base_url))
+    with_github = launch_portcullis(policies, settings=common + github_entry + google_entry)
+    without_github = launch_portcullis(policies, settings=common + google_entry)
+    world.github.user = ALICE_GH.login
+    browser = Browser(with_github.http_port)
+    start = world.start_url(browser, f"{APP}/home")
+    status, _, page = browser.get(start, with_github.http_port)
+    choice = next(href for _, href in links_of(page).links if "provider=github&" in href)
+    status, msg, _ = browser.get(urllib.parse.urljoin(start, choice), with_github.http_port)
+    status, msg, _ = browser.get(msg["Location"], world.github.server_address[1])
+    status, msg, _ = browser.get(msg["Location"], with_github.http_port)
+    assert (status, msg["Location"]) == (302, f"{APP}/home")
+    assert browser.check(f"{APP}/home")[0] == 200
+    elsewhere = Browser(without_github.http_port, browser.cookies)
+    assert elsewhere.check(f"{APP}/home")[0] == 302, "its provider is gone: no session, the login again"
+    assert browser.check(f"{APP}/home")[0] == 200, "where the provider is configured, the session still counts"
