@@ -298,8 +298,6 @@ impl SsoSettings {
     /// every problem is reported, not only the first.
     pub fn compile(&self, variable: impl Fn(&str) -> Option<String>) -> Result<SsoConfig, Vec<SsoSettingsError>> {
         let mut errors = Vec::new();
-        let mut problem =
-            |key: &'static str, message: String| errors.push(SsoSettingsError { within: String::new(), key, message });
         let single_form = self.providers.is_empty();
         let single;
         let entries = if single_form {
@@ -318,12 +316,9 @@ impl SsoSettings {
                 || self.client_secret_env.is_some()
                 || self.scopes != SsoSettings::default().scopes;
             if written_at_top {
-                problem(
-                    "providers",
-                    "set either `providers` or the single provider's `issuer`, `client_id`, `client_secret_*` and \
-                     `scopes`, not both"
-                        .into(),
-                );
+                let message = "set either `providers` or the single provider's `issuer`, `client_id`, \
+                               `client_secret_*` and `scopes`, not both";
+                errors.push(SsoSettingsError { within: String::new(), key: "providers", message: message.into() });
             }
             &self.providers[..]
         };
