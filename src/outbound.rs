@@ -96,6 +96,7 @@ impl Outbound {
     /// A client with these bounds, connecting only to addresses they allow.
     pub fn new(limits: OutboundLimits) -> Result<Self, OutboundError> {
         let client = reqwest::Client::builder()
+            .user_agent(concat!("portcullis/", env!("CARGO_PKG_VERSION")))
             .timeout(limits.timeout)
             .connect_timeout(limits.timeout)
             .redirect(reqwest::redirect::Policy::none());
@@ -120,6 +121,23 @@ impl Outbound {
     pub async fn get_json(&self, url: &str, timeout: Duration) -> Result<serde_json::Value, OutboundError> {
         let text = self.get_text(url, timeout).await?;
         serde_json::from_str(&text)
+            .map_err(|error| OutboundError::NotJson { url: redact_url(url), message: error.to_string() })
+    }
+
+    /// GET `url` with `headers` (an API's `Authorization`, `Accept`...; never in an error),
+    /// parsed as JSON; refused as [`Self::get_text`] refuses, never redirected.
+    pub async fn get_json_with_headers(
+        &self,
+        url: &str,
+        headers: &[(&str, &str)],
+        timeout: Duration,
+    ) -> Result<serde_json::Value, OutboundError> {
+        let body = self
+            .send(Method::GET, url, timeout, |request| {
+                headers.iter().fold(request, |request, (name, value)| request.header(*name, *value))
+            })
+            .await?;
+        serde_json::from_slice(&body)
             .map_err(|error| OutboundError::NotJson { url: redact_url(url), message: error.to_string() })
     }
 

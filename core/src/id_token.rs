@@ -145,6 +145,25 @@ impl SessionClaims {
         Ok(Self { issuer: issuer.into(), claims, proof })
     }
 
+    /// The claims of a login at an OAuth 2.0 provider that issues no ID token (GitHub): what its
+    /// user API answered, over TLS, for the access token its token endpoint gave this very login
+    /// in exchange for the login's code and PKCE verifier. `iss` and `sub` are set here and win
+    /// over any of `claims`; no lifetime (the session's own bounds it), no key.
+    pub fn from_user_api(issuer: &str, subject: &str, mut claims: Map<String, Value>) -> Result<Self, IdTokenError> {
+        if subject.is_empty() {
+            return Err(IdTokenError::NoSubject);
+        }
+        claims.insert("iss".into(), issuer.into());
+        claims.insert("sub".into(), subject.into());
+        let proof = Proof {
+            lifetime: Lifetime::UNBOUNDED,
+            kid: None,
+            key: KeyFingerprint::default(),
+            source: IdentitySource::Session,
+        };
+        Ok(Self { issuer: issuer.into(), claims, proof })
+    }
+
     /// The provider's issuer.
     pub fn issuer(&self) -> &str {
         &self.issuer

@@ -329,6 +329,10 @@ fn login_answer(answer: LoginAnswer) -> Response<Body> {
             (status, message.to_string(), "text/plain", None, cookies)
         }
         LoginAnswer::UserInfo { json } => (StatusCode::OK, json, "application/json", None, Vec::new()),
+        LoginAnswer::Page { status, html } => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN);
+            (status, html, "text/html; charset=utf-8", None, Vec::new())
+        }
         LoginAnswer::Json { status, json } => {
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
             (status, json.to_string(), "application/json", None, Vec::new())
@@ -339,6 +343,8 @@ fn login_answer(answer: LoginAnswer) -> Response<Body> {
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    // The login's pages hold no script, no style and no image: nothing else may run in them.
+    headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static("default-src 'none'"));
     if let Some(location) = location {
         insert(headers, header::LOCATION.as_str(), &location);
     }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::envelope::{KeyRing, SessionKey};
+use super::providers::{ProviderProblem, ProviderSettings, Providers, compile_providers};
 use super::site::{AnonymousAnswer, SiteEntry};
 use crate::core::redirect::{AllowedDomain, RedirectPolicy, RedirectTarget};
 
@@ -15,6 +16,9 @@ use crate::core::redirect::{AllowedDomain, RedirectPolicy, RedirectTarget};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SsoSettings {
+    /// The identity providers a person may log in with (each with its `name`, `kind`, client
+    /// and options); instead of the single provider's `issuer`, `client_id`, ... below.
+    pub providers: Vec<ProviderSettings>,
     /// The OIDC provider's issuer URL; its discovery document is at
     /// `{issuer}/.well-known/openid-configuration`.
     pub issuer: String,
@@ -127,6 +131,7 @@ pub struct KeySource {
 impl Default for SsoSettings {
     fn default() -> Self {
         Self {
+            providers: Vec::new(),
             issuer: String::new(),
             client_id: String::new(),
             client_secret_file: None,
@@ -154,9 +159,12 @@ impl Default for SsoSettings {
 
 /// A problem with the `sso` block: the key (under `sso.`) and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("sso.{key}: {message}")]
+#[error("sso.{within}{key}: {message}")]
 pub struct SsoSettingsError {
-    /// The key under `sso.`.
+    /// The entry of `sso.providers` the key belongs to (`providers[1].`); empty for a key of
+    /// `sso` itself.
+    pub within: String,
+    /// The key under `sso.` (or under the provider entry).
     pub key: &'static str,
     /// What is wrong with its value; never the secret itself.
     pub message: String,
@@ -167,6 +175,11 @@ pub struct SsoSettingsError {
 pub struct ClientSecret(Box<str>);
 
 impl ClientSecret {
+    /// A secret read from its file or variable.
+    pub(crate) fn new(secret: String) -> Self {
+        Self(secret.into())
+    }
+
     /// The secret, for the token request only.
     pub fn expose(&self) -> &str {
         &self.0
@@ -227,6 +240,15 @@ pub struct Site {
 }
 
 impl Site {
+    /// `grafana.example.com`, or `.example.com` for the domain and its subdomains, answering
+    /// anonymous visitors with the login; `None` for anything else (a port, a path, a character
+    /// no host name has).
+    pub fn parse(entry: &str) -> Option<Self> {
+        let (host, with_subdomains) = entry.strip_prefix('.').map_or((entry, false), |host| (host, true));
+        let is_host = AllowedDomain::parse(host).is_ok() && !host.contains(':');
+        is_host.then(|| Self { host: host.to_ascii_lowercase().into(), with_subdomains, anonymous: AnonymousAnswer::default() })
+    }
+
     /// Whether `host` (a `Host` header, with or without its port) is this site.
     pub fn admits(&self, host: &str) -> bool {
         let name = host.rsplit_once(':').filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()));
@@ -240,14 +262,8 @@ impl Site {
 /// The `sso` block, checked: what the login endpoints and the check need.
 #[derive(Debug, Clone)]
 pub struct SsoConfig {
-    /// The provider's issuer URL, without a trailing slash.
-    pub issuer: Box<str>,
-    /// The client id at the provider.
-    pub client_id: Box<str>,
-    /// The client secret, from its file or variable.
-    pub client_secret: ClientSecret,
-    /// The scopes asked for, `openid` first.
-    pub scopes: Box<[Box<str>]>,
+    /// The identity providers, in the order written.
+    pub providers: Providers,
     /// The callback URL registered at the provider.
     pub redirect_url: Box<str>,
     /// Where the login endpoints are served: starts and ends with `/`.
@@ -287,28 +303,38 @@ impl SsoSettings {
     /// every problem is reported, not only the first.
     pub fn compile(&self, variable: impl Fn(&str) -> Option<String>) -> Result<SsoConfig, Vec<SsoSettingsError>> {
         let mut errors = Vec::new();
-        let mut problem = |key: &'static str, message: String| errors.push(SsoSettingsError { key, message });
-        let issuer = self.issuer.trim_end_matches('/');
-        if !is_web_url(issuer) {
-            problem("issuer", format!("`{}` is not an http(s) URL", self.issuer));
-        }
-        if self.client_id.is_empty() {
-            problem("client_id", "is required".into());
-        }
-        let secret = match (&self.client_secret_file, &self.client_secret_env) {
-            (Some(file), None) => read_secret_file(file).map_err(|message| problem("client_secret_file", message)).ok(),
-            (None, Some(name)) => match variable(name).filter(|value| !value.is_empty()) {
-                Some(value) => Some(value),
-                None => {
-                    problem("client_secret_env", format!("environment variable `{name}` is unset or empty"));
-                    None
-                }
-            },
-            _ => {
-                problem("client_secret_file", "set exactly one of `client_secret_file` and `client_secret_env`".into());
-                None
+        let single_form = self.providers.is_empty();
+        let single;
+        let entries = if single_form {
+            single = [ProviderSettings::single(
+                &self.issuer,
+                &self.client_id,
+                self.client_secret_file.as_ref(),
+                self.client_secret_env.as_ref(),
+                &self.scopes,
+            )];
+            &single[..]
+        } else {
+            let written_at_top = !self.issuer.is_empty()
+                || !self.client_id.is_empty()
+                || self.client_secret_file.is_some()
+                || self.client_secret_env.is_some()
+                || self.scopes != SsoSettings::default().scopes;
+            if written_at_top {
+                let message = "set either `providers` or the single provider's `issuer`, `client_id`, \
+                               `client_secret_*` and `scopes`, not both";
+                errors.push(SsoSettingsError { within: String::new(), key: "providers", message: message.into() });
             }
+            &self.providers[..]
         };
+        let mut provider_problems = Vec::new();
+        let providers = compile_providers(entries, single_form, &variable, &mut |found| provider_problems.push(found));
+        for ProviderProblem { index, key, message } in provider_problems {
+            let within = index.map(|index| format!("providers[{index}].")).unwrap_or_default();
+            errors.push(SsoSettingsError { within, key, message });
+        }
+        let mut problem =
+            |key: &'static str, message: String| errors.push(SsoSettingsError { within: String::new(), key, message });
         if !is_web_url(&self.redirect_url) {
             problem("redirect_url", format!("`{}` is not an http(s) URL", self.redirect_url));
         }
@@ -352,19 +378,10 @@ impl SsoSettings {
             .sites
             .iter()
             .filter_map(|entry| {
-                let entry_host = entry.host();
-                let (host, with_subdomains) = entry_host.strip_prefix('.').map_or((entry_host, false), |h| (h, true));
-                match AllowedDomain::parse(host) {
-                    Ok(_) if !host.contains(':') => Some(Site {
-                        host: host.to_ascii_lowercase().into(),
-                        with_subdomains,
-                        anonymous: entry.anonymous(),
-                    }),
-                    _ => {
-                        problem("sites", format!("`{entry_host}` is not a host name or `.parent` domain"));
-                        None
-                    }
-                }
+                Site::parse(entry.host()).map(|site| Site { anonymous: entry.anonymous(), ..site }).or_else(|| {
+                    problem("sites", format!("`{}` is not a host name or `.parent` domain", entry.host()));
+                    None
+                })
             })
             .collect();
         if self.sites.is_empty() {
@@ -383,15 +400,10 @@ impl SsoSettings {
                 }
             });
         let redis = self.redis.as_ref().and_then(|redis| redis.compile(&variable, &mut problem));
-        let Some(secret) = secret.filter(|_| errors.is_empty()) else { return Err(errors) };
+        let Some(providers) = providers.filter(|_| errors.is_empty()) else { return Err(errors) };
         let secure_prefix = if self.cookie_secure { "__Secure-" } else { "" };
-        let mut scopes: Vec<Box<str>> = vec!["openid".into()];
-        scopes.extend(self.scopes.iter().filter(|scope| *scope != "openid").map(|scope| scope.as_str().into()));
         Ok(SsoConfig {
-            issuer: issuer.into(),
-            client_id: self.client_id.as_str().into(),
-            client_secret: ClientSecret(secret.into()),
-            scopes: scopes.into(),
+            providers,
             redirect_url: self.redirect_url.as_str().into(),
             endpoint_prefix: prefix.as_str().into(),
             cookie_name: format!("{secure_prefix}{}", self.cookie_name).into(),
@@ -530,7 +542,8 @@ impl SsoConfig {
     }
 }
 
-fn is_web_url(url: &str) -> bool {
+/// An `http://` or `https://` URL with a host, printable ASCII only.
+pub(crate) fn is_web_url(url: &str) -> bool {
     let rest = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://"));
     rest.is_some_and(|rest| !rest.is_empty() && !rest.starts_with('/') && url.bytes().all(|b| b.is_ascii_graphic()))
 }
@@ -563,11 +576,13 @@ mod tests {
         let secret = dir.path().join("secret");
         std::fs::write(&secret, "s3cret\n").unwrap();
         let config = settings(&secret).compile(|_| None).unwrap();
-        assert_eq!(config.client_secret.expose(), "s3cret");
-        assert_eq!(&*config.issuer, "https://idp.example.com/realms/jobs");
+        let [provider] = config.providers.all() else { panic!("one provider") };
+        assert_eq!(provider.client_secret.expose(), "s3cret");
+        assert_eq!(provider.issuer(), "https://idp.example.com/realms/jobs");
+        assert_eq!(&*provider.name, "default", "the single-provider form is a provider named `default`");
         assert_eq!(&*config.cookie_name, "__Secure-_portcullis_session");
         assert_eq!(config.cookie_domain.as_deref(), Some("example.com"));
-        assert_eq!(config.scopes.first().map(|scope| &**scope), Some("openid"));
+        assert_eq!(provider.scopes.first().map(|scope| &**scope), Some("openid"));
         assert!(config.is_site("grafana.example.com:443") && config.is_site("example.com"));
         assert!(!config.is_site("evilexample.com") && !config.is_site("example.com.evil.org"));
     }
@@ -627,7 +642,7 @@ mod tests {
             ..settings(&dir.path().join("unused"))
         };
         let config = block.compile(|name| (name == "SSO_SECRET").then(|| "from-env".into())).unwrap();
-        assert_eq!(config.client_secret.expose(), "from-env");
+        assert_eq!(config.providers.all().first().unwrap().client_secret.expose(), "from-env");
         let errors = block.compile(|_| None).unwrap_err();
         assert_eq!(errors.iter().map(|error| error.key).collect::<Vec<_>>(), ["client_secret_env"]);
     }

@@ -9,7 +9,10 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 use super::config::SsoConfig;
+use super::github::{self, GithubClient};
 use super::oidc::{LoginSecrets, OidcClient, SignOutAtProvider, authorization_url, end_session_url};
+use super::pages::{self, Choice};
+use super::providers::{GithubConfig, OidcRules, Protocol, ProviderConfig};
 use super::redis_store::{Lifetimes, RedisSessions, StoredLoginTransaction, unix_now};
 use super::replay::SeenTokenIds;
 use super::session::{IdTokenHint, Session};
@@ -19,7 +22,7 @@ use crate::core::authn::{KeyLookup, RemoteIssuer};
 use crate::core::decision::Challenge;
 use crate::core::id_token::{self, IdTokenExpectations, SessionClaims};
 use crate::core::identity::ClaimPaths;
-use crate::core::jwt::KeySet;
+use crate::core::jwt::{self, KeySet};
 use crate::core::logout_token::{self, LogoutTokenExpectations};
 use crate::core::redirect::RedirectTarget;
 use crate::core::{Decision, HttpRequest, Identity, Reason};
@@ -53,6 +56,8 @@ pub const IDENTITY_HEADERS: [&str; 5] = [
 /// One login under way, named by its `state`.
 #[derive(Debug)]
 struct LoginTransaction {
+    /// The name of the provider it started with: its callback is completed with that one only.
+    provider: Box<str>,
     /// The value of this login's own cookie: the callback must come from the browser that started it.
     binding: String,
     nonce: String,
@@ -67,6 +72,7 @@ impl LoginTransaction {
             nonce: self.nonce.clone(),
             code_verifier: self.code_verifier.clone(),
             return_to: self.return_to.as_str().into(),
+            provider: self.provider.to_string(),
         }
     }
 }
@@ -113,6 +119,13 @@ pub enum LoginAnswer {
         /// The identity as a JSON object.
         json: String,
     },
+    /// `status` with an HTML page for a person (the provider chooser, a refused sign-in).
+    Page {
+        /// The HTTP status.
+        status: u16,
+        /// The page.
+        html: String,
+    },
     /// `status` with a JSON body, for a machine (the provider's back-channel logout).
     Json {
         /// The HTTP status.
@@ -131,7 +144,7 @@ fn refused(status: u16, message: &'static str) -> LoginAnswer {
 #[derive(Debug)]
 pub struct Sso {
     config: Arc<SsoConfig>,
-    client: OidcClient,
+    providers: Box<[Provider]>,
     keys: Arc<KeyStore>,
     sessions: Sessions,
     logins: SessionStore<LoginTransaction>,
@@ -140,8 +153,27 @@ pub struct Sso {
     max_token_bytes: usize,
 }
 
+/// One provider and how it is talked to.
+#[derive(Debug)]
+struct Provider {
+    config: Arc<ProviderConfig>,
+    client: ProviderClient,
+}
+
+/// The client of one provider, with the settings of its protocol.
+#[derive(Debug)]
+enum ProviderClient {
+    /// OpenID Connect: its discovery document, its token endpoint, the rules its ID tokens meet.
+    Oidc(OidcClient, OidcRules),
+    /// GitHub: its token endpoint, its REST API, who may log in.
+    Github(GithubClient, GithubConfig),
+}
+
+/// A login the provider vouched for: the claims of its session and the ID token, when any.
+type VouchedLogin = (SessionClaims, Option<IdTokenHint>);
+
 impl Sso {
-    /// Browser logins at the provider of `config`, its ID tokens verified with its keys from
+    /// Browser logins at the providers of `config`, its ID tokens verified with its keys from
     /// `keys` (fetched as every issuer's are), the provider reached through `outbound`; the
     /// session store's failures are counted in `metrics`. An error says why the configured
     /// Redis store cannot be used.
@@ -174,9 +206,25 @@ impl Sso {
             max_lifetime: config.login_timeout,
             max_sessions: MAX_LOGINS_UNDER_WAY,
         });
+        let providers = config
+            .providers
+            .all()
+            .iter()
+            .map(|provider| Provider {
+                config: provider.clone(),
+                client: match &provider.protocol {
+                    Protocol::Oidc(rules) => {
+                        ProviderClient::Oidc(OidcClient::new(outbound.clone(), timeout), rules.clone())
+                    }
+                    Protocol::Github(github) => {
+                        ProviderClient::Github(GithubClient::new(outbound.clone(), timeout), github.clone())
+                    }
+                },
+            })
+            .collect();
         Ok(Self {
             config: Arc::new(config),
-            client: OidcClient::new(outbound, timeout),
+            providers,
             keys,
             sessions,
             logins,
@@ -199,13 +247,20 @@ impl Sso {
         self.sessions.problem()
     }
 
-    /// `issuers` with the provider's added when no policy names it, so that its keys are fetched
-    /// and kept across reloads.
+    /// `issuers` with every OpenID Connect provider's added when no policy names it, so that its
+    /// keys are fetched and kept across reloads.
     pub fn with_provider_keys(&self, mut issuers: Vec<RemoteIssuer>) -> Vec<RemoteIssuer> {
-        if !issuers.iter().any(|remote| *remote.issuer == *self.config.issuer) {
-            issuers.push(RemoteIssuer { issuer: (&*self.config.issuer).into(), jwks_uri: None, timeout: None });
+        for issuer in self.config.providers.oidc_issuers() {
+            if !issuers.iter().any(|remote| *remote.issuer == *issuer) {
+                issuers.push(RemoteIssuer { issuer: issuer.into(), jwks_uri: None, timeout: None });
+            }
         }
         issuers
+    }
+
+    /// The provider named `name`.
+    fn provider(&self, name: &str) -> Option<&Provider> {
+        self.providers.iter().find(|provider| *provider.config.name == *name)
     }
 
     /// The endpoint a request path names (`start`, ...), when it is under the endpoint prefix.
@@ -231,17 +286,37 @@ impl Sso {
             tracing::info!("Refused a login whose redirect target is not allowed");
             return refused(400, "redirect target not allowed");
         };
-        let provider = match self.client.provider(&self.config).await {
-            Ok(provider) => provider,
-            Err(error) => {
-                tracing::warn!(%error, "Cannot start a login: the identity provider is unavailable");
-                return refused(502, "the identity provider is unavailable");
-            }
+        // A path comes back to the login host itself.
+        let target_host = host_of(return_to.as_str()).or_else(|| host_of(&self.config.redirect_url)).unwrap_or("");
+        let applying: Vec<&Provider> =
+            self.providers.iter().filter(|provider| provider.config.applies_to(target_host)).collect();
+        let provider = match (query_value(request.query, "provider"), applying.as_slice()) {
+            (Some(name), _) => match applying.iter().find(|provider| *provider.config.name == *name) {
+                Some(provider) => *provider,
+                None => {
+                    tracing::info!("Refused a login at a provider that is unknown or not offered for its target");
+                    return refused(400, "no such sign-in provider for this site");
+                }
+            },
+            (None, [only]) => *only,
+            (None, []) => return refused(400, "no sign-in provider is offered for this site"),
+            (None, several) => return self.chooser(several, &target),
         };
         let (Some(binding), Some(nonce), Some(code_verifier)) = (self.secret(), self.secret(), self.secret()) else {
             return refused(500, "cannot start a login");
         };
+        let discovered = match &provider.client {
+            ProviderClient::Oidc(client, rules) => match client.provider(&rules.issuer).await {
+                Ok(discovered) => Some(discovered),
+                Err(error) => {
+                    tracing::warn!(%error, provider = %provider.config.name, "Cannot start a login: the identity provider is unavailable");
+                    return refused(502, "the identity provider is unavailable");
+                }
+            },
+            ProviderClient::Github(..) => None,
+        };
         let transaction = LoginTransaction {
+            provider: provider.config.name.clone(),
             binding: binding.clone(),
             nonce: nonce.clone(),
             code_verifier: code_verifier.clone(),
@@ -253,8 +328,17 @@ impl Sso {
             Err(StoreError::Random) => return refused(500, "cannot start a login"),
         };
         let state = state.to_cookie_value();
-        let secrets = LoginSecrets { state: &state, nonce: &nonce, code_verifier: &code_verifier };
-        let location = authorization_url(&self.config, &provider, secrets);
+        let redirect_url = &self.config.redirect_url;
+        let location = match (&provider.client, discovered) {
+            (ProviderClient::Github(_, github), _) => {
+                github::authorization_url(&provider.config, github, redirect_url, &state, &code_verifier)
+            }
+            (ProviderClient::Oidc(..), Some(discovered)) => {
+                let secrets = LoginSecrets { state: &state, nonce: &nonce, code_verifier: &code_verifier };
+                authorization_url(&provider.config, redirect_url, &discovered, secrets)
+            }
+            (ProviderClient::Oidc(..), None) => return refused(502, "the identity provider is unavailable"),
+        };
         let cookie = self.cookie(
             &self.login_cookie_name(&state),
             &binding,
@@ -263,6 +347,21 @@ impl Sso {
             self.config.login_timeout,
         );
         LoginAnswer::Redirect { location, cookies: vec![cookie] }
+    }
+
+    /// The page that lets the person pick one of `providers` for a login ending at `target`.
+    fn chooser(&self, providers: &[&Provider], target: &str) -> LoginAnswer {
+        let rd: String = form_urlencoded::byte_serialize(target.as_bytes()).collect();
+        let links: Vec<String> = providers
+            .iter()
+            .map(|provider| format!("{}start?provider={}&rd={rd}", self.config.endpoint_prefix, provider.config.name))
+            .collect();
+        let choices: Vec<Choice<'_>> = providers
+            .iter()
+            .zip(&links)
+            .map(|(provider, href)| Choice { label: &provider.config.display_name, href })
+            .collect();
+        LoginAnswer::Page { status: 200, html: pages::chooser(&choices) }
     }
 
     async fn callback(&self, request: EndpointRequest<'_>) -> LoginAnswer {
@@ -292,7 +391,11 @@ impl Sso {
             Ok(false) => return refused_clearing("unknown or expired login"),
             Err(_) => return refused(503, SIGN_IN_UNAVAILABLE),
         }
-        let (claims, id_token) = match self.exchange(&code, &transaction).await {
+        // The provider the login started with, and no other, completes it.
+        let Some(provider) = self.provider(&transaction.provider) else {
+            return refused_clearing("unknown or expired login");
+        };
+        let (claims, id_token) = match self.exchange(provider, &code, &transaction).await {
             Ok(login) => login,
             Err(answer) => return answer,
         };
@@ -301,71 +404,122 @@ impl Sso {
             // Not ended when the store is down: the new id replaces it in this browser even so.
             let _ = self.sessions.end(&old).await;
         }
-        let session = match self.sessions.open(claims, id_token).await {
+        let session = match self.sessions.open(&provider.config.name, claims, id_token).await {
             Ok(session) => session,
             Err(StoreError::Unavailable) => return refused(503, SIGN_IN_UNAVAILABLE),
             Err(StoreError::Random) => return refused(500, "cannot open a session"),
         };
         let session_cookie =
             self.cookie(&self.config.cookie_name, &session.to_cookie_value(), "/", true, self.config.max_lifetime);
-        tracing::info!("Opened a browser session");
+        tracing::info!(provider = %provider.config.name, "Opened a browser session");
         LoginAnswer::Redirect {
             location: transaction.return_to.as_str().into(),
             cookies: vec![clear_login_cookie, session_cookie],
         }
     }
 
-    /// The code exchanged and its ID token verified with the provider's keys.
+    /// The code exchanged at `provider`, and what it vouches for checked: the ID token with its
+    /// keys and its rules, or GitHub's user and its restrictions.
     async fn exchange(
         &self,
+        provider: &Provider,
         code: &str,
         transaction: &LoginTransaction,
-    ) -> Result<(SessionClaims, IdTokenHint), LoginAnswer> {
+    ) -> Result<VouchedLogin, LoginAnswer> {
         let unavailable = |error: &dyn std::fmt::Display| {
-            tracing::warn!(%error, "A login failed at the identity provider");
+            tracing::warn!(%error, provider = %provider.config.name, "A login failed at the identity provider");
             refused(502, "the identity provider refused the login")
         };
-        let provider = self.client.provider(&self.config).await.map_err(|error| unavailable(&error))?;
-        let id_token = self
-            .client
-            .exchange(&self.config, &provider, code, &transaction.code_verifier)
+        let redirect_url = &self.config.redirect_url;
+        let (client, github) = match &provider.client {
+            ProviderClient::Oidc(client, rules) => {
+                return self.exchange_oidc(provider, client, rules, code, transaction).await;
+            }
+            ProviderClient::Github(client, github) => (client, github),
+        };
+        let token = client
+            .exchange(&provider.config, github, redirect_url, code, &transaction.code_verifier)
+            .await
+            .map_err(|error| unavailable(&error))?;
+        let profile = client.profile(github, &token).await.map_err(|error| unavailable(&error))?;
+        match github::session_claims(github, &profile).map_err(|error| unavailable(&error))? {
+            Ok(claims) => Ok((claims, None)),
+            Err(refusal) => {
+                tracing::info!(provider = %provider.config.name, reason = %refusal, "Refused a GitHub login");
+                Err(LoginAnswer::Page { status: 403, html: pages::refused(&refusal.to_string()) })
+            }
+        }
+    }
+
+    /// The code exchanged at an OpenID Connect provider and its ID token verified with the
+    /// provider's keys, then held to its rules (Google's hosted domain, a verified email).
+    async fn exchange_oidc(
+        &self,
+        provider: &Provider,
+        client: &OidcClient,
+        rules: &OidcRules,
+        code: &str,
+        transaction: &LoginTransaction,
+    ) -> Result<VouchedLogin, LoginAnswer> {
+        let unavailable = |error: &dyn std::fmt::Display| {
+            tracing::warn!(%error, provider = %provider.config.name, "A login failed at the identity provider");
+            refused(502, "the identity provider refused the login")
+        };
+        let discovered = client.provider(&rules.issuer).await.map_err(|error| unavailable(&error))?;
+        let id_token = client
+            .exchange(&provider.config, &self.config.redirect_url, &discovered, code, &transaction.code_verifier)
             .await
             .map_err(|error| unavailable(&error))?;
         let expected = IdTokenExpectations {
-            issuer: &provider.issuer,
-            client_id: &self.config.client_id,
+            issuer: &discovered.issuer,
+            client_id: &provider.config.client_id,
             nonce: &transaction.nonce,
             now: unix_now(),
             clock_skew_secs: self.clock_skew_secs,
             max_token_bytes: self.max_token_bytes,
         };
-        match self.verify_with_provider_keys(|keys| id_token::verify(&id_token, keys, &expected)).await {
-            Some(Ok(claims)) => Ok((claims, IdTokenHint::new(&id_token))),
+        let claims = match self
+            .verify_with_provider_keys(&rules.issuer, |keys| id_token::verify(&id_token, keys, &expected))
+            .await
+        {
+            Some(Ok(claims)) => claims,
             Some(Err(error)) => {
-                tracing::warn!(%error, "Refused a login's ID token");
-                Err(refused(401, "the login's ID token was refused"))
+                tracing::warn!(%error, provider = %provider.config.name, "Refused a login's ID token");
+                return Err(refused(401, "the login's ID token was refused"));
             }
-            None => Err(refused(502, "the identity provider's keys are unavailable")),
+            None => return Err(refused(502, "the identity provider's keys are unavailable")),
+        };
+        if let Some(reason) = refusal_by_rules(rules, &claims) {
+            tracing::info!(provider = %provider.config.name, reason, "Refused a login its provider's rules exclude");
+            return Err(LoginAnswer::Page { status: 403, html: pages::refused(reason) });
         }
+        Ok((claims, Some(IdTokenHint::new(&id_token))))
     }
 
-    /// `verify` with the provider's keys; when that fails, once more with its keys fetched
+    /// `verify` with the keys of `issuer`; when that fails, once more with its keys fetched
     /// again (it may have rotated them); `None` when its keys are not at hand.
-    async fn verify_with_provider_keys<T, E>(&self, verify: impl Fn(&KeySet) -> Result<T, E>) -> Option<Result<T, E>> {
-        let mut keys = self.keys.key_set(&self.config.issuer);
+    async fn verify_with_provider_keys<T, E>(
+        &self,
+        issuer: &str,
+        verify: impl Fn(&KeySet) -> Result<T, E>,
+    ) -> Option<Result<T, E>> {
+        let mut keys = self.keys.key_set(issuer);
         let mut verified = keys.as_deref().map(&verify);
-        if !matches!(verified, Some(Ok(_))) && self.keys.refetch(&self.config.issuer).await {
-            keys = self.keys.key_set(&self.config.issuer);
+        if !matches!(verified, Some(Ok(_))) && self.keys.refetch(issuer).await {
+            keys = self.keys.key_set(issuer);
             verified = keys.as_deref().map(&verify);
         }
         verified
     }
 
     async fn sign_out(&self, request: EndpointRequest<'_>) -> LoginAnswer {
-        let mut id_token = None;
+        let mut signed_in = None;
         for id in cookie_values(request.cookies, &self.config.cookie_name).filter_map(SessionId::from_cookie_value) {
-            if id_token.is_none() && self.config.sign_out_at_provider {
-                id_token = self.sessions.get(&id).await.and_then(|session| session.id_token().cloned());
+            if signed_in.is_none() && self.config.sign_out_at_provider {
+                signed_in = self.sessions.get(&id).await.and_then(|session| {
+                    let provider = self.provider_of(&session)?;
+                    Some((provider, session.id_token().cloned()))
+                });
             }
             match self.sessions.end(&id).await {
                 Ok(true) => tracing::info!("Ended a browser session at sign-out"),
@@ -378,7 +532,11 @@ impl Sso {
         }
         let cookies = vec![self.cookie(&self.config.cookie_name, "", "/", true, Duration::ZERO)];
         let target = query_value(request.query, "rd").and_then(|target| self.config.redirects.check(&target).ok());
-        if let Some(location) = self.sign_out_at_provider(id_token.as_ref(), target.as_ref()).await {
+        let at_provider = match &signed_in {
+            Some((provider, id_token)) => self.sign_out_at_provider(provider, id_token.as_ref(), target.as_ref()).await,
+            None => None,
+        };
+        if let Some(location) = at_provider {
             return LoginAnswer::Redirect { location, cookies };
         }
         match target {
@@ -392,20 +550,20 @@ impl Sso {
     /// absolute) or the configured post-logout redirect as where it comes back.
     async fn sign_out_at_provider(
         &self,
+        provider: &Provider,
         id_token: Option<&IdTokenHint>,
         target: Option<&RedirectTarget>,
     ) -> Option<String> {
-        if !self.config.sign_out_at_provider {
-            return None;
-        }
-        let provider = match self.client.provider(&self.config).await {
+        // GitHub has no sign-out to send the browser to.
+        let ProviderClient::Oidc(client, rules) = &provider.client else { return None };
+        let discovered = match client.provider(&rules.issuer).await {
             Ok(provider) => provider,
             Err(error) => {
                 tracing::warn!(%error, "Signed out here only: the identity provider is unavailable");
                 return None;
             }
         };
-        let Some(end_session_endpoint) = provider.end_session_endpoint.as_deref() else {
+        let Some(end_session_endpoint) = discovered.end_session_endpoint.as_deref() else {
             tracing::debug!("Signed out here only: the identity provider names no end_session_endpoint");
             return None;
         };
@@ -417,7 +575,7 @@ impl Sso {
             post_logout_redirect_uri: come_back.map(RedirectTarget::as_str),
         };
         tracing::info!("Sending a signed-out browser to the identity provider's sign-out");
-        Some(end_session_url(&self.config, sign_out))
+        Some(end_session_url(&provider.config.client_id, sign_out))
     }
 
     /// OpenID Connect Back-Channel Logout 1.0: the provider POSTs a signed logout token; every
@@ -439,28 +597,51 @@ impl Sso {
             return invalid;
         };
         let unavailable = LoginAnswer::Json { status: 503, json: r#"{"error":"temporarily_unavailable"}"# };
-        let provider = match self.client.provider(&self.config).await {
-            Ok(provider) => provider,
-            Err(error) => {
-                tracing::warn!(%error, "Cannot take a back-channel logout: the identity provider is unavailable");
-                return unavailable;
+        // The token names its issuer; only the OpenID Connect providers of that issuer may vouch
+        // for it, each with its own keys and client id.
+        let named_issuer = jwt::parse(token, self.max_token_bytes, &|_| true)
+            .ok()
+            .and_then(|parsed| parsed.claims.get("iss").and_then(serde_json::Value::as_str).map(str::to_string));
+        let candidates = self.providers.iter().filter_map(|provider| match &provider.client {
+            ProviderClient::Oidc(client, rules) if named_issuer.as_deref() == Some(&*rules.issuer) => {
+                Some((provider, client, rules))
             }
-        };
-        let expected = LogoutTokenExpectations {
-            issuer: &provider.issuer,
-            client_id: &self.config.client_id,
-            now: unix_now(),
-            clock_skew_secs: self.clock_skew_secs,
-            max_age_secs: self.config.logout_token_max_age_secs,
-            max_token_bytes: self.max_token_bytes,
-        };
-        let claims = match self.verify_with_provider_keys(|keys| logout_token::verify(token, keys, &expected)).await {
-            Some(Ok(claims)) => claims,
-            Some(Err(error)) => {
-                tracing::warn!(%error, "Refused a back-channel logout token");
-                return invalid;
+            _ => None,
+        });
+        let mut verified = None;
+        for (provider, client, rules) in candidates {
+            let discovered = match client.provider(&rules.issuer).await {
+                Ok(discovered) => discovered,
+                Err(error) => {
+                    tracing::warn!(%error, "Cannot take a back-channel logout: the identity provider is unavailable");
+                    return unavailable;
+                }
+            };
+            let expected = LogoutTokenExpectations {
+                issuer: &discovered.issuer,
+                client_id: &provider.config.client_id,
+                now: unix_now(),
+                clock_skew_secs: self.clock_skew_secs,
+                max_age_secs: self.config.logout_token_max_age_secs,
+                max_token_bytes: self.max_token_bytes,
+            };
+            match self
+                .verify_with_provider_keys(&rules.issuer, |keys| logout_token::verify(token, keys, &expected))
+                .await
+            {
+                Some(Ok(claims)) => {
+                    verified = Some((discovered, claims));
+                    break;
+                }
+                Some(Err(error)) => {
+                    tracing::warn!(%error, provider = %provider.config.name, "Refused a back-channel logout token")
+                }
+                None => return unavailable,
             }
-            None => return unavailable,
+        }
+        let Some((provider, claims)) = verified else {
+            tracing::info!("Refused a back-channel logout token no provider vouches for");
+            return invalid;
         };
         let window = Duration::from_secs(claims.replay_window_secs);
         match self.sessions.first_use_of_logout_token(&provider.issuer, &claims.jti, window).await {
@@ -483,10 +664,14 @@ impl Sso {
 
     async fn user_info(&self, request: EndpointRequest<'_>) -> LoginAnswer {
         let Some(session) = self.session_of(request.cookies).await else { return refused(401, "not signed in") };
+        let provider = self.provider_of(&session).map(|provider| provider.config.name.to_string());
         let session = session.claims();
         let mut json = serde_json::Map::new();
         json.insert("issuer".into(), session.issuer().into());
         json.insert("subject".into(), session.subject().into());
+        if let Some(provider) = provider {
+            json.insert("provider".into(), provider.into());
+        }
         for name in ["email", "preferred_username", "groups"] {
             if let Some(value) = session.claims().get(name) {
                 json.insert(name.into(), value.clone());
@@ -495,14 +680,27 @@ impl Sso {
         LoginAnswer::UserInfo { json: serde_json::Value::Object(json).to_string() }
     }
 
-    /// The session a request's cookie names, when it is open.
+    /// The session a request's cookie names, when it is open and its provider still configured.
     async fn session_of(&self, cookies: &[&str]) -> Option<Arc<Session>> {
         for id in cookie_values(cookies, &self.config.cookie_name).filter_map(SessionId::from_cookie_value) {
-            if let Some(session) = self.sessions.get(&id).await {
+            if let Some(session) = self.sessions.get(&id).await
+                && self.provider_of(&session).is_some()
+            {
                 return Some(session);
             }
         }
         None
+    }
+
+    /// The provider a session was opened with: the one it names, when that still has the
+    /// session's issuer (a session stored before sessions named theirs: the provider of its
+    /// issuer); `None` when no configured provider vouches for it any more.
+    fn provider_of(&self, session: &Session) -> Option<&Provider> {
+        let issuer = session.claims().issuer();
+        match session.provider() {
+            Some(name) => self.provider(name).filter(|provider| provider.config.issuer() == issuer),
+            None => self.providers.iter().find(|provider| provider.config.issuer() == issuer),
+        }
     }
 
     /// The identity of the session a checked request carries, as policies reading `kept` see it.
@@ -513,6 +711,10 @@ impl Sso {
     ) -> Option<(Arc<Identity>, Arc<Session>)> {
         let cookies: Vec<&str> = http.header_values("cookie").collect();
         let session = self.session_of(&cookies).await?;
+        // A provider limited to some sites vouches for its people there only.
+        if !self.provider_of(&session)?.config.applies_to(http.host) {
+            return None;
+        }
         Some((session.identity(kept), session))
     }
 
@@ -625,9 +827,9 @@ impl Sso {
     }
 
     fn restore_login(&self, stored: StoredLoginTransaction) -> Option<LoginTransaction> {
-        let StoredLoginTransaction { binding, nonce, code_verifier, return_to } = stored;
+        let StoredLoginTransaction { binding, nonce, code_verifier, return_to, provider } = stored;
         let return_to = self.config.redirects.check(&return_to).ok()?;
-        Some(LoginTransaction { binding, nonce, code_verifier, return_to })
+        Some(LoginTransaction { provider: provider.into(), binding, nonce, code_verifier, return_to })
     }
 
     /// A fresh 256-bit random text, base64url.
@@ -660,6 +862,26 @@ pub fn is_browser_navigation(http: &HttpRequest<'_>) -> bool {
     let method_fits = http.method.eq_ignore_ascii_case("GET") || http.method.eq_ignore_ascii_case("HEAD");
     let wants_html = http.header_values("accept").any(|accept| accept.to_ascii_lowercase().contains("text/html"));
     method_fits && wants_html && http.header_values("x-requested-with").next().is_none()
+}
+
+/// Why an ID token the provider vouched for is refused by its rules: Google's hosted domain
+/// (`hd`) not among `hosted_domains`, or an email not verified; `None` when it passes.
+fn refusal_by_rules(rules: &OidcRules, claims: &SessionClaims) -> Option<&'static str> {
+    if rules.require_verified_email && claims.claims().get("email_verified") != Some(&serde_json::Value::Bool(true)) {
+        return Some("your account's email address is not verified");
+    }
+    let hosted_domain = claims.claim_text("hd").map(str::to_ascii_lowercase);
+    let is_hosted_domain_allowed = rules.hosted_domains.is_empty()
+        || hosted_domain.is_some_and(|domain| rules.hosted_domains.iter().any(|allowed| **allowed == *domain));
+    (!is_hosted_domain_allowed).then_some("your account does not belong to an organization allowed to sign in here")
+}
+
+/// The host (without port) of an absolute URL; `None` for a path.
+fn host_of(url: &str) -> Option<&str> {
+    let (_, rest) = url.split_once("://")?;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+    Some(host.rsplit_once(':').map_or(host, |(name, _)| name))
 }
 
 /// `scheme://authority` of an absolute URL.

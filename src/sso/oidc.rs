@@ -9,7 +9,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::Value;
 use tokio::sync::Mutex;
 
-use super::config::SsoConfig;
+use super::providers::ProviderConfig;
 use crate::outbound::{Outbound, OutboundError};
 
 /// What the login needs of the provider's discovery document.
@@ -62,13 +62,13 @@ impl OidcClient {
         Self { outbound, discovered: Mutex::new(None), timeout }
     }
 
-    /// The provider's metadata: discovered now unless already known.
-    pub async fn provider(&self, config: &SsoConfig) -> Result<Arc<ProviderMetadata>, OidcError> {
+    /// The metadata of the provider at `issuer`: discovered now unless already known.
+    pub async fn provider(&self, issuer: &str) -> Result<Arc<ProviderMetadata>, OidcError> {
         let mut discovered = self.discovered.lock().await;
         if let Some(known) = discovered.as_ref() {
             return Ok(known.clone());
         }
-        let url = format!("{}/.well-known/openid-configuration", config.issuer);
+        let url = format!("{issuer}/.well-known/openid-configuration");
         let document = self.outbound.get_json(&url, self.timeout).await.map_err(OidcError::Discovery)?;
         let text = |name: &'static str| -> Result<Box<str>, OidcError> {
             document.get(name).and_then(Value::as_str).map(Into::into).ok_or(OidcError::MissingField(name))
@@ -79,7 +79,7 @@ impl OidcClient {
             token_endpoint: text("token_endpoint")?,
             end_session_endpoint: text("end_session_endpoint").ok(),
         };
-        if metadata.issuer.trim_end_matches('/') != &*config.issuer {
+        if metadata.issuer.trim_end_matches('/') != issuer {
             return Err(OidcError::IssuerMismatch { found: metadata.issuer.into() });
         }
         let metadata = Arc::new(metadata);
@@ -91,7 +91,8 @@ impl OidcClient {
     /// login's PKCE verifier sent) for the ID token.
     pub async fn exchange(
         &self,
-        config: &SsoConfig,
+        config: &ProviderConfig,
+        redirect_url: &str,
         provider: &ProviderMetadata,
         code: &str,
         code_verifier: &str,
@@ -99,7 +100,7 @@ impl OidcClient {
         let form = [
             ("grant_type", "authorization_code"),
             ("code", code),
-            ("redirect_uri", &config.redirect_url),
+            ("redirect_uri", redirect_url),
             ("code_verifier", code_verifier),
         ];
         let client = Some((&*config.client_id, config.client_secret.expose()));
@@ -129,14 +130,20 @@ pub fn pkce_challenge(verifier: &str) -> String {
     URL_SAFE_NO_PAD.encode(digest(&SHA256, verifier.as_bytes()))
 }
 
-/// The URL that sends the browser to the provider's login, for the code flow with PKCE S256.
-pub fn authorization_url(config: &SsoConfig, provider: &ProviderMetadata, secrets: LoginSecrets<'_>) -> String {
+/// The URL that sends the browser to the provider's login, for the code flow with PKCE S256,
+/// back to `redirect_url`.
+pub fn authorization_url(
+    config: &ProviderConfig,
+    redirect_url: &str,
+    provider: &ProviderMetadata,
+    secrets: LoginSecrets<'_>,
+) -> String {
     let scope = config.scopes.join(" ");
     let challenge = pkce_challenge(secrets.code_verifier);
     let query = form_urlencoded::Serializer::new(String::new())
         .append_pair("response_type", "code")
         .append_pair("client_id", &config.client_id)
-        .append_pair("redirect_uri", &config.redirect_url)
+        .append_pair("redirect_uri", redirect_url)
         .append_pair("scope", &scope)
         .append_pair("state", secrets.state)
         .append_pair("nonce", secrets.nonce)
@@ -158,8 +165,9 @@ pub struct SignOutAtProvider<'s> {
     pub post_logout_redirect_uri: Option<&'s str>,
 }
 
-/// The URL that sends the browser to the provider's sign-out (RP-initiated logout 1.0).
-pub fn end_session_url(config: &SsoConfig, sign_out: SignOutAtProvider<'_>) -> String {
+/// The URL that sends the browser to the sign-out (RP-initiated logout 1.0) of the provider
+/// portcullis is `client_id` at.
+pub fn end_session_url(client_id: &str, sign_out: SignOutAtProvider<'_>) -> String {
     let mut query = form_urlencoded::Serializer::new(String::new());
     if let Some(hint) = sign_out.id_token_hint {
         query.append_pair("id_token_hint", hint);
@@ -167,7 +175,7 @@ pub fn end_session_url(config: &SsoConfig, sign_out: SignOutAtProvider<'_>) -> S
     if let Some(target) = sign_out.post_logout_redirect_uri {
         query.append_pair("post_logout_redirect_uri", target);
     }
-    query.append_pair("client_id", &config.client_id);
+    query.append_pair("client_id", client_id);
     let separator = if sign_out.end_session_endpoint.contains('?') { '&' } else { '?' };
     format!("{}{separator}{}", sign_out.end_session_endpoint, query.finish())
 }
@@ -183,7 +191,7 @@ mod tests {
         assert_eq!(pkce_challenge(verifier), "W6sW9C8A5hrhGZuemd0hex4ogmWFU39zh0gzOjvZo7s");
     }
 
-    fn config() -> SsoConfig {
+    fn config() -> crate::sso::config::SsoConfig {
         let dir = tempfile::tempdir().unwrap();
         let secret = dir.path().join("secret");
         std::fs::write(&secret, "s").unwrap();
@@ -206,7 +214,7 @@ mod tests {
             post_logout_redirect_uri: Some("https://www.example.com/bye?x=1"),
         };
         assert_eq!(
-            end_session_url(&config(), sign_out),
+            end_session_url("portcullis", sign_out),
             "https://idp.example.com/logout?realm=a&id_token_hint=h.p.s\
              &post_logout_redirect_uri=https%3A%2F%2Fwww.example.com%2Fbye%3Fx%3D1&client_id=portcullis"
         );
@@ -215,7 +223,7 @@ mod tests {
             id_token_hint: None,
             post_logout_redirect_uri: None,
         };
-        assert_eq!(end_session_url(&config(), bare), "https://idp.example.com/logout?client_id=portcullis");
+        assert_eq!(end_session_url("portcullis", bare), "https://idp.example.com/logout?client_id=portcullis");
     }
 
     #[test]
@@ -229,7 +237,7 @@ mod tests {
         };
         let secrets =
             LoginSecrets { state: "st", nonce: "no", code_verifier: "dBjftJeZ4CVP-mJ92K27uTMVZpL1ckl1hhkvIr9SpJs" };
-        let url = authorization_url(&config, &provider, secrets);
+        let url = authorization_url(config.providers.all().first().unwrap(), &config.redirect_url, &provider, secrets);
         assert_eq!(
             url,
             "https://idp.example.com/auth?response_type=code&client_id=portcullis\

@@ -41,6 +41,9 @@ struct StoredSession {
     /// The login's ID token (absent in sessions stored before it was kept).
     #[serde(default)]
     id_token: Option<String>,
+    /// The name of the provider of the login (absent in sessions stored before it was kept).
+    #[serde(default)]
+    provider: Option<String>,
 }
 
 /// A login under way, as Redis holds it (sealed as a session is, under the hash of its `state`),
@@ -55,6 +58,9 @@ pub struct StoredLoginTransaction {
     pub code_verifier: String,
     /// Where it ends, as checked at its start (checked again when read back).
     pub return_to: String,
+    /// The name of the provider it started with.
+    #[serde(default)]
+    pub provider: String,
 }
 
 /// A replica's copy of a session it read from Redis.
@@ -242,17 +248,23 @@ impl RedisSessions {
 
     /// Opens a session for `claims` under a new id, in the index of the provider's names for
     /// as long as a session may live; `Unavailable` when Redis cannot store it.
-    pub async fn open(&self, claims: SessionClaims, id_token: IdTokenHint) -> Result<SessionId, StoreError> {
+    pub async fn open(
+        &self,
+        provider: &str,
+        claims: SessionClaims,
+        id_token: Option<IdTokenHint>,
+    ) -> Result<SessionId, StoreError> {
         let now = unix_now();
         let login = claims.to_stored();
         let index_keys = self.index_keys(&claims);
-        let session = Arc::new(Session::new(claims, Some(id_token.clone())));
+        let id_token = id_token.as_ref().map(IdTokenHint::expose);
+        let session = Arc::new(Session::new(Some(provider), claims, id_token.map(IdTokenHint::new)));
         let ttl = self.lifetimes.remaining(now, now, now).max(1);
         for _ in 0..ID_ATTEMPTS {
             let id = SessionId::generate(&self.random).ok_or(StoreError::Random)?;
             let hashed = HashedId::of(&id);
             let stored =
-                StoredSessionRef { login: &login, opened: now, last_used: now, id_token: Some(id_token.expose()) };
+                StoredSessionRef { login: &login, opened: now, last_used: now, id_token, provider: Some(provider) };
             let sealed = self.seal(&stored, &hashed)?;
             let mut connection = self.connection.clone();
             let mut pipeline = redis::pipe();
@@ -426,13 +438,20 @@ impl RedisSessions {
         previous: Option<&LocalCopy>,
         now: u64,
     ) -> Option<Arc<Session>> {
-        let StoredSession { login, opened, last_used, id_token } = stored;
+        let StoredSession { login, opened, last_used, id_token, provider } = stored;
         if self.lifetimes.remaining(opened, last_used, now) == 0 {
             self.copies.end(&hashed);
             return None;
         }
         let last_used = if now.saturating_sub(last_used) >= self.lifetimes.refresh_after_secs() {
-            match self.refresh(&hashed, &login, id_token.as_deref(), opened, now).await {
+            let written = StoredSessionRef {
+                login: &login,
+                opened,
+                last_used: now,
+                id_token: id_token.as_deref(),
+                provider: provider.as_deref(),
+            };
+            match self.refresh(&hashed, &written).await {
                 Ok(true) => now,
                 Ok(false) => {
                     self.copies.end(&hashed);
@@ -447,6 +466,7 @@ impl RedisSessions {
         let session = match previous.filter(|copy| copy.opened == opened) {
             Some(copy) => copy.session.clone(),
             None => Arc::new(Session::new(
+                provider.as_deref(),
                 SessionClaims::from_stored(login).ok()?,
                 id_token.as_deref().map(IdTokenHint::new),
             )),
@@ -456,18 +476,11 @@ impl RedisSessions {
         Some(session)
     }
 
-    /// Writes the session's last use as `now`, only while it exists (an ended session is never
+    /// Writes `session` (its last use now), only while it exists (an ended session is never
     /// brought back); false when it no longer does.
-    async fn refresh(
-        &self,
-        hashed: &HashedId,
-        login: &StoredLogin,
-        id_token: Option<&str>,
-        opened: u64,
-        now: u64,
-    ) -> Result<bool, StoreError> {
-        let sealed = self.seal(&StoredSessionRef { login, opened, last_used: now, id_token }, hashed)?;
-        let ttl = self.lifetimes.remaining(opened, now, now).max(1);
+    async fn refresh(&self, hashed: &HashedId, session: &StoredSessionRef<'_>) -> Result<bool, StoreError> {
+        let sealed = self.seal(session, hashed)?;
+        let ttl = self.lifetimes.remaining(session.opened, session.last_used, session.last_used).max(1);
         let mut connection = self.connection.clone();
         let command = redis::cmd("SET").arg(self.key(hashed)).arg(sealed).arg("XX").arg("EX").arg(ttl).clone();
         let written: Option<String> = self.bounded("refresh", command.query_async(&mut connection)).await?;
@@ -523,6 +536,7 @@ struct StoredSessionRef<'s> {
     opened: u64,
     last_used: u64,
     id_token: Option<&'s str>,
+    provider: Option<&'s str>,
 }
 
 #[cfg(test)]

@@ -42,16 +42,24 @@ impl fmt::Debug for IdTokenHint {
 /// A session's login, and its identity as last built.
 #[derive(Debug)]
 pub struct Session {
+    /// The name of the provider the person logged in with (`None`: a session stored before
+    /// sessions named theirs).
+    provider: Option<Box<str>>,
     claims: SessionClaims,
     id_token: Option<IdTokenHint>,
     identity: ArcSwapOption<BuiltIdentity>,
 }
 
 impl Session {
-    /// The session of a login whose ID token `id_token` gave `claims` (`None`: a session stored
-    /// before ID tokens were kept).
-    pub fn new(claims: SessionClaims, id_token: Option<IdTokenHint>) -> Self {
-        Self { claims, id_token, identity: ArcSwapOption::empty() }
+    /// The session of a login at `provider` whose ID token `id_token` gave `claims` (`None`: a
+    /// provider without ID tokens, or a session stored before ID tokens were kept).
+    pub fn new(provider: Option<&str>, claims: SessionClaims, id_token: Option<IdTokenHint>) -> Self {
+        Self { provider: provider.map(Into::into), claims, id_token, identity: ArcSwapOption::empty() }
+    }
+
+    /// The name of the provider the person logged in with, when the session knows it.
+    pub fn provider(&self) -> Option<&str> {
+        self.provider.as_deref()
     }
 
     /// What the login's ID token said.
@@ -113,7 +121,11 @@ mod tests {
             clock_skew_secs: 60,
             max_token_bytes: 8192,
         };
-        Session::new(id_token::verify(&token, &keys, &expected).unwrap(), Some(IdTokenHint::new(&token)))
+        Session::new(
+            Some("default"),
+            id_token::verify(&token, &keys, &expected).unwrap(),
+            Some(IdTokenHint::new(&token)),
+        )
     }
 
     fn keeping(claims: &[&str]) -> Arc<ClaimPaths> {

@@ -35,11 +35,19 @@ pub struct ProviderNames<'n> {
 }
 
 impl Sessions {
-    /// Opens a session for the login whose ID token `id_token` gave `claims`.
-    pub async fn open(&self, claims: SessionClaims, id_token: IdTokenHint) -> Result<SessionId, StoreError> {
+    /// Opens a session for the login at `provider` whose ID token `id_token` (none for a
+    /// provider without ID tokens) gave `claims`.
+    pub async fn open(
+        &self,
+        provider: &str,
+        claims: SessionClaims,
+        id_token: Option<IdTokenHint>,
+    ) -> Result<SessionId, StoreError> {
         match self {
-            Self::Memory { sessions, .. } => sessions.open(Session::new(claims, Some(id_token)), Instant::now()),
-            Self::Redis(store) => store.open(claims, id_token).await,
+            Self::Memory { sessions, .. } => {
+                sessions.open(Session::new(Some(provider), claims, id_token), Instant::now())
+            }
+            Self::Redis(store) => store.open(provider, claims, id_token).await,
         }
     }
 

@@ -114,14 +114,19 @@ class Idp:
         return stop_process(self.process)
 
 
-def start_idp(log: Path, port: int = 0, realm: str = REALM, sso_redirect_uri: str | None = None) -> Idp:
+def start_idp(
+    log: Path, port: int = 0, realm: str = REALM, sso_redirect_uri: str | None = None, id_token_roles: bool = False
+) -> Idp:
     """Start tests/oidc/idp.mjs and wait for its `ready` line (JSON with the issuer).
 
     sso_redirect_uri: serve browser logins (the `portcullis-sso` client) back to this URL.
+    id_token_roles: the browser logins' ID tokens carry Keycloak's realm_access and resource_access.
     """
     command = [node_binary(), str(IDP_SCRIPT), "--port", str(port), "--realm", realm]
     if sso_redirect_uri:
         command += ["--sso-redirect-uri", sso_redirect_uri]
+    if id_token_roles:
+        command += ["--sso-id-token-roles"]
     with log.open("wb") as log_file:
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log_file, cwd=REPO_ROOT)
     PROCESS_LOGS[log.stem] = log

@@ -1,6 +1,7 @@
 // A real OpenID Connect provider for portcullis's JWT tests, in Keycloak's URL layout.
 //
 //   node tests/oidc/idp.mjs [--port P] [--realm jobs] [--ttl SECONDS] [--sso-redirect-uri URL]
+//                           [--sso-id-token-roles]
 //
 // The provider is `oidc-provider` (panva, OpenID Certified); this file only configures it. It
 // serves one realm on 127.0.0.1:P with the URLs a Keycloak realm has:
@@ -36,7 +37,9 @@
 //   client:  portcullis-sso, secret `sso-secret` (client_secret_basic), redirect_uri URL
 //   ID token claims: sub, email, email_verified, preferred_username, name, groups (the realm
 //            roles beyond the defaults: alice [user], admin [user, admin]), nonce; and sid
-//            once a back-channel logout URI is set (below)
+//            once a back-channel logout URI is set (below); with --sso-id-token-roles also
+//            realm_access.roles and resource_access.<client>.roles, as Keycloak's `roles` mappers
+//            put them there with "Add to ID token" on
 // Sign-out (only with --sso-redirect-uri): RP-initiated logout at
 //   /realms/REALM/protocol/openid-connect/logout (its confirmation page posts `xsrf` and
 //   `logout=yes`); portcullis-sso's post_logout_redirect_uri is `/signed-out` on the origin of
@@ -86,6 +89,7 @@ const { values: args } = parseArgs({
     realm: { type: 'string', default: 'jobs' },
     ttl: { type: 'string', default: '300' },
     'sso-redirect-uri': { type: 'string' },
+    'sso-id-token-roles': { type: 'boolean', default: false },
   },
 });
 
@@ -96,6 +100,7 @@ const ACCESS_TOKEN_TTL = Number(args.ttl);
 const DEFAULT_SCOPE = 'openid profile email';
 const SSO_CLIENT = 'portcullis-sso';
 const SSO_REDIRECT_URI = args['sso-redirect-uri'];
+const SSO_ID_TOKEN_ROLES = args['sso-id-token-roles'];
 const INTROSPECTION_CLIENT = 'portcullis-introspect';
 const INTROSPECTION_SCOPES = ['jobs:read', 'jobs:write'];
 
@@ -349,7 +354,7 @@ function buildProvider(issuer) {
     claims: {
       openid: ['sub'],
       email: ['email', 'email_verified'],
-      profile: ['preferred_username', 'name', 'groups'],
+      profile: ['preferred_username', 'name', 'groups', ...(SSO_ID_TOKEN_ROLES ? ['realm_access', 'resource_access'] : [])],
     },
     loadExistingGrant,
     formats: { customizers: { jwt: customizeJwt } },
@@ -368,6 +373,8 @@ function buildProvider(issuer) {
           email_verified: true,
           name: `${user.given_name} ${user.family_name}`,
           groups: user.realmRoles.filter((role) => !DEFAULT_ROLES.includes(role)),
+          realm_access: { roles: user.realmRoles },
+          resource_access: Object.fromEntries(Object.entries(user.clientRoles).map(([c, roles]) => [c, { roles }])),
         }),
       };
     },
