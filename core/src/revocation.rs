@@ -249,9 +249,10 @@ impl RevocationList {
         let holds = |expires_at: u64| expires_at > now;
         let by_token = names.jti.and_then(|jti| self.tokens.get(&jti)).is_some_and(|end| holds(*end));
         let by_session = names.sid.and_then(|sid| self.sessions.get(&sid)).is_some_and(|end| holds(*end));
-        let by_subject = names.subject.and_then(|subject| self.subjects.get(&subject)).is_some_and(|entry| {
-            holds(entry.expires_at) && names.issued_at.unwrap_or(0) < entry.before
-        });
+        let by_subject = names
+            .subject
+            .and_then(|subject| self.subjects.get(&subject))
+            .is_some_and(|entry| holds(entry.expires_at) && names.issued_at.unwrap_or(0) < entry.before);
         by_token || by_session || by_subject
     }
 
@@ -302,8 +303,7 @@ impl RevocationList {
             EntryKind::TokenId => drop(self.tokens.insert(entry.name, entry.expires_at)),
             EntryKind::Session => drop(self.sessions.insert(entry.name, entry.expires_at)),
             EntryKind::Subject => drop(
-                self.subjects
-                    .insert(entry.name, SubjectBefore { before: entry.before, expires_at: entry.expires_at }),
+                self.subjects.insert(entry.name, SubjectBefore { before: entry.before, expires_at: entry.expires_at }),
             ),
         }
         evicted.map_or(Addition::Added, Addition::AddedEvicting)
