@@ -275,14 +275,13 @@ impl RevocationList {
         }
     }
 
-    /// Adds `entry` as of `now`, dropping expired entries first. Full, the list keeps the new
-    /// entry and drops the one that would have expired first: refusing a revocation would leave
-    /// in force a token someone asked to stop.
+    /// Adds `entry` as of `now` (call [`RevocationList::purge_expired`] first, once for a
+    /// batch). Full, the list keeps the new entry and drops the one that would have expired
+    /// first: refusing a revocation would leave in force a token someone asked to stop.
     pub fn add(&mut self, entry: Entry, now: u64) -> Addition {
         if entry.expires_at <= now {
             return Addition::Expired;
         }
-        self.purge_expired(now);
         let merged = match entry.kind {
             EntryKind::TokenId => merge_expiry(&mut self.tokens, entry),
             EntryKind::Session => merge_expiry(&mut self.sessions, entry),
@@ -473,8 +472,10 @@ mod tests {
         list.add(Entry::subject_before(ISSUER, "c", NOW, NOW + 15), NOW);
         assert_eq!(list.purge_expired(NOW + 10), 2);
         assert_eq!(list.len(), 1);
-        list.add(Entry::token(ISSUER, "d", NOW + 100), NOW + 20);
-        assert_eq!(list.len(), 1, "an addition drops what expired");
+        let mut full = RevocationList::new(1);
+        full.add(Entry::token(ISSUER, "a", NOW + 5), NOW);
+        let added = full.add(Entry::token(ISSUER, "d", NOW + 100), NOW + 20);
+        assert_eq!(added, Addition::AddedEvicting(Entry::token(ISSUER, "a", NOW + 5)), "an expired entry goes first");
     }
 
     #[test]

@@ -131,6 +131,7 @@ impl Revocations {
         let now = unix_now();
         let _writing = self.writing.lock().unwrap_or_else(PoisonError::into_inner);
         let mut list = RevocationList::clone(&self.list.load());
+        list.purge_expired(now);
         for entry in entries {
             if let Addition::AddedEvicting(evicted) = list.add(*entry, now) {
                 self.metrics.record_revocation_eviction();
