@@ -196,9 +196,9 @@ fn job_board_revocation(c: &mut Criterion) {
     let live = ArcSwap::from_pointee(list);
     let check = || {
         let list = live.load();
-        engine
-            .snapshot
-            .check_with(&request, |credential| list.screen(engine.cache.authenticate(credential, &context), context.now))
+        engine.snapshot.check_with(&request, |credential| {
+            list.screen(engine.cache.authenticate(credential, &context), context.now)
+        })
     };
     assert!(check().is_allow(), "the bench request must be allowed (and its token remembered)");
     let mut group = c.benchmark_group("check");
@@ -206,5 +206,13 @@ fn job_board_revocation(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, job_board_check, job_board_revocation, grpc_conversion, policy_count, policy_load, path_normalization);
+criterion_group!(
+    benches,
+    job_board_check,
+    job_board_revocation,
+    grpc_conversion,
+    policy_count,
+    policy_load,
+    path_normalization
+);
 criterion_main!(benches);

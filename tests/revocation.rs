@@ -1,7 +1,5 @@
 //! The revocation list through the real binary: the admin endpoint (its token, its answers), a revoked JWT refused on a token-cache hit with gRPC UNAUTHENTICATED and an `invalid_token` challenge, a subject revoked for what it held before, a bearer-token issuer's back-channel logout ending a `sid`, and the endpoints off without their settings.
 
-#![expect(clippy::expect_used, reason = "test helpers: a failed step fails the test")]
-
 mod forge;
 mod support;
 

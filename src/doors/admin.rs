@@ -63,12 +63,14 @@ fn json_answer(answer: AdminAnswer) -> Response {
 }
 
 /// The revocation list, when the request carries the admin token.
-fn admitted<'s>(state: &'s AdminState, headers: &HeaderMap) -> Result<&'s Arc<Revocations>, Response> {
+fn admitted<'s>(state: &'s AdminState, headers: &HeaderMap) -> Option<&'s Arc<Revocations>> {
     let authorization = headers.get(header::AUTHORIZATION).and_then(|value| value.to_str().ok());
-    match state.engine.revocations() {
-        Some(revocations) if revocations.admits_admin(authorization) => Ok(revocations),
-        _ => Err(json_answer(AdminAnswer { status: 401, json: r#"{"error":"the admin token is required"}"#.into() })),
-    }
+    state.engine.revocations().filter(|revocations| revocations.admits_admin(authorization))
+}
+
+/// The answer to a caller without the admin token.
+fn unauthorized() -> Response {
+    json_answer(AdminAnswer { status: 401, json: r#"{"error":"the admin token is required"}"#.into() })
 }
 
 async fn list_revocations(
@@ -77,15 +79,15 @@ async fn list_revocations(
     RawQuery(query): RawQuery,
 ) -> Response {
     match admitted(&state, &headers) {
-        Ok(revocations) => json_answer(revocations.admin_list(query.as_deref().unwrap_or_default())),
-        Err(refused) => refused,
+        Some(revocations) => json_answer(revocations.admin_list(query.as_deref().unwrap_or_default())),
+        None => unauthorized(),
     }
 }
 
 async fn add_revocation(State(state): State<Arc<AdminState>>, headers: HeaderMap, body: Bytes) -> Response {
     match admitted(&state, &headers) {
-        Ok(revocations) => json_answer(revocations.admin_add(&body).await),
-        Err(refused) => refused,
+        Some(revocations) => json_answer(revocations.admin_add(&body).await),
+        None => unauthorized(),
     }
 }
 
