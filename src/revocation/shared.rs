@@ -21,6 +21,8 @@ struct SyncState {
     in_sync: bool,
     /// When the replica last knew it was in sync (start-up, before the first sync).
     since: Instant,
+    /// A loss was logged since the last sync: the next ones are only counted.
+    loss_logged: bool,
 }
 
 /// The Redis side of the list.
@@ -49,7 +51,7 @@ impl SharedList {
     pub(super) fn new(config: &RevocationRedisConfig) -> Result<Self, String> {
         let password = config.password.as_ref().map(super::settings::Password::expose);
         let link = RedisLink::new(&config.url, password, config.timeout)?;
-        let state = SyncState { in_sync: false, since: Instant::now() };
+        let state = SyncState { in_sync: false, since: Instant::now(), loss_logged: false };
         Ok(Self { link, config: config.clone(), state: Mutex::new(state), pending: Mutex::new(Vec::new()) })
     }
 
@@ -141,15 +143,18 @@ impl SharedList {
         if state.in_sync { 0.0 } else { state.since.elapsed().as_secs_f64() }
     }
 
+    /// Records whether the replica is in sync now; true when a loss is to be logged (the first
+    /// since the last sync).
     fn set_in_sync(&self, in_sync: bool) -> bool {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        let was = state.in_sync;
-        if was {
+        if state.in_sync {
             // Still sure of every addition until this very moment.
             state.since = Instant::now();
         }
         state.in_sync = in_sync;
-        was
+        let log_loss = !in_sync && !state.loss_logged;
+        state.loss_logged = !in_sync;
+        log_loss
     }
 }
 
@@ -178,7 +183,7 @@ impl Subscriber for Listener<'_> {
     fn lost(&self, cause: String) {
         self.revocations.metrics.record_revocation_sync_error();
         if self.shared.set_in_sync(false) {
-            tracing::warn!(%cause, "Lost the revocation list's Redis; the list held here stays in force");
+            tracing::warn!(%cause, "Cannot reach the revocation list's Redis; the list held here stays in force");
         }
     }
 }
