@@ -216,6 +216,8 @@ impl RevocationSettings {
         let path = &self.back_channel_logout_path;
         if !path.starts_with('/') || !path.bytes().all(|b| b.is_ascii_graphic()) || path.contains(['?', '#']) {
             problem("back_channel_logout_path", format!("`{path}` is not an absolute path"));
+        } else if path.contains(['{', '}', '*', ':']) {
+            problem("back_channel_logout_path", format!("`{path}` holds `{{`, `}}`, `*` or `:`"));
         } else if ["/healthz", "/readyz", "/metrics", "/revocations"].contains(&path.as_str()) {
             problem("back_channel_logout_path", format!("`{path}` is taken by the admin door"));
         }
@@ -298,6 +300,15 @@ mod tests {
         let digest = config.admin_token.clone().unwrap();
         assert!(digest.admits("s3cret-admin") && !digest.admits("s3cret-admiN") && !digest.admits(""));
         assert!(!format!("{config:?}").contains("s3cret"), "{config:?}");
+    }
+
+    #[test]
+    fn a_back_channel_path_must_be_a_plain_absolute_path() {
+        for path in ["relative", "/a b", "/a?b", "/{id}", "/logout/*", "/:id"] {
+            let errors = compile(&format!("back_channel_logout_path: '{path}'"), &[]).unwrap_err();
+            assert!(errors[0].starts_with("revocation.back_channel_logout_path: "), "{path}: {errors:?}");
+        }
+        assert!(compile("back_channel_logout_path: /idp/logout-tokens", &[]).is_ok());
     }
 
     #[test]
