@@ -22,6 +22,7 @@ use crate::identity::token_cache::VerifiedTokenCache;
 use crate::outbound::{Outbound, OutboundLimits};
 use crate::policy_set::{PolicySetError, SetSummary, build_snapshot, log_not_evaluated};
 use crate::reload::Reloader;
+use crate::revocation::Revocations;
 use crate::settings::{HttpMode, Settings, SettingsError};
 use crate::sso::Sso;
 use crate::tasks::Tasks;
@@ -94,7 +95,11 @@ pub async fn serve(settings: Settings) -> Result<(), AppError> {
     let keys = KeyStore::with_tasks(settings.fetch_limits(), metrics.clone(), token_cache.clone(), tasks.clone())
         .map(Arc::new)
         .map_err(|error| AppError::Serve { door: "jwks", message: error.to_string() })?;
-    let sso = sso(&settings, &keys, &metrics)?;
+    let revocations = revocations(&settings, &keys, &metrics)?;
+    if let Some(revocations) = &revocations {
+        revocations.spawn_tasks(&tasks);
+    }
+    let sso = sso(&settings, &keys, &metrics, revocations.as_ref())?;
     if let Some(sso) = &sso {
         sso.spawn_tasks(&tasks);
     }
@@ -114,7 +119,8 @@ pub async fn serve(settings: Settings) -> Result<(), AppError> {
     let introspection = introspection(&settings, &metrics)?;
     let engine = Engine::new(snapshot, settings.clone(), metrics, keys.clone(), token_cache)
         .with_api_keys(api_keys)
-        .with_introspection(introspection);
+        .with_introspection(introspection)
+        .with_revocations(revocations);
     let engine = Arc::new(match sso {
         Some(sso) => engine.with_sso(sso),
         None => engine,
@@ -215,7 +221,12 @@ pub async fn serve(settings: Settings) -> Result<(), AppError> {
 
 /// Browser single sign-on, when the settings configure it: its provider's keys come from `keys`,
 /// its session store's failures are counted in `metrics`.
-fn sso(settings: &Settings, keys: &Arc<KeyStore>, metrics: &Arc<Metrics>) -> Result<Option<Arc<Sso>>, AppError> {
+fn sso(
+    settings: &Settings,
+    keys: &Arc<KeyStore>,
+    metrics: &Arc<Metrics>,
+    revocations: Option<&Arc<Revocations>>,
+) -> Result<Option<Arc<Sso>>, AppError> {
     let Some(block) = &settings.sso else { return Ok(None) };
     let config = block
         .compile(|name| std::env::var(name).ok())
@@ -230,7 +241,22 @@ fn sso(settings: &Settings, keys: &Arc<KeyStore>, metrics: &Arc<Metrics>) -> Res
     let sso =
         Sso::new(config, keys.clone(), outbound, settings.clock_skew_secs, settings.max_token_bytes, metrics.clone())
             .map_err(|message| AppError::Serve { door: "sso", message })?;
-    Ok(Some(Arc::new(sso)))
+    Ok(Some(Arc::new(sso.with_revocations(revocations.cloned()))))
+}
+
+/// The revocation list, when the settings turn it on; its admin token and Redis password are
+/// read here, before any port is bound.
+fn revocations(
+    settings: &Settings,
+    keys: &Arc<KeyStore>,
+    metrics: &Arc<Metrics>,
+) -> Result<Option<Arc<Revocations>>, AppError> {
+    let Some(block) = settings.revocation.as_ref().filter(|block| block.enabled) else { return Ok(None) };
+    let config = block.compile(|name| std::env::var(name).ok()).map_err(SettingsError::Revocation)?;
+    let revocations =
+        Revocations::new(config, keys.clone(), settings.clock_skew_secs, settings.max_token_bytes, metrics.clone())
+            .map_err(|message| AppError::Serve { door: "revocation", message })?;
+    Ok(Some(Arc::new(revocations)))
 }
 
 /// The introspection providers for opaque tokens, when the settings name any; their secrets are

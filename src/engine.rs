@@ -12,6 +12,7 @@ use crate::identity::api_keys::ApiKeys;
 use crate::identity::introspection::Introspection;
 use crate::identity::jwks::KeyStore;
 use crate::identity::token_cache::{TokenKey, VerifiedTokenCache};
+use crate::revocation::Revocations;
 use crate::settings::Settings;
 use crate::sso::Sso;
 use crate::telemetry::{DecisionLog, DecisionRecord, Door, Metrics, UnidentifiedWorkloadLog};
@@ -61,6 +62,8 @@ pub struct Engine {
     api_keys: Option<Arc<ApiKeys>>,
     /// Introspection providers for opaque tokens, when configured.
     introspection: Option<Arc<Introspection>>,
+    /// The revocation list every check consults, when configured.
+    revocations: Option<Arc<Revocations>>,
 }
 
 impl Engine {
@@ -84,7 +87,18 @@ impl Engine {
             sso: None,
             api_keys: None,
             introspection: None,
+            revocations: None,
         }
+    }
+
+    /// The same engine, refusing what `revocations` names, when given.
+    pub fn with_revocations(self, revocations: Option<Arc<Revocations>>) -> Self {
+        Self { revocations, ..self }
+    }
+
+    /// The revocation list, when configured.
+    pub fn revocations(&self) -> Option<&Arc<Revocations>> {
+        self.revocations.as_ref()
     }
 
     /// The same engine, introspecting opaque bearer tokens with `introspection`, when given.
@@ -184,9 +198,10 @@ impl Engine {
             },
             None if plan.opaque_token().is_some() => {
                 let authentication = match (plan.opaque_token(), &self.introspection) {
-                    (Some(token), Some(introspection)) => {
-                        introspection.authenticate(token, snapshot.kept_claims(), context.now).await
-                    }
+                    (Some(token), Some(introspection)) => self.unless_revoked(
+                        introspection.authenticate(token, snapshot.kept_claims(), context.now).await,
+                        context.now,
+                    ),
                     _ => Authentication::Failed { error: JwtError::IntrospectionFailed },
                 };
                 snapshot.authorize(plan, Some(authentication))
@@ -197,6 +212,10 @@ impl Engine {
                     Some((sso, http)) => sso.session_identity(http, snapshot.kept_claims()).await,
                     None => None,
                 };
+                // A revoked session is no session: its browser is asked to log in again.
+                let found = found.filter(|(identity, _)| {
+                    !self.revocations.as_ref().is_some_and(|list| list.revokes_session(identity, context.now))
+                });
                 let authentication = found.map(|(identity, claims)| {
                     session = Some(claims);
                     Authentication::Session { identity }
@@ -224,7 +243,7 @@ impl Engine {
         let mut resolution = credentials.resolution();
         while let Some(credential) = resolution.pending() {
             let outcome = self.authenticate(credential, context).await?;
-            resolution.record(outcome);
+            resolution.record(self.unless_revoked(outcome, context.now));
         }
         Some(resolution.finish())
     }
@@ -247,6 +266,15 @@ impl Engine {
         };
         let keys = self.keys_for(&token, context).await;
         guarded(|| self.token_cache.remember(&key, token.verify(keys.as_deref(), context)))
+    }
+
+    /// `authentication`, or its refusal as revoked when the revocation list names its token
+    /// (a remembered identity too: the list is consulted on every check).
+    fn unless_revoked<'p>(&self, authentication: Authentication<'p>, now: u64) -> Authentication<'p> {
+        match &self.revocations {
+            Some(revocations) => revocations.screen(authentication, now),
+            None => authentication,
+        }
     }
 
     /// The keys that verify `token`: its rule's inline set, or its issuer's fetched keys. When

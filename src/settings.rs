@@ -71,6 +71,9 @@ pub enum SettingsError {
     /// The `introspection` block is wrong, each problem named by its key.
     #[error("{}", .0.join("\n"))]
     Introspection(Vec<String>),
+    /// The `revocation` block is wrong, each problem named by its key.
+    #[error("{}", .0.join("\n"))]
+    Revocation(Vec<String>),
 }
 
 /// `PORTCULLIS_*` variables read by the command line itself rather than as settings.
@@ -161,6 +164,9 @@ pub struct Settings {
     /// Opaque tokens checked by introspection (docs/credentials.md); unset, a bearer token is
     /// always a JWT.
     pub introspection: Option<crate::identity::introspection::IntrospectionSettings>,
+    /// Revocation of tokens and sessions by `jti`, `sid` or subject (docs/credentials.md);
+    /// unset, nothing is revoked before it expires.
+    pub revocation: Option<crate::revocation::settings::RevocationSettings>,
 }
 
 impl Default for Settings {
@@ -203,6 +209,7 @@ impl Default for Settings {
             sso: None,
             api_keys: None,
             introspection: None,
+            revocation: None,
         }
     }
 }
@@ -356,6 +363,14 @@ impl Settings {
             settings.introspection.as_ref().map(|block| block.compile(|name| std::env::var(name).ok()))
         {
             return Err(SettingsError::Introspection(problems));
+        }
+        if let Some(Err(problems)) =
+            settings.revocation.as_ref().map(|block| block.compile(|name| std::env::var(name).ok()))
+        {
+            let file = file.map_or_else(|| "settings".into(), |file| format!("config file `{}`", file.display()));
+            return Err(SettingsError::Revocation(
+                problems.iter().map(|problem| format!("{file}: {problem}")).collect(),
+            ));
         }
         for (name, value) in [
             ("http_header_read_timeout_ms", settings.http_header_read_timeout_ms),

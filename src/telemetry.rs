@@ -62,6 +62,11 @@ struct ResultLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct SourceLabels {
+    source: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct DoorLabels {
     door: &'static str,
 }
@@ -92,6 +97,12 @@ pub struct Metrics {
     api_keys_loaded: Gauge,
     introspection_calls: Family<ResultLabels, Counter>,
     introspection_cache_hits: Counter,
+    revocation_entries: Gauge,
+    revocation_list_age: Gauge<f64, std::sync::atomic::AtomicU64>,
+    revocation_additions: Family<SourceLabels, Counter>,
+    revocation_evictions: Counter,
+    revocation_sync_errors: Counter,
+    revocation_refusals: Counter,
     /// The series of `checks` and `check_duration_seconds` a check writes, by door and reason,
     /// found in their families once: a check then neither hashes labels nor takes a lock.
     check_series: [[OnceLock<Counter>; Reason::ALL.len()]; Door::ALL.len()],
@@ -166,6 +177,23 @@ impl Metrics {
             ),
             introspection_cache_hits: register
                 .new_metric("introspection_cache_hits", "Opaque tokens answered from remembered introspection answers"),
+            revocation_entries: register.new_metric("revocation_entries", "Entries in this replica's revocation list"),
+            revocation_list_age: register.new_metric(
+                "revocation_list_age_seconds",
+                "Seconds since this replica last knew its revocation list held every replica's additions (0: in sync)",
+            ),
+            revocation_additions: register.new_metric(
+                "revocation_additions",
+                "Revocations added on this replica, by source (`admin`, `back_channel`, `sso_logout`)",
+            ),
+            revocation_evictions: register
+                .new_metric("revocation_evictions", "Revocations dropped before their end because the list was full"),
+            revocation_sync_errors: register.new_metric(
+                "revocation_sync_errors",
+                "Failed revocation writes to Redis and lost revocation listeners",
+            ),
+            revocation_refusals: register
+                .new_metric("revocation_refusals", "Tokens and sessions refused because a revocation names them"),
             check_series: Default::default(),
             duration_series: Default::default(),
             registry,
@@ -183,6 +211,9 @@ impl Metrics {
             for &result in labels {
                 family.get_or_create(&ResultLabels { result }).inc_by(0);
             }
+        }
+        for source in crate::revocation::Source::ALL {
+            metrics.revocation_additions.get_or_create(&SourceLabels { source: source.as_str() }).inc_by(0);
         }
         metrics
     }
@@ -270,6 +301,36 @@ impl Metrics {
     /// A session store command that failed, a lost listener, or a stored session that did not open.
     pub fn record_session_store_error(&self) {
         self.session_store_errors.inc();
+    }
+
+    /// Counts a revocation added on this replica, by where it came from.
+    pub fn record_revocation_addition(&self, source: crate::revocation::Source) {
+        self.revocation_additions.get_or_create(&SourceLabels { source: source.as_str() }).inc();
+    }
+
+    /// Sets how many entries the revocation list holds.
+    pub fn record_revocation_entries(&self, entries: usize) {
+        self.revocation_entries.set(i64::try_from(entries).unwrap_or(i64::MAX));
+    }
+
+    /// Sets the revocation list's age; called right before a scrape.
+    pub fn record_revocation_list_age(&self, seconds: f64) {
+        self.revocation_list_age.set(seconds);
+    }
+
+    /// Counts a revocation dropped before its end because the list was full.
+    pub fn record_revocation_eviction(&self) {
+        self.revocation_evictions.inc();
+    }
+
+    /// Counts a revocation write Redis did not take, or a lost listener.
+    pub fn record_revocation_sync_error(&self) {
+        self.revocation_sync_errors.inc();
+    }
+
+    /// Counts a token or session refused as revoked.
+    pub fn record_revocation_refusal(&self) {
+        self.revocation_refusals.inc();
     }
 
     /// Sets how many tokens the cache holds.

@@ -457,7 +457,8 @@ impl<'p> Credential<'p> {
     /// an issuer and the token's is another.
     pub fn read(&self, max_token_bytes: usize) -> Result<UnverifiedToken<'p>, JwtError> {
         let kept = &self.rule.verifier.kept;
-        let parsed = jwt::parse(self.token, max_token_bytes, &|name: &str| kept.reads_claim(name))?;
+        // `sid` too: a revocation may name the token's login session.
+        let parsed = jwt::parse(self.token, max_token_bytes, &|name: &str| name == "sid" || kept.reads_claim(name))?;
         if let Some(issuer) = &self.rule.issuer
             && parsed.issuer() != Some(&**issuer)
         {

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 
 use super::jwt::{JwtError, KeyFingerprint, KeySet, Lifetime};
+use super::revocation::RevocationNames;
 
 /// The claims an identity keeps, by path (`["realm_access", "roles"]`), and whether the
 /// whole claim set is kept too, as JSON for the decision log.
@@ -147,6 +148,8 @@ pub struct Identity {
     /// The fingerprint of the key that verified the token.
     key: KeyFingerprint,
     source: IdentitySource,
+    /// What a revocation can name it by.
+    revocation: RevocationNames,
 }
 
 /// What one verification found, beyond the claims.
@@ -203,6 +206,10 @@ impl Identity {
             text.push_str(&Value::Object(claims.clone()).to_string());
         }
         index.extend(values_end);
+        let revocation = match proof.source {
+            IdentitySource::ApiKey => RevocationNames::NONE,
+            _ => RevocationNames::of(verifier.issuer.as_deref().unwrap_or(claim_text("iss")), claims),
+        };
         Self {
             verifier: verifier.clone(),
             text: text.into_boxed_str(),
@@ -214,6 +221,7 @@ impl Identity {
             kid: proof.kid,
             key: proof.key,
             source: proof.source,
+            revocation,
         }
     }
 
@@ -334,6 +342,11 @@ impl Identity {
     /// The token's `exp`, seconds since the epoch.
     pub fn expires_at(&self) -> Option<f64> {
         self.lifetime.expires_at()
+    }
+
+    /// What a revocation can name this identity by: its token's `jti`, `sid`, subject and `iat`.
+    pub fn revocation_names(&self) -> &RevocationNames {
+        &self.revocation
     }
 
     /// The `kid` of the key that verified the token.

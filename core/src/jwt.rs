@@ -46,6 +46,9 @@ pub enum JwtError {
     /// The opaque token could not be introspected: the endpoint down, slow, busy, answering an
     /// error or something that is no introspection answer. Never taken for an answer.
     IntrospectionFailed,
+    /// The token, its login session or everything its subject held before a time was revoked
+    /// ([`crate::revocation`]).
+    Revoked,
 }
 
 impl JwtError {
@@ -65,6 +68,7 @@ impl JwtError {
             Self::SeveralCredentials => "Request carries more than one credential",
             Self::TokenInactive => "Token is not active",
             Self::IntrospectionFailed => "Token introspection failed",
+            Self::Revoked => "Token has been revoked",
         }
     }
 }

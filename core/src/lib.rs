@@ -23,6 +23,7 @@ pub mod policy;
 pub mod redact;
 pub mod redirect;
 pub mod request;
+pub mod revocation;
 pub mod snapshot;
 #[cfg(any(test, feature = "test-util"))]
 pub mod test_util;

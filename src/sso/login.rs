@@ -28,6 +28,7 @@ use crate::core::redirect::RedirectTarget;
 use crate::core::{Decision, HttpRequest, Identity, Reason};
 use crate::identity::jwks::KeyStore;
 use crate::outbound::Outbound;
+use crate::revocation::{Revocations, Source};
 use crate::tasks::Tasks;
 use crate::telemetry::Metrics;
 
@@ -151,6 +152,8 @@ pub struct Sso {
     random: SystemRandom,
     clock_skew_secs: u64,
     max_token_bytes: usize,
+    /// The revocation list a back-channel logout also feeds, when configured.
+    revocations: Option<Arc<Revocations>>,
 }
 
 /// One provider and how it is talked to.
@@ -231,7 +234,14 @@ impl Sso {
             random: SystemRandom::new(),
             clock_skew_secs,
             max_token_bytes,
+            revocations: None,
         })
+    }
+
+    /// The same sign-on, its back-channel logouts also revoking the `sid` (or subject) they
+    /// name in `revocations`, when given: the bearer tokens of that login stop at once too.
+    pub fn with_revocations(self, revocations: Option<Arc<Revocations>>) -> Self {
+        Self { revocations, ..self }
     }
 
     /// Starts what the session store runs in the background: with Redis, the listener for
@@ -653,6 +663,9 @@ impl Sso {
             Err(_) => return unavailable,
         }
         let names = ProviderNames { issuer: &provider.issuer, sid: claims.sid.as_deref(), sub: claims.sub.as_deref() };
+        if let Some(revocations) = &self.revocations {
+            revocations.add_logout(names.issuer, names.sid, names.sub, Source::SsoLogout).await;
+        }
         match self.sessions.end_named(names).await {
             Ok(ended) => {
                 tracing::info!(sessions = ended, "Ended the sessions a back-channel logout named");

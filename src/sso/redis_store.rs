@@ -5,27 +5,23 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use aws_lc_rs::rand::SystemRandom;
-use futures_util::StreamExt as _;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{AsyncCommands as _, IntoConnectionInfo as _, RedisResult};
+use redis::aio::ConnectionManager;
+use redis::{AsyncCommands as _, RedisResult};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::config::RedisConfig;
+use super::config::{RedisConfig, RedisPassword};
 use super::envelope::KeyRing;
 use super::replay::HashedName;
 use super::session::{IdTokenHint, Session};
 use super::sessions::ProviderNames;
 use super::store::{HashedId, SessionId, SessionStore, StoreError, StoreLimits};
 use crate::core::id_token::{SessionClaims, StoredLogin};
+use crate::redis_link::{RedisLink, Subscriber};
 use crate::telemetry::Metrics;
 
 /// Fresh ids tried when one is taken already (256 random bits: never, in practice).
 const ID_ATTEMPTS: usize = 3;
-/// The listener's first wait before subscribing again; it doubles up to the next bound.
-const LISTEN_RETRY_MIN: Duration = Duration::from_millis(250);
-/// The listener's longest wait before subscribing again.
-const LISTEN_RETRY_MAX: Duration = Duration::from_secs(5);
 /// The stored last use is rewritten at most this often per session and replica, so that
 /// sessions in use cost no Redis write per check.
 const IDLE_REFRESH_MAX: Duration = Duration::from_secs(60);
@@ -114,7 +110,7 @@ enum Part {
 /// The sessions of every replica, in Redis.
 pub struct RedisSessions {
     connection: ConnectionManager,
-    client: redis::Client,
+    link: RedisLink,
     keys: Arc<KeyRing>,
     key_prefix: Box<str>,
     channel: Box<str>,
@@ -147,29 +143,16 @@ impl RedisSessions {
         max_copies: usize,
         metrics: Arc<Metrics>,
     ) -> Result<Self, String> {
-        let info = config.url.to_string().into_connection_info().map_err(|error| error.to_string())?;
-        let info = match &config.password {
-            Some(password) => {
-                let settings = info.redis_settings().clone().set_password(password.expose());
-                info.set_redis_settings(settings)
-            }
-            None => info,
-        };
-        let client = redis::Client::open(info).map_err(|error| error.to_string())?;
-        let manager = ConnectionManagerConfig::new()
-            .set_number_of_retries(0)
-            .set_connection_timeout(Some(config.timeout))
-            .set_response_timeout(Some(config.timeout));
-        let connection =
-            ConnectionManager::new_lazy_with_config(client.clone(), manager).map_err(|error| error.to_string())?;
+        let password = config.password.as_ref().map(RedisPassword::expose);
+        let link = RedisLink::new(&config.url, password, config.timeout)?;
         // A copy is kept through the outage grace after its last read; within `local_copy` it
         // is used without asking Redis.
         let kept = config.outage_grace.max(config.local_copy);
         let copies =
             SessionStore::new(StoreLimits { idle_timeout: kept, max_lifetime: kept, max_sessions: max_copies });
         Ok(Self {
-            connection,
-            client,
+            connection: link.connection.clone(),
+            link,
             keys: config.keys.clone(),
             key_prefix: config.key_prefix.clone(),
             channel: config.channel.clone(),
@@ -374,37 +357,7 @@ impl RedisSessions {
     /// again after every loss, dropping every local copy then (an announcement may have been
     /// missed). Runs until cancelled.
     pub async fn listen_for_ended_sessions(self: Arc<Self>) {
-        let mut retry = LISTEN_RETRY_MIN;
-        loop {
-            let cause = match tokio::time::timeout(self.timeout, self.subscribe()).await {
-                Ok(Ok(mut pubsub)) => {
-                    self.copies.clear();
-                    self.set_health(Part::Listener, None);
-                    tracing::info!("Listening for sessions ended on other replicas");
-                    retry = LISTEN_RETRY_MIN;
-                    let mut messages = pubsub.on_message();
-                    while let Some(message) = messages.next().await {
-                        let payload = message.get_payload::<String>().ok();
-                        if let Some(hashed) = payload.as_deref().and_then(HashedId::from_hex) {
-                            self.copies.end(&hashed);
-                        }
-                    }
-                    "the connection closed".to_string()
-                }
-                Ok(Err(error)) => error.to_string(),
-                Err(_) => format!("no answer within {} ms", self.timeout.as_millis()),
-            };
-            self.metrics.record_session_store_error();
-            self.set_health(Part::Listener, Some(format!("listening for ended sessions: {cause}")));
-            tokio::time::sleep(retry).await;
-            retry = (retry * 2).min(LISTEN_RETRY_MAX);
-        }
-    }
-
-    async fn subscribe(&self) -> RedisResult<redis::aio::PubSub> {
-        let mut pubsub = self.client.get_async_pubsub().await?;
-        pubsub.subscribe(&*self.channel).await?;
-        Ok(pubsub)
+        self.link.listen(&self.channel, &*self).await;
     }
 
     /// The stored session `hashed` names: `None` when there is none, or it does not open
@@ -526,6 +479,26 @@ impl RedisSessions {
             _ => {}
         }
         *slot = problem;
+    }
+}
+
+impl Subscriber for RedisSessions {
+    async fn subscribed(&self) -> Result<(), String> {
+        self.copies.clear();
+        self.set_health(Part::Listener, None);
+        tracing::info!("Listening for sessions ended on other replicas");
+        Ok(())
+    }
+
+    fn message(&self, payload: &str) {
+        if let Some(hashed) = HashedId::from_hex(payload) {
+            self.copies.end(&hashed);
+        }
+    }
+
+    fn lost(&self, cause: String) {
+        self.metrics.record_session_store_error();
+        self.set_health(Part::Listener, Some(format!("listening for ended sessions: {cause}")));
     }
 }
 

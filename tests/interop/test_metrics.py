@@ -146,7 +146,7 @@ def test_metrics_parse_and_count_known_traffic(fresh_server):
     # Labels stay bounded: no path, no token, no principal among them.
     for family in families.values():
         for sample in family.samples:
-            assert set(sample.labels) <= {"door", "decision", "reason", "issuer", "result", "le"}, sample
+            assert set(sample.labels) <= {"door", "decision", "reason", "issuer", "result", "source", "le"}, sample
 
 
 def test_the_docs_list_exactly_the_metrics_the_server_exports(fresh_server):
