@@ -92,6 +92,7 @@ pub struct Metrics {
     api_keys_loaded: Gauge,
     introspection_calls: Family<ResultLabels, Counter>,
     introspection_cache_hits: Counter,
+    introspection_providers_failing: Gauge,
     /// The series of `checks` and `check_duration_seconds` a check writes, by door and reason,
     /// found in their families once: a check then neither hashes labels nor takes a lock.
     check_series: [[OnceLock<Counter>; Reason::ALL.len()]; Door::ALL.len()],
@@ -166,6 +167,8 @@ impl Metrics {
             ),
             introspection_cache_hits: register
                 .new_metric("introspection_cache_hits", "Opaque tokens answered from remembered introspection answers"),
+            introspection_providers_failing: register
+                .new_metric("introspection_providers_failing", "Introspection providers whose last call failed"),
             check_series: Default::default(),
             duration_series: Default::default(),
             registry,
@@ -253,6 +256,16 @@ impl Metrics {
     /// Counts an opaque token answered from a remembered introspection answer.
     pub fn record_introspection_cache_hit(&self) {
         self.introspection_cache_hits.inc();
+    }
+
+    /// Counts an introspection provider whose last call failed, when it `started` failing, or
+    /// no longer counts it, when a call got an answer again.
+    pub fn record_introspection_provider_failing(&self, started: bool) {
+        if started {
+            self.introspection_providers_failing.inc();
+        } else {
+            self.introspection_providers_failing.dec();
+        }
     }
 
     /// Sets how many API keys the live key table holds.
