@@ -336,7 +336,7 @@ async fn introspection_endpoint() -> String {
                 while !String::from_utf8_lossy(&request).contains("token_type_hint") {
                     match stream.read(&mut buffer).await {
                         Ok(0) | Err(_) => break,
-                        Ok(read) => request.extend_from_slice(&buffer[..read]),
+                        Ok(read) => request.extend_from_slice(buffer.get(..read).unwrap_or_default()),
                     }
                 }
                 let text = String::from_utf8_lossy(&request);

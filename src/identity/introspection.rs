@@ -873,7 +873,9 @@ mod tests {
             IntrospectionSettings { providers: vec![provider] }.compile(|_| None)
         };
         assert!(provider(&|_| {}).is_ok());
-        let rows: [(&str, &dyn Fn(&mut ProviderSettings), &str); 4] = [
+        /// A case: its name, how it changes the good provider, and the problem it must give.
+        type Row<'r> = (&'r str, &'r dyn Fn(&mut ProviderSettings), &'r str);
+        let rows: [Row<'_>; 4] = [
             ("no key", &|p| p.private_key_file = None, "private_key_file: must be set"),
             (
                 "a secret beside it",
