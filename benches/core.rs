@@ -1,4 +1,4 @@
-//! Criterion micro-benchmarks of the pure core: a job-board Check (with 100,000 revocations too), evaluation with 10 to 10,000 policies, policy loading, path normalization, CheckRequest decoding and conversion.
+//! Criterion micro-benchmarks of the pure core: a job-board Check (a token, an API key, a remembered opaque token, a token with 100,000 revocations), evaluation with 10 to 10,000 policies, policy loading, path normalization, CheckRequest decoding and conversion.
 
 #![expect(clippy::expect_used, reason = "bench set-up: a fixture that cannot be built ends the run")]
 
@@ -18,6 +18,7 @@ use portcullis::settings::Settings;
 use prost::Message;
 use prost::bytes::Bytes;
 
+use fixtures::credentials::{API_KEY, CredentialEngine};
 use fixtures::engine::{self, Engine};
 use fixtures::requests::{Call, JOB_BOARD_ROLES, check_request, job_board_call};
 use fixtures::tokens::{Alg, TokenSigner, keycloak_claims, request_authentication_yaml, unix_now};
@@ -83,6 +84,23 @@ fn job_board_check(c: &mut Criterion) {
             let allow = decision.is_allow();
             CheckAnswer { decision, allow }.encode_to_vec()
         });
+    });
+    // A bot's API key, looked up in the key table; an opaque token whose introspection answer is
+    // remembered (the first check below asked the endpoint).
+    let credentials = CredentialEngine::from_yaml(&job_board_policy_text().expect("job-board policies"))
+        .expect("the credentials fixture builds");
+    let key_check = check_request(&Call { extra_headers: &[("x-api-key", API_KEY)], ..job_board_call(None) });
+    let opaque_check = check_request(&job_board_call(Some("2YotnFZFEjr1zCsicMWpAA")));
+    let (key_check, opaque_check) = (view(&key_check), view(&opaque_check));
+    let (key_request, opaque_request) = (converted(&key_check), converted(&opaque_check));
+    let now = unix_now();
+    assert!(credentials.check_api_key(&key_request, now).is_allow(), "the bench API key must be allowed");
+    assert!(credentials.check_opaque(&opaque_request, now).is_allow(), "the bench opaque token must be allowed");
+    group.bench_function("job_board_api_key", |b| {
+        b.iter(|| credentials.check_api_key(black_box(&key_request), now));
+    });
+    group.bench_function("job_board_opaque_cached", |b| {
+        b.iter(|| credentials.check_opaque(black_box(&opaque_request), now));
     });
     group.finish();
 }

@@ -189,7 +189,10 @@ impl Engine {
         });
         let mut decision = match plan.credentials() {
             Some(credentials) => match self.resolve(credentials, &context).await {
-                Some(authentication) => snapshot.authorize(plan, Some(authentication)),
+                Some(authentication) => {
+                    let authentication = self.still_active(authentication, context.now).await;
+                    snapshot.authorize(plan, Some(authentication))
+                }
                 None => Decision::new(Reason::InternalError, None),
             },
             None if api_key.is_some() => match api_key.flatten() {
@@ -246,6 +249,26 @@ impl Engine {
             resolution.record(self.unless_revoked(outcome, context.now));
         }
         Some(resolution.finish())
+    }
+
+    /// A verified JWT as it stands once its issuer's introspection provider, when that one
+    /// introspects JWTs (`introspect_jwts`), confirmed it: refused when the provider says the
+    /// token is no longer active (a session ended early) or could not be asked.
+    async fn still_active<'p>(&self, authentication: Authentication<'p>, now: u64) -> Authentication<'p> {
+        let (Some(introspection), Authentication::Verified { identity, token, .. }) =
+            (&self.introspection, &authentication)
+        else {
+            return authentication;
+        };
+        match introspection.confirm_jwt(token, identity, now).await {
+            Ok(()) => authentication,
+            Err(error) => Authentication::Failed { error },
+        }
+    }
+
+    /// Introspection providers, when configured.
+    pub fn introspection(&self) -> Option<&Arc<Introspection>> {
+        self.introspection.as_ref()
     }
 
     /// A credential authenticated: the identity the token cache remembers for it when that

@@ -103,6 +103,7 @@ pub struct Metrics {
     revocation_evictions: Counter,
     revocation_sync_errors: Counter,
     revocation_refusals: Counter,
+    introspection_providers_failing: Gauge,
     /// The series of `checks` and `check_duration_seconds` a check writes, by door and reason,
     /// found in their families once: a check then neither hashes labels nor takes a lock.
     check_series: [[OnceLock<Counter>; Reason::ALL.len()]; Door::ALL.len()],
@@ -194,6 +195,8 @@ impl Metrics {
             ),
             revocation_refusals: register
                 .new_metric("revocation_refusals", "Tokens and sessions refused because a revocation names them"),
+            introspection_providers_failing: register
+                .new_metric("introspection_providers_failing", "Introspection providers whose last call failed"),
             check_series: Default::default(),
             duration_series: Default::default(),
             registry,
@@ -284,6 +287,16 @@ impl Metrics {
     /// Counts an opaque token answered from a remembered introspection answer.
     pub fn record_introspection_cache_hit(&self) {
         self.introspection_cache_hits.inc();
+    }
+
+    /// Counts an introspection provider whose last call failed, when it `started` failing, or
+    /// no longer counts it, when a call got an answer again.
+    pub fn record_introspection_provider_failing(&self, started: bool) {
+        if started {
+            self.introspection_providers_failing.inc();
+        } else {
+            self.introspection_providers_failing.dec();
+        }
     }
 
     /// Sets how many API keys the live key table holds.

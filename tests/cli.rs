@@ -37,7 +37,7 @@ fn validate_accepts_the_shipped_policies() {
     assert_eq!(output.status.code(), Some(0), "stderr: {}", text(&output.stderr));
     assert!(
         text(&output.stdout)
-            .contains("valid: 3 files: 3 AuthorizationPolicies (and 0 CUSTOM), 1 RequestAuthentications"),
+            .contains("valid: 4 files: 5 AuthorizationPolicies (and 0 CUSTOM), 1 RequestAuthentications"),
         "{}",
         text(&output.stdout)
     );

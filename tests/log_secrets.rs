@@ -1,4 +1,4 @@
-//! No token in the log or the traces: the real binary, logging every decision at debug level in both formats, with tokens in every location, on both doors, allowed and denied.
+//! No token in the log or the traces: the real binary, logging every decision at debug level in both formats, with tokens in every location, on both doors, allowed and denied; and no API key, opaque token or introspection client secret in the log, the traces or the metrics, whatever becomes of them.
 
 #![expect(clippy::expect_used, reason = "test helpers: a failed step fails the test")]
 
@@ -194,17 +194,16 @@ async fn send_every_case(server: &Server) -> Vec<Case> {
     cases
 }
 
-/// Waits until the log holds a decision line for every case, and returns the whole log.
-fn log_with_every_decision(server: &Server, cases: &[Case]) -> Vec<String> {
+/// Waits until the log holds a decision line showing every one of `targets`, and returns the
+/// whole log.
+fn log_with_every_decision<'t>(server: &Server, targets: impl IntoIterator<Item = &'t str>) -> Vec<String> {
+    let targets: Vec<&str> = targets.into_iter().collect();
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut lines = Vec::new();
     loop {
         lines.extend(server.log_lines().into_iter().skip(lines.len()));
-        let missing: Vec<&str> = cases
-            .iter()
-            .filter(|case| !lines.iter().any(|line| line.contains(&case.logged_target)))
-            .map(|case| case.logged_target.as_str())
-            .collect();
+        let missing: Vec<&str> =
+            targets.iter().copied().filter(|target| !lines.iter().any(|line| line.contains(target))).collect();
         if missing.is_empty() {
             return lines;
         }
@@ -220,7 +219,7 @@ async fn no_token_is_logged_or_traced(log_format: &str) {
     let server = Server::start_with_env(&[policies.path()], Some(settings.path()), &env);
     let cases = send_every_case(&server).await;
 
-    let log = log_with_every_decision(&server, &cases);
+    let log = log_with_every_decision(&server, cases.iter().map(|case| case.logged_target.as_str()));
     let spans = otlp::wait_for_spans(&spans, cases.len()).await;
     for case in &cases {
         for secret in case.secrets() {
@@ -243,4 +242,200 @@ async fn no_token_reaches_the_text_log_or_the_traces_from_any_location_door_or_d
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_token_reaches_the_json_log_or_the_traces_from_any_location_door_or_decision() {
     no_token_is_logged_or_traced("json").await;
+}
+
+/// The issuer of the opaque tokens, and the introspection client's secret: never to be logged.
+const OPAQUE_ISSUER: &str = "https://opaque.test";
+const CLIENT_SECRET: &str = "introspection-client-secret-never-logged";
+
+/// What a request presents besides a JWT, and what becomes of it.
+#[derive(Debug, Clone, Copy)]
+enum Credential {
+    /// A key of the key file, on an allowed path and on a forbidden one.
+    KnownKey,
+    KnownKeyForbidden,
+    /// A key no entry has, and an expired key: 401.
+    UnknownKey,
+    ExpiredKey,
+    /// Opaque tokens the endpoint answers active (on both paths), inactive, or with a 500.
+    ActiveToken,
+    ActiveTokenForbidden,
+    InactiveToken,
+    FailingToken,
+}
+
+impl Credential {
+    const ALL: [Credential; 8] = [
+        Self::KnownKey,
+        Self::KnownKeyForbidden,
+        Self::UnknownKey,
+        Self::ExpiredKey,
+        Self::ActiveToken,
+        Self::ActiveTokenForbidden,
+        Self::InactiveToken,
+        Self::FailingToken,
+    ];
+
+    fn status(self) -> u16 {
+        match self {
+            Self::KnownKey | Self::ActiveToken => 200,
+            Self::KnownKeyForbidden | Self::ActiveTokenForbidden => 403,
+            Self::UnknownKey | Self::ExpiredKey | Self::InactiveToken | Self::FailingToken => 401,
+        }
+    }
+
+    /// The secret this case presents: how the fake endpoint tells the tokens apart.
+    fn secret(self, door: &str) -> String {
+        let kind = match self {
+            Self::ActiveToken | Self::ActiveTokenForbidden => "active",
+            Self::InactiveToken => "inactive",
+            Self::FailingToken => "failing",
+            _ => "pk",
+        };
+        format!("{kind}-{door}-{self:?}-{}", unix_now())
+    }
+
+    fn header(self, secret: &str) -> (String, String) {
+        match self {
+            Self::KnownKey | Self::UnknownKey => ("x-api-key".into(), secret.into()),
+            Self::KnownKeyForbidden | Self::ExpiredKey => ("authorization".into(), format!("APIKey {secret}")),
+            _ => ("authorization".into(), format!("Bearer {secret}")),
+        }
+    }
+}
+
+/// One request of the credentials run.
+struct CredentialCase {
+    name: String,
+    credential: Credential,
+    secret: String,
+    target: String,
+}
+
+impl CredentialCase {
+    fn new(door: &str, credential: Credential) -> Self {
+        let name = format!("{door}-{credential:?}");
+        let forbidden = matches!(credential, Credential::KnownKeyForbidden | Credential::ActiveTokenForbidden);
+        let target = format!("{}?case={name}", if forbidden { "/forbidden" } else { "/allowed" });
+        Self { secret: credential.secret(door), name, credential, target }
+    }
+}
+
+/// An introspection endpoint on loopback: a token starting `active-` is active, `inactive-` is
+/// not, any other gets 500. Returns its URL.
+async fn introspection_endpoint() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("binds");
+    let url = format!("http://{}/introspect", listener.local_addr().expect("address"));
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut request = Vec::new();
+                let mut buffer = [0_u8; 4096];
+                // The form is the last thing sent: read until its `token` and hint are in.
+                while !String::from_utf8_lossy(&request).contains("token_type_hint") {
+                    match stream.read(&mut buffer).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(read) => request.extend_from_slice(buffer.get(..read).unwrap_or_default()),
+                    }
+                }
+                let text = String::from_utf8_lossy(&request);
+                let (status, body) = if text.contains("token=active-") {
+                    ("200 OK", r#"{"active":true,"sub":"bot","scope":"a b"}"#)
+                } else if text.contains("token=inactive-") {
+                    ("200 OK", r#"{"active":false}"#)
+                } else {
+                    ("500 Internal Server Error", "{}")
+                };
+                let response = format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    url
+}
+
+/// The key file: the known keys' digests, the expired key's with a past `expires`.
+fn key_file(cases: &[CredentialCase]) -> tempfile::NamedTempFile {
+    let mut yaml = String::from("keys:\n");
+    for case in cases {
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, case.secret.as_bytes());
+        let digest: String = digest.as_ref().iter().map(|byte| format!("{byte:02x}")).collect();
+        match case.credential {
+            Credential::KnownKey | Credential::KnownKeyForbidden => {
+                yaml.push_str(&format!("- {{sha256: {digest}, principal: bot-{}}}\n", case.name));
+            }
+            Credential::ExpiredKey => yaml.push_str(&format!(
+                "- {{sha256: {digest}, principal: old-{}, expires: '2001-01-01T00:00:00Z'}}\n",
+                case.name
+            )),
+            _ => {}
+        }
+    }
+    support::config_file(&yaml)
+}
+
+async fn no_credential_is_logged_traced_or_measured(log_format: &str) {
+    let (endpoint, spans) = otlp::receiver().await;
+    let introspection = introspection_endpoint().await;
+    let cases: Vec<CredentialCase> = ["grpc", "http"]
+        .into_iter()
+        .flat_map(|door| Credential::ALL.map(|credential| CredentialCase::new(door, credential)))
+        .collect();
+    let keys = key_file(&cases);
+    let secret = support::config_file(CLIENT_SECRET);
+    let settings = support::config_file(&format!(
+        "http_mode: envoy\ndecision_log: all\nlog_level: debug\nlog_format: {log_format}\n\
+         api_keys: {{files: ['{}']}}\n\
+         introspection:\n  providers:\n  - {{issuer: '{OPAQUE_ISSUER}', endpoint: '{introspection}', client_id: portcullis, client_secret_file: '{}'}}\n",
+        keys.path().display(),
+        secret.path().display()
+    ));
+    let env = [("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()), ("OTEL_BSP_SCHEDULE_DELAY", "50")];
+    let policies = policies();
+    let server = Server::start_with_env(&[policies.path()], Some(settings.path()), &env);
+    let mut client = server.grpc_client().await;
+    for case in &cases {
+        let (name, value) = case.credential.header(&case.secret);
+        let status = if case.name.starts_with("grpc") {
+            let check =
+                CheckBuilder::new("GET", &case.target).scheme("https").namespace(NAMESPACE).header(&name, &value);
+            proxy_answer(&client.check(check.build()).await.expect("Check answers").into_inner()).0
+        } else {
+            let context = format!("namespace={NAMESPACE}");
+            let headers = [(name.as_str(), value.as_str()), ("x-portcullis-context", context.as_str())];
+            http_request(server.http, "GET", &case.target, &headers).0
+        };
+        assert_eq!(status, case.credential.status(), "{}", case.name);
+    }
+
+    let log = log_with_every_decision(&server, cases.iter().map(|case| case.target.as_str()));
+    let spans = otlp::wait_for_spans(&spans, cases.len()).await;
+    let (_, metrics) = support::http_get(server.admin, "/metrics");
+    for case in &cases {
+        for secret in [case.secret.as_str(), CLIENT_SECRET] {
+            let line = log.iter().find(|line| line.contains(secret));
+            assert!(line.is_none(), "{}: a secret is in the log: {line:?}", case.name);
+            let span = spans.iter().find(|span| format!("{span:?}").contains(secret));
+            assert!(span.is_none(), "{}: a secret is in a span: {span:?}", case.name);
+            assert!(!metrics.contains(secret), "{}: a secret is in the metrics", case.name);
+        }
+    }
+    // Every path was taken: the failing calls were logged (without their token), at debug level.
+    assert!(log.iter().any(|line| line.contains("Introspection failed")), "the failed call is logged");
+    assert!(log.iter().any(|line| line.contains("DEBUG")), "the log has debug lines");
+    drop(server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_api_key_opaque_token_or_client_secret_reaches_the_text_log_the_traces_or_the_metrics() {
+    no_credential_is_logged_traced_or_measured("text").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_api_key_opaque_token_or_client_secret_reaches_the_json_log_the_traces_or_the_metrics() {
+    no_credential_is_logged_traced_or_measured("json").await;
 }

@@ -2,7 +2,9 @@
 //!
 //! A bearer token shaped as a JWS (three base64url parts) is a JWT and is verified locally by
 //! the `RequestAuthentication` rules; any other bearer token goes to one introspection provider
-//! and to no other, so a token is never shown to a server that did not issue it.
+//! and to no other, so a token is never shown to a server that did not issue it. A JWT whose
+//! issuer's provider is set to introspect JWTs too is verified locally first, then confirmed by
+//! an answer [`confirms_jwt`] reads.
 
 use std::sync::Arc;
 
@@ -113,6 +115,21 @@ pub fn identity_from_answer(
     Authentication::Introspected { identity: Arc::new(Identity::from_verified_claims(&claims, &verifier, proof)) }
 }
 
+/// Whether an introspection answer confirms a JWT verified locally, whose subject is `subject`:
+/// the answer must stand for a caller (as [`identity_from_answer`] reads it), and a `sub` it
+/// names must be the token's. `active: false` (a provider that ended the token's session early,
+/// as Keycloak does on logout) refuses it as not active; anything unreadable as a failed
+/// introspection.
+pub fn confirms_jwt(answer: &Value, issuer: &Arc<str>, subject: &str, now: u64) -> Result<(), JwtError> {
+    if let Authentication::Failed { error } = identity_from_answer(answer, issuer, &Arc::default(), now) {
+        return Err(error);
+    }
+    match answer.get("sub") {
+        Some(Value::String(said)) if said != subject => Err(JwtError::IntrospectionFailed),
+        _ => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -189,6 +206,22 @@ mod tests {
         assert_eq!(identity.header_value(&["tenant"]), Some("acme"));
         assert_eq!(identity.header_value(&["active"]), None, "`active` is the answer's, no claim");
         assert_eq!(identity.expires_at(), Some((NOW + 60) as f64));
+    }
+
+    #[test]
+    fn a_jwt_is_confirmed_only_by_an_active_answer_naming_its_subject_or_none() {
+        let rows: Vec<(&str, Value, Result<(), JwtError>)> = vec![
+            ("active, its subject", json!({"active": true, "sub": "alice", "iss": ISSUER}), Ok(())),
+            ("active, no subject said", json!({"active": true}), Ok(())),
+            ("its session ended", json!({"active": false}), Err(JwtError::TokenInactive)),
+            ("another subject", json!({"active": true, "sub": "mallory"}), Err(JwtError::IntrospectionFailed)),
+            ("another issuer", json!({"active": true, "iss": "https://evil"}), Err(JwtError::IntrospectionFailed)),
+            ("an exp reached", json!({"active": true, "exp": NOW}), Err(JwtError::TokenInactive)),
+            ("not an answer", json!({"error": "unsupported_token_type"}), Err(JwtError::IntrospectionFailed)),
+        ];
+        for (case, answer, expected) in rows {
+            assert_eq!(confirms_jwt(&answer, &Arc::from(ISSUER), "alice", NOW), expected, "{case}");
+        }
     }
 
     /// A request's headers, as a table row gives them.

@@ -1,4 +1,4 @@
-//! The admin door: `/healthz` (process up), `/readyz` (policies loaded, not shutting down; names each issuer without keys and why, and a session store that cannot be reached), `/metrics` (Prometheus text), and with revocation on, `/revocations` (admin token) and the back-channel logout of bearer-token issuers; never decides a check.
+//! The admin door: `/healthz` (process up), `/readyz` (policies loaded, not shutting down; names each issuer without keys and why, each introspection provider whose last call failed, and a session store that cannot be reached), `/metrics` (Prometheus text), and with revocation on, `/revocations` (admin token) and the back-channel logout of bearer-token issuers; never decides a check.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -107,6 +107,11 @@ async fn readyz(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
     for (issuer, cause) in state.engine.keys().missing_with_causes() {
         let cause = cause.as_deref().unwrap_or("its first fetch has not ended");
         body.push_str(&format!("no keys for issuer {issuer}: {cause}\n"));
+    }
+    // Named, not failed, as an issuer without keys is: other credentials still work.
+    for (issuer, cause) in state.engine.introspection().map(|introspection| introspection.failing()).unwrap_or_default()
+    {
+        body.push_str(&format!("introspection failing for issuer {issuer}: {cause}\n"));
     }
     // Named, not failed: token checks and sessions' local copies still work without Redis.
     if let Some(problem) = state.engine.sso().and_then(|sso| sso.session_store_problem()) {

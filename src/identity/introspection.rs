@@ -1,4 +1,4 @@
-//! Opaque tokens introspected (RFC 7662): the `introspection` settings block and its client secrets (from files or the environment, never shown), the call to each provider's endpoint, answers remembered by the token's SHA-256 within their bounds, one call per token at a time, and a bound on concurrent calls; never decides.
+//! Tokens introspected (RFC 7662): the `introspection` settings block and its client credentials (secrets from files or the environment, or a private key for `private_key_jwt`, never shown), the call to each provider's endpoint for opaque tokens and, where configured, for verified JWTs, answers remembered by the token's SHA-256 within their bounds, one call per token at a time, a bound on concurrent calls, and whether each provider's last call failed; never decides.
 //!
 //! Only an `active` answer is remembered, and never past the token's `exp` nor the provider's
 //! `cache_max_secs`; a failed call (endpoint down, slow, busy, an error status, an answer that is
@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -16,9 +16,10 @@ use tokio::sync::{OnceCell, Semaphore};
 
 use crate::core::api_key::KeyDigest;
 use crate::core::authn::Authentication;
-use crate::core::identity::ClaimPaths;
-use crate::core::introspection::{OpaqueToken, identity_from_answer};
+use crate::core::identity::{ClaimPaths, Identity};
+use crate::core::introspection::{OpaqueToken, confirms_jwt, identity_from_answer};
 use crate::core::jwt::JwtError;
+use crate::identity::client_assertion::{ASSERTION_TYPE, AssertionKey};
 use crate::outbound::{Outbound, OutboundError, OutboundLimits};
 use crate::telemetry::Metrics;
 
@@ -40,6 +41,8 @@ pub enum ClientAuth {
     ClientSecretBasic,
     /// `client_id` and `client_secret` in the form.
     ClientSecretPost,
+    /// A JWT client assertion signed with the client's private key (RFC 7523 section 2.2).
+    PrivateKeyJwt,
 }
 
 /// One provider's introspection endpoint and client.
@@ -56,8 +59,15 @@ pub struct ProviderSettings {
     pub client_secret_file: Option<PathBuf>,
     /// An environment variable holding the client secret.
     pub client_secret_env: Option<String>,
-    /// `client_secret_basic` or `client_secret_post`.
+    /// `client_secret_basic`, `client_secret_post` or `private_key_jwt`.
     pub client_auth: ClientAuth,
+    /// The client's private key (PEM, RSA or P-256), for `private_key_jwt`.
+    pub private_key_file: Option<PathBuf>,
+    /// The `kid` the client assertions name, when the provider needs one.
+    pub private_key_id: Option<String>,
+    /// Whether a JWT of this issuer, once verified locally, is introspected too, so that a
+    /// token whose session the provider ended is refused.
+    pub introspect_jwts: bool,
     /// The bound on one call, and on the wait for a free call slot.
     pub timeout_ms: u64,
     /// The longest an active answer is remembered; 0 remembers none.
@@ -75,6 +85,9 @@ impl Default for ProviderSettings {
             client_secret_file: None,
             client_secret_env: None,
             client_auth: ClientAuth::ClientSecretBasic,
+            private_key_file: None,
+            private_key_id: None,
+            introspect_jwts: false,
             timeout_ms: 2_000,
             cache_max_secs: 60,
             max_concurrent_calls: 32,
@@ -92,14 +105,23 @@ impl fmt::Debug for ClientSecret {
     }
 }
 
-/// A provider as checked: its secret read.
-#[derive(Debug, Clone, PartialEq)]
+/// How the client proves itself to the endpoint.
+#[derive(Debug, Clone)]
+enum ClientCredential {
+    /// A shared secret, in HTTP Basic or in the form.
+    Secret(ClientSecret, ClientAuth),
+    /// A private key signing a client assertion per call.
+    PrivateKey(AssertionKey),
+}
+
+/// A provider as checked: its secret or private key read.
+#[derive(Debug, Clone)]
 pub struct ProviderConfig {
     issuer: Arc<str>,
     endpoint: Option<String>,
     client_id: String,
-    secret: ClientSecret,
-    client_auth: ClientAuth,
+    credential: ClientCredential,
+    introspect_jwts: bool,
     timeout: Duration,
     cache_max_secs: u64,
     max_concurrent_calls: usize,
@@ -139,32 +161,13 @@ impl IntrospectionSettings {
             if provider.max_concurrent_calls == 0 {
                 problem("max_concurrent_calls", "must be at least 1".into());
             }
-            let secret = match (&provider.client_secret_file, &provider.client_secret_env) {
-                (Some(file), None) => crate::sso::config::read_secret_file(file)
-                    .map_err(|message| problem("client_secret_file", message))
-                    .ok(),
-                (None, Some(name)) => {
-                    let value = variable(name).filter(|value| !value.is_empty());
-                    if value.is_none() {
-                        problem("client_secret_env", format!("environment variable `{name}` is unset or empty"));
-                    }
-                    value
-                }
-                _ => {
-                    problem(
-                        "client_secret_file",
-                        "set exactly one of `client_secret_file` and `client_secret_env`".into(),
-                    );
-                    None
-                }
-            };
-            if let Some(secret) = secret {
+            if let Some(credential) = provider.credential(&variable, &mut problem) {
                 configs.push(ProviderConfig {
                     issuer: provider.issuer.trim_end_matches('/').into(),
                     endpoint: provider.endpoint.clone(),
                     client_id: provider.client_id.clone(),
-                    secret: ClientSecret(secret.into()),
-                    client_auth: provider.client_auth,
+                    credential,
+                    introspect_jwts: provider.introspect_jwts,
                     timeout: Duration::from_millis(provider.timeout_ms),
                     cache_max_secs: provider.cache_max_secs,
                     max_concurrent_calls: provider.max_concurrent_calls,
@@ -175,8 +178,63 @@ impl IntrospectionSettings {
     }
 }
 
+impl ProviderSettings {
+    /// The client's credential: its secret (from a file or the environment) for the
+    /// `client_secret_*` methods, its private key for `private_key_jwt`; each problem given to
+    /// `problem` with its key, never quoting a secret or a key.
+    fn credential(
+        &self,
+        variable: &impl Fn(&str) -> Option<String>,
+        problem: &mut impl FnMut(&str, String),
+    ) -> Option<ClientCredential> {
+        if self.client_auth == ClientAuth::PrivateKeyJwt {
+            if self.client_secret_file.is_some() || self.client_secret_env.is_some() {
+                problem("client_auth", "`private_key_jwt` takes `private_key_file`, not a client secret".into());
+            }
+            let Some(file) = &self.private_key_file else {
+                problem("private_key_file", "must be set for `private_key_jwt`".into());
+                return None;
+            };
+            return AssertionKey::read(file, self.private_key_id.clone())
+                .map_err(|message| problem("private_key_file", message))
+                .ok()
+                .map(ClientCredential::PrivateKey);
+        }
+        if self.private_key_file.is_some() || self.private_key_id.is_some() {
+            problem("private_key_file", "only `client_auth: private_key_jwt` takes a private key".into());
+        }
+        let secret = match (&self.client_secret_file, &self.client_secret_env) {
+            (Some(file), None) => crate::sso::config::read_secret_file(file)
+                .map_err(|message| problem("client_secret_file", message))
+                .ok(),
+            (None, Some(name)) => {
+                let value = variable(name).filter(|value| !value.is_empty());
+                if value.is_none() {
+                    problem("client_secret_env", format!("environment variable `{name}` is unset or empty"));
+                }
+                value
+            }
+            _ => {
+                problem("client_secret_file", "set exactly one of `client_secret_file` and `client_secret_env`".into());
+                None
+            }
+        };
+        secret.map(|secret| ClientCredential::Secret(ClientSecret(secret.into()), self.client_auth))
+    }
+}
+
 /// What one call brought: an answer, or why there is none (its metric's result).
 type CallOutcome = Result<Arc<Value>, &'static str>;
+
+/// Why a call brought no answer.
+#[derive(Debug)]
+enum Failure {
+    /// No free call slot in time: this server's bound, not the endpoint's state.
+    Busy,
+    /// The endpoint could not be found or reached, or answered with an error; the cause names
+    /// its URL without userinfo or query, never a token or a secret.
+    Error(String),
+}
 
 /// An active answer, remembered until `until` (seconds since the epoch).
 #[derive(Debug)]
@@ -194,6 +252,8 @@ struct Provider {
     permits: Semaphore,
     remembered: Mutex<HashMap<KeyDigest, Remembered>>,
     in_flight: Mutex<HashMap<KeyDigest, Arc<OnceCell<CallOutcome>>>>,
+    /// Why the last call failed, until a call gets an answer again.
+    failing: Mutex<Option<String>>,
 }
 
 /// The configured introspection providers, by issuer.
@@ -230,6 +290,7 @@ impl Introspection {
                 permits: Semaphore::new(config.max_concurrent_calls),
                 remembered: Mutex::new(HashMap::new()),
                 in_flight: Mutex::new(HashMap::new()),
+                failing: Mutex::new(None),
                 config,
             };
             (provider.config.issuer.clone(), provider)
@@ -265,12 +326,56 @@ impl Introspection {
                 self.metrics.record_introspection_cache_hit();
                 Ok(answer)
             }
-            None => provider.answer_once(digest, token, now, self).await,
+            None => provider.answer_once(digest, token, now, None, self).await,
         };
         match answer {
             Ok(answer) => identity_from_answer(&answer, &provider.config.issuer, kept, now),
             Err(_) => Authentication::Failed { error: JwtError::IntrospectionFailed },
         }
+    }
+
+    /// Whether a JWT verified locally as `identity` is still active at `now`, when its issuer's
+    /// provider introspects JWTs (`Ok` for every other one): the answer remembered for it, else
+    /// its provider's, remembered within the token's `exp` too. Refused when the provider says
+    /// it is not active, and when no answer could be had.
+    pub async fn confirm_jwt(&self, token: &str, identity: &Identity, now: u64) -> Result<(), JwtError> {
+        let Some(provider) = self.providers.get(identity.issuer()).filter(|provider| provider.config.introspect_jwts)
+        else {
+            return Ok(());
+        };
+        #[expect(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            reason = "a verified token's non-negative `exp` in seconds, rounded down"
+        )]
+        let expires_at = identity.expires_at().map(|exp| exp.max(0.0) as u64);
+        let digest = KeyDigest::of(token);
+        let answer = match provider.recall(&digest, now) {
+            Some(answer) => {
+                self.metrics.record_introspection_cache_hit();
+                Ok(answer)
+            }
+            None => provider.answer_once(digest, token, now, expires_at, self).await,
+        };
+        match answer {
+            Ok(answer) => confirms_jwt(&answer, &provider.config.issuer, identity.subject(), now),
+            Err(_) => Err(JwtError::IntrospectionFailed),
+        }
+    }
+
+    /// Each provider whose last call failed, and why (its endpoint's URL without userinfo or
+    /// query), for `/readyz`.
+    pub fn failing(&self) -> Vec<(Arc<str>, String)> {
+        let mut failing: Vec<(Arc<str>, String)> = self
+            .providers
+            .values()
+            .filter_map(|provider| {
+                let cause = provider.failing.lock().unwrap_or_else(PoisonError::into_inner).clone()?;
+                Some((provider.config.issuer.clone(), cause))
+            })
+            .collect();
+        failing.sort();
+        failing
     }
 }
 
@@ -282,7 +387,14 @@ impl Provider {
 
     /// The answer for the token: one call for all the checks that ask at once (the first one
     /// remembered by then is taken), remembered when active.
-    async fn answer_once(&self, digest: KeyDigest, token: &str, now: u64, owner: &Introspection) -> CallOutcome {
+    async fn answer_once(
+        &self,
+        digest: KeyDigest,
+        token: &str,
+        now: u64,
+        expires_at: Option<u64>,
+        owner: &Introspection,
+    ) -> CallOutcome {
         let cell = {
             let mut in_flight = self.in_flight.lock().unwrap_or_else(PoisonError::into_inner);
             in_flight.entry(digest).or_default().clone()
@@ -294,7 +406,7 @@ impl Provider {
                 }
                 let outcome = self.call(token, owner).await;
                 if let Ok(answer) = &outcome {
-                    self.remember(digest, answer, now, owner.max_remembered);
+                    self.remember(digest, answer, now, expires_at, owner.max_remembered);
                 }
                 outcome
             })
@@ -307,13 +419,21 @@ impl Provider {
         outcome
     }
 
-    /// Remembers an active answer until its `exp` or `cache_max_secs` from `now`, whichever
-    /// comes first; an inactive one, or one when the table is full of live answers, is not.
-    fn remember(&self, digest: KeyDigest, answer: &Arc<Value>, now: u64, max_remembered: usize) {
+    /// Remembers an active answer until its `exp`, the token's own `expires_at` or
+    /// `cache_max_secs` from `now`, whichever comes first; an inactive one, or one when the
+    /// table is full of live answers, is not.
+    fn remember(
+        &self,
+        digest: KeyDigest,
+        answer: &Arc<Value>,
+        now: u64,
+        expires_at: Option<u64>,
+        max_remembered: usize,
+    ) {
         if answer.get("active") != Some(&Value::Bool(true)) || self.config.cache_max_secs == 0 {
             return;
         }
-        let bound = now.saturating_add(self.config.cache_max_secs);
+        let bound = now.saturating_add(self.config.cache_max_secs).min(expires_at.unwrap_or(u64::MAX));
         let until = match answer.get("exp") {
             Some(exp) => match exp.as_f64() {
                 #[expect(
@@ -342,28 +462,60 @@ impl Provider {
             Ok(answer) if answer.get("active") == Some(&Value::Bool(true)) => "active",
             Ok(answer) if answer.get("active") == Some(&Value::Bool(false)) => "inactive",
             Ok(_) => "error",
-            Err(result) => result,
+            Err(Failure::Busy) => "busy",
+            Err(Failure::Error(_)) => "error",
         };
         owner.metrics.record_introspection_call(result);
-        outcome
+        // Busy is this server's own bound, not the endpoint's state.
+        let failing = match &outcome {
+            Ok(answer) if answer.get("active").is_some_and(Value::is_boolean) => Some(None),
+            Ok(_) => Some(Some("the answer has no boolean `active`".to_string())),
+            Err(Failure::Error(cause)) => Some(Some(cause.clone())),
+            Err(Failure::Busy) => None,
+        };
+        if let Some(failing) = failing {
+            let mut state = self.failing.lock().unwrap_or_else(PoisonError::into_inner);
+            if state.is_some() != failing.is_some() {
+                owner.metrics.record_introspection_provider_failing(failing.is_some());
+            }
+            *state = failing;
+        }
+        outcome.map_err(|failure| match failure {
+            Failure::Busy => "busy",
+            Failure::Error(_) => "error",
+        })
     }
 
-    async fn call_unmeasured(&self, token: &str, owner: &Introspection) -> CallOutcome {
+    async fn call_unmeasured(&self, token: &str, owner: &Introspection) -> Result<Arc<Value>, Failure> {
         let timeout = self.config.timeout;
         let Ok(Ok(_permit)) = tokio::time::timeout(timeout, self.permits.acquire()).await else {
             tracing::warn!(issuer = %self.config.issuer, "Introspection calls all busy; the token is refused");
-            return Err("busy");
+            return Err(Failure::Busy);
         };
         let endpoint = self.endpoint(&owner.outbound).await.map_err(|error| {
             tracing::warn!(issuer = %self.config.issuer, %error, "Introspection endpoint not found; the token is refused");
-            "error"
+            Failure::Error(format!("endpoint not found: {error}"))
         })?;
         let config = &self.config;
         let mut form = vec![("token", token), ("token_type_hint", "access_token")];
-        let basic = match config.client_auth {
-            ClientAuth::ClientSecretBasic => Some((config.client_id.as_str(), &*config.secret.0)),
-            ClientAuth::ClientSecretPost => {
-                form.extend([("client_id", config.client_id.as_str()), ("client_secret", &*config.secret.0)]);
+        let assertion;
+        let basic = match &config.credential {
+            ClientCredential::Secret(secret, ClientAuth::ClientSecretPost) => {
+                form.extend([("client_id", config.client_id.as_str()), ("client_secret", &*secret.0)]);
+                None
+            }
+            ClientCredential::Secret(secret, _) => Some((config.client_id.as_str(), &*secret.0)),
+            ClientCredential::PrivateKey(key) => {
+                let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_secs());
+                assertion = key.sign(&config.client_id, &config.issuer, now).map_err(|error| {
+                    tracing::error!(issuer = %config.issuer, %error, "Introspection client assertion not signed; the token is refused");
+                    Failure::Error(error)
+                })?;
+                form.extend([
+                    ("client_id", config.client_id.as_str()),
+                    ("client_assertion_type", ASSERTION_TYPE),
+                    ("client_assertion", assertion.as_str()),
+                ]);
                 None
             }
         };
@@ -371,7 +523,7 @@ impl Provider {
             Ok(answer) => Ok(Arc::new(answer)),
             Err(error) => {
                 tracing::warn!(issuer = %config.issuer, %error, "Introspection failed; the token is refused");
-                Err("error")
+                Err(Failure::Error(error.to_string()))
             }
         }
     }
@@ -496,8 +648,8 @@ mod tests {
             issuer: ISSUER.into(),
             endpoint: Some(url.into()),
             client_id: "portcullis".into(),
-            secret: ClientSecret("s3cret".into()),
-            client_auth: ClientAuth::ClientSecretBasic,
+            credential: ClientCredential::Secret(ClientSecret("s3cret".into()), ClientAuth::ClientSecretBasic),
+            introspect_jwts: false,
             timeout: Duration::from_secs(5),
             cache_max_secs: 60,
             max_concurrent_calls: 8,
@@ -614,7 +766,9 @@ mod tests {
         let request = seen.last_request.lock().unwrap().to_ascii_lowercase();
         assert!(request.contains("authorization: basic cg9ydgn1bgxpczpzm2nyzxq="), "{request}");
         assert!(request.ends_with("token=t%2b1&token_type_hint=access_token"), "{request}");
-        let post = introspection(&url, |config| config.client_auth = ClientAuth::ClientSecretPost);
+        let post = introspection(&url, |config| {
+            config.credential = ClientCredential::Secret(ClientSecret("s3cret".into()), ClientAuth::ClientSecretPost);
+        });
         assert!(principal_or_error(&post, "t2", NOW).await.is_ok());
         let request = seen.last_request.lock().unwrap().clone();
         assert!(!request.to_ascii_lowercase().contains("authorization:"), "{request}");
@@ -622,6 +776,127 @@ mod tests {
             request.ends_with("token=t2&token_type_hint=access_token&client_id=portcullis&client_secret=s3cret"),
             "{request}"
         );
+    }
+
+    /// A JWT verified locally as `subject` of `issuer`, expiring at `exp`.
+    fn verified_jwt(issuer: &str, subject: &str, exp: u64) -> Identity {
+        let claims = json!({"iss": issuer, "sub": subject, "exp": exp});
+        Identity::for_tests(claims.as_object().unwrap(), &Arc::default(), Arc::from([]))
+    }
+
+    #[tokio::test]
+    async fn a_jwt_is_asked_about_only_when_its_issuers_provider_introspects_jwts() {
+        let (url, seen) = endpoint(Duration::ZERO, |token| match token {
+            "jwt-of-a-logged-out-user" => (200, json!({"active": false}).to_string()),
+            "jwt-of-mallory" => (200, json!({"active": true, "sub": "mallory"}).to_string()),
+            _ => (200, json!({"active": true, "sub": "alice"}).to_string()),
+        })
+        .await;
+        let off = introspection(&url, |_| {});
+        let alice = verified_jwt(ISSUER, "alice", NOW + 2);
+        assert_eq!(off.confirm_jwt("jwt", &alice, NOW).await, Ok(()));
+        assert_eq!(seen.calls.load(Ordering::SeqCst), 0, "`introspect_jwts` off: never asked");
+        let on = introspection(&url, |config| config.introspect_jwts = true);
+        let other_issuer = verified_jwt("https://other.example", "alice", NOW + 2);
+        assert_eq!(on.confirm_jwt("jwt", &other_issuer, NOW).await, Ok(()));
+        assert_eq!(seen.calls.load(Ordering::SeqCst), 0, "another issuer's JWT: never shown to this provider");
+        let rows = [
+            ("jwt-of-alice", Ok(())),
+            ("jwt-of-a-logged-out-user", Err(JwtError::TokenInactive)),
+            ("jwt-of-mallory", Err(JwtError::IntrospectionFailed)),
+        ];
+        for (token, expected) in rows {
+            assert_eq!(on.confirm_jwt(token, &alice, NOW).await, expected, "{token}");
+        }
+        let calls = seen.calls.load(Ordering::SeqCst);
+        assert_eq!(on.confirm_jwt("jwt-of-alice", &alice, NOW + 1).await, Ok(()));
+        assert_eq!(seen.calls.load(Ordering::SeqCst), calls, "remembered within the token's exp");
+        assert_eq!(on.confirm_jwt("jwt-of-alice", &alice, NOW + 2).await, Ok(()));
+        assert_eq!(seen.calls.load(Ordering::SeqCst), calls + 1, "asked again at the token's exp");
+    }
+
+    #[tokio::test]
+    async fn a_failed_call_is_named_until_a_call_gets_an_answer() {
+        let (url, _) = endpoint(Duration::ZERO, active).await;
+        let introspection = introspection(&url, |_| {});
+        assert_eq!(introspection.failing(), []);
+        assert_eq!(principal_or_error(&introspection, "failing", NOW).await, Err(JwtError::IntrospectionFailed));
+        let failing = introspection.failing();
+        assert_eq!(failing.len(), 1, "{failing:?}");
+        assert_eq!(&*failing[0].0, ISSUER);
+        assert!(failing[0].1.contains("status 503") && !failing[0].1.contains("failing"), "{failing:?}");
+        let metrics = introspection.metrics.encode();
+        assert!(metrics.contains("portcullis_introspection_providers_failing 1"), "{metrics}");
+        assert_eq!(principal_or_error(&introspection, "failing", NOW).await, Err(JwtError::IntrospectionFailed));
+        let metrics = introspection.metrics.encode();
+        assert!(metrics.contains("portcullis_introspection_providers_failing 1"), "counted once: {metrics}");
+        assert_eq!(principal_or_error(&introspection, "inactive", NOW).await, Err(JwtError::TokenInactive));
+        assert_eq!(introspection.failing(), [], "an answer, even inactive, ends the failure");
+        let metrics = introspection.metrics.encode();
+        assert!(metrics.contains("portcullis_introspection_providers_failing 0"), "{metrics}");
+    }
+
+    #[tokio::test]
+    async fn a_client_assertion_is_sent_in_place_of_a_secret_with_private_key_jwt() {
+        let (url, seen) = endpoint(Duration::ZERO, active).await;
+        let key_file = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/keys/rsa-2048.pem");
+        let key = AssertionKey::read(&key_file, None).unwrap();
+        let introspection = introspection(&url, |config| config.credential = ClientCredential::PrivateKey(key));
+        assert!(principal_or_error(&introspection, "t", NOW).await.is_ok());
+        let request = seen.last_request.lock().unwrap().clone();
+        assert!(!request.to_ascii_lowercase().contains("authorization:"), "{request}");
+        let body = request.split("\r\n\r\n").nth(1).unwrap_or_default();
+        let form: HashMap<String, String> = form_urlencoded::parse(body.as_bytes()).into_owned().collect();
+        assert_eq!(form.get("client_id").map(String::as_str), Some("portcullis"));
+        assert_eq!(form.get("client_assertion_type").map(String::as_str), Some(ASSERTION_TYPE));
+        assert!(!form.contains_key("client_secret"), "{form:?}");
+        let assertion = form.get("client_assertion").expect("an assertion");
+        let header = jsonwebtoken::decode_header(assertion).unwrap();
+        assert_eq!(header.alg, jsonwebtoken::Algorithm::RS256);
+    }
+
+    #[test]
+    fn private_key_jwt_takes_a_readable_key_and_no_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "hunter2").unwrap();
+        let key = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/keys/ec-p256.pem");
+        let provider = |configure: &dyn Fn(&mut ProviderSettings)| {
+            let mut provider = ProviderSettings {
+                issuer: ISSUER.into(),
+                client_id: "portcullis".into(),
+                client_auth: ClientAuth::PrivateKeyJwt,
+                private_key_file: Some(key.clone()),
+                ..ProviderSettings::default()
+            };
+            configure(&mut provider);
+            IntrospectionSettings { providers: vec![provider] }.compile(|_| None)
+        };
+        assert!(provider(&|_| {}).is_ok());
+        /// A case: its name, how it changes the good provider, and the problem it must give.
+        type Row<'r> = (&'r str, &'r dyn Fn(&mut ProviderSettings), &'r str);
+        let rows: [Row<'_>; 4] = [
+            ("no key", &|p| p.private_key_file = None, "private_key_file: must be set"),
+            (
+                "a secret beside it",
+                &|p| p.client_secret_file = Some(secret.clone()),
+                "client_auth: `private_key_jwt` takes",
+            ),
+            ("not a key", &|p| p.private_key_file = Some(secret.clone()), "holds no RSA or P-256 private key"),
+            (
+                "a key without private_key_jwt",
+                &|p| {
+                    p.client_auth = ClientAuth::ClientSecretBasic;
+                    p.client_secret_file = Some(secret.clone());
+                },
+                "private_key_file: only `client_auth: private_key_jwt`",
+            ),
+        ];
+        for (case, configure, expected) in rows {
+            let problems = provider(configure).unwrap_err();
+            assert!(problems.iter().any(|problem| problem.contains(expected)), "{case}: {problems:?}");
+            assert!(problems.iter().all(|problem| !problem.contains("hunter2")), "{case}: {problems:?}");
+        }
     }
 
     #[tokio::test]
@@ -645,7 +920,9 @@ mod tests {
             ..ProviderSettings::default()
         };
         let configs = IntrospectionSettings { providers: vec![good.clone()] }.compile(|_| None).unwrap();
-        assert_eq!(&*configs[0].secret.0, "hunter2-very-secret");
+        assert!(
+            matches!(&configs[0].credential, ClientCredential::Secret(secret, _) if &*secret.0 == "hunter2-very-secret")
+        );
         assert!(!format!("{configs:?}").contains("hunter2"), "{configs:?}");
         let bad = ProviderSettings {
             issuer: "idp".into(),

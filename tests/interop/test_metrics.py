@@ -138,7 +138,7 @@ def test_metrics_parse_and_count_known_traffic(fresh_server):
     assert sample_value(families, "portcullis_checks", checks, door="grpc", decision="deny", reason="denied_by_policy") == 1
     count = sample_value(families, "portcullis_check_duration_seconds", "portcullis_check_duration_seconds_count", door="grpc")
     assert count == 6
-    assert sample_value(families, "portcullis_policies_loaded", "portcullis_policies_loaded") == 3
+    assert sample_value(families, "portcullis_policies_loaded", "portcullis_policies_loaded") == 5  # the shipped set
     assert sample_value(families, "portcullis_policy_generation", "portcullis_policy_generation") == 1
     # The shipped Keycloak issuer is not running here: its fetches failed and were counted.
     errors = sample_value(families, "portcullis_jwks_fetches", "portcullis_jwks_fetches_total", issuer=UNREACHABLE_ISSUER, result="error")

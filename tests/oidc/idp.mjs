@@ -56,6 +56,25 @@
 //   client:  portcullis-introspect, secret `introspect-secret` (client_secret_basic and
 //            client_secret_post both accepted): may introspect any token at
 //            /realms/REALM/protocol/openid-connect/token/introspect (RFC 7662)
+// JWT access tokens introspected as Keycloak does (oidc-provider itself refuses JWTs at the
+// introspection endpoint): each JWT the password grant issues has an opaque twin, stored as any
+// access token is; a JWT sent for introspection is answered as its twin (active, sub, client_id,
+// scope, exp, iss; `{"active": false}` once the twin is gone), the client authenticated by
+// oidc-provider as for any token.
+//   POST /admin/end-sessions?sub=SUB  ends SUB's sessions, as Keycloak's "sign out" of a user
+//                                    does: the JWTs issued to SUB so far introspect as inactive
+//                                    (they still verify locally until they expire).
+// private_key_jwt (RFC 7523) at the introspection endpoint:
+//   POST /admin/private-key-jwt-client   the JSON body is a JWKS (public keys); registers (or
+//                                    replaces) the client `portcullis-introspect-jwt` with
+//                                    token_endpoint_auth_method private_key_jwt and those keys;
+//                                    the provider is rebuilt, its sessions and tokens are kept.
+//                                    Its client assertions' `aud` may be the issuer, the
+//                                    endpoint's URL or the token endpoint's (oidc-provider's rule).
+// Scopes of the example policy set policies/scopes.yaml:
+//   client:  scopes-bot, secret `bot-secret` (client_secret_basic), grant client_credentials,
+//            scopes microservice-{a,b}:resource:{read,write} (opaque tokens, as jobs-bot's)
+//   The password grant takes any scope asked for, these included, into the JWT's `scope`.
 // Extra (non-Keycloak) token request parameter: `signing_alg=ES256` signs with the realm's
 // P-256 key instead of the current RS256 key. The ES256 key is always published in the JWKS.
 //
@@ -103,6 +122,8 @@ const SSO_REDIRECT_URI = args['sso-redirect-uri'];
 const SSO_ID_TOKEN_ROLES = args['sso-id-token-roles'];
 const INTROSPECTION_CLIENT = 'portcullis-introspect';
 const INTROSPECTION_SCOPES = ['jobs:read', 'jobs:write'];
+const SERVICE_SCOPES = ['microservice-a', 'microservice-b'].flatMap((service) => ['read', 'write'].map((action) => `${service}:resource:${action}`));
+const PRIVATE_KEY_JWT_CLIENT = 'portcullis-introspect-jwt';
 
 const DEFAULT_ROLES = [`default-roles-${REALM}`, 'offline_access', 'uma_authorization'];
 const ACCOUNT_ROLES = { roles: ['manage-account', 'manage-account-links', 'view-profile'] };
@@ -156,6 +177,10 @@ const keys = {
 const COOKIE_KEYS = [crypto.randomBytes(32).toString('base64url')];
 // portcullis-sso's backchannel_logout_uri, set with /admin/backchannel-logout.
 let ssoBackchannelLogoutUri;
+// The public keys of portcullis-introspect-jwt, set with /admin/private-key-jwt-client.
+let privateKeyJwtClientJwks;
+// A JWT access token's jti -> its opaque twin { value, sub }, for introspection.
+const jwtTwins = new Map();
 
 // ---------------------------------------------------------------- the provider
 
@@ -222,6 +247,8 @@ async function passwordGrant(ctx) {
   pendingClaims.set(token, keycloakClaims(params.username, user, client.clientId, scope));
   ctx.oidc.entity('AccessToken', token);
   const value = await token.save();
+  const twin = new provider.AccessToken({ accountId: user.sub, client, scope, gty: 'password', expiresIn: ACCESS_TOKEN_TTL });
+  jwtTwins.set(token.jti, { value: await twin.save(), sub: user.sub });
   ctx.body = {
     access_token: value,
     expires_in: ACCESS_TOKEN_TTL,
@@ -258,6 +285,39 @@ function ssoClients() {
       backchannel_logout_session_required: true,
     } : {}),
   }];
+}
+
+// portcullis-introspect-jwt, once its keys are registered.
+function privateKeyJwtClients() {
+  if (!privateKeyJwtClientJwks) return [];
+  return [{
+    client_id: PRIVATE_KEY_JWT_CLIENT,
+    token_endpoint_auth_method: 'private_key_jwt',
+    jwks: privateKeyJwtClientJwks,
+    grant_types: [],
+    response_types: [],
+    redirect_uris: [],
+  }];
+}
+
+// A JWT sent for introspection is answered as its opaque twin (Keycloak introspects JWTs); the
+// form is read here and handed on as `req.body`, which oidc-provider reads when the stream is spent.
+async function introspectJwtsAsTwins(ctx, next) {
+  if (ctx.method !== 'POST' || ctx.path !== '/protocol/openid-connect/token/introspect') return next();
+  const form = new URLSearchParams(await readBody(ctx.req));
+  const parts = (form.get('token') ?? '').split('.');
+  if (parts.length === 3) {
+    let jti;
+    try {
+      ({ jti } = JSON.parse(Buffer.from(parts[1], 'base64url').toString()));
+    } catch {
+      jti = undefined;
+    }
+    // A JWT without a twin (ended, or never issued here) is looked up as a made-up token.
+    form.set('token', jwtTwins.get(jti)?.value ?? `ended-${crypto.randomBytes(8).toString('hex')}`);
+  }
+  ctx.req.body = form.toString();
+  return next();
 }
 
 function userNamed(id) {
@@ -303,6 +363,16 @@ function buildProvider(issuer) {
   const provider = new Provider(issuer, {
     clients: [
       ...ssoClients(),
+      ...privateKeyJwtClients(),
+      {
+        client_id: 'scopes-bot',
+        client_secret: 'bot-secret',
+        token_endpoint_auth_method: 'client_secret_basic',
+        grant_types: ['client_credentials'],
+        response_types: [],
+        redirect_uris: [],
+        scope: SERVICE_SCOPES.join(' '),
+      },
       {
         client_id: 'jobs-web', token_endpoint_auth_method: 'none', grant_types: ['password'], response_types: [], redirect_uris: [],
       },
@@ -327,7 +397,7 @@ function buildProvider(issuer) {
         redirect_uris: [],
       })),
     ],
-    scopes: ['openid', 'offline_access', ...INTROSPECTION_SCOPES],
+    scopes: ['openid', 'offline_access', ...INTROSPECTION_SCOPES, ...SERVICE_SCOPES],
     jwks: { keys: [...keys.rsa, keys.ec] },
     routes: {
       authorization: '/protocol/openid-connect/auth',
@@ -380,6 +450,7 @@ function buildProvider(issuer) {
     },
   });
   if (SSO_REDIRECT_URI) provider.use((ctx, next) => checkLoginForm(provider, ctx, next));
+  provider.use(introspectJwtsAsTwins);
   provider.registerGrantType('password', passwordGrant, ['username', 'password', 'scope', 'signing_alg']);
   provider.on('server_error', (ctx, err) => console.error('oidc-provider server_error:', err));
   provider.on('grant.error', (ctx, err) => console.error('oidc-provider grant.error:', err.message, err.error_description ?? ''));
@@ -429,6 +500,25 @@ async function admin(req, res, url) {
     ssoBackchannelLogoutUri = url.searchParams.get('uri') || undefined;
     current = buildProvider(issuer);
     return sendJson(res, 200, { backchannel_logout_uri: ssoBackchannelLogoutUri ?? null });
+  }
+  if (route === 'POST /admin/private-key-jwt-client') {
+    try {
+      privateKeyJwtClientJwks = JSON.parse(await readBody(req));
+    } catch {
+      return sendJson(res, 400, { error: 'the body must be a JWKS' });
+    }
+    current = buildProvider(issuer);
+    return sendJson(res, 200, { client_id: PRIVATE_KEY_JWT_CLIENT });
+  }
+  if (route === 'POST /admin/end-sessions') {
+    const sub = url.searchParams.get('sub');
+    const ended = [...jwtTwins].filter(([, twin]) => twin.sub === sub);
+    for (const [jti, twin] of ended) {
+      jwtTwins.delete(jti);
+      // eslint-disable-next-line no-await-in-loop
+      await (await current.provider.AccessToken.find(twin.value))?.destroy();
+    }
+    return sendJson(res, 200, { ended: ended.length });
   }
   if (route === 'POST /admin/sign') {
     let claims;
