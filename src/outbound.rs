@@ -433,6 +433,16 @@ pub(crate) mod tests {
 
     use super::*;
 
+    #[test]
+    fn only_a_short_printable_error_code_is_read_from_an_oauth_error_answer() {
+        let code = |body: &str| oauth_error_code(body.as_bytes()).map(|code| code.to_string());
+        assert_eq!(code(r#"{"error":"invalid_grant","error_description":"grant not found"}"#).as_deref(), Some("invalid_grant"));
+        for other in ["", "not json", r#"{"error":7}"#, r#"{"error":""}"#, r#"{"error":"a\nb"}"#, r#"{"message":"x"}"#] {
+            assert_eq!(code(other), None, "{other}");
+        }
+        assert_eq!(code(&format!(r#"{{"error":"{}"}}"#, "x".repeat(65))), None, "too long");
+    }
+
     /// What the fake server answers on a path: status, body, and a delay before answering.
     pub(crate) type Route = fn(&str) -> (u16, String, Duration);
 

@@ -164,7 +164,7 @@ impl HeaderNameSettings {
             let lower = name.to_ascii_lowercase();
             if name.is_empty() || !name.bytes().all(is_cookie_name_byte) {
                 problem(key, format!("`{name}` is not a header name"));
-            } else if RESERVED_HEADERS.contains(&lower.as_str()) || lower.starts_with(':') {
+            } else if RESERVED_HEADERS.contains(&lower.as_str()) {
                 problem(key, format!("`{name}` is reserved; name another header"));
             } else if seen.contains(&lower) {
                 problem(key, format!("`{name}` is already the name of another identity header"));
@@ -861,6 +861,57 @@ mod tests {
         };
         let errors = no_keys.compile(|_| None).unwrap_err();
         assert_eq!(errors.iter().map(|error| error.key).collect::<Vec<_>>(), ["redis.encryption_keys"]);
+    }
+
+    #[test]
+    fn the_identity_headers_default_to_oauth2_proxys_names_and_take_other_names_lowercase() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("secret"), "s").unwrap();
+        let defaults = settings(&dir.path().join("secret")).compile(|_| None).unwrap();
+        assert_eq!(
+            defaults.headers.all(),
+            [
+                "x-auth-request-user",
+                "x-auth-request-email",
+                "x-auth-request-groups",
+                "x-auth-request-preferred-username",
+                "x-auth-user",
+                "x-auth-request-access-token"
+            ]
+        );
+        assert!(!defaults.pass_access_token, "the access token goes on only when asked for");
+        assert_eq!(defaults.refresh_before.as_secs(), 60);
+        let renamed = SsoSettings {
+            headers: HeaderNameSettings { user: "X-Remote-User".into(), ..HeaderNameSettings::default() },
+            ..settings(&dir.path().join("secret"))
+        };
+        assert_eq!(&*renamed.compile(|_| None).unwrap().headers.user, "x-remote-user");
+    }
+
+    #[test]
+    fn every_bad_identity_header_name_is_reported_by_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("secret"), "s").unwrap();
+        let headers = HeaderNameSettings {
+            user: "X Remote User".into(),
+            email: String::new(),
+            groups: "Cookie".into(),
+            preferred_username: "X-Name".into(),
+            plain_user: "x-name".into(),
+            access_token: ":authority".into(),
+        };
+        let block = SsoSettings { headers, ..settings(&dir.path().join("secret")) };
+        let messages: Vec<String> = block.compile(|_| None).unwrap_err().iter().map(ToString::to_string).collect();
+        assert_eq!(
+            messages,
+            [
+                "sso.headers.user: `X Remote User` is not a header name",
+                "sso.headers.email: `` is not a header name",
+                "sso.headers.groups: `Cookie` is reserved; name another header",
+                "sso.headers.plain_user: `x-name` is already the name of another identity header",
+                "sso.headers.access_token: `:authority` is not a header name",
+            ]
+        );
     }
 
     #[test]

@@ -201,6 +201,12 @@ impl Sso {
         }
     }
 
+    /// The session store: where the callback opens a login's session (a bench opens one
+    /// directly, without a provider).
+    pub fn sessions(&self) -> &Sessions {
+        &self.sessions
+    }
+
     /// What is wrong with the session store now, when something is: for `/readyz`.
     pub fn session_store_problem(&self) -> Option<String> {
         self.sessions.problem()
