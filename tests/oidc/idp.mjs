@@ -72,6 +72,8 @@
 //                                    last was (ms since the epoch): {"discovery": n, "jwks": n,
 //                                    "token": n, "introspection": n, "last_jwks_ms": t}
 //   POST /admin/jwks-status?code=503 make the JWKS endpoint answer that status (code=200: normal)
+//   POST /admin/token-delay?ms=N     the token endpoint answers N ms late (0: at once), so that
+//                                    requests from several clients overlap
 //   GET  /admin/refreshes            the refresh_token grants asked for, and how many were refused:
 //                                    {"grants": n, "refused": n}
 //   POST /admin/revoke-sso-grants    revokes every grant of portcullis-sso (as an administrator
@@ -412,6 +414,7 @@ function buildProvider(issuer) {
 
 const stats = { discovery: 0, jwks: 0, token: 0, introspection: 0, last_jwks_ms: null };
 const refreshes = { grants: 0, refused: 0 };
+let tokenDelayMs = 0;
 const ssoGrants = new Set(); // ids of portcullis-sso's grants, for /admin/revoke-sso-grants
 let jwksStatus = 200;
 let issuer;
@@ -470,6 +473,10 @@ async function admin(req, res, url) {
   }
   if (route === 'GET /admin/keys') return sendJson(res, 200, keyInfo());
   if (route === 'GET /admin/refreshes') return sendJson(res, 200, refreshes);
+  if (route === 'POST /admin/token-delay') {
+    tokenDelayMs = Math.max(0, Number(url.searchParams.get('ms') ?? '0')) || 0;
+    return sendJson(res, 200, { token_delay_ms: tokenDelayMs });
+  }
   if (route === 'POST /admin/revoke-sso-grants') {
     let revoked = 0;
     for (const id of ssoGrants) {
@@ -506,7 +513,19 @@ const server = http.createServer((req, res) => {
     stats.last_jwks_ms = Date.now();
     if (jwksStatus !== 200) return sendJson(res, jwksStatus, { error: 'unavailable' });
   }
-  if (inner === '/protocol/openid-connect/token') stats.token += 1;
+  if (inner === '/protocol/openid-connect/token') {
+    stats.token += 1;
+    if (tokenDelayMs > 0) {
+      req.pause();
+      setTimeout(() => {
+        req.originalUrl = req.url;
+        req.url = req.url.slice(PREFIX.length) || '/';
+        req.resume();
+        current.handle(req, res);
+      }, tokenDelayMs);
+      return undefined;
+    }
+  }
   if (inner === '/protocol/openid-connect/token/introspect') stats.introspection += 1;
   // Mount the provider under PREFIX, as Express does: oidc-provider reads the mount path from
   // req.originalUrl minus req.url.

@@ -6,6 +6,8 @@ Redis (Debian's redis-server on a free loopback port).
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import re
 import subprocess
@@ -14,7 +16,7 @@ import time
 import urllib.request
 
 import pytest
-from sso_shared import CALLBACK, POLICY, Browser, Provider, start_idp
+from sso_shared import CALLBACK, POLICY, SESSION_COOKIE, Browser, Provider, start_idp
 from harness import free_port, portcullis_binary
 from redis_server import RedisServer
 
@@ -22,6 +24,7 @@ URL = "http://app1.sso.test/"
 # The provider's access tokens for portcullis live this long; refreshed from half of it on.
 ACCESS_TOKEN_TTL_S = 4
 ACCESS_TOKEN = "X-Auth-Request-Access-Token"
+KEY_PREFIX = "portcullis:session:"
 SESSION_KEY = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"
 # Hang guards of the polls below, not expectations of speed.
 EVENTUALLY_S = 30.0
@@ -114,8 +117,13 @@ def test_two_replicas_hitting_an_expired_session_at_once_refresh_it_once(launch_
         assert status == 200
         first_token = headers[ACCESS_TOKEN]
         assert Browser(other.door, browser.cookies).check(URL)[0] == 200
+        session_id = base64.urlsafe_b64decode(browser.value_of(SESSION_COOKIE) + "=")
+        sealed = redis.command("GET", KEY_PREFIX + hashlib.sha256(session_id).hexdigest())
+        assert sealed and first_token.encode() not in sealed, "the access token is sealed with the session"
         wait_out_the_access_token()
         grants_before = idp_admin(refreshing, "GET", "/admin/refreshes")["grants"]
+        # The provider answers late: both replicas' refreshes would overlap there.
+        idp_admin(refreshing, "POST", "/admin/token-delay?ms=1000")
         answers: list[tuple[int, str | None]] = []
         start = threading.Barrier(6)
 
@@ -129,6 +137,7 @@ def test_two_replicas_hitting_an_expired_session_at_once_refresh_it_once(launch_
             thread.start()
         for thread in threads:
             thread.join(EVENTUALLY_S)
+        idp_admin(refreshing, "POST", "/admin/token-delay?ms=0")
         assert len(answers) == 6 and all(status == 200 for status, _ in answers), answers
         tokens = {token for _, token in answers}
         assert len(tokens) == 1 and first_token not in tokens, "every check carries the one new token"
@@ -139,6 +148,7 @@ def test_two_replicas_hitting_an_expired_session_at_once_refresh_it_once(launch_
         for replica in (one, other):
             assert Browser(replica.door, browser.cookies).check(URL)[0] == 200, "the session keeps working on both"
     finally:
+        idp_admin(refreshing, "POST", "/admin/token-delay?ms=0")
         redis.stop()
 
 
