@@ -196,5 +196,13 @@ fn path_normalization(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, job_board_check, job_board_session, grpc_conversion, policy_count, policy_load, path_normalization);
+criterion_group!(
+    benches,
+    job_board_check,
+    job_board_session,
+    grpc_conversion,
+    policy_count,
+    policy_load,
+    path_normalization
+);
 criterion_main!(benches);

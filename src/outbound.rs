@@ -233,7 +233,9 @@ async fn read_at_most(response: &mut reqwest::Response, limit: usize) -> Vec<u8>
 fn oauth_error_code(body: &[u8]) -> Option<Box<str>> {
     let document: serde_json::Value = serde_json::from_slice(body).ok()?;
     let code = document.get("error")?.as_str()?;
-    let fits = !code.is_empty() && code.len() <= 64 && code.bytes().all(|b| (0x20..=0x7e).contains(&b) && b != b'"' && b != b'\\');
+    let fits = !code.is_empty()
+        && code.len() <= 64
+        && code.bytes().all(|b| (0x20..=0x7e).contains(&b) && b != b'"' && b != b'\\');
     fits.then(|| code.into())
 }
 
@@ -436,8 +438,12 @@ pub(crate) mod tests {
     #[test]
     fn only_a_short_printable_error_code_is_read_from_an_oauth_error_answer() {
         let code = |body: &str| oauth_error_code(body.as_bytes()).map(|code| code.to_string());
-        assert_eq!(code(r#"{"error":"invalid_grant","error_description":"grant not found"}"#).as_deref(), Some("invalid_grant"));
-        for other in ["", "not json", r#"{"error":7}"#, r#"{"error":""}"#, r#"{"error":"a\nb"}"#, r#"{"message":"x"}"#] {
+        assert_eq!(
+            code(r#"{"error":"invalid_grant","error_description":"grant not found"}"#).as_deref(),
+            Some("invalid_grant")
+        );
+        for other in ["", "not json", r#"{"error":7}"#, r#"{"error":""}"#, r#"{"error":"a\nb"}"#, r#"{"message":"x"}"#]
+        {
             assert_eq!(code(other), None, "{other}");
         }
         assert_eq!(code(&format!(r#"{{"error":"{}"}}"#, "x".repeat(65))), None, "too long");

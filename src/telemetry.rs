@@ -72,7 +72,8 @@ struct DoorLabels {
 }
 
 /// Why a browser session ended: the `reason` of `portcullis_sessions_ended_total`.
-pub const SESSION_END_REASONS: [&str; 6] = ["sign_out", "idle", "max_lifetime", "evicted", "back_channel", "refresh_failed"];
+pub const SESSION_END_REASONS: [&str; 6] =
+    ["sign_out", "idle", "max_lifetime", "evicted", "back_channel", "refresh_failed"];
 
 /// How a refresh of a session's access token went: the `result` of
 /// `portcullis_session_refreshes_total`.
@@ -193,8 +194,10 @@ impl Metrics {
                 "Refreshes of a session's access token at the provider, by result (`ok`, `invalid_grant`, `error`, \
                  `waited`: another replica's refresh was waited for)",
             ),
-            sessions_held: register
-                .new_metric("sessions_held", "Browser sessions held in this replica's memory (with Redis: local copies)"),
+            sessions_held: register.new_metric(
+                "sessions_held",
+                "Browser sessions held in this replica's memory (with Redis: local copies)",
+            ),
             check_series: Default::default(),
             duration_series: Default::default(),
             registry,

@@ -563,8 +563,7 @@ impl RedisSessions {
             return None;
         }
         // Unless its tokens were refreshed, the copy before keeps its built identity.
-        let unchanged =
-            previous.filter(|copy| copy.opened == opened && copy.session.tokens() == tokens.as_ref());
+        let unchanged = previous.filter(|copy| copy.opened == opened && copy.session.tokens() == tokens.as_ref());
         let session = match unchanged {
             Some(copy) => copy.session.clone(),
             None => Arc::new(Session::new(

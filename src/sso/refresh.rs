@@ -122,6 +122,33 @@ pub enum Refreshed {
     Failed,
 }
 
+/// How a refresh went: the `result` of `portcullis_session_refreshes_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RefreshResult {
+    /// New tokens from the provider, written back.
+    Ok,
+    /// The provider refused the refresh token: the session ended.
+    InvalidGrant,
+    /// The provider or the store failed.
+    Error,
+    /// Another replica's refresh was waited for, or found done.
+    Waited,
+}
+
+impl RefreshResult {
+    #[cfg(test)]
+    const ALL: [Self; 4] = [Self::Ok, Self::InvalidGrant, Self::Error, Self::Waited];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::InvalidGrant => "invalid_grant",
+            Self::Error => "error",
+            Self::Waited => "waited",
+        }
+    }
+}
+
 /// Why the provider did not give new tokens.
 #[derive(Debug)]
 enum Refusal {
@@ -242,7 +269,8 @@ impl Refresher {
         let mut backoff = self.backoff();
         match refreshed {
             Refreshed::Failed => {
-                let delay_secs = backoff.get(&hashed).map_or(RETRY_MIN_SECS, |b| (b.delay_secs * 2).min(RETRY_MAX_SECS));
+                let delay_secs =
+                    backoff.get(&hashed).map_or(RETRY_MIN_SECS, |b| (b.delay_secs * 2).min(RETRY_MAX_SECS));
                 if backoff.len() >= self.context.config.max_sessions {
                     backoff.clear();
                 }
@@ -269,7 +297,7 @@ impl Refresher {
                     Sessions::Memory { sessions, .. } => sessions.replace(id, fresh.clone()),
                     Sessions::Redis(_) => false,
                 };
-                self.context.metrics.record_session_refresh("ok");
+                self.context.metrics.record_session_refresh(RefreshResult::Ok.as_str());
                 if kept { Refreshed::Session(fresh) } else { Refreshed::Ended }
             }
             Err(refusal) => self.refused(id, refusal).await,
@@ -290,7 +318,7 @@ impl Refresher {
             }
             Ok(None) => self.wait_for_winner(store, id, asked, hold).await,
             Err(_) => {
-                self.context.metrics.record_session_refresh("error");
+                self.context.metrics.record_session_refresh(RefreshResult::Error.as_str());
                 Refreshed::Failed
             }
         }
@@ -303,25 +331,25 @@ impl Refresher {
             Ok(Some(current)) => current,
             Ok(None) => return Refreshed::Ended,
             Err(_) => {
-                self.context.metrics.record_session_refresh("error");
+                self.context.metrics.record_session_refresh(RefreshResult::Error.as_str());
                 return Refreshed::Failed;
             }
         };
         if current.tokens() != asked.tokens() {
-            self.context.metrics.record_session_refresh("waited");
+            self.context.metrics.record_session_refresh(RefreshResult::Waited.as_str());
             return Refreshed::Session(current);
         }
         match self.at_provider(&current).await {
             Ok(fresh) => match store.write_refreshed(id, fresh).await {
                 Ok(Some(written)) => {
-                    self.context.metrics.record_session_refresh("ok");
+                    self.context.metrics.record_session_refresh(RefreshResult::Ok.as_str());
                     Refreshed::Session(written)
                 }
                 Ok(None) => Refreshed::Ended,
                 Err(_) => {
                     // The provider may have rotated the refresh token: the next refresh may be refused.
                     tracing::warn!("A session's refreshed tokens could not be stored");
-                    self.context.metrics.record_session_refresh("error");
+                    self.context.metrics.record_session_refresh(RefreshResult::Error.as_str());
                     Refreshed::Failed
                 }
             },
@@ -330,7 +358,13 @@ impl Refresher {
     }
 
     /// Reads the session again until the winner wrote new tokens, ended it, or gave up.
-    async fn wait_for_winner(&self, store: &RedisSessions, id: &SessionId, asked: &Session, hold: Duration) -> Refreshed {
+    async fn wait_for_winner(
+        &self,
+        store: &RedisSessions,
+        id: &SessionId,
+        asked: &Session,
+        hold: Duration,
+    ) -> Refreshed {
         let deadline = Instant::now() + hold;
         while Instant::now() < deadline {
             tokio::time::sleep(WINNER_POLL).await;
@@ -338,14 +372,14 @@ impl Refresher {
             match wait_step(read.as_ref().map(|session| session.tokens()), asked.tokens(), locked) {
                 WaitStep::KeepWaiting => {}
                 WaitStep::Refreshed => {
-                    self.context.metrics.record_session_refresh("waited");
+                    self.context.metrics.record_session_refresh(RefreshResult::Waited.as_str());
                     return read.map_or(Refreshed::Ended, Refreshed::Session);
                 }
                 WaitStep::Ended => return Refreshed::Ended,
                 WaitStep::WinnerFailed => break,
             }
         }
-        self.context.metrics.record_session_refresh("error");
+        self.context.metrics.record_session_refresh(RefreshResult::Error.as_str());
         Refreshed::Failed
     }
 
@@ -353,14 +387,14 @@ impl Refresher {
     async fn refused(&self, id: &SessionId, refusal: Refusal) -> Refreshed {
         match refusal {
             Refusal::InvalidGrant => {
-                self.context.metrics.record_session_refresh("invalid_grant");
+                self.context.metrics.record_session_refresh(RefreshResult::InvalidGrant.as_str());
                 tracing::info!("Ended a browser session: the identity provider refused to refresh its tokens");
                 // Not ended when the store is down: its next refresh is refused again.
                 let _ = self.context.sessions.end(id, SessionEnd::RefreshFailed).await;
                 Refreshed::Ended
             }
             Refusal::Failure => {
-                self.context.metrics.record_session_refresh("error");
+                self.context.metrics.record_session_refresh(RefreshResult::Error.as_str());
                 Refreshed::Failed
             }
         }
@@ -491,6 +525,12 @@ mod tests {
         let joined = flights.join_or_start(1, || async { unreachable!("joined the run under way") });
         let _ = release.send(());
         assert_eq!(answer(joined, Duration::from_secs(30)).await, Some(5));
+    }
+
+    #[test]
+    fn every_refresh_result_is_exported_from_start_up() {
+        let results: Vec<&str> = RefreshResult::ALL.iter().map(|result| result.as_str()).collect();
+        assert_eq!(results, crate::telemetry::SESSION_REFRESH_RESULTS);
     }
 
     #[test]

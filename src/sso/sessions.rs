@@ -44,6 +44,11 @@ pub enum SessionEnd {
 }
 
 impl SessionEnd {
+    /// Every reason, in the order the metric lists them.
+    #[cfg(test)]
+    const ALL: [Self; 6] =
+        [Self::SignOut, Self::Idle, Self::MaxLifetime, Self::Evicted, Self::BackChannel, Self::RefreshFailed];
+
     /// The metric label.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -88,7 +93,8 @@ impl Sessions {
     ) -> Result<SessionId, StoreError> {
         match self {
             Self::Memory { sessions, metrics, .. } => {
-                let (id, evicted) = sessions.open_evicting(Session::new(claims, Some(id_token), tokens), Instant::now())?;
+                let (id, evicted) =
+                    sessions.open_evicting(Session::new(claims, Some(id_token), tokens), Instant::now())?;
                 metrics.record_session_opened();
                 metrics.record_session_ended(SessionEnd::Evicted.as_str(), evicted);
                 metrics.record_sessions_held(sessions.len());
@@ -164,5 +170,16 @@ impl Sessions {
             Self::Memory { .. } => None,
             Self::Redis(store) => store.problem(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reason_a_session_ends_for_is_exported_from_start_up() {
+        let reasons: Vec<&str> = SessionEnd::ALL.iter().map(|reason| reason.as_str()).collect();
+        assert_eq!(reasons, crate::telemetry::SESSION_END_REASONS);
     }
 }

@@ -15,6 +15,8 @@ import threading
 import time
 import urllib.request
 
+from pathlib import Path
+
 import pytest
 from sso_shared import CALLBACK, POLICY, SESSION_COOKIE, Browser, Provider, start_idp
 from harness import free_port, portcullis_binary
@@ -44,17 +46,21 @@ def wait_out_the_access_token() -> None:
     time.sleep(ACCESS_TOKEN_TTL_S + 1)
 
 
-@pytest.fixture(scope="module")
-def refreshing(tmp_path_factory) -> Provider:
+def refreshing_provider(work: Path) -> Provider:
     """A provider of its own: access tokens of ACCESS_TOKEN_TTL_S, a rotating refresh token at each refresh."""
-    work = tmp_path_factory.mktemp("sso-refresh")
     idp = start_idp(work / "idp.log", sso_redirect_uri=CALLBACK, sso_refresh_ttl=ACCESS_TOKEN_TTL_S)
     (work / "policies").mkdir()
     (work / "policies" / "people.yaml").write_text(POLICY.format(issuer=idp.issuer))
     secret = work / "client-secret"
     secret.write_text("sso-secret\n")
-    yield Provider(idp, work / "policies", secret)
-    assert idp.stop() == 0
+    return Provider(idp, work / "policies", secret)
+
+
+@pytest.fixture(scope="module")
+def refreshing(tmp_path_factory) -> Provider:
+    provider = refreshing_provider(tmp_path_factory.mktemp("sso-refresh"))
+    yield provider
+    assert provider.idp.stop() == 0
 
 
 def idp_admin(provider: Provider, method: str, path: str) -> dict:
@@ -193,6 +199,24 @@ def test_the_access_token_is_not_passed_on_unless_asked_for(launch_portcullis, r
     assert status == 200 and ACCESS_TOKEN not in headers
     removed = browser.check(URL, extra={ACCESS_TOKEN: "forged"})[1]["X-Envoy-Auth-Headers-To-Remove"].split(",")
     assert ACCESS_TOKEN.lower() in removed
+
+
+def test_while_the_provider_is_down_a_session_keeps_its_identity_but_not_its_expired_access_token(
+    launch_portcullis, tmp_path
+):
+    provider = refreshing_provider(tmp_path)
+    server = launch_portcullis(provider.policies, settings=passing_on(provider))
+    sso = provider.sso(server.http_port)
+    browser = sso.browser()
+    assert sso.navigate(browser, URL)[0] == 200
+    assert provider.idp.stop() == 0
+    wait_out_the_access_token()
+    status, headers, _ = browser.check(URL, extra={ACCESS_TOKEN: "forged"})
+    assert status == 200 and headers["X-Auth-Request-Preferred-Username"] == "alice", "still the person"
+    assert ACCESS_TOKEN not in headers, "the expired token is not passed on"
+    assert ACCESS_TOKEN.lower() in headers["X-Envoy-Auth-Headers-To-Remove"].split(","), "nor the client's copy"
+    assert metric(server, "session_refreshes", 'result="error"') >= 1
+    assert browser.check(URL)[0] == 200, "retried later, not at every check: the session goes on"
 
 
 @pytest.mark.parametrize(
