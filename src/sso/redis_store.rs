@@ -26,6 +26,13 @@ const ID_ATTEMPTS: usize = 3;
 const LISTEN_RETRY_MIN: Duration = Duration::from_millis(250);
 /// The listener's longest wait before subscribing again.
 const LISTEN_RETRY_MAX: Duration = Duration::from_secs(5);
+/// Rewrites a session (`ARGV[2]`, TTL `ARGV[3]` seconds) only while it still holds the value read
+/// before (`ARGV[1]`): 0 when it is gone, 2 when it changed meanwhile (new tokens another
+/// replica wrote stay), 1 when written.
+const TOUCH_SCRIPT: &str = "local current = redis.call('GET', KEYS[1]) \
+     if not current then return 0 end \
+     if current ~= ARGV[1] then return 2 end \
+     redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3]) return 1";
 /// Deletes a refresh lock only while it holds the value of the replica giving it back.
 const RELEASE_LOCK_SCRIPT: &str =
     "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
@@ -47,6 +54,9 @@ struct StoredSession {
     /// The provider's tokens (absent in sessions stored before they were kept).
     #[serde(default)]
     tokens: Option<ProviderTokens>,
+    /// The value as read, to rewrite it only while it is unchanged.
+    #[serde(skip)]
+    sealed: Vec<u8>,
 }
 
 /// A login under way, as Redis holds it (sealed as a session is, under the hash of its `state`),
@@ -504,7 +514,10 @@ impl RedisSessions {
     async fn read(&self, hashed: &HashedId) -> Result<Option<StoredSession>, StoreError> {
         let mut connection = self.connection.clone();
         let sealed: Option<Vec<u8>> = self.bounded("read", connection.get(self.key(hashed))).await?;
-        Ok(sealed.and_then(|sealed| self.unseal(&sealed, hashed)))
+        Ok(sealed.and_then(|sealed| {
+            let stored: StoredSession = self.unseal(&sealed, hashed)?;
+            Some(StoredSession { sealed, ..stored })
+        }))
     }
 
     /// What `sealed` holds, when it opens for `hashed`; else logged (without its content),
@@ -555,7 +568,7 @@ impl RedisSessions {
         previous: Option<&LocalCopy>,
         now: u64,
     ) -> Option<Arc<Session>> {
-        let StoredSession { login, opened, last_used, id_token, tokens } = stored;
+        let StoredSession { login, opened, last_used, id_token, tokens, .. } = stored;
         if self.lifetimes.remaining(opened, last_used, now) == 0 {
             self.copies.end(&hashed);
             self.metrics.record_session_ended(self.lifetimes.ended_by(opened, now).as_str(), 1);
@@ -578,19 +591,21 @@ impl RedisSessions {
         Some(session)
     }
 
-    /// Writes the session's last use as `now`, only while it exists (an ended session is never
-    /// brought back); false when it no longer does.
+    /// Writes the session's last use as `now`, only while it holds what was read (an ended
+    /// session is never brought back, tokens another replica refreshed meanwhile are never
+    /// overwritten with the old ones); false when it no longer exists.
     async fn touch(&self, hashed: &HashedId, stored: &StoredSession, now: u64) -> Result<bool, StoreError> {
-        let StoredSession { login, opened, id_token, tokens, .. } = stored;
+        let StoredSession { login, opened, id_token, tokens, sealed: read, .. } = stored;
         let opened = *opened;
         let written =
             StoredSessionRef { login, opened, last_used: now, id_token: id_token.as_deref(), tokens: tokens.as_ref() };
         let sealed = self.seal(&written, hashed)?;
         let ttl = self.lifetimes.remaining(opened, now, now).max(1);
         let mut connection = self.connection.clone();
-        let command = redis::cmd("SET").arg(self.key(hashed)).arg(sealed).arg("XX").arg("EX").arg(ttl).clone();
-        let written: Option<String> = self.bounded("write last use", command.query_async(&mut connection)).await?;
-        Ok(written.is_some())
+        let command =
+            redis::cmd("EVAL").arg(TOUCH_SCRIPT).arg(1).arg(self.key(hashed)).arg(read).arg(sealed).arg(ttl).clone();
+        let outcome: u8 = self.bounded("write last use", command.query_async(&mut connection)).await?;
+        Ok(outcome != 0)
     }
 
     /// `value` as JSON, sealed for `hashed`.

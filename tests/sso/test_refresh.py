@@ -158,6 +158,39 @@ def test_two_replicas_hitting_an_expired_session_at_once_refresh_it_once(launch_
         redis.stop()
 
 
+def test_a_session_in_use_on_two_replicas_outlives_its_idle_timeout_and_every_access_token(
+    launch_portcullis, refreshing, tmp_path
+):
+    """Each replica rewrites the last use while the other writes refreshed tokens: neither undoes the other."""
+    redis = RedisServer(free_port(), tmp_path).start()
+    try:
+        key = tmp_path / "session-key"
+        key.write_text(SESSION_KEY + "\n")
+        block = f"""  session_idle_timeout_secs: 3
+  redis:
+    url: redis://127.0.0.1:{redis.port}/0
+    encryption_keys: [{{file: {key}}}]
+    local_copy_secs: 1
+"""
+        settings = passing_on(refreshing, block)
+        one, other = (refreshing.sso(launch_portcullis(refreshing.policies, settings=settings).http_port) for _ in range(2))
+        browser = one.browser()
+        assert one.navigate(browser, URL)[0] == 200
+        refused_before = idp_admin(refreshing, "GET", "/admin/refreshes")["refused"]
+        tokens = set()
+        deadline = time.monotonic() + 3 * ACCESS_TOKEN_TTL_S
+        while time.monotonic() < deadline:
+            for replica in (one, other):
+                status, headers, _ = Browser(replica.door, browser.cookies).check(URL)
+                assert status == 200, "in use: neither idle nor logged out by a refresh"
+                tokens.add(headers.get(ACCESS_TOKEN))
+            time.sleep(0.3)
+        assert len(tokens - {None}) >= 3, "refreshed while in use"
+        assert idp_admin(refreshing, "GET", "/admin/refreshes")["refused"] == refused_before
+    finally:
+        redis.stop()
+
+
 def test_a_session_whose_refresh_the_provider_refuses_ends_and_the_next_navigation_logs_in(launch_portcullis, refreshing):
     server = launch_portcullis(refreshing.policies, settings=passing_on(refreshing))
     sso = refreshing.sso(server.http_port)
