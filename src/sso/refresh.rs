@@ -238,8 +238,11 @@ impl Refresher {
     pub async fn current(self: &Arc<Self>, id: SessionId, session: Arc<Session>) -> Option<Arc<Session>> {
         let now = unix_now();
         let due = session.tokens().map_or(Due::NotYet, |tokens| due(tokens, self.context.config.refresh_before, now));
+        if due == Due::NotYet {
+            return Some(session);
+        }
         let hashed = HashedId::of(&id);
-        if due == Due::NotYet || self.is_backing_off(&hashed, now) {
+        if self.is_backing_off(&hashed, now) {
             return Some(session);
         }
         let refresher = self.clone();
