@@ -1,4 +1,4 @@
-//! Criterion micro-benchmarks of the pure core: a job-board Check (a token, an API key, a remembered opaque token, a token with 100,000 revocations), evaluation with 10 to 10,000 policies, policy loading, path normalization, CheckRequest decoding and conversion.
+//! Criterion micro-benchmarks of the pure core: a job-board Check (a token, a browser session's cookie, an API key, a remembered opaque token, a token with 100,000 revocations), evaluation with 10 to 10,000 policies, policy loading, path normalization, CheckRequest decoding and conversion.
 
 #![expect(clippy::expect_used, reason = "bench set-up: a fixture that cannot be built ends the run")]
 
@@ -11,6 +11,7 @@ use arc_swap::ArcSwap;
 use criterion::{BenchmarkId, Criterion, SamplingMode, criterion_group, criterion_main};
 use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 use portcullis::core::Request;
+use portcullis::core::authn::Authentication;
 use portcullis::core::path::{self, PathOptions};
 use portcullis::core::revocation::{Entry, RevocationList};
 use portcullis::doors::grpc::{CheckAnswer, CheckView, decide_view_without_engine};
@@ -22,7 +23,7 @@ use fixtures::credentials::{API_KEY, CredentialEngine};
 use fixtures::engine::{self, Engine};
 use fixtures::requests::{Call, JOB_BOARD_ROLES, check_request, job_board_call};
 use fixtures::tokens::{Alg, TokenSigner, keycloak_claims, request_authentication_yaml, unix_now};
-use fixtures::{job_board_policy_text, mesh};
+use fixtures::{job_board_policy_text, mesh, session};
 
 /// The policy-set sizes compared (the target is 10,000 against 10), and loaded.
 fn policy_counts() -> ([usize; 3], [usize; 2]) {
@@ -102,6 +103,33 @@ fn job_board_check(c: &mut Criterion) {
     group.bench_function("job_board_opaque_cached", |b| {
         b.iter(|| credentials.check_opaque(black_box(&opaque_request), now));
     });
+    group.finish();
+}
+
+/// A job-board Check carrying a browser session's cookie, the session in the in-memory store
+/// and its access token far from expiry: the session resolved as the doors resolve it
+/// (`Sso::session_identity`, a tokio task's poll included), the request authorized with its
+/// identity, the identity headers added (`Sso::complete`). Beside `job_board_warm_token`.
+fn job_board_session(c: &mut Criterion) {
+    let engine = job_board_engine();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
+    let (sso, cookie) = runtime.block_on(session::open_one()).expect("a session");
+    let headers = [("content-type", "application/json"), ("content-length", "87"), ("cookie", cookie.as_str())];
+    let check = view(&check_request(&Call { extra_headers: &headers, ..job_board_call(None) }));
+    let request = converted(&check);
+    let http = request.http.as_ref().expect("an HTTP request");
+    let snapshot = &engine.snapshot;
+    let session_check = || {
+        runtime.block_on(async {
+            let (identity, session) = sso.session_identity(http, snapshot.kept_claims()).await?;
+            let mut decision = snapshot.authorize(snapshot.plan(&request), Some(Authentication::Session { identity }));
+            sso.complete(&mut decision, http, Some(&session));
+            Some(decision)
+        })
+    };
+    assert!(session_check().is_some_and(|decision| decision.is_allow()), "the bench session must be allowed");
+    let mut group = c.benchmark_group("check");
+    group.bench_function("job_board_session", |b| b.iter(|| black_box(session_check())));
     group.finish();
 }
 
@@ -228,6 +256,7 @@ criterion_group!(
     benches,
     job_board_check,
     job_board_revocation,
+    job_board_session,
     grpc_conversion,
     policy_count,
     policy_load,

@@ -59,6 +59,19 @@ pub enum OutboundError {
         /// The answer's status.
         status: u16,
     },
+    /// A 400 or 401 whose JSON body names an OAuth 2.0 error (RFC 6749 5.2), such as
+    /// `invalid_grant`.
+    #[error("{method} `{url}`: status {status}: `{error}`")]
+    OAuth {
+        /// The request's method.
+        method: Method,
+        /// The URL, redacted.
+        url: String,
+        /// The answer's status.
+        status: u16,
+        /// The `error` code (printable ASCII, at most 64 characters).
+        error: Box<str>,
+    },
     /// The body is longer than the cap.
     #[error("{method} `{url}`: body over {limit} bytes")]
     TooLarge {
@@ -195,7 +208,14 @@ impl Outbound {
         let mut response = request.send().await.map_err(request_error)?;
         if !response.status().is_success() {
             let status = response.status().as_u16();
-            return Err(OutboundError::Status { method: method.clone(), url: redact_url(url), status });
+            let error = match status {
+                400 | 401 => oauth_error_code(&read_at_most(&mut response, OAUTH_ERROR_MAX_BYTES).await),
+                _ => None,
+            };
+            return Err(match error {
+                Some(error) => OutboundError::OAuth { method: method.clone(), url: redact_url(url), status, error },
+                None => OutboundError::Status { method: method.clone(), url: redact_url(url), status },
+            });
         }
         let mut body = Vec::new();
         while let Some(chunk) = response.chunk().await.map_err(request_error)? {
@@ -210,6 +230,31 @@ impl Outbound {
         }
         Ok(body)
     }
+}
+
+/// The longest error answer read for its OAuth 2.0 error code.
+const OAUTH_ERROR_MAX_BYTES: usize = 4096;
+
+/// The first chunks of a body, up to `limit` bytes or the first failure.
+async fn read_at_most(response: &mut reqwest::Response, limit: usize) -> Vec<u8> {
+    let mut body = Vec::new();
+    while body.len() < limit
+        && let Ok(Some(chunk)) = response.chunk().await
+    {
+        body.extend_from_slice(&chunk);
+    }
+    body
+}
+
+/// The `error` code of an OAuth 2.0 error answer (RFC 6749 5.2): printable ASCII without `"`
+/// or `\\`, at most 64 characters; `None` for any other body.
+fn oauth_error_code(body: &[u8]) -> Option<Box<str>> {
+    let document: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let code = document.get("error")?.as_str()?;
+    let fits = !code.is_empty()
+        && code.len() <= 64
+        && code.bytes().all(|b| (0x20..=0x7e).contains(&b) && b != b'"' && b != b'\\');
+    fits.then(|| code.into())
 }
 
 /// `text` form-encoded (`application/x-www-form-urlencoded`).
@@ -407,6 +452,20 @@ pub(crate) mod tests {
     use tokio::net::TcpListener;
 
     use super::*;
+
+    #[test]
+    fn only_a_short_printable_error_code_is_read_from_an_oauth_error_answer() {
+        let code = |body: &str| oauth_error_code(body.as_bytes()).map(|code| code.to_string());
+        assert_eq!(
+            code(r#"{"error":"invalid_grant","error_description":"grant not found"}"#).as_deref(),
+            Some("invalid_grant")
+        );
+        for other in ["", "not json", r#"{"error":7}"#, r#"{"error":""}"#, r#"{"error":"a\nb"}"#, r#"{"message":"x"}"#]
+        {
+            assert_eq!(code(other), None, "{other}");
+        }
+        assert_eq!(code(&format!(r#"{{"error":"{}"}}"#, "x".repeat(65))), None, "too long");
+    }
 
     /// What the fake server answers on a path: status, body, and a delay before answering.
     pub(crate) type Route = fn(&str) -> (u16, String, Duration);

@@ -67,9 +67,22 @@ struct SourceLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct DoorLabels {
     door: &'static str,
 }
+
+/// Why a browser session ended: the `reason` of `portcullis_sessions_ended_total`.
+pub const SESSION_END_REASONS: [&str; 6] =
+    ["sign_out", "idle", "max_lifetime", "evicted", "back_channel", "refresh_failed"];
+
+/// How a refresh of a session's access token went: the `result` of
+/// `portcullis_session_refreshes_total`.
+pub const SESSION_REFRESH_RESULTS: [&str; 4] = ["ok", "invalid_grant", "error", "waited"];
 
 /// Check latency buckets, in seconds: 25 µs to 100 ms.
 const LATENCY_BUCKETS: [f64; 11] = [0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1];
@@ -104,6 +117,10 @@ pub struct Metrics {
     revocation_sync_errors: Counter,
     revocation_refusals: Counter,
     introspection_providers_failing: Gauge,
+    sessions_opened: Counter,
+    sessions_ended: Family<ReasonLabels, Counter>,
+    session_refreshes: Family<ResultLabels, Counter>,
+    sessions_held: Gauge,
     /// The series of `checks` and `check_duration_seconds` a check writes, by door and reason,
     /// found in their families once: a check then neither hashes labels nor takes a lock.
     check_series: [[OnceLock<Counter>; Reason::ALL.len()]; Door::ALL.len()],
@@ -197,6 +214,21 @@ impl Metrics {
                 .new_metric("revocation_refusals", "Tokens and sessions refused because a revocation names them"),
             introspection_providers_failing: register
                 .new_metric("introspection_providers_failing", "Introspection providers whose last call failed"),
+            sessions_opened: register.new_metric("sessions_opened", "Browser sessions opened by a login"),
+            sessions_ended: register.new_metric(
+                "sessions_ended",
+                "Browser sessions ended, by reason (`sign_out`, `idle`, `max_lifetime`, `evicted`, `back_channel`, \
+                 `refresh_failed`)",
+            ),
+            session_refreshes: register.new_metric(
+                "session_refreshes",
+                "Refreshes of a session's access token at the provider, by result (`ok`, `invalid_grant`, `error`, \
+                 `waited`: another replica's refresh was waited for)",
+            ),
+            sessions_held: register.new_metric(
+                "sessions_held",
+                "Browser sessions held in this replica's memory (with Redis: local copies)",
+            ),
             check_series: Default::default(),
             duration_series: Default::default(),
             registry,
@@ -217,6 +249,12 @@ impl Metrics {
         }
         for source in crate::revocation::Source::ALL {
             metrics.revocation_additions.get_or_create(&SourceLabels { source: source.as_str() }).inc_by(0);
+        }
+        for result in SESSION_REFRESH_RESULTS {
+            metrics.session_refreshes.get_or_create(&ResultLabels { result }).inc_by(0);
+        }
+        for reason in SESSION_END_REASONS {
+            metrics.sessions_ended.get_or_create(&ReasonLabels { reason }).inc_by(0);
         }
         metrics
     }
@@ -344,6 +382,26 @@ impl Metrics {
     /// Counts a token or session refused as revoked.
     pub fn record_revocation_refusal(&self) {
         self.revocation_refusals.inc();
+    }
+
+    /// Counts a browser session opened by a login.
+    pub fn record_session_opened(&self) {
+        self.sessions_opened.inc();
+    }
+
+    /// Counts a browser session ended, by reason (one of [`SESSION_END_REASONS`]).
+    pub fn record_session_ended(&self, reason: &'static str, sessions: usize) {
+        self.sessions_ended.get_or_create(&ReasonLabels { reason }).inc_by(u64::try_from(sessions).unwrap_or(u64::MAX));
+    }
+
+    /// Counts a refresh of a session's access token, by result (one of [`SESSION_REFRESH_RESULTS`]).
+    pub fn record_session_refresh(&self, result: &'static str) {
+        self.session_refreshes.get_or_create(&ResultLabels { result }).inc();
+    }
+
+    /// Sets how many sessions (or local copies of shared ones) this replica holds in memory.
+    pub fn record_sessions_held(&self, sessions: usize) {
+        self.sessions_held.set(i64::try_from(sessions).unwrap_or(i64::MAX));
     }
 
     /// Sets how many tokens the cache holds.

@@ -42,8 +42,8 @@ pub enum IdTokenError {
     /// Not this login's nonce.
     #[error("`nonce` is not this login's")]
     NonceMismatch,
-    /// No subject.
-    #[error("no `sub`")]
+    /// No subject, or (after a refresh) another one than the login's.
+    #[error("no `sub`, or not the login's")]
     NoSubject,
 }
 
@@ -65,24 +65,82 @@ pub struct SessionClaims {
 /// The claims split into words when given as one string, as for tokens.
 pub(crate) const SPACE_DELIMITED: [&str; 2] = ["scope", "permission"];
 
+/// What the ID token of a refresh must say (OpenID Connect Core 12.2): as at the login, but
+/// without a nonce, and about the same person.
+#[derive(Debug, Clone, Copy)]
+pub struct RefreshedIdTokenExpectations<'e> {
+    /// The provider's issuer, exactly as its discovery document names it.
+    pub issuer: &'e str,
+    /// portcullis's client id.
+    pub client_id: &'e str,
+    /// The `sub` of the session's login.
+    pub subject: &'e str,
+    /// Seconds since the epoch.
+    pub now: u64,
+    /// Tolerance when checking `exp`, `nbf` and `iat`.
+    pub clock_skew_secs: u64,
+    /// Longer tokens are refused unread.
+    pub max_token_bytes: usize,
+}
+
 /// Verifies the ID token of a login (OpenID Connect Core 3.1.3.7) with the provider's `keys`:
 /// its signature, `iss`, `aud` (and `azp`), `exp` (which it must have), `nbf`, and the login's
 /// `nonce` (which it must carry).
 pub fn verify(token: &str, keys: &KeySet, expected: &IdTokenExpectations<'_>) -> Result<SessionClaims, IdTokenError> {
+    let claims = verify_for_client(token, keys, expected)?;
+    if claims.claims.get("nonce").and_then(Value::as_str) != Some(expected.nonce) {
+        return Err(IdTokenError::NonceMismatch);
+    }
+    if claims.claims.get("sub").and_then(Value::as_str).is_none_or(str::is_empty) {
+        return Err(IdTokenError::NoSubject);
+    }
+    Ok(claims)
+}
+
+/// Verifies the ID token a refresh brought: as [`verify`] does, but without a nonce, and its
+/// `sub` must be the login's.
+pub fn verify_refreshed(
+    token: &str,
+    keys: &KeySet,
+    expected: &RefreshedIdTokenExpectations<'_>,
+) -> Result<SessionClaims, IdTokenError> {
+    let without_nonce = IdTokenExpectations {
+        issuer: expected.issuer,
+        client_id: expected.client_id,
+        nonce: "",
+        now: expected.now,
+        clock_skew_secs: expected.clock_skew_secs,
+        max_token_bytes: expected.max_token_bytes,
+    };
+    let claims = verify_for_client(token, keys, &without_nonce)?;
+    if claims.claims.get("sub").and_then(Value::as_str) != Some(expected.subject) {
+        return Err(IdTokenError::NoSubject);
+    }
+    Ok(claims)
+}
+
+/// The signature, `iss`, `aud` (and `azp`), `exp` (which it must have) and `nbf` of an ID token;
+/// everything `expected` says but its nonce.
+fn verify_for_client(
+    token: &str,
+    keys: &KeySet,
+    expected: &IdTokenExpectations<'_>,
+) -> Result<SessionClaims, IdTokenError> {
+    let (issuer, client_id) = (expected.issuer, expected.client_id);
     let parsed = jwt::parse(token, expected.max_token_bytes, &|_| true)?;
     let key = jwt::verify_signature(&parsed, keys)?;
     let claims = parsed.claims;
-    if claims.get("iss").and_then(Value::as_str) != Some(expected.issuer) {
+    if claims.get("iss").and_then(Value::as_str) != Some(issuer) {
         return Err(IdTokenError::WrongIssuer);
     }
-    let client: [Box<str>; 1] = [expected.client_id.into()];
+    let client: [Box<str>; 1] = [client_id.into()];
     let audiences = match claims.get("aud") {
         Some(Value::Array(list)) => list.len(),
         _ => 1,
     };
     let authorized_party = claims.get("azp").and_then(Value::as_str);
     let azp_fits = match authorized_party {
-        Some(azp) => azp == expected.client_id,
+        Some(azp) => azp == client_id,
         None => audiences == 1,
     };
     if !jwt::audience_allowed(&claims, &client) || !azp_fits {
@@ -93,14 +151,8 @@ pub fn verify(token: &str, keys: &KeySet, expected: &IdTokenExpectations<'_>) ->
         return Err(IdTokenError::NoExpiry);
     }
     lifetime.check(expected.now, expected.clock_skew_secs)?;
-    if claims.get("nonce").and_then(Value::as_str) != Some(expected.nonce) {
-        return Err(IdTokenError::NonceMismatch);
-    }
-    if claims.get("sub").and_then(Value::as_str).is_none_or(str::is_empty) {
-        return Err(IdTokenError::NoSubject);
-    }
     let proof = Proof { lifetime, kid: key.kid.clone(), key: key.fingerprint, source: IdentitySource::Session };
-    Ok(SessionClaims { issuer: expected.issuer.into(), claims, proof })
+    Ok(SessionClaims { issuer: issuer.into(), claims, proof })
 }
 
 /// What a session store keeps of a login to restore its [`SessionClaims`] on another replica or
@@ -310,5 +362,31 @@ mod tests {
             c.insert("azp".into(), json!("portcullis"));
         });
         assert!(verify(&several, &keys(), &expected()).is_ok(), "several audiences with azp naming the client");
+    }
+
+    #[test]
+    fn a_refreshed_id_token_needs_no_nonce_but_must_be_about_the_same_person() {
+        let refreshed = |subject| RefreshedIdTokenExpectations {
+            issuer: ISSUER,
+            client_id: "portcullis",
+            subject,
+            now: NOW,
+            clock_skew_secs: 60,
+            max_token_bytes: 8192,
+        };
+        let without_nonce = with(|c| drop(c.remove("nonce")));
+        let session = verify_refreshed(&without_nonce, &keys(), &refreshed("alice")).unwrap();
+        assert_eq!(session.subject(), "alice");
+        assert_eq!(verify_refreshed(&without_nonce, &keys(), &refreshed("bob")).err(), Some(IdTokenError::NoSubject));
+        let other_key = sign("rsa-2048-other.pem", Algorithm::RS256, "k1", &id_token_claims());
+        assert_eq!(
+            verify_refreshed(&other_key, &keys(), &refreshed("alice")).err(),
+            Some(IdTokenError::Token(JwtError::VerificationFails))
+        );
+        let expired = with(|c| drop(c.insert("exp".into(), json!(NOW - 120))));
+        assert_eq!(
+            verify_refreshed(&expired, &keys(), &refreshed("alice")).err(),
+            Some(IdTokenError::Token(JwtError::Expired))
+        );
     }
 }

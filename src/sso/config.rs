@@ -71,6 +71,122 @@ pub struct SsoSettings {
     /// A back-channel logout token issued longer ago than this is refused (clock skew added);
     /// its `jti` is remembered as long, so that a replay is refused.
     pub logout_token_max_age_secs: u64,
+    /// A check refreshes the session's access token at the provider once it is this close to
+    /// its expiry (at most half the token's lifetime).
+    pub refresh_before_secs: u64,
+    /// The names of the headers that carry a session's identity to the app.
+    pub headers: HeaderNameSettings,
+    /// Send the session's access token to the app, in `headers.access_token`.
+    pub pass_access_token: bool,
+}
+
+/// The `sso.headers` block: the name of each header that carries a session's identity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HeaderNameSettings {
+    /// The ID token's `sub`.
+    pub user: String,
+    /// Its `email`.
+    pub email: String,
+    /// Its `groups`, comma-separated.
+    pub groups: String,
+    /// Its `preferred_username`.
+    pub preferred_username: String,
+    /// `email`, or `sub` when there is none.
+    pub plain_user: String,
+    /// The provider's access token (with `pass_access_token`).
+    pub access_token: String,
+}
+
+impl Default for HeaderNameSettings {
+    fn default() -> Self {
+        Self {
+            user: "X-Auth-Request-User".into(),
+            email: "X-Auth-Request-Email".into(),
+            groups: "X-Auth-Request-Groups".into(),
+            preferred_username: "X-Auth-Request-Preferred-Username".into(),
+            plain_user: "X-Auth-User".into(),
+            access_token: "X-Auth-Request-Access-Token".into(),
+        }
+    }
+}
+
+/// The headers that carry a session's identity, checked and lowercase.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityHeaders {
+    /// The ID token's `sub`.
+    pub user: Box<str>,
+    /// Its `email`.
+    pub email: Box<str>,
+    /// Its `groups`, comma-separated.
+    pub groups: Box<str>,
+    /// Its `preferred_username`.
+    pub preferred_username: Box<str>,
+    /// `email`, or `sub` when there is none.
+    pub plain_user: Box<str>,
+    /// The provider's access token.
+    pub access_token: Box<str>,
+}
+
+impl IdentityHeaders {
+    /// Every name, the access token's last: a client's own copy of each is always removed.
+    pub fn all(&self) -> [&str; 6] {
+        [&self.user, &self.email, &self.groups, &self.preferred_username, &self.plain_user, &self.access_token]
+    }
+}
+
+/// Headers an identity header may not replace: what the proxy, portcullis or the app rely on
+/// for something else.
+const RESERVED_HEADERS: [&str; 13] = [
+    "authorization",
+    "connection",
+    "content-length",
+    "content-type",
+    "cookie",
+    "host",
+    "location",
+    "proxy-authorization",
+    "set-cookie",
+    "te",
+    "transfer-encoding",
+    "upgrade",
+    "x-envoy-auth-headers-to-remove",
+];
+
+impl HeaderNameSettings {
+    /// Checks each name (an HTTP token, not a reserved header, not used twice), reporting each
+    /// problem to `problem`.
+    fn compile(&self, problem: &mut impl FnMut(&'static str, String)) -> IdentityHeaders {
+        let named = [
+            ("headers.user", &self.user),
+            ("headers.email", &self.email),
+            ("headers.groups", &self.groups),
+            ("headers.preferred_username", &self.preferred_username),
+            ("headers.plain_user", &self.plain_user),
+            ("headers.access_token", &self.access_token),
+        ];
+        let mut seen: Vec<String> = Vec::new();
+        for (key, name) in named {
+            let lower = name.to_ascii_lowercase();
+            if name.is_empty() || !name.bytes().all(is_cookie_name_byte) {
+                problem(key, format!("`{name}` is not a header name"));
+            } else if RESERVED_HEADERS.contains(&lower.as_str()) {
+                problem(key, format!("`{name}` is reserved; name another header"));
+            } else if seen.contains(&lower) {
+                problem(key, format!("`{name}` is already the name of another identity header"));
+            }
+            seen.push(lower);
+        }
+        let lower = |name: &String| Box::from(name.to_ascii_lowercase());
+        IdentityHeaders {
+            user: lower(&self.user),
+            email: lower(&self.email),
+            groups: lower(&self.groups),
+            preferred_username: lower(&self.preferred_username),
+            plain_user: lower(&self.plain_user),
+            access_token: lower(&self.access_token),
+        }
+    }
 }
 
 /// The `sso.redis` block: the shared session store.
@@ -153,6 +269,9 @@ impl Default for SsoSettings {
             sign_out_at_provider: false,
             post_logout_redirect_url: None,
             logout_token_max_age_secs: 300,
+            refresh_before_secs: 60,
+            headers: HeaderNameSettings::default(),
+            pass_access_token: false,
         }
     }
 }
@@ -296,6 +415,12 @@ pub struct SsoConfig {
     pub post_logout_redirect: Option<RedirectTarget>,
     /// How old a back-channel logout token may be.
     pub logout_token_max_age_secs: u64,
+    /// How close to its expiry a session's access token is refreshed.
+    pub refresh_before: Duration,
+    /// The headers that carry a session's identity.
+    pub headers: IdentityHeaders,
+    /// Whether the session's access token goes to the app.
+    pub pass_access_token: bool,
 }
 
 impl SsoSettings {
@@ -400,6 +525,7 @@ impl SsoSettings {
                 }
             });
         let redis = self.redis.as_ref().and_then(|redis| redis.compile(&variable, &mut problem));
+        let headers = self.headers.compile(&mut problem);
         let Some(providers) = providers.filter(|_| errors.is_empty()) else { return Err(errors) };
         let secure_prefix = if self.cookie_secure { "__Secure-" } else { "" };
         Ok(SsoConfig {
@@ -420,6 +546,9 @@ impl SsoSettings {
             sign_out_at_provider: self.sign_out_at_provider,
             post_logout_redirect,
             logout_token_max_age_secs: self.logout_token_max_age_secs,
+            refresh_before: Duration::from_secs(self.refresh_before_secs),
+            headers,
+            pass_access_token: self.pass_access_token,
         })
     }
 }
@@ -779,6 +908,57 @@ mod tests {
         assert!(
             config.redirects.check("https://api.example.com/x").is_ok(),
             "a site with options is a redirect target"
+        );
+    }
+
+    #[test]
+    fn the_identity_headers_default_to_oauth2_proxys_names_and_take_other_names_lowercase() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("secret"), "s").unwrap();
+        let defaults = settings(&dir.path().join("secret")).compile(|_| None).unwrap();
+        assert_eq!(
+            defaults.headers.all(),
+            [
+                "x-auth-request-user",
+                "x-auth-request-email",
+                "x-auth-request-groups",
+                "x-auth-request-preferred-username",
+                "x-auth-user",
+                "x-auth-request-access-token"
+            ]
+        );
+        assert!(!defaults.pass_access_token, "the access token goes on only when asked for");
+        assert_eq!(defaults.refresh_before.as_secs(), 60);
+        let renamed = SsoSettings {
+            headers: HeaderNameSettings { user: "X-Remote-User".into(), ..HeaderNameSettings::default() },
+            ..settings(&dir.path().join("secret"))
+        };
+        assert_eq!(&*renamed.compile(|_| None).unwrap().headers.user, "x-remote-user");
+    }
+
+    #[test]
+    fn every_bad_identity_header_name_is_reported_by_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("secret"), "s").unwrap();
+        let headers = HeaderNameSettings {
+            user: "X Remote User".into(),
+            email: String::new(),
+            groups: "Cookie".into(),
+            preferred_username: "X-Name".into(),
+            plain_user: "x-name".into(),
+            access_token: ":authority".into(),
+        };
+        let block = SsoSettings { headers, ..settings(&dir.path().join("secret")) };
+        let messages: Vec<String> = block.compile(|_| None).unwrap_err().iter().map(ToString::to_string).collect();
+        assert_eq!(
+            messages,
+            [
+                "sso.headers.user: `X Remote User` is not a header name",
+                "sso.headers.email: `` is not a header name",
+                "sso.headers.groups: `Cookie` is reserved; name another header",
+                "sso.headers.plain_user: `x-name` is already the name of another identity header",
+                "sso.headers.access_token: `:authority` is not a header name",
+            ]
         );
     }
 

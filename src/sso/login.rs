@@ -14,9 +14,10 @@ use super::oidc::{LoginSecrets, OidcClient, SignOutAtProvider, authorization_url
 use super::pages::{self, Choice};
 use super::providers::{GithubConfig, OidcRules, Protocol, ProviderConfig};
 use super::redis_store::{Lifetimes, RedisSessions, StoredLoginTransaction, unix_now};
+use super::refresh::{RefreshContext, Refresher};
 use super::replay::SeenTokenIds;
-use super::session::{IdTokenHint, Session};
-use super::sessions::{ProviderNames, Sessions};
+use super::session::{IdTokenHint, ProviderTokens, Session};
+use super::sessions::{ProviderNames, SessionEnd, Sessions};
 use super::store::{SessionId, SessionStore, StoreError, StoreLimits};
 use crate::core::authn::{KeyLookup, RemoteIssuer};
 use crate::core::decision::Challenge;
@@ -44,15 +45,6 @@ const INVALID_LOGOUT_REQUEST: &str = r#"{"error":"invalid_request"}"#;
 
 /// The answer to a login while the shared session store cannot be reached.
 const SIGN_IN_UNAVAILABLE: &str = "sign-in is unavailable: sessions cannot be stored right now; try again shortly";
-
-/// The headers that carry a session's identity to the app: set on allow, stripped otherwise.
-pub const IDENTITY_HEADERS: [&str; 5] = [
-    "x-auth-request-user",
-    "x-auth-request-email",
-    "x-auth-request-groups",
-    "x-auth-request-preferred-username",
-    "x-auth-user",
-];
 
 /// One login under way, named by its `state`.
 #[derive(Debug)]
@@ -145,9 +137,10 @@ fn refused(status: u16, message: &'static str) -> LoginAnswer {
 #[derive(Debug)]
 pub struct Sso {
     config: Arc<SsoConfig>,
-    providers: Box<[Provider]>,
+    providers: Arc<[Provider]>,
     keys: Arc<KeyStore>,
-    sessions: Sessions,
+    sessions: Arc<Sessions>,
+    refresher: Arc<Refresher>,
     logins: SessionStore<LoginTransaction>,
     random: SystemRandom,
     clock_skew_secs: u64,
@@ -158,22 +151,23 @@ pub struct Sso {
 
 /// One provider and how it is talked to.
 #[derive(Debug)]
-struct Provider {
-    config: Arc<ProviderConfig>,
-    client: ProviderClient,
+pub(super) struct Provider {
+    pub(super) config: Arc<ProviderConfig>,
+    pub(super) client: ProviderClient,
 }
 
 /// The client of one provider, with the settings of its protocol.
 #[derive(Debug)]
-enum ProviderClient {
+pub(super) enum ProviderClient {
     /// OpenID Connect: its discovery document, its token endpoint, the rules its ID tokens meet.
     Oidc(OidcClient, OidcRules),
     /// GitHub: its token endpoint, its REST API, who may log in.
     Github(GithubClient, GithubConfig),
 }
 
-/// A login the provider vouched for: the claims of its session and the ID token, when any.
-type VouchedLogin = (SessionClaims, Option<IdTokenHint>);
+/// A login the provider vouched for: the claims of its session, the ID token and the provider's
+/// tokens, when any.
+type VouchedLogin = (SessionClaims, Option<IdTokenHint>, Option<ProviderTokens>);
 
 impl Sso {
     /// Browser logins at the providers of `config`, its ID tokens verified with its keys from
@@ -193,7 +187,7 @@ impl Sso {
             Some(redis) => {
                 let lifetimes =
                     Lifetimes { idle_secs: config.idle_timeout.as_secs(), max_secs: config.max_lifetime.as_secs() };
-                Sessions::Redis(Arc::new(RedisSessions::new(redis, lifetimes, config.max_sessions, metrics)?))
+                Sessions::Redis(Arc::new(RedisSessions::new(redis, lifetimes, config.max_sessions, metrics.clone())?))
             }
             None => Sessions::Memory {
                 sessions: SessionStore::new(StoreLimits {
@@ -202,13 +196,10 @@ impl Sso {
                     max_sessions: config.max_sessions,
                 }),
                 seen_logout_tokens: SeenTokenIds::new(MAX_LOGOUT_TOKENS_REMEMBERED),
+                metrics: metrics.clone(),
             },
         };
-        let logins = SessionStore::new(StoreLimits {
-            idle_timeout: config.login_timeout,
-            max_lifetime: config.login_timeout,
-            max_sessions: MAX_LOGINS_UNDER_WAY,
-        });
+        let (config, sessions) = (Arc::new(config), Arc::new(sessions));
         let providers = config
             .providers
             .all()
@@ -224,12 +215,28 @@ impl Sso {
                     }
                 },
             })
-            .collect();
+            .collect::<Arc<[Provider]>>();
+        let refresher = Arc::new(Refresher::new(RefreshContext {
+            config: config.clone(),
+            providers: providers.clone(),
+            keys: keys.clone(),
+            sessions: sessions.clone(),
+            metrics,
+            timeout,
+            clock_skew_secs,
+            max_token_bytes,
+        }));
+        let logins = SessionStore::new(StoreLimits {
+            idle_timeout: config.login_timeout,
+            max_lifetime: config.login_timeout,
+            max_sessions: MAX_LOGINS_UNDER_WAY,
+        });
         Ok(Self {
-            config: Arc::new(config),
+            config,
             providers,
             keys,
             sessions,
+            refresher,
             logins,
             random: SystemRandom::new(),
             clock_skew_secs,
@@ -247,9 +254,15 @@ impl Sso {
     /// Starts what the session store runs in the background: with Redis, the listener for
     /// sessions other replicas end.
     pub fn spawn_tasks(&self, tasks: &Tasks) {
-        if let Sessions::Redis(store) = &self.sessions {
+        if let Sessions::Redis(store) = &*self.sessions {
             drop(tasks.spawn("session listener", store.clone().listen_for_ended_sessions()));
         }
+    }
+
+    /// The session store: where the callback opens a login's session (a bench opens one
+    /// directly, without a provider).
+    pub fn sessions(&self) -> &Sessions {
+        &self.sessions
     }
 
     /// What is wrong with the session store now, when something is: for `/readyz`.
@@ -405,16 +418,16 @@ impl Sso {
         let Some(provider) = self.provider(&transaction.provider) else {
             return refused_clearing("unknown or expired login");
         };
-        let (claims, id_token) = match self.exchange(provider, &code, &transaction).await {
+        let (claims, id_token, tokens) = match self.exchange(provider, &code, &transaction).await {
             Ok(login) => login,
             Err(answer) => return answer,
         };
         // A new id at every login; a session this browser had before ends.
         for old in cookie_values(request.cookies, &self.config.cookie_name).filter_map(SessionId::from_cookie_value) {
             // Not ended when the store is down: the new id replaces it in this browser even so.
-            let _ = self.sessions.end(&old).await;
+            let _ = self.sessions.end(&old, SessionEnd::SignOut).await;
         }
-        let session = match self.sessions.open(&provider.config.name, claims, id_token).await {
+        let session = match self.sessions.open(&provider.config.name, claims, id_token, tokens).await {
             Ok(session) => session,
             Err(StoreError::Unavailable) => return refused(503, SIGN_IN_UNAVAILABLE),
             Err(StoreError::Random) => return refused(500, "cannot open a session"),
@@ -429,7 +442,8 @@ impl Sso {
     }
 
     /// The code exchanged at `provider`, and what it vouches for checked: the ID token with its
-    /// keys and its rules, or GitHub's user and its restrictions.
+    /// keys and its rules, or GitHub's user and its restrictions; the access and refresh tokens
+    /// an OpenID Connect provider's answer had.
     async fn exchange(
         &self,
         provider: &Provider,
@@ -453,7 +467,7 @@ impl Sso {
             .map_err(|error| unavailable(&error))?;
         let profile = client.profile(github, &token).await.map_err(|error| unavailable(&error))?;
         match github::session_claims(github, &profile).map_err(|error| unavailable(&error))? {
-            Ok(claims) => Ok((claims, None)),
+            Ok(claims) => Ok((claims, None, None)),
             Err(refusal) => {
                 tracing::info!(provider = %provider.config.name, reason = %refusal, "Refused a GitHub login");
                 Err(LoginAnswer::Page { status: 403, html: pages::refused(&refusal.to_string()) })
@@ -476,15 +490,20 @@ impl Sso {
             refused(502, "the identity provider refused the login")
         };
         let discovered = client.provider(&rules.issuer).await.map_err(|error| unavailable(&error))?;
-        let id_token = client
+        let answer = client
             .exchange(&provider.config, &self.config.redirect_url, &discovered, code, &transaction.code_verifier)
             .await
             .map_err(|error| unavailable(&error))?;
+        let id_token = answer.id_token.unwrap_or_default();
+        let now = unix_now();
+        let tokens = answer.access_token.as_deref().map(|access_token| {
+            ProviderTokens::new(access_token, answer.expires_in, answer.refresh_token.as_deref(), now)
+        });
         let expected = IdTokenExpectations {
             issuer: &discovered.issuer,
             client_id: &provider.config.client_id,
             nonce: &transaction.nonce,
-            now: unix_now(),
+            now,
             clock_skew_secs: self.clock_skew_secs,
             max_token_bytes: self.max_token_bytes,
         };
@@ -503,23 +522,16 @@ impl Sso {
             tracing::info!(provider = %provider.config.name, reason, "Refused a login its provider's rules exclude");
             return Err(LoginAnswer::Page { status: 403, html: pages::refused(reason) });
         }
-        Ok((claims, Some(IdTokenHint::new(&id_token))))
+        Ok((claims, Some(IdTokenHint::new(&id_token)), tokens))
     }
 
-    /// `verify` with the keys of `issuer`; when that fails, once more with its keys fetched
-    /// again (it may have rotated them); `None` when its keys are not at hand.
+    /// `verify` with the keys of `issuer` (see [`verify_with_provider_keys`]).
     async fn verify_with_provider_keys<T, E>(
         &self,
         issuer: &str,
         verify: impl Fn(&KeySet) -> Result<T, E>,
     ) -> Option<Result<T, E>> {
-        let mut keys = self.keys.key_set(issuer);
-        let mut verified = keys.as_deref().map(&verify);
-        if !matches!(verified, Some(Ok(_))) && self.keys.refetch(issuer).await {
-            keys = self.keys.key_set(issuer);
-            verified = keys.as_deref().map(&verify);
-        }
-        verified
+        verify_with_provider_keys(&self.keys, issuer, verify).await
     }
 
     async fn sign_out(&self, request: EndpointRequest<'_>) -> LoginAnswer {
@@ -531,7 +543,7 @@ impl Sso {
                     Some((provider, session.id_token().cloned()))
                 });
             }
-            match self.sessions.end(&id).await {
+            match self.sessions.end(&id, SessionEnd::SignOut).await {
                 Ok(true) => tracing::info!("Ended a browser session at sign-out"),
                 Ok(false) => {}
                 // The cookie stays, so that signing out again ends the session once the store is back.
@@ -693,11 +705,13 @@ impl Sso {
         LoginAnswer::UserInfo { json: serde_json::Value::Object(json).to_string() }
     }
 
-    /// The session a request's cookie names, when it is open and its provider still configured.
+    /// The session a request's cookie names, when it is open and its provider still configured;
+    /// its access token refreshed when due (see [`Refresher::current`]).
     async fn session_of(&self, cookies: &[&str]) -> Option<Arc<Session>> {
         for id in cookie_values(cookies, &self.config.cookie_name).filter_map(SessionId::from_cookie_value) {
             if let Some(session) = self.sessions.get(&id).await
                 && self.provider_of(&session).is_some()
+                && let Some(session) = self.refresher.current(id, session).await
             {
                 return Some(session);
             }
@@ -709,11 +723,7 @@ impl Sso {
     /// session's issuer (a session stored before sessions named theirs: the provider of its
     /// issuer); `None` when no configured provider vouches for it any more.
     fn provider_of(&self, session: &Session) -> Option<&Provider> {
-        let issuer = session.claims().issuer();
-        match session.provider() {
-            Some(name) => self.provider(name).filter(|provider| provider.config.issuer() == issuer),
-            None => self.providers.iter().find(|provider| provider.config.issuer() == issuer),
-        }
+        provider_of(&self.providers, session)
     }
 
     /// The identity of the session a checked request carries, as policies reading `kept` see it.
@@ -732,16 +742,16 @@ impl Sso {
     }
 
     /// What the check of a request adds when single sign-on is on: on allow with a session, the
-    /// identity headers and the session cookie taken out of `Cookie`; on allow, client copies of
-    /// the identity headers stripped; on a deny of an anonymous visitor of a login site, the
-    /// login challenge.
+    /// identity headers (the access token too with `pass_access_token`, while it is valid) and
+    /// the session cookie taken out of `Cookie`; on allow, client copies of every identity header
+    /// stripped; on a deny of an anonymous visitor of a login site, the login challenge.
     pub fn complete(&self, decision: &mut Decision, http: &HttpRequest<'_>, session: Option<&Session>) {
         if decision.is_allow() {
             if let Some(session) = session {
-                self.add_identity_headers(decision, session.claims());
+                self.add_identity_headers(decision, session);
             }
             self.strip_session_cookie(decision, http);
-            for name in IDENTITY_HEADERS {
+            for name in self.config.headers.all() {
                 if !decision.headers_to_set.iter().any(|(set, _)| set.eq_ignore_ascii_case(name)) {
                     decision.headers_to_remove.push(name.into());
                 }
@@ -756,7 +766,12 @@ impl Sso {
         }
     }
 
-    fn add_identity_headers(&self, decision: &mut Decision, session: &SessionClaims) {
+    fn add_identity_headers(&self, decision: &mut Decision, session: &Session) {
+        let access_token = session
+            .tokens()
+            .filter(|tokens| self.config.pass_access_token && tokens.is_access_token_valid(unix_now()))
+            .map(|tokens| tokens.access_token().to_string());
+        let session = session.claims();
         let groups = match session.claims().get("groups") {
             Some(serde_json::Value::Array(items)) => {
                 Some(items.iter().filter_map(serde_json::Value::as_str).collect::<Vec<_>>().join(","))
@@ -765,16 +780,18 @@ impl Sso {
             _ => None,
         };
         let email = session.claim_text("email");
+        let names = &self.config.headers;
         let values = [
-            ("x-auth-request-user", Some(session.subject().to_string())),
-            ("x-auth-request-email", email.map(str::to_string)),
-            ("x-auth-request-groups", groups),
-            ("x-auth-request-preferred-username", session.claim_text("preferred_username").map(str::to_string)),
-            ("x-auth-user", Some(email.unwrap_or(session.subject()).to_string())),
+            (&names.user, Some(session.subject().to_string())),
+            (&names.email, email.map(str::to_string)),
+            (&names.groups, groups),
+            (&names.preferred_username, session.claim_text("preferred_username").map(str::to_string)),
+            (&names.plain_user, Some(email.unwrap_or(session.subject()).to_string())),
+            (&names.access_token, access_token),
         ];
         for (name, value) in values {
             if let Some(value) = value.filter(|value| is_header_text(value)) {
-                decision.headers_to_set.push((name.into(), value));
+                decision.headers_to_set.push((Arc::from(&**name), value));
             }
         }
     }
@@ -814,7 +831,7 @@ impl Sso {
     /// Keeps a login under way under a new `state`: in Redis when sessions are there, so that
     /// its callback may reach any replica.
     async fn open_login(&self, transaction: LoginTransaction) -> Result<SessionId, StoreError> {
-        match &self.sessions {
+        match &*self.sessions {
             Sessions::Redis(store) => store.open_login(&transaction.to_stored(), self.config.login_timeout).await,
             Sessions::Memory { .. } => self.logins.open(transaction, Instant::now()),
         }
@@ -822,7 +839,7 @@ impl Sso {
 
     /// The login under way `state` names, when there is one (its target checked again).
     async fn login(&self, state: &SessionId) -> Result<Option<Arc<LoginTransaction>>, StoreError> {
-        match &self.sessions {
+        match &*self.sessions {
             Sessions::Redis(store) => {
                 let stored = store.login(state).await?;
                 Ok(stored.and_then(|stored| self.restore_login(stored)).map(Arc::new))
@@ -833,7 +850,7 @@ impl Sso {
 
     /// Ends the login `state` names: true for the one caller that ended it.
     async fn take_login(&self, state: &SessionId) -> Result<bool, StoreError> {
-        match &self.sessions {
+        match &*self.sessions {
             Sessions::Redis(store) => store.take_login(state).await,
             Sessions::Memory { .. } => Ok(self.logins.take(state, Instant::now()).is_some()),
         }
@@ -868,6 +885,34 @@ impl Sso {
         }
         cookie
     }
+}
+
+/// The provider among `providers` a session was opened with (see [`Sso::provider_of`]).
+pub(super) fn provider_of<'p>(providers: &'p [Provider], session: &Session) -> Option<&'p Provider> {
+    let issuer = session.claims().issuer();
+    match session.provider() {
+        Some(name) => providers
+            .iter()
+            .find(|provider| *provider.config.name == *name)
+            .filter(|provider| provider.config.issuer() == issuer),
+        None => providers.iter().find(|provider| provider.config.issuer() == issuer),
+    }
+}
+
+/// `verify` with the provider's keys from `keys`; when that fails, once more with its keys
+/// fetched again (it may have rotated them); `None` when its keys are not at hand.
+pub(super) async fn verify_with_provider_keys<T, E>(
+    keys: &Arc<KeyStore>,
+    issuer: &str,
+    verify: impl Fn(&KeySet) -> Result<T, E>,
+) -> Option<Result<T, E>> {
+    let mut key_set = keys.key_set(issuer);
+    let mut verified = key_set.as_deref().map(&verify);
+    if !matches!(verified, Some(Ok(_))) && keys.refetch(issuer).await {
+        key_set = keys.key_set(issuer);
+        verified = key_set.as_deref().map(&verify);
+    }
+    verified
 }
 
 /// A browser navigation: GET or HEAD, asking for HTML, not sent by a script (`X-Requested-With`).

@@ -46,6 +46,50 @@ pub enum OidcError {
     /// The token endpoint's answer has no ID token.
     #[error("code exchange: the answer has no `id_token`")]
     NoIdToken,
+    /// The token endpoint refused or failed a refresh.
+    #[error("refresh: {0}")]
+    Refresh(OutboundError),
+    /// The token endpoint's answer to a refresh has no access token.
+    #[error("refresh: the answer has no `access_token`")]
+    NoAccessToken,
+}
+
+impl OidcError {
+    /// Whether the provider refused the grant itself (`invalid_grant`: the refresh token is
+    /// expired, revoked or used before; the provider ended the session).
+    pub fn is_invalid_grant(&self) -> bool {
+        matches!(self, Self::Refresh(OutboundError::OAuth { error, .. }) if &**error == "invalid_grant")
+    }
+}
+
+/// The tokens of a token endpoint's answer (never shown by `Debug`).
+pub struct TokenAnswer {
+    /// The ID token, when the answer has one (a refresh's answer may not).
+    pub id_token: Option<String>,
+    /// The access token, when the answer has one.
+    pub access_token: Option<String>,
+    /// The access token's lifetime in seconds, when given.
+    pub expires_in: Option<u64>,
+    /// The refresh token, when one was issued.
+    pub refresh_token: Option<String>,
+}
+
+impl std::fmt::Debug for TokenAnswer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenAnswer").field("expires_in", &self.expires_in).finish_non_exhaustive()
+    }
+}
+
+impl TokenAnswer {
+    fn of(answer: &Value) -> Self {
+        let text = |name: &str| answer.get(name).and_then(Value::as_str).map(str::to_string);
+        Self {
+            id_token: text("id_token"),
+            access_token: text("access_token"),
+            expires_in: answer.get("expires_in").and_then(Value::as_u64),
+            refresh_token: text("refresh_token"),
+        }
+    }
 }
 
 /// The provider, discovered on first use and remembered once discovery succeeded.
@@ -88,7 +132,7 @@ impl OidcClient {
     }
 
     /// Exchanges `code` at the token endpoint (client authenticated with its secret, the
-    /// login's PKCE verifier sent) for the ID token.
+    /// login's PKCE verifier sent) for the ID token and the access and refresh tokens.
     pub async fn exchange(
         &self,
         config: &ProviderConfig,
@@ -96,20 +140,47 @@ impl OidcClient {
         provider: &ProviderMetadata,
         code: &str,
         code_verifier: &str,
-    ) -> Result<String, OidcError> {
+    ) -> Result<TokenAnswer, OidcError> {
         let form = [
             ("grant_type", "authorization_code"),
             ("code", code),
             ("redirect_uri", redirect_url),
             ("code_verifier", code_verifier),
         ];
+        let answer = self.token_request(config, provider, &form).await.map_err(OidcError::Exchange)?;
+        let answer = TokenAnswer::of(&answer);
+        if answer.id_token.is_none() {
+            return Err(OidcError::NoIdToken);
+        }
+        Ok(answer)
+    }
+
+    /// Asks the token endpoint for a new access token with `refresh_token` (client
+    /// authenticated as for the code exchange).
+    pub async fn refresh(
+        &self,
+        config: &ProviderConfig,
+        provider: &ProviderMetadata,
+        refresh_token: &str,
+    ) -> Result<TokenAnswer, OidcError> {
+        let form = [("grant_type", "refresh_token"), ("refresh_token", refresh_token)];
+        let answer = self.token_request(config, provider, &form).await.map_err(OidcError::Refresh)?;
+        let answer = TokenAnswer::of(&answer);
+        if answer.access_token.is_none() {
+            return Err(OidcError::NoAccessToken);
+        }
+        Ok(answer)
+    }
+
+    /// POSTs `form` to the token endpoint, the client authenticated with its secret.
+    async fn token_request(
+        &self,
+        config: &ProviderConfig,
+        provider: &ProviderMetadata,
+        form: &[(&str, &str)],
+    ) -> Result<Value, OutboundError> {
         let client = Some((&*config.client_id, config.client_secret.expose()));
-        let answer = self
-            .outbound
-            .post_form_json(&provider.token_endpoint, &form, client, self.timeout)
-            .await
-            .map_err(OidcError::Exchange)?;
-        answer.get("id_token").and_then(Value::as_str).map(str::to_string).ok_or(OidcError::NoIdToken)
+        self.outbound.post_form_json(&provider.token_endpoint, form, client, self.timeout).await
     }
 }
 

@@ -1,4 +1,4 @@
-//! The Redis session store, shared by every replica: sessions and logins under way sealed under the SHA-256 of their id, an index from the provider's hashed session ids and subjects to the sessions (for back-channel logout), the logout tokens already used, a short-lived local copy per replica, ended sessions announced on a pub/sub channel, and a bounded grace for local copies while Redis cannot be reached; never writes a session id, token, key or password to Redis in clear, nor to a log line or a metric.
+//! The Redis session store, shared by every replica: sessions (with the provider's tokens) and logins under way sealed under the SHA-256 of their id, the lock that lets one replica at a time refresh a session's tokens, an index from the provider's hashed session ids and subjects to the sessions (for back-channel logout), the logout tokens already used, a short-lived local copy per replica, ended sessions announced on a pub/sub channel, and a bounded grace for local copies while Redis cannot be reached; never writes a session id, token, key or password to Redis in clear, nor to a log line or a metric.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 use super::config::{RedisConfig, RedisPassword};
 use super::envelope::KeyRing;
 use super::replay::HashedName;
-use super::session::{IdTokenHint, Session};
-use super::sessions::ProviderNames;
+use super::session::{IdTokenHint, ProviderTokens, Session};
+use super::sessions::{ProviderNames, SessionEnd};
 use super::store::{HashedId, SessionId, SessionStore, StoreError, StoreLimits};
 use crate::core::id_token::{SessionClaims, StoredLogin};
 use crate::redis_link::{RedisLink, Subscriber};
@@ -22,6 +22,16 @@ use crate::telemetry::Metrics;
 
 /// Fresh ids tried when one is taken already (256 random bits: never, in practice).
 const ID_ATTEMPTS: usize = 3;
+/// Rewrites a session (`ARGV[2]`, TTL `ARGV[3]` seconds) only while it still holds the value read
+/// before (`ARGV[1]`): 0 when it is gone, 2 when it changed meanwhile (new tokens another
+/// replica wrote stay), 1 when written.
+const TOUCH_SCRIPT: &str = "local current = redis.call('GET', KEYS[1]) \
+     if not current then return 0 end \
+     if current ~= ARGV[1] then return 2 end \
+     redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3]) return 1";
+/// Deletes a refresh lock only while it holds the value of the replica giving it back.
+const RELEASE_LOCK_SCRIPT: &str =
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
 /// The stored last use is rewritten at most this often per session and replica, so that
 /// sessions in use cost no Redis write per check.
 const IDLE_REFRESH_MAX: Duration = Duration::from_secs(60);
@@ -40,6 +50,12 @@ struct StoredSession {
     /// The name of the provider of the login (absent in sessions stored before it was kept).
     #[serde(default)]
     provider: Option<String>,
+    /// The provider's tokens (absent in sessions stored before they were kept).
+    #[serde(default)]
+    tokens: Option<ProviderTokens>,
+    /// The value as read, to rewrite it only while it is unchanged.
+    #[serde(skip)]
+    sealed: Vec<u8>,
 }
 
 /// A login under way, as Redis holds it (sealed as a session is, under the hash of its `state`),
@@ -83,6 +99,11 @@ impl Lifetimes {
     fn remaining(&self, opened: u64, last_used: u64, now: u64) -> u64 {
         let end = opened.saturating_add(self.max_secs).min(last_used.saturating_add(self.idle_secs));
         end.saturating_sub(now)
+    }
+
+    /// Which lifetime ended a session that has none left.
+    fn ended_by(&self, opened: u64, now: u64) -> SessionEnd {
+        if now >= opened.saturating_add(self.max_secs) { SessionEnd::MaxLifetime } else { SessionEnd::Idle }
     }
 
     /// How stale the stored last use may get before a read rewrites it.
@@ -236,18 +257,24 @@ impl RedisSessions {
         provider: &str,
         claims: SessionClaims,
         id_token: Option<IdTokenHint>,
+        tokens: Option<ProviderTokens>,
     ) -> Result<SessionId, StoreError> {
         let now = unix_now();
         let login = claims.to_stored();
         let index_keys = self.index_keys(&claims);
-        let id_token = id_token.as_ref().map(IdTokenHint::expose);
-        let session = Arc::new(Session::new(Some(provider), claims, id_token.map(IdTokenHint::new)));
+        let session = Arc::new(Session::new(Some(provider), claims, id_token, tokens));
         let ttl = self.lifetimes.remaining(now, now, now).max(1);
         for _ in 0..ID_ATTEMPTS {
             let id = SessionId::generate(&self.random).ok_or(StoreError::Random)?;
             let hashed = HashedId::of(&id);
-            let stored =
-                StoredSessionRef { login: &login, opened: now, last_used: now, id_token, provider: Some(provider) };
+            let stored = StoredSessionRef {
+                login: &login,
+                opened: now,
+                last_used: now,
+                id_token: session.id_token().map(IdTokenHint::expose),
+                provider: Some(provider),
+                tokens: session.tokens(),
+            };
             let sealed = self.seal(&stored, &hashed)?;
             let mut connection = self.connection.clone();
             let mut pipeline = redis::pipe();
@@ -259,6 +286,8 @@ impl RedisSessions {
             if created.is_some() {
                 let copy = LocalCopy { session, read_at: Instant::now(), opened: now, last_used: now };
                 self.copies.put(hashed, Arc::new(copy), Instant::now());
+                self.metrics.record_session_opened();
+                self.metrics.record_sessions_held(self.copies.len());
                 return Ok(id);
             }
         }
@@ -312,7 +341,10 @@ impl RedisSessions {
         }
         pipeline.del(&index).ignore();
         let deleted: Vec<u64> = self.bounded("end named", pipeline.query_async(&mut connection)).await?;
-        Ok(deleted.into_iter().filter(|deleted| *deleted > 0).count())
+        let ended = deleted.into_iter().filter(|deleted| *deleted > 0).count();
+        self.metrics.record_session_ended(SessionEnd::BackChannel.as_str(), ended);
+        self.metrics.record_sessions_held(self.copies.len());
+        Ok(ended)
     }
 
     /// True the first time the logout token `id` is offered within `window` (on any replica);
@@ -332,14 +364,93 @@ impl RedisSessions {
 
     /// Ends the session `id` names in Redis and tells every replica; `Unavailable` when Redis
     /// cannot be reached (the session may then still be open).
-    pub async fn end(&self, id: &SessionId) -> Result<bool, StoreError> {
+    pub async fn end(&self, id: &SessionId, reason: SessionEnd) -> Result<bool, StoreError> {
         let hashed = HashedId::of(id);
         self.copies.end(&hashed);
+        self.metrics.record_sessions_held(self.copies.len());
         let mut connection = self.connection.clone();
         let mut pipeline = redis::pipe();
         pipeline.atomic().del(self.key(&hashed)).publish(&*self.channel, hashed.to_hex());
         let (deleted, _listeners): (u64, u64) = self.bounded("end", pipeline.query_async(&mut connection)).await?;
+        self.metrics.record_session_ended(reason.as_str(), usize::from(deleted > 0));
         Ok(deleted > 0)
+    }
+
+    /// The session `id` names as Redis holds it now, whatever the local copy says (kept as the
+    /// new local copy); `None` when it ended. Its last use is not written.
+    pub async fn read_fresh(&self, id: &SessionId) -> Result<Option<Arc<Session>>, StoreError> {
+        let hashed = HashedId::of(id);
+        let previous = self.copies.get(&hashed, Instant::now());
+        match self.read(&hashed).await? {
+            Some(stored) => Ok(self.keep_as_read(hashed, stored, previous.as_deref(), unix_now())),
+            None => {
+                self.copies.end(&hashed);
+                Ok(None)
+            }
+        }
+    }
+
+    /// Writes `session` (new tokens, perhaps new claims) in place of the session `id` names,
+    /// only while it exists, keeping its lifetimes; tells every replica to read it again.
+    /// `None` when the session ended meanwhile.
+    pub async fn write_refreshed(&self, id: &SessionId, session: Session) -> Result<Option<Arc<Session>>, StoreError> {
+        let hashed = HashedId::of(id);
+        let Some(stored) = self.read(&hashed).await? else { return Ok(None) };
+        let login = session.claims().to_stored();
+        let (opened, last_used) = (stored.opened, stored.last_used);
+        let written = StoredSessionRef {
+            login: &login,
+            opened,
+            last_used,
+            id_token: session.id_token().map(IdTokenHint::expose),
+            provider: session.provider(),
+            tokens: session.tokens(),
+        };
+        let sealed = self.seal(&written, &hashed)?;
+        let mut connection = self.connection.clone();
+        let mut pipeline = redis::pipe();
+        pipeline.atomic().cmd("SET").arg(self.key(&hashed)).arg(sealed).arg("XX").arg("KEEPTTL");
+        pipeline.publish(&*self.channel, hashed.to_hex()).ignore();
+        let (written,): (Option<String>,) =
+            self.bounded("write refreshed", pipeline.query_async(&mut connection)).await?;
+        if written.is_none() {
+            self.copies.end(&hashed);
+            return Ok(None);
+        }
+        let session = Arc::new(session);
+        let copy = LocalCopy { session: session.clone(), read_at: Instant::now(), opened, last_used };
+        self.copies.put(hashed, Arc::new(copy), Instant::now());
+        Ok(Some(session))
+    }
+
+    /// Takes the lock that lets one replica at a time refresh the session `id` names, for at
+    /// most `hold` (`SET NX PX`); `None` when another holds it.
+    pub async fn lock_refresh(&self, id: &SessionId, hold: Duration) -> Result<Option<RefreshLock>, StoreError> {
+        let owner = SessionId::generate(&self.random).ok_or(StoreError::Random)?.to_cookie_value();
+        let key = self.refresh_lock_key(&HashedId::of(id));
+        let millis = u64::try_from(hold.as_millis()).unwrap_or(u64::MAX).max(1);
+        let command = redis::cmd("SET").arg(&key).arg(&owner).arg("NX").arg("PX").arg(millis).clone();
+        let mut connection = self.connection.clone();
+        let taken: Option<String> = self.bounded("lock refresh", command.query_async(&mut connection)).await?;
+        Ok(taken.map(|_| RefreshLock { key, owner }))
+    }
+
+    /// Gives the lock back, when this replica still holds it (it may have run out).
+    pub async fn unlock_refresh(&self, lock: RefreshLock) {
+        let command = redis::cmd("EVAL").arg(RELEASE_LOCK_SCRIPT).arg(1).arg(&lock.key).arg(&lock.owner).clone();
+        let mut connection = self.connection.clone();
+        let _: Result<u64, _> = self.bounded("unlock refresh", command.query_async(&mut connection)).await;
+    }
+
+    /// Whether some replica holds the refresh lock of the session `id` names.
+    pub async fn is_refresh_locked(&self, id: &SessionId) -> Result<bool, StoreError> {
+        let mut connection = self.connection.clone();
+        let key = self.refresh_lock_key(&HashedId::of(id));
+        self.bounded("read refresh lock", connection.exists(key)).await
+    }
+
+    fn refresh_lock_key(&self, hashed: &HashedId) -> String {
+        format!("{}refresh-lock:{}", self.key_prefix, hashed.to_hex())
     }
 
     /// What is wrong with the store now, when something is.
@@ -365,7 +476,10 @@ impl RedisSessions {
     async fn read(&self, hashed: &HashedId) -> Result<Option<StoredSession>, StoreError> {
         let mut connection = self.connection.clone();
         let sealed: Option<Vec<u8>> = self.bounded("read", connection.get(self.key(hashed))).await?;
-        Ok(sealed.and_then(|sealed| self.unseal(&sealed, hashed)))
+        Ok(sealed.and_then(|sealed| {
+            let stored: StoredSession = self.unseal(&sealed, hashed)?;
+            Some(StoredSession { sealed, ..stored })
+        }))
     }
 
     /// What `sealed` holds, when it opens for `hashed`; else logged (without its content),
@@ -387,57 +501,80 @@ impl RedisSessions {
     async fn keep(
         &self,
         hashed: HashedId,
-        stored: StoredSession,
+        mut stored: StoredSession,
         previous: Option<&LocalCopy>,
         now: u64,
     ) -> Option<Arc<Session>> {
-        let StoredSession { login, opened, last_used, id_token, provider } = stored;
-        if self.lifetimes.remaining(opened, last_used, now) == 0 {
-            self.copies.end(&hashed);
-            return None;
+        if self.lifetimes.remaining(stored.opened, stored.last_used, now) == 0 {
+            return self.keep_as_read(hashed, stored, previous, now);
         }
-        let last_used = if now.saturating_sub(last_used) >= self.lifetimes.refresh_after_secs() {
-            let written = StoredSessionRef {
-                login: &login,
-                opened,
-                last_used: now,
-                id_token: id_token.as_deref(),
-                provider: provider.as_deref(),
-            };
-            match self.refresh(&hashed, &written).await {
-                Ok(true) => now,
+        if now.saturating_sub(stored.last_used) >= self.lifetimes.refresh_after_secs() {
+            match self.touch(&hashed, &stored, now).await {
+                Ok(true) => stored.last_used = now,
                 Ok(false) => {
                     self.copies.end(&hashed);
                     return None;
                 }
-                Err(_) => last_used,
+                Err(_) => {}
             }
-        } else {
-            last_used
-        };
-        // A session's login never changes: the copy before keeps its built identity.
-        let session = match previous.filter(|copy| copy.opened == opened) {
+        }
+        self.keep_as_read(hashed, stored, previous, now)
+    }
+
+    /// A session read from Redis kept as the local copy, as it was read, when it is still within
+    /// its lifetimes (an expired one is counted as ended).
+    fn keep_as_read(
+        &self,
+        hashed: HashedId,
+        stored: StoredSession,
+        previous: Option<&LocalCopy>,
+        now: u64,
+    ) -> Option<Arc<Session>> {
+        let StoredSession { login, opened, last_used, id_token, provider, tokens, .. } = stored;
+        if self.lifetimes.remaining(opened, last_used, now) == 0 {
+            self.copies.end(&hashed);
+            self.metrics.record_session_ended(self.lifetimes.ended_by(opened, now).as_str(), 1);
+            self.metrics.record_sessions_held(self.copies.len());
+            return None;
+        }
+        // Unless its tokens were refreshed, the copy before keeps its built identity.
+        let unchanged = previous.filter(|copy| copy.opened == opened && copy.session.tokens() == tokens.as_ref());
+        let session = match unchanged {
             Some(copy) => copy.session.clone(),
             None => Arc::new(Session::new(
                 provider.as_deref(),
                 SessionClaims::from_stored(login).ok()?,
                 id_token.as_deref().map(IdTokenHint::new),
+                tokens,
             )),
         };
         let copy = LocalCopy { session: session.clone(), read_at: Instant::now(), opened, last_used };
         self.copies.put(hashed, Arc::new(copy), Instant::now());
+        self.metrics.record_sessions_held(self.copies.len());
         Some(session)
     }
 
-    /// Writes `session` (its last use now), only while it exists (an ended session is never
-    /// brought back); false when it no longer does.
-    async fn refresh(&self, hashed: &HashedId, session: &StoredSessionRef<'_>) -> Result<bool, StoreError> {
-        let sealed = self.seal(session, hashed)?;
-        let ttl = self.lifetimes.remaining(session.opened, session.last_used, session.last_used).max(1);
+    /// Writes the session's last use as `now`, only while it holds what was read (an ended
+    /// session is never brought back, tokens another replica refreshed meanwhile are never
+    /// overwritten with the old ones); false when it no longer exists.
+    async fn touch(&self, hashed: &HashedId, stored: &StoredSession, now: u64) -> Result<bool, StoreError> {
+        let StoredSession { login, opened, id_token, provider, tokens, sealed: read, .. } = stored;
+        let opened = *opened;
+        let written = StoredSessionRef {
+            login,
+            opened,
+            last_used: now,
+            id_token: id_token.as_deref(),
+            provider: provider.as_deref(),
+            tokens: tokens.as_ref(),
+        };
+        let sealed = self.seal(&written, hashed)?;
+        let ttl = self.lifetimes.remaining(opened, now, now).max(1);
         let mut connection = self.connection.clone();
-        let command = redis::cmd("SET").arg(self.key(hashed)).arg(sealed).arg("XX").arg("EX").arg(ttl).clone();
-        let written: Option<String> = self.bounded("refresh", command.query_async(&mut connection)).await?;
-        Ok(written.is_some())
+        let command =
+            redis::cmd("EVAL").arg(TOUCH_SCRIPT).arg(1).arg(self.key(hashed)).arg(read).arg(sealed).arg(ttl).clone();
+        let outcome: u8 = self.bounded("write last use", command.query_async(&mut connection)).await?;
+        Ok(outcome != 0)
     }
 
     /// `value` as JSON, sealed for `hashed`.
@@ -510,6 +647,15 @@ struct StoredSessionRef<'s> {
     last_used: u64,
     id_token: Option<&'s str>,
     provider: Option<&'s str>,
+    tokens: Option<&'s ProviderTokens>,
+}
+
+/// The refresh lock of one session, held by this replica: its key and the random value that
+/// says it is this replica's.
+#[derive(Debug)]
+pub struct RefreshLock {
+    key: String,
+    owner: String,
 }
 
 #[cfg(test)]

@@ -1,4 +1,4 @@
-//! One signed-in person's session: the claims its login's ID token gave, the ID token itself (sent back to the provider at sign-out, never shown), and the identity the live policy set sees, built once per policy set instead of at every check.
+//! One signed-in person's session: the claims its login's ID token gave, the ID token itself (sent back to the provider at sign-out, never shown), the provider's access and refresh tokens (never shown), and the identity the live policy set sees, built once per policy set instead of at every check.
 
 use std::fmt;
 use std::sync::Arc;
@@ -39,6 +39,66 @@ impl fmt::Debug for IdTokenHint {
     }
 }
 
+/// The provider's tokens of a session: the access token, when it expires, and the refresh
+/// token that gets a new one; `Debug` never shows a token.
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ProviderTokens {
+    access_token: Box<str>,
+    /// Seconds since the epoch; `None` when the provider did not say (`expires_in`).
+    expires_at: Option<u64>,
+    /// Seconds since the epoch when the access token was received.
+    received_at: u64,
+    refresh_token: Option<Box<str>>,
+}
+
+impl ProviderTokens {
+    /// The tokens of a token endpoint's answer received at `now`: the access token, its
+    /// `expires_in`, the refresh token when one was issued.
+    pub fn new(access_token: &str, expires_in: Option<u64>, refresh_token: Option<&str>, now: u64) -> Self {
+        Self {
+            access_token: access_token.into(),
+            expires_at: expires_in.map(|secs| now.saturating_add(secs)),
+            received_at: now,
+            refresh_token: refresh_token.map(Into::into),
+        }
+    }
+
+    /// The access token, for the app's header and the sealed store only.
+    pub fn access_token(&self) -> &str {
+        &self.access_token
+    }
+
+    /// The refresh token, for the token endpoint and the sealed store only.
+    pub fn refresh_token(&self) -> Option<&str> {
+        self.refresh_token.as_deref()
+    }
+
+    /// When the access token expires (seconds since the epoch), when the provider said.
+    pub fn expires_at(&self) -> Option<u64> {
+        self.expires_at
+    }
+
+    /// How long the access token was issued for, when the provider said.
+    pub fn lifetime_secs(&self) -> Option<u64> {
+        self.expires_at.map(|end| end.saturating_sub(self.received_at))
+    }
+
+    /// Whether the access token is still valid at `now` (one without an expiry is).
+    pub fn is_access_token_valid(&self, now: u64) -> bool {
+        self.expires_at.is_none_or(|end| now < end)
+    }
+}
+
+impl fmt::Debug for ProviderTokens {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProviderTokens")
+            .field("access_token", &"[redacted]")
+            .field("expires_at", &self.expires_at)
+            .field("refresh_token", &self.refresh_token.as_ref().map(|_| "[redacted]"))
+            .finish()
+    }
+}
+
 /// A session's login, and its identity as last built.
 #[derive(Debug)]
 pub struct Session {
@@ -47,19 +107,32 @@ pub struct Session {
     provider: Option<Box<str>>,
     claims: SessionClaims,
     id_token: Option<IdTokenHint>,
+    tokens: Option<ProviderTokens>,
     identity: ArcSwapOption<BuiltIdentity>,
 }
 
 impl Session {
     /// The session of a login at `provider` whose ID token `id_token` gave `claims` (`None`: a
-    /// provider without ID tokens, or a session stored before ID tokens were kept).
-    pub fn new(provider: Option<&str>, claims: SessionClaims, id_token: Option<IdTokenHint>) -> Self {
-        Self { provider: provider.map(Into::into), claims, id_token, identity: ArcSwapOption::empty() }
+    /// provider without ID tokens, or a session stored before ID tokens were kept), with the
+    /// provider's `tokens` (`None`: stored before they were kept, or the provider gave no access
+    /// token).
+    pub fn new(
+        provider: Option<&str>,
+        claims: SessionClaims,
+        id_token: Option<IdTokenHint>,
+        tokens: Option<ProviderTokens>,
+    ) -> Self {
+        Self { provider: provider.map(Into::into), claims, id_token, tokens, identity: ArcSwapOption::empty() }
     }
 
     /// The name of the provider the person logged in with, when the session knows it.
     pub fn provider(&self) -> Option<&str> {
         self.provider.as_deref()
+    }
+
+    /// The provider's tokens, when kept.
+    pub fn tokens(&self) -> Option<&ProviderTokens> {
+        self.tokens.as_ref()
     }
 
     /// What the login's ID token said.
@@ -121,10 +194,12 @@ mod tests {
             clock_skew_secs: 60,
             max_token_bytes: 8192,
         };
+        let tokens = ProviderTokens::new("access-secret", Some(300), Some("refresh-secret"), NOW);
         Session::new(
             Some("default"),
             id_token::verify(&token, &keys, &expected).unwrap(),
             Some(IdTokenHint::new(&token)),
+            Some(tokens),
         )
     }
 
@@ -144,6 +219,21 @@ mod tests {
         let hint = session.id_token().unwrap();
         assert_eq!(format!("{hint:?}"), "IdTokenHint([redacted])");
         assert!(!format!("{session:?}").contains(hint.expose()));
+    }
+
+    #[test]
+    fn a_session_never_shows_its_access_or_refresh_token() {
+        let shown = format!("{:?}", alice());
+        assert!(!shown.contains("access-secret") && !shown.contains("refresh-secret"), "{shown}");
+        assert!(shown.contains("[redacted]"), "{shown}");
+    }
+
+    #[test]
+    fn an_access_token_is_valid_until_its_expiry_and_one_without_expiry_always_is() {
+        let tokens = ProviderTokens::new("a", Some(300), None, NOW);
+        assert_eq!((tokens.expires_at(), tokens.lifetime_secs()), (Some(NOW + 300), Some(300)));
+        assert!(tokens.is_access_token_valid(NOW + 299) && !tokens.is_access_token_valid(NOW + 300));
+        assert!(ProviderTokens::new("a", None, None, NOW).is_access_token_valid(u64::MAX));
     }
 
     #[test]

@@ -95,6 +95,26 @@ pub enum StoreError {
     Unavailable,
 }
 
+/// Which lifetime ended a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    /// Not used for the idle timeout.
+    Idle,
+    /// Opened longer ago than the absolute lifetime.
+    MaxLifetime,
+}
+
+/// What a lookup found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Lookup<T> {
+    /// The open session.
+    Found(Arc<T>),
+    /// No session under that id.
+    Missing,
+    /// A session that had just expired, and is ended now.
+    Expired(Expiry),
+}
+
 /// How long sessions live and how many are kept.
 #[derive(Debug, Clone, Copy)]
 pub struct StoreLimits {
@@ -163,22 +183,49 @@ impl<T, K: Copy + Eq + Hash> SessionStore<T, K> {
     /// The session `id` names, when it is open and within its lifetimes at `now`; its use is
     /// recorded. An expired session is ended.
     pub fn get(&self, id: &K, now: Instant) -> Option<Arc<T>> {
+        match self.lookup(id, now) {
+            Lookup::Found(value) => Some(value),
+            Lookup::Missing | Lookup::Expired(_) => None,
+        }
+    }
+
+    /// [`Self::get`], saying which lifetime ended an expired session.
+    pub fn lookup(&self, id: &K, now: Instant) -> Lookup<T> {
         let mut sessions = self.lock();
-        let entry = sessions.by_id.get(id)?;
+        let Some(entry) = sessions.by_id.get(id) else { return Lookup::Missing };
         let idle = now.saturating_duration_since(entry.last_used);
         let age = now.saturating_duration_since(entry.opened);
-        if idle >= self.limits.idle_timeout || age >= self.limits.max_lifetime {
+        let expired = if age >= self.limits.max_lifetime {
+            Some(Expiry::MaxLifetime)
+        } else if idle >= self.limits.idle_timeout {
+            Some(Expiry::Idle)
+        } else {
+            None
+        };
+        if let Some(expiry) = expired {
             sessions.end(id);
-            return None;
+            return Lookup::Expired(expiry);
         }
         let old_tick = entry.tick;
         let tick = sessions.take_tick();
         sessions.by_use.remove(&old_tick);
         sessions.by_use.insert(tick, *id);
-        let entry = sessions.by_id.get_mut(id)?;
+        let Some(entry) = sessions.by_id.get_mut(id) else { return Lookup::Missing };
         entry.tick = tick;
         entry.last_used = now;
-        Some(entry.value.clone())
+        Lookup::Found(entry.value.clone())
+    }
+
+    /// Puts `value` in place of what `id` holds, keeping its lifetimes and place in the use
+    /// order; false (and nothing kept) when `id` holds nothing.
+    pub fn replace(&self, id: &K, value: Arc<T>) -> bool {
+        match self.lock().by_id.get_mut(id) {
+            Some(entry) => {
+                entry.value = value;
+                true
+            }
+            None => false,
+        }
     }
 
     /// Ends the session `id` names and hands back what it held, when it was still open: of two
@@ -223,6 +270,11 @@ impl<T> SessionStore<T, SessionId> {
     /// Opens a session holding `value` under a new id (never one in use), ending the least
     /// recently used session first when the store is full.
     pub fn open(&self, value: T, now: Instant) -> Result<SessionId, StoreError> {
+        self.open_evicting(value, now).map(|(id, _)| id)
+    }
+
+    /// [`Self::open`], also saying how many sessions it ended to make room.
+    pub fn open_evicting(&self, value: T, now: Instant) -> Result<(SessionId, usize), StoreError> {
         let mut sessions = self.lock();
         let id = loop {
             let id = SessionId::generate(&self.random).ok_or(StoreError::Random)?;
@@ -230,8 +282,8 @@ impl<T> SessionStore<T, SessionId> {
                 break id;
             }
         };
-        sessions.insert(id, Arc::new(value), now, self.limits.max_sessions);
-        Ok(id)
+        let evicted = sessions.insert(id, Arc::new(value), now, self.limits.max_sessions);
+        Ok((id, evicted))
     }
 }
 
@@ -242,15 +294,18 @@ impl<T, K: Copy + Eq + Hash> Sessions<T, K> {
     }
 
     /// Keeps `value` under `id`, which holds nothing, after ending the least recently used
-    /// sessions beyond `max_sessions - 1`.
-    fn insert(&mut self, id: K, value: Arc<T>, now: Instant, max_sessions: usize) {
+    /// sessions beyond `max_sessions - 1`; how many it ended.
+    fn insert(&mut self, id: K, value: Arc<T>, now: Instant, max_sessions: usize) -> usize {
+        let mut evicted = 0;
         while self.by_id.len() >= max_sessions {
             let Some((_, oldest)) = self.by_use.pop_first() else { break };
             self.by_id.remove(&oldest);
+            evicted += 1;
         }
         let tick = self.take_tick();
         self.by_use.insert(tick, id);
         self.by_id.insert(id, Entry { value, opened: now, last_used: now, tick });
+        evicted
     }
 
     fn end(&mut self, id: &K) -> bool {
@@ -317,6 +372,33 @@ mod tests {
         }
         assert_eq!(store.get(&busy, start + Duration::from_secs(600)), None, "600 s after login");
         assert!(store.is_empty(), "expired sessions are ended when found");
+    }
+
+    #[test]
+    fn an_expired_session_says_which_lifetime_ended_it_and_a_full_store_says_how_many_it_ended() {
+        let store = store(1);
+        let start = Instant::now();
+        let (idle, evicted) = store.open_evicting("idle", start).unwrap();
+        assert_eq!(evicted, 0);
+        assert_eq!(store.lookup(&idle, start + Duration::from_secs(60)), Lookup::Expired(Expiry::Idle));
+        assert_eq!(store.lookup(&idle, start), Lookup::Missing, "ended when found expired");
+        let (old, _) = store.open_evicting("old", start).unwrap();
+        assert_eq!(store.lookup(&old, start + Duration::from_secs(600)), Lookup::Expired(Expiry::MaxLifetime));
+        let (first, _) = store.open_evicting("first", start).unwrap();
+        let (_, evicted) = store.open_evicting("second", start).unwrap();
+        assert_eq!((evicted, store.get(&first, start)), (1, None));
+    }
+
+    #[test]
+    fn a_replaced_session_keeps_its_lifetimes_and_an_ended_one_is_not_brought_back() {
+        let store = store(10);
+        let start = Instant::now();
+        let id = store.open("before", start).unwrap();
+        assert!(store.replace(&id, Arc::new("after")));
+        assert_eq!(store.get(&id, start + Duration::from_secs(59)).as_deref(), Some(&"after"));
+        assert_eq!(store.get(&id, start + Duration::from_secs(600)), None, "the login's lifetime still counts");
+        assert!(!store.replace(&id, Arc::new("again")), "ended: nothing kept");
+        assert!(store.is_empty());
     }
 
     #[test]

@@ -115,18 +115,26 @@ class Idp:
 
 
 def start_idp(
-    log: Path, port: int = 0, realm: str = REALM, sso_redirect_uri: str | None = None, id_token_roles: bool = False
+    log: Path,
+    port: int = 0,
+    realm: str = REALM,
+    sso_redirect_uri: str | None = None,
+    sso_refresh_ttl: int | None = None,
+    id_token_roles: bool = False,
 ) -> Idp:
     """Start tests/oidc/idp.mjs and wait for its `ready` line (JSON with the issuer).
 
     sso_redirect_uri: serve browser logins (the `portcullis-sso` client) back to this URL.
     id_token_roles: the browser logins' ID tokens carry Keycloak's realm_access and resource_access.
+    sso_refresh_ttl: give that client rotating refresh tokens and access tokens of this many seconds.
     """
     command = [node_binary(), str(IDP_SCRIPT), "--port", str(port), "--realm", realm]
     if sso_redirect_uri:
         command += ["--sso-redirect-uri", sso_redirect_uri]
     if id_token_roles:
         command += ["--sso-id-token-roles"]
+    if sso_refresh_ttl is not None:
+        command += ["--sso-refresh-ttl", str(sso_refresh_ttl)]
     with log.open("wb") as log_file:
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log_file, cwd=REPO_ROOT)
     PROCESS_LOGS[log.stem] = log

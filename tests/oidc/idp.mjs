@@ -2,6 +2,7 @@
 //
 //   node tests/oidc/idp.mjs [--port P] [--realm jobs] [--ttl SECONDS] [--sso-redirect-uri URL]
 //                           [--sso-id-token-roles]
+//                           [--sso-refresh-ttl SECONDS]
 //
 // The provider is `oidc-provider` (panva, OpenID Certified); this file only configures it. It
 // serves one realm on 127.0.0.1:P with the URLs a Keycloak realm has:
@@ -46,6 +47,11 @@
 //   URL. Back-Channel Logout is on: once a URI is set with /admin/backchannel-logout, signing out
 //   at the provider POSTs a logout token (with sid and sub) there. Loopback addresses are allowed
 //   as its target (oidc-provider refuses them by default).
+// Refresh (only with --sso-redirect-uri and --sso-refresh-ttl SECONDS): portcullis-sso may use
+//   grant_type=refresh_token; its code exchange answers with a refresh token (without asking for
+//   offline_access, as Keycloak does for a confidential client), its access tokens live SECONDS,
+//   and each refresh rotates the refresh token: a spent one is refused (invalid_grant) and, as
+//   oidc-provider does with a reused refresh token, revokes the whole grant.
 // Opaque tokens (introspection and revocation, always on):
 //   client:  jobs-bot, secret `bot-secret` (client_secret_basic), grant client_credentials, scopes
 //            `jobs:read jobs:write`: its access tokens are opaque (oidc-provider's default for
@@ -88,6 +94,13 @@
 //                                    last was (ms since the epoch): {"discovery": n, "jwks": n,
 //                                    "token": n, "introspection": n, "last_jwks_ms": t}
 //   POST /admin/jwks-status?code=503 make the JWKS endpoint answer that status (code=200: normal)
+//   POST /admin/token-delay?ms=N     the token endpoint answers N ms late (0: at once), so that
+//                                    requests from several clients overlap
+//   GET  /admin/refreshes            the refresh_token grants asked for, and how many were refused:
+//                                    {"grants": n, "refused": n}
+//   POST /admin/revoke-sso-grants    revokes every grant of portcullis-sso (as an administrator
+//                                    ending a person's sessions would): their refresh tokens are
+//                                    refused from then on. Answers {"revoked": n}
 //   POST /admin/backchannel-logout?uri=URL  portcullis-sso's backchannel_logout_uri (uri empty:
 //                                    none); the provider is rebuilt, its sessions are kept
 //   POST /admin/sign[?foreign=1]     the JSON body (claims) signed as the realm signs its tokens
@@ -109,6 +122,7 @@ const { values: args } = parseArgs({
     ttl: { type: 'string', default: '300' },
     'sso-redirect-uri': { type: 'string' },
     'sso-id-token-roles': { type: 'boolean', default: false },
+    'sso-refresh-ttl': { type: 'string' },
   },
 });
 
@@ -120,6 +134,8 @@ const DEFAULT_SCOPE = 'openid profile email';
 const SSO_CLIENT = 'portcullis-sso';
 const SSO_REDIRECT_URI = args['sso-redirect-uri'];
 const SSO_ID_TOKEN_ROLES = args['sso-id-token-roles'];
+const SSO_REFRESH = Boolean(SSO_REDIRECT_URI && args['sso-refresh-ttl']);
+const SSO_ACCESS_TOKEN_TTL = Number(args['sso-refresh-ttl'] ?? ACCESS_TOKEN_TTL);
 const INTROSPECTION_CLIENT = 'portcullis-introspect';
 const INTROSPECTION_SCOPES = ['jobs:read', 'jobs:write'];
 const SERVICE_SCOPES = ['microservice-a', 'microservice-b'].flatMap((service) => ['read', 'write'].map((action) => `${service}:resource:${action}`));
@@ -276,7 +292,7 @@ function ssoClients() {
     client_id: SSO_CLIENT,
     client_secret: 'sso-secret',
     token_endpoint_auth_method: 'client_secret_basic',
-    grant_types: ['authorization_code'],
+    grant_types: SSO_REFRESH ? ['authorization_code', 'refresh_token'] : ['authorization_code'],
     response_types: ['code'],
     redirect_uris: [SSO_REDIRECT_URI],
     post_logout_redirect_uris: [new URL('/signed-out', SSO_REDIRECT_URI).href],
@@ -408,7 +424,13 @@ function buildProvider(issuer) {
       token: '/protocol/openid-connect/token',
       userinfo: '/protocol/openid-connect/userinfo',
     },
-    ttl: { AccessToken: ACCESS_TOKEN_TTL },
+    ttl: {
+      AccessToken: (ctx, token, client) => (SSO_REFRESH && client?.clientId === SSO_CLIENT ? SSO_ACCESS_TOKEN_TTL : ACCESS_TOKEN_TTL),
+    },
+    // portcullis-sso (with --sso-refresh-ttl) gets a refresh token without asking for offline_access.
+    issueRefreshToken: async (ctx, client, code) => client.grantTypeAllowed('refresh_token')
+      && (client.clientId === SSO_CLIENT || code.scopes.has('offline_access')),
+    rotateRefreshToken: true,
     features: {
       devInteractions: { enabled: Boolean(SSO_REDIRECT_URI) },
       rpInitiatedLogout: { enabled: true },
@@ -455,12 +477,23 @@ function buildProvider(issuer) {
   provider.on('server_error', (ctx, err) => console.error('oidc-provider server_error:', err));
   provider.on('grant.error', (ctx, err) => console.error('oidc-provider grant.error:', err.message, err.error_description ?? ''));
   provider.on('backchannel.error', (ctx, err) => console.error('oidc-provider backchannel.error:', err.message));
+  provider.on('grant.saved', (grant) => { if (grant.clientId === SSO_CLIENT) ssoGrants.add(grant.jti); });
+  provider.on('grant.success', (ctx) => { if (ctx.oidc.params?.grant_type === 'refresh_token') refreshes.grants += 1; });
+  provider.on('grant.error', (ctx) => {
+    if (ctx.oidc?.params?.grant_type === 'refresh_token') {
+      refreshes.grants += 1;
+      refreshes.refused += 1;
+    }
+  });
   return { provider, handle: provider.callback() };
 }
 
 // ---------------------------------------------------------------- HTTP
 
 const stats = { discovery: 0, jwks: 0, token: 0, introspection: 0, last_jwks_ms: null };
+const refreshes = { grants: 0, refused: 0 };
+let tokenDelayMs = 0;
+const ssoGrants = new Set(); // ids of portcullis-sso's grants, for /admin/revoke-sso-grants
 let jwksStatus = 200;
 let issuer;
 let current; // { provider, handle }: rebuilt when the keys change
@@ -536,6 +569,23 @@ async function admin(req, res, url) {
     return sendJson(res, 200, keyInfo());
   }
   if (route === 'GET /admin/keys') return sendJson(res, 200, keyInfo());
+  if (route === 'GET /admin/refreshes') return sendJson(res, 200, refreshes);
+  if (route === 'POST /admin/token-delay') {
+    tokenDelayMs = Math.max(0, Number(url.searchParams.get('ms') ?? '0')) || 0;
+    return sendJson(res, 200, { token_delay_ms: tokenDelayMs });
+  }
+  if (route === 'POST /admin/revoke-sso-grants') {
+    let revoked = 0;
+    for (const id of ssoGrants) {
+      const grant = await current.provider.Grant.find(id);
+      if (grant) {
+        await grant.destroy();
+        revoked += 1;
+      }
+    }
+    ssoGrants.clear();
+    return sendJson(res, 200, { revoked });
+  }
   if (route === 'GET /admin/stats') return sendJson(res, 200, stats);
   if (route === 'POST /admin/jwks-status') {
     const code = Number(url.searchParams.get('code') ?? '200');
@@ -560,7 +610,19 @@ const server = http.createServer((req, res) => {
     stats.last_jwks_ms = Date.now();
     if (jwksStatus !== 200) return sendJson(res, jwksStatus, { error: 'unavailable' });
   }
-  if (inner === '/protocol/openid-connect/token') stats.token += 1;
+  if (inner === '/protocol/openid-connect/token') {
+    stats.token += 1;
+    if (tokenDelayMs > 0) {
+      req.pause();
+      setTimeout(() => {
+        req.originalUrl = req.url;
+        req.url = req.url.slice(PREFIX.length) || '/';
+        req.resume();
+        current.handle(req, res);
+      }, tokenDelayMs);
+      return undefined;
+    }
+  }
   if (inner === '/protocol/openid-connect/token/introspect') stats.introspection += 1;
   // Mount the provider under PREFIX, as Express does: oidc-provider reads the mount path from
   // req.originalUrl minus req.url.
