@@ -365,7 +365,11 @@ impl Site {
     pub fn parse(entry: &str) -> Option<Self> {
         let (host, with_subdomains) = entry.strip_prefix('.').map_or((entry, false), |host| (host, true));
         let is_host = AllowedDomain::parse(host).is_ok() && !host.contains(':');
-        is_host.then(|| Self { host: host.to_ascii_lowercase().into(), with_subdomains, anonymous: AnonymousAnswer::default() })
+        is_host.then(|| Self {
+            host: host.to_ascii_lowercase().into(),
+            with_subdomains,
+            anonymous: AnonymousAnswer::default(),
+        })
     }
 
     /// Whether `host` (a `Host` header, with or without its port) is this site.
