@@ -108,7 +108,7 @@ fn job_board_check(c: &mut Criterion) {
 
 /// A job-board Check carrying a browser session's cookie, the session in the in-memory store
 /// and its access token far from expiry: the session resolved as the doors resolve it
-/// (`Sso::session_identity`, a tokio task's poll included), the request authorized with its
+/// (`Sso::session_identity`, polled in place as the server's task polls it), the request authorized with its
 /// identity, the identity headers added (`Sso::complete`). Beside `job_board_warm_token`.
 fn job_board_session(c: &mut Criterion) {
     let engine = job_board_engine();
@@ -120,7 +120,7 @@ fn job_board_session(c: &mut Criterion) {
     let http = request.http.as_ref().expect("an HTTP request");
     let snapshot = &engine.snapshot;
     let session_check = || {
-        runtime.block_on(async {
+        fixtures::poll_in_place(&runtime, async {
             let (identity, session) = sso.session_identity(http, snapshot.kept_claims()).await?;
             let mut decision = snapshot.authorize(snapshot.plan(&request), Some(Authentication::Session { identity }));
             sso.complete(&mut decision, http, Some(&session));
