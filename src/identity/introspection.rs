@@ -236,11 +236,22 @@ enum Failure {
     Error(String),
 }
 
-/// An active answer, remembered until `until` (seconds since the epoch).
+/// An active answer, remembered until `until` (seconds since the epoch), and the identity last
+/// built from it with the claim paths it kept, so that a remembered token costs a lookup, not a
+/// new identity, while the policies keep the same claims.
 #[derive(Debug)]
 struct Remembered {
     answer: Arc<Value>,
     until: u64,
+    built: Option<(Arc<ClaimPaths>, Arc<Identity>)>,
+}
+
+/// What a provider remembers of a token at a given time.
+enum Recalled {
+    /// The identity already built from its answer, with the claim paths asked for.
+    Built(Arc<Identity>),
+    /// The answer, whose identity is still to be built.
+    Answer(Arc<Value>),
 }
 
 /// One provider: its client, the answers it gave, the calls under way.
@@ -321,15 +332,25 @@ impl Introspection {
             return Authentication::Failed { error: JwtError::IntrospectionFailed };
         };
         let digest = KeyDigest::of(token);
-        let answer = match provider.recall(&digest, now) {
-            Some(answer) => {
+        let answer = match provider.recall_built(&digest, kept, now) {
+            Some(Recalled::Built(identity)) => {
+                self.metrics.record_introspection_cache_hit();
+                return Authentication::Introspected { identity };
+            }
+            Some(Recalled::Answer(answer)) => {
                 self.metrics.record_introspection_cache_hit();
                 Ok(answer)
             }
             None => provider.answer_once(digest, token, now, None, self).await,
         };
         match answer {
-            Ok(answer) => identity_from_answer(&answer, &provider.config.issuer, kept, now),
+            Ok(answer) => {
+                let authentication = identity_from_answer(&answer, &provider.config.issuer, kept, now);
+                if let Authentication::Introspected { identity } = &authentication {
+                    provider.remember_built(&digest, &answer, kept, identity);
+                }
+                authentication
+            }
             Err(_) => Authentication::Failed { error: JwtError::IntrospectionFailed },
         }
     }
@@ -383,6 +404,32 @@ impl Provider {
     fn recall(&self, digest: &KeyDigest, now: u64) -> Option<Arc<Value>> {
         let remembered = self.remembered.lock().unwrap_or_else(PoisonError::into_inner);
         remembered.get(digest).filter(|entry| now < entry.until).map(|entry| entry.answer.clone())
+    }
+
+    /// The token's remembered answer at `now`, as the identity built from it with `kept` when
+    /// there is one (an identity accepted once stays so until `until`, which its `exp` bounds).
+    fn recall_built(&self, digest: &KeyDigest, kept: &Arc<ClaimPaths>, now: u64) -> Option<Recalled> {
+        let remembered = self.remembered.lock().unwrap_or_else(PoisonError::into_inner);
+        let entry = remembered.get(digest).filter(|entry| now < entry.until)?;
+        Some(match &entry.built {
+            Some((paths, identity)) if Arc::ptr_eq(paths, kept) => Recalled::Built(identity.clone()),
+            _ => Recalled::Answer(entry.answer.clone()),
+        })
+    }
+
+    /// Keeps `identity`, built with `kept` from `answer`, beside the token's remembered answer
+    /// while that is still `answer` (never beside a newer one).
+    fn remember_built(
+        &self,
+        digest: &KeyDigest,
+        answer: &Arc<Value>,
+        kept: &Arc<ClaimPaths>,
+        identity: &Arc<Identity>,
+    ) {
+        let mut remembered = self.remembered.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(entry) = remembered.get_mut(digest).filter(|entry| Arc::ptr_eq(&entry.answer, answer)) {
+            entry.built = Some((kept.clone(), identity.clone()));
+        }
     }
 
     /// The answer for the token: one call for all the checks that ask at once (the first one
@@ -451,7 +498,7 @@ impl Provider {
             remembered.retain(|_, entry| now < entry.until);
         }
         if remembered.len() < max_remembered {
-            remembered.insert(digest, Remembered { answer: answer.clone(), until });
+            remembered.insert(digest, Remembered { answer: answer.clone(), until, built: None });
         }
     }
 
@@ -690,6 +737,33 @@ mod tests {
             }
             assert_eq!(seen.calls.load(Ordering::SeqCst) - before, calls_for_three_checks, "{token}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_remembered_token_gets_the_identity_built_once_for_the_claims_the_policies_keep() {
+        let (url, seen) = endpoint(Duration::ZERO, active).await;
+        let introspection = introspection(&url, |_| {});
+        let opaque = OpaqueToken { token: "t1", issuer: ISSUER.into() };
+        let identity = |kept: &Arc<ClaimPaths>, now: u64| {
+            let introspection = &introspection;
+            let opaque = &opaque;
+            let kept = kept.clone();
+            async move {
+                match introspection.authenticate(opaque, &kept, now).await {
+                    Authentication::Introspected { identity } => identity,
+                    other => panic!("not an identity: {other:?}"),
+                }
+            }
+        };
+        let kept = Arc::new(ClaimPaths::default());
+        let (first, again) = (identity(&kept, NOW).await, identity(&kept, NOW + 1).await);
+        assert!(Arc::ptr_eq(&first, &again), "the identity built for the first check serves the next");
+        let reloaded = Arc::new(ClaimPaths::default());
+        let rebuilt = identity(&reloaded, NOW + 2).await;
+        assert!(!Arc::ptr_eq(&first, &rebuilt), "other claim paths (a reload) build the identity again");
+        assert!(Arc::ptr_eq(&rebuilt, &identity(&reloaded, NOW + 3).await));
+        assert_eq!(seen.calls.load(Ordering::SeqCst), 1, "one call for all of them");
+        assert_eq!(rebuilt.subject(), first.subject());
     }
 
     #[tokio::test]
