@@ -57,6 +57,15 @@ def log_tail(path: Path, max_chars: int = 8000) -> str:
     return text[-max_chars:]
 
 
+def eventually(condition, what: str, timeout: float = 30.0) -> None:
+    """Polls `condition` until it holds; fails after `timeout` seconds, a hang guard, not an
+    expectation of speed."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"{what}: not within {timeout} s"
+        time.sleep(0.05)
+
+
 def wait_until(condition, timeout: float, what: str, process: subprocess.Popen, log: Path) -> None:
     """Poll condition() until true; fail early if process died, or after timeout."""
     deadline = time.monotonic() + timeout

@@ -450,10 +450,7 @@ impl Sso {
         code: &str,
         transaction: &LoginTransaction,
     ) -> Result<VouchedLogin, LoginAnswer> {
-        let unavailable = |error: &dyn std::fmt::Display| {
-            tracing::warn!(%error, provider = %provider.config.name, "A login failed at the identity provider");
-            refused(502, "the identity provider refused the login")
-        };
+        let unavailable = |error: &dyn std::fmt::Display| failed_at_provider(provider, error);
         let redirect_url = &self.config.redirect_url;
         let (client, github) = match &provider.client {
             ProviderClient::Oidc(client, rules) => {
@@ -485,10 +482,7 @@ impl Sso {
         code: &str,
         transaction: &LoginTransaction,
     ) -> Result<VouchedLogin, LoginAnswer> {
-        let unavailable = |error: &dyn std::fmt::Display| {
-            tracing::warn!(%error, provider = %provider.config.name, "A login failed at the identity provider");
-            refused(502, "the identity provider refused the login")
-        };
+        let unavailable = |error: &dyn std::fmt::Display| failed_at_provider(provider, error);
         let discovered = client.provider(&rules.issuer).await.map_err(|error| unavailable(&error))?;
         let answer = client
             .exchange(&provider.config, &self.config.redirect_url, &discovered, code, &transaction.code_verifier)
@@ -885,6 +879,13 @@ impl Sso {
         }
         cookie
     }
+}
+
+/// The answer to a login the provider could not complete (unreachable, an error answer, a
+/// refused code), logged with the provider's name.
+fn failed_at_provider(provider: &Provider, error: &dyn std::fmt::Display) -> LoginAnswer {
+    tracing::warn!(%error, provider = %provider.config.name, "A login failed at the identity provider");
+    refused(502, "the identity provider refused the login")
 }
 
 /// The provider among `providers` a session was opened with (see [`Sso::provider_of`]).

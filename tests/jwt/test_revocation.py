@@ -17,7 +17,7 @@ import urllib.request
 import uuid
 
 import pytest
-from harness import free_port
+from harness import eventually, free_port
 from jwt_checks import assert_allowed, assert_invalid_token, ask
 from jwt_policies import idp_rule, request_authentication
 from redis_server import RedisServer
@@ -27,7 +27,6 @@ ADMIN_TOKEN = "adm-4b1f9c2e7d3a5068"
 CLIENT_ID = "jobs-api"
 LOGOUT_EVENT = "http://schemas.openid.net/event/backchannel-logout"
 BACK_CHANNEL = "/revocations/backchannel_logout"
-HANG_GUARD_S = 20.0  # never reached when things work: pub/sub is immediate, reconnects back off to 5 s
 
 
 @pytest.fixture(scope="module")
@@ -103,13 +102,6 @@ def is_refused(replica, token: str) -> bool:
         return False
     assert_invalid_token(outcome, REVOKED, None)
     return True
-
-
-def eventually(condition, what: str) -> None:
-    deadline = time.monotonic() + HANG_GUARD_S
-    while not condition():
-        assert time.monotonic() < deadline, f"hang guard: {what}"
-        time.sleep(0.05)
 
 
 def jti_of(token: str) -> str:

@@ -17,9 +17,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from harness import REPO_ROOT, free_port, serving, stop_process
-from sso_shared import POLICY, start_idp
-from tls_site import DOMAIN, Certificate, IdentityApp, is_login_form, log_in_on_form, requested_urls
+from harness import REPO_ROOT, serving, stop_process
+from tls_site import DOMAIN, Certificate, IdentityApp, is_login_form, log_in_on_form, login_site, requested_urls
 
 sys.path.insert(0, str(REPO_ROOT / "tests" / "e2e"))
 from envoy_harness import SHIPPED_ENVOY_CONFIG, running_envoy, with_login_route, with_tls  # noqa: E402
@@ -73,23 +72,9 @@ RUN_DOOR = {"nginx": run_nginx, "envoy": run_envoy}
 def door(request, launch_portcullis, tmp_path_factory, test_certificate) -> Iterator[Door]:
     name = request.param
     work = tmp_path_factory.mktemp(f"chromium-{name}")
-    port = free_port()
-    callback = f"https://auth.{DOMAIN}:{port}/oauth2/callback"
-    idp = start_idp(work / f"idp-chromium-{name}.log", sso_redirect_uri=callback)
-    (work / "policies").mkdir()
-    (work / "policies" / "people.yaml").write_text(POLICY.format(issuer=idp.issuer))
-    secret = work / "client-secret"
-    secret.write_text("sso-secret\n")
-    settings = f"""http_mode: {HTTP_MODES[name]}
-sso:
-  issuer: {idp.issuer}
-  client_id: portcullis-sso
-  client_secret_file: {secret}
-  redirect_url: {callback}
-  cookie_domain: {DOMAIN}
-  sites: [.{DOMAIN}]
-"""
-    portcullis = launch_portcullis(work / "policies", settings=settings)
+    login = login_site(work, HTTP_MODES[name])
+    port, idp = login.port, login.idp
+    portcullis = launch_portcullis(login.policies, settings=login.settings)
     try:
         with serving(IdentityApp("app")) as app:
             for _ in RUN_DOOR[name](work, test_certificate, port, portcullis, app):

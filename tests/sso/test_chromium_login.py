@@ -10,17 +10,13 @@ it launches /usr/bin/chromium (Debian's `chromium`), or $CHROMIUM_BIN.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-from sso_shared import LOGIN_URL_HEADER, POLICY
-from harness import REPO_ROOT, free_port, serving, stop_process
-from tls_site import DOMAIN, IdentityApp, is_login_form, log_in_on_form, requested_urls, start_tls_caddy
-
-sys.path.insert(0, str(REPO_ROOT / "tests" / "jwt"))
-from oidc_idp import start_idp  # noqa: E402
+from sso_shared import LOGIN_URL_HEADER
+from harness import serving, stop_process
+from tls_site import DOMAIN, IdentityApp, is_login_form, log_in_on_form, login_site, requested_urls, start_tls_caddy
 
 SESSION_COOKIE = "__Secure-_portcullis_session"
 
@@ -40,23 +36,9 @@ class Site:
 @pytest.fixture(scope="module")
 def site(launch_portcullis, tmp_path_factory, test_certificate) -> Iterator[Site]:
     work = tmp_path_factory.mktemp("chromium-sso")
-    port = free_port()
-    callback = f"https://auth.{DOMAIN}:{port}/oauth2/callback"
-    idp = start_idp(work / "idp-chromium.log", sso_redirect_uri=callback)
-    (work / "policies").mkdir()
-    (work / "policies" / "people.yaml").write_text(POLICY.format(issuer=idp.issuer))
-    secret = work / "client-secret"
-    secret.write_text("sso-secret\n")
-    settings = f"""http_mode: traefik
-sso:
-  issuer: {idp.issuer}
-  client_id: portcullis-sso
-  client_secret_file: {secret}
-  redirect_url: {callback}
-  cookie_domain: {DOMAIN}
-  sites: [.{DOMAIN}]
-"""
-    server = launch_portcullis(work / "policies", settings=settings)
+    login = login_site(work, "traefik")
+    port, idp = login.port, login.idp
+    server = launch_portcullis(login.policies, settings=login.settings)
     apps = {name: IdentityApp(name) for name in ("app1", "app2")}
     with serving(apps["app1"]), serving(apps["app2"]):
         caddy = start_tls_caddy(work, test_certificate, port, server.http_port, {name: app.port for name, app in apps.items()})

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from sso_shared import AUTH_HOST, SESSION_COOKIE, Browser, Cookie, Provider, Sso
-from harness import free_port, stop_process
+from harness import eventually, free_port, stop_process
 from redis_server import RedisServer
 
 URL = "http://app1.sso.test/"
@@ -22,17 +22,6 @@ SUBJECT = "0b2f5c3e-6a43-4c1e-9d3b-6f1f3a0c2a11"  # alice at the test provider
 KEY_PREFIX = "portcullis:session:"
 OLD_KEY = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"
 NEW_KEY = base64.b64encode(bytes(range(100, 132))).decode()
-# Hang guards of the polls below, not expectations of speed.
-EVENTUALLY_S = 30.0
-
-
-def eventually(condition, what: str, timeout: float = EVENTUALLY_S) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.1)
-    pytest.fail(f"{what}: not within {timeout} s")
 
 
 @dataclass

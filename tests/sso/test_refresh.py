@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from sso_shared import CALLBACK, POLICY, SESSION_COOKIE, Browser, Provider, start_idp
-from harness import free_port, portcullis_binary
+from harness import eventually, free_port, portcullis_binary
 from redis_server import RedisServer
 
 URL = "http://app1.sso.test/"
@@ -28,17 +28,8 @@ ACCESS_TOKEN_TTL_S = 4
 ACCESS_TOKEN = "X-Auth-Request-Access-Token"
 KEY_PREFIX = "portcullis:session:"
 SESSION_KEY = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"
-# Hang guards of the polls below, not expectations of speed.
+# Hang guards of the waits below, not expectations of speed.
 EVENTUALLY_S = 30.0
-
-
-def eventually(condition, what: str, timeout: float = EVENTUALLY_S) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.1)
-    pytest.fail(f"{what}: not within {timeout} s")
 
 
 def wait_out_the_access_token() -> None:

@@ -16,7 +16,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from harness import REPO_ROOT, RecordingUpstream, Seen
+from harness import REPO_ROOT, RecordingUpstream, Seen, free_port
+from sso_shared import POLICY, Idp, start_idp
 
 sys.path.insert(0, str(REPO_ROOT / "tests" / "proxies"))
 from proxy_harness import CaddyProxy, start_caddy  # noqa: E402
@@ -222,3 +223,36 @@ def log_in_on_form(page, user: str = "alice") -> None:
 
 def is_login_form(page) -> bool:
     return "/interaction/" in page.url and page.locator("input[name=password]").count() == 1
+
+
+@dataclass
+class LoginSite:
+    """What a TLS login test serves at https://*.sso.test:`port`: the real OIDC provider sending
+    logins back to the callback there, the policies admitting its people, portcullis's settings."""
+
+    port: int
+    idp: Idp
+    policies: Path
+    settings: str
+
+
+def login_site(work: Path, http_mode: str) -> LoginSite:
+    """A free port, the provider (logging to `work`), the people policy naming it and the `sso`
+    settings of one provider for every `*.sso.test` site, in `http_mode`."""
+    port = free_port()
+    callback = f"https://auth.{DOMAIN}:{port}/oauth2/callback"
+    idp = start_idp(work / f"idp-{work.name}.log", sso_redirect_uri=callback)
+    (work / "policies").mkdir()
+    (work / "policies" / "people.yaml").write_text(POLICY.format(issuer=idp.issuer))
+    secret = work / "client-secret"
+    secret.write_text("sso-secret\n")
+    settings = f"""http_mode: {http_mode}
+sso:
+  issuer: {idp.issuer}
+  client_id: portcullis-sso
+  client_secret_file: {secret}
+  redirect_url: {callback}
+  cookie_domain: {DOMAIN}
+  sites: [.{DOMAIN}]
+"""
+    return LoginSite(port, idp, work / "policies", settings)
