@@ -27,6 +27,7 @@
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod data;
 pub use portcullis_core as core;
 pub mod doors;
 pub mod engine;

@@ -9,6 +9,7 @@ pub mod api_key;
 pub mod authn;
 #[cfg(test)]
 mod authn_tests;
+pub mod data;
 pub mod decision;
 pub mod explain;
 pub mod id_token;
