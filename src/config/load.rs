@@ -41,6 +41,8 @@ pub struct LoadedPolicies {
     pub authn: Vec<AuthnPolicy>,
     /// CUSTOM policies: accepted, not evaluated.
     pub custom: Vec<PolicyId>,
+    /// The `DataSource` documents: the live data lookups read.
+    pub data_sources: Vec<crate::data::Definition>,
     /// Documents of other kinds, skipped.
     pub skipped: Vec<SkippedDocument>,
     /// Policy files read.
