@@ -90,7 +90,10 @@ pub async fn serve(settings: Settings) -> Result<(), AppError> {
     log_load(&snapshot, &loaded);
     let metrics = Arc::new(Metrics::new());
     metrics.record_policy_set(1, snapshot.policy_count());
-    let token_cache = Arc::new(VerifiedTokenCache::new(settings.token_cache_entries, metrics.clone()));
+    let token_cache = Arc::new(
+        VerifiedTokenCache::new(settings.token_cache_entries, metrics.clone())
+            .with_rejected_capacity(settings.rejected_token_cache_entries),
+    );
     let tasks = Arc::new(Tasks::new());
     let keys = KeyStore::with_tasks(settings.fetch_limits(), metrics.clone(), token_cache.clone(), tasks.clone())
         .map(Arc::new)

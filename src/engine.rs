@@ -271,8 +271,8 @@ impl Engine {
         self.introspection.as_ref()
     }
 
-    /// A credential authenticated: the identity the token cache remembers for it when that
-    /// still counts, else the token verified with its issuer's keys and remembered. `None`
+    /// A credential authenticated: the identity (or the refusal) the token cache remembers for
+    /// it when that still holds, else the token verified with its issuer's keys and remembered. `None`
     /// when a step panicked (a bug).
     async fn authenticate<'p>(
         &self,
@@ -283,12 +283,12 @@ impl Engine {
         if let Some(recalled) = guarded(|| self.token_cache.recall(&key, credential, context))? {
             return Some(recalled);
         }
-        let token = match guarded(|| credential.read(context.max_token_bytes))? {
+        let token = match guarded(|| self.token_cache.read(&key, credential, context.max_token_bytes))? {
             Ok(token) => token,
-            Err(error) => return Some(Authentication::Failed { error }),
+            Err(refused) => return Some(refused),
         };
         let keys = self.keys_for(&token, context).await;
-        guarded(|| self.token_cache.remember(&key, token.verify(keys.as_deref(), context)))
+        guarded(|| self.token_cache.verify(&key, &token, keys.as_deref(), context))
     }
 
     /// `authentication`, or its refusal as revoked when the revocation list names its token

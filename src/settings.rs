@@ -124,6 +124,9 @@ pub struct Settings {
     pub max_token_bytes: usize,
     /// Verified tokens remembered; 0 turns the cache off.
     pub token_cache_entries: usize,
+    /// Tokens refused for what they are (unreadable, a bad signature, expired, another
+    /// audience) remembered, so that one sent again is not verified again; 0 turns this off.
+    pub rejected_token_cache_entries: usize,
     /// How often every issuer's keys are fetched again.
     pub jwks_refresh_interval_secs: u64,
     /// A token with an unknown `kid` triggers a refetch at most this often per issuer.
@@ -190,6 +193,7 @@ impl Default for Settings {
             clock_skew_secs: 60,
             max_token_bytes: 8 * 1024,
             token_cache_entries: 100_000,
+            rejected_token_cache_entries: crate::identity::rejected_tokens::DEFAULT_ENTRIES,
             jwks_refresh_interval_secs: 20 * 60,
             jwks_min_refetch_interval_secs: 5,
             jwks_fetch_timeout_ms: 5_000,

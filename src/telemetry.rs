@@ -100,6 +100,8 @@ pub struct Metrics {
     token_cache_hits: Counter,
     token_cache_misses: Counter,
     token_cache_entries: Gauge,
+    token_rejections_cached: Counter,
+    rejected_token_cache_entries: Gauge,
     reloads: Family<ResultLabels, Counter>,
     jwks_age: Family<IssuerLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     unidentified_workload_checks: Family<DoorLabels, Counter>,
@@ -171,6 +173,12 @@ impl Metrics {
             token_cache_misses: register
                 .new_metric("token_cache_misses", "Tokens not found in the verified-token cache"),
             token_cache_entries: register.new_metric("token_cache_entries", "Tokens held by the verified-token cache"),
+            token_rejections_cached: register.new_metric(
+                "token_rejections_cached",
+                "Tokens refused again from the rejected-token cache, without a signature check",
+            ),
+            rejected_token_cache_entries: register
+                .new_metric("rejected_token_cache_entries", "Tokens held by the rejected-token cache"),
             checks_in_flight: register.new_metric("checks_in_flight", "Checks being decided now, by either door"),
             reloads: register.new_metric("reloads", "Policy reloads, by result (`ok`, `error`)"),
             jwks_age: register
@@ -407,6 +415,16 @@ impl Metrics {
     /// Sets how many tokens the cache holds.
     pub fn record_token_cache_size(&self, entries: usize) {
         self.token_cache_entries.set(i64::try_from(entries).unwrap_or(i64::MAX));
+    }
+
+    /// Counts a token refused again from the rejected-token cache.
+    pub fn record_token_rejection_cached(&self) {
+        self.token_rejections_cached.inc();
+    }
+
+    /// Sets how many tokens the rejected-token cache holds.
+    pub fn record_rejected_token_cache_size(&self, entries: usize) {
+        self.rejected_token_cache_entries.set(i64::try_from(entries).unwrap_or(i64::MAX));
     }
 
     /// Counts a check by door, decision and reason, and observes how long it took.

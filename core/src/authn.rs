@@ -423,6 +423,16 @@ impl<'p> Credential<'p> {
         self.token
     }
 
+    /// The rule that reads the token here.
+    pub fn rule(&self) -> &'p Arc<JwtRule> {
+        self.rule
+    }
+
+    /// The rule's keys: its inline set, or its last good fetched keys from `keys`.
+    pub fn key_set(&self, keys: &dyn KeyLookup) -> Option<Arc<KeySet>> {
+        key_set(self.rule, keys)
+    }
+
     /// The authentication an identity remembered for this token gives under this credential's
     /// rule, its lifetime and audience judged again; `None` when it does not count and the
     /// token must be verified: a rule of the same issuer name but other keys (another
@@ -495,6 +505,11 @@ impl<'p> UnverifiedToken<'p> {
         }
     }
 
+    /// The rule that read the token.
+    pub fn rule(&self) -> &'p Arc<JwtRule> {
+        self.rule
+    }
+
     /// The `kid` of the token's header.
     pub fn kid(&self) -> Option<&str> {
         self.parsed.kid.as_deref()
@@ -508,6 +523,11 @@ impl<'p> UnverifiedToken<'p> {
     /// The rule's keys: its inline set, or its last good fetched keys from `keys`.
     pub fn key_set(&self, keys: &dyn KeyLookup) -> Option<Arc<KeySet>> {
         key_set(self.rule, keys)
+    }
+
+    /// The token's `exp` and `nbf`, as [`UnverifiedToken::verify`] checks them.
+    pub fn lifetime(&self) -> Result<Lifetime, JwtError> {
+        Lifetime::of(&self.parsed.claims)
     }
 
     /// Whether `keys` hold a key for the token's `kid` and `alg`.

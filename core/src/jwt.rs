@@ -214,6 +214,31 @@ pub struct KeySet {
     pub keys: Arc<[VerificationKey]>,
     /// Keys skipped: encryption keys, symmetric keys, short RSA keys, unknown types.
     pub skipped: Vec<String>,
+    fingerprint: KeySetFingerprint,
+}
+
+/// SHA-256 of a key set's usable keys in order, each by its `kid` and [`KeyFingerprint`]: two
+/// sets with the same fingerprint verify the same tokens with the same keys, so a token one of
+/// them refused is refused by the other. A set fetched again unchanged keeps its fingerprint;
+/// a rotation changes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct KeySetFingerprint(pub [u8; 32]);
+
+impl KeySetFingerprint {
+    fn of(keys: &[VerificationKey]) -> Self {
+        let mut canonical = Vec::with_capacity(keys.len() * 80);
+        for key in keys {
+            // A key without `kid` differs from one whose `kid` is empty.
+            let kid = key.kid.as_deref().map(str::as_bytes);
+            canonical.push(u8::from(kid.is_some()));
+            canonical.extend((kid.unwrap_or_default().len() as u64).to_be_bytes());
+            canonical.extend(kid.unwrap_or_default());
+            canonical.extend(key.fingerprint.0);
+        }
+        let mut fingerprint = [0; 32];
+        fingerprint.copy_from_slice(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &canonical).as_ref());
+        Self(fingerprint)
+    }
 }
 
 impl KeySet {
@@ -232,7 +257,13 @@ impl KeySet {
                 Err(reason) => skipped.push(format!("keys[{index}]: {reason}")),
             }
         }
-        Ok(Self { keys: keys.into(), skipped })
+        let fingerprint = KeySetFingerprint::of(&keys);
+        Ok(Self { keys: keys.into(), skipped, fingerprint })
+    }
+
+    /// What the set's usable keys are, in one value; see [`KeySetFingerprint`].
+    pub fn fingerprint(&self) -> KeySetFingerprint {
+        self.fingerprint
     }
 
     /// How many usable keys the set holds.

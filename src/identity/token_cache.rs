@@ -9,8 +9,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use std::cell::OnceCell;
 
 use crate::core::Identity;
-use crate::core::authn::{Authentication, AuthnContext, Credential};
+use crate::core::authn::{Authentication, AuthnContext, Credential, UnverifiedToken};
 use crate::core::jwt::KeySet;
+use crate::identity::rejected_tokens::{self, RejectedTokens};
 use crate::telemetry::Metrics;
 
 const SHARDS: usize = 16;
@@ -38,7 +39,8 @@ struct HotEntry {
 type HotSlot = Mutex<Option<HotEntry>>;
 
 /// Verified tokens by SHA-256 of the token, in shards to keep lock hold times short, with the
-/// tokens seen again in a direct-mapped hot layer in front.
+/// tokens seen again in a direct-mapped hot layer in front; and, apart, so that bad tokens never
+/// displace good ones, the tokens refused for what they are.
 #[derive(Debug)]
 pub struct VerifiedTokenCache {
     hot: Box<[HotSlot]>,
@@ -49,6 +51,7 @@ pub struct VerifiedTokenCache {
     capacity_per_shard: usize,
     len: AtomicUsize,
     metrics: Arc<Metrics>,
+    rejected: RejectedTokens,
     /// Debug builds only: the token text named by [`PANIC_ON_TOKEN_VARIABLE`], whose lookup panics.
     #[cfg(debug_assertions)]
     panic_on_token: Option<String>,
@@ -106,7 +109,8 @@ fn unix_now() -> u64 {
 }
 
 impl VerifiedTokenCache {
-    /// A cache of at most `capacity` tokens; 0 disables it.
+    /// A cache of at most `capacity` verified tokens (0 disables it) and
+    /// [`rejected_tokens::DEFAULT_ENTRIES`] rejected ones.
     pub fn new(capacity: usize, metrics: Arc<Metrics>) -> Self {
         let shards = (0..SHARDS).map(|_| Mutex::default()).collect();
         let hot = (0..HOT_SLOTS.min(capacity)).map(|_| Mutex::default()).collect();
@@ -116,10 +120,21 @@ impl VerifiedTokenCache {
             shards,
             capacity_per_shard: capacity.div_ceil(SHARDS),
             len: AtomicUsize::new(0),
+            rejected: RejectedTokens::new(rejected_tokens::DEFAULT_ENTRIES, metrics.clone()),
             metrics,
             #[cfg(debug_assertions)]
             panic_on_token: std::env::var(PANIC_ON_TOKEN_VARIABLE).ok().filter(|token| !token.is_empty()),
         }
+    }
+
+    /// The same cache, remembering at most `capacity` rejected tokens (0: none).
+    pub fn with_rejected_capacity(self, capacity: usize) -> Self {
+        Self { rejected: RejectedTokens::new(capacity, self.metrics.clone()), ..self }
+    }
+
+    /// The rejected tokens remembered.
+    pub fn rejected(&self) -> &RejectedTokens {
+        &self.rejected
     }
 
     /// Panics when `token` is the one [`PANIC_ON_TOKEN_VARIABLE`] names (debug builds only).
@@ -200,29 +215,59 @@ impl VerifiedTokenCache {
 
 impl VerifiedTokenCache {
     /// The authentication the identity remembered for the credential's token gives, when it
-    /// still counts (see [`Credential::recalled`]); `None`: the token must be verified.
+    /// still counts (see [`Credential::recalled`]), else the refusal remembered for it, when
+    /// that still holds; `None`: the token must be read and verified.
     pub fn recall<'p>(
         &self,
         key: &TokenKey<'_>,
         credential: &Credential<'p>,
         context: &AuthnContext<'_>,
     ) -> Option<Authentication<'p>> {
-        credential.recalled(self.get(key)?, context)
+        self.get(key)
+            .and_then(|identity| credential.recalled(identity, context))
+            .or_else(|| self.rejected.recall(key, credential, context))
     }
 
-    /// Remembers the identity a verification found, and hands the authentication on.
-    pub fn remember<'p>(&self, key: &TokenKey<'_>, authentication: Authentication<'p>) -> Authentication<'p> {
-        if let Authentication::Verified { identity, .. } = &authentication {
-            self.put(key, identity.clone());
+    /// Reads the credential's token ([`Credential::read`]); a token refused for its own
+    /// fault is remembered as refused.
+    pub fn read<'p>(
+        &self,
+        key: &TokenKey<'_>,
+        credential: &Credential<'p>,
+        max_token_bytes: usize,
+    ) -> Result<UnverifiedToken<'p>, Authentication<'p>> {
+        credential.read(max_token_bytes).map_err(|error| self.rejected.remember_reading(key, error))
+    }
+
+    /// Verifies `token` with `keys` ([`UnverifiedToken::verify`]), and remembers the identity
+    /// it finds, or its refusal when that holds until the token's rule or keys change.
+    pub fn verify<'p>(
+        &self,
+        key: &TokenKey<'_>,
+        token: &UnverifiedToken<'p>,
+        keys: Option<&KeySet>,
+        context: &AuthnContext<'_>,
+    ) -> Authentication<'p> {
+        let authentication = token.verify(keys, context);
+        match &authentication {
+            Authentication::Verified { identity, .. } => self.put(key, identity.clone()),
+            refused => self.rejected.remember_verification(key, token, keys, refused),
         }
         authentication
     }
 
     /// A credential authenticated as the engine resolves it, but with the keys `context` has
-    /// now and no fetch: remembered, or verified and remembered (benches, tests, offline checks).
+    /// now and no fetch: remembered, or read, verified and remembered (benches, tests, offline
+    /// checks).
     pub fn authenticate<'p>(&self, credential: &Credential<'p>, context: &AuthnContext<'_>) -> Authentication<'p> {
         let key = TokenKey::new(credential.token());
-        self.recall(&key, credential, context).unwrap_or_else(|| self.remember(&key, credential.authenticate(context)))
+        if let Some(recalled) = self.recall(&key, credential, context) {
+            return recalled;
+        }
+        match self.read(&key, credential, context.max_token_bytes) {
+            Ok(token) => self.verify(&key, &token, token.key_set(context.keys).as_deref(), context),
+            Err(refused) => refused,
+        }
     }
 
     /// The hot layer first; a token found by its digest is seen again, and moves into it.
