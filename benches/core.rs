@@ -1,21 +1,24 @@
-//! Criterion micro-benchmarks of the pure core: a job-board Check (a token, a browser session's cookie, an API key, a remembered opaque token, a token with 100,000 revocations), evaluation with 10 to 10,000 policies, policy loading, path normalization, CheckRequest decoding and conversion.
+//! Criterion micro-benchmarks of the pure core: a job-board Check (a token, a token with a bad signature sent again, a browser session's cookie, an API key, a remembered opaque token, a token with 100,000 revocations), evaluation with 10 to 10,000 policies, policy loading, path normalization, CheckRequest decoding and conversion.
 
 #![expect(clippy::expect_used, reason = "bench set-up: a fixture that cannot be built ends the run")]
 
 mod fixtures;
 
 use std::hint::black_box;
+use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use criterion::{BenchmarkId, Criterion, SamplingMode, criterion_group, criterion_main};
 use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
-use portcullis::core::Request;
 use portcullis::core::authn::Authentication;
 use portcullis::core::path::{self, PathOptions};
 use portcullis::core::revocation::{Entry, RevocationList};
+use portcullis::core::{Reason, Request};
 use portcullis::doors::grpc::{CheckAnswer, CheckView, decide_view_without_engine};
+use portcullis::identity::token_cache::VerifiedTokenCache;
 use portcullis::settings::Settings;
+use portcullis::telemetry::Metrics;
 use prost::Message;
 use prost::bytes::Bytes;
 
@@ -252,9 +255,37 @@ fn job_board_revocation(c: &mut Criterion) {
     group.finish();
 }
 
+/// A job-board check whose token carries another token's signature, sent again and again: refused
+/// from the rejected-token cache (`job_board_bad_signature_repeated`), and, with that cache off,
+/// verified each time as before it existed (`job_board_bad_signature_uncached`).
+fn job_board_bad_signature(c: &mut Criterion) {
+    let token = signed(Alg::Rs256, 1, JOB_BOARD_ROLES);
+    let (header_and_payload, _) = token.rsplit_once('.').expect("three parts");
+    let other = signed(Alg::Rs256, 2, JOB_BOARD_ROLES);
+    let (_, signature) = other.rsplit_once('.').expect("three parts");
+    let forged = format!("{header_and_payload}.{signature}");
+    let check = view(&check_request(&job_board_call(Some(&forged))));
+    let request = converted(&check);
+    let repeated = job_board_engine();
+    let mut uncached = job_board_engine();
+    uncached.cache = VerifiedTokenCache::new(uncached.settings.token_cache_entries, Arc::new(Metrics::new()))
+        .with_rejected_capacity(0);
+    let mut group = c.benchmark_group("check");
+    for (name, engine) in
+        [("job_board_bad_signature_repeated", &repeated), ("job_board_bad_signature_uncached", &uncached)]
+    {
+        let context = engine.context();
+        let refused = engine.check(&request, &context);
+        assert_eq!(refused.reason, Reason::InvalidToken, "the forged token must be refused: {refused:?}");
+        group.bench_function(name, |b| b.iter(|| engine.check(black_box(&request), &context)));
+    }
+    group.finish();
+}
+
 criterion_group!(
     benches,
     job_board_check,
+    job_board_bad_signature,
     job_board_revocation,
     job_board_session,
     grpc_conversion,

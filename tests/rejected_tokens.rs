@@ -1,6 +1,6 @@
 //! Bad tokens through the real server: a repeated one is refused again from the rejected-token cache with the same answer, a flood of distinct ones costs no key fetch each and holds the cache at its bound, and a key rotation makes a rejected token valid.
 
-#![expect(clippy::expect_used, reason = "test helpers: a failed step fails the test")]
+#![expect(clippy::expect_used, clippy::indexing_slicing, reason = "test helpers: a failed step fails the test")]
 
 mod forge;
 mod support;

@@ -170,10 +170,11 @@ impl RejectedTokens {
         let digest = key.digest();
         let Ok(mut entries) = self.shard(&digest).lock() else { return };
         let before = entries.len();
-        if before >= self.capacity_per_shard && !entries.contains_key(&digest) {
-            if let Some(victim) = entries.keys().next().copied() {
-                entries.remove(&victim);
-            }
+        if before >= self.capacity_per_shard
+            && !entries.contains_key(&digest)
+            && let Some(victim) = entries.keys().next().copied()
+        {
+            entries.remove(&victim);
         }
         entries.insert(digest, rejection);
         // One entry replaced, one made room for, or one more.
