@@ -251,7 +251,7 @@ async fn reconcile_starts_new_sources_keeps_unchanged_ones_and_drops_removed_one
     assert_eq!((&*pending[0].name, &*pending[0].declared_at), ("apps", "data.yaml:1"));
     assert!(pending[0].failure.as_deref().is_some_and(|failure| failure.contains("cannot read")), "{pending:?}");
     let before = store.current().table("users").cloned().unwrap();
-    store.reconcile(&[users_source.clone()], &context);
+    store.reconcile(std::slice::from_ref(&users_source), &context);
     assert!(store.current().table("apps").is_none());
     assert!(store.not_loaded().is_empty(), "a removed source is no longer awaited");
     assert!(!context.metrics.encode().contains(r#"source="apps""#), "its series are gone");
@@ -274,12 +274,16 @@ async fn couch_server(first: &'static str) -> (String, Heads, mpsc::UnboundedSen
         async move {
             if head.contains("since=gone") {
                 let body = r#"{"error":"invalid_since_seq"}"#;
-                let answer = format!("HTTP/1.1 400 Bad Request\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+                let answer = format!(
+                    "HTTP/1.1 400 Bad Request\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
                 let _ = stream.write_all(answer.as_bytes()).await;
                 return;
             }
             if !head.contains("feed=continuous") {
-                let answer = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{first}", first.len());
+                let answer =
+                    format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{first}", first.len());
                 let _ = stream.write_all(answer.as_bytes()).await;
                 return;
             }
@@ -318,7 +322,9 @@ async fn the_couchdb_feed_loads_follows_changes_by_id_resumes_from_the_last_seq_
     })
     .await;
     lines.send(Some(String::new())).unwrap();
-    lines.send(Some(r#"{"seq":"4-a","id":"u1","deleted":true,"changes":[],"doc":{"_id":"u1","_deleted":true}}"#.into())).unwrap();
+    lines
+        .send(Some(r#"{"seq":"4-a","id":"u1","deleted":true,"changes":[],"doc":{"_id":"u1","_deleted":true}}"#.into()))
+        .unwrap();
     eventually("a deleted document's record is removed by its id", async || records(&store, "users") == Some(1)).await;
     assert!(store.current().table("users").unwrap().get("ana@x").is_none());
     lines.send(Some(r#"{"seq":"5-a","id":"u2","changes":[],"doc":{"_id":"u2","email":"bo@y"}}"#.into())).unwrap();

@@ -3,7 +3,7 @@ deletions seen promptly, a dropped feed resumed from its last seq, the limits, a
 
 from __future__ import annotations
 
-from conftest import SECRET
+from data_source import SECRET
 from couch_server import wait_until
 
 USERS = [
