@@ -93,7 +93,11 @@ impl Follower {
             self.change(result, &mut refusals, &mut changes);
         }
         self.feed.report(refusals);
-        self.feed.replace(changes);
+        // A first load refused (over the limits) is read again later, never followed from its
+        // `last_seq` onto a table that lacks it.
+        if !self.feed.replace(changes) {
+            return Err("the first load was not published".into());
+        }
         self.since = Some(last_seq);
         Ok(())
     }

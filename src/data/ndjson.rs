@@ -73,8 +73,12 @@ async fn read(feed: &FeedRun, mut stream: BodyStream, since: &mut Option<String>
             Some(_) => match tokio::time::timeout(QUIET, stream.read_into(&mut buffer)).await {
                 Ok(read) => read,
                 Err(_quiet) => {
-                    if let Some(changes) = gathering.take() {
-                        feed.replace(changes);
+                    if let Some(changes) = gathering.take()
+                        && !feed.replace(changes)
+                    {
+                        // Never followed onto a table that lacks the stream's start.
+                        *since = None;
+                        return "the stream's records were not published".into();
                     }
                     continue;
                 }
