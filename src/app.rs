@@ -11,6 +11,7 @@ use tonic::transport::server::TcpIncoming;
 
 use crate::config::load::LoadedPolicies;
 use crate::core::Snapshot;
+use crate::data::{FeedContext, Store};
 use crate::doors::admin::AdminState;
 use crate::doors::grpc::{AuthorizationServer, CheckService};
 use crate::doors::{admin, http, listener};
@@ -128,6 +129,9 @@ pub async fn serve(settings: Settings) -> Result<(), AppError> {
         Some(sso) => engine.with_sso(sso),
         None => engine,
     });
+    let data = Arc::new(Store::default());
+    let feeds = feed_context(&settings, &tasks, engine.metrics())?;
+    data.reconcile(&loaded.data_sources, &feeds);
     let ready = Arc::new(AtomicBool::new(false));
 
     let grpc_listener = bind("grpc", settings.grpc_listen).await?;
@@ -153,7 +157,7 @@ pub async fn serve(settings: Settings) -> Result<(), AppError> {
             wait_for(shutdown.clone()),
         );
     let limits = settings.connection_limits();
-    let admin_state = Arc::new(AdminState::new(engine.clone(), ready.clone()));
+    let admin_state = Arc::new(AdminState::new(engine.clone(), ready.clone(), data.clone()));
     let admin = listener::serve(admin_listener, admin::router(admin_state), limits, admin_shutdown);
     let http_door = http_listener.map(|(listener, mode)| {
         if mode == HttpMode::Auto {
@@ -177,7 +181,7 @@ pub async fn serve(settings: Settings) -> Result<(), AppError> {
     let admin_task = tokio::spawn(admin);
     let ready_bound = Duration::from_secs(settings.jwks_ready_timeout_secs);
     drop(tasks.spawn("readiness", become_ready(keys, issuers, first_fetches, ready.clone(), ready_bound)));
-    let reloader = Reloader::new(engine.clone());
+    let reloader = Reloader::new(engine.clone(), data, feeds);
     let reload_shutdown = shutdown.clone();
     drop(tasks.spawn("policy reload", async move { reloader.watch(reload_shutdown).await }));
 
@@ -245,6 +249,24 @@ fn sso(
         Sso::new(config, keys.clone(), outbound, settings.clock_skew_secs, settings.max_token_bytes, metrics.clone())
             .map_err(|message| AppError::Serve { door: "sso", message })?;
     Ok(Some(Arc::new(sso.with_revocations(revocations.cloned()))))
+}
+
+/// What the data sources' feeds run with: the background tasks, an HTTP client bounded as key
+/// fetches are (its body cap set per feed), the metrics, and the policy files' poll interval.
+fn feed_context(settings: &Settings, tasks: &Arc<Tasks>, metrics: &Arc<Metrics>) -> Result<FeedContext, AppError> {
+    let limits = settings.fetch_limits();
+    let outbound = Outbound::new(OutboundLimits {
+        timeout: limits.fetch_timeout,
+        max_bytes: limits.max_bytes,
+        allow_link_local: limits.allow_link_local,
+    })
+    .map_err(|error| AppError::Serve { door: "data", message: error.to_string() })?;
+    Ok(FeedContext {
+        tasks: tasks.clone(),
+        outbound,
+        metrics: metrics.clone(),
+        file_poll_interval: Duration::from_millis(settings.reload_poll_interval_ms),
+    })
 }
 
 /// The revocation list, when the settings turn it on; its admin token and Redis password are

@@ -145,11 +145,7 @@ impl Outbound {
         headers: &[(&str, &str)],
         timeout: Duration,
     ) -> Result<serde_json::Value, OutboundError> {
-        let body = self
-            .send(Method::GET, url, timeout, |request| {
-                headers.iter().fold(request, |request, (name, value)| request.header(*name, *value))
-            })
-            .await?;
+        let body = self.send(Method::GET, url, timeout, |request| with_headers(request, headers)).await?;
         serde_json::from_slice(&body)
             .map_err(|error| OutboundError::NotJson { url: redact_url(url), message: error.to_string() })
     }
@@ -182,6 +178,56 @@ impl Outbound {
             .map_err(|error| OutboundError::NotJson { url: redact_url(url), message: error.to_string() })
     }
 
+    /// GET `url` with `headers` and, when given, `If-None-Match: etag`: `NotModified` for a 304,
+    /// else the body (at most `max_bytes`) and its `ETag`; refused as [`Self::get_text`] refuses.
+    pub async fn get_if_none_match(
+        &self,
+        url: &str,
+        headers: &[(&str, &str)],
+        etag: Option<&str>,
+        timeout: Duration,
+    ) -> Result<Conditional, OutboundError> {
+        let mut response = self
+            .respond(Method::GET, url, timeout, |request| {
+                let request = with_headers(request, headers);
+                match etag {
+                    Some(etag) => request.header(reqwest::header::IF_NONE_MATCH, etag),
+                    None => request,
+                }
+            })
+            .await?;
+        if response.status() == reqwest::StatusCode::NOT_MODIFIED {
+            return Ok(Conditional::NotModified);
+        }
+        let response_etag = response
+            .headers()
+            .get(reqwest::header::ETAG)
+            .and_then(|value| value.to_str().ok())
+            .map(ToString::to_string);
+        let body = self.read_success(&Method::GET, url, timeout, &mut response).await?;
+        Ok(Conditional::Body { etag: response_etag, body })
+    }
+
+    /// GET `url` with `headers` and hands back the answer's body as it arrives, for a stream that
+    /// stays open (a changes feed): the request may last `timeout`; an answer that is not 2xx is
+    /// an error. The size cap is the caller's, per line.
+    pub async fn open_stream(
+        &self,
+        url: &str,
+        headers: &[(&str, &str)],
+        timeout: Duration,
+    ) -> Result<BodyStream, OutboundError> {
+        let response = self.respond(Method::GET, url, timeout, |request| with_headers(request, headers)).await?;
+        if !response.status().is_success() {
+            return Err(OutboundError::Status {
+                method: Method::GET,
+                url: redact_url(url),
+                status: response.status().as_u16(),
+            });
+        }
+        Ok(BodyStream { response, url: redact_url(url), timeout })
+    }
+
     /// Sends one request to `url`, shaped by `prepare`, and reads its body: refuses a
     /// link-local or metadata target unless allowed, bounds it by `timeout`, and refuses an
     /// answer that is not 2xx (a redirect included) or whose body is over `max_bytes`.
@@ -192,24 +238,47 @@ impl Outbound {
         timeout: Duration,
         prepare: impl FnOnce(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
     ) -> Result<Vec<u8>, OutboundError> {
+        let mut response = self.respond(method.clone(), url, timeout, prepare).await?;
+        self.read_success(&method, url, timeout, &mut response).await
+    }
+
+    /// Sends one request to `url`, shaped by `prepare`, and returns its answer, whatever its
+    /// status: refuses a link-local or metadata target unless allowed, bounds it by `timeout`.
+    async fn respond(
+        &self,
+        method: Method,
+        url: &str,
+        timeout: Duration,
+        prepare: impl FnOnce(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, OutboundError> {
         let parsed = Url::parse(url).map_err(|_| OutboundError::BadUrl { url: redact_url(url) })?;
         if !self.limits.allow_link_local
             && let Some(target) = refused_target(&parsed).await
         {
             return Err(OutboundError::Refused { url: redact_url(url), target });
         }
-        let request_error = |source: reqwest::Error| OutboundError::Request {
-            method: method.clone(),
+        let request = prepare(self.client.request(method.clone(), parsed).timeout(timeout));
+        request.send().await.map_err(|source| OutboundError::Request {
+            method,
             url: redact_url(url),
             source: source.without_url(),
             timeout,
-        };
-        let request = prepare(self.client.request(method.clone(), parsed).timeout(timeout));
-        let mut response = request.send().await.map_err(request_error)?;
+        })
+    }
+
+    /// The body of a 2xx answer, at most `max_bytes`; any other status is an error (a 400 or
+    /// 401 naming its OAuth 2.0 error code).
+    async fn read_success(
+        &self,
+        method: &Method,
+        url: &str,
+        timeout: Duration,
+        response: &mut reqwest::Response,
+    ) -> Result<Vec<u8>, OutboundError> {
         if !response.status().is_success() {
             let status = response.status().as_u16();
             let error = match status {
-                400 | 401 => oauth_error_code(&read_at_most(&mut response, OAUTH_ERROR_MAX_BYTES).await),
+                400 | 401 => oauth_error_code(&read_at_most(response, OAUTH_ERROR_MAX_BYTES).await),
                 _ => None,
             };
             return Err(match error {
@@ -218,7 +287,12 @@ impl Outbound {
             });
         }
         let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(request_error)? {
+        while let Some(chunk) = response.chunk().await.map_err(|source| OutboundError::Request {
+            method: method.clone(),
+            url: redact_url(url),
+            source: source.without_url(),
+            timeout,
+        })? {
             if body.len() + chunk.len() > self.limits.max_bytes {
                 return Err(OutboundError::TooLarge {
                     method: method.clone(),
@@ -230,6 +304,52 @@ impl Outbound {
         }
         Ok(body)
     }
+
+    /// The same client (one connection pool) with another body cap.
+    pub fn with_max_bytes(&self, max_bytes: usize) -> Self {
+        Self { client: self.client.clone(), limits: OutboundLimits { max_bytes, ..self.limits } }
+    }
+}
+
+/// The answer to a conditional GET.
+#[derive(Debug)]
+pub enum Conditional {
+    /// 304: what the caller has is current.
+    NotModified,
+    /// A new body, and its `ETag` when the server sent one.
+    Body {
+        /// The `ETag` to send as `If-None-Match` next time.
+        etag: Option<String>,
+        /// The body.
+        body: Vec<u8>,
+    },
+}
+
+/// The body of a streamed answer, read chunk by chunk.
+#[derive(Debug)]
+pub struct BodyStream {
+    response: reqwest::Response,
+    /// The URL, redacted.
+    url: String,
+    timeout: Duration,
+}
+
+impl BodyStream {
+    /// Appends the next chunk of the body to `buffer`; `false` once the server ended it.
+    pub async fn read_into(&mut self, buffer: &mut Vec<u8>) -> Result<bool, OutboundError> {
+        let chunk = self.response.chunk().await.map_err(|source| OutboundError::Request {
+            method: Method::GET,
+            url: self.url.clone(),
+            source: source.without_url(),
+            timeout: self.timeout,
+        })?;
+        Ok(chunk.map(|chunk| buffer.extend_from_slice(&chunk)).is_some())
+    }
+}
+
+/// `request` with `headers` added.
+fn with_headers(request: reqwest::RequestBuilder, headers: &[(&str, &str)]) -> reqwest::RequestBuilder {
+    headers.iter().fold(request, |request, (name, value)| request.header(*name, *value))
 }
 
 /// The longest error answer read for its OAuth 2.0 error code.

@@ -6,6 +6,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::config::load::fingerprint;
+use crate::data::{FeedContext, Store};
 use crate::engine::Engine;
 use crate::policy_set::{PolicySetError, SetSummary, build_snapshot, log_not_evaluated};
 
@@ -38,14 +39,18 @@ async fn run_blocking_within<T: Send + 'static>(
 #[derive(Debug)]
 pub struct Reloader {
     engine: Arc<Engine>,
+    /// The live data; its feeds follow the data sources each new set declares.
+    data: Arc<Store>,
+    feeds: FeedContext,
     /// Held while a reload runs, so that reloads never overlap.
     reloading: tokio::sync::Mutex<()>,
 }
 
 impl Reloader {
-    /// A reloader that swaps new policy sets into `engine`.
-    pub fn new(engine: Arc<Engine>) -> Self {
-        Self { engine, reloading: tokio::sync::Mutex::new(()) }
+    /// A reloader that swaps new policy sets into `engine` and brings `data`'s feeds in line
+    /// with the data sources they declare.
+    pub fn new(engine: Arc<Engine>, data: Arc<Store>, feeds: FeedContext) -> Self {
+        Self { engine, data, feeds, reloading: tokio::sync::Mutex::new(()) }
     }
 
     /// Rebuilds the policy set from the configured paths and swaps it in when it is valid.
@@ -92,6 +97,7 @@ impl Reloader {
         let generation = self.engine.swap(snapshot);
         // After the swap: checks of the old set may still use their keys until then.
         self.engine.keys().retain_issuers(&named);
+        self.data.reconcile(&loaded.data_sources, &self.feeds);
         self.engine.metrics().record_policy_set(generation, summary.authorization_policies);
         self.engine.metrics().record_reload(true);
         log_not_evaluated(&loaded);

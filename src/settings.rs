@@ -170,6 +170,8 @@ pub struct Settings {
     /// Revocation of tokens and sessions by `jti`, `sid` or subject (docs/credentials.md);
     /// unset, nothing is revoked before it expires.
     pub revocation: Option<crate::revocation::settings::RevocationSettings>,
+    /// The data sources the policy files declare (docs/data.md).
+    pub data: crate::data::DataSettings,
 }
 
 impl Default for Settings {
@@ -214,6 +216,7 @@ impl Default for Settings {
             api_keys: None,
             introspection: None,
             revocation: None,
+            data: crate::data::DataSettings::default(),
         }
     }
 }

@@ -67,6 +67,17 @@ struct SourceLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct DataSourceLabels {
+    source: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct DataUpdateLabels {
+    source: String,
+    result: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct ReasonLabels {
     reason: &'static str,
 }
@@ -83,6 +94,9 @@ pub const SESSION_END_REASONS: [&str; 6] =
 /// How a refresh of a session's access token went: the `result` of
 /// `portcullis_session_refreshes_total`.
 pub const SESSION_REFRESH_RESULTS: [&str; 4] = ["ok", "invalid_grant", "error", "waited"];
+
+/// What became of an update of a data source: the `result` of `portcullis_data_updates_total`.
+pub const DATA_UPDATE_RESULTS: [&str; 4] = ["applied", "refused_over_limit", "record_refused", "failed"];
 
 /// Check latency buckets, in seconds: 25 µs to 100 ms.
 const LATENCY_BUCKETS: [f64; 11] = [0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1];
@@ -123,6 +137,10 @@ pub struct Metrics {
     sessions_ended: Family<ReasonLabels, Counter>,
     session_refreshes: Family<ResultLabels, Counter>,
     sessions_held: Gauge,
+    data_records: Family<DataSourceLabels, Gauge>,
+    data_bytes: Family<DataSourceLabels, Gauge>,
+    data_age: Family<DataSourceLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    data_updates: Family<DataUpdateLabels, Counter>,
     /// The series of `checks` and `check_duration_seconds` a check writes, by door and reason,
     /// found in their families once: a check then neither hashes labels nor takes a lock.
     check_series: [[OnceLock<Counter>; Reason::ALL.len()]; Door::ALL.len()],
@@ -237,6 +255,18 @@ impl Metrics {
                 "sessions_held",
                 "Browser sessions held in this replica's memory (with Redis: local copies)",
             ),
+            data_records: register.new_metric("data_records", "Records in each data source's live table"),
+            data_bytes: register
+                .new_metric("data_bytes", "Bytes each data source's live table counts against its limit"),
+            data_age: register.new_metric(
+                "data_age_seconds",
+                "Seconds since each data source was last known current (a load, a change, a 304, a heartbeat)",
+            ),
+            data_updates: register.new_metric(
+                "data_updates",
+                "Updates of data sources, by source and result (`applied`, `refused_over_limit`, `record_refused`: \
+                 documents skipped, `failed`)",
+            ),
             check_series: Default::default(),
             duration_series: Default::default(),
             registry,
@@ -297,6 +327,48 @@ impl Metrics {
         let labels = IssuerLabels { issuer: issuer.into() };
         self.jwks_keys.remove(&labels);
         self.jwks_age.remove(&labels);
+    }
+
+    /// Exports a data source's series from the moment it is declared: records, bytes and age at
+    /// 0, its updates at 0 for every result.
+    pub fn record_data_source(&self, source: &str) {
+        for result in DATA_UPDATE_RESULTS {
+            self.data_updates.get_or_create(&DataUpdateLabels { source: source.into(), result }).inc_by(0);
+        }
+        let labels = DataSourceLabels { source: source.into() };
+        drop(self.data_records.get_or_create(&labels));
+        drop(self.data_bytes.get_or_create(&labels));
+        drop(self.data_age.get_or_create(&labels));
+    }
+
+    /// Removes the series of a data source no policy file declares any more.
+    pub fn forget_data_source(&self, source: &str) {
+        for result in DATA_UPDATE_RESULTS {
+            self.data_updates.remove(&DataUpdateLabels { source: source.into(), result });
+        }
+        let labels = DataSourceLabels { source: source.into() };
+        self.data_records.remove(&labels);
+        self.data_bytes.remove(&labels);
+        self.data_age.remove(&labels);
+    }
+
+    /// Sets the size of a data source's live table.
+    pub fn record_data_table(&self, source: &str, records: usize, bytes: usize) {
+        let labels = DataSourceLabels { source: source.into() };
+        self.data_records.get_or_create(&labels).set(i64::try_from(records).unwrap_or(i64::MAX));
+        self.data_bytes.get_or_create(&labels).set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
+    /// Counts `count` updates of a data source with `result`, one of [`DATA_UPDATE_RESULTS`].
+    pub fn record_data_updates(&self, source: &str, result: &'static str, count: u64) {
+        self.data_updates.get_or_create(&DataUpdateLabels { source: source.into(), result }).inc_by(count);
+    }
+
+    /// Sets each data source's age; called right before a scrape.
+    pub fn record_data_ages(&self, ages: &[(std::sync::Arc<str>, f64)]) {
+        for (source, seconds) in ages {
+            self.data_age.get_or_create(&DataSourceLabels { source: source.to_string() }).set(*seconds);
+        }
     }
 
     /// Counts a token cache lookup as a hit or a miss.

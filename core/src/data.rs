@@ -124,14 +124,19 @@ impl Record {
         if !document.is_object() {
             return Err(RecordError::NotAnObject);
         }
-        let key = match at_path(document, &shape.key) {
-            Some(Value::String(key)) => Arc::from(key.as_str()),
-            Some(Value::Number(key)) => Arc::from(key.to_string()),
-            _ => return Err(RecordError::NoKey(shape.key.clone())),
-        };
+        let key = Self::key_of(shape, document).ok_or_else(|| RecordError::NoKey(shape.key.clone()))?;
         let values = shape.fields.iter().map(|field| FieldValue::from_json(at_path(document, field))).collect();
         let header = shape.header.as_ref().map(|header| header_value(header, document)).transpose()?;
         Ok((key, Self { values, header }))
+    }
+
+    /// A document's key under `shape`: its key field's string or number, as text.
+    pub fn key_of(shape: &Shape, document: &Value) -> Option<Arc<str>> {
+        match at_path(document, &shape.key)? {
+            Value::String(key) => Some(Arc::from(key.as_str())),
+            Value::Number(key) => Some(Arc::from(key.to_string())),
+            _ => None,
+        }
     }
 
     /// The value of a field of the shape it was built with; `None` for a field it does not keep.

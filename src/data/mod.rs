@@ -1,12 +1,37 @@
 //! Data sources named in the policy files: what each reads from, and the live tables checks read; the feeds that keep them current are its submodules.
 
+mod couchdb;
+mod feed;
+mod file;
+mod http;
+mod ndjson;
+mod store;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use serde::{Deserialize, Serialize};
 
 use crate::core::data::{Data, Shape};
+
+pub use store::{FeedContext, NotLoaded};
+
+/// The `data` block of the settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataSettings {
+    /// `/readyz` waits this long at most for a declared source's first load, counted from when
+    /// it was declared (start-up, or the reload that added it).
+    pub ready_timeout_secs: u64,
+}
+
+impl Default for DataSettings {
+    fn default() -> Self {
+        Self { ready_timeout_secs: 30 }
+    }
+}
 
 /// One `DataSource` document, compiled: its name, what it keeps, and where it reads from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,10 +79,16 @@ pub enum Feed {
     },
 }
 
-/// Every source's current table, as the next check reads it.
+/// Every source's current table, as the next check reads it, and the feeds that keep them
+/// current ([`Store::reconcile`]).
 #[derive(Debug, Default)]
 pub struct Store {
     data: ArcSwap<Data>,
+    /// The declared sources and how their feeds fare, by name; publishing takes this lock too,
+    /// so a feed stopped here can no longer publish.
+    sources: std::sync::Mutex<std::collections::HashMap<Arc<str>, store::Source>>,
+    /// Numbers each feed started, so that a stopped one's late table is refused.
+    started: std::sync::atomic::AtomicU64,
 }
 
 impl Store {

@@ -1,4 +1,4 @@
-//! The admin door: `/healthz` (process up), `/readyz` (policies loaded, not shutting down; names each issuer without keys and why, each introspection provider whose last call failed, and a session store that cannot be reached), `/metrics` (Prometheus text), and with revocation on, `/revocations` (admin token) and the back-channel logout of bearer-token issuers; never decides a check.
+//! The admin door: `/healthz` (process up), `/readyz` (policies loaded, not shutting down; names each issuer without keys and why, each introspection provider whose last call failed, a session store that cannot be reached, and each data source not loaded yet), `/metrics` (Prometheus text), and with revocation on, `/revocations` (admin token) and the back-channel logout of bearer-token issuers; never decides a check.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,6 +10,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
+use crate::data::Store;
 use crate::engine::Engine;
 use crate::revocation::Revocations;
 use crate::revocation::admin::AdminAnswer;
@@ -21,12 +22,14 @@ pub struct AdminState {
     /// True once the first policy set is live and every issuer's keys were fetched once (or the
     /// wait for them ran out), until shutdown starts; the server sets it.
     ready: Arc<AtomicBool>,
+    /// The live data: a declared source never loaded holds readiness back for a while.
+    data: Arc<Store>,
 }
 
 impl AdminState {
-    /// The state of a server whose readiness `ready` holds.
-    pub fn new(engine: Arc<Engine>, ready: Arc<AtomicBool>) -> Self {
-        Self { engine, ready }
+    /// The state of a server whose readiness `ready` holds, reading its data sources in `data`.
+    pub fn new(engine: Arc<Engine>, ready: Arc<AtomicBool>, data: Arc<Store>) -> Self {
+        Self { engine, ready, data }
     }
 }
 
@@ -100,10 +103,18 @@ async fn back_channel_logout(State(state): State<Arc<AdminState>>, headers: Head
 }
 
 /// 200 once ready; the body names each issuer that has no keys, whose tokens are refused, and
-/// why its last fetch failed (its URLs without userinfo or query).
+/// why its last fetch failed (its URLs without userinfo or query), and each data source not
+/// loaded yet. A source never loaded holds readiness back for `data.ready_timeout_secs` after it
+/// was declared; after that it is named, not failed: the checks that read it fail closed.
 async fn readyz(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
-    let ready = state.ready.load(Ordering::Acquire);
+    let bound = std::time::Duration::from_secs(state.engine.settings().data.ready_timeout_secs);
+    let not_loaded = state.data.not_loaded();
+    let ready = state.ready.load(Ordering::Acquire) && not_loaded.iter().all(|source| source.waited >= bound);
     let mut body = String::from(if ready { "ready\n" } else { "not ready\n" });
+    for source in not_loaded {
+        let cause = source.failure.as_deref().unwrap_or("its first load has not ended");
+        body.push_str(&format!("data source {} ({}) not loaded: {cause}\n", source.name, source.declared_at));
+    }
     for (issuer, cause) in state.engine.keys().missing_with_causes() {
         let cause = cause.as_deref().unwrap_or("its first fetch has not ended");
         body.push_str(&format!("no keys for issuer {issuer}: {cause}\n"));
@@ -122,6 +133,7 @@ async fn readyz(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
 
 async fn metrics(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
     state.engine.metrics().record_jwks_ages(&state.engine.keys().seconds_since_success());
+    state.engine.metrics().record_data_ages(&state.data.ages());
     if let Some(revocations) = state.engine.revocations() {
         state.engine.metrics().record_revocation_list_age(revocations.age_seconds());
     }
