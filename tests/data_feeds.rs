@@ -192,6 +192,30 @@ async fn an_ndjson_stream_with_seq_is_applied_line_by_line_and_resumed_from_its_
 }
 
 #[tokio::test]
+async fn a_change_over_the_limits_drops_the_record_it_touched_so_that_no_stale_record_stays_in_force() {
+    let (base, _heads, lines) = stream_server().await;
+    let (store, context) = store();
+    let feed = Feed::NdJson { url: format!("{base}/users/stream"), authorization_file: None };
+    let small = Shape { limits: Limits { records: 10, bytes: 400 }, ..(*shape(10)).clone() };
+    let definition = Definition { shape: Arc::new(small), ..definition("users", feed, 10) };
+    store.reconcile(&[definition], &context);
+    for line in [r#"{"_id":"ana","apps":["a1"],"_seq":1}"#, r#"{"_id":"bo","apps":["b1"],"_seq":2}"#] {
+        lines.send(Some(line.into())).unwrap();
+    }
+    eventually("the stream's records are loaded", async || records(&store, "users") == Some(2)).await;
+    // ana's record changes to one that does not fit: the old one must not stay in force.
+    lines.send(Some(format!(r#"{{"_id":"ana","apps":["{}"],"_seq":3}}"#, "x".repeat(400)))).unwrap();
+    let over = r#"portcullis_data_updates_total{source="users",result="refused_over_limit"}"#;
+    eventually("the change is refused", async || sample(&context, over).as_deref() == Some("1")).await;
+    eventually("the record the refused change touched is dropped", async || {
+        store.current().table("users").is_some_and(|table| table.get("ana").is_none())
+    })
+    .await;
+    assert!(store.current().table("users").unwrap().get("bo").is_some(), "records the change did not touch stay");
+    context.tasks.shutdown(Duration::from_secs(10)).await;
+}
+
+#[tokio::test]
 async fn an_ndjson_stream_without_seq_is_read_anew_and_replaces_the_table_once_quiet() {
     let (base, heads, lines) = stream_server().await;
     let (store, context) = store();

@@ -181,6 +181,15 @@ pub enum Change {
     Remove(Arc<str>),
 }
 
+impl Change {
+    /// The key the change is about.
+    pub fn key(&self) -> &Arc<str> {
+        match self {
+            Self::Put(key, _) | Self::Remove(key) => key,
+        }
+    }
+}
+
 /// A source that would exceed its limits; the change is refused and the table before it stays.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("the source would hold {records} records in {bytes} bytes, over its limits of {} records and {} bytes", .limits.records, .limits.bytes)]

@@ -111,7 +111,7 @@ impl FeedRun {
 
     /// Makes `changes`, applied to an empty table, the live table: a whole new load.
     pub(super) fn replace(&self, changes: Vec<Change>) -> bool {
-        self.publish(&Table::new(self.shape.clone()), changes)
+        self.publish(&Table::new(self.shape.clone()), changes, Refused::KeepLastGood)
     }
 
     /// Applies `changes` to the live table (an empty one when none is live yet).
@@ -122,12 +122,16 @@ impl FeedRun {
         }
         let live = self.store.table(&self.name).filter(|table| *table.shape() == self.shape);
         match live {
-            Some(table) => self.publish(&table, changes),
-            None => self.publish(&Table::new(self.shape.clone()), changes),
+            Some(table) => self.publish(&table, changes, Refused::ForgetTouchedKeys),
+            None => self.publish(&Table::new(self.shape.clone()), changes, Refused::ForgetTouchedKeys),
         }
     }
 
-    fn publish(&self, base: &Table, changes: Vec<Change>) -> bool {
+    fn publish(&self, base: &Table, changes: Vec<Change>, refused: Refused) -> bool {
+        let touched: Vec<Arc<str>> = match refused {
+            Refused::KeepLastGood => Vec::new(),
+            Refused::ForgetTouchedKeys => changes.iter().map(|change| change.key().clone()).collect(),
+        };
         match base.apply(changes) {
             Ok(table) => {
                 let (records, bytes) = (table.records(), table.bytes());
@@ -150,6 +154,17 @@ impl FeedRun {
                 );
                 self.metrics.record_data_updates(&self.name, "refused_over_limit", 1);
                 self.store.mark_failed(&self.name, self.run, format!("update refused: {over}"));
+                if !touched.is_empty() {
+                    // A refused change must not leave the record it replaced or removed in force:
+                    // the keys it touched have no record until a later change fits.
+                    let forgotten = base.apply(touched.into_iter().map(Change::Remove));
+                    if let Ok(table) = forgotten {
+                        let (records, bytes) = (table.records(), table.bytes());
+                        if self.store.publish(&self.name, self.run, table) {
+                            self.metrics.record_data_table(&self.name, records, bytes);
+                        }
+                    }
+                }
                 false
             }
         }
@@ -166,6 +181,16 @@ impl FeedRun {
         self.metrics.record_data_updates(&self.name, "failed", 1);
         self.store.mark_failed(&self.name, self.run, error.to_string());
     }
+}
+
+/// What a change over the limits leaves in force.
+#[derive(Debug, Clone, Copy)]
+enum Refused {
+    /// A whole new load refused: the last good table stays.
+    KeepLastGood,
+    /// Changes to a live table refused: the records they touched are dropped (checks that read
+    /// them are refused), the rest stays.
+    ForgetTouchedKeys,
 }
 
 /// The documents refused in one update: how many, and the first ones' keys and reasons.
