@@ -436,6 +436,9 @@ mod tests {
         }
     }
 
+    /// A path, the caller's claims, an expression, and its values or why it has none.
+    type Row = (&'static str, Option<Json>, Expr, Result<Vec<String>, String>);
+
     #[test]
     fn each_form_yields_its_values_or_says_why_it_cannot() {
         let ana = Some(json!({"iss": "https://idp", "sub": "ana", "apps": ["a1", "a3"], "empty": []}));
@@ -444,7 +447,7 @@ mod tests {
         let owner_account =
             lookup("users", users(), lookup("apps", apps(), param("app_id", &["/apps/{app_id}"]), "owner"), "account");
         let ok = |values: &[&str]| Ok(values.iter().map(|value| value.to_string()).collect::<Vec<_>>());
-        let table: Vec<(&str, Option<Json>, Expr, Result<Vec<String>, String>)> = vec![
+        let table: Vec<Row> = vec![
             ("/apps/a1", None, param("app_id", &["/x/{app_id}", "/apps/{app_id}"]), ok(&["a1"])),
             (
                 "/apps/a1/",

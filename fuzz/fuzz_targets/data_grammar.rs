@@ -33,7 +33,7 @@ struct Scene<'a> {
     requests: Vec<RequestInput<'a>>,
 }
 
-/// The input is the policy text, a NUL, then the bytes the records and requests are drawn from.
+// The input is the policy text, a NUL, then the bytes the records and requests are drawn from.
 fuzz_target!(|input: &[u8]| {
     let (text, rest) = input.split_at(input.iter().position(|&byte| byte == 0).unwrap_or(input.len()));
     let Ok(text) = std::str::from_utf8(text) else { return };
