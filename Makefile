@@ -100,7 +100,7 @@ deploy-render:
 # Not in CI. Fuzzing: every cargo-fuzz target for FUZZ_SECONDS seconds (fuzz/README.md). Stable
 # Rust accepts libFuzzer's nightly flags with RUSTC_BOOTSTRAP=1.
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS := policy_yaml token check_request path_normalize context_pairs api_key_file introspection_answer logout_token
+FUZZ_TARGETS := policy_yaml token check_request path_normalize context_pairs api_key_file introspection_answer logout_token data_grammar
 .PHONY: fuzz soak
 fuzz:
 	command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked

@@ -121,15 +121,17 @@ pub async fn serve(settings: Settings) -> Result<(), AppError> {
         None => None,
     };
     let introspection = introspection(&settings, &metrics)?;
+    // The data sources' live tables, empty until their feeds load them: lookups fail closed.
+    let data = Arc::new(Store::default());
     let engine = Engine::new(snapshot, settings.clone(), metrics, keys.clone(), token_cache)
         .with_api_keys(api_keys)
         .with_introspection(introspection)
-        .with_revocations(revocations);
+        .with_revocations(revocations)
+        .with_data(data.clone());
     let engine = Arc::new(match sso {
         Some(sso) => engine.with_sso(sso),
         None => engine,
     });
-    let data = Arc::new(Store::default());
     let feeds = feed_context(&settings, &tasks, engine.metrics())?;
     data.reconcile(&loaded.data_sources, &feeds);
     let ready = Arc::new(AtomicBool::new(false));

@@ -240,7 +240,13 @@ pub fn validate(settings: &Settings) -> Result<bool, PolicySetError> {
 
 /// `portcullis check`: the decision as JSON on stdout, with `explain` why; `Ok(allowed)`.
 pub fn check(settings: &Settings, request_file: &Path, explain: bool) -> Result<bool, String> {
-    let (snapshot, _) = build_snapshot(settings).map_err(|error| error.to_string())?;
+    let (snapshot, loaded) = build_snapshot(settings).map_err(|error| error.to_string())?;
+    if !loaded.data_sources.is_empty() {
+        // Offline, nothing is fetched: `portcullis test` files can give the data instead.
+        eprintln!(
+            "portcullis: warning: data sources are not loaded by `check`; lookups cannot be evaluated and fail closed"
+        );
+    }
     let (file, headers) = RequestFile::read(request_file)?;
     let metrics = Arc::new(Metrics::new());
     let cache = Arc::new(VerifiedTokenCache::new(0, metrics.clone()));

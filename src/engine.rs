@@ -7,7 +7,9 @@ use arc_swap::ArcSwap;
 
 use crate::core::authn::{Authentication, AuthnContext, Credential, Credentials, UnverifiedToken};
 use crate::core::jwt::{JwtError, KeySet};
+use crate::core::snapshot::Plan;
 use crate::core::{Decision, Reason, Request, Snapshot};
+use crate::data::Store;
 use crate::identity::api_keys::ApiKeys;
 use crate::identity::introspection::Introspection;
 use crate::identity::jwks::KeyStore;
@@ -64,6 +66,8 @@ pub struct Engine {
     introspection: Option<Arc<Introspection>>,
     /// The revocation list every check consults, when configured.
     revocations: Option<Arc<Revocations>>,
+    /// The data sources' live tables that lookups read (empty until a feed loads one).
+    data: Arc<Store>,
 }
 
 impl Engine {
@@ -88,7 +92,18 @@ impl Engine {
             api_keys: None,
             introspection: None,
             revocations: None,
+            data: Arc::default(),
         }
+    }
+
+    /// The same engine, its lookups reading the tables of `data`.
+    pub fn with_data(self, data: Arc<Store>) -> Self {
+        Self { data, ..self }
+    }
+
+    /// The data sources' live tables.
+    pub fn data(&self) -> &Arc<Store> {
+        &self.data
     }
 
     /// The same engine, refusing what `revocations` names, when given.
@@ -191,12 +206,12 @@ impl Engine {
             Some(credentials) => match self.resolve(credentials, &context).await {
                 Some(authentication) => {
                     let authentication = self.still_active(authentication, context.now).await;
-                    snapshot.authorize(plan, Some(authentication))
+                    self.authorize(snapshot, plan, Some(authentication))
                 }
                 None => Decision::new(Reason::InternalError, None),
             },
             None if api_key.is_some() => match api_key.flatten() {
-                Some(authentication) => snapshot.authorize(plan, Some(authentication)),
+                Some(authentication) => self.authorize(snapshot, plan, Some(authentication)),
                 None => Decision::new(Reason::InternalError, None),
             },
             None if plan.opaque_token().is_some() => {
@@ -207,7 +222,7 @@ impl Engine {
                     ),
                     _ => Authentication::Failed { error: JwtError::IntrospectionFailed },
                 };
-                snapshot.authorize(plan, Some(authentication))
+                self.authorize(snapshot, plan, Some(authentication))
             }
             // No token: a browser session, when the request carries one.
             None => {
@@ -223,7 +238,7 @@ impl Engine {
                     session = Some(claims);
                     Authentication::Session { identity }
                 });
-                snapshot.authorize(plan, authentication)
+                self.authorize(snapshot, plan, authentication)
             }
         };
         if let Some((sso, http)) = sso {
@@ -233,6 +248,11 @@ impl Engine {
             tracing::error!("Check panicked; denied the request");
         }
         decision
+    }
+
+    /// The core's last stage, lookups reading the data current now.
+    fn authorize<'p>(&self, snapshot: &'p Snapshot, plan: Plan<'p>, resolved: Option<Authentication<'p>>) -> Decision {
+        snapshot.authorize_with_data(plan, resolved, &self.data.current())
     }
 
     /// A request's tokens authenticated as Istio's requirement asks, each token verified in turn

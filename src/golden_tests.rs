@@ -20,9 +20,11 @@ use tokio::net::TcpListener;
 use crate::cli::RequestFile;
 use crate::config::ConfigError;
 use crate::config::load::{load_policies, load_policy_text};
+use crate::core::data::Data;
 use crate::core::identity::Identity;
 use crate::core::test_util::{jwks, sign};
 use crate::core::{Decision, Snapshot};
+use crate::data::Store;
 use crate::doors::denial::Denial;
 use crate::engine::{Engine, Outcome, Received};
 use crate::identity::jwks::KeyStore;
@@ -45,6 +47,10 @@ struct GoldenFile {
     /// as `${jwks_uri:NAME}`.
     #[serde(default)]
     jwks_servers: Vec<JwksEndpoint>,
+    /// The documents of each data source the policies declare, loaded before any case runs;
+    /// a source left out is not loaded.
+    #[serde(default)]
+    data: BTreeMap<String, Vec<Value>>,
     #[serde(default)]
     cases: Vec<Case>,
     #[serde(default)]
@@ -263,6 +269,8 @@ async fn read_request_path(stream: &mut tokio::net::TcpStream) -> String {
 struct Judge {
     engine: Engine,
     snapshot: Snapshot,
+    /// The data the engine's lookups read, for the twin.
+    data: Data,
 }
 
 async fn judge_for(
@@ -286,7 +294,7 @@ async fn judge_for(
             policies = policies.replace(&format!("${{jwks_uri:{}}}", endpoint.name), &server.uri(&endpoint.name));
         }
     }
-    let compile = || -> Result<Snapshot, Vec<ConfigError>> {
+    let compile = || -> Result<(Snapshot, Data), Vec<ConfigError>> {
         let mut loaded = load_policy_text(label, &policies)?;
         if !file.policy_paths.is_empty() {
             let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -296,16 +304,21 @@ async fn judge_for(
             loaded.authn.extend(from_files.authn);
         }
         let workloads = settings.workload_table().map_err(|error| as_error(error.to_string()))?;
-        Ok(Snapshot::new(loaded.policies, loaded.authn, workloads, settings.engine_options(), &settings.root_namespace))
+        let data = crate::policy_tests::data_of(&loaded.data_sources, &file.data).map_err(as_error)?;
+        let sources = loaded.snapshot_data_sources();
+        let options = settings.engine_options();
+        let root = &settings.root_namespace;
+        Ok((Snapshot::with_data_sources(loaded.policies, loaded.authn, workloads, options, root, sources), data))
     };
-    let (snapshot, twin) = (compile()?, compile()?);
+    let ((snapshot, data), (twin, _)) = (compile()?, compile()?);
     // As `serve` starts: the key store knows the set's remote issuers and fetches them once.
     let metrics = Arc::new(Metrics::new());
     let cache = Arc::new(VerifiedTokenCache::new(settings.token_cache_entries, metrics.clone()));
     let keys = Arc::new(KeyStore::new(settings.fetch_limits(), metrics.clone(), cache.clone()).expect("a key store"));
     let issuers = keys.add_issuers(snapshot.remote_issuers());
     keys.fetch(&issuers).await;
-    Ok(Judge { engine: Engine::new(snapshot, settings, metrics, keys, cache), snapshot: twin })
+    let engine = Engine::new(snapshot, settings, metrics, keys, cache).with_data(Arc::new(Store::from(data.clone())));
+    Ok(Judge { engine, snapshot: twin, data })
 }
 
 fn signed_token(claims: &Map<String, Value>, key: &str, kid: &str) -> String {
@@ -365,9 +378,9 @@ async fn run_case(judge: &Judge, server: Option<&JwksServer>, case: &Case) -> Re
         let space_delimited: Arc<[Box<str>]> = Arc::from(vec![Box::from("scope"), Box::from("permission")]);
         let identity = Identity::for_tests(claims, judge.snapshot.kept_claims(), space_delimited);
         let request = case.request.request(&headers);
-        let decision = judge.snapshot.decide(&request, Some(&identity));
+        let decision = judge.snapshot.decide(&request, Some(&identity), &judge.data);
         let allow = decision.is_allow();
-        (decision, allow, judge.snapshot.explain_as(&request, Some(&identity)))
+        (decision, allow, judge.snapshot.explain_as(&request, Some(&identity), &judge.data))
     } else {
         let mut path = case.request.path.clone();
         if let Some(claims) = &case.token {
@@ -386,7 +399,7 @@ async fn run_case(judge: &Judge, server: Option<&JwksServer>, case: &Case) -> Re
         let Outcome { decision, allow } = judge.engine.check(Door::Grpc, Received::Judgeable(&request)).await;
         // After the engine's refetches, the explanation sees the keys its last decision saw.
         let context = judge.engine.settings().authn_context(&**judge.engine.keys());
-        (decision, allow, judge.snapshot.explain(&request, &context))
+        (decision, allow, judge.snapshot.explain_with_data(&request, &context, &judge.data))
     };
     // The explanation walks the same predicates its own way: it must arrive at the same verdict.
     if (explanation.reason, &explanation.policy) != (decision.reason, &decision.policy) {

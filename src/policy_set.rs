@@ -38,7 +38,9 @@ pub fn build_snapshot_with(
     let workloads = settings.workload_table()?;
     let policies = std::mem::take(&mut loaded.policies);
     let authn = std::mem::take(&mut loaded.authn);
-    let snapshot = Snapshot::new(policies, authn, workloads, settings.engine_options(), &settings.root_namespace);
+    let sources = loaded.snapshot_data_sources();
+    let options = settings.engine_options();
+    let snapshot = Snapshot::with_data_sources(policies, authn, workloads, options, &settings.root_namespace, sources);
     if let Some(message) = snapshot.conflicting_key_sources() {
         let file = settings.policies.iter().map(|path| path.display().to_string()).collect::<Vec<_>>().join(", ");
         return Err(PolicySetError::Policies(vec![ConfigError { file: file.into(), line: 0, message }]));

@@ -3,9 +3,11 @@
 //! An issuer a test file declares is trusted through its key for the run: every JWT rule of
 //! that issuer in the policies verifies with the declared key instead of its own `jwks`,
 //! `jwksUri` or discovery. Nothing is fetched: the rules of other issuers keep remote keys they
-//! never get, and refuse their tokens.
+//! never get, and refuse their tokens. Data sources are not read either: a file gives each
+//! source the documents its cases see (`data: {users: [...]}`); a source it leaves out is
+//! not loaded, and lookups into it fail closed.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -21,8 +23,10 @@ use serde_saphyr::Spanned;
 use crate::cli::RequestFile;
 use crate::config::{ConfigError, describe_yaml_error, yaml_options};
 use crate::core::authn::{JwtRule, KeySource, NoRemoteKeys};
+use crate::core::data::{Change, Data, Record, Table};
 use crate::core::jwt::KeySet;
 use crate::core::{Decision, Reason, Snapshot};
+use crate::data::Definition;
 use crate::doors::denial::Denial;
 use crate::policy_set::build_snapshot_with;
 use crate::settings::Settings;
@@ -35,6 +39,9 @@ const TOKEN_LIFETIME_SECS: u64 = 300;
 struct TestFile {
     #[serde(default)]
     issuers: Vec<Spanned<IssuerKey>>,
+    /// The documents of each data source, as its feed would give them.
+    #[serde(default)]
+    data: Option<Spanned<BTreeMap<String, Vec<Value>>>>,
     cases: Vec<Spanned<Case>>,
 }
 
@@ -107,6 +114,8 @@ struct ReadyCase {
 struct Suite {
     path: PathBuf,
     keys: Vec<SigningKey>,
+    /// The line of `data`, and each source's documents.
+    data: Option<(u64, BTreeMap<String, Vec<Value>>)>,
     cases: Vec<ReadyCase>,
 }
 
@@ -149,14 +158,14 @@ pub fn run(settings: &Settings, files: &[PathBuf]) -> TestOutcome {
     }
     let (mut passed, mut failed) = (0, 0);
     let mut out = std::io::stdout().lock();
-    for (suite, snapshot) in suites.iter().zip(&snapshots) {
+    for (suite, (snapshot, data)) in suites.iter().zip(&snapshots) {
         for case in &suite.cases {
             let mut headers = case.request.header_entries();
             if let Some(token) = &case.token {
                 headers.push(("authorization".into(), format!("Bearer {token}")));
             }
             let request = case.request.request(&headers);
-            let decision = snapshot.check(&request, &context);
+            let decision = snapshot.check_with_data(&request, &context, data);
             let misses = misses(&case.expect, &decision);
             if misses.is_empty() {
                 passed += 1;
@@ -167,7 +176,7 @@ pub fn run(settings: &Settings, files: &[PathBuf]) -> TestOutcome {
                 for miss in misses {
                     let _ = writeln!(out, "  {miss}");
                 }
-                for line in snapshot.explain(&request, &context).to_string().lines() {
+                for line in snapshot.explain_with_data(&request, &context, data).to_string().lines() {
                     let _ = writeln!(out, "  {line}");
                 }
             }
@@ -199,9 +208,31 @@ fn misses(expect: &Expectation, decision: &Decision) -> Vec<String> {
     misses
 }
 
-/// The policy set with every declared issuer's rules trusting its key; an issuer no rule
-/// names is an error, as a misspelled issuer would leave every case's token unverified.
-fn snapshot_for(settings: &Settings, suite: &Suite) -> Result<Snapshot, Vec<ConfigError>> {
+/// Each source's table holding `documents`, as their feeds would load them; a source the
+/// policies do not declare, a document that is not a record, or one over the limits is an error.
+pub(crate) fn data_of(sources: &[Definition], documents: &BTreeMap<String, Vec<Value>>) -> Result<Data, String> {
+    let mut data = Data::default();
+    for (name, documents) in documents {
+        let source = sources
+            .iter()
+            .find(|source| *source.name == **name)
+            .ok_or(format!("data: the policies declare no data source `{name}`"))?;
+        let mut changes = Vec::with_capacity(documents.len());
+        for (index, document) in documents.iter().enumerate() {
+            let (key, record) = Record::from_document(&source.shape, document)
+                .map_err(|error| format!("data.{name}[{index}]: {error}"))?;
+            changes.push(Change::Put(key, Arc::new(record)));
+        }
+        let table = Table::new(source.shape.clone()).apply(changes).map_err(|error| format!("data.{name}: {error}"))?;
+        data = data.with_table(source.name.clone(), Arc::new(table));
+    }
+    Ok(data)
+}
+
+/// The policy set with every declared issuer's rules trusting its key, and the data its
+/// cases see; an issuer no rule names is an error, as a misspelled issuer would leave every
+/// case's token unverified.
+fn snapshot_for(settings: &Settings, suite: &Suite) -> Result<(Snapshot, Data), Vec<ConfigError>> {
     let mut trusted: HashSet<&str> = HashSet::new();
     let built = build_snapshot_with(settings, |loaded| {
         for policy in &mut loaded.authn {
@@ -218,7 +249,13 @@ fn snapshot_for(settings: &Settings, suite: &Suite) -> Result<Snapshot, Vec<Conf
                 .collect();
         }
     });
-    let (snapshot, _) = built.map_err(|error| vec![located(&suite.path, 0, error.to_string())])?;
+    let (snapshot, loaded) = built.map_err(|error| vec![located(&suite.path, 0, error.to_string())])?;
+    let data = match &suite.data {
+        Some((line, documents)) => {
+            data_of(&loaded.data_sources, documents).map_err(|message| vec![located(&suite.path, *line, message)])?
+        }
+        None => Data::default(),
+    };
     let untrusted: Vec<ConfigError> = suite
         .keys
         .iter()
@@ -228,7 +265,7 @@ fn snapshot_for(settings: &Settings, suite: &Suite) -> Result<Snapshot, Vec<Conf
             located(&suite.path, key.line, message)
         })
         .collect();
-    if untrusted.is_empty() { Ok(snapshot) } else { Err(untrusted) }
+    if untrusted.is_empty() { Ok((snapshot, data)) } else { Err(untrusted) }
 }
 
 fn located(path: &Path, line: u64, message: String) -> ConfigError {
@@ -290,7 +327,8 @@ fn read_suite(path: &Path, now: u64) -> Result<Suite, Vec<ConfigError>> {
             errors.extend(problems.into_iter().map(|problem| located(path, line, format!("case `{name}`: {problem}"))));
         }
     }
-    if errors.is_empty() { Ok(Suite { path: path.to_path_buf(), keys, cases }) } else { Err(errors) }
+    let data = file.data.map(|data| (data.referenced.line(), data.value));
+    if errors.is_empty() { Ok(Suite { path: path.to_path_buf(), keys, data, cases }) } else { Err(errors) }
 }
 
 /// A token carrying `claims`, signed by the key of the issuer its `iss` names (the first

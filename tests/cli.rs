@@ -395,3 +395,59 @@ fn check_explain_names_the_workload_and_each_rules_first_miss() {
     let json: serde_json::Value = serde_json::from_slice(&plain.stdout).expect("JSON");
     assert_eq!(json.get("explanation"), None, "computed only when asked");
 }
+
+/// A dashboard whose rule reads the caller's record in the `users` source: its policies in
+/// two files (the source in one, the policy that reads it in the other).
+fn dashboard_policies(dir: &Path) {
+    let source = "apiVersion: portcullis.dev/v1alpha1\nkind: DataSource\nmetadata: {name: users}\nspec:\n  fields: [apps]\n  file: {path: users.json}\n";
+    let policy = "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: tokens, namespace: d}\nspec:\n  jwtRules:\n  - issuer: https://idp.example\n    jwksUri: http://127.0.0.1:9/jwks\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: dashboard, namespace: d}\nspec:\n  rules:\n  - to: [{operation: {paths: [\"/apps/{app_id}\"]}}]\n    when:\n    - key: request.path.params[app_id]\n      valuesFrom:\n      - data.users[request.auth.claims[sub]].apps\n";
+    std::fs::write(dir.join("a-dashboard.yaml"), policy).expect("write");
+    std::fs::write(dir.join("b-users.yaml"), source).expect("write");
+}
+
+#[test]
+fn test_decides_with_the_data_a_test_file_gives_and_fails_closed_without_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    dashboard_policies(dir.path());
+    let cases = |data: &str| {
+        format!(
+            "issuers:\n- issuer: https://idp.example\n  jwk: {EC_P256_JWK}\n{data}cases:\n- name: ana opens her app\n  request: {{path: /apps/a1, context_extensions: {{namespace: d}}}}\n  token: {{sub: ana}}\n  expect: {{decision: allow, policy: 'ns[d]-policy[dashboard]-rule[0]'}}\n"
+        )
+    };
+    let elsewhere = tempfile::tempdir().expect("temp dir");
+    let file = elsewhere.path().join("cases.yaml");
+    let test = |cases: String| {
+        std::fs::write(&file, cases).expect("write");
+        let output = run(&["test", "--policies"], &[dir.path(), &file]);
+        (output.status.code(), text(&output.stdout))
+    };
+    let (code, stdout) = test(cases("data:\n  users:\n  - {_id: ana, apps: [a1], secret: s3cr3t}\n"));
+    assert_eq!((code, stdout.lines().next()), (Some(0), Some("PASS ana opens her app")), "{stdout}");
+    let (code, stdout) = test(cases(""));
+    assert_eq!(code, Some(1), "{stdout}");
+    let why = "    rule[0]: when request.path.params[app_id] (valuesFrom): cannot be evaluated: data source `users` is not loaded; an ALLOW rule does not match (a DENY rule would)";
+    assert!(stdout.lines().any(|line| line == why), "{stdout}");
+    let (code, stdout) = test(cases("data:\n  users:\n  - {_id: bo-9z, apps: [a1], secret: s3cr3t}\n"));
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(stdout.contains("data source `users` has no record for a key the lookup reads"), "{stdout}");
+    assert!(!stdout.contains("s3cr3t") && !stdout.contains("bo-9z"), "no record contents: {stdout}");
+}
+
+#[test]
+fn validate_checks_lookups_against_the_sources_of_every_file_and_locates_a_misuse_in_the_policy() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    dashboard_policies(dir.path());
+    let output = run(&["validate", "--policies"], &[dir.path()]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    let misspelled =
+        std::fs::read_to_string(dir.path().join("a-dashboard.yaml")).expect("read").replace("data.users", "data.user");
+    std::fs::write(dir.path().join("a-dashboard.yaml"), misspelled).expect("write");
+    let output = run(&["validate", "--policies"], &[dir.path()]);
+    assert_eq!(output.status.code(), Some(1));
+    let shown = dir.path().join("a-dashboard.yaml").display().to_string();
+    let stderr = text(&output.stderr);
+    let expected = format!(
+        "{shown}:18: authorization policy `d/dashboard`: spec.rules[0].when[0].valuesFrom[0]: unknown data source `user` (declared: users)"
+    );
+    assert_eq!(stderr.lines().next(), Some(expected.as_str()), "{stderr}");
+}

@@ -10,6 +10,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use super::authn::{self, Authentication, AuthnContext, JwtRule, Outputs};
+use super::data::Data;
 use super::decision::{PolicyMatch, Reason};
 use super::identity::Identity;
 use super::index::PolicyKind;
@@ -18,6 +19,7 @@ use super::path;
 use super::policy::{Action, Attributes, Conjunction, Policy, PolicyId, Predicate, RequestPrincipalMatch, Test};
 use super::request::{HeaderReading, HttpRequest, Request};
 use super::snapshot::Snapshot;
+use super::value::Unevaluable;
 use super::workload::UnknownWorkload;
 
 /// Why one request got its verdict.
@@ -64,9 +66,16 @@ pub enum RuleOutcome {
 type TokenOutcome = Result<(Option<Arc<Identity>>, Outputs), JwtError>;
 
 impl Snapshot {
-    /// Explains the decision [`Snapshot::check`] gives this request under the same context.
+    /// Explains the decision [`Snapshot::check`] gives this request under the same context,
+    /// with no data loaded.
     pub fn explain(&self, request: &Request<'_>, context: &AuthnContext<'_>) -> Explanation {
-        self.explain_with(request, |rules, http| {
+        self.explain_with_data(request, context, &Data::default())
+    }
+
+    /// [`Snapshot::explain`], lookups reading `data`. A lookup that cannot be evaluated is
+    /// explained by its source and why, never by a record's contents.
+    pub fn explain_with_data(&self, request: &Request<'_>, context: &AuthnContext<'_>, data: &Data) -> Explanation {
+        self.explain_with(request, data, |rules, http| {
             let Some(http) = http.filter(|_| !rules.is_empty()) else { return Ok((None, Outputs::default())) };
             let authentication = if authn::is_cors_preflight(http) {
                 Authentication::Anonymous
@@ -81,14 +90,15 @@ impl Snapshot {
 
     /// Explains a request made by `identity`, policies judged alone, as the golden tests drive it.
     #[cfg(any(test, feature = "test-util"))]
-    pub fn explain_as(&self, request: &Request<'_>, identity: Option<&Identity>) -> Explanation {
+    pub fn explain_as(&self, request: &Request<'_>, identity: Option<&Identity>, data: &Data) -> Explanation {
         let identity = identity.map(|identity| Arc::new(identity.clone()));
-        self.explain_with(request, |_, _| Ok((identity, Outputs::default())))
+        self.explain_with(request, data, |_, _| Ok((identity, Outputs::default())))
     }
 
     fn explain_with(
         &self,
         request: &Request<'_>,
+        data: &Data,
         authenticate: impl FnOnce(&[&Arc<JwtRule>], Option<&HttpRequest<'_>>) -> TokenOutcome,
     ) -> Explanation {
         let workload = self.workloads.resolve(request);
@@ -119,14 +129,15 @@ impl Snapshot {
             };
         let mut rules = Vec::new();
         scope.authn(&workload, |policy| rules.extend(policy.rules.iter()));
-        let (identity, outputs) = match authenticate(&rules, request.http.as_ref()) {
+        let (identity, mut outputs) = match authenticate(&rules, request.http.as_ref()) {
             Ok(outcome) => outcome,
             Err(error) => {
                 let reason = Reason::for_refused_token(error);
                 return explanation.decided(reason, format!("the token was refused: {error}"));
             }
         };
-        let mut attributes = self.attributes(request, normalized.as_ref(), identity.as_deref(), &outputs);
+        self.sources.strip_user_headers(&mut outputs.headers_to_remove);
+        let mut attributes = self.attributes(request, normalized.as_ref(), identity.as_deref(), &outputs, data);
         let mut selected = scope.policies(&workload);
         // Stable: mesh-wide first and name order stay within each kind.
         selected.sort_by_key(|policy| PolicyKind::of(policy));
@@ -277,12 +288,18 @@ fn condition_name(predicate: &Predicate) -> String {
             let brackets: String = path.iter().map(|name| format!("[{name}]")).collect();
             format!("request.auth.claims{brackets}")
         }
+        Test::Computed { key, .. } => key.to_string(),
+        Test::ValuesFrom { key, .. } if predicate.negated => return format!("{key} (notValuesFrom)"),
+        Test::ValuesFrom { key, .. } => return format!("{key} (valuesFrom)"),
     };
     if predicate.negated { format!("{key} (notValues)") } else { key }
 }
 
 /// Why a predicate that does not hold does not: what the request has, against what it wants.
 fn why(predicate: &Predicate, attributes: &Attributes<'_>) -> String {
+    if let Some(evaluated) = predicate.test.evaluate_dynamic(attributes) {
+        return why_dynamic(predicate, evaluated);
+    }
     if predicate.test.evaluate(attributes, HeaderReading::Whole).is_none() {
         return "the check is for a TCP connection: an HTTP field never matches in an ALLOW rule".into();
     }
@@ -302,6 +319,17 @@ fn why(predicate: &Predicate, attributes: &Attributes<'_>) -> String {
     }
 }
 
+/// Why a predicate over value expressions does not hold, without a value it read: computed
+/// values may come from a data source's records.
+fn why_dynamic(predicate: &Predicate, evaluated: Result<bool, Unevaluable<'_>>) -> String {
+    let wanted = wanted(&predicate.test);
+    match evaluated {
+        Err(reason) => format!("cannot be evaluated: {reason}; an ALLOW rule does not match (a DENY rule would)"),
+        Ok(_) if predicate.negated => format!("a value of the key is among {wanted}"),
+        Ok(_) => format!("no value of the key is among {wanted}"),
+    }
+}
+
 /// The patterns a test accepts, as the policy wrote them.
 fn wanted(test: &Test) -> String {
     fn join<T: fmt::Display>(items: &[T]) -> String {
@@ -316,7 +344,9 @@ fn wanted(test: &Test) -> String {
         | Test::Audience(patterns)
         | Test::Presenter(patterns)
         | Test::Header { values: patterns, .. }
-        | Test::Claim { values: patterns, .. } => join(patterns),
+        | Test::Claim { values: patterns, .. }
+        | Test::Computed { values: patterns, .. } => join(patterns),
+        Test::ValuesFrom { from, .. } => format!("the values of {}", join(from)),
         Test::SourceServiceAccount(accounts) => {
             let names: Vec<String> =
                 accounts.iter().map(|account| format!("{}/{}", account.namespace, account.name)).collect();
@@ -398,6 +428,7 @@ fn observed(test: &Test, attributes: &Attributes<'_>) -> Result<Vec<String>, Str
         Test::Audience(_) => claim(&["aud"]),
         Test::Presenter(_) => claim(&["azp"]),
         Test::Claim { path, .. } => claim(&path.iter().map(|name| &**name).collect::<Vec<_>>()),
+        Test::Computed { .. } | Test::ValuesFrom { .. } => Err("computed values are not shown".into()),
     }
 }
 

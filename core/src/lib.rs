@@ -28,6 +28,7 @@ pub mod revocation;
 pub mod snapshot;
 #[cfg(any(test, feature = "test-util"))]
 pub mod test_util;
+pub mod value;
 pub mod workload;
 
 pub use decision::{Decision, Reason};

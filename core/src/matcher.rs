@@ -108,7 +108,8 @@ fn glob_matches(parts: &[Box<str>], value: &str) -> bool {
     true
 }
 
-/// A path pattern: an Istio string pattern or a path template with `{*}` and `{**}`.
+/// A path pattern: an Istio string pattern or a path template with `{*}`, `{**}` and named
+/// parameters `{name}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PathMatch {
     /// An exact, prefix, suffix or presence pattern, as on any other string.
@@ -119,7 +120,7 @@ pub enum PathMatch {
 
 impl PathMatch {
     /// Reads a `paths` entry as Istio's validation does: a `{` or `}` is only allowed in the
-    /// `{*}` and `{**}` of a template.
+    /// `{*}`, `{**}` and `{name}` of a template.
     pub fn parse(pattern: &str) -> Result<Self, String> {
         if PathTemplate::is_template(pattern) {
             PathTemplate::parse(pattern).map(Self::Template)
@@ -137,11 +138,20 @@ impl PathMatch {
             Self::Template(template) => template.matches(path),
         }
     }
+
+    /// The template, when the pattern is one.
+    pub fn template(&self) -> Option<&PathTemplate> {
+        match self {
+            Self::String(_) => None,
+            Self::Template(template) => Some(template),
+        }
+    }
 }
 
 /// A compiled Istio path template, matched as Envoy's URI template matches it (the whole path):
-/// `/`-separated segments, each a literal, `{*}` (one non-empty segment) or `{**}` (any run of
-/// segments, the empty one included); at most one `{**}`, after which only literals follow.
+/// `/`-separated segments, each a literal, `{*}` (one non-empty segment), `{name}` (one
+/// non-empty segment, bound to `name`) or `{**}` (any run of segments, the empty one
+/// included); at most one `{**}`, after which only literals follow.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PathTemplate {
     /// The segments before the `{**}`, or all of them when there is none.
@@ -153,13 +163,25 @@ pub struct PathTemplate {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum TemplateSegment {
     Literal(Box<str>),
-    OneSegment,
+    /// `{*}`, or `{name}` with its name.
+    OneSegment(Option<Box<str>>),
 }
 
 const MATCH_ONE: &str = "{*}";
 const MATCH_ANY: &str = "{**}";
-const BRACES: &str = "`{` and `}` are only allowed in `{*}` and `{**}`, each a whole segment of a path template";
+const BRACES: &str =
+    "`{` and `}` are only allowed in `{*}`, `{**}` and `{name}`, each a whole segment of a path template";
 const LAST_OPERATOR: &str = "`{**}` must be the last operator of a path template";
+
+/// The name of a `{name}` segment: a letter or `_`, then letters, digits and `_`.
+fn parameter_name(segment: &str) -> Option<&str> {
+    let name = segment.strip_prefix('{')?.strip_suffix('}')?;
+    let mut characters = name.chars();
+    let first = characters.next()?;
+    let is_name = (first.is_ascii_alphabetic() || first == '_')
+        && characters.all(|character| character.is_ascii_alphanumeric() || character == '_');
+    is_name.then_some(name)
+}
 
 /// The characters Envoy lets a `{*}` or `{**}` match, besides `/` for `{**}`: RFC 3986's
 /// `pchar` (unreserved, percent-encoded, sub-delimiters, `:` and `@`).
@@ -173,24 +195,28 @@ fn is_template_literal(segment: &str) -> bool {
 }
 
 impl PathTemplate {
-    /// Whether Istio reads this `paths` entry as a template.
+    /// Whether this `paths` entry is a template: Istio's `{*}` or `{**}`, or a `{name}` segment.
     pub fn is_template(pattern: &str) -> bool {
-        pattern.contains(MATCH_ONE) || pattern.contains(MATCH_ANY)
+        pattern.contains(MATCH_ONE)
+            || pattern.contains(MATCH_ANY)
+            || pattern.split('/').any(|segment| parameter_name(segment).is_some())
     }
 
     /// Compiles a template; refuses what Istio's validation or Envoy's template parser refuses:
-    /// an operator that is not a whole segment (`/{*}.txt`, `/{**}.json`), named variables,
-    /// `*` globs, an operator after `{**}`, and empty segments other than a final `/`.
+    /// an operator that is not a whole segment (`/{*}.txt`, `/{**}.json`), `{name=*}` variables,
+    /// `*` globs, an operator after `{**}`, and empty segments other than a final `/`; and a
+    /// name that appears twice.
     pub fn parse(pattern: &str) -> Result<Self, String> {
         let Some(rest) = pattern.strip_prefix('/') else {
             return Err("a path template must start with `/`".into());
         };
         let segments: Vec<&str> = rest.split('/').collect();
         let last = segments.len() - 1;
-        let mut head = Vec::new();
+        let mut head: Vec<TemplateSegment> = Vec::new();
         let mut after_any: Option<Vec<Box<str>>> = None;
         for (index, segment) in segments.into_iter().enumerate() {
-            let is_operator = segment == MATCH_ONE || segment == MATCH_ANY;
+            let name = parameter_name(segment);
+            let is_operator = segment == MATCH_ONE || segment == MATCH_ANY || name.is_some();
             if is_operator && after_any.is_some() {
                 return Err(LAST_OPERATOR.into());
             }
@@ -204,12 +230,18 @@ impl PathTemplate {
             let is_final_slash = segment.is_empty() && index == last;
             if !(is_operator || is_final_slash || is_template_literal(segment)) {
                 return Err(format!(
-                    "segment `{segment}` of a path template must be `{{*}}`, `{{**}}` or a non-empty literal of path characters other than `*`"
+                    "segment `{segment}` of a path template must be `{{*}}`, `{{**}}`, `{{name}}` or a non-empty literal of path characters other than `*`"
                 ));
+            }
+            if let Some(name) = name
+                && head.iter().any(|earlier| earlier.name() == Some(name))
+            {
+                return Err(format!("parameter `{name}` appears twice in the path template"));
             }
             match &mut after_any {
                 Some(literals) => literals.push(segment.into()),
-                None if segment == MATCH_ONE => head.push(TemplateSegment::OneSegment),
+                None if segment == MATCH_ONE => head.push(TemplateSegment::OneSegment(None)),
+                None if name.is_some() => head.push(TemplateSegment::OneSegment(name.map(Into::into))),
                 None => head.push(TemplateSegment::Literal(segment.into())),
             }
         }
@@ -250,13 +282,35 @@ impl PathTemplate {
         }
         any.chars().all(|character| character == '/' || is_path_character(character))
     }
+
+    /// The names its `{name}` segments bind, in order.
+    pub fn parameters(&self) -> impl Iterator<Item = &str> {
+        self.head.iter().filter_map(TemplateSegment::name)
+    }
+
+    /// The segment of `path` that `{name}` binds, when the template matches the path and
+    /// declares `name`; borrowed from the path, nothing allocated.
+    pub fn parameter<'p>(&self, name: &str, path: &'p str) -> Option<&'p str> {
+        let at = self.head.iter().position(|segment| segment.name() == Some(name))?;
+        if !self.matches(path) {
+            return None;
+        }
+        path.strip_prefix('/')?.split('/').nth(at)
+    }
 }
 
 impl TemplateSegment {
     fn matches(&self, text: &str) -> bool {
         match self {
             Self::Literal(literal) => text == &**literal,
-            Self::OneSegment => !text.is_empty() && text.chars().all(is_path_character),
+            Self::OneSegment(_) => !text.is_empty() && text.chars().all(is_path_character),
+        }
+    }
+
+    fn name(&self) -> Option<&str> {
+        match self {
+            Self::OneSegment(name) => name.as_deref(),
+            Self::Literal(_) => None,
         }
     }
 }
@@ -316,7 +370,8 @@ impl fmt::Display for PathTemplate {
             f.write_str("/")?;
             match segment {
                 TemplateSegment::Literal(literal) => f.write_str(literal)?,
-                TemplateSegment::OneSegment => f.write_str(MATCH_ONE)?,
+                TemplateSegment::OneSegment(None) => f.write_str(MATCH_ONE)?,
+                TemplateSegment::OneSegment(Some(name)) => write!(f, "{{{name}}}")?,
             }
         }
         if let Some(after_any) = &self.after_any {
@@ -418,6 +473,51 @@ mod tests {
     }
 
     #[test]
+    fn a_named_parameter_matches_as_one_segment_does_and_binds_it() {
+        // (template, path, parameter, what it binds); `None` when the template does not match
+        // or does not declare the parameter.
+        let table: &[(&str, &str, &str, Option<&str>)] = &[
+            ("/apps/{app_id}", "/apps/a1", "app_id", Some("a1")),
+            ("/apps/{app_id}", "/apps/a1/", "app_id", None),
+            ("/apps/{app_id}", "/apps/", "app_id", None),
+            ("/apps/{app_id}", "/apps/a1/x", "app_id", None),
+            ("/apps/{app_id}", "/apps/a1", "other", None),
+            ("/apps/{app_id}", "/apps/a%2Fb", "app_id", Some("a%2Fb")),
+            ("/apps/{app_id}", "/apps/caf\u{e9}", "app_id", None),
+            ("/apps/{app_id}/", "/apps/a1/", "app_id", Some("a1")),
+            ("/{org}/{repo}", "/acme/site", "org", Some("acme")),
+            ("/{org}/{repo}", "/acme/site", "repo", Some("site")),
+            ("/{org}/{*}/{repo}", "/acme/x/site", "repo", Some("site")),
+            ("/{org}/{*}/{repo}", "/acme/site", "repo", None),
+            ("/apps/{app_id}/report/{**}", "/apps/a1/report/", "app_id", Some("a1")),
+            ("/apps/{app_id}/report/{**}", "/apps/a1/report/2024/q1", "app_id", Some("a1")),
+            ("/apps/{app_id}/report/{**}", "/apps/a1/report", "app_id", None),
+            ("/apps/{app_id}/{**}/pdf", "/apps/a1/x/y/pdf", "app_id", Some("a1")),
+            ("/apps/{app_id}/{**}/pdf", "/apps/a1/x/y/csv", "app_id", None),
+            ("/_/{_x9}", "/_/v", "_x9", Some("v")),
+        ];
+        for &(pattern, path, name, bound) in table {
+            let template = PathTemplate::parse(pattern).expect(pattern);
+            assert_eq!(template.parameter(name, path), bound, "`{pattern}` `{name}` on `{path}`");
+            if template.parameters().any(|declared| declared == name) {
+                assert_eq!(template.matches(path), bound.is_some(), "`{pattern}` binds whenever it matches");
+            }
+            // A named segment matches exactly what `{*}` matches.
+            let anonymous: String = pattern
+                .split('/')
+                .map(|segment| if segment.starts_with('{') && segment != "{**}" { "{*}" } else { segment })
+                .collect::<Vec<_>>()
+                .join("/");
+            let anonymous = PathTemplate::parse(&anonymous).expect(pattern);
+            assert_eq!(template.matches(path), anonymous.matches(path), "`{pattern}` vs `{path}`");
+        }
+        let template = PathTemplate::parse("/{org}/{*}/{repo}/{**}").expect("template");
+        assert_eq!(template.parameters().collect::<Vec<_>>(), ["org", "repo"]);
+        assert!(PathTemplate::is_template("/apps/{app_id}"));
+        assert!(!PathTemplate::is_template("/apps/app_id"));
+    }
+
+    #[test]
     fn namespace_globs_read_every_star_as_a_wildcard() {
         let table: &[(&str, &str, bool)] = &[
             ("team-*-prod", "team-pay-prod", true),
@@ -442,9 +542,17 @@ mod tests {
 
     #[test]
     fn patterns_display_as_written_in_a_policy() {
-        for pattern in
-            ["/api/jobs", "/api/jobs*", "*.json", "*", "/api/{*}/jobs", "/{**}/m3u8", "/a/{**}/b/", "/a/{*}/"]
-        {
+        for pattern in [
+            "/api/jobs",
+            "/api/jobs*",
+            "*.json",
+            "*",
+            "/api/{*}/jobs",
+            "/{**}/m3u8",
+            "/a/{**}/b/",
+            "/a/{*}/",
+            "/apps/{app_id}/report/{**}",
+        ] {
             assert_eq!(PathMatch::parse(pattern).expect(pattern).to_string(), pattern);
         }
         assert_eq!(IpMatch::parse("10.1.2.3/8").expect("cidr").to_string(), "10.0.0.0/8");
@@ -456,7 +564,6 @@ mod tests {
             "/{**}/{*}",
             "/{**}/{**}",
             "/{**}/a/{**}/b",
-            "/{name}/x/{*}",
             "/{}/{*}",
             "/a/*/{*}",
             "/{*}/**",
@@ -468,9 +575,17 @@ mod tests {
             "/{*}/foo/?abc",
             "/{*}//x",
             "/{*}/foo/temp}/bar",
-            "/foo/{id}",
             "/foo/{temp",
             "/foo}",
+            "/{**}/{id}",
+            "/{id}/{id}",
+            "/a/{id}/b/{id}",
+            "/{1id}",
+            "/{app-id}",
+            "/{id}.json",
+            "/x{id}",
+            "/{ id}",
+            "/{id=*}",
         ] {
             assert!(PathMatch::parse(pattern).is_err(), "`{pattern}` should be refused");
         }

@@ -4,9 +4,11 @@ use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use super::data::Data;
 use super::identity::Identity;
 use super::matcher::{IpMatch, PathMatch, StringMatch};
 use super::request::{HeaderReading, HeaderView, Request, SpiffeId};
+use super::value::{self, Expr, Unevaluable};
 use super::workload::LabelSelector;
 
 /// What a policy does when one of its rules matches. CUSTOM policies route traffic to this
@@ -56,11 +58,12 @@ pub struct Policy {
 }
 
 impl Policy {
-    /// The path of every claim the policy reads (`aud` and `azp` included).
+    /// The path of every claim the policy reads (`aud` and `azp` included, and the claims its
+    /// value expressions read).
     pub fn claim_paths(&self) -> impl Iterator<Item = Box<[Box<str>]>> + '_ {
         let conjunctions =
             self.rules.iter().flat_map(|rule| rule.from.iter().chain(rule.to.iter()).chain([&rule.when]));
-        conjunctions.flat_map(|all| all.0.iter()).filter_map(|predicate| predicate.test.claim_path())
+        conjunctions.flat_map(|all| all.0.iter()).flat_map(|predicate| predicate.test.claim_paths())
     }
 
     /// The index of the first rule that matches; `None` when none does (always for no rules).
@@ -229,6 +232,22 @@ pub enum Test {
         /// The patterns one of the claim's values must match.
         values: Box<[StringMatch]>,
     },
+    /// A computed key (`request.path.params[NAME]`, `data.SOURCE[EXPR].FIELD`) with `values`:
+    /// one of its values must match one of the patterns; cannot be evaluated when the key cannot.
+    Computed {
+        /// The key.
+        key: Expr,
+        /// The patterns, as Istio reads them.
+        values: Box<[StringMatch]>,
+    },
+    /// `valuesFrom`: one value of the key equals one value of the expressions (their union),
+    /// exactly; cannot be evaluated when the key or any expression cannot.
+    ValuesFrom {
+        /// The key, any key a condition may name.
+        key: Expr,
+        /// The value expressions.
+        from: Box<[Expr]>,
+    },
 }
 
 /// Everything a predicate may read, computed once per check.
@@ -246,6 +265,8 @@ pub struct Attributes<'r> {
     pub headers: Option<HeaderView<'r>>,
     /// The verified token's identity; `None` when the request carried none.
     pub identity: Option<&'r Identity>,
+    /// The data sources' tables as this check reads them (empty when none is loaded).
+    pub data: &'r Data,
 }
 
 fn any_string(patterns: &[StringMatch], value: Option<&str>) -> bool {
@@ -261,12 +282,29 @@ fn any_claim_value<S: AsRef<str>>(patterns: &[StringMatch], identity: Option<&Id
 }
 
 impl Test {
-    /// The claim the test reads, if it reads one.
-    fn claim_path(&self) -> Option<Box<[Box<str>]>> {
+    /// The claims the test reads.
+    fn claim_paths(&self) -> Vec<Box<[Box<str>]>> {
+        let mut paths = Vec::new();
         match self {
-            Self::Audience(_) => Some(Box::from([Box::from("aud")])),
-            Self::Presenter(_) => Some(Box::from([Box::from("azp")])),
-            Self::Claim { path, .. } => Some(path.clone()),
+            Self::Audience(_) => paths.push(Box::from([Box::from("aud")])),
+            Self::Presenter(_) => paths.push(Box::from([Box::from("azp")])),
+            Self::Claim { path, .. } => paths.push(path.clone()),
+            Self::Computed { key, .. } => key.claim_paths(&mut paths),
+            Self::ValuesFrom { key, from } => {
+                key.claim_paths(&mut paths);
+                from.iter().for_each(|expression| expression.claim_paths(&mut paths));
+            }
+            _ => {}
+        }
+        paths
+    }
+
+    /// For a test that reads value expressions, whether it holds or why it cannot be
+    /// evaluated; `None` for Istio's own tests.
+    pub fn evaluate_dynamic<'e>(&'e self, attributes: &Attributes<'_>) -> Option<Result<bool, Unevaluable<'e>>> {
+        match self {
+            Self::Computed { key, values } => Some(value::key_matches(key, values, attributes)),
+            Self::ValuesFrom { key, from } => Some(value::key_in(key, from, attributes)),
             _ => None,
         }
     }
@@ -329,6 +367,7 @@ impl Test {
                 request.http.as_ref()?;
                 any_claim_value(values, attributes.identity, path)
             }
+            Self::Computed { .. } | Self::ValuesFrom { .. } => self.evaluate_dynamic(attributes)?.ok()?,
         };
         Some(matched)
     }
@@ -350,6 +389,7 @@ mod tests {
             path: "/",
             headers: request.http.as_ref().map(HeaderView::as_sent),
             identity: None,
+            data: &Data::default(),
         };
         let test = Test::Header { name: "x-tenant".into(), values: Box::new([StringMatch::Exact("acme".into())]) };
         Predicate { test, negated }.holds(&attributes, action)

@@ -180,6 +180,19 @@ impl<'r> HeaderView<'r> {
         }
     }
 
+    /// Calls `visit` with every value of the header, each whole, as the service will receive
+    /// them; borrowed, never copied.
+    pub fn each_value(&self, lower_case_name: &str, mut visit: impl FnMut(&'r str)) {
+        let set: &'r [(Arc<str>, String)] = self.set;
+        if let Some((_, value)) = set.iter().find(|(name, _)| name.eq_ignore_ascii_case(lower_case_name)) {
+            return visit(value);
+        }
+        if self.removed.iter().any(|name| name.eq_ignore_ascii_case(lower_case_name)) {
+            return;
+        }
+        self.http.header_values(lower_case_name).for_each(visit);
+    }
+
     /// Whether the header's value reads differently split at commas: it came joined, from the
     /// client, with a comma in it.
     pub fn is_ambiguous(&self, lower_case_name: &str) -> bool {

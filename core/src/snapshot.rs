@@ -7,6 +7,7 @@ use super::api_key::{self, ApiKeyLocation, PresentedKey};
 use super::authn::{
     self, Authentication, AuthnContext, AuthnPolicy, Credential, Credentials, JwtRule, KeySource, Outputs, RemoteIssuer,
 };
+use super::data::{Data, Lookup, Shape};
 use super::decision::{Challenge, Decision, DryRunOutcome, PolicyMatch, Reason};
 use super::identity::{ClaimPaths, Identity};
 use super::index::{PolicyIndex, PolicyKind, Scope};
@@ -16,6 +17,7 @@ use super::path::{self, NormalizedPath, PathOptions};
 use super::policy::{Attributes, Policy};
 use super::redact::LogRedaction;
 use super::request::{HeaderView, Request, SpiffeId};
+use super::value::{Expr, Value};
 use super::workload::{UnknownWorkload, Workload, WorkloadTable};
 
 /// Options of the engine that come from the server's settings.
@@ -38,6 +40,60 @@ pub struct EngineOptions {
     pub introspection_issuers: Arc<[Arc<str>]>,
 }
 
+/// What a snapshot knows of the data sources its policies read: their shapes and the
+/// user-data headers they feed.
+#[derive(Debug, Clone, Default)]
+pub struct DataSources {
+    /// Each source's name and shape, as lookups expect its table.
+    pub shapes: Vec<(Arc<str>, Arc<Shape>)>,
+    /// The user-data headers: set on allow from the caller's record, stripped from every request.
+    pub user_headers: Vec<UserHeader>,
+}
+
+/// A source's user-data header: on allow, the caller's record's precomputed header value.
+#[derive(Debug, Clone)]
+pub struct UserHeader {
+    /// The header's name, lower case.
+    pub name: Arc<str>,
+    /// The source whose record it carries.
+    pub source: Arc<str>,
+    /// The source's shape.
+    pub shape: Arc<Shape>,
+    /// The caller's key in the source: it must yield exactly one value.
+    pub caller: Expr,
+}
+
+impl DataSources {
+    /// Adds every user-data header name to `remove`, once: a client never sends one through.
+    pub(super) fn strip_user_headers(&self, remove: &mut Vec<Arc<str>>) {
+        for header in &self.user_headers {
+            if !remove.iter().any(|name| name.eq_ignore_ascii_case(&header.name)) {
+                remove.push(header.name.clone());
+            }
+        }
+    }
+
+    /// The user-data headers of the caller `attributes` name, for an allowed request: each
+    /// whose caller expression yields one key whose record is found.
+    fn user_headers_of(&self, attributes: &Attributes<'_>) -> Vec<(Arc<str>, String)> {
+        let mut set = Vec::new();
+        for header in &self.user_headers {
+            let (mut key, mut keys) = (None, 0usize);
+            let evaluated = header.caller.visit(attributes, &mut |value: Value<'_>| {
+                keys += 1;
+                key = Some(value.text().into_owned());
+            });
+            let (Ok(()), 1, Some(key)) = (evaluated, keys, key) else { continue };
+            if let Lookup::Found(record, _) = attributes.data.lookup(&header.source, &header.shape, &key)
+                && let Some(value) = record.header()
+            {
+                set.push((header.name.clone(), value.to_string()));
+            }
+        }
+        set
+    }
+}
+
 /// The JWT rules that apply to one request's workload.
 pub type ApplicableRules<'s> = Vec<&'s Arc<JwtRule>>;
 
@@ -51,31 +107,52 @@ pub struct Snapshot {
     pub(super) options: EngineOptions,
     /// What of a request its rules make secret in logs and traces.
     log_redaction: LogRedaction,
+    /// The data sources' shapes and user-data headers.
+    pub(super) sources: DataSources,
 }
 
 impl Snapshot {
     /// Indexes compiled policies. Policies without a namespace or in `root_namespace` apply to
     /// every workload.
     pub fn new(
+        policies: Vec<Policy>,
+        authn: Vec<AuthnPolicy>,
+        workloads: WorkloadTable,
+        options: EngineOptions,
+        root_namespace: &str,
+    ) -> Self {
+        Self::with_data_sources(policies, authn, workloads, options, root_namespace, DataSources::default())
+    }
+
+    /// [`Snapshot::new`], for policies that read the data `sources` declare.
+    pub fn with_data_sources(
         mut policies: Vec<Policy>,
         mut authn: Vec<AuthnPolicy>,
         workloads: WorkloadTable,
         options: EngineOptions,
         root_namespace: &str,
+        sources: DataSources,
     ) -> Self {
         policies.sort_by(|a, b| a.id.cmp(&b.id));
         authn.sort_by(|a, b| a.id.cmp(&b.id));
         let rule_claims = authn.iter().flat_map(|policy| policy.rules.iter()).flat_map(|rule| rule.claim_paths());
         let policy_claims = policies.iter().flat_map(Policy::claim_paths);
-        let kept =
-            Arc::new(ClaimPaths::new(rule_claims.chain(policy_claims).collect::<Vec<_>>(), options.keep_claims_json));
+        let mut header_claims = Vec::new();
+        sources.user_headers.iter().for_each(|header| header.caller.claim_paths(&mut header_claims));
+        let claims = rule_claims.chain(policy_claims).chain(header_claims).collect::<Vec<_>>();
+        let kept = Arc::new(ClaimPaths::new(claims, options.keep_claims_json));
         for policy in &mut authn {
             policy.rules = policy.rules.iter().map(|rule| Arc::new(rule.keeping(&kept))).collect();
         }
         let locations = authn.iter().flat_map(|policy| policy.rules.iter()).flat_map(|rule| rule.locations.iter());
         let log_redaction = LogRedaction::new(locations);
         let policies = PolicyIndex::new(policies, authn, root_namespace);
-        Self { policies, kept_claims: kept, workloads, options, log_redaction }
+        Self { policies, kept_claims: kept, workloads, options, log_redaction, sources }
+    }
+
+    /// The data sources the set declares: shapes and user-data headers.
+    pub fn data_sources(&self) -> &DataSources {
+        &self.sources
     }
 
     /// Every remote issuer of the set's JWT rules, once, with its `jwksUri` if it has one; a
@@ -134,7 +211,18 @@ impl Snapshot {
     ///
     /// It cannot fail: a panic inside (a bug) is caught and becomes a deny, `internal_error`.
     pub fn check(&self, request: &Request<'_>, context: &AuthnContext<'_>) -> Decision {
-        self.check_with(request, |credential| credential.authenticate(context))
+        self.check_with_data(request, context, &Data::default())
+    }
+
+    /// [`Snapshot::check`], lookups reading `data`.
+    pub fn check_with_data(&self, request: &Request<'_>, context: &AuthnContext<'_>, data: &Data) -> Decision {
+        let plan = self.plan(request);
+        let resolve = || {
+            plan.credentials()
+                .map(|credentials| credentials.authenticate_with(|credential| credential.authenticate(context)))
+        };
+        let Some(resolved) = guarded(resolve) else { return internal_error() };
+        self.authorize_with_data(plan, resolved, data)
     }
 
     /// Decides one request, each token it carries authenticated by `authenticate` when Istio's
@@ -224,19 +312,33 @@ impl Snapshot {
     }
 
     /// The last stage of a check: the decision for a plan, given what became of its credentials
-    /// (`resolved`, `None` when the plan has none). Policies apply in Istio's order: DENY, then
-    /// ALLOW; AUDIT and dry-run policies are evaluated alongside and never change the verdict.
+    /// (`resolved`, `None` when the plan has none), with no data loaded (every lookup fails
+    /// closed). Policies apply in Istio's order: DENY, then ALLOW; AUDIT and dry-run policies
+    /// are evaluated alongside and never change the verdict.
     ///
     /// It cannot fail: a panic inside (a bug) is caught and becomes a deny, `internal_error`.
     pub fn authorize<'p>(&'p self, plan: Plan<'p>, resolved: Option<Authentication<'p>>) -> Decision {
-        guarded(|| match plan.0 {
-            Planned::Decided(decision) => decision,
-            Planned::Judge(judgement) => self.judge(*judgement, resolved),
-        })
-        .unwrap_or_else(internal_error)
+        self.authorize_with_data(plan, resolved, &Data::default())
     }
 
-    fn judge<'p>(&'p self, judgement: Judgement<'p>, resolved: Option<Authentication<'p>>) -> Decision {
+    /// [`Snapshot::authorize`], lookups reading `data`. Every decision strips client-sent
+    /// copies of the user-data headers; an allow sets the caller's.
+    pub fn authorize_with_data<'p>(
+        &'p self,
+        plan: Plan<'p>,
+        resolved: Option<Authentication<'p>>,
+        data: &Data,
+    ) -> Decision {
+        let mut decision = guarded(|| match plan.0 {
+            Planned::Decided(decision) => decision,
+            Planned::Judge(judgement) => self.judge(*judgement, resolved, data),
+        })
+        .unwrap_or_else(internal_error);
+        self.sources.strip_user_headers(&mut decision.headers_to_remove);
+        decision
+    }
+
+    fn judge<'p>(&'p self, judgement: Judgement<'p>, resolved: Option<Authentication<'p>>, data: &Data) -> Decision {
         let Judgement { request, workload, scope, normalized, rules, credentials, api_key, opaque } = judgement;
         let authentication = match (credentials.is_some() || api_key.is_some() || opaque.is_some(), resolved) {
             (false, Some(session @ Authentication::Session { .. })) => session,
@@ -252,18 +354,22 @@ impl Snapshot {
         if opaque.is_some() {
             strip_opaque_token(&mut outputs.headers_to_remove);
         }
+        // Policies never read a client's copy of a user-data header.
+        self.sources.strip_user_headers(&mut outputs.headers_to_remove);
         let identity = match authentication.caller() {
             Err(error) => return refusal(request, &workload, error, outputs.headers_to_remove),
             Ok(identity) => identity.cloned(),
         };
         // Policies see the headers as the service will: authentication's outputs applied.
-        let attributes = self.attributes(request, normalized.as_ref(), identity.as_deref(), &outputs);
-        let mut decision = self.evaluate_readings(&workload, scope, attributes, normalized.as_ref());
+        let attributes = self.attributes(request, normalized.as_ref(), identity.as_deref(), &outputs, data);
+        let mut decision = self.evaluate_readings(&workload, scope, attributes.clone(), normalized.as_ref());
+        let user_headers = if decision.is_allow() { self.sources.user_headers_of(&attributes) } else { Vec::new() };
         decision.identity = identity;
         decision.unidentified_workload = !workload.is_identified();
         decision.headers_to_remove = outputs.headers_to_remove;
         if decision.is_allow() {
             decision.headers_to_set = outputs.headers_to_set;
+            decision.headers_to_set.extend(user_headers);
             decision.query_parameters_to_remove = outputs.query_parameters_to_remove;
         }
         decision
@@ -279,27 +385,35 @@ impl Snapshot {
         &self.kept_claims
     }
 
-    /// Authorizes a request made by `identity` (`None`: no token), as the golden tests drive it.
+    /// Authorizes a request made by `identity` (`None`: no token), lookups reading `data`, as
+    /// the golden tests drive it.
     #[cfg(any(test, feature = "test-util"))]
-    pub fn decide(&self, request: &Request<'_>, identity: Option<&Identity>) -> Decision {
+    pub fn decide(&self, request: &Request<'_>, identity: Option<&Identity>, data: &Data) -> Decision {
         let plan = self.plan(request);
-        let Planned::Judge(judgement) = plan.0 else { return self.authorize(plan, None) };
+        let Planned::Judge(judgement) = plan.0 else { return self.authorize_with_data(plan, None, data) };
         let Judgement { request, workload, scope, normalized, .. } = *judgement;
-        let no_outputs = Outputs::default();
-        let attributes = self.attributes(request, normalized.as_ref(), identity, &no_outputs);
-        let mut decision = self.evaluate_readings(&workload, scope, attributes, normalized.as_ref());
+        let mut outputs = Outputs::default();
+        self.sources.strip_user_headers(&mut outputs.headers_to_remove);
+        let attributes = self.attributes(request, normalized.as_ref(), identity, &outputs, data);
+        let mut decision = self.evaluate_readings(&workload, scope, attributes.clone(), normalized.as_ref());
         decision.unidentified_workload = !workload.is_identified();
+        if decision.is_allow() {
+            decision.headers_to_set = self.sources.user_headers_of(&attributes);
+        }
+        decision.headers_to_remove = outputs.headers_to_remove.clone();
         decision
     }
 
     /// What policies read of a request: its peers, the client address, the path as matched,
-    /// the headers as the service will see them (authentication's `outputs` applied), the caller.
+    /// the headers as the service will see them (authentication's `outputs` applied), the
+    /// caller, the data lookups read.
     pub fn attributes<'a>(
         &self,
         request: &'a Request<'a>,
         normalized: Option<&'a NormalizedPath<'a>>,
         identity: Option<&'a Identity>,
         outputs: &'a Outputs,
+        data: &'a Data,
     ) -> Attributes<'a> {
         Attributes {
             request,
@@ -311,6 +425,7 @@ impl Snapshot {
                 .as_ref()
                 .map(|http| HeaderView::after(http, &outputs.headers_to_set, &outputs.headers_to_remove)),
             identity,
+            data,
         }
     }
 

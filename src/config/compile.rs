@@ -5,13 +5,15 @@ use std::sync::Arc;
 use serde_saphyr::Spanned;
 
 use super::ConfigError;
+use super::expression::{self, Scope, SourceShapes};
 use super::raw;
 use crate::core::authn::{AuthnPolicy, ClaimHeader, JwtRule, KeySource, TokenLocation};
 use crate::core::jwt::KeySet;
-use crate::core::matcher::{IpMatch, PathMatch, StringMatch};
+use crate::core::matcher::{IpMatch, PathMatch, PathTemplate, StringMatch};
 use crate::core::policy::{
     Action, Conjunction, Policy, PolicyId, Predicate, RequestPrincipalMatch, Rule, ServiceAccount, Test,
 };
+use crate::core::value::Expr;
 use crate::core::workload::LabelSelector;
 use crate::outbound::redact_url;
 
@@ -50,12 +52,15 @@ pub enum CompiledPolicy {
     Custom(PolicyId),
 }
 
-/// Compiles one document, collecting every problem rather than stopping at the first.
+/// Compiles one document, collecting every problem rather than stopping at the first; data
+/// lookups may name the `sources` the whole set declares.
 pub fn compile_authorization_policy(
     document: raw::AuthorizationPolicy,
     origin: DocumentOrigin<'_>,
+    sources: &SourceShapes,
 ) -> Result<CompiledPolicy, Vec<ConfigError>> {
-    let (id, mut compiler) = Compiler::start("authorization policy", &document.api_version, &document.metadata, origin);
+    let (id, mut compiler) =
+        Compiler::start("authorization policy", &document.api_version, &document.metadata, origin, sources);
     let namespace = id.namespace.clone();
     let (action, selector, rules) = match document.spec {
         Some(spec) => compiler.spec(spec, &namespace),
@@ -79,8 +84,9 @@ pub fn compile_request_authentication(
     document: raw::RequestAuthentication,
     origin: DocumentOrigin<'_>,
 ) -> Result<AuthnPolicy, Vec<ConfigError>> {
+    let no_sources = SourceShapes::new();
     let (id, mut compiler) =
-        Compiler::start("request authentication", &document.api_version, &document.metadata, origin);
+        Compiler::start("request authentication", &document.api_version, &document.metadata, origin, &no_sources);
     if let Some(value) = document.metadata.value.annotations.get(DRY_RUN_ANNOTATION) {
         let message = "only an AuthorizationPolicy supports this annotation; remove it".into();
         compiler.report(value.referenced.line(), &format!("metadata.annotations[{DRY_RUN_ANNOTATION}]"), message);
@@ -120,7 +126,7 @@ pub fn compile_request_authentication(
 }
 
 /// A header name as HTTP allows it (RFC 9110 token), in lower case.
-fn header_name(name: &str) -> Result<Arc<str>, String> {
+pub(super) fn header_name(name: &str) -> Result<Arc<str>, String> {
     let is_token =
         !name.is_empty() && name.bytes().all(|byte| byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&byte));
     if is_token { Ok(Arc::from(name.to_ascii_lowercase())) } else { Err(format!("invalid header name `{name}`")) }
@@ -128,6 +134,8 @@ fn header_name(name: &str) -> Result<Arc<str>, String> {
 
 struct Compiler<'a> {
     origin: DocumentOrigin<'a>,
+    /// The data sources lookups may name.
+    sources: &'a SourceShapes,
     /// ``authorization policy `ns/name` ``, the start of every message.
     context: String,
     errors: Vec<ConfigError>,
@@ -144,11 +152,12 @@ impl<'a> Compiler<'a> {
         api_version: &Spanned<String>,
         metadata: &Spanned<raw::Metadata>,
         origin: DocumentOrigin<'a>,
+        sources: &'a SourceShapes,
     ) -> (PolicyId, Self) {
         let name = metadata.value.name.as_ref().map_or("", |name| name.value.as_str());
         let namespace = metadata.value.namespace.as_ref().map_or("", |namespace| namespace.value.as_str());
         let id = PolicyId { namespace: namespace.into(), name: name.into() };
-        let mut compiler = Compiler { origin, context: format!("{kind} `{id}`"), errors: Vec::new() };
+        let mut compiler = Compiler { origin, sources, context: format!("{kind} `{id}`"), errors: Vec::new() };
         if !API_VERSIONS.contains(&api_version.value.as_str()) {
             let message = format!("unsupported apiVersion `{}`", api_version.value);
             compiler.report(api_version.referenced.line(), "apiVersion", message);
@@ -448,12 +457,24 @@ impl<'a> Compiler<'a> {
         let to = self.alternatives(field, "to", "operation", line, rule.to, |this, field, to| {
             to.value.operation.map(|operation| this.operation(field, operation))
         });
+        // The templates whose `{name}` parameters the rule's conditions may read.
+        let (mut templates, mut not_templates) = (Vec::new(), Vec::new());
+        for predicate in to.iter().flat_map(|all| all.0.iter()) {
+            if let Test::Path(patterns) = &predicate.test {
+                let list: &mut Vec<PathTemplate> = if predicate.negated { &mut not_templates } else { &mut templates };
+                list.extend(patterns.iter().filter_map(PathMatch::template).cloned());
+            }
+        }
+        let scope =
+            Scope { sources: self.sources, templates: &templates, not_templates: &not_templates, lookups: true };
         let when = rule
             .when
             .unwrap_or_default()
             .into_iter()
             .enumerate()
-            .filter_map(|(index, condition)| self.condition(&format!("{field}.when[{index}]"), condition, namespace))
+            .filter_map(|(index, condition)| {
+                self.condition(&format!("{field}.when[{index}]"), condition, namespace, scope)
+            })
             .flatten()
             .collect();
         Rule { from, to, when: Conjunction(when) }
@@ -557,12 +578,14 @@ impl<'a> Compiler<'a> {
         self.fields(field, line, fields, "")
     }
 
-    /// One `when` entry: `key` with `values` and/or `notValues` (both given: both must hold).
+    /// One `when` entry: `key` with any of `values`, `notValues`, `valuesFrom` and
+    /// `notValuesFrom` (each given must hold). `scope` is what its expressions may name.
     fn condition(
         &mut self,
         field: &str,
         condition: Spanned<raw::Condition>,
         namespace: &str,
+        scope: Scope<'_>,
     ) -> Option<Vec<Predicate>> {
         let line = condition.referenced.line();
         let condition = condition.value;
@@ -570,26 +593,104 @@ impl<'a> Compiler<'a> {
             self.report(line, &format!("{field}.key"), "a key is required".into());
             return None;
         };
-        let kind = match FieldKind::from_condition_key(&key.value) {
-            Ok(kind) => kind,
+        let (key_line, key_field) = (key.referenced.line(), format!("{field}.key"));
+        let reading = if expression::is_computed_key(&key.value) {
+            expression::parse(&key.value, scope).map(KeyReading::Computed)
+        } else {
+            FieldKind::from_condition_key(&key.value).map(KeyReading::Istio)
+        };
+        let reading = match reading {
+            Ok(reading) => reading,
             Err(message) => {
-                self.report(key.referenced.line(), &format!("{field}.key"), message);
+                self.report(key_line, &key_field, message);
                 return None;
             }
         };
-        if condition.values.is_none() && condition.not_values.is_none() {
-            self.report(line, field, "`values` or `notValues` must be set".into());
+        let lists = [&condition.values, &condition.not_values, &condition.values_from, &condition.not_values_from];
+        if lists.iter().all(|list| list.is_none()) {
+            self.report(line, field, "`values`, `notValues`, `valuesFrom` or `notValuesFrom` must be set".into());
             return None;
         }
         let mut predicates = Vec::new();
         for (name, values, negated) in [("values", condition.values, false), ("notValues", condition.not_values, true)]
         {
-            if let Some(values) = values {
-                let field = format!("{field}.{name}");
-                predicates.extend(self.predicate(&field, line, values, negated, kind.clone(), namespace));
+            let Some(values) = values else { continue };
+            let field = format!("{field}.{name}");
+            match &reading {
+                KeyReading::Istio(kind) => {
+                    predicates.extend(self.predicate(&field, line, values, negated, kind.clone(), namespace));
+                }
+                KeyReading::Computed(key) => predicates.extend(self.computed(&field, line, values, negated, key)),
             }
         }
+        let from_lists =
+            [("valuesFrom", condition.values_from, false), ("notValuesFrom", condition.not_values_from, true)];
+        for (name, values, negated) in from_lists {
+            let Some(values) = values else { continue };
+            let key = match &reading {
+                KeyReading::Computed(key) => key.clone(),
+                KeyReading::Istio(kind) => match kind.as_expression() {
+                    Some(key) => key,
+                    None => {
+                        let message = format!(
+                            "`{}` is not compared as text, so `{name}` cannot be used with it; use `values`",
+                            key.value
+                        );
+                        self.report(key_line, &key_field, message);
+                        continue;
+                    }
+                },
+            };
+            predicates.extend(self.values_from(&format!("{field}.{name}"), line, values, negated, key, scope));
+        }
         Some(predicates)
+    }
+
+    /// A computed key's `values` or `notValues`: Istio's patterns, matched against its values.
+    fn computed(
+        &mut self,
+        field: &str,
+        line: u64,
+        values: raw::Values,
+        negated: bool,
+        key: &Expr,
+    ) -> Option<Predicate> {
+        if values.is_empty() {
+            self.report(line, field, "must not be empty".into());
+            return None;
+        }
+        let before = self.errors.len();
+        for (index, value) in values.iter().enumerate().filter(|(_, value)| value.value.is_empty()) {
+            self.report(value.referenced.line(), &format!("{field}[{index}]"), "empty value not allowed".into());
+        }
+        let patterns = values.iter().map(|value| StringMatch::parse(&value.value)).collect();
+        (self.errors.len() == before)
+            .then(|| Predicate { test: Test::Computed { key: key.clone(), values: patterns }, negated })
+    }
+
+    /// `valuesFrom` or `notValuesFrom`: value expressions, each checked where it stands.
+    fn values_from(
+        &mut self,
+        field: &str,
+        line: u64,
+        values: raw::Values,
+        negated: bool,
+        key: Expr,
+        scope: Scope<'_>,
+    ) -> Option<Predicate> {
+        if values.is_empty() {
+            self.report(line, field, "must not be empty".into());
+            return None;
+        }
+        let before = self.errors.len();
+        let mut from = Vec::with_capacity(values.len());
+        for (index, value) in values.iter().enumerate() {
+            match expression::parse(&value.value, scope) {
+                Ok(expression) => from.push(expression),
+                Err(message) => self.report(value.referenced.line(), &format!("{field}[{index}]"), message),
+            }
+        }
+        (self.errors.len() == before).then(|| Predicate { test: Test::ValuesFrom { key, from: from.into() }, negated })
     }
 
     /// Compiles one list of values into a predicate; reports each bad value at its own line.
@@ -654,6 +755,12 @@ fn service_account(value: &str, policy_namespace: &str) -> Result<ServiceAccount
         return Err(format!("invalid service account `{value}`; expected `name` or `namespace/name`"));
     }
     Ok(ServiceAccount { namespace: namespace.into(), name: name.into() })
+}
+
+/// How a condition reads its key: as one of Istio's, or computed by an expression.
+enum KeyReading {
+    Istio(FieldKind),
+    Computed(Expr),
 }
 
 /// What a rule field or condition key reads.
@@ -721,6 +828,29 @@ impl FieldKind {
         }
     }
 
+    /// The key read as text, for `valuesFrom`; `None` for addresses, ports and service accounts.
+    fn as_expression(&self) -> Option<Expr> {
+        let claim = |name: &str| Expr::Claim(Box::from([Box::from(name)]));
+        Some(match self {
+            Self::Principal => Expr::SourcePrincipal,
+            Self::Namespace => Expr::SourceNamespace,
+            Self::Sni => Expr::Sni,
+            Self::Header(name) => Expr::Header(name.clone()),
+            Self::RequestPrincipal => Expr::Principal,
+            Self::Audience => claim("aud"),
+            Self::Presenter => claim("azp"),
+            Self::Claim(path) => Expr::Claim(path.clone()),
+            Self::ServiceAccount
+            | Self::SourceIp
+            | Self::RemoteIp
+            | Self::DestinationIp
+            | Self::DestinationPort
+            | Self::Host
+            | Self::Method
+            | Self::Path => return None,
+        })
+    }
+
     /// Reads a `when` key as Istio's validation does.
     fn from_condition_key(key: &str) -> Result<Self, String> {
         Ok(match key {
@@ -761,7 +891,7 @@ impl FieldKind {
 }
 
 /// The names in `prefix[a][b]…`; each must be non-empty.
-fn bracketed(key: &str, prefix: &str) -> Result<Box<[Box<str>]>, String> {
+pub(super) fn bracketed(key: &str, prefix: &str) -> Result<Box<[Box<str>]>, String> {
     let bad = || format!("bad key `{key}`: expected `{prefix}[NAME]`");
     let mut rest = key.strip_prefix(prefix).ok_or_else(bad)?;
     let mut names = Vec::new();

@@ -5,12 +5,16 @@ use std::fs::{File, FileType};
 use std::io::Read;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::compile::{self, CompiledPolicy, DocumentOrigin};
+use super::data_source::{self, CompiledSource};
+use super::expression::SourceShapes;
 use super::raw;
 use super::{ConfigError, describe_yaml_error, yaml_options};
 use crate::core::authn::AuthnPolicy;
 use crate::core::policy::{Policy, PolicyId};
+use crate::core::snapshot::{DataSources, UserHeader};
 
 /// Files larger than this are refused rather than parsed.
 pub const MAX_FILE_BYTES: u64 = 8 * 1024 * 1024;
@@ -20,6 +24,12 @@ const ISTIO_SECURITY_GROUP: &str = "security.istio.io";
 
 /// Every kind of Istio's `security.istio.io` group (its CRDs in istio/api), in name order.
 const ISTIO_SECURITY_KINDS: [&str; 3] = ["AuthorizationPolicy", "PeerAuthentication", "RequestAuthentication"];
+
+/// The API group of portcullis's own documents.
+const PORTCULLIS_GROUP: &str = "portcullis.dev";
+
+/// Every kind of portcullis's group.
+const PORTCULLIS_KINDS: [&str; 1] = ["DataSource"];
 
 /// A document read but not evaluated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,10 +53,29 @@ pub struct LoadedPolicies {
     pub custom: Vec<PolicyId>,
     /// The `DataSource` documents: the live data lookups read.
     pub data_sources: Vec<crate::data::Definition>,
+    /// The user-data headers the sources feed.
+    pub user_headers: Vec<UserHeader>,
     /// Documents of other kinds, skipped.
     pub skipped: Vec<SkippedDocument>,
     /// Policy files read.
     pub files: usize,
+}
+
+impl LoadedPolicies {
+    /// What a snapshot keeps of the data sources: shapes and user-data headers.
+    pub fn snapshot_data_sources(&self) -> DataSources {
+        DataSources {
+            shapes: self.data_sources.iter().map(|source| (source.name.clone(), source.shape.clone())).collect(),
+            user_headers: self.user_headers.clone(),
+        }
+    }
+}
+
+/// One policy file's text, and the directory its relative paths are read from.
+struct PolicyText {
+    label: String,
+    dir: PathBuf,
+    text: String,
 }
 
 /// Loads every `*.yaml` / `*.yml` under `paths`; returns every problem found, not the first.
@@ -63,15 +92,17 @@ pub fn load_policies(paths: &[PathBuf]) -> Result<LoadedPolicies, Vec<ConfigErro
         let message = "no policy files (*.yaml, *.yml) found; an empty set would allow everything".into();
         errors.push(ConfigError { file: shown.join(", ").into(), line: 0, message });
     }
-    let mut seen = BTreeMap::new();
+    let mut texts = Vec::new();
     for file in &files {
         loaded.files += 1;
         let label = file.display().to_string();
+        let dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
         match read_text(file) {
-            Ok(text) => load_text(&label, &text, &mut loaded, &mut seen, &mut errors),
+            Ok(text) => texts.push(PolicyText { label, dir, text }),
             Err(message) => errors.push(ConfigError { file: label.into(), line: 0, message }),
         }
     }
+    load_texts(&texts, &mut loaded, &mut errors);
     if errors.is_empty() {
         Ok(loaded)
     } else {
@@ -109,27 +140,91 @@ pub fn fingerprint(paths: &[PathBuf]) -> [u8; 32] {
     out
 }
 
-/// Loads policies from YAML text, as if read from a file named `label`.
+/// Loads policies from YAML text, as if read from a file named `label` in the current
+/// directory.
 pub fn load_policy_text(label: &str, text: &str) -> Result<LoadedPolicies, Vec<ConfigError>> {
     let mut loaded = LoadedPolicies { files: 1, ..LoadedPolicies::default() };
     let mut errors = Vec::new();
-    load_text(label, text, &mut loaded, &mut BTreeMap::new(), &mut errors);
+    let texts = [PolicyText { label: label.into(), dir: PathBuf::new(), text: text.into() }];
+    load_texts(&texts, &mut loaded, &mut errors);
     if errors.is_empty() { Ok(loaded) } else { Err(errors) }
 }
 
-/// Compiles every document of one file's text into `loaded`; `seen` finds duplicate names.
-fn load_text(
-    label: &str,
+/// Compiles every document of a set's files into `loaded`: the data sources first, so that a
+/// policy's lookups can name a source declared in any file of the set.
+fn load_texts(texts: &[PolicyText], loaded: &mut LoadedPolicies, errors: &mut Vec<ConfigError>) {
+    let documents: Vec<(&PolicyText, Vec<Document>)> =
+        texts.iter().map(|text| (text, split_documents(&text.text))).collect();
+    let mut declared: BTreeMap<Arc<str>, String> = BTreeMap::new();
+    let mut header_names: BTreeMap<Arc<str>, String> = BTreeMap::new();
+    for (text, documents) in &documents {
+        for document in documents {
+            let origin = DocumentOrigin { file: &text.label, first_line: document.first_line };
+            match load_data_source(&document.text, origin, &text.dir) {
+                None => {}
+                Some(Err(mut found)) => errors.append(&mut found),
+                Some(Ok(CompiledSource { definition, user_header })) => {
+                    let here = format!("{}:{}", text.label, document.first_line);
+                    if let Some(first) = declared.insert(definition.name.clone(), here.clone()) {
+                        let message = format!("data source `{}` is declared twice; first at {first}", definition.name);
+                        errors.push(origin.error(1, message));
+                    }
+                    if let Some(header) = &user_header
+                        && let Some(first) = header_names.insert(header.name.clone(), here)
+                    {
+                        let message = format!(
+                            "data source `{}`: spec.userHeader.name: header `{}` is already set by the source at {first}",
+                            definition.name, header.name
+                        );
+                        errors.push(origin.error(1, message));
+                    }
+                    loaded.data_sources.push(definition);
+                    loaded.user_headers.extend(user_header);
+                }
+            }
+        }
+    }
+    let shapes: SourceShapes =
+        loaded.data_sources.iter().map(|source| (source.name.clone(), source.shape.clone())).collect();
+    let mut seen = BTreeMap::new();
+    for (text, documents) in &documents {
+        load_documents(&text.label, documents, &shapes, loaded, &mut seen, errors);
+    }
+}
+
+/// A `portcullis.dev` `DataSource` document compiled; `None` for a document of another kind.
+fn load_data_source(
     text: &str,
+    origin: DocumentOrigin<'_>,
+    dir: &Path,
+) -> Option<Result<CompiledSource, Vec<ConfigError>>> {
+    let header: raw::ObjectHeader = serde_saphyr::from_str_with_options(text, yaml_options()).ok()?;
+    let group = header.api_version.as_deref()?.split('/').next().unwrap_or_default();
+    if group != PORTCULLIS_GROUP || header.kind?.value != "DataSource" {
+        return None;
+    }
+    let document: raw::DataSource = match serde_saphyr::from_str_with_options(text, yaml_options()) {
+        Ok(document) => document,
+        Err(error) => return Some(Err(vec![yaml_error(origin, &error)])),
+    };
+    Some(data_source::compile_data_source(document, origin, dir))
+}
+
+/// Compiles every document of one file but its data sources into `loaded`; `seen` finds
+/// duplicate names.
+fn load_documents(
+    label: &str,
+    documents: &[Document],
+    sources: &SourceShapes,
     loaded: &mut LoadedPolicies,
     seen: &mut BTreeMap<PolicyId, String>,
     errors: &mut Vec<ConfigError>,
 ) {
     let mut seen_authn = BTreeMap::new();
-    for document in split_documents(text) {
+    for document in documents {
         let origin = DocumentOrigin { file: label, first_line: document.first_line };
         let here = format!("{label}:{}", document.first_line);
-        match load_document(&document.text, origin) {
+        match load_document(&document.text, origin, sources) {
             Ok(Loaded::Policy(policy)) => {
                 if let Some(first) = seen.insert((*policy.id).clone(), here) {
                     let message = format!("authorization policy `{}` is defined twice; first at {first}", policy.id);
@@ -278,7 +373,7 @@ fn yaml_error(origin: DocumentOrigin<'_>, error: &serde_saphyr::Error) -> Config
     origin.error(line.max(1), message)
 }
 
-fn load_document(text: &str, origin: DocumentOrigin<'_>) -> Result<Loaded, Vec<ConfigError>> {
+fn load_document(text: &str, origin: DocumentOrigin<'_>, sources: &SourceShapes) -> Result<Loaded, Vec<ConfigError>> {
     let header: raw::ObjectHeader =
         serde_saphyr::from_str_with_options(text, yaml_options()).map_err(|error| vec![yaml_error(origin, &error)])?;
     let (Some(api_version), Some(kind)) = (header.api_version, header.kind) else {
@@ -290,6 +385,15 @@ fn load_document(text: &str, origin: DocumentOrigin<'_>) -> Result<Loaded, Vec<C
     // `group/version`; without a `/`, the whole is read as the group, so that a policy that
     // lost its version is refused by the compiler rather than skipped.
     let group = api_version.split('/').next().unwrap_or_default();
+    if group == PORTCULLIS_GROUP {
+        return match kind.value.as_str() {
+            // Compiled before the policies that read it.
+            "DataSource" => Ok(Loaded::Empty),
+            unknown => Err(vec![
+                origin.error(kind.referenced.line(), unknown_kind(unknown, PORTCULLIS_GROUP, &PORTCULLIS_KINDS)),
+            ]),
+        };
+    }
     if group != ISTIO_SECURITY_GROUP {
         let reason = "not an Istio security policy";
         return Ok(Loaded::Skipped { kind: format!("{api_version}/{}", kind.value), reason });
@@ -298,7 +402,7 @@ fn load_document(text: &str, origin: DocumentOrigin<'_>) -> Result<Loaded, Vec<C
         "AuthorizationPolicy" => {
             let document: raw::AuthorizationPolicy = serde_saphyr::from_str_with_options(text, yaml_options())
                 .map_err(|error| vec![yaml_error(origin, &error)])?;
-            Ok(match compile::compile_authorization_policy(document, origin)? {
+            Ok(match compile::compile_authorization_policy(document, origin, sources)? {
                 CompiledPolicy::Enforced(policy) => Loaded::Policy(policy),
                 CompiledPolicy::Custom(id) => Loaded::Custom(id),
             })
@@ -314,23 +418,30 @@ fn load_document(text: &str, origin: DocumentOrigin<'_>) -> Result<Loaded, Vec<C
         }
         unknown => {
             // A misspelled kind must not disable the policy it was meant to be.
-            let message = format!(
-                "unknown kind `{unknown}` of `{ISTIO_SECURITY_GROUP}`; known kinds: {}; did you mean `{}`?",
-                ISTIO_SECURITY_KINDS.join(", "),
-                closest_kind(unknown)
-            );
-            Err(vec![origin.error(kind.referenced.line(), message)])
+            Err(vec![
+                origin
+                    .error(kind.referenced.line(), unknown_kind(unknown, ISTIO_SECURITY_GROUP, &ISTIO_SECURITY_KINDS)),
+            ])
         }
     }
 }
 
-/// The known kind of Istio's security group nearest to `kind` by edit distance, letter case
-/// ignored; the first in name order on a tie.
-fn closest_kind(kind: &str) -> &'static str {
+/// The message for a kind its group does not have, with the nearest known one.
+fn unknown_kind(unknown: &str, group: &str, known: &[&'static str]) -> String {
+    format!(
+        "unknown kind `{unknown}` of `{group}`; known kinds: {}; did you mean `{}`?",
+        known.join(", "),
+        closest_kind(unknown, known)
+    )
+}
+
+/// The known kind nearest to `kind` by edit distance, letter case ignored; the first in name
+/// order on a tie.
+fn closest_kind(kind: &str, known_kinds: &[&'static str]) -> &'static str {
     let kind = kind.to_ascii_lowercase();
-    let mut closest = ISTIO_SECURITY_KINDS[0];
+    let mut closest = known_kinds.first().copied().unwrap_or_default();
     let mut closest_distance = usize::MAX;
-    for known in ISTIO_SECURITY_KINDS {
+    for &known in known_kinds {
         let distance = edit_distance(&kind, &known.to_ascii_lowercase());
         if distance < closest_distance {
             (closest, closest_distance) = (known, distance);
@@ -377,9 +488,10 @@ mod tests {
 
     #[test]
     fn the_closest_kind_is_found_whatever_the_letter_case() {
-        assert_eq!(closest_kind("AuthorisationPolicy"), "AuthorizationPolicy");
-        assert_eq!(closest_kind("requestauthentication"), "RequestAuthentication");
-        assert_eq!(closest_kind("PeerAuth"), "PeerAuthentication");
+        assert_eq!(closest_kind("AuthorisationPolicy", &ISTIO_SECURITY_KINDS), "AuthorizationPolicy");
+        assert_eq!(closest_kind("requestauthentication", &ISTIO_SECURITY_KINDS), "RequestAuthentication");
+        assert_eq!(closest_kind("PeerAuth", &ISTIO_SECURITY_KINDS), "PeerAuthentication");
+        assert_eq!(closest_kind("Datasource", &PORTCULLIS_KINDS), "DataSource");
         assert_eq!(edit_distance("kitten", "sitting"), 3);
     }
 

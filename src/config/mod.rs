@@ -1,6 +1,8 @@
 //! Policy configuration: YAML files → raw documents → compiled, checked policies. Every error names `file:line`.
 
 pub mod compile;
+pub mod data_source;
+pub mod expression;
 pub mod load;
 pub(crate) mod raw;
 

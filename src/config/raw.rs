@@ -122,6 +122,10 @@ pub struct Condition {
     pub key: Option<Spanned<String>>,
     pub values: Option<Values>,
     pub not_values: Option<Values>,
+    /// portcullis: value expressions whose values' union the key must be among.
+    pub values_from: Option<Values>,
+    /// portcullis: value expressions whose values' union the key must not be among.
+    pub not_values_from: Option<Values>,
 }
 
 /// `security.istio.io/v1` (or `v1beta1`) `RequestAuthentication`.
@@ -168,4 +172,51 @@ pub struct JwtHeader {
 pub struct ClaimToHeader {
     pub header: Option<String>,
     pub claim: Option<String>,
+}
+
+/// `portcullis.dev/v1alpha1` `DataSource`: a live table of records lookups read.
+pub type DataSource = Resource<DataSourceSpec>;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DataSourceSpec {
+    pub key: Option<Spanned<String>>,
+    pub fields: Option<Values>,
+    pub couchdb: Option<Spanned<FeedSpec>>,
+    pub file: Option<Spanned<FileFeedSpec>>,
+    pub http: Option<Spanned<FeedSpec>>,
+    pub ndjson: Option<Spanned<FeedSpec>>,
+    pub limits: Option<Spanned<DataLimits>>,
+    pub user_header: Option<Spanned<UserHeader>>,
+}
+
+/// A feed over HTTP: `couchdb`, `http` (which alone takes `interval`) or `ndjson`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct FeedSpec {
+    pub url: Option<Spanned<String>>,
+    pub interval: Option<Spanned<String>>,
+    pub authorization_file: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileFeedSpec {
+    pub path: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataLimits {
+    pub records: Option<Spanned<u64>>,
+    pub bytes: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct UserHeader {
+    pub name: Option<Spanned<String>>,
+    pub caller: Option<Spanned<String>>,
+    pub fields: Option<Values>,
+    pub max_bytes: Option<Spanned<u64>>,
 }

@@ -97,3 +97,10 @@ impl Store {
         self.data.load()
     }
 }
+
+/// A store holding `data` from the start, as offline checks and tests give it.
+impl From<Data> for Store {
+    fn from(data: Data) -> Self {
+        Self { data: ArcSwap::from_pointee(data), ..Self::default() }
+    }
+}
