@@ -381,7 +381,15 @@ def token_is_live(token_file: Path, margin_secs: float = 60.0) -> bool:
 
 
 def measure(smoke: bool, seconds: float, portcullis: str, fixtures: Path, token_file: str) -> dict:
-    """Runs the comparison; `{"skipped": why}` when Envoy or h2load is missing."""
+    """Runs the comparison; `{"skipped": why}` when Envoy or h2load is missing, `{"failed":
+    why}` when a process would not start or a load failed (the rest of `make bench` is kept)."""
+    try:
+        return compare(smoke, seconds, portcullis, fixtures, token_file)
+    except (RuntimeError, OSError, subprocess.SubprocessError, yaml.YAMLError) as error:
+        return {"failed": str(error)}
+
+
+def compare(smoke: bool, seconds: float, portcullis: str, fixtures: Path, token_file: str) -> dict:
     h2load, envoy = shutil.which("h2load"), envoy_binary()
     if not h2load:
         return {"skipped": "`h2load` is not installed (Debian's nghttp2-client)"}
@@ -424,6 +432,8 @@ def measure(smoke: bool, seconds: float, portcullis: str, fixtures: Path, token_
 def problems(results: dict) -> list[str]:
     """What makes the comparison wrong rather than slow: (f) and (g) disagreeing, or a load
     answered with anything but 2xx."""
+    if "failed" in results:
+        return [f"envoy comparison failed: {results['failed']}"]
     found = [f"envoy comparison: {row['request']}: in-proxy answered {row['f']}, ext_authz {row['g']}"
              for row in results.get("agreement", []) if row["f"] != row["g"]]
     for key, run in results.get("runs", {}).items():
@@ -437,6 +447,8 @@ def render(results: dict) -> list[str]:
     out = ["## The Istio in-proxy comparison (a report, not a target)", ""]
     if "skipped" in results:
         return out + [f"Skipped: {results['skipped']}.", ""]
+    if "failed" in results:
+        return out + [f"**Failed**: {results['failed']}", ""]
     runs = results["runs"]
     out += [f"Envoy {results['envoy']}, one worker (`--concurrency 1`), pinned to core {PROXY_CPU}, answering what it "
             f"lets through with a `direct_response`; `h2load` on core {LOAD_CPU}, one thread, `POST "
