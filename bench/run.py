@@ -210,7 +210,7 @@ ANSI = re.compile(r"\x1b\[[0-9;]*m")
 class Server:
     """A server pinned to the server core; knows its addresses from its `Listening` log lines."""
 
-    def __init__(self, name: str, argv: list[str]):
+    def __init__(self, name: str, argv: list[str], *, admin: bool = True):
         self.name = name
         self.argv = argv
         started = time.monotonic()
@@ -220,7 +220,7 @@ class Server:
         threading.Thread(target=self._drain, daemon=True).start()
         self.doors: dict[str, str] = {}
         deadline = started + 120
-        while "grpc" not in self.doors or (name != "noop" and "admin" not in self.doors):
+        while "grpc" not in self.doors or (admin and "admin" not in self.doors):
             try:
                 line = ANSI.sub("", self.lines.get(timeout=max(0.1, deadline - time.monotonic())))
             except queue.Empty:
@@ -443,7 +443,7 @@ class Bench:
 
     def noop(self, key: str) -> Server:
         return Server(key, [self.binary("examples/noop_server"), "--grpc-listen", "127.0.0.1:0",
-                            "--runtime", CEILING_RUNTIMES[key]])
+                            "--runtime", CEILING_RUNTIMES[key]], admin=False)
 
     def warm_tokens(self) -> None:
         """The do-nothing server on each runtime and portcullis at full load with heavy and light
