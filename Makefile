@@ -116,9 +116,10 @@ soak: python-env
 	PORTCULLIS_BIN=target/release/portcullis $(VENV)/bin/python tests/soak/soak.py
 
 # Benchmarks. `bench`: criterion micro-benchmarks, the end-to-end load runs (server
-# on core 0, generator on core 1), memory and the crypto backends; writes bench/results.md in
-# 10-20 minutes. `bench-smoke`: every part for a moment, debug build, no targets, so that the
-# suite cannot rot; writes target/bench/results-smoke.md.
+# on core 0, generator on core 1) in rounds, memory, the crypto backends, the stages of a cold
+# check, and the Istio in-proxy comparison (Envoy from the venv, h2load from nghttp2-client);
+# writes bench/results.md in 15-25 minutes. `bench-smoke`: every part for a moment, debug build,
+# no targets, so that the suite cannot rot; writes target/bench/results-smoke.md.
 .PHONY: bench bench-smoke
 bench:
 	$(PYTHON) bench/run.py

@@ -25,7 +25,7 @@ use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::{Channel, Endpoint};
 
 use fixtures::Error;
-use fixtures::requests::{check_request, job_board_call};
+use fixtures::requests::{check_request, job_board_call, light_check_request};
 
 const CHECK_PATH: &str = "/envoy.service.auth.v3.Authorization/Check";
 /// `/proc/PID/stat` counts CPU time in USER_HZ ticks, 100 a second on Linux.
@@ -66,6 +66,10 @@ struct Args {
     /// Use at most this many of the file's tokens.
     #[arg(long)]
     max_tokens: Option<usize>,
+    /// The request's weight: `heavy`, the headers a browser's request carries through Envoy;
+    /// `light`, only `:authority`, `:path`, `:method` and `authorization`.
+    #[arg(long, value_enum, default_value_t = RequestWeight::Heavy)]
+    request: RequestWeight,
     /// Open loop: stop when this many requests are unanswered (the server cannot keep up).
     #[arg(long, default_value_t = 20_000)]
     max_in_flight: usize,
@@ -85,6 +89,12 @@ enum TokenMode {
     None,
     Reuse,
     Distinct,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum RequestWeight {
+    Light,
+    Heavy,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -354,7 +364,11 @@ impl CpuSample {
 
 /// The requests to send, encoded once before any is timed.
 fn prebuilt_requests(args: &Args) -> Result<Vec<Bytes>, Error> {
-    let encode = |token: Option<&str>| Bytes::from(check_request(&job_board_call(token)).encode_to_vec());
+    let build = match args.request {
+        RequestWeight::Light => light_check_request,
+        RequestWeight::Heavy => check_request,
+    };
+    let encode = |token: Option<&str>| Bytes::from(build(&job_board_call(token)).encode_to_vec());
     if args.tokens == TokenMode::None {
         return Ok(vec![encode(None)]);
     }
@@ -382,6 +396,7 @@ async fn connect(target: SocketAddr, connections: usize) -> Result<Vec<Grpc<Chan
 async fn generate(args: &Args, requests: Vec<Bytes>) -> Result<Value, Error> {
     let clients = connect(args.target, args.connections.max(1)).await?;
     let prebuilt = requests.len();
+    let request_bytes = requests.first().map_or(0, Bytes::len);
     let started = Instant::now();
     let window_start = started + Duration::from_secs_f64(args.warmup);
     let run = Rc::new(Run {
@@ -415,10 +430,10 @@ async fn generate(args: &Args, requests: Vec<Bytes>) -> Result<Value, Error> {
     }
     let end = CpuSample::now(server_pid);
     let start = if at_window_start.is_finished() { Some(at_window_start.await?) } else { None };
-    Ok(summary(args, &run, prebuilt, start, end))
+    Ok(summary(args, &run, prebuilt, request_bytes, start, end))
 }
 
-fn summary(args: &Args, run: &Run, prebuilt: usize, start: Option<CpuSample>, end: CpuSample) -> Value {
+fn summary(args: &Args, run: &Run, prebuilt: usize, request_bytes: usize, start: Option<CpuSample>, end: CpuSample) -> Value {
     let window = run.window_end.get().saturating_duration_since(run.window_start).as_secs_f64();
     let counts = run.counts.borrow();
     let answered = counts.total() - counts.errors;
@@ -435,6 +450,8 @@ fn summary(args: &Args, run: &Run, prebuilt: usize, start: Option<CpuSample>, en
         "streams_per_connection": if args.rate.is_some() { Value::Null } else { json!(args.streams) },
         "rate_target": args.rate,
         "tokens": format!("{:?}", args.tokens).to_lowercase(),
+        "request": format!("{:?}", args.request).to_lowercase(),
+        "request_bytes": request_bytes,
         "requests_prebuilt": prebuilt,
         "ran_out_of_requests": run.ran_out.get(),
         "warmup_secs": args.warmup,

@@ -1,8 +1,8 @@
-//! A do-nothing ext_authz server, built from the same crates and runtime as portcullis, that answers every Check with OK at once: the benchmarks' transport ceiling.
+//! A do-nothing ext_authz server, built from the same crates as portcullis, that decodes each Check and answers OK at once: the benchmarks' transport ceiling, on either tokio runtime.
 
 use std::net::SocketAddr;
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use envoy_types::pb::envoy::service::auth::v3::authorization_server::{Authorization, AuthorizationServer};
 use envoy_types::pb::envoy::service::auth::v3::{CheckRequest, CheckResponse};
 use envoy_types::pb::google::rpc;
@@ -16,8 +16,30 @@ struct Args {
     /// The gRPC address; port 0 picks one, logged as `Listening door=grpc address=...`.
     #[arg(long, default_value = "127.0.0.1:0")]
     grpc_listen: SocketAddr,
+    /// The tokio runtime: one thread polling everything (the ceiling of `make bench`), or a
+    /// worker per CPU the process may run on, as portcullis serves by default.
+    #[arg(long, value_enum, default_value_t = Runtime::CurrentThread)]
+    runtime: Runtime,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Runtime {
+    CurrentThread,
+    MultiThread,
+}
+
+impl Runtime {
+    fn build(self) -> std::io::Result<tokio::runtime::Runtime> {
+        match self {
+            Self::CurrentThread => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+            // A worker per CPU the process may run on: one under `taskset -c 0`.
+            Self::MultiThread => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
+        }
+    }
+}
+
+/// Allows every Check. tonic's prost codec has decoded the whole `CheckRequest` (headers,
+/// peers, context extensions) before `check` runs, as any server on this transport pays.
 struct AllowAll;
 
 #[tonic::async_trait]
@@ -33,8 +55,7 @@ impl Authorization for AllowAll {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
-    // As portcullis: a worker per CPU the process may run on (one under `taskset -c 0`).
-    let runtime = tokio::runtime::Runtime::new()?;
+    let runtime = args.runtime.build()?;
     runtime.block_on(async {
         let listener = TcpListener::bind(args.grpc_listen).await?;
         eprintln!("Listening door=grpc address={}", listener.local_addr()?);

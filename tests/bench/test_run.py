@@ -1,9 +1,11 @@
-"""The arithmetic of bench/run.py: which round is the median, which runs pair up, what a verdict says."""
+"""The arithmetic of bench/run.py and bench/envoy_compare.py: which round is the median, which runs pair up, what a verdict says, how the tools' outputs are read and rendered."""
 
 from __future__ import annotations
 
 import importlib.util
 import math
+import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -78,3 +80,173 @@ def test_verdicts_say_met_or_missed_and_by_how_much(value, bound, at_least, star
 @pytest.mark.parametrize("nanoseconds, shown", [(950.0, "950 ns"), (1_234.0, "1.23 µs"), (2.5e6, "2.5 ms"), (3e9, "3 s")])
 def test_durations_take_the_largest_unit_that_fits(nanoseconds, shown):
     assert bench.duration(nanoseconds) == shown
+
+
+@pytest.mark.parametrize("values, starts", [
+    ([0.90, 0.80, 0.88], "**met**: 2 of 3 rounds meet it (the median round 4% above"),
+    ([0.90, 0.80, 0.84], "**missed**: 1 of 3 rounds meet it (the median round 1% short of"),
+    ([0.90, 0.80, 0.88, 0.84], "**missed**: 2 of 4 rounds meet it"),  # half is not most
+    ([math.nan, 0.9], "**met**: 1 of 1 rounds meet it"),  # a round not measured does not count
+    ([math.nan], "not measured"),
+])
+def test_a_target_with_rounds_is_met_only_when_most_rounds_meet_it(values, starts):
+    assert bench.rounds_verdict(values, 0.85, True).startswith(starts)
+
+
+def test_a_bound_from_above_counts_the_rounds_under_it():
+    assert bench.rounds_verdict([1.3, 1.1, 1.0], 1.15, False, "×").startswith("**met**: 2 of 3 rounds")
+
+
+def test_the_spread_of_rounds_shows_median_least_greatest_and_every_round_in_order():
+    shown = bench.spread([0.93, 1.01, 0.86], lambda value: f"{value:.2f}")
+    assert shown == "median 0.93 (min 0.86, max 1.01; the rounds: 0.93, 1.01, 0.86)"
+
+
+PERF_REPORT = """\
+# Samples: 7K of event 'cpu-clock'
+#
+# Overhead  Shared Object      Symbol
+# ........  .................  ..............................
+#
+    35.12%  portcullis         [.] aws_lc_0_32_0_bn_mul_mont
+    10.40%  [kernel.kallsyms]  [k] _raw_spin_unlock_irqrestore
+     2.05%  libc.so.6          [.] __memmove_avx_unaligned_erms
+"""
+
+
+def test_perf_reports_are_read_as_share_object_and_symbol():
+    assert bench.parse_perf_report(PERF_REPORT) == [
+        (35.12, "portcullis", "aws_lc_0_32_0_bn_mul_mont"),
+        (10.40, "[kernel.kallsyms]", "_raw_spin_unlock_irqrestore"),
+        (2.05, "libc.so.6", "__memmove_avx_unaligned_erms"),
+    ]
+
+
+# --- the Istio in-proxy comparison (bench/envoy_compare.py) ---
+
+compare = bench.envoy_compare
+
+H2LOAD_OUTPUT = """\
+finished in 8.00s, 10234.50 req/s, 1.20MB/s
+requests: 81876 total, 81900 started, 81876 done, 81870 succeeded, 6 failed, 0 errored, 0 timeout
+status codes: 81870 2xx, 0 3xx, 6 4xx, 0 5xx
+"""
+
+
+def test_h2load_summaries_give_the_rate_and_the_answers():
+    figures = compare.parse_h2load(H2LOAD_OUTPUT)
+    assert figures["requests_per_sec"] == 10234.5
+    assert (figures["succeeded"], figures["failed"], figures["errored"]) == (81870, 6, 0)
+    assert figures["status"] == {"2xx": 81870, "3xx": 0, "4xx": 6, "5xx": 0}
+
+
+def test_latency_quantiles_come_from_h2load_s_per_request_log():
+    log = "".join(f"{1_700_000_000_000 + n}\t200\t{elapsed}\n" for n, elapsed in enumerate(range(1, 101)))
+    assert compare.latency_quantiles(log) == {"count": 100, "p50": 51.0, "p99": 100.0}
+    assert compare.latency_quantiles("")["count"] == 0
+
+
+def fake_run(rps: float, p50: float, cpu: float) -> dict:
+    return {"requests_per_sec": rps, "p50": p50, "p99": 2 * p50, "core0_cpu_us_per_request": cpu,
+            "succeeded": 10, "errored": 0, "status": {"2xx": 10, "3xx": 0, "4xx": 0, "5xx": 0}}
+
+
+def fake_comparison(in_proxy_status: int = 200) -> dict:
+    runs = {}
+    for key, (rps, p50, cpu) in {"e": (30_000, 1_000, 20.0), "f": (20_000, 1_500, 35.0), "g": (15_000, 2_000, 50.0)}.items():
+        runs[key], runs[f"{key}_lone"] = fake_run(rps, p50, cpu), fake_run(rps / 3, p50 / 10, cpu)
+    return {"smoke": True, "envoy": "1.40.0", "connections": 4, "streams": 16, "seconds": 8, "runs": runs,
+            "agreement": [{"request": "GET /api/jobs without a token", "f": in_proxy_status, "g": 200}]}
+
+
+def test_the_comparison_reports_what_in_proxy_and_the_ext_authz_hop_add_to_plain_envoy():
+    text = "\n".join(compare.render(fake_comparison()))
+    assert "| in-proxy, (f) − (e) | +500 µs | +1000 µs | +50 µs | +15.0 µs |" in text
+    assert "| the ext_authz hop to portcullis, (g) − (e) | +1000 µs | +2000 µs | +100 µs | +30.0 µs |" in text
+    assert "What two cores can show" in text and compare.OPA_ENVOY_URL in text
+
+
+def test_an_in_proxy_answer_that_differs_from_portcullis_s_is_a_problem():
+    assert compare.problems(fake_comparison()) == []
+    (problem,) = compare.problems(fake_comparison(in_proxy_status=403))
+    assert "in-proxy answered 403, ext_authz 200" in problem
+
+
+def test_a_failed_comparison_is_a_problem_and_says_why():
+    failed = {"failed": "envoy-f exited: bad config"}
+    assert compare.problems(failed) == ["envoy comparison failed: envoy-f exited: bad config"]
+    assert "**Failed**: envoy-f exited: bad config" in "\n".join(compare.render(failed))
+
+
+def test_a_skipped_comparison_says_why_in_the_results():
+    assert "Skipped: `h2load` is not installed" in "\n".join(compare.render({"skipped": "`h2load` is not installed"}))
+
+
+FIXTURES = Path(__file__).resolve().parents[2] / "target" / "bench" / "fixtures"
+
+
+@pytest.mark.skipif(not (compare.envoy_binary() and shutil.which("h2load") and os.environ.get("PORTCULLIS_BIN")
+                         and compare.token_is_live(FIXTURES / "tokens-rs256.txt")),
+                    reason="needs Envoy, h2load, PORTCULLIS_BIN and the fresh fixtures `make bench-smoke` writes")
+def test_the_in_proxy_filters_allow_and_deny_as_portcullis_does():
+    results = compare.measure(True, 0.3, os.environ["PORTCULLIS_BIN"], FIXTURES, str(FIXTURES / "tokens-rs256.txt"))
+    assert compare.problems(results) == []
+    assert {row["f"] for row in results["agreement"]} >= {200, 403, 401}
+
+
+def load_report(throughput: float, p50: float, cpu_us: float, request_bytes: int = 2000) -> dict:
+    return {"mode": "closed", "connections": 4, "streams_per_connection": 16, "rate_target": None,
+            "request_bytes": request_bytes, "ran_out_of_requests": False, "window_secs": 8.0, "checks": 100,
+            "throughput_per_sec": throughput, "outcomes": {"allow": 100},
+            "latency_us": {"p50": p50, "p99": 2 * p50, "p99_9": 3 * p50},
+            "server_cpu_us_per_check": cpu_us, "server_cpu_share": 0.99, "generator_cpu_share": 0.8}
+
+
+def full_raw() -> dict:
+    """The raw figures of a whole run, made up: every key the full results file reads."""
+    plan = bench.FULL
+    runs = []
+
+    def add(key: str, *figures) -> None:
+        runs.append({"key": key, "what": key, "report": load_report(*figures), "command": "", "expected": "allow"})
+
+    for r in range(1, plan.full_rounds + 1):
+        for suffix in bench.WEIGHTS:
+            add(bench.round_key("a" + suffix, r), 30_000, 2000, 30.0)
+            add(bench.round_key("a_mt" + suffix, r), 27_000, 2200, 33.0)
+            add(bench.round_key("b" + suffix, r), 27_000 + 500 * r, 2100, 32.0)
+    for r in range(1, plan.lone_rounds + 1):
+        for key in ("a", "a_mt", "b"):
+            add(bench.round_key(f"{key}_lone", r), 12_000, 80 + r, 50.0)
+    add("b_half", 15_000, 100, 50.0)
+    runs[-1]["report"].update(mode="open", rate_target=15_000.0, streams_per_connection=None)
+    for r in range(1, plan.cold_rounds + 1):
+        add(bench.round_key("c", r), 13_000, 5000, 55.0 + r)
+    add("d", 7_000, 9000, 140.0)
+    add("memory", 13_000, 4000, 70.0)
+    stages = {"cache_miss": 900, "decode": 1_500, "read": 3_000, "verify": 24_000, "cache_insert": 400}
+    criterion = {f"cold_stage/rs256/{name}": {"median": ns, "low": ns, "high": ns} for name, ns in stages.items()}
+    criterion["signature/rs256"] = {"median": 22_500, "low": 22_000, "high": 23_000}
+    memory = {"job_board_ready": 12.0, "job_board_after_warm": 13.0, "job_board_after_rs256_cold": 40.0,
+              "job_board_after_es256_cold": 30.0, "policies": 10_000, "mesh_ready": 25.0, "mesh_after_tokens": 57.0,
+              "cached_tokens": 99_000, "start_to_listening_secs": 1.5}
+    tokens = {alg: {"file": "", "tokens": 100_000, "bytes": 140_000_000, "signed_per_sec": 4000} for alg in ("rs256", "es256")}
+    return {"smoke": False, "command": "make bench", "seconds": 900, "facts": {"cpu": "test"}, "fixtures": {"tokens": tokens},
+            "quiet": {"warm": 0.0}, "memory": memory, "runs": runs, "criterion": criterion, "policy_rounds": [],
+            "profile": {"skipped": "`perf` is not installed"}, "compare": fake_comparison()}
+
+
+def test_a_full_run_renders_the_ceiling_both_weights_the_rounds_and_the_cold_stages():
+    text = bench.Report(full_raw(), bench.FULL).render()
+    assert "Warm tokens, heavy requests (2,000 bytes): (b) throughput ≥ 85% of (a)" in text
+    assert "Warm tokens, light requests" in text
+    assert "b/a median 0.95 (min 0.92, max 0.98; the rounds: 0.92, 0.93, 0.95, 0.97, 0.98)" in text
+    assert "**met**: 5 of 5 rounds meet it" in text
+    assert "The multi-thread do-nothing server (a_mt)" in text
+    assert "A target with rounds counts as met only when most of its rounds meet it" in text
+    # Cold: (55 + r − 32) / 22.5 for r = 1..3 is 1.07, 1.11, 1.16, each under 1.2.
+    assert "(c − b) / signature median 1.11×" in text and "**met**: 3 of 3 rounds meet it" in text
+    assert "| **the stages' sum** | **28.3 µs** |" in text
+    assert "the JSON of the header and of the claims the policy set reads (`read` − `decode`) | 1.5 µs" in text
+    assert "## Profile of a cold run" in text and "Skipped: `perf` is not installed." in text
+    assert "## The Istio in-proxy comparison (a report, not a target)" in text
