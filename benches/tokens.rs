@@ -105,9 +105,9 @@ const CACHE_STAGE_TOKENS: usize = 4_096;
 fn cold_stages(c: &mut Criterion) {
     let engine = Engine::from_yaml(&job_board_policy_text().expect("job-board policies")).expect("compiles");
     // The rule as the snapshot hands it to a check: keeping the claims the policy set reads.
-    let rule = Arc::new(engine.jwt_rules.first().expect("the bench RequestAuthentication").keeping(
-        engine.snapshot.kept_claims(),
-    ));
+    let rule = Arc::new(
+        engine.jwt_rules.first().expect("the bench RequestAuthentication").keeping(engine.snapshot.kept_claims()),
+    );
     let rules = [&rule];
     let context = engine.context();
     let signer = TokenSigner::new(Alg::Rs256).expect("bench key");

@@ -433,7 +433,14 @@ async fn generate(args: &Args, requests: Vec<Bytes>) -> Result<Value, Error> {
     Ok(summary(args, &run, prebuilt, request_bytes, start, end))
 }
 
-fn summary(args: &Args, run: &Run, prebuilt: usize, request_bytes: usize, start: Option<CpuSample>, end: CpuSample) -> Value {
+fn summary(
+    args: &Args,
+    run: &Run,
+    prebuilt: usize,
+    request_bytes: usize,
+    start: Option<CpuSample>,
+    end: CpuSample,
+) -> Value {
     let window = run.window_end.get().saturating_duration_since(run.window_start).as_secs_f64();
     let counts = run.counts.borrow();
     let answered = counts.total() - counts.errors;

@@ -72,6 +72,8 @@ pub struct SetSummary {
     pub custom_policies: usize,
     /// RequestAuthentications.
     pub request_authentications: usize,
+    /// DataSources: the live data lookups read.
+    pub data_sources: usize,
 }
 
 impl SetSummary {
@@ -82,6 +84,7 @@ impl SetSummary {
             authorization_policies: snapshot.policy_count(),
             custom_policies: loaded.custom.len(),
             request_authentications: snapshot.authn_count(),
+            data_sources: loaded.data_sources.len(),
         }
     }
 }
@@ -90,8 +93,12 @@ impl std::fmt::Display for SetSummary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} files: {} AuthorizationPolicies (and {} CUSTOM), {} RequestAuthentications",
-            self.files, self.authorization_policies, self.custom_policies, self.request_authentications
+            "{} files: {} AuthorizationPolicies (and {} CUSTOM), {} RequestAuthentications, {} DataSources",
+            self.files,
+            self.authorization_policies,
+            self.custom_policies,
+            self.request_authentications,
+            self.data_sources
         )
     }
 }

@@ -36,8 +36,9 @@ fn validate_accepts_the_shipped_policies() {
     let output = run(&["validate", "--policies"], &[&repo_path("policies")]);
     assert_eq!(output.status.code(), Some(0), "stderr: {}", text(&output.stderr));
     assert!(
-        text(&output.stdout)
-            .contains("valid: 4 files: 5 AuthorizationPolicies (and 0 CUSTOM), 1 RequestAuthentications"),
+        text(&output.stdout).contains(
+            "valid: 5 files: 6 AuthorizationPolicies (and 0 CUSTOM), 1 RequestAuthentications, 2 DataSources"
+        ),
         "{}",
         text(&output.stdout)
     );
@@ -144,8 +145,9 @@ fn validate_skips_other_kinds_and_peer_authentication_with_their_reasons() {
     ];
     assert_eq!(text(&output.stderr).trim(), warnings.join("\n"));
     assert!(
-        text(&output.stdout)
-            .contains("valid: 1 files: 1 AuthorizationPolicies (and 0 CUSTOM), 0 RequestAuthentications")
+        text(&output.stdout).contains(
+            "valid: 1 files: 1 AuthorizationPolicies (and 0 CUSTOM), 0 RequestAuthentications, 0 DataSources"
+        )
     );
 }
 

@@ -93,6 +93,8 @@ async fn a_flood_of_distinct_bad_tokens_fetches_no_keys_each_and_holds_the_cache
     let (server, _policies, _config) = server(&idp, settings);
     let mut client = server.grpc_client().await;
     let good = sign(RSA, Algorithm::RS256, Some("rsa"), &claims_of(ISSUER));
+    assert_eq!(ask(&mut client, &good).await, (200, String::new()), "the keys are in before the flood");
+    let fetched_before = idp.paths().len();
     for serial in 0..100 {
         let unknown_kid = sign(RSA, Algorithm::RS256, Some(&format!("kid-{serial}")), &claims_of(ISSUER));
         assert_eq!(ask(&mut client, &unknown_kid).await, (401, NO_KEY.to_string()), "unknown kid {serial}");
@@ -105,7 +107,7 @@ async fn a_flood_of_distinct_bad_tokens_fetches_no_keys_each_and_holds_the_cache
     }
     assert_eq!(server.metric("portcullis_rejected_token_cache_entries"), Some(32.0), "full, and no fuller");
     let fetches = idp.paths();
-    assert!(fetches.len() <= 2, "the start-up fetch and one refetch per interval, not one per kid: {fetches:?}");
+    assert!(fetches.len() <= fetched_before + 1, "one refetch per interval, not one per kid: {fetches:?}");
     assert_eq!(ask(&mut client, &good).await, (200, String::new()), "the good token still verifies");
 }
 

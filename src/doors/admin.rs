@@ -104,12 +104,14 @@ async fn back_channel_logout(State(state): State<Arc<AdminState>>, headers: Head
 
 /// 200 once ready; the body names each issuer that has no keys, whose tokens are refused, and
 /// why its last fetch failed (its URLs without userinfo or query), and each data source not
-/// loaded yet. A source never loaded holds readiness back for `data.ready_timeout_secs` after it
-/// was declared; after that it is named, not failed: the checks that read it fail closed.
+/// loaded yet. A source whose first load is under way holds readiness back for
+/// `data.ready_timeout_secs` after it was declared; once an attempt failed, or after that bound,
+/// it is named, not failed (as an issuer without keys is): the checks that read it fail closed.
 async fn readyz(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
     let bound = std::time::Duration::from_secs(state.engine.settings().data.ready_timeout_secs);
     let not_loaded = state.data.not_loaded();
-    let ready = state.ready.load(Ordering::Acquire) && not_loaded.iter().all(|source| source.waited >= bound);
+    let ready = state.ready.load(Ordering::Acquire)
+        && not_loaded.iter().all(|source| source.failure.is_some() || source.waited >= bound);
     let mut body = String::from(if ready { "ready\n" } else { "not ready\n" });
     for source in not_loaded {
         let cause = source.failure.as_deref().unwrap_or("its first load has not ended");

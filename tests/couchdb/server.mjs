@@ -2,6 +2,9 @@
 // `node server.mjs --port N` listens on 127.0.0.1:N (0: a free port) and prints `listening PORT`,
 // then one JSON line per request ({"method", "url"}) on stdout: the request log the tests read.
 // `POST /_test/drop` closes every open connection (a dropped changes feed); the data stays.
+// `--seed FILE` creates the databases of a JSON object {database: [documents]} first (`make run`
+// seeds the dashboard example's users and apps this way).
+import { readFileSync } from "node:fs";
 import express from "express";
 import expressPouchDB from "express-pouchdb";
 import PouchDB from "pouchdb-core";
@@ -27,6 +30,14 @@ app.post("/_test/drop", (_request, response) => {
   }
 });
 app.use("/", expressPouchDB(Pouch, { mode: "minimumForPouchDB", inMemoryConfig: true }));
+
+const seedAt = process.argv.indexOf("--seed");
+if (seedAt > 0) {
+  const seed = JSON.parse(readFileSync(process.argv[seedAt + 1], "utf8"));
+  for (const [name, documents] of Object.entries(seed)) {
+    await new Pouch(name).bulkDocs(documents);
+  }
+}
 
 const server = app.listen(port, "127.0.0.1", () => console.log(`listening ${server.address().port}`));
 server.on("connection", (socket) => {

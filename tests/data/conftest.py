@@ -4,8 +4,6 @@ data source fed by one of its databases."""
 from __future__ import annotations
 
 import itertools
-from pathlib import Path
-
 import pytest
 from couch_server import CouchServer
 from data_source import DATA_SOURCE, SECRET, Fed
@@ -18,7 +16,6 @@ def couch():
     server = CouchServer().start()
     yield server
     server.stop()
-
 
 
 @pytest.fixture
@@ -39,9 +36,6 @@ def fed(couch, launch_portcullis, tmp_path_factory):
             DATA_SOURCE.format(url=f"{couch.url}/{database}", authorization=authorization, records=records)
         )
         server = launch_portcullis(policies, ready_path="/healthz", settings="reload_poll_interval_ms: 100\n")
-        # The feeds start before the doors open: by now a build that reads DataSource said so.
-        if "Data source declared" not in Path(server.log).read_text(errors="replace"):
-            pytest.skip("this build does not compile DataSource documents yet")
         return Fed(server, couch, database)
 
     return start

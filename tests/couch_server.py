@@ -17,7 +17,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1] / "couchdb"
+PACKAGE = Path(__file__).resolve().parent / "couchdb"
 
 
 class CouchServer:
