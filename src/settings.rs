@@ -167,6 +167,9 @@ pub struct Settings {
     /// Revocation of tokens and sessions by `jti`, `sid` or subject (docs/credentials.md);
     /// unset, nothing is revoked before it expires.
     pub revocation: Option<crate::revocation::settings::RevocationSettings>,
+    /// How the check doors run: `{mode: multi_thread | per_core, threads: N}` (docs/operations.md,
+    /// "Runtime and cores"); `threads` unset is the CPUs this process may use.
+    pub runtime: crate::runtime::RuntimeSettings,
 }
 
 impl Default for Settings {
@@ -210,6 +213,7 @@ impl Default for Settings {
             api_keys: None,
             introspection: None,
             revocation: None,
+            runtime: crate::runtime::RuntimeSettings::default(),
         }
     }
 }
