@@ -45,7 +45,7 @@ impl RuntimeMode {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RuntimeSettings {
-    /// `multi_thread` or `per_core`.
+    /// `per_core` (the default) or `multi_thread`.
     pub mode: RuntimeMode,
     /// Worker threads (`multi_thread`) or runtimes (`per_core`); unset, the CPUs this process
     /// may use ([`std::thread::available_parallelism`]: the affinity mask and, on Linux, the
@@ -56,7 +56,7 @@ pub struct RuntimeSettings {
 
 impl Default for RuntimeSettings {
     fn default() -> Self {
-        Self { mode: RuntimeMode::MultiThread, threads: None }
+        Self { mode: RuntimeMode::PerCore, threads: None }
     }
 }
 
@@ -291,11 +291,11 @@ mod tests {
     }
 
     #[test]
-    fn threads_default_to_the_cpus_this_process_may_use_and_a_setting_replaces_them() {
-        let settings = load("runtime: {mode: per_core}\n").expect("valid");
+    fn the_default_is_a_runtime_per_core_and_a_threads_setting_replaces_the_cpu_count() {
+        let settings = load("log_level: info\n").expect("valid");
         assert_eq!(settings.runtime.mode, RuntimeMode::PerCore);
         assert_eq!(settings.runtime.threads(), std::thread::available_parallelism().expect("known here"));
-        let settings = load("runtime:\n  threads: 3\n").expect("valid");
+        let settings = load("runtime:\n  mode: multi_thread\n  threads: 3\n").expect("valid");
         assert_eq!(settings.runtime, RuntimeSettings { mode: RuntimeMode::MultiThread, threads: NonZeroUsize::new(3) });
         assert_eq!(settings.runtime.listeners(), 1, "multi_thread mode has one listener per door");
         let per_core = RuntimeSettings { mode: RuntimeMode::PerCore, ..settings.runtime };

@@ -167,7 +167,7 @@ pub struct Settings {
     /// Revocation of tokens and sessions by `jti`, `sid` or subject (docs/credentials.md);
     /// unset, nothing is revoked before it expires.
     pub revocation: Option<crate::revocation::settings::RevocationSettings>,
-    /// How the check doors run: `{mode: multi_thread | per_core, threads: N}` (docs/operations.md,
+    /// How the check doors run: `{mode: per_core | multi_thread, threads: N}` (docs/operations.md,
     /// "Runtime and cores"); `threads` unset is the CPUs this process may use.
     pub runtime: crate::runtime::RuntimeSettings,
 }
