@@ -7,13 +7,13 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tonic::transport::server::TcpIncoming;
 
 use crate::config::load::LoadedPolicies;
 use crate::core::Snapshot;
 use crate::data::{FeedContext, Store};
 use crate::doors::admin::AdminState;
-use crate::doors::grpc::{AuthorizationServer, CheckService};
+use crate::doors::grpc::AuthorizationServer;
+use crate::doors::listener::ConnectionSlots;
 use crate::doors::{admin, http, listener};
 use crate::engine::Engine;
 use crate::identity::api_keys::{ApiKeys, KeyFileErrors};
@@ -24,6 +24,7 @@ use crate::outbound::{Outbound, OutboundLimits};
 use crate::policy_set::{PolicySetError, SetSummary, build_snapshot, log_not_evaluated};
 use crate::reload::Reloader;
 use crate::revocation::Revocations;
+use crate::runtime::{self, BindError, CheckDoors};
 use crate::settings::{HttpMode, Settings, SettingsError};
 use crate::sso::Sso;
 use crate::tasks::Tasks;
@@ -85,6 +86,12 @@ async fn bind(door: &'static str, address: SocketAddr) -> Result<TcpListener, Ap
     Ok(listener)
 }
 
+impl From<BindError> for AppError {
+    fn from(BindError { door, address, source }: BindError) -> Self {
+        Self::Bind { door, address, source }
+    }
+}
+
 /// Runs the server until SIGTERM or Ctrl-C. An invalid policy set fails before any port is bound.
 pub async fn serve(settings: Settings) -> Result<(), AppError> {
     let (snapshot, loaded) = build_snapshot(&settings)?;
@@ -136,50 +143,38 @@ pub async fn serve(settings: Settings) -> Result<(), AppError> {
     data.reconcile(&loaded.data_sources, &feeds);
     let ready = Arc::new(AtomicBool::new(false));
 
-    let grpc_listener = bind("grpc", settings.grpc_listen).await?;
-    let http_listener = match settings.http_mode {
-        Some(mode) => Some((bind("http", settings.http_listen).await?, mode)),
-        None => None,
-    };
+    let http_address = settings.http_mode.map(|_| settings.http_listen);
+    let check_listeners = runtime::bind(settings.runtime, settings.grpc_listen, http_address)?;
     let admin_listener = bind("admin", settings.admin_listen).await?;
     let (shutdown_sender, shutdown) = watch::channel(false);
     // The admin door outlives the drain, so probes see `/readyz` answer 503 while checks finish.
     let (admin_shutdown_sender, admin_shutdown) = watch::channel(false);
 
-    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    let health_reporter = tonic_health::server::HealthReporter::new();
     health_reporter.set_serving::<AuthorizationServer>().await;
     health_reporter.set_service_status("", tonic_health::ServingStatus::Serving).await;
 
-    let grpc = tonic::transport::Server::builder()
-        .add_service(health_service)
-        .add_service(AuthorizationServer::new(CheckService::new(engine.clone())))
-        .serve_with_incoming_shutdown(
-            // Without TCP_NODELAY, Nagle's algorithm meets delayed ACKs: ~40 ms per answer.
-            TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
-            wait_for(shutdown.clone()),
-        );
     let limits = settings.connection_limits();
     let admin_state = Arc::new(AdminState::new(engine.clone(), ready.clone(), data.clone()));
-    let admin = listener::serve(admin_listener, admin::router(admin_state), limits, admin_shutdown);
-    let http_door = http_listener.map(|(listener, mode)| {
+    let admin_router = admin::router(admin_state);
+    let admin =
+        listener::serve(admin_listener, admin_router, limits, ConnectionSlots::new(limits), None, admin_shutdown);
+    let http_router = settings.http_mode.map(|mode| {
         if mode == HttpMode::Auto {
             tracing::warn!(
                 "HTTP door in `auto` mode: behind Envoy's HTTP mode a client's X-Original-URL or X-Original-URI chooses the judged path; set http_mode to the proxy in front"
             );
         }
-        listener::serve(listener, http::router(engine.clone(), trusted_proxies, mode), limits, shutdown.clone())
+        http::router(engine.clone(), trusted_proxies, mode)
     });
-    if http_door.is_none() {
+    if http_router.is_none() {
         tracing::info!(
             "HTTP door off: set http_mode to traefik, nginx, ingress-nginx or envoy (the proxy in front) to serve it"
         );
     }
-    let http_task = tokio::spawn(async move {
-        if let Some(http_door) = http_door {
-            http_door.await;
-        }
-    });
-    let grpc_task = tokio::spawn(grpc);
+    let doors = CheckDoors { engine: engine.clone(), health: health_reporter.clone(), http: http_router, limits };
+    let serving = runtime::serve(&doors, check_listeners, &shutdown)
+        .map_err(|error| AppError::Serve { door: "grpc/http", message: format!("cannot start a runtime: {error}") })?;
     let admin_task = tokio::spawn(admin);
     let ready_bound = Duration::from_secs(settings.jwks_ready_timeout_secs);
     drop(tasks.spawn("readiness", become_ready(keys, issuers, first_fetches, ready.clone(), ready_bound)));
@@ -199,11 +194,10 @@ pub async fn serve(settings: Settings) -> Result<(), AppError> {
 
     let drain_timeout = Duration::from_secs(settings.drain_timeout_secs);
     let drained = tokio::time::timeout(drain_timeout, async {
-        let grpc_result = grpc_task.await;
-        let http_result = http_task.await;
+        let checks_result = serving.drained().await;
         let _ = admin_shutdown_sender.send(true);
         let admin_result = admin_task.await;
-        (grpc_result, http_result, admin_result)
+        (checks_result, admin_result)
     })
     .await;
     let still_running = tasks.shutdown(TASKS_STOP_BOUND).await;
@@ -213,12 +207,12 @@ pub async fn serve(settings: Settings) -> Result<(), AppError> {
     let flushing = engine.clone();
     let _ = tokio::task::spawn_blocking(move || flushing.traces().shutdown()).await;
     match drained {
-        Ok((Ok(Ok(())), Ok(()), Ok(()))) => {
+        Ok((Ok(()), Ok(()))) => {
             tracing::info!("Stopped");
             Ok(())
         }
-        Ok((grpc, http, admin)) => {
-            let message = format!("grpc: {grpc:?}, http: {http:?}, admin: {admin:?}");
+        Ok((checks, admin)) => {
+            let message = format!("checks: {checks:?}, admin: {admin:?}");
             Err(AppError::Serve { door: "grpc/http/admin", message })
         }
         Err(_) => {
@@ -327,14 +321,6 @@ async fn become_ready(
     }
     ready.store(true, Ordering::Release);
     tracing::info!("Ready");
-}
-
-async fn wait_for(mut shutdown: watch::Receiver<bool>) {
-    while !*shutdown.borrow() {
-        if shutdown.changed().await.is_err() {
-            return;
-        }
-    }
 }
 
 async fn shutdown_signal() {

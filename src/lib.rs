@@ -20,7 +20,8 @@
 //!   and [`identity::token_cache`]; never decides. [`outbound`] is the one HTTP client.
 //! - [`config`] reads and compiles policy files, [`policy_set`] builds a whole set from the
 //!   [`settings`], [`reload`] swaps new sets in; [`tasks`] owns the background work;
-//!   [`telemetry`] and [`traces`] name and emit metrics, logs and spans.
+//!   [`telemetry`] and [`traces`] name and emit metrics, logs and spans; [`runtime`] runs the
+//!   check doors on one multi-thread runtime or one runtime per core.
 //! - [`app`], the composition root, wires them for `serve`; only main.rs imports it.
 //!   [`cli`] (`validate`, `check`) and [`policy_tests`] (`test`) are the offline commands.
 
@@ -38,6 +39,7 @@ pub mod policy_tests;
 pub mod redis_link;
 pub mod reload;
 pub mod revocation;
+pub mod runtime;
 pub mod settings;
 pub mod sso;
 pub mod tasks;

@@ -183,7 +183,7 @@ fn serve(args: ServeArgs) -> ExitCode {
     warn_of_unknown_variables(|variable, closest| {
         tracing::warn!(variable, closest, "Unknown PORTCULLIS_ variable; ignored");
     });
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = match settings.runtime.main_runtime() {
         Ok(runtime) => runtime,
         Err(error) => return fail(&format!("cannot start the runtime: {error}"), 1),
     };

@@ -172,6 +172,9 @@ pub struct Settings {
     pub revocation: Option<crate::revocation::settings::RevocationSettings>,
     /// The data sources the policy files declare (docs/data.md).
     pub data: crate::data::DataSettings,
+    /// How the check doors run: `{mode: per_core | multi_thread, threads: N}` (docs/operations.md,
+    /// "Runtime and cores"); `threads` unset is the CPUs this process may use.
+    pub runtime: crate::runtime::RuntimeSettings,
 }
 
 impl Default for Settings {
@@ -217,6 +220,7 @@ impl Default for Settings {
             introspection: None,
             revocation: None,
             data: crate::data::DataSettings::default(),
+            runtime: crate::runtime::RuntimeSettings::default(),
         }
     }
 }

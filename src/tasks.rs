@@ -15,6 +15,9 @@ pub struct Tasks {
     /// Cancelled once, at shutdown; every task's own token is a child of it.
     shutdown: CancellationToken,
     running: Mutex<Vec<Running>>,
+    /// The runtime tasks run on: the one current when the owner was made, whichever runtime
+    /// spawns them (a check on a per-core runtime that starts a key fetch, say).
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 #[derive(Debug)]
@@ -25,9 +28,9 @@ struct Running {
 }
 
 impl Tasks {
-    /// No task yet.
+    /// No task yet; tasks run on the current runtime (or, outside any, on their spawner's).
     pub fn new() -> Self {
-        Self::default()
+        Self { runtime: tokio::runtime::Handle::try_current().ok(), ..Self::default() }
     }
 
     /// Runs `task` in the background under `name`; its output arrives on the receiver, which
@@ -40,7 +43,7 @@ impl Tasks {
         let (sender, receiver) = oneshot::channel();
         let cancel = self.shutdown.child_token();
         let cancelled = cancel.clone();
-        let handle = tokio::spawn(async move {
+        let task = async move {
             tokio::select! {
                 biased;
                 () = cancelled.cancelled() => {}
@@ -48,7 +51,11 @@ impl Tasks {
                     let _ = sender.send(output);
                 }
             }
-        });
+        };
+        let handle = match &self.runtime {
+            Some(runtime) => runtime.spawn(task),
+            None => tokio::spawn(task),
+        };
         if let Ok(mut running) = self.running.lock() {
             running.retain(|task| !task.handle.is_finished());
             running.push(Running { name: name.into(), cancel, handle });

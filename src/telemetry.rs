@@ -87,6 +87,12 @@ struct DoorLabels {
     door: &'static str,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ListenerLabels {
+    door: &'static str,
+    listener: u64,
+}
+
 /// Why a browser session ended: the `reason` of `portcullis_sessions_ended_total`.
 pub const SESSION_END_REASONS: [&str; 6] =
     ["sign_out", "idle", "max_lifetime", "evicted", "back_channel", "refresh_failed"];
@@ -141,6 +147,7 @@ pub struct Metrics {
     data_bytes: Family<DataSourceLabels, Gauge>,
     data_age: Family<DataSourceLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     data_updates: Family<DataUpdateLabels, Counter>,
+    connections_accepted: Family<ListenerLabels, Counter>,
     /// The series of `checks` and `check_duration_seconds` a check writes, by door and reason,
     /// found in their families once: a check then neither hashes labels nor takes a lock.
     check_series: [[OnceLock<Counter>; Reason::ALL.len()]; Door::ALL.len()],
@@ -266,6 +273,11 @@ impl Metrics {
                 "data_updates",
                 "Updates of data sources, by source and result (`applied`, `refused_over_limit`, `record_refused`: \
                  documents skipped, `failed`)",
+            ),
+            connections_accepted: register.new_metric(
+                "connections_accepted",
+                "Connections accepted by a check door, by door and listener (one listener per runtime in `per_core` \
+                 mode)",
             ),
             check_series: Default::default(),
             duration_series: Default::default(),
@@ -514,6 +526,12 @@ impl Metrics {
         let duration = self.duration_series[door as usize]
             .get_or_init(|| self.check_duration.get_or_create(&DoorLabels { door: door.as_str() }).clone());
         duration.observe(elapsed.as_secs_f64());
+    }
+
+    /// The counter of connections that `door` accepts on its listener `listener` (from 0).
+    pub fn connections_accepted(&self, door: Door, listener: usize) -> Counter {
+        let listener = u64::try_from(listener).unwrap_or(u64::MAX);
+        self.connections_accepted.get_or_create(&ListenerLabels { door: door.as_str(), listener }).clone()
     }
 
     /// Counts a check whose workload the settings do not name.

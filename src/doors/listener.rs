@@ -1,4 +1,4 @@
-//! Serves an axum router's connections with bounds: a connection limit, a header-read timeout and an idle timeout; graceful shutdown lets in-flight requests finish; knows nothing of checks.
+//! Serves an axum router's connections with bounds: a connection limit (shared by a door's listeners), a header-read timeout and an idle timeout; graceful shutdown lets in-flight requests finish; knows nothing of checks.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,8 +10,9 @@ use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use prometheus_client::metrics::counter::Counter;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, Semaphore, watch};
+use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tokio::time::Instant;
 use tower_service::Service;
 
@@ -20,18 +21,36 @@ use crate::settings::ConnectionLimits;
 /// Pause after a failed `accept` (out of file descriptors, say), so the loop does not spin.
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
-/// Accepts connections until `shutdown` turns true, then waits for every open connection to
-/// finish its in-flight requests. At most `max_connections` are served at once: the next
-/// connection is not accepted (it waits in the listen backlog) until one closes.
-pub async fn serve(listener: TcpListener, router: Router, limits: ConnectionLimits, shutdown: watch::Receiver<bool>) {
-    let slots = Arc::new(Semaphore::new(limits.max_connections as usize));
+/// Connection slots shared by every listener of a door: at most `max_connections` of its
+/// connections are served at once, whichever runtime accepted them.
+#[derive(Debug, Clone)]
+pub struct ConnectionSlots(Arc<Semaphore>);
+
+impl ConnectionSlots {
+    /// `limits.max_connections` free slots.
+    pub fn new(limits: ConnectionLimits) -> Self {
+        Self(Arc::new(Semaphore::new(limits.max_connections as usize)))
+    }
+}
+
+/// Accepts connections until `shutdown` turns true, then waits for every connection it opened
+/// to finish its in-flight requests. Each accepted connection takes one of `slots` and is
+/// counted in `accepted`: when none is free the connection waits, unserved, until one closes,
+/// and the next ones wait in the listen backlog. Taking the slot after the accept lets no
+/// listener hold a slot for a connection that may never come while another listener's
+/// connection waits.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: ConnectionLimits,
+    slots: ConnectionSlots,
+    accepted: Option<Counter>,
+    shutdown: watch::Receiver<bool>,
+) {
     let builder = connection_builder(limits);
+    // Each connection holds a sender; the receiver ends once every one of them has closed.
+    let (open, mut all_closed) = mpsc::channel::<()>(1);
     loop {
-        let slot = tokio::select! {
-            slot = slots.clone().acquire_owned() => slot,
-            () = stopped(shutdown.clone()) => break,
-        };
-        let Ok(slot) = slot else { break };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -43,23 +62,30 @@ pub async fn serve(listener: TcpListener, router: Router, limits: ConnectionLimi
             },
             () = stopped(shutdown.clone()) => break,
         };
+        if let Some(accepted) = &accepted {
+            accepted.inc();
+        }
+        let slot = tokio::select! {
+            slot = slots.0.clone().acquire_owned() => slot,
+            () = stopped(shutdown.clone()) => break,
+        };
+        let Ok(slot) = slot else { break };
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%error, "Cannot set TCP_NODELAY");
         }
         let connection = Connection { builder: builder.clone(), router: router.clone(), limits, peer };
-        let shutdown = shutdown.clone();
+        let (shutdown, open) = (shutdown.clone(), open.clone());
         tokio::spawn(async move {
             connection.serve(stream, shutdown).await;
-            drop(slot);
+            drop((slot, open));
         });
     }
-    drop(listener);
-    // Every slot back: every connection has closed.
-    let _ = slots.acquire_many(limits.max_connections).await;
+    drop((listener, open));
+    let _ = all_closed.recv().await;
 }
 
 /// Resolves once shutdown starts (or its sender is gone).
-async fn stopped(mut shutdown: watch::Receiver<bool>) {
+pub async fn stopped(mut shutdown: watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;
 }
 
