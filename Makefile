@@ -10,7 +10,12 @@ VENV   := .venv
 
 .PHONY: run demo demo-idp test lint test-rust test-python build python-env clean fuzz-seeds coverage
 
-run:
+# The dashboard example (policies/dashboard.yaml) follows two CouchDB databases: an in-memory
+# CouchDB-protocol server seeded with policies/dashboard-data.json runs beside the server on
+# 127.0.0.1:5984 and stops with it.
+run: tests/couchdb/node_modules/.installed
+	node tests/couchdb/server.mjs --port 5984 --seed policies/dashboard-data.json & couch=$$!; \
+	trap 'kill $$couch 2>/dev/null' EXIT INT TERM; \
 	$(CARGO) run --release -- serve --policies policies
 
 # A Keycloak-shaped OIDC provider (npm oidc-provider) serving the realm the shipped

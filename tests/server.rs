@@ -78,7 +78,7 @@ async fn check_allows_and_denies_over_grpc_and_counts_in_metrics() {
         r#"portcullis_checks_total{door="grpc",decision="deny",reason="invalid_path"} 1"#,
         r#"portcullis_checks_total{door="grpc",decision="deny",reason="malformed_request"} 1"#,
         r#"portcullis_check_duration_seconds_count{door="grpc"} 5"#,
-        "portcullis_policies_loaded 5",
+        "portcullis_policies_loaded 6",
         "portcullis_policy_generation 1",
     ] {
         assert!(metrics.lines().any(|line| line == expected), "missing `{expected}` in:\n{metrics}");
