@@ -345,10 +345,10 @@ fn dashboard_data(c: &mut Criterion) {
     let data = Data::default().with_table(users_name, users_table).with_table(apps_name, apps_table);
     let settings = Settings::default();
     let snapshot = engine::compile(DASHBOARD_POLICIES, &settings).expect("the dashboard policies compile");
-    let claims = serde_json::json!({"iss": "https://idp.example", "sub": "u123457"});
+    let claims = serde_json::json!({"iss": "https://idp.example", "sub": "u4457"});
     let serde_json::Value::Object(claims) = claims else { unreachable!("an object") };
     let identity = Arc::new(Identity::for_tests(&claims, snapshot.kept_claims(), Arc::from(Vec::new())));
-    // u123457 is of account acct457, as is app a457.
+    // u4457 is of account acct457, as is app a457, in the smoke run's tables and the full ones.
     let check = view(&check_request(&Call { method: "GET", path: "/apps/a457/report", ..job_board_call(None) }));
     let request = converted(&check);
     let decide = || {
