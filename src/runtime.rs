@@ -45,7 +45,7 @@ impl RuntimeMode {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RuntimeSettings {
-    /// `per_core` (the default) or `multi_thread`.
+    /// `multi_thread` (the default) or `per_core`.
     pub mode: RuntimeMode,
     /// Worker threads (`multi_thread`) or runtimes (`per_core`); unset, the CPUs this process
     /// may use ([`std::thread::available_parallelism`]: the affinity mask and, on Linux, the
@@ -56,7 +56,7 @@ pub struct RuntimeSettings {
 
 impl Default for RuntimeSettings {
     fn default() -> Self {
-        Self { mode: RuntimeMode::PerCore, threads: None }
+        Self { mode: RuntimeMode::MultiThread, threads: None }
     }
 }
 
@@ -291,9 +291,9 @@ mod tests {
     }
 
     #[test]
-    fn the_default_is_a_runtime_per_core_and_a_threads_setting_replaces_the_cpu_count() {
+    fn the_default_is_the_multi_thread_runtime_and_a_threads_setting_replaces_the_cpu_count() {
         let settings = load("log_level: info\n").expect("valid");
-        assert_eq!(settings.runtime.mode, RuntimeMode::PerCore);
+        assert_eq!(settings.runtime.mode, RuntimeMode::MultiThread);
         assert_eq!(settings.runtime.threads(), std::thread::available_parallelism().expect("known here"));
         let settings = load("runtime:\n  mode: multi_thread\n  threads: 3\n").expect("valid");
         assert_eq!(settings.runtime, RuntimeSettings { mode: RuntimeMode::MultiThread, threads: NonZeroUsize::new(3) });
