@@ -8,7 +8,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use support::{CheckBuilder, Server, http_request, paths_policy, policy_dir, proxy_answer, status_in};
+use support::{CheckBuilder, Server, eventually, http_request, paths_policy, policy_dir, proxy_answer, status_in};
 
 const TWO_RUNTIMES: &str = "runtime: {mode: per_core, threads: 2}\n";
 /// Hang guard: far beyond what any step takes.
@@ -69,8 +69,11 @@ async fn reach_both_listeners(server: &Server, door: &str, before: [f64; 2], exp
 async fn two_runtimes_each_answer_both_doors_on_their_own_listeners_reload_and_stop_cleanly() {
     let policies = policy_dir(&allowing(&["/public/*"]));
     let server = Server::with_http_door(policies.path(), "envoy", TWO_RUNTIMES);
-    assert_eq!(check_threads(&server), ["checks-0", "checks-1"]);
     server.wait_until_logged(&["Serving checks", "per_core", "threads=2"]);
+    eventually("two check runtimes, each on a thread of its own", async || {
+        check_threads(&server) == ["checks-0", "checks-1"]
+    })
+    .await;
     for door in ["grpc", "http"] {
         reach_both_listeners(&server, door, [0.0; 2], 200).await;
     }
