@@ -138,6 +138,18 @@ async fn the_http_feed_sends_the_last_etag_keeps_its_table_on_304_and_replaces_i
     context.tasks.shutdown(Duration::from_secs(10)).await;
 }
 
+/// Writes `head`, then each line the test sends, until it sends `None` or the client leaves.
+async fn write_lines(stream: &mut TcpStream, lines: &mut mpsc::UnboundedReceiver<Option<String>>, head: &str) {
+    if stream.write_all(head.as_bytes()).await.is_err() {
+        return;
+    }
+    while let Some(Some(line)) = lines.recv().await {
+        if stream.write_all(format!("{line}\n").as_bytes()).await.is_err() {
+            return;
+        }
+    }
+}
+
 /// An NDJSON stream server: each connection writes the lines the test sends, and ends when the
 /// test sends `None`.
 async fn stream_server() -> (String, Heads, mpsc::UnboundedSender<Option<String>>) {
@@ -146,16 +158,8 @@ async fn stream_server() -> (String, Heads, mpsc::UnboundedSender<Option<String>
     let (base, heads) = serve(move |_head, mut stream| {
         let receiver = receiver.clone();
         async move {
-            let mut lines = receiver.lock().await;
             let head = "HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\nconnection: close\r\n\r\n";
-            if stream.write_all(head.as_bytes()).await.is_err() {
-                return;
-            }
-            while let Some(Some(line)) = lines.recv().await {
-                if stream.write_all(format!("{line}\n").as_bytes()).await.is_err() {
-                    return;
-                }
-            }
+            write_lines(&mut stream, &mut *receiver.lock().await, head).await;
         }
     })
     .await;
@@ -311,15 +315,7 @@ async fn couch_server(first: &'static str) -> (String, Heads, mpsc::UnboundedSen
                 let _ = stream.write_all(answer.as_bytes()).await;
                 return;
             }
-            let mut lines = receiver.lock().await;
-            if stream.write_all(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n").await.is_err() {
-                return;
-            }
-            while let Some(Some(line)) = lines.recv().await {
-                if stream.write_all(format!("{line}\n").as_bytes()).await.is_err() {
-                    return;
-                }
-            }
+            write_lines(&mut stream, &mut *receiver.lock().await, "HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n").await;
         }
     })
     .await;
