@@ -113,11 +113,9 @@ impl Setup {
         setup
     }
 
-    /// Replaces the key file whole (written aside, then renamed over it).
+    /// Replaces the key file whole.
     fn write_keys(&self, text: &str) {
-        let aside = self.keys.path().join(".bots.yaml.new");
-        std::fs::write(&aside, text).expect("write the key file");
-        std::fs::rename(&aside, self.key_file()).expect("rename the key file");
+        support::replace_file(&self.key_file(), text);
     }
 
     fn key_file(&self) -> std::path::PathBuf {

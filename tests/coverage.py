@@ -30,9 +30,12 @@ PYTHON_SUITES = ["tests/interop", "tests/e2e", "tests/jwt", "tests/sso", "tests/
 IGNORED = r"(/\.cargo/|/rustc/|/tests/|/benches/|/examples/|_tests\.rs$|/target/)"
 
 
-def run(command: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+def run(command: list[str], env: dict[str, str], capture: bool = False) -> subprocess.CompletedProcess:
+    """Runs a command from the root; its output goes to ours (so a failing test is named in the
+    log) unless it is captured for parsing."""
     print("+", " ".join(command), flush=True)
-    return subprocess.run(command, cwd=ROOT, env=env, check=False, stdout=subprocess.PIPE, text=True)
+    stdout = subprocess.PIPE if capture else None
+    return subprocess.run(command, cwd=ROOT, env=env, check=False, stdout=stdout, text=True)
 
 
 def instrumented_env() -> dict[str, str]:
@@ -45,7 +48,7 @@ def instrumented_env() -> dict[str, str]:
 
 def test_binaries(env: dict[str, str]) -> list[str]:
     """Builds every test target and returns the executables cargo made."""
-    result = run(["cargo", "test", "--locked", "--no-run", "--message-format=json"], env)
+    result = run(["cargo", "test", "--locked", "--no-run", "--message-format=json"], env, capture=True)
     if result.returncode != 0:
         sys.exit("coverage: the instrumented build failed")
     executables = []
@@ -76,7 +79,7 @@ def main() -> int:
     if run(["cargo", "build", "--locked"], env).returncode != 0:
         sys.exit("coverage: the instrumented server did not build")
     server = str(WORK / "build" / "debug" / "portcullis")
-    failed = run(["cargo", "test", "--locked"], env).returncode != 0
+    failed = run(["cargo", "test", "--locked", "--no-fail-fast"], env).returncode != 0
     pytest = str(ROOT / ".venv" / "bin" / "pytest")
     python_env = {**env, "PORTCULLIS_BIN": server}
     failed |= run([pytest, "-q", "-p", "no:cacheprovider", *PYTHON_SUITES], python_env).returncode != 0

@@ -236,27 +236,20 @@ async fn an_ndjson_stream_without_seq_is_read_anew_and_replaces_the_table_once_q
     context.tasks.shutdown(Duration::from_secs(10)).await;
 }
 
-fn write(path: &Path, text: &str) {
-    // A rename, so that the poller never reads the file half-written.
-    let staged = path.with_extension("staged");
-    std::fs::write(&staged, text).unwrap();
-    std::fs::rename(&staged, path).unwrap();
-}
-
 #[tokio::test]
 async fn the_file_feed_loads_again_on_change_and_keeps_the_last_good_table_on_a_broken_or_oversized_file() {
     let dir = tempfile::tempdir().unwrap();
     let path: PathBuf = dir.path().join("users.json");
-    write(&path, r#"[{"_id":"ana","apps":["a1"]},{"_id":"bo"}]"#);
+    support::replace_file(&path, r#"[{"_id":"ana","apps":["a1"]},{"_id":"bo"}]"#);
     let (store, context) = store();
     store.reconcile(&[definition("users", Feed::File { path: path.clone() }, 3)], &context);
     eventually("the array is loaded", async || records(&store, "users") == Some(2)).await;
-    write(&path, "{\"_id\":\"ana\"}\n{\"_id\":\"bo\"}\n{\"_id\":\"cy\"}\n");
+    support::replace_file(&path, "{\"_id\":\"ana\"}\n{\"_id\":\"bo\"}\n{\"_id\":\"cy\"}\n");
     eventually("one document a line is loaded", async || records(&store, "users") == Some(3)).await;
-    write(&path, "{\"_id\":\"ana\"}\n{\"_id\":");
+    support::replace_file(&path, "{\"_id\":\"ana\"}\n{\"_id\":");
     let failed = r#"portcullis_data_updates_total{source="users",result="failed"}"#;
     eventually("a broken file is counted as failed", async || sample(&context, failed).as_deref() == Some("1")).await;
-    write(&path, r#"[{"_id":"a"},{"_id":"b"},{"_id":"c"},{"_id":"d"}]"#);
+    support::replace_file(&path, r#"[{"_id":"a"},{"_id":"b"},{"_id":"c"},{"_id":"d"}]"#);
     let over = r#"portcullis_data_updates_total{source="users",result="refused_over_limit"}"#;
     eventually("a file over the limit is refused", async || sample(&context, over).as_deref() == Some("1")).await;
     assert_eq!(records(&store, "users"), Some(3), "the last good table stays");
@@ -268,7 +261,7 @@ async fn the_file_feed_loads_again_on_change_and_keeps_the_last_good_table_on_a_
 async fn reconcile_starts_new_sources_keeps_unchanged_ones_and_drops_removed_ones_with_their_series() {
     let dir = tempfile::tempdir().unwrap();
     let (users, apps) = (dir.path().join("users.json"), dir.path().join("apps.json"));
-    write(&users, r#"[{"_id":"ana"}]"#);
+    support::replace_file(&users, r#"[{"_id":"ana"}]"#);
     let (store, context) = store();
     let users_source = definition("users", Feed::File { path: users.clone() }, 10);
     let apps_source = definition("apps", Feed::File { path: apps.clone() }, 10);

@@ -332,12 +332,14 @@ async fn unparsable_policy_files_at_runtime_keep_the_last_good_set() {
 
     type Step<'a> = (&'a str, Box<dyn Fn() + 'a>);
     let steps: [Step; 2] = [
-        ("corrupted", Box::new(|| std::fs::write(dir.join("policies.yaml"), "spec: [\n  {oops").expect("write"))),
+        ("corrupted", Box::new(|| support::replace_file(&dir.join("policies.yaml"), "spec: [\n  {oops"))),
         (
             "a wrong type",
             Box::new(|| {
-                std::fs::write(dir.join("policies.yaml"), deny_admin().replace("action: DENY", "action: [DENY]"))
-                    .expect("write")
+                support::replace_file(
+                    &dir.join("policies.yaml"),
+                    &deny_admin().replace("action: DENY", "action: [DENY]"),
+                )
             }),
         ),
     ];
@@ -356,8 +358,10 @@ async fn unparsable_policy_files_at_runtime_keep_the_last_good_set() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     assert_eq!(server.metric("portcullis_reloads_total{result=\"error\"}"), Some(attempts), "each refusal is counted");
-    std::fs::write(dir.join("policies.yaml"), deny_admin().replace("\"/admin/*\"", "\"/admin/*\", \"/secret\""))
-        .expect("write");
+    support::replace_file(
+        &dir.join("policies.yaml"),
+        &deny_admin().replace("\"/admin/*\"", "\"/admin/*\", \"/secret\""),
+    );
     wait_for_reloads(&server, attempts + 1.0).await;
     assert_eq!(ask(&server, "/secret", None).await.0, 403, "the valid set went live");
     assert_eq!(server.metric("portcullis_policy_generation"), Some(2.0));

@@ -221,6 +221,16 @@ pub async fn eventually(why: &str, mut holds: impl AsyncFnMut() -> bool) {
 }
 
 /// Creates a FIFO (named pipe) at `path`.
+/// Replaces a file whole, as a ConfigMap update or a deploy tool does: written beside it under a
+/// name no loader reads (`.NAME.staged`), then renamed over it, so that a poller never reads it
+/// half-written.
+pub fn replace_file(path: &Path, contents: &str) {
+    let name = path.file_name().and_then(|name| name.to_str()).expect("a file name");
+    let staged = path.with_file_name(format!(".{name}.staged"));
+    std::fs::write(&staged, contents).unwrap_or_else(|error| panic!("write {}: {error}", staged.display()));
+    std::fs::rename(&staged, path).unwrap_or_else(|error| panic!("rename over {}: {error}", path.display()));
+}
+
 pub fn make_fifo(path: &Path) {
     let made = Command::new("mkfifo").arg(path).status().expect("mkfifo runs");
     assert!(made.success(), "mkfifo {}", path.display());
