@@ -182,6 +182,9 @@ struct Sessions<T, K> {
     max_sessions: usize,
 }
 
+/// One shard, its lock alone on its cache lines.
+type Shard<T, K> = CachePadded<Mutex<Sessions<T, K>>>;
+
 /// The sessions of one replica, in memory, by their id (or by what a shared store knows them
 /// by, for its local copies), in shards by id so that checks on many cores rarely take the same
 /// lock. Each shard holds its share of `max_sessions`; a full shard ends its least recently used
@@ -189,7 +192,7 @@ struct Sessions<T, K> {
 /// in again. A store of fewer than 2048 sessions is one shard, with an exact least recently used
 /// order; a larger one has up to 16 shards of at least 1024 sessions each.
 pub struct SessionStore<T, K = SessionId> {
-    shards: Box<[CachePadded<Mutex<Sessions<T, K>>>]>,
+    shards: Box<[Shard<T, K>]>,
     limits: StoreLimits,
     random: SystemRandom,
 }
@@ -507,7 +510,7 @@ mod tests {
         let now = Instant::now();
         // Per shard, its sessions in the order they were opened.
         let mut opened: Vec<Vec<SessionId>> = vec![Vec::new(); store.shards.len()];
-        let mut open = |opened: &mut Vec<Vec<SessionId>>| {
+        let open = |opened: &mut Vec<Vec<SessionId>>| {
             let (id, evicted) = store.open_evicting("open", now).unwrap();
             opened[shard_of(&store, &id)].push(id);
             (id, evicted)
