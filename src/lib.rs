@@ -42,6 +42,7 @@ pub mod revocation;
 pub mod runtime;
 pub mod settings;
 pub mod sso;
+pub mod stripes;
 pub mod tasks;
 pub mod telemetry;
 pub mod traces;

@@ -1,4 +1,13 @@
-//! The verified-token cache: a token seen again costs a hash and a lookup, not a signature check; a token seen often, a byte comparison. Bounded; entries expire with their token; never decides.
+//! The verified-token cache: a token seen again costs a hash and a lookup, not a signature check; a token seen often, a byte comparison on the calling thread's own stripe. Bounded; entries expire with their token; never decides.
+//!
+//! The hot layer is one per stripe ([`stripes::current`]): a token sent by many cores at once
+//! (a service account's) is held by each stripe in its own slot, with its own copy of the
+//! identity, so that a hit takes a lock and bumps a reference count that no other core writes.
+//! The copy is made once per token per stripe, when the token moves into that stripe's hot
+//! layer: an [`Identity`] is two small allocations (its text: the subject and the claim values
+//! the policies read, plus every claim as JSON with `decision_log_claims`; and an index of
+//! `u32`s) and two reference count increments (its verifier and its `kid`), a few hundred
+//! nanoseconds at most beside the SHA-256 the same move has just paid.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
@@ -12,13 +21,19 @@ use crate::core::Identity;
 use crate::core::authn::{Authentication, AuthnContext, Credential, UnverifiedToken};
 use crate::core::jwt::KeySet;
 use crate::identity::rejected_tokens::{self, RejectedTokens};
+use crate::stripes::{self, CachePadded, STRIPES};
 use crate::telemetry::Metrics;
 
 const SHARDS: usize = 16;
-/// Slots of the hot layer, which holds tokens seen at least twice by their bytes, so that a
-/// token sent again and again (a service account's, a busy session's) is found by comparing
-/// bytes instead of computing its SHA-256. About 1.5 KiB a slot for Keycloak's tokens.
+/// Slots of each stripe's hot layer, which holds the tokens its threads saw at least twice, by
+/// their bytes, so that a token sent again and again (a service account's, a busy session's) is
+/// found by comparing bytes instead of computing its SHA-256. A slot costs 32 bytes empty and
+/// about 1.5 KiB full for Keycloak's tokens (the token and the stripe's copy of its identity):
+/// at most 16 stripes × 256 slots, about 6 MiB when 16 busy threads each keep 256 distinct
+/// tokens hot, and only what the stripes in use hold otherwise.
 const HOT_SLOTS: usize = 256;
+/// Hot slots in one [`HotLine`]: 4 slots of 32 bytes fill its 128.
+const SLOTS_PER_LINE: usize = 4;
 
 type Shard = Mutex<ShardEntries>;
 
@@ -29,7 +44,7 @@ struct ShardEntries {
     swept_at_secs: u64,
 }
 
-/// A token of the hot layer, whole, and its identity.
+/// A token of the hot layer, whole, and its stripe's own copy of its identity.
 #[derive(Debug)]
 struct HotEntry {
     token: Box<str>,
@@ -38,12 +53,22 @@ struct HotEntry {
 
 type HotSlot = Mutex<Option<HotEntry>>;
 
+/// Hot slots on cache lines of their own: a stripe's layer is made of whole lines, so that no
+/// line holds two stripes' slots.
+type HotLine = CachePadded<[HotSlot; SLOTS_PER_LINE]>;
+
+/// One stripe's hot layer: direct-mapped slots.
+type HotLayer = Box<[HotLine]>;
+
 /// Verified tokens by SHA-256 of the token, in shards to keep lock hold times short, with the
-/// tokens seen again in a direct-mapped hot layer in front; and, apart, so that bad tokens never
-/// displace good ones, the tokens refused for what they are.
+/// tokens seen again in a direct-mapped hot layer per stripe in front; and, apart, so that bad
+/// tokens never displace good ones, the tokens refused for what they are.
 #[derive(Debug)]
 pub struct VerifiedTokenCache {
-    hot: Box<[HotSlot]>,
+    /// One hot layer per stripe, all with the same number of slots.
+    hot: Box<[HotLayer]>,
+    /// Slots of each stripe's hot layer.
+    hot_slots: usize,
     /// Picks a token's hot slot; seeded at random, so that which tokens share a slot cannot be
     /// planned from outside.
     hot_index: RandomState,
@@ -113,9 +138,11 @@ impl VerifiedTokenCache {
     /// [`rejected_tokens::DEFAULT_ENTRIES`] rejected ones.
     pub fn new(capacity: usize, metrics: Arc<Metrics>) -> Self {
         let shards = (0..SHARDS).map(|_| Mutex::default()).collect();
-        let hot = (0..HOT_SLOTS.min(capacity)).map(|_| Mutex::default()).collect();
+        let hot_lines = HOT_SLOTS.min(capacity).div_ceil(SLOTS_PER_LINE);
+        let hot = (0..STRIPES).map(|_| (0..hot_lines).map(|_| CachePadded::default()).collect()).collect();
         Self {
             hot,
+            hot_slots: hot_lines * SLOTS_PER_LINE,
             hot_index: RandomState::new(),
             shards,
             capacity_per_shard: capacity.div_ceil(SHARDS),
@@ -146,13 +173,28 @@ impl VerifiedTokenCache {
         }
     }
 
-    /// A token's hot slot, picked by its last bytes (the end of its signature); a hit still
-    /// compares every byte.
-    fn hot_slot(&self, token: &str) -> Option<&HotSlot> {
+    /// Where a token's hot slot is in every stripe's layer, picked by its last bytes (the end of
+    /// its signature); a hit still compares every byte.
+    fn hot_slot_index(&self, token: &str) -> Option<usize> {
         let bytes = token.as_bytes();
         let tail = bytes.get(bytes.len().saturating_sub(16)..).unwrap_or(bytes);
-        let slots = u64::try_from(self.hot.len()).ok()?.max(1);
-        self.hot.get(usize::try_from(self.hot_index.hash_one(tail) % slots).ok()?)
+        let slots = u64::try_from(self.hot_slots).ok()?.max(1);
+        usize::try_from(self.hot_index.hash_one(tail) % slots).ok()
+    }
+
+    /// The slot at `index` of `layer`.
+    fn hot_slot_at(layer: &HotLayer, index: usize) -> Option<&HotSlot> {
+        layer.get(index / SLOTS_PER_LINE)?.get(index % SLOTS_PER_LINE)
+    }
+
+    /// A token's hot slot in the calling thread's stripe.
+    fn hot_slot(&self, token: &str) -> Option<&HotSlot> {
+        Self::hot_slot_at(self.hot.get(stripes::current())?, self.hot_slot_index(token)?)
+    }
+
+    /// Every slot of every stripe.
+    fn every_hot_slot(&self) -> impl Iterator<Item = &HotSlot> {
+        self.hot.iter().flat_map(|layer| layer.iter()).flat_map(|line| line.iter())
     }
 
     fn hot_get(&self, token: &str) -> Option<Arc<Identity>> {
@@ -160,19 +202,24 @@ impl VerifiedTokenCache {
         slot.as_ref().filter(|entry| &*entry.token == token).map(|entry| entry.identity.clone())
     }
 
-    fn hot_put(&self, token: &str, identity: &Arc<Identity>) {
+    /// Moves `token` into the calling thread's stripe, with a copy of `identity` of its own.
+    fn hot_put(&self, token: &str, identity: &Identity) {
         if let Some(mut slot) = self.hot_slot(token).and_then(|slot| slot.lock().ok()) {
-            *slot = Some(HotEntry { token: token.into(), identity: identity.clone() });
+            *slot = Some(HotEntry { token: token.into(), identity: Arc::new(identity.clone()) });
         }
     }
 
-    /// A token verified again (after a reload that reads other claims, say) replaces its hot
-    /// entry, which would otherwise keep handing out the identity that no longer counts.
-    fn hot_refresh(&self, token: &str, identity: &Arc<Identity>) {
-        if let Some(mut slot) = self.hot_slot(token).and_then(|slot| slot.lock().ok())
-            && let Some(entry) = slot.as_mut().filter(|entry| &*entry.token == token)
-        {
-            entry.identity = identity.clone();
+    /// A token verified again (after a reload that reads other claims, say) leaves every
+    /// stripe's hot layer, which would otherwise keep handing out the identity that no longer
+    /// counts; its next hit by digest moves the new identity in.
+    fn hot_forget(&self, token: &str) {
+        let Some(index) = self.hot_slot_index(token) else { return };
+        for slot in self.hot.iter().filter_map(|layer| Self::hot_slot_at(layer, index)) {
+            if let Ok(mut slot) = slot.lock()
+                && slot.as_ref().is_some_and(|entry| &*entry.token == token)
+            {
+                *slot = None;
+            }
         }
     }
 
@@ -182,10 +229,11 @@ impl VerifiedTokenCache {
     }
 
     /// Forgets the tokens of `issuer` signed by keys that are no longer in `keys` under the
-    /// same `kid`: a key rotated out, or swapped for another behind the same `kid`.
+    /// same `kid`: a key rotated out, or swapped for another behind the same `kid`; from the
+    /// shards and from every stripe's hot layer.
     pub fn retain_keys(&self, issuer: &str, keys: &KeySet) {
         let vouched = |identity: &Identity| identity.issuer() != issuer || identity.is_vouched_for_by_keys(keys);
-        for slot in self.hot.iter() {
+        for slot in self.every_hot_slot() {
             if let Ok(mut slot) = slot.lock()
                 && slot.as_ref().is_some_and(|entry| !vouched(&entry.identity))
             {
@@ -202,7 +250,7 @@ impl VerifiedTokenCache {
         self.metrics.record_token_cache_size(self.len());
     }
 
-    /// Tokens held now.
+    /// Tokens held now, by digest (the hot layers hold copies of tokens seen again).
     pub fn len(&self) -> usize {
         self.len.load(Ordering::Relaxed)
     }
@@ -270,7 +318,8 @@ impl VerifiedTokenCache {
         }
     }
 
-    /// The hot layer first; a token found by its digest is seen again, and moves into it.
+    /// The calling thread's hot layer first; a token found by its digest is seen again, and
+    /// moves into it.
     pub fn get(&self, key: &TokenKey<'_>) -> Option<Arc<Identity>> {
         #[cfg(debug_assertions)]
         self.panic_if_asked(key.token());
@@ -288,13 +337,17 @@ impl VerifiedTokenCache {
     }
 
     /// A token just verified goes into the shards only: one seen once does not displace the
-    /// hot layer's. A hot token verified again has its hot entry replaced.
+    /// hot layer's. A hot token verified again leaves every hot layer.
     pub fn put(&self, token: &TokenKey<'_>, identity: Arc<Identity>) {
         if self.capacity_per_shard == 0 {
             return;
         }
-        self.hot_refresh(token.token(), &identity);
-        let key = token.digest();
+        self.insert(token.digest(), identity);
+        self.hot_forget(token.token());
+    }
+
+    /// Keeps `identity` under `key` in its shard, making room when the shard is full.
+    fn insert(&self, key: TokenDigest, identity: Arc<Identity>) {
         let Ok(mut guard) = self.shard(&key).lock() else { return };
         let entries = &mut *guard;
         let before = entries.map.len();
@@ -418,8 +471,124 @@ mod tests {
         assert!(cache.get(&key(token)).is_some(), "now hot");
         let again = Arc::new(Arc::unwrap_or_clone(identity(live)).signed_by("new"));
         cache.put(&key(token), again.clone());
-        let hit = cache.get(&key(token)).expect("hot");
-        assert!(Arc::ptr_eq(&hit, &again), "the hot entry holds the identity verified last");
+        assert!(cache.hot_get(token).is_none(), "verified again: out of the hot layer");
+        assert_eq!(cache.get(&key(token)).as_deref(), Some(&*again), "found by digest, as verified last");
+        assert_eq!(cache.hot_get(token).as_deref(), Some(&*again), "and hot again, as verified last");
+    }
+
+    /// Runs `first` on one thread per stripe, then `between` on this thread, then `then` on
+    /// each of those threads again: which stripe each thread had, with what `then` returned.
+    fn across_stripes<R: Send>(
+        first: impl Fn() + Sync,
+        between: impl FnOnce(),
+        then: impl Fn() -> R + Sync,
+    ) -> Vec<(usize, R)> {
+        let barrier = std::sync::Barrier::new(STRIPES + 1);
+        std::thread::scope(|scope| {
+            let threads: Vec<_> = (0..STRIPES)
+                .map(|_| {
+                    scope.spawn(|| {
+                        first();
+                        barrier.wait();
+                        barrier.wait();
+                        (stripes::current(), then())
+                    })
+                })
+                .collect();
+            barrier.wait();
+            between();
+            barrier.wait();
+            threads.into_iter().map(|thread| thread.join().expect("no panic")).collect()
+        })
+    }
+
+    /// The distinct stripes of `results`, asserting there are several: a sweep of one stripe
+    /// would leave the others.
+    fn several_stripes<R>(results: &[(usize, R)]) -> Vec<usize> {
+        let mut stripes: Vec<usize> = results.iter().map(|(stripe, _)| *stripe).collect();
+        stripes.sort_unstable();
+        stripes.dedup();
+        assert!(stripes.len() >= 2, "the threads shared one stripe: {stripes:?}");
+        stripes
+    }
+
+    #[test]
+    fn each_stripe_hands_out_its_own_copy_of_a_hot_identity() {
+        let cache = VerifiedTokenCache::new(1000, Arc::new(Metrics::new()));
+        let token = "header.payload.signature-of-a-service-account";
+        let verified = identity(unix_now() + 3600);
+        cache.put(&key(token), verified.clone());
+        let held = across_stripes(
+            || {
+                assert!(cache.get(&key(token)).is_some(), "found by digest, moved to this stripe");
+            },
+            || {},
+            || {
+                let (first, second) = (cache.get(&key(token)), cache.get(&key(token)));
+                (first.zip(second).is_some_and(|(first, second)| Arc::ptr_eq(&first, &second)), cache.hot_get(token))
+            },
+        );
+        let stripes = several_stripes(&held);
+        let copies: Vec<(usize, Arc<Identity>)> = stripes
+            .iter()
+            .filter_map(|stripe| held.iter().find(|(held_by, _)| held_by == stripe))
+            .map(|(stripe, (same_twice, hot))| {
+                assert!(same_twice, "stripe {stripe}: two hits, the same copy");
+                (*stripe, hot.clone().expect("hot"))
+            })
+            .collect();
+        for (stripe, copy) in &copies {
+            assert_eq!(**copy, *verified, "stripe {stripe} holds the identity verified");
+            assert!(!Arc::ptr_eq(copy, &verified), "stripe {stripe} holds a copy, not the shards' identity");
+            for (other, other_copy) in copies.iter().filter(|(other, _)| other != stripe) {
+                assert!(!Arc::ptr_eq(copy, other_copy), "stripes {stripe} and {other} share a copy");
+            }
+        }
+    }
+
+    #[test]
+    fn a_removed_key_stops_its_token_being_served_from_every_stripe() {
+        let cache = VerifiedTokenCache::new(1000, Arc::new(Metrics::new()));
+        let token = "signed.by.a-key-rotated-out";
+        cache.put(&key(token), Arc::new(Arc::unwrap_or_clone(identity(unix_now() + 3600)).signed_by("old")));
+        let served_after = across_stripes(
+            || {
+                assert!(cache.get(&key(token)).is_some(), "found by digest, moved to this stripe");
+                assert!(cache.get(&key(token)).is_some() && cache.hot_get(token).is_some(), "hot on this stripe");
+            },
+            || cache.retain_keys("https://idp", &KeySet::from_jwks_json(r#"{"keys":[]}"#).expect("an empty set")),
+            || cache.get(&key(token)).is_some(),
+        );
+        several_stripes(&served_after);
+        let serving: Vec<usize> =
+            served_after.iter().filter(|(_, served)| *served).map(|(stripe, _)| *stripe).collect();
+        assert!(serving.is_empty(), "still served from stripes {serving:?}");
+        assert_eq!(cache.len(), 0);
+    }
+
+    #[test]
+    fn a_token_verified_again_leaves_every_stripes_hot_layer() {
+        let cache = VerifiedTokenCache::new(1000, Arc::new(Metrics::new()));
+        let token = "header.payload.signature-of-a-service-account";
+        let live = unix_now() + 3600;
+        cache.put(&key(token), Arc::new(Arc::unwrap_or_clone(identity(live)).signed_by("old")));
+        let again = Arc::new(Arc::unwrap_or_clone(identity(live)).signed_by("new"));
+        let kids_after = across_stripes(
+            || {
+                assert!(cache.get(&key(token)).is_some() && cache.hot_get(token).is_some(), "hot on this stripe");
+            },
+            || cache.put(&key(token), again.clone()),
+            || cache.get(&key(token)).and_then(|identity| identity.kid().map(str::to_owned)),
+        );
+        several_stripes(&kids_after);
+        for (stripe, kid) in &kids_after {
+            assert_eq!(kid.as_deref(), Some("new"), "stripe {stripe} hands out the identity verified last");
+        }
+    }
+
+    #[test]
+    fn a_hot_slot_fills_a_quarter_of_a_padded_line() {
+        assert_eq!(std::mem::size_of::<HotSlot>() * SLOTS_PER_LINE, std::mem::size_of::<HotLine>());
     }
 
     /// The fetched keys of one issuer, swapped by the test as a refresh would.

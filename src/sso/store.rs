@@ -1,4 +1,4 @@
-//! The in-memory session store: opaque 256-bit random session ids, idle and absolute lifetimes, a bound on how many are kept (the least recently used ends first); never holds a session id in a log line, and time is an input.
+//! The in-memory session store: opaque 256-bit random session ids, idle and absolute lifetimes, a bound on how many are kept (the least recently used of a shard ends first); never holds a session id in a log line, and time is an input.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -11,8 +11,34 @@ use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
+use crate::stripes::CachePadded;
+
 /// How many random bytes a session id has: 256 bits.
 const ID_BYTES: usize = 32;
+
+/// Sessions a shard holds at least: a store of fewer than twice this many is one shard, whose
+/// least recently used session is the store's.
+const MIN_SESSIONS_PER_SHARD: usize = 1024;
+
+/// Shards of the largest stores: enough that cores checking session cookies at once rarely
+/// take the same lock.
+const MAX_SHARDS: usize = 16;
+
+/// A key made of random bytes (a session id, or its SHA-256), whose first bytes spread keys
+/// evenly over the shards.
+pub trait RandomKey: Copy + Eq + Hash {
+    /// The key's first 8 bytes.
+    fn first_bits(&self) -> u64;
+}
+
+/// The first 8 bytes of `bytes`.
+fn first_bits(bytes: &[u8]) -> u64 {
+    let mut first = [0; 8];
+    for (slot, byte) in first.iter_mut().zip(bytes) {
+        *slot = *byte;
+    }
+    u64::from_le_bytes(first)
+}
 
 /// A session id: 32 random bytes, sent in the session cookie as 43 base64url characters.
 /// `Debug` never shows it.
@@ -36,6 +62,12 @@ impl SessionId {
     pub fn from_cookie_value(value: &str) -> Option<Self> {
         let bytes = URL_SAFE_NO_PAD.decode(value).ok()?;
         Some(Self(bytes.try_into().ok()?))
+    }
+}
+
+impl RandomKey for SessionId {
+    fn first_bits(&self) -> u64 {
+        first_bits(&self.0)
     }
 }
 
@@ -84,6 +116,12 @@ impl HashedId {
     }
 }
 
+impl RandomKey for HashedId {
+    fn first_bits(&self) -> u64 {
+        first_bits(&self.0)
+    }
+}
+
 /// Why a session could not be opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
@@ -122,7 +160,7 @@ pub struct StoreLimits {
     pub idle_timeout: Duration,
     /// A session ends this long after it was opened.
     pub max_lifetime: Duration,
-    /// Sessions kept; opening one more ends the least recently used.
+    /// Sessions kept; opening one more ends the least recently used of its shard.
     pub max_sessions: usize,
 }
 
@@ -134,50 +172,80 @@ struct Entry<T> {
     tick: u64,
 }
 
+/// One shard's sessions.
 struct Sessions<T, K> {
     by_id: HashMap<K, Entry<T>>,
-    /// Every session by its last use, oldest first.
+    /// Every session of the shard by its last use, oldest first.
     by_use: BTreeMap<u64, K>,
     next_tick: u64,
+    /// The shard's share of `max_sessions`.
+    max_sessions: usize,
 }
 
+/// One shard, its lock alone on its cache lines.
+type Shard<T, K> = CachePadded<Mutex<Sessions<T, K>>>;
+
 /// The sessions of one replica, in memory, by their id (or by what a shared store knows them
-/// by, for its local copies). A full store ends its least recently used session to open a new
-/// one: a login always succeeds, and the person whose session ended logs in again.
+/// by, for its local copies), in shards by id so that checks on many cores rarely take the same
+/// lock. Each shard holds its share of `max_sessions`; a full shard ends its least recently used
+/// session to open a new one: a login always succeeds, and the person whose session ended logs
+/// in again. A store of fewer than 2048 sessions is one shard, with an exact least recently used
+/// order; a larger one has up to 16 shards of at least 1024 sessions each.
 pub struct SessionStore<T, K = SessionId> {
-    sessions: Mutex<Sessions<T, K>>,
+    shards: Box<[Shard<T, K>]>,
     limits: StoreLimits,
     random: SystemRandom,
 }
 
-impl<T, K: Copy + Eq + Hash> fmt::Debug for SessionStore<T, K> {
+impl<T, K: RandomKey> fmt::Debug for SessionStore<T, K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SessionStore").field("sessions", &self.len()).field("limits", &self.limits).finish()
     }
 }
 
-impl<T, K: Copy + Eq + Hash> SessionStore<T, K> {
-    /// An empty store.
+impl<T, K: RandomKey> SessionStore<T, K> {
+    /// An empty store, in `clamp(max_sessions / 1024, 1, 16)` shards that share `max_sessions`
+    /// out as evenly as they can.
     pub fn new(limits: StoreLimits) -> Self {
-        let sessions = Sessions { by_id: HashMap::new(), by_use: BTreeMap::new(), next_tick: 0 };
-        Self {
-            sessions: Mutex::new(sessions),
-            limits: StoreLimits { max_sessions: limits.max_sessions.max(1), ..limits },
-            random: SystemRandom::new(),
-        }
+        let max_sessions = limits.max_sessions.max(1);
+        let shards = (max_sessions / MIN_SESSIONS_PER_SHARD).clamp(1, MAX_SHARDS);
+        let (share, rest) = (max_sessions / shards, max_sessions % shards);
+        let shards = (0..shards)
+            .map(|shard| {
+                let max_sessions = share + usize::from(shard < rest);
+                let sessions = Sessions { by_id: HashMap::new(), by_use: BTreeMap::new(), next_tick: 0, max_sessions };
+                CachePadded(Mutex::new(sessions))
+            })
+            .collect();
+        Self { shards, limits: StoreLimits { max_sessions, ..limits }, random: SystemRandom::new() }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Sessions<T, K>> {
+    /// The shard `id` belongs to, locked.
+    #[expect(
+        clippy::indexing_slicing,
+        clippy::cast_possible_truncation,
+        reason = "`new` makes 1 to 16 shards, and the index is taken modulo their number"
+    )]
+    fn lock(&self, id: &K) -> MutexGuard<'_, Sessions<T, K>> {
+        Self::lock_shard(&self.shards[(id.first_bits() % self.shards.len() as u64) as usize])
+    }
+
+    fn lock_shard(shard: &Mutex<Sessions<T, K>>) -> MutexGuard<'_, Sessions<T, K>> {
         // A panic while holding the lock leaves consistent maps: every change is one insert or remove pair.
-        self.sessions.lock().unwrap_or_else(PoisonError::into_inner)
+        shard.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Every shard, locked one after another.
+    fn each_shard(&self) -> impl Iterator<Item = MutexGuard<'_, Sessions<T, K>>> {
+        self.shards.iter().map(|shard| Self::lock_shard(shard))
     }
 
     /// Keeps `value` under `id` from `now` on, in place of what `id` held, ending the least
-    /// recently used session first when the store is full.
+    /// recently used session of its shard first when the shard is full.
     pub fn put(&self, id: K, value: Arc<T>, now: Instant) {
-        let mut sessions = self.lock();
+        let mut sessions = self.lock(&id);
         sessions.end(&id);
-        sessions.insert(id, value, now, self.limits.max_sessions);
+        sessions.insert(id, value, now);
     }
 
     /// The session `id` names, when it is open and within its lifetimes at `now`; its use is
@@ -191,7 +259,7 @@ impl<T, K: Copy + Eq + Hash> SessionStore<T, K> {
 
     /// [`Self::get`], saying which lifetime ended an expired session.
     pub fn lookup(&self, id: &K, now: Instant) -> Lookup<T> {
-        let mut sessions = self.lock();
+        let mut sessions = self.lock(id);
         let Some(entry) = sessions.by_id.get(id) else { return Lookup::Missing };
         let idle = now.saturating_duration_since(entry.last_used);
         let age = now.saturating_duration_since(entry.opened);
@@ -219,7 +287,7 @@ impl<T, K: Copy + Eq + Hash> SessionStore<T, K> {
     /// Puts `value` in place of what `id` holds, keeping its lifetimes and place in the use
     /// order; false (and nothing kept) when `id` holds nothing.
     pub fn replace(&self, id: &K, value: Arc<T>) -> bool {
-        match self.lock().by_id.get_mut(id) {
+        match self.lock(id).by_id.get_mut(id) {
             Some(entry) => {
                 entry.value = value;
                 true
@@ -232,32 +300,38 @@ impl<T, K: Copy + Eq + Hash> SessionStore<T, K> {
     /// callers taking the same session at once, one gets it.
     pub fn take(&self, id: &K, now: Instant) -> Option<Arc<T>> {
         let value = self.get(id, now)?;
-        self.lock().end(id).then_some(value)
+        self.lock(id).end(id).then_some(value)
     }
 
     /// Ends the session `id` names; false when there was none.
     pub fn end(&self, id: &K) -> bool {
-        self.lock().end(id)
+        self.lock(id).end(id)
     }
 
     /// Ends every session whose value `ends` picks; how many ended. Looks at every session: for
     /// rare events (a back-channel logout), not for checks.
     pub fn end_where(&self, ends: impl Fn(&T) -> bool) -> usize {
-        let mut sessions = self.lock();
-        let picked: Vec<K> = sessions.by_id.iter().filter(|(_, entry)| ends(&entry.value)).map(|(id, _)| *id).collect();
-        picked.iter().filter(|id| sessions.end(id)).count()
+        self.each_shard()
+            .map(|mut sessions| {
+                let picked: Vec<K> =
+                    sessions.by_id.iter().filter(|(_, entry)| ends(&entry.value)).map(|(id, _)| *id).collect();
+                picked.iter().filter(|id| sessions.end(id)).count()
+            })
+            .sum()
     }
 
     /// Ends every session.
     pub fn clear(&self) {
-        let mut sessions = self.lock();
-        sessions.by_id.clear();
-        sessions.by_use.clear();
+        for mut sessions in self.each_shard() {
+            sessions.by_id.clear();
+            sessions.by_use.clear();
+        }
     }
 
-    /// How many sessions are open (expired ones included until they are next looked up).
+    /// How many sessions are open (expired ones included until they are next looked up): the
+    /// shards' counts, each read under its lock in turn.
     pub fn len(&self) -> usize {
-        self.lock().by_id.len()
+        self.each_shard().map(|sessions| sessions.by_id.len()).sum()
     }
 
     /// Whether no session is open.
@@ -268,36 +342,34 @@ impl<T, K: Copy + Eq + Hash> SessionStore<T, K> {
 
 impl<T> SessionStore<T, SessionId> {
     /// Opens a session holding `value` under a new id (never one in use), ending the least
-    /// recently used session first when the store is full.
+    /// recently used session of its shard first when the shard is full.
     pub fn open(&self, value: T, now: Instant) -> Result<SessionId, StoreError> {
         self.open_evicting(value, now).map(|(id, _)| id)
     }
 
     /// [`Self::open`], also saying how many sessions it ended to make room.
     pub fn open_evicting(&self, value: T, now: Instant) -> Result<(SessionId, usize), StoreError> {
-        let mut sessions = self.lock();
-        let id = loop {
+        loop {
             let id = SessionId::generate(&self.random).ok_or(StoreError::Random)?;
+            let mut sessions = self.lock(&id);
             if !sessions.by_id.contains_key(&id) {
-                break id;
+                return Ok((id, sessions.insert(id, Arc::new(value), now)));
             }
-        };
-        let evicted = sessions.insert(id, Arc::new(value), now, self.limits.max_sessions);
-        Ok((id, evicted))
+        }
     }
 }
 
-impl<T, K: Copy + Eq + Hash> Sessions<T, K> {
+impl<T, K: RandomKey> Sessions<T, K> {
     fn take_tick(&mut self) -> u64 {
         self.next_tick = self.next_tick.wrapping_add(1);
         self.next_tick
     }
 
-    /// Keeps `value` under `id`, which holds nothing, after ending the least recently used
-    /// sessions beyond `max_sessions - 1`; how many it ended.
-    fn insert(&mut self, id: K, value: Arc<T>, now: Instant, max_sessions: usize) -> usize {
+    /// Keeps `value` under `id`, which holds nothing, after ending the shard's least recently
+    /// used sessions beyond its `max_sessions - 1`; how many it ended.
+    fn insert(&mut self, id: K, value: Arc<T>, now: Instant) -> usize {
         let mut evicted = 0;
-        while self.by_id.len() >= max_sessions {
+        while self.by_id.len() >= self.max_sessions {
             let Some((_, oldest)) = self.by_use.pop_first() else { break };
             self.by_id.remove(&oldest);
             evicted += 1;
@@ -399,6 +471,68 @@ mod tests {
         assert_eq!(store.get(&id, start + Duration::from_secs(600)), None, "the login's lifetime still counts");
         assert!(!store.replace(&id, Arc::new("again")), "ended: nothing kept");
         assert!(store.is_empty());
+    }
+
+    /// The shard `id` belongs to in `store`.
+    fn shard_of<T>(store: &SessionStore<T>, id: &SessionId) -> usize {
+        usize::try_from(id.first_bits() % u64::try_from(store.shards.len()).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn shards_share_max_sessions_exactly_and_small_stores_are_one_shard() {
+        for (max_sessions, shards) in [(1, 1), (10, 1), (2047, 1), (2048, 2), (4097, 4), (100_000, 16), (1 << 20, 16)] {
+            let store = store(max_sessions);
+            let shares: Vec<usize> = store.each_shard().map(|sessions| sessions.max_sessions).collect();
+            assert_eq!((shares.len(), shares.iter().sum::<usize>()), (shards, max_sessions), "{max_sessions}");
+            assert!(shares.iter().max().unwrap() - shares.iter().min().unwrap() <= 1, "{max_sessions}: {shares:?}");
+        }
+    }
+
+    #[test]
+    fn a_sharded_store_finds_every_session_and_never_holds_more_than_max_sessions() {
+        let store = store(4096);
+        let now = Instant::now();
+        let ids: Vec<SessionId> = (0..3000).map(|_| store.open("open", now).unwrap()).collect();
+        let held: Vec<usize> = store.each_shard().map(|sessions| sessions.by_id.len()).collect();
+        assert!(held.iter().filter(|&&held| held > 0).count() > 1, "one shard holds them all: {held:?}");
+        assert_eq!(store.len(), 3000);
+        assert!(ids.iter().all(|id| store.get(id, now).is_some()), "every session is found");
+        for opened in 3000..6000 {
+            store.open("more", now).unwrap();
+            assert!(store.len() <= 4096, "{} held after {opened}", store.len());
+        }
+        assert_eq!(store.len(), 4096, "every shard full");
+    }
+
+    #[test]
+    fn a_full_shard_ends_its_own_least_recently_used_session() {
+        let store = store(4096);
+        let now = Instant::now();
+        // Per shard, its sessions in the order they were opened.
+        let mut opened: Vec<Vec<SessionId>> = vec![Vec::new(); store.shards.len()];
+        let open = |opened: &mut Vec<Vec<SessionId>>| {
+            let (id, evicted) = store.open_evicting("open", now).unwrap();
+            opened[shard_of(&store, &id)].push(id);
+            (id, evicted)
+        };
+        for _ in 0..100 {
+            open(&mut opened);
+        }
+        // Each shard's first session is used again: its second is now its least recently used.
+        assert!(opened.iter().all(|ids| store.get(&ids[0], now).is_some()));
+        let full = loop {
+            let (id, evicted) = open(&mut opened);
+            if evicted > 0 {
+                assert_eq!(evicted, 1);
+                break shard_of(&store, &id);
+            }
+        };
+        assert_eq!(store.get(&opened[full][1], now), None, "the full shard's least recently used ended");
+        assert!(store.get(&opened[full][0], now).is_some(), "used again, so kept");
+        assert!(store.len() < 4096, "the other shards still had room");
+        for (shard, ids) in opened.iter().enumerate().filter(|(shard, _)| *shard != full) {
+            assert!(ids.iter().all(|id| store.get(id, now).is_some()), "shard {shard} lost a session");
+        }
     }
 
     #[test]
