@@ -134,9 +134,9 @@ fn with_altered_signature(token: &str) -> Result<String, Error> {
 /// before any signature check.
 fn with_unknown_kid(token: &str, serial: usize) -> Result<String, Error> {
     let (header, rest) = token.split_once('.').ok_or("a token without a header")?;
-    let mut header: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(header)?)?;
-    header["kid"] = json!(format!("unknown-{serial}"));
-    Ok(format!("{}.{rest}", URL_SAFE_NO_PAD.encode(header.to_string())))
+    let mut header: serde_json::Map<String, Value> = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(header)?)?;
+    header.insert("kid".into(), json!(format!("unknown-{serial}")));
+    Ok(format!("{}.{rest}", URL_SAFE_NO_PAD.encode(serde_json::to_string(&header)?)))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
