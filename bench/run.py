@@ -63,6 +63,7 @@ class Plan:
     cold_rounds: int  # cold RS256 runs, each on a freshly started server
     compare_duration: float  # each load of the Istio in-proxy comparison (bench/envoy_compare.py)
     policy_rounds: int = 5  # criterion runs of check_policies/10 and /10000, for their ratio
+    flood_rounds: int = 3  # bad-token floods, each round on a freshly started server
     connections: int = 4
     streams: int = 16
 
@@ -78,7 +79,8 @@ class Plan:
 FULL = Plan(False, warmup=2, duration=8, lone_duration=4, lone_rounds=5, full_rounds=5, open_duration=10, cold_duration=8,
             tokens=100_000, policies=10_000, memory_tokens=100_000, quiet_wait=30, cold_rounds=3, compare_duration=8)
 SMOKE = Plan(True, warmup=0.2, duration=0.5, lone_duration=0.5, lone_rounds=1, full_rounds=1, open_duration=0.5, cold_duration=0.5,
-             tokens=300, policies=1_000, memory_tokens=300, quiet_wait=0, cold_rounds=1, compare_duration=0.5)
+             tokens=300, policies=1_000, memory_tokens=300, quiet_wait=0, cold_rounds=1, compare_duration=0.5,
+             flood_rounds=1)
 
 # The servers of the warm rounds: the do-nothing server on each tokio runtime, and portcullis.
 # (a), the ceiling of every target, is the current-thread one: the do-nothing server at its
@@ -102,6 +104,20 @@ OTHER_CREDENTIALS = {
     "check/job_board_opaque_cached": "an opaque token whose introspection answer is cached",
     "check/job_board_revocation_100k": "a warm token with 100,000 entries in the revocation list",
 }
+# The floods of bad tokens, (h): their key suffix, the loadgen's `--tokens` mode and what each
+# request carries, made from the RS256 fixture tokens. Every answer must be the 401 of a
+# refused token.
+FLOODS = {
+    "bad_reused": ("bad-reused", "one RS256 token with an altered signature on every request"),
+    "bad_distinct": ("bad-distinct", "a distinct RS256 token with an altered signature per request"),
+    "unknown_key": ("unknown-key", "a distinct token per request whose header names a kid no issuer has"),
+}
+FLOOD_ANSWER = "unauthenticated_401"
+# Server CPU per Check of each flood against (b)'s: a repeated bad token costs a lookup, a
+# distinct one at most one signature.
+FLOOD_REPEAT_RATIO = 1.1  # bad-reused ≤ 1.1 × (b)
+FLOOD_EXTRA_SIGNATURES = 1.0  # bad-distinct and unknown-key ≤ (b) + one RS256 signature
+REJECTED_TOKEN_CACHE_ENTRIES = 10_000  # the server's default `rejected_token_cache_entries`, its bound
 LOAD_SECONDS = 2.0  # loading 10,000 policies
 RSS_MIB = 64.0  # with 10,000 policies and 100,000 cached tokens
 
@@ -498,6 +514,33 @@ class Bench:
                     self.profile = profile.finish()
                 server.stop()
 
+    def floods(self) -> None:
+        """The floods of bad tokens, (h), one after the other on a freshly started server in each
+        round; its RSS before and after each, and the rejected-token cache's entries after the
+        distinct bad signatures."""
+        plan = self.plan
+        self.quiet["flood"] = wait_for_quiet(plan)
+        for round_ in range(1, plan.flood_rounds + 1):
+            server = self.portcullis("flood", self.fixtures["job_board"])
+            try:
+                self.memory[round_key("flood_ready", round_)] = server.rss_mib()
+                for suffix, (mode, what) in FLOODS.items():
+                    distinct = mode != "bad-reused"
+                    self.load(round_key(f"h_{suffix}", round_), f"(h) portcullis, job-board, {what}"
+                              + (f", round {round_}" if plan.flood_rounds > 1 else ""), server,
+                              expected=FLOOD_ANSWER, tokens=mode, alg="rs256",
+                              # The smoke run's few tokens would all go in a warm-up, as in (c).
+                              warmup=(0 if plan.smoke else min(1.0, plan.warmup)) if distinct else None,
+                              duration=plan.cold_duration if distinct else None,
+                              max_tokens=plan.tokens if distinct else None)
+                    self.memory[round_key(f"flood_after_{suffix}", round_)] = server.rss_mib()
+                    if suffix == "bad_distinct":
+                        entries = server.metric("portcullis_rejected_token_cache_entries")
+                        self.memory[round_key("flood_rejected_entries", round_)] = (
+                            float("nan") if entries is None else entries)
+            finally:
+                server.stop()
+
     def profiler(self, server: Server) -> "Profile | None":
         if not shutil.which("perf"):
             self.profile = {"skipped": "`perf` is not installed"}
@@ -741,6 +784,8 @@ class Report:
             f"1 / (warm CPU + signature) = {1e6 / (cpu_b + signature_us):,.0f}/s. What the rest of a cold Check "
             "costs, stage by stage: the section below." + self.observed(*(run_.key for run_ in cold_runs))))
 
+        rows += self.flood_rows(cpu_b, signature_us)
+
         warm = self.crit("check/job_board_warm_token")
         for full_id, what in OTHER_CREDENTIALS.items():
             extra_us = (self.crit(full_id) - warm) / 1e3
@@ -807,6 +852,57 @@ class Report:
             else "**missed**: `rust_crypto` is faster; portcullis uses `aws_lc_rs`",
             "jsonwebtoken's own providers, each called as `jsonwebtoken::crypto::verify` calls the default "
             "(bench/crypto-backends)."))
+        return rows
+
+    def flood_rows(self, cpu_b: float, signature_us: float) -> list[tuple[str, str, str, str]]:
+        """The floods of bad tokens, (h): server CPU per Check of each against (b)'s, in rounds, and
+        the memory the distinct ones leave behind."""
+        rounds = self.plan.flood_rounds
+        cpu = {suffix: [run_.figure("server_cpu_us_per_check") for run_ in self.rounds(f"h_{suffix}", rounds)]
+               for suffix in FLOODS}
+        observed = lambda suffix: self.observed(*(round_key(f"h_{suffix}", r) for r in range(1, rounds + 1)))
+        ratios = [value / cpu_b for value in cpu["bad_reused"]]
+        rows = [(
+            f"A flood of one bad token: server CPU per Check ≤ {FLOOD_REPEAT_RATIO:g}× (b)'s (a lookup)",
+            f"h/b {spread(ratios, lambda ratio: f'{ratio:.2f}×')}; the median round: "
+            f"{median_by(cpu['bad_reused'], lambda value: value):.1f} / {cpu_b:.1f} µs",
+            rounds_verdict(ratios, FLOOD_REPEAT_RATIO, False, "×"),
+            "One RS256 token with one byte of its signature changed, on every request: verified once, then refused "
+            "again from the rejected-token cache for its SHA-256 and a probe; (b) is the median warm round's (heavy "
+            "requests). Every answer must be a 401." + observed("bad_reused"))]
+        for suffix, what, why in (
+                ("bad_distinct", "distinct tokens with a bad signature",
+                 "each a fixture token with one byte of its signature changed: read, one signature check that "
+                 "fails, the refusal remembered (once the cache holds its bound, in place of one it "
+                 "forgets)."),
+                ("unknown_key", "distinct tokens naming an unknown kid",
+                 "each a fixture token whose header names a `kid` the issuer's keys lack (a new one per "
+                 "request): read, and refused for want of a key, with no signature check; the bench keys are "
+                 "inline, so no key is fetched either (with a remote JWKS, an unknown `kid` refetches at most "
+                 "once per `jwks_min_refetch_interval_secs` per issuer).")):
+            extra = [(value - cpu_b) / signature_us for value in cpu[suffix]]
+            rows.append((
+                f"A flood of {what}: server CPU per Check ≤ (b)'s + {FLOOD_EXTRA_SIGNATURES:g}× one RS256 signature",
+                f"(h − b) / signature {spread(extra, lambda ratio: f'{ratio:.2f}×')}; the median round: "
+                f"({median_by(cpu[suffix], lambda value: value):.1f} − {cpu_b:.1f}) / {signature_us:.1f} µs",
+                rounds_verdict(extra, FLOOD_EXTRA_SIGNATURES, False, "×"),
+                f"{self.plan.tokens:,} tokens, each sent once, {why} The signature is criterion `signature/rs256`."
+                + observed(suffix)))
+        memory = self.memory
+        entries = [memory.get(round_key("flood_rejected_entries", r), float("nan")) for r in range(1, rounds + 1)]
+        growth = [memory[round_key("flood_after_unknown_key", r)] - memory[round_key("flood_ready", r)]
+                  for r in range(1, rounds + 1)]
+        rows.append((
+            f"A flood's memory: the rejected-token cache holds ≤ {REJECTED_TOKEN_CACHE_ENTRIES:,} tokens (its bound)",
+            f"{max(entries):,.0f} entries at most (the rounds: {', '.join(f'{value:,.0f}' for value in entries)}); "
+            f"RSS {memory['flood_ready']:.1f} MiB ready, {memory['flood_after_bad_distinct']:.1f} MiB after the "
+            f"distinct bad signatures, {memory['flood_after_unknown_key']:.1f} MiB after the unknown kids",
+            verdict(max(entries), REJECTED_TOKEN_CACHE_ENTRIES, False),
+            f"`portcullis_rejected_token_cache_entries` after {self.plan.tokens:,} distinct bad signatures, "
+            "`rejected_token_cache_entries` at its default; a flood of more distinct tokens than the bound "
+            "replaces entries and adds none. Unknown kids are not remembered (a refetch may bring the key). RSS "
+            f"grew by {spread(growth, lambda mib: f'{mib:.1f} MiB')} from ready to the end of the three floods, "
+            "each round on a fresh server (the first round's RSS is shown)."))
         return rows
 
     def cold_stages(self) -> list[tuple[str, float]]:
@@ -915,8 +1011,11 @@ class Report:
                 f"- (c) and (d) send each of {plan.tokens:,} pre-signed tokens once: every Check verifies a "
                 f"signature. When the tokens run out the window closes there. (c) runs in {plan.cold_rounds} "
                 "rounds, each on a freshly started server.",
+                f"- (h) floods the server with bad tokens made from the RS256 fixtures, in {plan.flood_rounds} "
+                "rounds, each on a freshly started server: one token with an altered signature on every request, "
+                f"then {plan.tokens:,} distinct ones, then {plan.tokens:,} naming a `kid` no issuer has.",
                 "- Answers are counted apart (allow, 403, 401, other denials, errors); every run here expects "
-                "only `allow`.",
+                "only `allow`, but (h), which expects only the 401 of a refused token.",
                 "- Server CPU time is read from `/proc/PID/stat` (utime + stime) at the start and end of the "
                 "measured window; RSS from `/proc/PID/status` (VmRSS).",
                 "- Micro-benchmarks: criterion, pinned to core 0, 1 s warm-up, 3 s measurement; figures are "
@@ -959,6 +1058,11 @@ class Report:
             "mesh_ready": f"{self.memory['policies']:,.0f} policies (+ job-board), ready",
             "mesh_after_tokens": f"the same after {plan.memory_tokens:,} distinct tokens "
                                  f"({self.memory['cached_tokens']:,.0f} cached)",
+            "flood_ready": "job-board, ready for the floods (h)",
+            "flood_after_bad_reused": "the same after one bad token's flood",
+            "flood_after_bad_distinct": f"the same after {plan.tokens:,} distinct bad signatures "
+                                        f"({self.memory['flood_rejected_entries']:,.0f} rejections held)",
+            "flood_after_unknown_key": f"the same after {plan.tokens:,} distinct unknown kids",
         }
         out += [f"| {label} | {self.memory[key]:.1f} MiB |" for key, label in labels.items()]
         out += ["", "## Micro-benchmarks (criterion, median, core 0)", "",
@@ -985,6 +1089,7 @@ def measure(plan: Plan) -> dict:
     bench.warm_tokens()
     bench.cold_tokens("rs256", "c", plan.cold_rounds)
     bench.cold_tokens("es256", "d")
+    bench.floods()
     bench.memory_run()
     bench.micro_benchmarks()
     compare = envoy_compare.measure(plan.smoke, plan.compare_duration, bench.binary("portcullis"),
@@ -1033,6 +1138,8 @@ def main() -> int:
     problems = [problem for load_run in report.runs.values() for problem in load_run.problems()]
     if not report.memory.get("cached_tokens"):
         problems.append("memory: the token cache stayed empty")
+    if not report.memory.get("flood_rejected_entries", 0) > 0:
+        problems.append("flood: the rejected-token cache stayed empty")
     problems += envoy_compare.problems(report.compare)
     for problem in problems:
         log(f"PROBLEM {problem}")

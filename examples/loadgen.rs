@@ -13,6 +13,8 @@ use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use clap::{Parser, ValueEnum};
 use hdrhistogram::Histogram;
 use prost::Message;
@@ -53,11 +55,15 @@ struct Args {
     /// Seconds of load before the measured window.
     #[arg(long, default_value_t = 2.0)]
     warmup: f64,
-    /// Seconds measured. With `--tokens distinct` the window ends early when tokens run out.
+    /// Seconds measured. With a distinct token per request the window ends early when tokens
+    /// run out.
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
     /// What the requests carry: no token, the file's first token on every request, or a
-    /// different token on each request.
+    /// different token on each request; or a flood of bad tokens made from the file's:
+    /// `bad-reused`, the first with its signature altered, on every request; `bad-distinct`, each
+    /// with its signature altered, one per request; `unknown-key`, each with a header naming a
+    /// `kid` no issuer has, one per request.
     #[arg(long, value_enum, default_value_t = TokenMode::None)]
     tokens: TokenMode,
     /// Signed tokens, one a line (written by the `bench_fixtures` example).
@@ -89,6 +95,48 @@ enum TokenMode {
     None,
     Reuse,
     Distinct,
+    BadReused,
+    BadDistinct,
+    UnknownKey,
+}
+
+impl TokenMode {
+    /// Whether every request carries the same token (or none).
+    fn reuses(self) -> bool {
+        matches!(self, Self::None | Self::Reuse | Self::BadReused)
+    }
+
+    /// The token request number `serial` carries, made from the file's `token`.
+    fn token(self, token: &str, serial: usize) -> Result<String, Error> {
+        match self {
+            Self::None | Self::Reuse | Self::Distinct => Ok(token.to_owned()),
+            Self::BadReused | Self::BadDistinct => with_altered_signature(token),
+            Self::UnknownKey => with_unknown_kid(token, serial),
+        }
+    }
+
+    fn name(self) -> String {
+        self.to_possible_value().map(|value| value.get_name().to_owned()).unwrap_or_default()
+    }
+}
+
+/// `token` with one byte of its signature changed: still base64url of the same length, so it is
+/// read as before and refused by the signature check alone.
+fn with_altered_signature(token: &str) -> Result<String, Error> {
+    let (signed, signature) = token.rsplit_once('.').ok_or("a token without a signature")?;
+    let mut signature = URL_SAFE_NO_PAD.decode(signature)?;
+    let last = signature.last_mut().ok_or("a token with an empty signature")?;
+    *last ^= 0x01;
+    Ok(format!("{signed}.{}", URL_SAFE_NO_PAD.encode(signature)))
+}
+
+/// `token` with a header whose `kid` (`unknown-SERIAL`) no issuer has: refused for want of a key,
+/// before any signature check.
+fn with_unknown_kid(token: &str, serial: usize) -> Result<String, Error> {
+    let (header, rest) = token.split_once('.').ok_or("a token without a header")?;
+    let mut header: serde_json::Map<String, Value> = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(header)?)?;
+    header.insert("kid".into(), json!(format!("unknown-{serial}")));
+    Ok(format!("{}.{rest}", URL_SAFE_NO_PAD.encode(serde_json::to_string(&header)?)))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -372,11 +420,16 @@ fn prebuilt_requests(args: &Args) -> Result<Vec<Bytes>, Error> {
     if args.tokens == TokenMode::None {
         return Ok(vec![encode(None)]);
     }
-    let file = args.token_file.as_ref().ok_or("--tokens reuse|distinct needs --token-file")?;
+    let file = args.token_file.as_ref().ok_or_else(|| format!("--tokens {} needs --token-file", args.tokens.name()))?;
     let text = std::fs::read_to_string(file).map_err(|error| format!("{}: {error}", file.display()))?;
-    let wanted = if args.tokens == TokenMode::Reuse { 1 } else { args.max_tokens.unwrap_or(usize::MAX) };
-    let requests: Vec<Bytes> =
-        text.lines().filter(|line| !line.is_empty()).take(wanted).map(|t| encode(Some(t))).collect();
+    let wanted = if args.tokens.reuses() { 1 } else { args.max_tokens.unwrap_or(usize::MAX) };
+    let requests = text
+        .lines()
+        .filter(|line| !line.is_empty())
+        .take(wanted)
+        .enumerate()
+        .map(|(serial, token)| Ok(encode(Some(&args.tokens.token(token, serial)?))))
+        .collect::<Result<Vec<Bytes>, Error>>()?;
     if requests.is_empty() {
         return Err(format!("{}: no tokens", file.display()).into());
     }
@@ -401,7 +454,7 @@ async fn generate(args: &Args, requests: Vec<Bytes>) -> Result<Value, Error> {
     let window_start = started + Duration::from_secs_f64(args.warmup);
     let run = Rc::new(Run {
         requests,
-        reuse: args.tokens != TokenMode::Distinct,
+        reuse: args.tokens.reuses(),
         next: Cell::new(0),
         window_start,
         window_end: Cell::new(window_start + Duration::from_secs_f64(args.duration)),
@@ -456,7 +509,7 @@ fn summary(
         "connections": args.connections,
         "streams_per_connection": if args.rate.is_some() { Value::Null } else { json!(args.streams) },
         "rate_target": args.rate,
-        "tokens": format!("{:?}", args.tokens).to_lowercase(),
+        "tokens": args.tokens.name(),
         "request": format!("{:?}", args.request).to_lowercase(),
         "request_bytes": request_bytes,
         "requests_prebuilt": prebuilt,
@@ -536,8 +589,13 @@ mod tests {
     use envoy_types::pb::envoy::service::auth::v3::{CheckResponse, DeniedHttpResponse, OkHttpResponse};
     use envoy_types::pb::envoy::r#type::v3::HttpStatus;
     use envoy_types::pb::google::rpc;
+    use jsonwebtoken::errors::ErrorKind;
+    use jsonwebtoken::jwk::JwkSet;
+    use jsonwebtoken::{DecodingKey, Validation};
 
     use super::*;
+    use fixtures::requests::JOB_BOARD_ROLES;
+    use fixtures::tokens::{Alg, TokenSigner, jwks_json, keycloak_claims, unix_now};
 
     fn answer(code: i32, http_response: Option<HttpResponse>) -> Vec<u8> {
         let status = Some(rpc::Status { code, message: String::new(), details: Vec::new() });
@@ -570,6 +628,55 @@ mod tests {
                 Outcome::OtherDenial => "other",
             };
             assert_eq!(name, expected, "{bytes:?}");
+        }
+    }
+
+    fn signed_token() -> String {
+        let claims = keycloak_claims(7, JOB_BOARD_ROLES, unix_now());
+        TokenSigner::new(Alg::Rs256).expect("the bench key").sign(&claims).expect("signs")
+    }
+
+    /// What jsonwebtoken makes of `token` with the bench JWKS: its error, if any.
+    fn verification_error(token: &str) -> Option<ErrorKind> {
+        let jwks: JwkSet = serde_json::from_str(&jwks_json().expect("the bench JWKS")).expect("a JWKS");
+        let kid = jsonwebtoken::decode_header(token).expect("a header").kid.expect("a kid");
+        let key = DecodingKey::from_jwk(jwks.find(&kid).expect("the key named")).expect("a key");
+        let mut validation = Validation::new(Alg::Rs256.algorithm());
+        validation.set_audience(&["jobs-api"]);
+        jsonwebtoken::decode::<Value>(token, &key, &validation).err().map(|error| error.into_kind())
+    }
+
+    #[test]
+    fn a_bad_signature_flood_token_is_refused_by_its_signature_alone() {
+        let token = signed_token();
+        let bad = TokenMode::BadDistinct.token(&token, 0).expect("altered");
+        assert_eq!(verification_error(&token), None);
+        assert_eq!(verification_error(&bad), Some(ErrorKind::InvalidSignature));
+        assert_eq!(bad.len(), token.len());
+        let (signed, _) = token.rsplit_once('.').expect("three parts");
+        assert!(bad.starts_with(signed) && bad != token, "only the signature differs");
+        assert_eq!(TokenMode::BadReused.token(&token, 0).expect("altered"), bad);
+    }
+
+    #[test]
+    fn an_unknown_key_flood_token_names_a_distinct_kid_no_issuer_has() {
+        let token = signed_token();
+        let unknown = [0, 1].map(|serial| TokenMode::UnknownKey.token(&token, serial).expect("forged"));
+        let jwks: JwkSet = serde_json::from_str(&jwks_json().expect("the bench JWKS")).expect("a JWKS");
+        for (serial, forged) in unknown.iter().enumerate() {
+            let header = jsonwebtoken::decode_header(forged).expect("a header");
+            assert_eq!(header.kid.as_deref(), Some(format!("unknown-{serial}").as_str()));
+            assert!(jwks.find(&format!("unknown-{serial}")).is_none());
+            assert_eq!(forged.split_once('.').map(|(_, rest)| rest), token.split_once('.').map(|(_, rest)| rest));
+        }
+        assert_ne!(unknown[0], unknown[1]);
+    }
+
+    #[test]
+    fn the_good_token_modes_send_the_file_s_tokens_as_they_are() {
+        let token = signed_token();
+        for mode in [TokenMode::Reuse, TokenMode::Distinct] {
+            assert_eq!(mode.token(&token, 3).expect("as is"), token);
         }
     }
 }

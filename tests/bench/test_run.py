@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -194,10 +196,11 @@ def test_the_in_proxy_filters_allow_and_deny_as_portcullis_does():
     assert {row["f"] for row in results["agreement"]} >= {200, 403, 401}
 
 
-def load_report(throughput: float, p50: float, cpu_us: float, request_bytes: int = 2000) -> dict:
+def load_report(throughput: float, p50: float, cpu_us: float, request_bytes: int = 2000,
+                answer: str = "allow") -> dict:
     return {"mode": "closed", "connections": 4, "streams_per_connection": 16, "rate_target": None,
             "request_bytes": request_bytes, "ran_out_of_requests": False, "window_secs": 8.0, "checks": 100,
-            "throughput_per_sec": throughput, "outcomes": {"allow": 100},
+            "throughput_per_sec": throughput, "outcomes": {answer: 100},
             "latency_us": {"p50": p50, "p99": 2 * p50, "p99_9": 3 * p50},
             "server_cpu_us_per_check": cpu_us, "server_cpu_share": 0.99, "generator_cpu_share": 0.8}
 
@@ -207,8 +210,9 @@ def full_raw() -> dict:
     plan = bench.FULL
     runs = []
 
-    def add(key: str, *figures) -> None:
-        runs.append({"key": key, "what": key, "report": load_report(*figures), "command": "", "expected": "allow"})
+    def add(key: str, *figures, answer: str = "allow") -> None:
+        runs.append({"key": key, "what": key, "report": load_report(*figures, answer=answer), "command": "",
+                     "expected": answer})
 
     for r in range(1, plan.full_rounds + 1):
         for suffix in bench.WEIGHTS:
@@ -224,12 +228,22 @@ def full_raw() -> dict:
         add(bench.round_key("c", r), 13_000, 5000, 55.0 + r)
     add("d", 7_000, 9000, 140.0)
     add("memory", 13_000, 4000, 70.0)
+    # Against (b)'s 32 µs and a 22.5 µs signature.
+    flood_cpu = {"bad_reused": (33.0, 36.0, 34.0), "bad_distinct": (50.0, 56.0, 60.0), "unknown_key": (36.0, 37.0, 35.0)}
+    for suffix, rounds in flood_cpu.items():
+        for r, cpu_us in enumerate(rounds, start=1):
+            add(bench.round_key(f"h_{suffix}", r), 20_000, 3000, cpu_us, answer=bench.FLOOD_ANSWER)
     stages = {"cache_miss": 900, "decode": 1_500, "read": 3_000, "verify": 24_000, "cache_insert": 400}
     criterion = {f"cold_stage/rs256/{name}": {"median": ns, "low": ns, "high": ns} for name, ns in stages.items()}
     criterion["signature/rs256"] = {"median": 22_500, "low": 22_000, "high": 23_000}
     memory = {"job_board_ready": 12.0, "job_board_after_warm": 13.0, "job_board_after_rs256_cold": 40.0,
               "job_board_after_es256_cold": 30.0, "policies": 10_000, "mesh_ready": 25.0, "mesh_after_tokens": 57.0,
               "cached_tokens": 99_000, "start_to_listening_secs": 1.5}
+    for r, entries in enumerate((10_000, 9_984, 10_000), start=1):
+        memory.update({bench.round_key("flood_ready", r): 12.0, bench.round_key("flood_after_bad_reused", r): 12.5,
+                       bench.round_key("flood_after_bad_distinct", r): 15.0 + r,
+                       bench.round_key("flood_after_unknown_key", r): 15.5 + r,
+                       bench.round_key("flood_rejected_entries", r): entries})
     tokens = {alg: {"file": "", "tokens": 100_000, "bytes": 140_000_000, "signed_per_sec": 4000} for alg in ("rs256", "es256")}
     return {"smoke": False, "command": "make bench", "seconds": 900, "facts": {"cpu": "test"}, "fixtures": {"tokens": tokens},
             "quiet": {"warm": 0.0}, "memory": memory, "runs": runs, "criterion": criterion, "policy_rounds": [],
@@ -250,3 +264,64 @@ def test_a_full_run_renders_the_ceiling_both_weights_the_rounds_and_the_cold_sta
     assert "the JSON of the header and of the claims the policy set reads (`read` − `decode`) | 1.5 µs" in text
     assert "## Profile of a cold run" in text and "Skipped: `perf` is not installed." in text
     assert "## The Istio in-proxy comparison (a report, not a target)" in text
+
+
+def test_a_full_run_renders_the_floods_of_bad_tokens_against_a_warm_check_and_the_cache_s_bound():
+    text = bench.Report(full_raw(), bench.FULL).render()
+    # One bad token: 33, 36, 34 µs against (b)'s 32: 1.03, 1.12, 1.06×.
+    assert "| A flood of one bad token: server CPU per Check ≤ 1.1× (b)'s (a lookup) | h/b median 1.06×" in text
+    assert "**met**: 2 of 3 rounds meet it (the median round 3% below the 1.1× bound)" in text
+    # Distinct bad signatures: (50, 56, 60 − 32) / 22.5 = 0.80, 1.07, 1.24: the median round misses.
+    assert ("| A flood of distinct tokens with a bad signature: server CPU per Check ≤ (b)'s + 1× one RS256 "
+            "signature | (h − b) / signature median 1.07× (min 0.80×, max 1.24×") in text
+    assert "**missed**: 1 of 3 rounds meet it (the median round 7% over the 1× bound)" in text
+    assert "| A flood of distinct tokens naming an unknown kid: server CPU per Check ≤ (b)'s + 1× one RS256" in text
+    assert ("| A flood's memory: the rejected-token cache holds ≤ 10,000 tokens (its bound) | 10,000 entries at most "
+            "(the rounds: 10,000, 9,984, 10,000); RSS 12.0 MiB ready, 16.0 MiB after the distinct bad signatures, "
+            "16.5 MiB after the unknown kids | **met** (0% below the 10000 bound)") in text
+    assert "| the same after 100,000 distinct bad signatures (10,000 rejections held) | 16.0 MiB |" in text
+    assert "only `allow`, but (h), which expects only the 401 of a refused token" in text
+    assert "| h_bad_distinct_3 (8.0 s) |" in text and "100 unauthenticated_401 |" in text
+
+
+def test_a_flood_answered_otherwise_than_by_a_401_is_a_problem():
+    raw = full_raw()
+    flood = next(run_ for run_ in raw["runs"] if run_["key"] == "h_unknown_key")
+    flood["report"]["outcomes"] = {bench.FLOOD_ANSWER: 90, "forbidden_403": 10}
+    (problem,) = bench.Report(raw, bench.FULL).runs["h_unknown_key"].problems()
+    assert problem.startswith("h_unknown_key: expected only `unauthenticated_401`, got {'forbidden_403': 10}")
+
+
+SMOKE_BINARIES = [bench.SMOKE.profile_dir / name for name in
+                  ("portcullis", "examples/loadgen", "examples/bench_fixtures")]
+
+
+@pytest.mark.skipif(not (all(path.exists() for path in SMOKE_BINARIES) and shutil.which("taskset")
+                         and (os.cpu_count() or 0) >= 2),
+                    reason="needs the debug builds `make bench-smoke` makes (portcullis, examples loadgen and "
+                           "bench_fixtures), taskset and 2 cores")
+def test_the_smoke_floods_run_and_every_bad_token_is_answered_401(tmp_path):
+    fixtures = subprocess.run([str(SMOKE_BINARIES[2]), "--out", str(tmp_path), "--policies", "1",
+                               "--rs256-tokens", "40", "--es256-tokens", "1"],
+                              check=True, capture_output=True, text=True, timeout=120)
+    smoke = bench.Bench(bench.SMOKE)
+    smoke.fixtures = json.loads(fixtures.stdout)
+    smoke.floods()
+    keys = [f"h_{suffix}" for suffix in bench.FLOODS]
+    assert [key for key in smoke.runs] == keys
+    for key in keys:
+        load_run = smoke.runs[key]
+        assert load_run.expected == bench.FLOOD_ANSWER
+        assert load_run.problems() == [], load_run.report
+        assert load_run.report["outcomes"][bench.FLOOD_ANSWER] > 0
+    assert smoke.runs["h_bad_reused"].report["tokens"] == "bad-reused"
+    assert smoke.runs["h_bad_distinct"].report["requests_prebuilt"] == 40
+    # 40 distinct bad signatures, all remembered; the reused one is the first of them.
+    assert smoke.memory["flood_rejected_entries"] == 40
+    raw = {"smoke": True, "command": "test", "seconds": 1, "facts": {}, "fixtures": smoke.fixtures,
+           "quiet": smoke.quiet, "memory": smoke.memory, "runs": [vars(run_) for run_ in smoke.runs.values()],
+           "criterion": {}}
+    table = bench.Report(raw, bench.SMOKE).render()
+    for suffix, (_, what) in bench.FLOODS.items():
+        (row,) = [line for line in table.splitlines() if line.startswith(f"| (h) portcullis, job-board, {what} (")]
+        assert row.endswith(" unauthenticated_401 |") and "allow" not in row, row
