@@ -1,4 +1,4 @@
-//! Criterion micro-benchmarks of the pure core: a job-board Check (a token, a token with a bad signature sent again, a browser session's cookie, an API key, a remembered opaque token, a token with 100,000 revocations), a dashboard Check reading 1,000,000 user and 100,000 app records, evaluation with 10 to 10,000 policies, policy loading, path normalization, CheckRequest decoding and conversion.
+//! Criterion micro-benchmarks of the pure core: a job-board Check (a token, a token with a bad signature sent again, a browser session's cookie, an API key, a remembered opaque token, a token with 100,000 revocations), a dashboard Check reading 1,000,000 user and 100,000 app records, evaluation with 10 to 10,000 policies, policy loading, path normalization, CheckRequest decoding and conversion, and what a check's metric writes cost.
 
 #![expect(clippy::expect_used, reason = "bench set-up: a fixture that cannot be built ends the run")]
 
@@ -17,11 +17,11 @@ use portcullis::core::data::{Change, Data, Record, Table};
 use portcullis::core::identity::Identity;
 use portcullis::core::path::{self, PathOptions};
 use portcullis::core::revocation::{Entry, RevocationList};
-use portcullis::core::{Reason, Request};
+use portcullis::core::{Decision, Reason, Request};
 use portcullis::doors::grpc::{CheckAnswer, CheckView, decide_view_without_engine};
 use portcullis::identity::token_cache::VerifiedTokenCache;
 use portcullis::settings::Settings;
-use portcullis::telemetry::Metrics;
+use portcullis::telemetry::{Door, Metrics};
 use prost::Message;
 use prost::bytes::Bytes;
 
@@ -361,6 +361,22 @@ fn dashboard_data(c: &mut Criterion) {
     group.finish();
 }
 
+/// What a warm check writes into the metrics, on one thread: `checks_in_flight` up and down, a
+/// token cache hit, the check counted and its latency observed.
+fn record_check(c: &mut Criterion) {
+    let metrics = Metrics::new();
+    let decision = Decision::new(Reason::AllowedByPolicy, None);
+    let mut group = c.benchmark_group("telemetry");
+    group.bench_function("record_check", |b| {
+        b.iter(|| {
+            let _in_flight = metrics.check_in_flight();
+            metrics.record_token_cache_lookup(true);
+            metrics.record_check(Door::Grpc, black_box(&decision), black_box(Duration::from_micros(40)));
+        })
+    });
+    group.finish();
+}
+
 criterion_group!(
     benches,
     job_board_check,
@@ -371,6 +387,7 @@ criterion_group!(
     grpc_conversion,
     policy_count,
     policy_load,
-    path_normalization
+    path_normalization,
+    record_check
 );
 criterion_main!(benches);

@@ -9,10 +9,12 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Metric, Registry};
 use tracing_subscriber::EnvFilter;
 
+mod striped;
+
+use self::striped::{StripedCounter, StripedGauge, StripedHistogram};
 use crate::core::redact::{self, LogRedaction};
 use crate::core::{Decision, Reason};
 use crate::settings::{DecisionLogMode, LogFormat, Settings};
@@ -107,37 +109,45 @@ pub const DATA_UPDATE_RESULTS: [&str; 4] = ["applied", "refused_over_limit", "re
 /// Check latency buckets, in seconds: 25 µs to 100 ms.
 const LATENCY_BUCKETS: [f64; 11] = [0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1];
 
-/// Every metric the server exports, registered under the `portcullis_` prefix.
+/// The check latency histogram, under [`LATENCY_BUCKETS`].
+type LatencyHistogram = StripedHistogram<{ LATENCY_BUCKETS.len() }>;
+
+/// What became of a check that presented an API key: the `result` of
+/// `portcullis_api_key_checks_total`.
+const API_KEY_CHECK_RESULTS: [&str; 3] = ["known", "unknown", "expired"];
+
+/// Every metric the server exports, registered under the `portcullis_` prefix. What every check
+/// writes is striped per thread (module `striped`), so that cores do not write the same cache line.
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
-    checks: Family<CheckLabels, Counter>,
-    check_duration: Family<DoorLabels, Histogram, fn() -> Histogram>,
+    checks: Family<CheckLabels, StripedCounter>,
+    check_duration: Family<DoorLabels, LatencyHistogram, fn() -> LatencyHistogram>,
     policies_loaded: Gauge,
     policy_generation: Gauge,
     jwks_fetches: Family<FetchLabels, Counter>,
     jwks_keys: Family<IssuerLabels, Gauge>,
-    token_cache_hits: Counter,
-    token_cache_misses: Counter,
+    token_cache_hits: StripedCounter,
+    token_cache_misses: StripedCounter,
     token_cache_entries: Gauge,
-    token_rejections_cached: Counter,
+    token_rejections_cached: StripedCounter,
     rejected_token_cache_entries: Gauge,
     reloads: Family<ResultLabels, Counter>,
     jwks_age: Family<IssuerLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
-    unidentified_workload_checks: Family<DoorLabels, Counter>,
-    checks_in_flight: Gauge,
+    unidentified_workload_checks: Family<DoorLabels, StripedCounter>,
+    checks_in_flight: StripedGauge,
     session_store_errors: Counter,
-    api_key_checks: Family<ResultLabels, Counter>,
+    api_key_checks: Family<ResultLabels, StripedCounter>,
     api_key_reloads: Family<ResultLabels, Counter>,
     api_keys_loaded: Gauge,
     introspection_calls: Family<ResultLabels, Counter>,
-    introspection_cache_hits: Counter,
+    introspection_cache_hits: StripedCounter,
     revocation_entries: Gauge,
     revocation_list_age: Gauge<f64, std::sync::atomic::AtomicU64>,
     revocation_additions: Family<SourceLabels, Counter>,
     revocation_evictions: Counter,
     revocation_sync_errors: Counter,
-    revocation_refusals: Counter,
+    revocation_refusals: StripedCounter,
     introspection_providers_failing: Gauge,
     sessions_opened: Counter,
     sessions_ended: Family<ReasonLabels, Counter>,
@@ -150,8 +160,12 @@ pub struct Metrics {
     connections_accepted: Family<ListenerLabels, Counter>,
     /// The series of `checks` and `check_duration_seconds` a check writes, by door and reason,
     /// found in their families once: a check then neither hashes labels nor takes a lock.
-    check_series: [[OnceLock<Counter>; Reason::ALL.len()]; Door::ALL.len()],
-    duration_series: [OnceLock<Histogram>; Door::ALL.len()],
+    check_series: [[OnceLock<StripedCounter>; Reason::ALL.len()]; Door::ALL.len()],
+    duration_series: [OnceLock<LatencyHistogram>; Door::ALL.len()],
+    /// The series of `unidentified_workload_checks` by door, and of `api_key_checks` by result
+    /// (in [`API_KEY_CHECK_RESULTS`]' order), found once in the same way.
+    unidentified_series: [OnceLock<StripedCounter>; Door::ALL.len()],
+    api_key_check_series: [OnceLock<StripedCounter>; API_KEY_CHECK_RESULTS.len()],
 }
 
 /// Registers each metric under its name and help, in the order the exposition lists them, and
@@ -187,7 +201,7 @@ impl Metrics {
             check_duration: register.metric(
                 "check_duration_seconds",
                 "Time to decide one check",
-                Family::new_with_constructor(|| Histogram::new(LATENCY_BUCKETS)),
+                Family::new_with_constructor(|| LatencyHistogram::new(LATENCY_BUCKETS)),
             ),
             policies_loaded: register.new_metric("policies_loaded", "AuthorizationPolicies in the live set"),
             policy_generation: register
@@ -281,14 +295,18 @@ impl Metrics {
             ),
             check_series: Default::default(),
             duration_series: Default::default(),
+            unidentified_series: Default::default(),
+            api_key_check_series: Default::default(),
             registry,
         };
         // Exported at 0 from start-up, so that an alert on each of these has a series before the first one.
         for door in Door::ALL {
-            metrics.unidentified_workload_checks.get_or_create(&DoorLabels { door: door.as_str() }).inc_by(0);
+            drop(metrics.unidentified_workload_checks.get_or_create(&DoorLabels { door: door.as_str() }));
         }
-        let results: [(&Family<ResultLabels, Counter>, &[&'static str]); 3] = [
-            (&metrics.api_key_checks, &["known", "unknown", "expired"]),
+        for result in API_KEY_CHECK_RESULTS {
+            drop(metrics.api_key_checks.get_or_create(&ResultLabels { result }));
+        }
+        let results: [(&Family<ResultLabels, Counter>, &[&'static str]); 2] = [
             (&metrics.api_key_reloads, &["ok", "error"]),
             (&metrics.introspection_calls, &["active", "inactive", "error", "busy"]),
         ];
@@ -399,7 +417,13 @@ impl Metrics {
 
     /// Counts a check that presented an API key, by result: `known`, `unknown` or `expired`.
     pub fn record_api_key_check(&self, result: &'static str) {
-        self.api_key_checks.get_or_create(&ResultLabels { result }).inc();
+        let series = API_KEY_CHECK_RESULTS.iter().position(|&known| known == result);
+        match series.and_then(|index| self.api_key_check_series.get(index)) {
+            Some(series) => {
+                series.get_or_init(|| self.api_key_checks.get_or_create(&ResultLabels { result }).clone()).inc();
+            }
+            None => self.api_key_checks.get_or_create(&ResultLabels { result }).inc(),
+        }
     }
 
     /// Counts a reload of the API key files, `ok` or `error`, and sets how many keys are live.
@@ -525,7 +549,7 @@ impl Metrics {
         counter.inc();
         let duration = self.duration_series[door as usize]
             .get_or_init(|| self.check_duration.get_or_create(&DoorLabels { door: door.as_str() }).clone());
-        duration.observe(elapsed.as_secs_f64());
+        duration.observe(elapsed);
     }
 
     /// The counter of connections that `door` accepts on its listener `listener` (from 0).
@@ -535,8 +559,12 @@ impl Metrics {
     }
 
     /// Counts a check whose workload the settings do not name.
+    #[expect(clippy::indexing_slicing, reason = "the series have a cell per `Door`, by discriminant")]
     pub fn record_unidentified_workload(&self, door: Door) {
-        self.unidentified_workload_checks.get_or_create(&DoorLabels { door: door.as_str() }).inc();
+        let series = self.unidentified_series[door as usize].get_or_init(|| {
+            self.unidentified_workload_checks.get_or_create(&DoorLabels { door: door.as_str() }).clone()
+        });
+        series.inc();
     }
 
     /// Counts one check in `portcullis_checks_in_flight` until the guard drops (a cancelled
@@ -568,7 +596,7 @@ impl Metrics {
 
 /// One check counted in `portcullis_checks_in_flight`; uncounted when dropped.
 #[derive(Debug)]
-pub struct InFlightCheck<'a>(&'a Gauge);
+pub struct InFlightCheck<'a>(&'a StripedGauge);
 
 impl Drop for InFlightCheck<'_> {
     fn drop(&mut self) {
@@ -595,8 +623,8 @@ pub struct RateLimitedLine {
     started: Instant,
     /// Milliseconds after `started` from which the next line may be written.
     next_line_at_ms: AtomicU64,
-    /// Events since the last line written.
-    unlogged: AtomicU64,
+    /// Events since the last line written, counted per thread.
+    unlogged: StripedCounter,
 }
 
 impl RateLimitedLine {
@@ -606,7 +634,7 @@ impl RateLimitedLine {
             interval_ms: u64::try_from(interval.as_millis()).unwrap_or(u64::MAX),
             started: Instant::now(),
             next_line_at_ms: AtomicU64::new(0),
-            unlogged: AtomicU64::new(0),
+            unlogged: StripedCounter::default(),
         }
     }
 
@@ -618,7 +646,7 @@ impl RateLimitedLine {
 
     /// [`Self::count`] at `elapsed` since the limiter was made.
     fn count_at(&self, elapsed: Duration) -> Option<u64> {
-        self.unlogged.fetch_add(1, Ordering::Relaxed);
+        self.unlogged.inc();
         let now_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
         let next = self.next_line_at_ms.load(Ordering::Relaxed);
         let won = now_ms >= next
@@ -626,7 +654,7 @@ impl RateLimitedLine {
                 .next_line_at_ms
                 .compare_exchange(next, now_ms.saturating_add(self.interval_ms), Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok();
-        won.then(|| self.unlogged.swap(0, Ordering::Relaxed))
+        won.then(|| self.unlogged.take())
     }
 }
 
@@ -669,6 +697,8 @@ pub struct DecisionLog {
     mode: DecisionLogMode,
     /// Log one decision in this many; 0 logs none.
     every: u64,
+    /// The wanted decisions seen, when one in `every` > 1 is logged: one count every core
+    /// writes, so that exactly one in `every` is logged, in order.
     counter: AtomicU64,
     level: tracing::Level,
     claims: bool,
@@ -745,6 +775,16 @@ impl DecisionLog {
         }
     }
 
+    /// Whether the next wanted decision is one to log: all of them (nothing counted), none, or
+    /// one in `every`.
+    fn is_sampled(&self) -> bool {
+        match self.every {
+            0 => false,
+            1 => true,
+            every => self.counter.fetch_add(1, Ordering::Relaxed).is_multiple_of(every),
+        }
+    }
+
     /// Writes the line for one decision, when this decision is to be logged.
     pub fn record(&self, record: &DecisionRecord<'_>) {
         let decision = record.decision;
@@ -753,7 +793,7 @@ impl DecisionLog {
             DecisionLogMode::Deny => !decision.is_allow(),
             DecisionLogMode::None => false,
         };
-        if !wanted || self.every == 0 || !self.counter.fetch_add(1, Ordering::Relaxed).is_multiple_of(self.every) {
+        if !wanted || !self.is_sampled() {
             return;
         }
         // Every text the client chose, as it may be logged.
