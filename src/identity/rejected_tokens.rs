@@ -16,7 +16,12 @@ use crate::telemetry::Metrics;
 /// of its tokens is new.
 pub const DEFAULT_ENTRIES: usize = 10_000;
 
-const SHARDS: usize = 16;
+/// The most shards a large cache is split into.
+const MAX_SHARDS: usize = 16;
+
+/// The fewest entries a shard is made for: a cache of fewer than twice this is one shard, whose
+/// bound is reached exactly, where shards filled at random by digest would leave some room unused.
+const MIN_ENTRIES_PER_SHARD: usize = 512;
 
 /// A token's refusal, and what it rests on: while that holds, verifying the token again gives
 /// the same refusal.
@@ -113,14 +118,18 @@ impl RejectedTokens {
     /// A cache of at most `capacity` rejections (rounded up to a multiple of its shards); 0
     /// disables it.
     pub fn new(capacity: usize, metrics: Arc<Metrics>) -> Self {
-        let shards = (0..SHARDS).map(|_| Mutex::default()).collect();
-        Self { shards, capacity_per_shard: capacity.div_ceil(SHARDS), len: AtomicUsize::new(0), metrics }
+        let count = (capacity / MIN_ENTRIES_PER_SHARD).clamp(1, MAX_SHARDS);
+        let shards = (0..count).map(|_| Mutex::default()).collect();
+        Self { shards, capacity_per_shard: capacity.div_ceil(count), len: AtomicUsize::new(0), metrics }
     }
 
-    #[expect(clippy::indexing_slicing, reason = "there are `SHARDS` shards, and the index is taken modulo `SHARDS`")]
+    #[expect(
+        clippy::indexing_slicing,
+        reason = "there is at least one shard, and the index is taken modulo their count"
+    )]
     fn shard(&self, digest: &TokenDigest) -> &Mutex<HashMap<TokenDigest, Rejection>> {
         // Another byte than the verified-token cache's shard index.
-        &self.shards[usize::from(digest.0[1]) % SHARDS]
+        &self.shards[usize::from(digest.0[1]) % self.shards.len()]
     }
 
     /// The refusal remembered for the credential's token, when it still holds; `None`: the
@@ -343,6 +352,15 @@ mod tests {
         assert_eq!(cache.rejected().len(), 32, "full");
         assert!(metrics.encode().contains("portcullis_rejected_token_cache_entries 32"), "{}", metrics.encode());
         assert_eq!(cache.len(), 0, "no verified token was displaced or added");
+    }
+
+    #[test]
+    fn a_small_cache_is_one_shard_so_that_its_bound_is_reached_and_a_large_one_is_split() {
+        let shards = |capacity| cache(capacity).0.rejected().shards.len();
+        assert_eq!(
+            [shards(1), shards(32), shards(1023), shards(1024), shards(10_000), shards(1_000_000)],
+            [1, 1, 1, 2, 16, 16]
+        );
     }
 
     #[test]
