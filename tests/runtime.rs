@@ -1,4 +1,4 @@
-//! The check doors on a runtime per core: two current-thread runtimes, each accepting both doors on its own `SO_REUSEPORT` listeners, sharing the policy set and the connection limit, reloading and stopping cleanly without resetting a connection queued in a backlog.
+//! The check doors on a runtime per core: two current-thread runtimes, each accepting both doors on its own `SO_REUSEPORT` listeners, sharing the policy set and the connection limit, reloading and stopping cleanly without resetting a connection queued in a backlog; `auto` on one thread.
 
 #![expect(clippy::expect_used, clippy::panic, reason = "test helpers: a failed step fails the test")]
 
@@ -244,4 +244,16 @@ fn sigterm_answers_every_connection_queued_in_the_backlogs_of_two_runtimes() {
 #[test]
 fn sigterm_answers_every_connection_queued_in_the_backlog_of_the_multi_thread_runtime() {
     sigterm_answers_every_connection_queued_in_the_backlogs("runtime: {mode: multi_thread, threads: 2}\n", 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_thread_and_no_mode_serve_checks_on_a_current_thread_runtime_of_their_own() {
+    let policies = policy_dir(&allowing(&["/public/*"]));
+    let server = Server::with_http_door(policies.path(), "envoy", "runtime: {threads: 1}\n");
+    server.wait_until_logged(&["Serving checks", "per_core", "auto: one thread", "threads=1"]);
+    eventually("the check runtime on a thread of its own", async || check_threads(&server) == ["checks-0"]).await;
+    assert_eq!(grpc_status(&server).await, 200);
+    assert_eq!(http_status(&server), 200);
+    assert!(accepted(&server, "grpc", 0) >= 1.0 && accepted(&server, "http", 0) >= 1.0);
+    assert_eq!(server.terminate_within(HANG_GUARD).code(), Some(0));
 }
