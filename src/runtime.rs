@@ -22,6 +22,9 @@ const LISTEN_BACKLOG: i32 = 128;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RuntimeMode {
+    /// `per_core` with one thread, `multi_thread` with more: with one thread both have one
+    /// listener per door and the same shutdown, and a current-thread runtime costs less per check.
+    Auto,
     /// One tokio multi-thread runtime with `threads` workers, one listener per door: a
     /// connection's requests may be answered on any core.
     MultiThread,
@@ -35,8 +38,25 @@ impl RuntimeMode {
     /// The mode as the settings spell it.
     pub fn as_str(self) -> &'static str {
         match self {
+            Self::Auto => "auto",
             Self::MultiThread => "multi_thread",
             Self::PerCore => "per_core",
+        }
+    }
+}
+
+/// The mode the check doors run in once `auto` is resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chosen {
+    MultiThread,
+    PerCore,
+}
+
+impl Chosen {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::MultiThread => RuntimeMode::MultiThread.as_str(),
+            Self::PerCore => RuntimeMode::PerCore.as_str(),
         }
     }
 }
@@ -45,7 +65,7 @@ impl RuntimeMode {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RuntimeSettings {
-    /// `multi_thread` (the default) or `per_core`.
+    /// `auto` (the default), `multi_thread` or `per_core`.
     pub mode: RuntimeMode,
     /// Worker threads (`multi_thread`) or runtimes (`per_core`); unset, the CPUs this process
     /// may use ([`std::thread::available_parallelism`]: the affinity mask and, on Linux, the
@@ -56,7 +76,7 @@ pub struct RuntimeSettings {
 
 impl Default for RuntimeSettings {
     fn default() -> Self {
-        Self { mode: RuntimeMode::MultiThread, threads: None }
+        Self { mode: RuntimeMode::Auto, threads: None }
     }
 }
 
@@ -75,23 +95,41 @@ impl RuntimeSettings {
         self.threads.unwrap_or_else(available_cpus)
     }
 
+    /// The mode the check doors run in: the setting, `auto` resolved by [`Self::threads`].
+    fn chosen(&self) -> Chosen {
+        match self.mode {
+            RuntimeMode::Auto if self.threads().get() == 1 => Chosen::PerCore,
+            RuntimeMode::Auto | RuntimeMode::MultiThread => Chosen::MultiThread,
+            RuntimeMode::PerCore => Chosen::PerCore,
+        }
+    }
+
+    /// Why [`Self::chosen`] is what it is, for the start-up log.
+    fn why(&self) -> &'static str {
+        match (self.mode, self.chosen()) {
+            (RuntimeMode::Auto, Chosen::PerCore) => "auto: one thread, so a current-thread runtime",
+            (RuntimeMode::Auto, Chosen::MultiThread) => "auto: several threads, so tokio's multi-thread runtime",
+            (RuntimeMode::MultiThread | RuntimeMode::PerCore, _) => "set by runtime.mode",
+        }
+    }
+
     /// The runtime `main` runs the server on: in `multi_thread` mode the one that also serves
     /// checks; in `per_core` mode a current-thread one for the admin door, reloads and the other
     /// background tasks, the checks having runtimes of their own.
     pub fn main_runtime(&self) -> std::io::Result<tokio::runtime::Runtime> {
-        match self.mode {
-            RuntimeMode::MultiThread => {
+        match self.chosen() {
+            Chosen::MultiThread => {
                 tokio::runtime::Builder::new_multi_thread().worker_threads(self.threads().get()).enable_all().build()
             }
-            RuntimeMode::PerCore => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+            Chosen::PerCore => tokio::runtime::Builder::new_current_thread().enable_all().build(),
         }
     }
 
     /// Listeners per check door: one, or one per runtime.
     fn listeners(&self) -> usize {
-        match self.mode {
-            RuntimeMode::MultiThread => 1,
-            RuntimeMode::PerCore => self.threads().get(),
+        match self.chosen() {
+            Chosen::MultiThread => 1,
+            Chosen::PerCore => self.threads().get(),
         }
     }
 }
@@ -219,8 +257,10 @@ pub fn serve(
 ) -> std::io::Result<Serving> {
     let CheckListeners { settings, runtimes } = listeners;
     let slots = ConnectionSlots::new(doors.limits);
+    let mode = settings.chosen();
     tracing::info!(
-        mode = settings.mode.as_str(),
+        mode = mode.as_str(),
+        why = settings.why(),
         threads = settings.threads().get(),
         available_cpus = available_cpus().get(),
         "Serving checks"
@@ -229,13 +269,13 @@ pub fn serve(
     for (index, listeners) in runtimes.into_iter().enumerate() {
         let (finished, drain) = oneshot::channel();
         let (doors, slots, shutdown) = (doors.clone(), slots.clone(), shutdown.clone());
-        match settings.mode {
-            RuntimeMode::MultiThread => {
+        match mode {
+            Chosen::MultiThread => {
                 tokio::spawn(async move {
                     let _ = finished.send(serve_runtime(index, doors, listeners, slots, shutdown).await);
                 });
             }
-            RuntimeMode::PerCore => {
+            Chosen::PerCore => {
                 std::thread::Builder::new().name(format!("checks-{index}")).spawn(move || {
                     let served = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                         Ok(runtime) => runtime.block_on(serve_runtime(index, doors, listeners, slots, shutdown)),
@@ -291,15 +331,32 @@ mod tests {
     }
 
     #[test]
-    fn the_default_is_the_multi_thread_runtime_and_a_threads_setting_replaces_the_cpu_count() {
+    fn the_default_is_auto_and_a_threads_setting_replaces_the_cpu_count() {
         let settings = load("log_level: info\n").expect("valid");
-        assert_eq!(settings.runtime.mode, RuntimeMode::MultiThread);
+        assert_eq!(settings.runtime.mode, RuntimeMode::Auto);
         assert_eq!(settings.runtime.threads(), std::thread::available_parallelism().expect("known here"));
         let settings = load("runtime:\n  mode: multi_thread\n  threads: 3\n").expect("valid");
         assert_eq!(settings.runtime, RuntimeSettings { mode: RuntimeMode::MultiThread, threads: NonZeroUsize::new(3) });
         assert_eq!(settings.runtime.listeners(), 1, "multi_thread mode has one listener per door");
         let per_core = RuntimeSettings { mode: RuntimeMode::PerCore, ..settings.runtime };
         assert_eq!(per_core.listeners(), 3);
+    }
+
+    #[test]
+    fn auto_is_a_runtime_per_core_on_one_thread_and_the_multi_thread_runtime_on_more() {
+        let auto = |threads| RuntimeSettings { mode: RuntimeMode::Auto, threads: NonZeroUsize::new(threads) };
+        assert_eq!(auto(1).chosen(), Chosen::PerCore);
+        assert_eq!(auto(1).listeners(), 1, "one thread, one listener per door: no SO_REUSEPORT");
+        assert!(auto(1).why().contains("auto"), "{}", auto(1).why());
+        assert_eq!(auto(2).chosen(), Chosen::MultiThread);
+        assert_eq!(auto(2).listeners(), 1);
+        assert!(auto(2).why().contains("auto"), "{}", auto(2).why());
+        let set = RuntimeSettings { mode: RuntimeMode::PerCore, threads: NonZeroUsize::new(1) };
+        assert_eq!((set.chosen(), set.why()), (Chosen::PerCore, "set by runtime.mode"));
+        let set = RuntimeSettings { mode: RuntimeMode::MultiThread, threads: NonZeroUsize::new(1) };
+        assert_eq!(set.chosen(), Chosen::MultiThread, "a mode set is kept, whatever the threads");
+        let settings = load("runtime:\n  mode: auto\n  threads: 1\n").expect("valid");
+        assert_eq!(settings.runtime, auto(1));
     }
 
     #[test]

@@ -172,7 +172,7 @@ pub struct Settings {
     pub revocation: Option<crate::revocation::settings::RevocationSettings>,
     /// The data sources the policy files declare (docs/data.md).
     pub data: crate::data::DataSettings,
-    /// How the check doors run: `{mode: per_core | multi_thread, threads: N}` (docs/operations.md,
+    /// How the check doors run: `{mode: auto | per_core | multi_thread, threads: N}` (docs/operations.md,
     /// "Runtime and cores"); `threads` unset is the CPUs this process may use.
     pub runtime: crate::runtime::RuntimeSettings,
 }

@@ -1,4 +1,4 @@
-//! The check doors on a runtime per core: two current-thread runtimes, each accepting both doors on its own `SO_REUSEPORT` listeners, sharing the policy set and the connection limit, reloading and stopping cleanly.
+//! The check doors on a runtime per core: two current-thread runtimes, each accepting both doors on its own `SO_REUSEPORT` listeners, sharing the policy set and the connection limit, reloading and stopping cleanly without resetting a connection queued in a backlog; `auto` on one thread.
 
 #![expect(clippy::expect_used, clippy::panic, reason = "test helpers: a failed step fails the test")]
 
@@ -91,33 +91,78 @@ async fn two_runtimes_each_answer_both_doors_on_their_own_listeners_reload_and_s
     assert_eq!(status.code(), Some(0), "a clean stop once every runtime drained");
 }
 
-/// A connection that has sent a forward-auth request and reads its answer without blocking.
+/// A connection to the HTTP door that sends a forward-auth request and reads its answer without
+/// blocking.
 struct Waiting {
     stream: TcpStream,
     answer: Vec<u8>,
+    /// How the connection ended before a whole answer head arrived: reset, or closed.
+    lost: Option<String>,
 }
 
 impl Waiting {
+    /// A connection whose request is sent.
     fn open(address: SocketAddr) -> Self {
-        let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(5)).expect("connects");
-        let request = "GET /public/x HTTP/1.1\r\nHost: app.test\r\nx-portcullis-context: namespace=adv\r\n\r\n";
-        stream.write_all(request.as_bytes()).expect("the request is sent (it may wait to be served)");
-        stream.set_nonblocking(true).expect("non-blocking");
-        Self { stream, answer: Vec::new() }
+        let mut waiting = Self::connect(address);
+        waiting.send();
+        assert_eq!(waiting.lost, None, "the request is sent (it may wait to be served)");
+        waiting
     }
 
-    /// Whether a whole answer head has arrived; reads what is there.
+    /// A connection that has sent nothing yet: the handshake is done, accepted or not.
+    fn connect(address: SocketAddr) -> Self {
+        let stream = TcpStream::connect_timeout(&address, Duration::from_secs(5)).expect("connects");
+        Self { stream, answer: Vec::new(), lost: None }
+    }
+
+    /// Sends the request (a connection already reset records it), then reads without blocking.
+    fn send(&mut self) {
+        let request = "GET /public/x HTTP/1.1\r\nHost: app.test\r\nx-portcullis-context: namespace=adv\r\n\r\n";
+        if let Err(error) = self.stream.write_all(request.as_bytes()) {
+            self.lost = Some(format!("sending the request: {error}"));
+        }
+        self.stream.set_nonblocking(true).expect("non-blocking");
+    }
+
+    /// Whether a whole answer head has arrived; reads what is there. Fails on a reset.
     fn is_answered(&mut self) -> bool {
+        self.read();
+        if let Some(lost) = &self.lost {
+            panic!("reading an answer: {lost}");
+        }
+        self.has_answer_head()
+    }
+
+    /// Whether the connection has its answer head or ended without it; reads what is there.
+    fn is_settled(&mut self) -> bool {
+        self.read();
+        self.lost.is_some() || self.has_answer_head()
+    }
+
+    fn read(&mut self) {
         let mut buffer = [0_u8; 1024];
-        loop {
+        while self.lost.is_none() {
             match self.stream.read(&mut buffer) {
+                Ok(0) if !self.has_answer_head() => self.lost = Some("closed without an answer".into()),
                 Ok(0) => break,
                 Ok(read) => self.answer.extend(buffer.iter().take(read)),
                 Err(error) if error.kind() == ErrorKind::WouldBlock => break,
-                Err(error) => panic!("reading an answer: {error}"),
+                Err(error) => self.lost = Some(format!("reading an answer: {error}")),
             }
         }
+    }
+
+    fn has_answer_head(&self) -> bool {
         self.answer.windows(4).any(|window| window == b"\r\n\r\n")
+    }
+}
+
+/// Waits until `holds` (a hang guard, not a timing assertion).
+fn wait_until(why: &str, mut holds: impl FnMut() -> bool) {
+    let deadline = Instant::now() + HANG_GUARD;
+    while !holds() {
+        assert!(Instant::now() < deadline, "{why}");
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -127,11 +172,7 @@ fn the_connection_limit_holds_over_both_runtimes_together() {
     let settings = format!("{TWO_RUNTIMES}http_max_connections: 1\nhttp_header_read_timeout_ms: 60000\n");
     let server = Server::with_http_door(policies.path(), "envoy", &settings);
     let mut served = Waiting::open(server.http);
-    let deadline = Instant::now() + HANG_GUARD;
-    while !served.is_answered() {
-        assert!(Instant::now() < deadline, "the first connection is never served");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_until("the first connection is never served", || served.is_answered());
     // The first connection holds the only slot. Each listener accepts one more and holds it
     // unserved; the rest wait in the backlogs. With a slot per runtime, the other listener's
     // connection would be served.
@@ -162,4 +203,57 @@ fn the_connection_limit_holds_over_both_runtimes_together() {
     std::thread::sleep(Duration::from_millis(300));
     let answered = waiting.iter_mut().map(Waiting::is_answered).filter(|answered| *answered).count();
     assert_eq!(answered, 1, "one slot, one connection served");
+}
+
+/// Connections waiting in the HTTP door's listen backlogs when SIGTERM comes, their requests sent
+/// only after shutdown started, are each answered: none is reset. The accept loops are held, not
+/// raced: one connection holds the only slot, each accept loop holds one more, waiting for it,
+/// and every other connection stays in a backlog, accepted by nobody, until shutdown.
+fn sigterm_answers_every_connection_queued_in_the_backlogs(runtime: &str, listeners: f64) {
+    let policies = policy_dir(&allowing(&["/public/*"]));
+    let settings =
+        format!("{runtime}http_max_connections: 1\nhttp_header_read_timeout_ms: 60000\ndrain_timeout_secs: 60\n");
+    let server = Server::with_http_door(policies.path(), "envoy", &settings);
+    let mut served = Waiting::open(server.http);
+    wait_until("the first connection is never served", || served.is_answered());
+    let mut queued: Vec<Waiting> = (0..CONNECTIONS_TO_REACH_BOTH).map(|_| Waiting::connect(server.http)).collect();
+    let accepted_by_all = || (0..2).map(|listener| accepted(&server, "http", listener)).sum::<f64>();
+    wait_until("each accept loop takes a connection", || accepted_by_all() >= 1.0 + listeners);
+    assert_eq!(accepted_by_all(), 1.0 + listeners, "an accept loop took a second connection without a slot");
+
+    server.signal("-TERM");
+    server.wait_until_logged(&["Shutting down"]);
+    for connection in &mut queued {
+        connection.send();
+    }
+    wait_until("a queued connection is neither answered nor closed", || queued.iter_mut().all(Waiting::is_settled));
+    let lost: Vec<&String> = queued.iter().filter_map(|connection| connection.lost.as_ref()).collect();
+    assert!(lost.is_empty(), "{} of {} queued connections lost: {lost:?}", lost.len(), queued.len());
+    for connection in &queued {
+        let head = String::from_utf8_lossy(&connection.answer).to_string();
+        assert_eq!(status_in(&head), 200, "{head}");
+    }
+    assert_eq!(server.wait_for_exit().code(), Some(0), "a clean stop once every queued connection was served");
+}
+
+#[test]
+fn sigterm_answers_every_connection_queued_in_the_backlogs_of_two_runtimes() {
+    sigterm_answers_every_connection_queued_in_the_backlogs(TWO_RUNTIMES, 2.0);
+}
+
+#[test]
+fn sigterm_answers_every_connection_queued_in_the_backlog_of_the_multi_thread_runtime() {
+    sigterm_answers_every_connection_queued_in_the_backlogs("runtime: {mode: multi_thread, threads: 2}\n", 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_thread_and_no_mode_serve_checks_on_a_current_thread_runtime_of_their_own() {
+    let policies = policy_dir(&allowing(&["/public/*"]));
+    let server = Server::with_http_door(policies.path(), "envoy", "runtime: {threads: 1}\n");
+    server.wait_until_logged(&["Serving checks", "per_core", "auto: one thread", "threads=1"]);
+    eventually("the check runtime on a thread of its own", async || check_threads(&server) == ["checks-0"]).await;
+    assert_eq!(grpc_status(&server).await, 200);
+    assert_eq!(http_status(&server), 200);
+    assert!(accepted(&server, "grpc", 0) >= 1.0 && accepted(&server, "http", 0) >= 1.0);
+    assert_eq!(server.terminate_within(HANG_GUARD).code(), Some(0));
 }

@@ -15,7 +15,6 @@ use futures_util::StreamExt;
 use prometheus_client::metrics::counter::Counter;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tonic::transport::server::TcpIncoming;
 use tonic_health::pb::health_server::HealthServer;
 use tonic_health::server::{HealthReporter, HealthService};
 
@@ -56,8 +55,10 @@ impl CheckService {
 }
 
 /// Serves Check, decided by `engine`, and the gRPC health service reporting `health`'s
-/// statuses, on `listener` until `shutdown` turns true; then the checks in flight are answered.
-/// Each accepted connection is counted in `accepted`.
+/// statuses, on `listener` until `shutdown` turns true; then the connections queued in its
+/// backlog are accepted too ([`listener::until_shutdown`]), and every connection is shut down
+/// gracefully: HTTP/2's GOAWAY, the checks in flight and those the client sent before it saw
+/// the GOAWAY answered. Each accepted connection is counted in `accepted`.
 pub async fn serve(
     listener: TcpListener,
     engine: Arc<Engine>,
@@ -65,16 +66,14 @@ pub async fn serve(
     accepted: Counter,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), tonic::transport::Error> {
-    // Without TCP_NODELAY, Nagle's algorithm meets delayed ACKs: ~40 ms per answer.
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true)).inspect(move |connection| {
-        if connection.is_ok() {
-            accepted.inc();
-        }
-    });
+    let incoming = listener::until_shutdown(listener, Some(accepted), shutdown)
+        .map(|(stream, _)| Ok::<_, std::convert::Infallible>(stream));
+    // The incoming stream ends once shutdown emptied the backlog, which starts tonic's graceful
+    // shutdown; a shutdown signal of its own would drop the listener with its backlog unserved.
     tonic::transport::Server::builder()
         .add_service(HealthServer::new(HealthService::from_health_reporter(health.clone())))
         .add_service(AuthorizationServer::new(CheckService::new(engine)))
-        .serve_with_incoming_shutdown(incoming, listener::stopped(shutdown))
+        .serve_with_incoming_shutdown(incoming, std::future::pending())
         .await
 }
 

@@ -1,5 +1,6 @@
-//! Serves an axum router's connections with bounds: a connection limit (shared by a door's listeners), a header-read timeout and an idle timeout; graceful shutdown lets in-flight requests finish; knows nothing of checks.
+//! Serves an axum router's connections with bounds: a connection limit (shared by a door's listeners), a header-read timeout and an idle timeout; graceful shutdown empties the listen backlog and lets in-flight and first requests finish; knows nothing of checks.
 
+use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -7,6 +8,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::ConnectInfo;
+use futures_util::{Stream, StreamExt, stream};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -33,12 +35,12 @@ impl ConnectionSlots {
     }
 }
 
-/// Accepts connections until `shutdown` turns true, then waits for every connection it opened
-/// to finish its in-flight requests. Each accepted connection takes one of `slots` and is
-/// counted in `accepted`: when none is free the connection waits, unserved, until one closes,
-/// and the next ones wait in the listen backlog. Taking the slot after the accept lets no
-/// listener hold a slot for a connection that may never come while another listener's
-/// connection waits.
+/// Serves the connections of `listener` ([`until_shutdown`]), then waits for every one of them
+/// to finish its requests. Each connection takes one of `slots`: when none is free the
+/// connection waits, unserved, until one closes, and the next ones wait in the listen backlog;
+/// from shutdown on, the backlog is emptied at once and its connections wait for their slots
+/// (freed as the others close) in turn. Taking the slot after the accept lets no listener hold
+/// a slot for a connection that may never come while another listener's connection waits.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
@@ -50,38 +52,110 @@ pub async fn serve(
     let builder = connection_builder(limits);
     // Each connection holds a sender; the receiver ends once every one of them has closed.
     let (open, mut all_closed) = mpsc::channel::<()>(1);
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    tracing::warn!(%error, "Cannot accept a connection");
-                    tokio::time::sleep(ACCEPT_RETRY).await;
-                    continue;
-                }
-            },
-            () = stopped(shutdown.clone()) => break,
+    let incoming = until_shutdown(listener, accepted, shutdown.clone());
+    tokio::pin!(incoming);
+    while let Some((stream, peer)) = incoming.next().await {
+        let slot = tokio::select! {
+            slot = slots.0.clone().acquire_owned() => Some(slot),
+            () = stopped(shutdown.clone()) => None,
         };
+        let connection = Connection { builder: builder.clone(), router: router.clone(), limits, peer };
+        let (slots, shutdown, open) = (slots.clone(), shutdown.clone(), open.clone());
+        tokio::spawn(async move {
+            let slot = match slot {
+                Some(slot) => slot,
+                None => slots.0.acquire_owned().await,
+            };
+            if let Ok(slot) = slot {
+                connection.serve(stream, shutdown).await;
+                drop(slot);
+            }
+            drop(open);
+        });
+    }
+    drop(open);
+    let _ = all_closed.recv().await;
+}
+
+/// The connections of `listener`, each counted in `accepted`, with `TCP_NODELAY` set: accepted
+/// until `shutdown` turns true, then those already queued in its backlog, accepted without
+/// waiting until none is left; then the stream ends and the listener closes. Closing a listener
+/// resets the connections its backlog still holds, so the backlog is emptied first; what is
+/// left is a handshake completing between the last accept and the close (docs/operations.md,
+/// "Runtime and cores").
+pub fn until_shutdown(
+    listener: TcpListener,
+    accepted: Option<Counter>,
+    shutdown: watch::Receiver<bool>,
+) -> impl Stream<Item = (TcpStream, SocketAddr)> {
+    let connections = stream::unfold(Phase::Accepting(listener, shutdown), |mut state| async move {
+        loop {
+            state = match state {
+                Phase::Accepting(listener, shutdown) => {
+                    let accepted = tokio::select! {
+                        accepted = listener.accept() => Some(accepted),
+                        () = stopped(shutdown.clone()) => None,
+                    };
+                    match accepted {
+                        Some(Ok(connection)) => return Some((connection, Phase::Accepting(listener, shutdown))),
+                        Some(Err(error)) => {
+                            tracing::warn!(%error, "Cannot accept a connection");
+                            tokio::time::sleep(ACCEPT_RETRY).await;
+                            Phase::Accepting(listener, shutdown)
+                        }
+                        None => Phase::Draining(accept_queued(listener).into_iter()),
+                    }
+                }
+                Phase::Draining(mut queued) => {
+                    return queued.next().map(|connection| (connection, Phase::Draining(queued)));
+                }
+            }
+        }
+    });
+    connections.inspect(move |(stream, _)| {
         if let Some(accepted) = &accepted {
             accepted.inc();
         }
-        let slot = tokio::select! {
-            slot = slots.0.clone().acquire_owned() => slot,
-            () = stopped(shutdown.clone()) => break,
-        };
-        let Ok(slot) = slot else { break };
+        // Without TCP_NODELAY, Nagle's algorithm meets delayed ACKs: ~40 ms per answer.
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%error, "Cannot set TCP_NODELAY");
         }
-        let connection = Connection { builder: builder.clone(), router: router.clone(), limits, peer };
-        let (shutdown, open) = (shutdown.clone(), open.clone());
-        tokio::spawn(async move {
-            connection.serve(stream, shutdown).await;
-            drop((slot, open));
-        });
+    })
+}
+
+/// Where [`until_shutdown`] is: accepting, or handing over what the backlog held at shutdown.
+enum Phase {
+    Accepting(TcpListener, watch::Receiver<bool>),
+    Draining(std::vec::IntoIter<(TcpStream, SocketAddr)>),
+}
+
+/// Accepts, without waiting, every connection queued in `listener`'s backlog, then closes it.
+fn accept_queued(listener: TcpListener) -> Vec<(TcpStream, SocketAddr)> {
+    // The accept system call itself: tokio's readiness may not have seen the latest arrivals.
+    let listener = match listener.into_std() {
+        Ok(listener) => listener,
+        Err(error) => {
+            tracing::warn!(%error, "Cannot empty a listener's backlog at shutdown");
+            return Vec::new();
+        }
+    };
+    let mut queued = Vec::new();
+    loop {
+        match listener.accept() {
+            Ok((stream, peer)) => match stream.set_nonblocking(true).and_then(|()| TcpStream::from_std(stream)) {
+                Ok(stream) => queued.push((stream, peer)),
+                Err(error) => tracing::warn!(%error, %peer, "Cannot serve a connection queued at shutdown"),
+            },
+            Err(error) if error.kind() == ErrorKind::WouldBlock => break,
+            Err(error) if matches!(error.kind(), ErrorKind::Interrupted | ErrorKind::ConnectionAborted) => {}
+            Err(error) => {
+                tracing::warn!(%error, "Cannot accept a connection queued at shutdown");
+                break;
+            }
+        }
     }
-    drop((listener, open));
-    let _ = all_closed.recv().await;
+    tracing::debug!(connections = queued.len(), "Accepted the connections queued at shutdown");
+    queued
 }
 
 /// Resolves once shutdown starts (or its sender is gone).
@@ -109,7 +183,10 @@ struct Connection {
 }
 
 impl Connection {
-    /// Serves the connection until the client closes it, it overstays a timeout, or shutdown.
+    /// Serves the connection until the client closes it, it overstays a timeout, or shutdown
+    /// once it has had a request: a connection accepted just before shutdown, or out of the
+    /// backlog at shutdown, has its first request answered (or overstays the header-read
+    /// timeout) before it closes, where closing it at once would lose a request already sent.
     async fn serve(self, stream: TcpStream, shutdown: watch::Receiver<bool>) {
         let Self { builder, router, limits, peer } = self;
         let activity = Arc::new(Activity::new());
@@ -143,7 +220,7 @@ impl Connection {
                 }
                 // A request started or ended: the deadline moves.
                 () = activity.changed.notified() => {}
-                () = stopped(shutdown.clone()) => break false,
+                () = stopped(shutdown.clone()), if activity.has_had_a_request() => break false,
             }
         };
         connection.as_mut().graceful_shutdown();
@@ -191,6 +268,11 @@ impl Activity {
             NO_REQUEST_YET => self.opened + limits.header_read_timeout,
             since => self.opened + Duration::from_millis(since) + limits.idle_timeout,
         }
+    }
+
+    /// Whether a request has started on the connection.
+    fn has_had_a_request(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) > 0 || self.idle_since_ms.load(Ordering::Acquire) != NO_REQUEST_YET
     }
 
     fn is_overdue(&self, limits: ConnectionLimits) -> bool {
