@@ -990,7 +990,8 @@ class Report:
                 "- The ceiling, (a), is the do-nothing server at its best on that core: tokio's current-thread "
                 "runtime, each CheckRequest decoded whole by tonic's prost codec, TCP_NODELAY. (a_mt) is the same "
                 "server on the multi-thread runtime (one worker, woken through the runtime's queues, as portcullis "
-                "runs by default); it is reported beside (a), the targets compare with (a).",
+                "runs on more than one core); it is reported beside (a), the targets compare with (a). Portcullis, "
+                "on one core, runs its checks on a current-thread runtime as (a) does (`runtime.mode: auto`).",
                 f"- Full load: {plan.connections} HTTP/2 connections × {plan.streams} streams, closed loop, "
                 f"{plan.warmup:g} s warm-up then {plan.duration:g} s measured, in {plan.full_rounds} rounds; each "
                 "round loads (a), (a_mt) and (b) with heavy requests, then the three with light ones, all servers "
