@@ -380,10 +380,12 @@ class Profile:
 
 
 def parse_perf_report(text: str) -> list[tuple[float, str, str]]:
-    """(share of samples in %, object, symbol) of each line of `perf report --stdio --sort dso,symbol`."""
+    """(share of samples in %, object, symbol) of each line of `perf report --stdio --sort dso,symbol`;
+    the columns some perf versions print after the symbol (padding, then `-` for an unknown
+    source line or cycle count) are not part of it."""
     rows = []
     for line in text.splitlines():
-        if match := re.match(r"\s*([\d.]+)%\s+(\S+)\s+\[[.k]\]\s+(.+?)\s*$", line):
+        if match := re.match(r"\s*([\d.]+)%\s+(\S+)\s+\[[.k]\]\s+(.+?)(?:\s+-)*\s*$", line):
             rows.append((float(match[1]), match[2], match[3]))
     return rows
 

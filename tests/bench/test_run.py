@@ -113,6 +113,7 @@ PERF_REPORT = """\
     35.12%  portcullis         [.] aws_lc_0_32_0_bn_mul_mont
     10.40%  [kernel.kallsyms]  [k] _raw_spin_unlock_irqrestore
      2.05%  libc.so.6          [.] __memmove_avx_unaligned_erms
+     1.10%  portcullis         [.] serde_json::read::SliceRead::skip_to_escape                       -      -
 """
 
 
@@ -121,6 +122,7 @@ def test_perf_reports_are_read_as_share_object_and_symbol():
         (35.12, "portcullis", "aws_lc_0_32_0_bn_mul_mont"),
         (10.40, "[kernel.kallsyms]", "_raw_spin_unlock_irqrestore"),
         (2.05, "libc.so.6", "__memmove_avx_unaligned_erms"),
+        (1.10, "portcullis", "serde_json::read::SliceRead::skip_to_escape"),
     ]
 
 
