@@ -393,6 +393,20 @@ fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
     }
 }
 
+/// The idle timeout counts from the last request: a connection sending one every 300 ms for
+/// 2.4 s, more than twice the 1 s timeout, is never idle long enough to be closed.
+#[test]
+fn a_connection_busy_past_the_idle_timeout_stays_open_between_its_requests() {
+    let policies = steering_policies();
+    let settings = "http_idle_timeout_secs: 1\nhttp_header_read_timeout_ms: 60000\n";
+    let server = Server::with_http_door(policies.path(), "envoy", settings);
+    let mut stream = connect(server.http);
+    for request in 0..8 {
+        assert_eq!(keep_alive_request(&mut stream, server.http), 200, "request {request} on the same connection");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
 #[test]
 fn connections_over_the_limit_wait_until_one_closes() {
     let policies = steering_policies();

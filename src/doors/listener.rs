@@ -218,8 +218,8 @@ impl Connection {
                         break true;
                     }
                 }
-                // A request started or ended: the deadline moves.
-                () = activity.changed.notified() => {}
+                // The first request started: shutdown may now close the connection.
+                () = activity.first_request.notified() => {}
                 () = stopped(shutdown.clone()), if activity.has_had_a_request() => break false,
             }
         };
@@ -242,7 +242,8 @@ struct Activity {
     /// Milliseconds after `opened` when the last request ended; `u64::MAX` before the first
     /// request started.
     idle_since_ms: AtomicU64,
-    changed: Notify,
+    /// Wakes the connection's loop when its first request starts.
+    first_request: Notify,
 }
 
 const NO_REQUEST_YET: u64 = u64::MAX;
@@ -253,7 +254,7 @@ impl Activity {
             opened: Instant::now(),
             in_flight: AtomicUsize::new(0),
             idle_since_ms: AtomicU64::new(NO_REQUEST_YET),
-            changed: Notify::new(),
+            first_request: Notify::new(),
         }
     }
 
@@ -281,12 +282,19 @@ impl Activity {
 }
 
 /// A request in flight on a connection; dropped when its answer is ready.
+///
+/// Only the connection's first request wakes the connection's loop (shutdown may be waiting
+/// for it). Later requests only move the deadline later, so the loop, waking at the deadline
+/// it last saw, finds the connection not overdue and looks again: no wake-up and no new timer
+/// per request.
 struct Busy(Arc<Activity>);
 
 impl Busy {
     fn start(activity: Arc<Activity>) -> Self {
-        activity.in_flight.fetch_add(1, Ordering::AcqRel);
-        activity.changed.notify_one();
+        let none_in_flight = activity.in_flight.fetch_add(1, Ordering::AcqRel) == 0;
+        if none_in_flight && activity.idle_since_ms.load(Ordering::Acquire) == NO_REQUEST_YET {
+            activity.first_request.notify_one();
+        }
         Self(activity)
     }
 }
@@ -297,6 +305,5 @@ impl Drop for Busy {
         let since = u64::try_from(activity.opened.elapsed().as_millis()).unwrap_or(NO_REQUEST_YET - 1);
         activity.idle_since_ms.store(since, Ordering::Release);
         activity.in_flight.fetch_sub(1, Ordering::AcqRel);
-        activity.changed.notify_one();
     }
 }
