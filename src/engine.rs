@@ -81,10 +81,10 @@ impl Engine {
     ) -> Self {
         Self {
             policies: ArcSwap::from_pointee(LivePolicies { snapshot, generation: 1 }),
+            decision_log: DecisionLog::new(&settings, Arc::clone(&metrics)),
             metrics,
             keys,
             token_cache,
-            decision_log: DecisionLog::new(&settings),
             unidentified_workloads: UnidentifiedWorkloadLog::default(),
             traces: Traces::from_environment(),
             settings,

@@ -151,6 +151,9 @@ pub struct Settings {
     pub decision_log_level: String,
     /// Add the verified token's claims to decision-log lines (never the token itself).
     pub decision_log_claims: bool,
+    /// At most this many decision-log lines a second; the others are counted and reported.
+    /// 0: no limit.
+    pub decision_log_max_lines_per_sec: u32,
     /// How often the policy paths are checked for changes; 0 turns polling off (SIGHUP still
     /// reloads).
     pub reload_poll_interval_ms: u64,
@@ -211,6 +214,7 @@ impl Default for Settings {
             decision_log_sample_rate: 1.0,
             decision_log_level: "info".into(),
             decision_log_claims: false,
+            decision_log_max_lines_per_sec: 1000,
             reload_poll_interval_ms: 2_000,
             drain_timeout_secs: 10,
             log_format: LogFormat::Text,

@@ -148,6 +148,7 @@ pub struct Metrics {
     revocation_evictions: Counter,
     revocation_sync_errors: Counter,
     revocation_refusals: StripedCounter,
+    decision_lines_dropped: StripedCounter,
     introspection_providers_failing: Gauge,
     sessions_opened: Counter,
     sessions_ended: Family<ReasonLabels, Counter>,
@@ -259,6 +260,10 @@ impl Metrics {
             ),
             revocation_refusals: register
                 .new_metric("revocation_refusals", "Tokens and sessions refused because a revocation names them"),
+            decision_lines_dropped: register.new_metric(
+                "decision_log_lines_dropped",
+                "Decision-log lines not written because a second already had `decision_log_max_lines_per_sec`",
+            ),
             introspection_providers_failing: register
                 .new_metric("introspection_providers_failing", "Introspection providers whose last call failed"),
             sessions_opened: register.new_metric("sessions_opened", "Browser sessions opened by a login"),
@@ -500,6 +505,11 @@ impl Metrics {
         self.revocation_refusals.inc();
     }
 
+    /// Counts a decision-log line not written for want of budget.
+    pub fn record_decision_line_dropped(&self) {
+        self.decision_lines_dropped.inc();
+    }
+
     /// Counts a browser session opened by a login.
     pub fn record_session_opened(&self) {
         self.sessions_opened.inc();
@@ -689,9 +699,62 @@ impl UnidentifiedWorkloadLog {
     }
 }
 
+/// A budget of lines a second, so that a flood of denied requests cannot flood the log: the
+/// lines over it are not written, but counted, and their count is written with the first line
+/// of a later second.
+#[derive(Debug)]
+struct LineBudget {
+    per_second: u32,
+    started: Instant,
+    /// The current second since `started` (high 32 bits) and the lines written in it (low 32
+    /// bits), in one word: a line is admitted by one compare-and-swap, and once a second's
+    /// budget is spent a check only reads it.
+    window: AtomicU64,
+    /// Lines not written since a line last reported them, counted per thread.
+    dropped: StripedCounter,
+}
+
+/// What the budget says of one line.
+#[derive(Debug, PartialEq, Eq)]
+enum Admission {
+    /// Write it; with it, say that this many lines before it were not written (0: none).
+    Write { dropped_before: u64 },
+    /// Do not write it: this second's budget is spent.
+    Drop,
+}
+
+impl LineBudget {
+    fn new(per_second: u32) -> Self {
+        Self { per_second, started: Instant::now(), window: AtomicU64::new(0), dropped: StripedCounter::default() }
+    }
+
+    fn admit(&self) -> Admission {
+        self.admit_in(u32::try_from(self.started.elapsed().as_secs()).unwrap_or(u32::MAX))
+    }
+
+    /// [`Self::admit`] in the `second`-th second since the budget was made. The first line of
+    /// a second reports the lines dropped before it.
+    fn admit_in(&self, second: u32) -> Admission {
+        let mut window = self.window.load(Ordering::Relaxed);
+        loop {
+            let (window_second, written) = (window >> 32, window & u64::from(u32::MAX));
+            let opens = window_second != u64::from(second);
+            if !opens && written >= u64::from(self.per_second) {
+                self.dropped.inc();
+                return Admission::Drop;
+            }
+            let next = if opens { (u64::from(second) << 32) | 1 } else { window + 1 };
+            match self.window.compare_exchange_weak(window, next, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return Admission::Write { dropped_before: if opens { self.dropped.take() } else { 0 } },
+                Err(seen) => window = seen,
+            }
+        }
+    }
+}
+
 /// The decision log: one structured line per decision, as configured (which decisions, what
-/// share, at which level, with claims or not). Never the token: the request's text is logged
-/// through the policy set's [`LogRedaction`].
+/// share, at which level, with claims or not, how many a second at most). Never the token: the
+/// request's text is logged through the policy set's [`LogRedaction`].
 #[derive(Debug)]
 pub struct DecisionLog {
     mode: DecisionLogMode,
@@ -703,6 +766,10 @@ pub struct DecisionLog {
     level: tracing::Level,
     claims: bool,
     dry_run: bool,
+    /// At most this many lines a second, when limited.
+    budget: Option<LineBudget>,
+    /// Where the lines not written are counted.
+    metrics: Arc<Metrics>,
 }
 
 /// One decision and the request it was about.
@@ -755,8 +822,9 @@ impl DecisionLog {
         clippy::cast_sign_loss,
         reason = "a positive rate's inverse, rounded and at least 1; `as` saturates a huge one"
     )]
-    /// The decision log the settings ask for: which decisions, at which level, how sampled.
-    pub fn new(settings: &Settings) -> Self {
+    /// The decision log the settings ask for: which decisions, at which level, how sampled, how
+    /// many a second; the lines over that budget are counted in `metrics`.
+    pub fn new(settings: &Settings, metrics: Arc<Metrics>) -> Self {
         let rate = settings.decision_log_sample_rate;
         let every = if rate <= 0.0 { 0 } else { (1.0 / rate).round().max(1.0) as u64 };
         let level = match settings.decision_log_level.as_str() {
@@ -772,6 +840,31 @@ impl DecisionLog {
             level,
             claims: settings.decision_log_claims,
             dry_run: settings.dry_run,
+            budget: (settings.decision_log_max_lines_per_sec > 0)
+                .then(|| LineBudget::new(settings.decision_log_max_lines_per_sec)),
+            metrics,
+        }
+    }
+
+    /// Whether the budget lets this line be written; the first line after some were dropped
+    /// is preceded by a warning that counts them.
+    fn within_budget(&self) -> bool {
+        let Some(budget) = &self.budget else { return true };
+        match budget.admit() {
+            Admission::Drop => {
+                self.metrics.record_decision_line_dropped();
+                false
+            }
+            Admission::Write { dropped_before: 0 } => true,
+            Admission::Write { dropped_before } => {
+                tracing::warn!(
+                    target: "portcullis::decision",
+                    lines_dropped = dropped_before,
+                    max_lines_per_sec = budget.per_second,
+                    "Decision-log lines not written: more decisions to log than decision_log_max_lines_per_sec"
+                );
+                true
+            }
         }
     }
 
@@ -793,7 +886,7 @@ impl DecisionLog {
             DecisionLogMode::Deny => !decision.is_allow(),
             DecisionLogMode::None => false,
         };
-        if !wanted || !self.is_sampled() {
+        if !wanted || !self.is_sampled() || !self.within_budget() {
             return;
         }
         // Every text the client chose, as it may be logged.
@@ -838,6 +931,27 @@ mod tests {
         assert_eq!(line.count_at(at(10)), Some(3));
         assert_eq!(line.count_at(at(15)), None);
         assert_eq!(line.count_at(at(100)), Some(2));
+    }
+
+    #[test]
+    fn a_line_budget_writes_its_lines_each_second_and_reports_the_dropped_with_a_later_seconds_first() {
+        let budget = LineBudget::new(2);
+        let write = |dropped_before| Admission::Write { dropped_before };
+        let admitted: Vec<Admission> = [0, 0, 0, 0, 1, 1, 1, 3, 3].into_iter().map(|s| budget.admit_in(s)).collect();
+        assert_eq!(
+            admitted,
+            [
+                write(0),
+                write(0),
+                Admission::Drop,
+                Admission::Drop,
+                write(2),
+                write(0),
+                Admission::Drop,
+                write(1),
+                write(0)
+            ]
+        );
     }
 
     #[test]

@@ -305,6 +305,46 @@ async fn decision_log_sample_rate_logs_one_line_in_round_one_over_the_rate() {
     assert_eq!(logged_ids(&sampled), ["deny-1", "deny-3", "deny-5"], "{sampled:?}");
 }
 
+/// With a budget of 3 lines a second, a burst of 40 denials writes at most 3 lines in each second
+/// it touches; a denial after a pause of over a second opens a new second, and its line comes
+/// after a warning counting the lines not written. Lines written and lines counted add up to
+/// every denial, and the metric counts the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decision_log_max_lines_per_sec_writes_its_budget_and_counts_the_lines_it_drops() {
+    const BURST: usize = 40;
+    let policies = policy_dir(ALLOW_ALLOWED);
+    let settings = config_file("decision_log_max_lines_per_sec: 3\n");
+    let server = Server::start_with(&[policies.path()], Some(settings.path()));
+    let mut client = server.grpc_client().await;
+    let deny = |request_id: &str| {
+        CheckBuilder::new("GET", "/denied").namespace(NAMESPACE).header("x-request-id", request_id).build()
+    };
+    let burst_started = std::time::Instant::now();
+    for index in 0..BURST {
+        client.check(deny(&format!("burst-{index}"))).await.expect("Check answers");
+    }
+    let seconds_touched = burst_started.elapsed().as_secs() + 2;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    client.check(deny("after-the-pause")).await.expect("Check answers");
+    let dropped_metric = server.metric("portcullis_decision_log_lines_dropped_total").expect("the series is exported");
+    server.signal("-HUP");
+    let lines = server.log_until(&["Reloaded the policy set"]);
+    assert_eq!(server.terminate().code(), Some(0));
+
+    let written = logged_ids(&lines.iter().filter(|line| line.contains("Decided")).cloned().collect::<Vec<_>>());
+    let burst_written = written.iter().filter(|id| id.starts_with("burst-")).count();
+    assert!(burst_written >= 3, "the first second writes its budget: {written:?}");
+    assert!(burst_written as u64 <= 3 * seconds_touched, "{burst_written} lines in {seconds_touched} seconds");
+    assert_eq!(written.last().map(String::as_str), Some("after-the-pause"), "a new second writes again");
+    let reported: u64 = lines
+        .iter()
+        .filter_map(|line| line.split("lines_dropped=").nth(1)?.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    assert!(reported > 0, "the lines dropped are reported: {lines:?}");
+    assert_eq!(written.len() as u64 + reported, BURST as u64 + 1, "every denial is written or counted");
+    assert_eq!(dropped_metric, reported as f64, "the metric counts the lines the warnings report");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn decision_log_level_is_the_level_of_each_decision_line() {
     for (setting, level) in [("error", " ERROR "), ("warn", " WARN "), ("info", " INFO ")] {
