@@ -166,6 +166,10 @@ pub struct Proof {
     pub source: IdentitySource,
 }
 
+/// Room for the kept claims' values when an identity's text is built: enough for a few roles
+/// and scopes; more grows the buffer.
+const SCRATCH_VALUE_BYTES: usize = 256;
+
 fn offset(text: &str) -> u32 {
     // A token is at most `max_token_bytes` long; its claims' text cannot pass 4 GiB.
     u32::try_from(text.len()).unwrap_or(u32::MAX)
@@ -176,12 +180,18 @@ impl Identity {
     /// subject and the claims the verifier's policy set reads.
     pub(crate) fn from_verified_claims(claims: &Map<String, Value>, verifier: &Arc<Verifier>, proof: Proof) -> Self {
         let claim_text = |name: &str| claims.get(name).and_then(Value::as_str).unwrap_or_default();
-        let mut text = String::from(if verifier.issuer.is_none() { claim_text("iss") } else { "" });
+        // Built in scratch buffers roomy enough for most tokens, then copied out at their exact
+        // size: an identity lives as long as its token in the cache, and a buffer grown and
+        // shrunk in place would leave a sliver of free memory beside each one.
+        let issuer = if verifier.issuer.is_none() { claim_text("iss") } else { "" };
+        let mut text = String::with_capacity(issuer.len() + claim_text("sub").len() + SCRATCH_VALUE_BYTES);
+        text.push_str(issuer);
         let issuer_end = offset(&text);
         text.push_str(claim_text("sub"));
         let subject_end = offset(&text);
         let paths = &verifier.kept.paths;
-        let mut index = vec![0; paths.len()];
+        let mut index = Vec::with_capacity(paths.len() * 2);
+        index.resize(paths.len(), 0);
         let mut values_end = Vec::new();
         for (slot, path) in index.iter_mut().zip(paths.iter()) {
             let mut push = |value: &str| {
@@ -212,8 +222,8 @@ impl Identity {
         };
         Self {
             verifier: verifier.clone(),
-            text: text.into_boxed_str(),
-            index: index.into_boxed_slice(),
+            text: Box::from(text.as_str()),
+            index: Box::from(index.as_slice()),
             issuer_end,
             subject_end,
             json_start,
