@@ -1,6 +1,7 @@
 //! The ext_authz gRPC door: Check bytes → zero-copy view → core request → `Decision` → `CheckResponse` bytes; never decides (the engine does).
 
 mod answer;
+mod coalesce;
 mod server;
 pub mod wire;
 
@@ -18,6 +19,7 @@ use tokio::sync::watch;
 use tonic_health::pb::health_server::HealthServer;
 use tonic_health::server::{HealthReporter, HealthService};
 
+use self::coalesce::CoalescingStream;
 use crate::core::authn::AuthnContext;
 use crate::core::{Decision, HttpRequest, Reason, Snapshot};
 use crate::doors::listener;
@@ -67,7 +69,7 @@ pub async fn serve(
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), tonic::transport::Error> {
     let incoming = listener::until_shutdown(listener, Some(accepted), shutdown)
-        .map(|(stream, _)| Ok::<_, std::convert::Infallible>(stream));
+        .map(|(stream, _)| Ok::<_, std::convert::Infallible>(CoalescingStream::new(stream)));
     // The incoming stream ends once shutdown emptied the backlog, which starts tonic's graceful
     // shutdown; a shutdown signal of its own would drop the listener with its backlog unserved.
     tonic::transport::Server::builder()
