@@ -224,8 +224,10 @@ def full_raw() -> dict:
     for r in range(1, plan.lone_rounds + 1):
         for key in ("a", "a_mt", "b"):
             add(bench.round_key(f"{key}_lone", r), 12_000, 80 + r, 50.0)
-    add("b_half", 15_000, 100, 50.0)
-    runs[-1]["report"].update(mode="open", rate_target=15_000.0, streams_per_connection=None)
+    for key, rate, p50 in (("b_half", 15_000, 100), ("a_half", 15_000, 90), ("b_quarter", 7_500, 80),
+                           ("a_quarter", 7_500, 70)):
+        add(key, rate, p50, 50.0)
+        runs[-1]["report"].update(mode="open", rate_target=float(rate), streams_per_connection=None)
     for r in range(1, plan.cold_rounds + 1):
         add(bench.round_key("c", r), 13_000, 5000, 55.0 + r)
     add("d", 7_000, 9000, 140.0)
@@ -258,6 +260,8 @@ def test_a_full_run_renders_the_ceiling_both_weights_the_rounds_and_the_cold_sta
     assert "Warm tokens, light requests" in text
     assert "b/a median 0.95 (min 0.92, max 0.98; the rounds: 0.92, 0.93, 0.95, 0.97, 0.98)" in text
     assert "**met**: 5 of 5 rounds meet it" in text
+    assert ("The ceiling at the same rate: p99 180 µs, p50 90 µs at 15,000 checks/s, 50.0 µs of server CPU a Check, "
+            "the server core 99% busy. At a quarter of (b)'s rate: (b) p99 160 µs") in text
     assert "The multi-thread do-nothing server (a_mt)" in text
     assert "A target with rounds counts as met only when most of its rounds meet it" in text
     # Cold: (55 + r − 32) / 22.5 for r = 1..3 is 1.07, 1.11, 1.16, each under 1.2.
@@ -292,6 +296,20 @@ def test_a_flood_answered_otherwise_than_by_a_401_is_a_problem():
     flood["report"]["outcomes"] = {bench.FLOOD_ANSWER: 90, "forbidden_403": 10}
     (problem,) = bench.Report(raw, bench.FULL).runs["h_unknown_key"].problems()
     assert problem.startswith("h_unknown_key: expected only `unauthenticated_401`, got {'forbidden_403': 10}")
+
+
+def test_an_open_loop_the_server_fell_behind_is_a_finding_but_a_wrong_answer_in_it_is_a_problem():
+    raw = full_raw()
+    half = next(run_ for run_ in raw["runs"] if run_["key"] == "a_half")
+    half["report"]["outcomes"] = {"allow": 90, "errors": 10}
+    half["report"]["first_error"] = "over 20000 requests unanswered; stopped"
+    run_ = bench.Report(raw, bench.FULL).runs["a_half"]
+    assert run_.problems() == []
+    assert ("a_half: the server fell behind the open loop: 10 requests failed (first: over 20000 requests "
+            "unanswered; stopped).") in run_.observations()
+    half["report"]["outcomes"] = {"allow": 90, "errors": 5, "forbidden_403": 5}
+    (problem,) = bench.Report(raw, bench.FULL).runs["a_half"].problems()
+    assert problem.startswith("a_half: expected only `allow`, got {'forbidden_403': 5}")
 
 
 SMOKE_BINARIES = [bench.SMOKE.profile_dir / name for name in
