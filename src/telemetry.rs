@@ -699,9 +699,7 @@ impl UnidentifiedWorkloadLog {
     }
 }
 
-/// A budget of lines a second, so that a flood of denied requests cannot flood the log: the
-/// lines over it are not written, but counted, and their count is written with the first line
-/// of a later second.
+/// A budget of lines a second, so that a flood of denied requests cannot flood the log.
 #[derive(Debug)]
 struct LineBudget {
     per_second: u32,
@@ -710,42 +708,30 @@ struct LineBudget {
     /// bits), in one word: a line is admitted by one compare-and-swap, and once a second's
     /// budget is spent a check only reads it.
     window: AtomicU64,
-    /// Lines not written since a line last reported them, counted per thread.
-    dropped: StripedCounter,
-}
-
-/// What the budget says of one line.
-#[derive(Debug, PartialEq, Eq)]
-enum Admission {
-    /// Write it; with it, say that this many lines before it were not written (0: none).
-    Write { dropped_before: u64 },
-    /// Do not write it: this second's budget is spent.
-    Drop,
 }
 
 impl LineBudget {
     fn new(per_second: u32) -> Self {
-        Self { per_second, started: Instant::now(), window: AtomicU64::new(0), dropped: StripedCounter::default() }
+        Self { per_second, started: Instant::now(), window: AtomicU64::new(0) }
     }
 
-    fn admit(&self) -> Admission {
+    /// Whether one more line may be written this second.
+    fn admit(&self) -> bool {
         self.admit_in(u32::try_from(self.started.elapsed().as_secs()).unwrap_or(u32::MAX))
     }
 
-    /// [`Self::admit`] in the `second`-th second since the budget was made. The first line of
-    /// a second reports the lines dropped before it.
-    fn admit_in(&self, second: u32) -> Admission {
+    /// [`Self::admit`] in the `second`-th second since the budget was made.
+    fn admit_in(&self, second: u32) -> bool {
         let mut window = self.window.load(Ordering::Relaxed);
         loop {
             let (window_second, written) = (window >> 32, window & u64::from(u32::MAX));
             let opens = window_second != u64::from(second);
             if !opens && written >= u64::from(self.per_second) {
-                self.dropped.inc();
-                return Admission::Drop;
+                return false;
             }
             let next = if opens { (u64::from(second) << 32) | 1 } else { window + 1 };
             match self.window.compare_exchange_weak(window, next, Ordering::Relaxed, Ordering::Relaxed) {
-                Ok(_) => return Admission::Write { dropped_before: if opens { self.dropped.take() } else { 0 } },
+                Ok(_) => return true,
                 Err(seen) => window = seen,
             }
         }
@@ -768,6 +754,8 @@ pub struct DecisionLog {
     dry_run: bool,
     /// At most this many lines a second, when limited.
     budget: Option<LineBudget>,
+    /// The warning that lines were not written: at most one per 10 s, with how many.
+    dropped_warning: RateLimitedLine,
     /// Where the lines not written are counted.
     metrics: Arc<Metrics>,
 }
@@ -842,30 +830,28 @@ impl DecisionLog {
             dry_run: settings.dry_run,
             budget: (settings.decision_log_max_lines_per_sec > 0)
                 .then(|| LineBudget::new(settings.decision_log_max_lines_per_sec)),
+            dropped_warning: RateLimitedLine::new(Duration::from_secs(10)),
             metrics,
         }
     }
 
-    /// Whether the budget lets this line be written; the first line after some were dropped
-    /// is preceded by a warning that counts them.
+    /// Whether the budget lets this line be written; a line it drops is counted, and warned of
+    /// at most once per 10 s.
     fn within_budget(&self) -> bool {
         let Some(budget) = &self.budget else { return true };
-        match budget.admit() {
-            Admission::Drop => {
-                self.metrics.record_decision_line_dropped();
-                false
-            }
-            Admission::Write { dropped_before: 0 } => true,
-            Admission::Write { dropped_before } => {
-                tracing::warn!(
-                    target: "portcullis::decision",
-                    lines_dropped = dropped_before,
-                    max_lines_per_sec = budget.per_second,
-                    "Decision-log lines not written: more decisions to log than decision_log_max_lines_per_sec"
-                );
-                true
-            }
+        if budget.admit() {
+            return true;
         }
+        self.metrics.record_decision_line_dropped();
+        if let Some(dropped) = self.dropped_warning.count() {
+            tracing::warn!(
+                target: "portcullis::decision",
+                lines_dropped = dropped,
+                max_lines_per_sec = budget.per_second,
+                "Decision-log lines not written: more decisions to log than decision_log_max_lines_per_sec"
+            );
+        }
+        false
     }
 
     /// Whether the next wanted decision is one to log: all of them (nothing counted), none, or
@@ -934,24 +920,10 @@ mod tests {
     }
 
     #[test]
-    fn a_line_budget_writes_its_lines_each_second_and_reports_the_dropped_with_a_later_seconds_first() {
+    fn a_line_budget_admits_its_lines_in_each_second_and_no_more() {
         let budget = LineBudget::new(2);
-        let write = |dropped_before| Admission::Write { dropped_before };
-        let admitted: Vec<Admission> = [0, 0, 0, 0, 1, 1, 1, 3, 3].into_iter().map(|s| budget.admit_in(s)).collect();
-        assert_eq!(
-            admitted,
-            [
-                write(0),
-                write(0),
-                Admission::Drop,
-                Admission::Drop,
-                write(2),
-                write(0),
-                Admission::Drop,
-                write(1),
-                write(0)
-            ]
-        );
+        let admitted: Vec<bool> = [0, 0, 0, 0, 1, 1, 1, 3, 3].into_iter().map(|s| budget.admit_in(s)).collect();
+        assert_eq!(admitted, [true, true, false, false, true, true, false, true, true]);
     }
 
     #[test]
